@@ -1,0 +1,128 @@
+// Named errors of the engine. Each carries a stable `code` so the page and the CLI can react to the
+// kind of failure, and a message written as a sentence a user can act on.
+
+export type EngineErrorCode =
+  | 'safetensors-format'
+  | 'safetensors-truncated'
+  | 'unsupported-architecture'
+  | 'not-a-model'
+  | 'missing-tensor'
+  | 'shape-mismatch'
+  | 'tokenizer'
+  | 'bad-argument'
+  | 'gpu-unavailable'
+  | 'device-lost'
+  | 'cancelled'
+  | 'busy'
+  | 'io';
+
+export class EngineError extends Error {
+  readonly code: EngineErrorCode;
+  constructor(code: EngineErrorCode, message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'EngineError';
+  }
+}
+
+/** The file is not a valid safetensors container (bad header, offsets, dtypes). */
+export class SafetensorsFormatError extends EngineError {
+  constructor(file: string, problem: string) {
+    super('safetensors-format', `${file} is not a valid .safetensors file: ${problem}.`);
+    this.name = 'SafetensorsFormatError';
+  }
+}
+
+/** The header promises more bytes than the file holds: an interrupted download. */
+export class SafetensorsTruncatedError extends EngineError {
+  constructor(file: string, expectedBytes: number, actualBytes: number, firstMissing: string) {
+    super(
+      'safetensors-truncated',
+      `${file} is truncated: its header describes ${expectedBytes} bytes but the file has ${actualBytes} ` +
+        `(tensor "${firstMissing}" is cut off). Download it again.`,
+    );
+    this.name = 'SafetensorsTruncatedError';
+  }
+}
+
+/** A valid checkpoint, but of an architecture this engine does not run (SD 2.x, SDXL, ...). */
+export class UnsupportedArchitectureError extends EngineError {
+  constructor(file: string, found: string, evidence: string) {
+    super(
+      'unsupported-architecture',
+      `${file} is a ${found} checkpoint (${evidence}); LoRA Studio runs Stable Diffusion 1.5-family models ` +
+        `(UNet cross-attention width 768, CLIP ViT-L/14 text encoder).`,
+    );
+    this.name = 'UnsupportedArchitectureError';
+  }
+}
+
+/** The file holds something other than a full model, e.g. a LoRA or a VAE alone. */
+export class NotAModelError extends EngineError {
+  constructor(file: string, found: string, hint: string) {
+    super('not-a-model', `${file} is ${found}, not a Stable Diffusion checkpoint. ${hint}`);
+    this.name = 'NotAModelError';
+  }
+}
+
+export class MissingTensorError extends EngineError {
+  constructor(component: string, key: string) {
+    super('missing-tensor', `The ${component} is incomplete: tensor "${key}" is missing from the checkpoint.`);
+    this.name = 'MissingTensorError';
+  }
+}
+
+export class ShapeMismatchError extends EngineError {
+  constructor(key: string, expected: readonly number[], got: readonly number[]) {
+    super(
+      'shape-mismatch',
+      `Tensor "${key}" has shape [${got.join(', ')}] but the model needs [${expected.join(', ')}].`,
+    );
+    this.name = 'ShapeMismatchError';
+  }
+}
+
+export class BadArgumentError extends EngineError {
+  constructor(message: string) {
+    super('bad-argument', message);
+    this.name = 'BadArgumentError';
+  }
+}
+
+export class CancelledError extends EngineError {
+  constructor() {
+    super('cancelled', 'The job was cancelled.');
+    this.name = 'CancelledError';
+  }
+}
+
+export class DeviceLostError extends EngineError {
+  constructor(reason: string) {
+    super('device-lost', `The GPU device was lost (${reason}). Restart the engine to continue; your scene is kept.`);
+    this.name = 'DeviceLostError';
+  }
+}
+
+/** Plain data form of an error, as it crosses the worker boundary. */
+export interface ErrorInfo {
+  code: EngineErrorCode | 'internal';
+  name: string;
+  message: string;
+}
+
+export function toErrorInfo(err: unknown): ErrorInfo {
+  if (err instanceof EngineError) return { code: err.code, name: err.name, message: err.message };
+  const e = err as { name?: string; message?: string };
+  return { code: 'internal', name: e?.name ?? 'Error', message: e?.message ?? String(err) };
+}
+
+export function fromErrorInfo(info: ErrorInfo): Error {
+  if (info.code === 'internal') {
+    const e = new Error(info.message);
+    e.name = info.name;
+    return e;
+  }
+  const e = new EngineError(info.code, info.message);
+  e.name = info.name;
+  return e;
+}

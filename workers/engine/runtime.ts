@@ -1,0 +1,49 @@
+// The onnxruntime-web instance of an engine, on the WebGPU EP (our shared device) or the wasm EP
+// (the CPU reference backend used by tests and benchmarks).
+import type * as OrtNs from 'onnxruntime-web';
+import { adoptGpu, hasWebGpu, noWebGpuError, type GpuContext } from '../gpu/device.ts';
+import { GraphBuilder } from '../graph/builder.ts';
+
+export type Ort = typeof OrtNs;
+export type Backend = 'webgpu' | 'wasm';
+
+export interface Runtime {
+  ort: Ort;
+  backend: Backend;
+  gpu?: GpuContext;
+  /** Keeps ORT's WebGPU device alive. */
+  anchor?: OrtNs.InferenceSession;
+}
+
+let ortModule: Promise<Ort> | undefined;
+
+export function loadOrt(): Promise<Ort> {
+  ortModule ??= import('onnxruntime-web/webgpu').then((m) => ((m as { default?: Ort }).default ?? m) as Ort);
+  return ortModule;
+}
+
+export async function createRuntime(backend: Backend, options: { wasmPaths?: string; threads?: number } = {}): Promise<Runtime> {
+  const ort = await loadOrt();
+  ort.env.wasm.numThreads = options.threads ?? 1;
+  if (options.wasmPaths) ort.env.wasm.wasmPaths = options.wasmPaths;
+  ort.env.logLevel = 'error';
+  if (backend === 'wasm') return { ort, backend };
+  if (!hasWebGpu()) throw noWebGpuError();
+  // A one-node session makes ORT create its WebGPU device, which we then share.
+  const g = new GraphBuilder('float32');
+  g.output(g.input('x', 'float32', [1]), 'y', 'float32', [1]);
+  const boot = await ort.InferenceSession.create(g.encode(), { executionProviders: ['webgpu'] });
+  // The session is kept for the runtime's life: ORT drops its device when its last session goes.
+  const device = (await ort.env.webgpu.device) as GPUDevice;
+  if (!device) throw noWebGpuError();
+  const gpu = await adoptGpu(device);
+  return { ort, backend, gpu, anchor: boot };
+}
+
+export function sessionOptions(rt: Runtime): OrtNs.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [rt.backend],
+    graphOptimizationLevel: 'all',
+    logSeverityLevel: 3,
+  };
+}

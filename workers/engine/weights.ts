@@ -1,0 +1,75 @@
+// Model weights as session inputs. On the WebGPU EP each weight lives in its own GPU buffer that we
+// create and fill (straight from the checkpoint's byte range), wrapped with Tensor.fromGpuBuffer;
+// later kernels (LoRA merges) rewrite those buffers in place. On the wasm EP they are CPU tensors.
+import type * as OrtNs from 'onnxruntime-web';
+import { floatToHalf } from '../checkpoint/dtype.ts';
+import type { WeightSpec } from '../graph/builder.ts';
+import type { Runtime } from './runtime.ts';
+
+export interface WeightProvider {
+  /** Float32 values of a weight, already reshaped to `spec.dims`. */
+  read(spec: WeightSpec): Promise<Float32Array>;
+}
+
+export class WeightSet {
+  readonly tensors = new Map<string, OrtNs.Tensor>();
+  readonly buffers = new Map<string, GPUBuffer>();
+  bytes = 0;
+
+  constructor(private readonly rt: Runtime, readonly dtype: 'float32' | 'float16') {}
+
+  async load(specs: Iterable<WeightSpec>, provider: WeightProvider, onTensor?: (name: string) => void): Promise<void> {
+    for (const spec of specs) {
+      if (this.tensors.has(spec.name)) continue;
+      const values = await provider.read(spec);
+      this.add(spec, values);
+      onTensor?.(spec.name);
+    }
+  }
+
+  add(spec: WeightSpec, values: Float32Array): void {
+    const { ort } = this.rt;
+    const data: Float32Array | Uint16Array = this.dtype === 'float16' ? toHalf(values) : values;
+    if (this.rt.backend === 'wasm' || !this.rt.gpu) {
+      const t = this.dtype === 'float16' ? new ort.Tensor('float16', data as Uint16Array, spec.dims) : new ort.Tensor('float32', data as Float32Array, spec.dims);
+      this.tensors.set(spec.name, t);
+      this.bytes += data.byteLength;
+      return;
+    }
+    const device = this.rt.gpu.device;
+    const size = Math.ceil(data.byteLength / 4) * 4;
+    const buffer = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    if (data.byteLength === size) device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    else {
+      const padded = new Uint8Array(size);
+      padded.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      device.queue.writeBuffer(buffer, 0, padded);
+    }
+    this.buffers.set(spec.name, buffer);
+    this.tensors.set(spec.name, ort.Tensor.fromGpuBuffer(buffer, { dataType: this.dtype, dims: spec.dims }));
+    this.bytes += size;
+  }
+
+  feeds(names: Iterable<string>): Record<string, OrtNs.Tensor> {
+    const out: Record<string, OrtNs.Tensor> = {};
+    for (const n of names) {
+      const t = this.tensors.get(n);
+      if (!t) throw new Error(`weight ${n} was not loaded`);
+      out[n] = t;
+    }
+    return out;
+  }
+
+  dispose(): void {
+    for (const b of this.buffers.values()) b.destroy();
+    this.buffers.clear();
+    this.tensors.clear();
+    this.bytes = 0;
+  }
+}
+
+function toHalf(values: Float32Array): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = floatToHalf(values[i]);
+  return out;
+}

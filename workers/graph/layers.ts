@@ -1,0 +1,116 @@
+// Neural-network building blocks shared by the UNet, the VAE decoder and the CLIP text encoder.
+// Shapes are static (the engine builds one graph per batch and latent size), so every Reshape
+// target is known when the graph is built.
+import type { GraphBuilder } from './builder.ts';
+
+/** An NCHW activation. */
+export interface Feat {
+  v: string;
+  b: number;
+  c: number;
+  h: number;
+  w: number;
+}
+
+export function conv2d(g: GraphBuilder, x: Feat, name: string, cout: number, k: number, stride = 1): Feat {
+  const pad = (k - 1) >> 1;
+  const w = g.weight(`${name}.weight`, [cout, x.c, k, k]);
+  const bias = g.weight(`${name}.bias`, [cout]);
+  const v = g.op('Conv', [x.v, w, bias], { kernel_shape: [k, k], pads: [pad, pad, pad, pad], strides: [stride, stride] });
+  const h = Math.floor((x.h + 2 * pad - k) / stride) + 1;
+  const wd = Math.floor((x.w + 2 * pad - k) / stride) + 1;
+  return { v, b: x.b, c: cout, h, w: wd };
+}
+
+export function silu(g: GraphBuilder, v: string): string {
+  return g.op('Mul', [v, g.op('Sigmoid', [v])]);
+}
+
+/** GroupNorm as InstanceNormalization over [B, groups, C/groups*H*W], then the per-channel affine. */
+export function groupNorm(g: GraphBuilder, x: Feat, name: string, groups: number, eps: number): Feat {
+  const grouped = g.op('Reshape', [x.v, g.ints([x.b, groups, -1])]);
+  const ones = g.floats(new Array(groups).fill(1), [groups]);
+  const zeros = g.floats(new Array(groups).fill(0), [groups]);
+  const normed = g.op('InstanceNormalization', [grouped, ones, zeros], { epsilon: { float: eps } });
+  const back = g.op('Reshape', [normed, g.ints([x.b, x.c, x.h, x.w])]);
+  const gamma = g.op('Reshape', [g.weight(`${name}.weight`, [x.c]), g.ints([x.c, 1, 1])]);
+  const beta = g.op('Reshape', [g.weight(`${name}.bias`, [x.c]), g.ints([x.c, 1, 1])]);
+  return { ...x, v: g.op('Add', [g.op('Mul', [back, gamma]), beta]) };
+}
+
+/** y = x W^T + b on a 2-D [rows, in] value; PyTorch weight layout [out, in]. */
+export function linear(g: GraphBuilder, x: string, name: string, inF: number, outF: number, bias = true): string {
+  const w = g.weight(`${name}.weight`, [outF, inF]);
+  const inputs = bias ? [x, w, g.weight(`${name}.bias`, [outF])] : [x, w];
+  return g.op('Gemm', inputs, { transB: 1 });
+}
+
+export function layerNorm(g: GraphBuilder, x: string, name: string, dim: number, eps = 1e-5): string {
+  return g.op('LayerNormalization', [x, g.weight(`${name}.weight`, [dim]), g.weight(`${name}.bias`, [dim])], {
+    axis: -1,
+    epsilon: { float: eps },
+  });
+}
+
+export function gelu(g: GraphBuilder, v: string): string {
+  const erf = g.op('Erf', [g.op('Mul', [v, g.scalar(Math.SQRT1_2)])]);
+  return g.op('Mul', [g.op('Mul', [v, g.scalar(0.5)]), g.op('Add', [erf, g.scalar(1)])]);
+}
+
+export function quickGelu(g: GraphBuilder, v: string): string {
+  return g.op('Mul', [v, g.op('Sigmoid', [g.op('Mul', [v, g.scalar(1.702)])])]);
+}
+
+export interface AttentionIo {
+  /** Additive bias on the scores, broadcast to [B, heads, Nq, Nk]; e.g. a region mask. */
+  bias?: string;
+  /** When set, the head-averaged attention probabilities [B, Nq, Nk] become this graph output. */
+  probsOutput?: string;
+}
+
+/**
+ * Multi-head scaled dot-product attention on 2-D token values q [B*Nq, C], k/v [B*Nk, C].
+ * Returns [B*Nq, C].
+ */
+export function attention(
+  g: GraphBuilder,
+  q: string,
+  k: string,
+  v: string,
+  dims: { b: number; nq: number; nk: number; c: number; heads: number },
+  io: AttentionIo = {},
+): string {
+  const { b, nq, nk, c, heads } = dims;
+  const d = c / heads;
+  const qh = g.op('Transpose', [g.op('Reshape', [q, g.ints([b, nq, heads, d])])], { perm: [0, 2, 1, 3] });
+  const kh = g.op('Transpose', [g.op('Reshape', [k, g.ints([b, nk, heads, d])])], { perm: [0, 2, 3, 1] });
+  const vh = g.op('Transpose', [g.op('Reshape', [v, g.ints([b, nk, heads, d])])], { perm: [0, 2, 1, 3] });
+  let scores = g.op('Mul', [g.op('MatMul', [qh, kh]), g.scalar(1 / Math.sqrt(d))]);
+  if (io.bias) scores = g.op('Add', [scores, io.bias]);
+  const probs = g.op('Softmax', [scores], { axis: -1 });
+  if (io.probsOutput) {
+    const mean = g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 });
+    const out = g.dtype === 'float16' ? g.op('Cast', [mean], { to: 1 }) : mean;
+    g.output(out, io.probsOutput, 'float32', [b, nq, nk]);
+  }
+  const ctx = g.op('MatMul', [probs, vh]);
+  return g.op('Reshape', [g.op('Transpose', [ctx], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
+}
+
+/** NCHW -> tokens [B*H*W, C]. */
+export function toTokens(g: GraphBuilder, x: Feat): string {
+  const t = g.op('Transpose', [g.op('Reshape', [x.v, g.ints([x.b, x.c, x.h * x.w])])], { perm: [0, 2, 1] });
+  return g.op('Reshape', [t, g.ints([x.b * x.h * x.w, x.c])]);
+}
+
+/** tokens [B*H*W, C] -> NCHW. */
+export function fromTokens(g: GraphBuilder, t: string, like: Feat): Feat {
+  const r = g.op('Transpose', [g.op('Reshape', [t, g.ints([like.b, like.h * like.w, like.c])])], { perm: [0, 2, 1] });
+  return { ...like, v: g.op('Reshape', [r, g.ints([like.b, like.c, like.h, like.w])]) };
+}
+
+export function upsampleNearest2x(g: GraphBuilder, x: Feat): Feat {
+  const scales = g.floatsF32([1, 1, 2, 2]);
+  const v = g.op('Resize', [x.v, '', scales], { mode: 'nearest', coordinate_transformation_mode: 'asymmetric', nearest_mode: 'floor' });
+  return { ...x, v, h: x.h * 2, w: x.w * 2 };
+}

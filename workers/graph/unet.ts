@@ -1,0 +1,189 @@
+// The SD 1.5 UNet as an ONNX graph, built from its config. Weight inputs carry diffusers names.
+// Optional extras for the composition issues: additive attention biases (region masks) per
+// attention layer, and head-averaged cross-attention maps as outputs.
+import type { UNetConfig } from '../checkpoint/config.ts';
+import { GraphBuilder } from './builder.ts';
+import { attention, conv2d, fromTokens, gelu, groupNorm, layerNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
+
+export interface UNetGraphOptions {
+  batch: number;
+  latentH: number;
+  latentW: number;
+  textLen: number;
+  dtype: 'float32' | 'float16';
+  /** Attention layers (e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1") given a bias input. */
+  biasLayers?: string[];
+  /** Cross-attention layers whose maps become outputs. */
+  mapLayers?: string[];
+}
+
+export const unetBiasInputName = (layer: string) => `attn_bias.${layer}`;
+export const unetMapOutputName = (layer: string) => `attn_map.${layer}`;
+
+interface Ctx {
+  g: GraphBuilder;
+  cfg: UNetConfig;
+  opt: UNetGraphOptions;
+  temb: string;
+  context: string;
+}
+
+export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number, groups: number, eps: number, temb?: { v: string; dim: number }): Feat {
+  let h = groupNorm(g, x, `${name}.norm1`, groups, eps);
+  h = conv2d(g, { ...h, v: silu(g, h.v) }, `${name}.conv1`, cout, 3);
+  if (temb) {
+    const e = linear(g, silu(g, temb.v), `${name}.time_emb_proj`, temb.dim, cout);
+    h = { ...h, v: g.op('Add', [h.v, g.op('Reshape', [e, g.ints([x.b, cout, 1, 1])])]) };
+  }
+  h = groupNorm(g, h, `${name}.norm2`, groups, eps);
+  h = conv2d(g, { ...h, v: silu(g, h.v) }, `${name}.conv2`, cout, 3);
+  const skip = x.c === cout ? x : conv2d(g, x, `${name}.conv_shortcut`, cout, 1);
+  return { ...h, v: g.op('Add', [skip.v, h.v]) };
+}
+
+function attnIo(ctx: Ctx, layer: string, nq: number, nk: number) {
+  const bias = ctx.opt.biasLayers?.includes(layer)
+    ? ctx.g.input(unetBiasInputName(layer), ctx.g.dtype, [ctx.opt.batch, 1, nq, nk])
+    : undefined;
+  const probsOutput = ctx.opt.mapLayers?.includes(layer) ? unetMapOutputName(layer) : undefined;
+  return { bias, probsOutput };
+}
+
+/** One BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward; tokens [B*N, C]. */
+export function transformerBlock(
+  g: GraphBuilder,
+  t: string,
+  name: string,
+  dims: { b: number; n: number; c: number; heads: number; ctxLen: number; ctxDim: number },
+  context: string,
+  io: { self?: ReturnType<typeof attnIo>; cross?: ReturnType<typeof attnIo> } = {},
+): string {
+  const { b, n, c, heads, ctxLen, ctxDim } = dims;
+  let h = layerNorm(g, t, `${name}.norm1`, c);
+  let a = attention(
+    g,
+    linear(g, h, `${name}.attn1.to_q`, c, c, false),
+    linear(g, h, `${name}.attn1.to_k`, c, c, false),
+    linear(g, h, `${name}.attn1.to_v`, c, c, false),
+    { b, nq: n, nk: n, c, heads },
+    io.self,
+  );
+  t = g.op('Add', [linear(g, a, `${name}.attn1.to_out.0`, c, c), t]);
+  h = layerNorm(g, t, `${name}.norm2`, c);
+  a = attention(
+    g,
+    linear(g, h, `${name}.attn2.to_q`, c, c, false),
+    linear(g, context, `${name}.attn2.to_k`, ctxDim, c, false),
+    linear(g, context, `${name}.attn2.to_v`, ctxDim, c, false),
+    { b, nq: n, nk: ctxLen, c, heads },
+    io.cross,
+  );
+  t = g.op('Add', [linear(g, a, `${name}.attn2.to_out.0`, c, c), t]);
+  h = layerNorm(g, t, `${name}.norm3`, c);
+  const inner = 4 * c;
+  const proj = linear(g, h, `${name}.ff.net.0.proj`, c, 2 * inner);
+  const [hidden, gate] = g.opMulti('Split', [proj, g.ints([inner, inner])], 2, { axis: 1 });
+  const ff = linear(g, g.op('Mul', [hidden, gelu(g, gate)]), `${name}.ff.net.2`, inner, c);
+  return g.op('Add', [ff, t]);
+}
+
+/** Transformer2DModel with conv projections (SD 1.5: use_linear_projection = false). */
+export function spatialTransformer(g: GraphBuilder, x: Feat, name: string, cfg: UNetConfig, context: string, ctx?: Ctx): Feat {
+  let h = groupNorm(g, x, `${name}.norm`, cfg.normGroups, 1e-6);
+  h = conv2d(g, h, `${name}.proj_in`, x.c, 1);
+  let t = toTokens(g, h);
+  const n = x.h * x.w;
+  for (let i = 0; i < cfg.transformerDepth; i++) {
+    const block = `${name}.transformer_blocks.${i}`;
+    const io = ctx
+      ? { self: attnIo(ctx, `${block}.attn1`, n, n), cross: attnIo(ctx, `${block}.attn2`, n, ctx.opt.textLen) }
+      : {};
+    const textLen = ctx?.opt.textLen ?? 77;
+    t = transformerBlock(g, t, block, { b: x.b, n, c: x.c, heads: cfg.heads, ctxLen: textLen, ctxDim: cfg.crossAttentionDim }, context, io);
+  }
+  h = conv2d(g, fromTokens(g, t, x), `${name}.proj_out`, x.c, 1);
+  return { ...x, v: g.op('Add', [h.v, x.v]) };
+}
+
+export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder {
+  const g = new GraphBuilder(opt.dtype);
+  const b = opt.batch;
+  const c0 = cfg.blockOutChannels[0];
+  const tembDim = 4 * c0;
+  const cast = (v: string) => (opt.dtype === 'float16' ? g.op('Cast', [v], { to: 10 }) : v);
+  const sample = cast(g.input('sample', 'float32', [b, cfg.inChannels, opt.latentH, opt.latentW]));
+  const tIn = cast(g.input('timestep_embedding', 'float32', [b, c0]));
+  const ctxIn = cast(g.input('encoder_hidden_states', 'float32', [b, opt.textLen, cfg.crossAttentionDim]));
+  const context = g.op('Reshape', [ctxIn, g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
+
+  const temb = linear(g, silu(g, linear(g, tIn, 'time_embedding.linear_1', c0, tembDim)), 'time_embedding.linear_2', tembDim, tembDim);
+  const ctx: Ctx = { g, cfg, opt, temb, context };
+  const te = { v: temb, dim: tembDim };
+  const eps = 1e-5;
+  const levels = cfg.blockOutChannels.length;
+
+  let h = conv2d(g, { v: sample, b, c: cfg.inChannels, h: opt.latentH, w: opt.latentW }, 'conv_in', c0, 3);
+  const skips: Feat[] = [h];
+  for (let l = 0; l < levels; l++) {
+    const cout = cfg.blockOutChannels[l];
+    for (let j = 0; j < cfg.layersPerBlock; j++) {
+      h = resnetBlock(g, h, `down_blocks.${l}.resnets.${j}`, cout, cfg.normGroups, eps, te);
+      if (cfg.attention[l]) h = spatialTransformer(g, h, `down_blocks.${l}.attentions.${j}`, cfg, context, ctx);
+      skips.push(h);
+    }
+    if (l < levels - 1) {
+      h = conv2d(g, h, `down_blocks.${l}.downsamplers.0.conv`, cout, 3, 2);
+      skips.push(h);
+    }
+  }
+  h = resnetBlock(g, h, 'mid_block.resnets.0', h.c, cfg.normGroups, eps, te);
+  h = spatialTransformer(g, h, 'mid_block.attentions.0', cfg, context, ctx);
+  h = resnetBlock(g, h, 'mid_block.resnets.1', h.c, cfg.normGroups, eps, te);
+
+  for (let l = 0; l < levels; l++) {
+    const cout = cfg.blockOutChannels[levels - 1 - l];
+    const attn = cfg.attention[levels - 1 - l];
+    for (let j = 0; j <= cfg.layersPerBlock; j++) {
+      const skip = skips.pop()!;
+      h = { ...h, v: g.op('Concat', [h.v, skip.v], { axis: 1 }), c: h.c + skip.c };
+      h = resnetBlock(g, h, `up_blocks.${l}.resnets.${j}`, cout, cfg.normGroups, eps, te);
+      if (attn) h = spatialTransformer(g, h, `up_blocks.${l}.attentions.${j}`, cfg, context, ctx);
+    }
+    if (l < levels - 1) h = conv2d(g, upsampleNearest2x(g, h), `up_blocks.${l}.upsamplers.0.conv`, cout, 3);
+  }
+  h = groupNorm(g, h, 'conv_norm_out', cfg.normGroups, eps);
+  h = conv2d(g, { ...h, v: silu(g, h.v) }, 'conv_out', cfg.outChannels, 3);
+  const out = opt.dtype === 'float16' ? g.op('Cast', [h.v], { to: 1 }) : h.v;
+  g.output(out, 'noise_pred', 'float32', [b, cfg.outChannels, opt.latentH, opt.latentW]);
+  return g;
+}
+
+/** Names of every attention layer of the UNet, in graph order, with their query/key lengths. */
+export function unetAttentionLayers(cfg: UNetConfig, latentH: number, latentW: number, textLen = 77) {
+  const out: { name: string; kind: 'self' | 'cross'; nq: number; nk: number; h: number; w: number }[] = [];
+  const levels = cfg.blockOutChannels.length;
+  const add = (prefix: string, h: number, w: number) => {
+    for (let i = 0; i < cfg.transformerDepth; i++) {
+      out.push({ name: `${prefix}.transformer_blocks.${i}.attn1`, kind: 'self', nq: h * w, nk: h * w, h, w });
+      out.push({ name: `${prefix}.transformer_blocks.${i}.attn2`, kind: 'cross', nq: h * w, nk: textLen, h, w });
+    }
+  };
+  let h = latentH;
+  let w = latentW;
+  for (let l = 0; l < levels; l++) {
+    if (cfg.attention[l]) for (let j = 0; j < cfg.layersPerBlock; j++) add(`down_blocks.${l}.attentions.${j}`, h, w);
+    if (l < levels - 1) {
+      h = Math.floor((h - 1) / 2) + 1;
+      w = Math.floor((w - 1) / 2) + 1;
+    }
+  }
+  add('mid_block.attentions.0', h, w);
+  for (let l = 0; l < levels; l++) {
+    if (cfg.attention[levels - 1 - l]) for (let j = 0; j <= cfg.layersPerBlock; j++) add(`up_blocks.${l}.attentions.${j}`, h, w);
+    if (l < levels - 1) {
+      h *= 2;
+      w *= 2;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,54 @@
+// The VAE decoder (latent -> image in [-1, 1]) as an ONNX graph, built from its config.
+import type { VaeConfig } from '../checkpoint/config.ts';
+import { GraphBuilder } from './builder.ts';
+import { attention, conv2d, fromTokens, groupNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
+import { resnetBlock } from './unet.ts';
+
+export interface VaeGraphOptions {
+  batch: number;
+  latentH: number;
+  latentW: number;
+  dtype: 'float32' | 'float16';
+}
+
+/** Single-head self-attention over all pixels, as in the VAE's mid block. */
+export function vaeAttention(g: GraphBuilder, x: Feat, name: string, groups: number): Feat {
+  const h = groupNorm(g, x, `${name}.group_norm`, groups, 1e-6);
+  const t = toTokens(g, h);
+  const n = x.h * x.w;
+  const a = attention(
+    g,
+    linear(g, t, `${name}.to_q`, x.c, x.c),
+    linear(g, t, `${name}.to_k`, x.c, x.c),
+    linear(g, t, `${name}.to_v`, x.c, x.c),
+    { b: x.b, nq: n, nk: n, c: x.c, heads: 1 },
+  );
+  const o = fromTokens(g, linear(g, a, `${name}.to_out.0`, x.c, x.c), x);
+  return { ...x, v: g.op('Add', [o.v, x.v]) };
+}
+
+export function buildVaeDecoder(cfg: VaeConfig, opt: VaeGraphOptions): GraphBuilder {
+  const g = new GraphBuilder(opt.dtype);
+  const levels = cfg.blockOutChannels.length;
+  const groups = cfg.normGroups;
+  const eps = 1e-6;
+  let z = g.input('latent', 'float32', [opt.batch, cfg.latentChannels, opt.latentH, opt.latentW]);
+  if (opt.dtype === 'float16') z = g.op('Cast', [z], { to: 10 });
+  z = g.op('Mul', [z, g.scalar(1 / cfg.scalingFactor)]);
+  let h: Feat = { v: z, b: opt.batch, c: cfg.latentChannels, h: opt.latentH, w: opt.latentW };
+  h = conv2d(g, h, 'post_quant_conv', cfg.latentChannels, 1);
+  h = conv2d(g, h, 'decoder.conv_in', cfg.blockOutChannels[levels - 1], 3);
+  h = resnetBlock(g, h, 'decoder.mid_block.resnets.0', h.c, groups, eps);
+  h = vaeAttention(g, h, 'decoder.mid_block.attentions.0', groups);
+  h = resnetBlock(g, h, 'decoder.mid_block.resnets.1', h.c, groups, eps);
+  for (let i = 0; i < levels; i++) {
+    const cout = cfg.blockOutChannels[levels - 1 - i];
+    for (let j = 0; j <= cfg.layersPerBlock; j++) h = resnetBlock(g, h, `decoder.up_blocks.${i}.resnets.${j}`, cout, groups, eps);
+    if (i < levels - 1) h = conv2d(g, upsampleNearest2x(g, h), `decoder.up_blocks.${i}.upsamplers.0.conv`, cout, 3);
+  }
+  h = groupNorm(g, h, 'decoder.conv_norm_out', groups, eps);
+  h = conv2d(g, { ...h, v: silu(g, h.v) }, 'decoder.conv_out', 3, 3);
+  const out = opt.dtype === 'float16' ? g.op('Cast', [h.v], { to: 1 }) : h.v;
+  g.output(out, 'image', 'float32', [opt.batch, 3, h.h, h.w]);
+  return g;
+}

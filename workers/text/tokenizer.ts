@@ -1,0 +1,50 @@
+// The CLIP tokenizer for the text encoder, through @huggingface/transformers. Prompts are cut to
+// 77-token windows (begin and end tokens included) and padded with the end token, as SD 1.5 expects.
+import { CLIPTokenizer } from '@huggingface/transformers';
+import { EngineError } from '../api/errors.ts';
+import { CLIP_TOKENIZER_CONFIG, clipTokenizerJson, parseMergesTxt, type BpeFiles } from './bpe-files.ts';
+
+export interface TokenizerFiles {
+  /** Either a tokenizer.json document ... */
+  tokenizerJson?: string;
+  /** ... or the vocab.json + merges.txt pair. */
+  vocabJson?: string;
+  mergesTxt?: string;
+}
+
+export interface Encoded {
+  ids: number[];
+  /** Tokens of the prompt before truncation, begin/end included. */
+  tokenCount: number;
+  truncated: boolean;
+}
+
+export class ClipTextTokenizer {
+  private constructor(private readonly tok: CLIPTokenizer, readonly vocabSize: number, readonly maxLength: number) {}
+
+  static fromFiles(files: TokenizerFiles, maxLength = 77): ClipTextTokenizer {
+    let json: Record<string, unknown>;
+    try {
+      if (files.tokenizerJson) json = JSON.parse(files.tokenizerJson);
+      else if (files.vocabJson && files.mergesTxt) {
+        const bpe: BpeFiles = { vocab: JSON.parse(files.vocabJson), merges: parseMergesTxt(files.mergesTxt) };
+        json = clipTokenizerJson(bpe);
+      } else throw new Error('no tokenizer.json and no vocab.json + merges.txt');
+    } catch (e) {
+      throw new EngineError('tokenizer', `The tokenizer files could not be read: ${(e as Error).message}.`);
+    }
+    const vocab = (json.model as { vocab: Record<string, number> }).vocab;
+    const vocabSize = Math.max(...Object.values(vocab)) + 1;
+    const tok = new CLIPTokenizer(json, CLIP_TOKENIZER_CONFIG);
+    return new ClipTextTokenizer(tok, vocabSize, maxLength);
+  }
+
+  encode(text: string): Encoded {
+    const all = this.tok.encode(text) as number[];
+    const eos = this.tok.eos_token_id;
+    const truncated = all.length > this.maxLength;
+    const ids = truncated ? [...all.slice(0, this.maxLength - 1), eos] : all.slice();
+    while (ids.length < this.maxLength) ids.push(eos);
+    return { ids, tokenCount: all.length, truncated };
+  }
+}

@@ -1,0 +1,204 @@
+// `npm run cli -- <command>`: the engine in Node, on Dawn's WebGPU (or the wasm EP).
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { deflateSync } from 'node:zlib';
+import type { GenerateJob, SchedulerId } from './api/contract.ts';
+import { EngineError } from './api/errors.ts';
+import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
+import { ModelCheckpoint } from './checkpoint/model.ts';
+import { Engine, validateJob } from './engine/engine.ts';
+import { encodePng } from './engine/png.ts';
+import { createRuntime, type Backend } from './engine/runtime.ts';
+import { makeTinyModel, tinyModelFiles } from './engine/test-model.ts';
+import { openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
+import { installNodeWebGpu } from './node/webgpu.ts';
+import type { TokenizerFiles } from './text/tokenizer.ts';
+
+class UsageError extends Error {}
+
+const USAGE = `usage: npm run cli -- <command> [options]
+  make-test-model --out DIR
+  inspect --model PATH
+  generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
+           [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
+           [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16]
+           --out FILE.png [--report FILE.json]`;
+
+function parse(args: string[], options: Record<string, { type: 'string' | 'boolean' }>) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined>;
+  } catch (e) {
+    throw new UsageError((e as Error).message.split('\n')[0]);
+  }
+}
+
+function num(v: string | undefined, name: string, fallback: number, integer = true): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new UsageError(`--${name} must be ${integer ? 'a whole number' : 'a number'}, got "${v}"`);
+  return n;
+}
+
+async function makeTestModel(args: string[]) {
+  const o = parse(args, { out: { type: 'string' }, seed: { type: 'string' } });
+  if (!o.out) throw new UsageError('make-test-model needs --out DIR');
+  const model = makeTinyModel(num(o.seed, 'seed', 1234));
+  for (const f of tinyModelFiles(model)) await writeParts(join(o.out, f.path), f.parts);
+  console.log(JSON.stringify({ out: o.out, model: join(o.out, 'tiny-sd15.safetensors'), diffusers: join(o.out, 'diffusers') }));
+}
+
+async function inspect(args: string[]) {
+  const o = parse(args, { model: { type: 'string' } });
+  if (!o.model) throw new UsageError('inspect needs --model PATH');
+  const { files } = await openModelPath(o.model);
+  const ckpt = await ModelCheckpoint.open(files);
+  const dtypes: Record<string, number> = {};
+  const params = { unet: 0, textEncoder: 0, vae: 0, other: 0 };
+  const seen = new Set<string>();
+  for (const c of ['unet', 'textEncoder', 'vae'] as const) {
+    const file = ckpt.fileOf(c);
+    for (const key of file.keys()) {
+      if (seen.has(`${file.name}:${key}`)) continue;
+      seen.add(`${file.name}:${key}`);
+      const info = file.info(key)!;
+      dtypes[info.dtype] = (dtypes[info.dtype] ?? 0) + 1;
+      const n = info.shape.reduce((a, b) => a * b, 1);
+      const component =
+        ckpt.layout === 'diffusers' ? c : key.startsWith(LDM_UNET_PREFIX) ? 'unet' : key.startsWith(LDM_CLIP_PREFIX) ? 'textEncoder' : key.startsWith(LDM_VAE_PREFIX) ? 'vae' : 'other';
+      params[component] += n;
+    }
+  }
+  console.log(
+    JSON.stringify(
+      { architecture: 'sd15', layout: ckpt.layout, dtypes, parameters: params, config: ckpt.config, metadata: ckpt.fileOf('unet').metadata },
+      null,
+      2,
+    ),
+  );
+}
+
+async function resolveTokenizer(found: TokenizerFiles | undefined): Promise<TokenizerFiles> {
+  if (found) return found;
+  // A single-file checkpoint carries no tokenizer: fetch CLIP ViT-L/14's once, then keep it.
+  const dir = tokenizerCacheDir();
+  const base = 'https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/';
+  try {
+    const [vocabJson, mergesTxt] = await Promise.all(
+      ['vocab.json', 'merges.txt'].map(async (f) => {
+        const r = await fetch(base + f);
+        if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        return r.text();
+      }),
+    );
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'vocab.json'), vocabJson);
+    await writeFile(join(dir, 'merges.txt'), mergesTxt);
+    return { vocabJson, mergesTxt };
+  } catch (e) {
+    throw new EngineError(
+      'tokenizer',
+      `No tokenizer found beside the model (tokenizer/) or in ${dir}, and fetching CLIP ViT-L/14's failed (${(e as Error).message}).`,
+    );
+  }
+}
+
+async function generate(args: string[]) {
+  const o = parse(args, {
+    model: { type: 'string' },
+    prompt: { type: 'string' },
+    negative: { type: 'string' },
+    steps: { type: 'string' },
+    cfg: { type: 'string' },
+    seed: { type: 'string' },
+    width: { type: 'string' },
+    height: { type: 'string' },
+    scheduler: { type: 'string' },
+    'clip-skip': { type: 'string' },
+    backend: { type: 'string' },
+    precision: { type: 'string' },
+    out: { type: 'string' },
+    report: { type: 'string' },
+  });
+  if (!o.model) throw new UsageError('generate needs --model PATH');
+  if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
+  if (!o.out) throw new UsageError('generate needs --out FILE.png');
+  const backend = (o.backend ?? 'webgpu') as Backend;
+  if (backend !== 'webgpu' && backend !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${o.backend}"`);
+  const precision = (o.precision ?? 'auto') as 'auto' | 'fp32' | 'fp16';
+  if (!['auto', 'fp32', 'fp16'].includes(precision)) throw new UsageError(`--precision must be auto, fp32 or fp16`);
+  const job: GenerateJob = {
+    prompt: o.prompt,
+    negative: o.negative ?? '',
+    steps: num(o.steps, 'steps', 20),
+    cfg: num(o.cfg, 'cfg', 7.5, false),
+    seed: num(o.seed, 'seed', 0),
+    width: num(o.width, 'width', 512),
+    height: num(o.height, 'height', 512),
+    scheduler: (o.scheduler ?? 'dpmpp-2m') as SchedulerId,
+    clipSkip: num(o['clip-skip'], 'clip-skip', 1),
+  };
+  try {
+    validateJob(job);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const { files, tokenizer } = await openModelPath(o.model);
+  const tok = await resolveTokenizer(tokenizer);
+  if (backend === 'webgpu') await installNodeWebGpu();
+  const rt = await createRuntime(backend);
+  const engine = new Engine(rt);
+  await engine.loadModel(files, tok, precision);
+  let lastLine = 0;
+  const result = await engine.generate(job, (e) => {
+    if (!process.stderr.isTTY) return;
+    const now = Date.now();
+    if (now - lastLine < 200 && e.phase === 'denoise' && e.step < e.total) return;
+    lastLine = now;
+    process.stderr.write(`\r${e.phase} ${e.step}/${e.total} ${(e.elapsedMs / 1000).toFixed(1)}s   `);
+  });
+  if (process.stderr.isTTY) process.stderr.write('\n');
+  for (const w of result.report.warnings) console.error(`warning: ${w}`);
+  const png = await encodePng(result.image.data, result.image.width, result.image.height, { 'lorastudio.report': JSON.stringify(result.report) }, (d) => deflateSync(d));
+  await mkdir(dirname(o.out), { recursive: true });
+  await writeFile(o.out, png);
+  if (o.report) {
+    await mkdir(dirname(o.report), { recursive: true });
+    await writeFile(o.report, JSON.stringify(result.report, null, 2));
+  }
+  console.log(JSON.stringify({ out: o.out, steps: job.steps, unetEvaluations: result.report.unetEvaluations, totalMs: Math.round(result.report.timingsMs.totalMs) }));
+  engine.unload();
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  'make-test-model': makeTestModel,
+  inspect,
+  generate,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === 'help') {
+    console.log(USAGE);
+    return command ? 0 : 2;
+  }
+  const run = COMMANDS[command];
+  try {
+    if (!run) throw new UsageError(`unknown command "${command}"`);
+    await run(rest);
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`error: ${e.message}\n${USAGE.split('\n')[0]}`);
+      return 2;
+    }
+    if (e instanceof EngineError) {
+      console.error(`error: ${e.message}`);
+      return 1;
+    }
+    console.error(`error: ${(e as Error).message ?? e}`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => process.exit(code));

@@ -1,0 +1,217 @@
+// The engine: a loaded model (weights on the GPU, one ORT session per graph and shape) and the
+// denoising loop. The same class runs in the browser's worker and in Node.
+import type * as OrtNs from 'onnxruntime-web';
+import type { AdapterInfo, GenerateJob, GenerateResult, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
+import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
+import { CONFIG_METADATA_KEY, type ModelConfig } from '../checkpoint/config.ts';
+import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
+import type { GraphBuilder } from '../graph/builder.ts';
+import { buildTextEncoder } from '../graph/clip.ts';
+import { buildUNet } from '../graph/unet.ts';
+import { buildVaeDecoder } from '../graph/vae.ts';
+import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
+import { denoise } from './pipeline.ts';
+import { sessionOptions, type Runtime } from './runtime.ts';
+import { WeightSet } from './weights.ts';
+
+interface CompiledGraph {
+  session: OrtNs.InferenceSession;
+  weightNames: string[];
+}
+
+export class Engine {
+  private model?: {
+    ckpt: ModelCheckpoint;
+    tokenizer: ClipTextTokenizer;
+    weights: Record<Component, WeightSet>;
+    precision: 'fp32' | 'fp16';
+    info: ModelInfo;
+  };
+  private readonly sessions = new Map<string, CompiledGraph>();
+  private cancelRequested = false;
+  private busy = false;
+  private lostReason?: string;
+
+  constructor(readonly rt: Runtime) {
+    rt.gpu?.lost.then((reason) => {
+      this.lostReason = reason;
+    });
+  }
+
+  get adapter(): AdapterInfo {
+    return {
+      backend: this.rt.backend,
+      vendor: this.rt.gpu?.adapter.vendor ?? 'cpu',
+      architecture: this.rt.gpu?.adapter.architecture ?? 'wasm',
+      shaderF16: this.rt.gpu?.adapter.shaderF16 ?? false,
+    };
+  }
+
+  get modelInfo(): ModelInfo | undefined {
+    return this.model?.info;
+  }
+
+  private checkDevice(): void {
+    if (this.lostReason) throw new DeviceLostError(this.lostReason);
+  }
+
+  async loadModel(files: ModelFiles, tokenizerFiles: TokenizerFiles, precision: Precision = 'auto', onProgress?: (done: number, total: number) => void): Promise<ModelInfo> {
+    this.checkDevice();
+    this.unload();
+    const ckpt = await ModelCheckpoint.open(files);
+    const tokenizer = ClipTextTokenizer.fromFiles(tokenizerFiles, ckpt.config.textEncoder.maxPositions);
+    if (tokenizer.vocabSize > ckpt.config.textEncoder.vocabSize) {
+      throw new EngineError(
+        'tokenizer',
+        `The tokenizer has ${tokenizer.vocabSize} tokens but the text encoder only ${ckpt.config.textEncoder.vocabSize}: they do not belong together.`,
+      );
+    }
+    const resolved = precision === 'auto' ? (this.rt.gpu?.adapter.shaderF16 ? 'fp16' : 'fp32') : precision;
+    if (resolved === 'fp16' && this.rt.backend === 'webgpu' && !this.rt.gpu?.adapter.shaderF16) {
+      throw new BadArgumentError('fp16 was requested but this GPU adapter has no shader-f16; use fp32.');
+    }
+    const dtype = resolved === 'fp16' ? 'float16' : 'float32';
+    const specs = graphSpecs(ckpt.config);
+    const weights = {
+      unet: new WeightSet(this.rt, dtype),
+      textEncoder: new WeightSet(this.rt, dtype),
+      vae: new WeightSet(this.rt, dtype),
+    } as Record<Component, WeightSet>;
+    const total = specs.unet.length + specs.textEncoder.length + specs.vae.length;
+    let done = 0;
+    const tick = () => onProgress?.(++done, total);
+    try {
+      for (const c of ['textEncoder', 'unet', 'vae'] as Component[]) {
+        await weights[c].load(specs[c], { read: (s) => ckpt.readFloat32(c, s.name, s.dims) }, tick);
+      }
+    } catch (e) {
+      for (const w of Object.values(weights)) w.dispose();
+      throw e;
+    }
+    const count = (list: { dims: number[] }[]) => list.reduce((a, s) => a + s.dims.reduce((x, y) => x * y, 1), 0);
+    const info: ModelInfo = {
+      name: ckpt.fileOf('unet').name,
+      layout: ckpt.layout,
+      config: ckpt.config,
+      precision: resolved,
+      parameters: { unet: count(specs.unet), textEncoder: count(specs.textEncoder), vae: count(specs.vae) },
+      weightBytes: weights.unet.bytes + weights.textEncoder.bytes + weights.vae.bytes,
+      adapter: this.adapter,
+      isTestModel: CONFIG_METADATA_KEY in ckpt.fileOf('unet').metadata,
+    };
+    this.model = { ckpt, tokenizer, weights, precision: resolved, info };
+    return info;
+  }
+
+  unload(): void {
+    for (const s of this.sessions.values()) void s.session.release();
+    this.sessions.clear();
+    if (this.model) for (const w of Object.values(this.model.weights)) w.dispose();
+    this.model = undefined;
+  }
+
+  cancel(): void {
+    if (this.busy) this.cancelRequested = true;
+  }
+
+  private async graph(key: string, build: () => GraphBuilder): Promise<CompiledGraph> {
+    const hit = this.sessions.get(key);
+    if (hit) return hit;
+    const g = build();
+    const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt));
+    const compiled = { session, weightNames: [...g.weights.keys()] };
+    this.sessions.set(key, compiled);
+    return compiled;
+  }
+
+  async generate(job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult> {
+    if (this.busy) throw new EngineError('busy', 'A generation is already running; wait for it or cancel it first.');
+    if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
+    this.checkDevice();
+    validateJob(job);
+    this.busy = true;
+    this.cancelRequested = false;
+    this.rt.gpu?.memory.resetPeak();
+    try {
+      const m = this.model;
+      const cfg = m.ckpt.config;
+      const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
+      const batch = job.cfg > 1 ? 2 : 1;
+      const lh = job.height / 8;
+      const lw = job.width / 8;
+      const clipSkip = job.clipSkip ?? 1;
+      if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
+      const t0 = performance.now();
+      const te = await this.graph(`te:${clipSkip}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip }));
+      const unet = await this.graph(`unet:${batch}:${lh}x${lw}`, () => buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype }));
+      const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
+      const sessionCreateMs = performance.now() - t0;
+      const result = await denoise(
+        {
+          ort: this.rt.ort,
+          config: cfg,
+          tokenizer: m.tokenizer,
+          textEncoder: (ids) => runGraph(this.rt, te, m.weights.textEncoder, { input_ids: ids }),
+          unet: (feeds) => runGraph(this.rt, unet, m.weights.unet, feeds),
+          vae: (feeds) => runGraph(this.rt, vae, m.weights.vae, feeds),
+          isCancelled: () => this.cancelRequested,
+          checkDevice: () => this.checkDevice(),
+        },
+        job,
+        onProgress,
+      );
+      const timings = { ...result.timings, sessionCreateMs, totalMs: performance.now() - t0 };
+      return {
+        image: result.image,
+        report: {
+          steps: job.steps,
+          unetEvaluations: result.unetEvaluations,
+          seed: job.seed,
+          scheduler: job.scheduler,
+          width: job.width,
+          height: job.height,
+          cfg: job.cfg,
+          prompt: job.prompt,
+          negative: job.negative,
+          precision: m.precision,
+          adapter: this.adapter,
+          timingsMs: timings,
+          gpuBytesAllocated: this.rt.gpu?.memory.peak ?? 0,
+          warnings: result.warnings,
+        },
+      };
+    } catch (e) {
+      if (this.lostReason) throw new DeviceLostError(this.lostReason);
+      throw e;
+    } finally {
+      this.busy = false;
+      this.cancelRequested = false;
+    }
+  }
+}
+
+export function graphSpecs(config: ModelConfig) {
+  const unet = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: config.textEncoder.maxPositions, dtype: 'float32' });
+  const te = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: config.textEncoder.maxPositions, dtype: 'float32', clipSkip: 1 });
+  const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
+  return { unet: [...unet.weights.values()], textEncoder: [...te.weights.values()], vae: [...vae.weights.values()] };
+}
+
+async function runGraph(rt: Runtime, g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
+  const all = { ...weights.feeds(g.weightNames), ...feeds };
+  return g.session.run(all);
+}
+
+export function validateJob(job: GenerateJob): void {
+  const bad = (m: string) => new BadArgumentError(m);
+  if (!Number.isInteger(job.width) || !Number.isInteger(job.height) || job.width % 64 || job.height % 64 || job.width < 64 || job.height < 64 || job.width > 2048 || job.height > 2048) {
+    throw bad(`Image size ${job.width}x${job.height} is not allowed: width and height must be multiples of 64 from 64 to 2048.`);
+  }
+  if (!Number.isInteger(job.steps) || job.steps < 1 || job.steps > 200) throw bad(`Steps must be a whole number from 1 to 200 (got ${job.steps}).`);
+  if (!Number.isFinite(job.cfg) || job.cfg < 1 || job.cfg > 30) throw bad(`Guidance scale must be from 1 to 30 (got ${job.cfg}).`);
+  if (!Number.isInteger(job.seed) || job.seed < 0 || job.seed > 0xffffffff) throw bad(`Seed must be a whole number from 0 to 4294967295 (got ${job.seed}).`);
+  if (!['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'].includes(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
+  if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
+}
+
+export { CancelledError };

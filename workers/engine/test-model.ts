@@ -1,0 +1,95 @@
+// The tiny test model: the SD 1.5 architecture with few channels and seeded random weights, written
+// through the same key layouts that real checkpoints use, so tests exercise the real loading paths.
+import { TINY_CONFIG, CONFIG_METADATA_KEY, type ModelConfig } from '../checkpoint/config.ts';
+import { isVaeAttentionProjection, LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, unetNameToLdm, vaeNameToLdm } from '../checkpoint/layout.ts';
+import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
+import type { WeightSpec } from '../graph/builder.ts';
+import { buildTextEncoder } from '../graph/clip.ts';
+import { buildUNet } from '../graph/unet.ts';
+import { buildVaeDecoder } from '../graph/vae.ts';
+import { clipTokenizerJson, makeTinyVocabulary, mergesTxt, TINY_WORDS, CLIP_TOKENIZER_CONFIG, type BpeFiles } from '../text/bpe-files.ts';
+import { Rng } from './random.ts';
+
+export interface GeneratedFile {
+  path: string;
+  parts: Uint8Array[];
+}
+
+export function tinyConfig(): { config: ModelConfig; vocab: BpeFiles } {
+  const vocab = makeTinyVocabulary(TINY_WORDS);
+  const size = Math.max(...Object.values(vocab.vocab)) + 1;
+  return { config: { ...TINY_CONFIG, textEncoder: { ...TINY_CONFIG.textEncoder, vocabSize: size } }, vocab };
+}
+
+/** The weight specs of each component, from the graphs themselves. */
+export function componentSpecs(config: ModelConfig) {
+  const unet = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32' }).weights;
+  const textEncoder = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip: 1 }).weights;
+  const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' }).weights;
+  return { unet: [...unet.values()], textEncoder: [...textEncoder.values()], vae: [...vae.values()] };
+}
+
+/** Seeded values with a sane scale: norms near 1, biases small, weights ~ N(0, 1/fan_in). */
+export function randomWeight(spec: WeightSpec, rng: Rng): Float32Array {
+  const n = spec.dims.reduce((a, b) => a * b, 1);
+  const z = rng.normal(n);
+  const isNorm = /(norm|layer_norm)\d?\.weight$|group_norm\.weight$|norm_out\.weight$/.test(spec.name);
+  if (isNorm) return z.map((v) => 1 + 0.1 * v);
+  if (spec.name.endsWith('.bias')) return z.map((v) => 0.05 * v);
+  if (/embedding\.weight$/.test(spec.name)) return z.map((v) => 0.5 * v);
+  const fanIn = spec.dims.length > 1 ? n / spec.dims[0] : 1;
+  const s = 1 / Math.sqrt(fanIn);
+  return z.map((v) => v * s);
+}
+
+function f32Bytes(v: Float32Array): Uint8Array {
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+export interface TinyModel {
+  config: ModelConfig;
+  vocab: BpeFiles;
+  weights: { unet: Map<string, Float32Array>; textEncoder: Map<string, Float32Array>; vae: Map<string, Float32Array> };
+  specs: ReturnType<typeof componentSpecs>;
+}
+
+export function makeTinyModel(seed = 1234): TinyModel {
+  const { config, vocab } = tinyConfig();
+  const specs = componentSpecs(config);
+  const rng = new Rng(seed);
+  const gen = (list: WeightSpec[]) => new Map(list.map((s) => [s.name, randomWeight(s, rng)]));
+  return { config, vocab, specs, weights: { unet: gen(specs.unet), textEncoder: gen(specs.textEncoder), vae: gen(specs.vae) } };
+}
+
+/** Every file of the test model, relative to its output folder. */
+export function tinyModelFiles(model: TinyModel): GeneratedFile[] {
+  const { config, specs, weights, vocab } = model;
+  const metadata = { [CONFIG_METADATA_KEY]: JSON.stringify(config), format: 'pt', 'lorastudio.note': 'tiny test model: random weights, images are noise patterns' };
+  const ldm: TensorToWrite[] = [];
+  for (const s of specs.unet) ldm.push({ name: LDM_UNET_PREFIX + unetNameToLdm(s.name, config.unet), dtype: 'F32', shape: s.dims, data: f32Bytes(weights.unet.get(s.name)!) });
+  for (const s of specs.textEncoder) ldm.push({ name: `${LDM_CLIP_PREFIX}${s.name}`, dtype: 'F32', shape: s.dims, data: f32Bytes(weights.textEncoder.get(s.name)!) });
+  for (const s of specs.vae) {
+    const shape = isVaeAttentionProjection(s.name) ? [...s.dims, 1, 1] : s.dims;
+    ldm.push({ name: LDM_VAE_PREFIX + vaeNameToLdm(s.name, config.vae), dtype: 'F32', shape, data: f32Bytes(weights.vae.get(s.name)!) });
+  }
+  const diffusers = (list: WeightSpec[], w: Map<string, Float32Array>, meta?: Record<string, string>) =>
+    encodeSafetensors(list.map((s) => ({ name: s.name, dtype: 'F32', shape: s.dims, data: f32Bytes(w.get(s.name)!) })), meta);
+  const tokenizerFiles = (dir: string): GeneratedFile[] => {
+    const text = (path: string, s: string) => ({ path, parts: [new TextEncoder().encode(s)] });
+    return [
+      text(`${dir}/vocab.json`, JSON.stringify(vocab.vocab)),
+      text(`${dir}/merges.txt`, mergesTxt(vocab.merges)),
+      text(`${dir}/tokenizer.json`, JSON.stringify(clipTokenizerJson(vocab))),
+      text(`${dir}/tokenizer_config.json`, JSON.stringify(CLIP_TOKENIZER_CONFIG, null, 2)),
+    ];
+  };
+  return [
+    { path: 'tiny-sd15.safetensors', parts: encodeSafetensors(ldm, metadata) },
+    ...tokenizerFiles('tokenizer'),
+    { path: 'diffusers/unet/diffusion_pytorch_model.safetensors', parts: diffusers(specs.unet, weights.unet, metadata) },
+    { path: 'diffusers/text_encoder/model.safetensors', parts: diffusers(specs.textEncoder, weights.textEncoder) },
+    { path: 'diffusers/vae/diffusion_pytorch_model.safetensors', parts: diffusers(specs.vae, weights.vae) },
+    ...tokenizerFiles('diffusers/tokenizer'),
+    { path: 'diffusers/model_index.json', parts: [new TextEncoder().encode(JSON.stringify({ _class_name: 'StableDiffusionPipeline', _note: 'LoRA Studio tiny test model' }, null, 2))] },
+  ];
+}

@@ -1,0 +1,82 @@
+// The SD 1.5 noise schedule and the small pieces every sampler shares. All arithmetic is float64.
+
+export interface Scheduler {
+  /** Timesteps given to the UNet, one per step (float for the sigma-based samplers). */
+  readonly timesteps: number[];
+  /** Standard deviation of the initial latent noise. */
+  readonly initNoiseSigma: number;
+  /** The UNet input for step i. */
+  scaleModelInput(sample: Float32Array, i: number): Float32Array;
+  /** One denoising step: the sample at step i+1 from the noise prediction at step i. */
+  step(eps: Float32Array, i: number, sample: Float32Array, noise: () => Float32Array): Float32Array;
+}
+
+export type Spacing = 'leading' | 'linspace' | 'trailing';
+
+export const TRAIN_STEPS = 1000;
+export const BETA_START = 0.00085;
+export const BETA_END = 0.012;
+
+/** scaled_linear betas -> cumulative products of alphas. */
+export function alphasCumprod(n = TRAIN_STEPS, start = BETA_START, end = BETA_END): Float64Array {
+  const out = new Float64Array(n);
+  const a = Math.sqrt(start);
+  const b = Math.sqrt(end);
+  let prod = 1;
+  for (let i = 0; i < n; i++) {
+    const s = n === 1 ? a : a + ((b - a) * i) / (n - 1);
+    prod *= 1 - s * s;
+    out[i] = prod;
+  }
+  return out;
+}
+
+/** sigma_t = sqrt((1 - alphā_t) / alphā_t) for every training timestep. */
+export function trainSigmas(ac: Float64Array): Float64Array {
+  return ac.map((a) => Math.sqrt((1 - a) / a));
+}
+
+export function linspace(a: number, b: number, n: number): number[] {
+  if (n === 1) return [a];
+  return Array.from({ length: n }, (_, i) => a + ((b - a) * i) / (n - 1));
+}
+
+/** Piecewise-linear interpolation of ys (given at 0, 1, 2, ...) at position x, as numpy.interp. */
+export function interpIndex(ys: Float64Array, x: number): number {
+  if (x <= 0) return ys[0];
+  if (x >= ys.length - 1) return ys[ys.length - 1];
+  const i = Math.floor(x);
+  const f = x - i;
+  return ys[i] * (1 - f) + ys[i + 1] * f;
+}
+
+/** Karras et al. (2022) sigma ramp, rho = 7. */
+export function karrasSigmas(sigmaMin: number, sigmaMax: number, n: number, rho = 7): number[] {
+  const minInv = sigmaMin ** (1 / rho);
+  const maxInv = sigmaMax ** (1 / rho);
+  return linspace(0, 1, n).map((r) => (maxInv + r * (minInv - maxInv)) ** rho);
+}
+
+/** The (fractional) training timestep whose sigma is `sigma`, by interpolation in log-sigma. */
+export function sigmaToTimestep(sigma: number, sigmas: Float64Array): number {
+  const logS = Math.log(sigma);
+  const logs = Array.from(sigmas, Math.log);
+  // sigmas increase with t; find the bracketing pair
+  let hi = logs.findIndex((l) => l >= logS);
+  if (hi <= 0) return hi === 0 ? 0 : logs.length - 1;
+  const lo = hi - 1;
+  const w = (logs[lo] - logS) / (logs[lo] - logs[hi]);
+  return Math.min(Math.max((1 - w) * lo + w * hi, 0), logs.length - 1);
+}
+
+/** numpy's round (half to even), so spacings match diffusers at exact .5 values. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+export function validateSteps(steps: number): void {
+  if (!Number.isInteger(steps) || steps < 1 || steps > TRAIN_STEPS) {
+    throw new RangeError(`steps must be an integer from 1 to ${TRAIN_STEPS}, got ${steps}`);
+  }
+}

@@ -1,0 +1,47 @@
+// DDIM (Song et al. 2021), eta = 0, with SD 1.5's scheduler settings: "leading" spacing,
+// steps_offset = 1, set_alpha_to_one = false.
+import { alphasCumprod, roundHalfEven, TRAIN_STEPS, validateSteps, type Scheduler, type Spacing } from './common.ts';
+
+export function ddimTimesteps(steps: number, spacing: Spacing = 'leading', stepsOffset = 1): number[] {
+  validateSteps(steps);
+  if (spacing === 'leading') {
+    const ratio = Math.floor(TRAIN_STEPS / steps);
+    return Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + stepsOffset);
+  }
+  if (spacing === 'trailing') {
+    const ratio = TRAIN_STEPS / steps;
+    return Array.from({ length: steps }, (_, i) => roundHalfEven(TRAIN_STEPS - i * ratio) - 1);
+  }
+  return Array.from({ length: steps }, (_, i) => roundHalfEven(((TRAIN_STEPS - 1) * (steps - 1 - i)) / Math.max(steps - 1, 1)));
+}
+
+export class DdimScheduler implements Scheduler {
+  readonly timesteps: number[];
+  readonly initNoiseSigma = 1;
+  private readonly ac = alphasCumprod();
+  private readonly ratio: number;
+
+  constructor(readonly steps: number, spacing: Spacing = 'leading') {
+    this.timesteps = ddimTimesteps(steps, spacing);
+    this.ratio = Math.floor(TRAIN_STEPS / steps);
+  }
+
+  scaleModelInput(sample: Float32Array): Float32Array {
+    return sample;
+  }
+
+  step(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
+    const t = this.timesteps[i];
+    const prevT = t - this.ratio;
+    // 1. alphā at this and the previous timestep (alphā_0 past the end: set_alpha_to_one = false)
+    const a = this.ac[t];
+    const aPrev = prevT >= 0 ? this.ac[prevT] : this.ac[0];
+    const out = new Float32Array(sample.length);
+    for (let k = 0; k < sample.length; k++) {
+      // 2. predicted x0, then 3. the deterministic update towards it
+      const x0 = (sample[k] - Math.sqrt(1 - a) * eps[k]) / Math.sqrt(a);
+      out[k] = Math.sqrt(aPrev) * x0 + Math.sqrt(1 - aPrev) * eps[k];
+    }
+    return out;
+  }
+}

@@ -1,0 +1,208 @@
+// Every graph block, and the whole tiny UNet, text encoder and VAE decoder, on the wasm EP and on
+// the WebGPU EP (Dawn), against the float64 reference in workers/reference/.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type * as OrtNs from 'onnxruntime-web';
+import type { TextEncoderConfig, UNetConfig } from '../../workers/checkpoint/config.ts';
+import { sessionOptions, type Backend } from '../../workers/engine/runtime.ts';
+import { makeTinyModel, randomWeight } from '../../workers/engine/test-model.ts';
+import { timestepEmbedding } from '../../workers/engine/pipeline.ts';
+import { Rng } from '../../workers/engine/random.ts';
+import { WeightSet } from '../../workers/engine/weights.ts';
+import { GraphBuilder } from '../../workers/graph/builder.ts';
+import { buildTextEncoder, causalMask, clipLayer } from '../../workers/graph/clip.ts';
+import { conv2d, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
+import { buildUNet, resnetBlock, spatialTransformer, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
+import { buildVaeDecoder, vaeAttention } from '../../workers/graph/vae.ts';
+import * as nn from '../../workers/reference/nn.ts';
+import * as ref from '../../workers/reference/sd15.ts';
+import { maxAbsDiff, runtime } from '../helpers.ts';
+
+const BACKENDS: Backend[] = ['wasm', 'webgpu'];
+const TOL: Record<Backend, number> = { wasm: 2e-5, webgpu: 2e-4 };
+
+interface Input {
+  data: Float32Array | BigInt64Array;
+  dims: number[];
+}
+
+async function run(backend: Backend, g: GraphBuilder, inputs: Record<string, Input>, weights: Map<string, Float32Array>) {
+  const rt = await runtime(backend);
+  const ws = new WeightSet(rt, 'float32');
+  for (const spec of g.weights.values()) ws.add(spec, weights.get(spec.name)!);
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt));
+  const feeds: Record<string, OrtNs.Tensor> = ws.feeds(g.weights.keys());
+  for (const [k, v] of Object.entries(inputs)) {
+    feeds[k] = v.data instanceof BigInt64Array ? new rt.ort.Tensor('int64', v.data, v.dims) : new rt.ort.Tensor('float32', v.data, v.dims);
+  }
+  const out = await session.run(feeds);
+  const result: Record<string, Float32Array> = {};
+  for (const [k, v] of Object.entries(out)) result[k] = v.data as Float32Array;
+  await session.release();
+  ws.dispose();
+  return result;
+}
+
+function randomWeights(g: GraphBuilder, seed: number): Map<string, Float32Array> {
+  const rng = new Rng(seed);
+  return new Map([...g.weights.values()].map((s) => [s.name, randomWeight(s, rng)]));
+}
+
+const W = (m: Map<string, Float32Array>) => (name: string) => {
+  const v = m.get(name);
+  if (!v) throw new Error(`reference asked for unknown weight ${name}`);
+  return Float64Array.from(v);
+};
+
+function randomInput(n: number, seed: number): Float32Array {
+  return new Rng(seed).normal(n);
+}
+
+function check(backend: Backend, got: Float32Array, want: nn.T | Float64Array, what: string) {
+  const w = 'data' in want ? want.data : want;
+  const { diff, scale } = maxAbsDiff(got, w);
+  assert.ok(diff <= TOL[backend] * Math.max(1, scale), `${what} on ${backend}: max |diff| ${diff.toExponential(2)} (scale ${scale.toFixed(3)})`);
+}
+
+const feat = (g: GraphBuilder, name: string, dims: number[]): Feat => ({ v: g.input(name, 'float32', dims), b: dims[0], c: dims[1], h: dims[2], w: dims[3] });
+
+for (const backend of BACKENDS) {
+  test(`resnet block with time embedding and shortcut (${backend})`, async () => {
+    const g = new GraphBuilder();
+    const x = feat(g, 'x', [2, 8, 6, 5]);
+    const temb = g.input('temb', 'float32', [2, 12]);
+    const y = resnetBlock(g, x, 'blk', 16, 4, 1e-5, { v: temb, dim: 12 });
+    g.output(y.v, 'y', 'float32', [2, 16, 6, 5]);
+    const w = randomWeights(g, 1);
+    const xs = randomInput(2 * 8 * 30, 2);
+    const ts = randomInput(24, 3);
+    const out = await run(backend, g, { x: { data: xs, dims: [2, 8, 6, 5] }, temb: { data: ts, dims: [2, 12] } }, w);
+    const want = ref.resnet(W(w), nn.tensor(xs, [2, 8, 6, 5]), 'blk', 16, 4, 1e-5, nn.tensor(ts, [2, 12]));
+    check(backend, out.y, want, 'resnet');
+  });
+
+  test(`spatial transformer: self-attention, cross-attention, GEGLU (${backend})`, async () => {
+    const cfg: UNetConfig = { inChannels: 4, outChannels: 4, blockOutChannels: [16], attention: [true], layersPerBlock: 1, heads: 2, transformerDepth: 1, crossAttentionDim: 12, normGroups: 4 };
+    const g = new GraphBuilder();
+    const x = feat(g, 'x', [2, 16, 4, 3]);
+    const ctx = g.input('ctx', 'float32', [2 * 77, 12]);
+    const y = spatialTransformer(g, x, 'st', cfg, ctx);
+    g.output(y.v, 'y', 'float32', [2, 16, 4, 3]);
+    const w = randomWeights(g, 4);
+    const xs = randomInput(2 * 16 * 12, 5);
+    const cs = randomInput(2 * 77 * 12, 6);
+    const out = await run(backend, g, { x: { data: xs, dims: [2, 16, 4, 3] }, ctx: { data: cs, dims: [154, 12] } }, w);
+    const want = ref.spatialTransformer(W(w), nn.tensor(xs, [2, 16, 4, 3]), 'st', cfg, nn.tensor(cs, [154, 12]));
+    check(backend, out.y, want, 'transformer');
+  });
+
+  test(`downsampling and upsampling convolutions (${backend})`, async () => {
+    const g = new GraphBuilder();
+    const x = feat(g, 'x', [1, 4, 7, 6]);
+    const down = conv2d(g, x, 'down', 6, 3, 2);
+    g.output(down.v, 'down', 'float32', [1, 6, 4, 3]);
+    const up = conv2d(g, upsampleNearest2x(g, x), 'up', 5, 3);
+    g.output(up.v, 'up', 'float32', [1, 5, 14, 12]);
+    const w = randomWeights(g, 7);
+    const xs = randomInput(4 * 42, 8);
+    const out = await run(backend, g, { x: { data: xs, dims: [1, 4, 7, 6] } }, w);
+    const X = nn.tensor(xs, [1, 4, 7, 6]);
+    check(backend, out.down, nn.conv2d(X, W(w)('down.weight'), W(w)('down.bias'), 6, 3, 2), 'downsample');
+    check(backend, out.up, nn.conv2d(nn.upsample2x(X), W(w)('up.weight'), W(w)('up.bias'), 5, 3), 'upsample');
+  });
+
+  test(`CLIP layer with causal mask and quick-GELU (${backend})`, async () => {
+    const cfg: TextEncoderConfig = { vocabSize: 10, hidden: 16, layers: 1, heads: 2, intermediate: 24, maxPositions: 77 };
+    const g = new GraphBuilder();
+    const x = g.input('x', 'float32', [77, 16]);
+    g.output(clipLayer(g, x, 'l', cfg, 1, 77, causalMask(g, 77)), 'y', 'float32', [77, 16]);
+    const w = randomWeights(g, 9);
+    const xs = randomInput(77 * 16, 10);
+    const out = await run(backend, g, { x: { data: xs, dims: [77, 16] } }, w);
+    check(backend, out.y, ref.clipLayer(W(w), nn.tensor(xs, [77, 16]), 'l', cfg, 1), 'clip layer');
+  });
+
+  test(`VAE mid-block attention (${backend})`, async () => {
+    const g = new GraphBuilder();
+    const x = feat(g, 'x', [1, 8, 5, 4]);
+    g.output(vaeAttention(g, x, 'a', 4).v, 'y', 'float32', [1, 8, 5, 4]);
+    const w = randomWeights(g, 11);
+    const xs = randomInput(160, 12);
+    const out = await run(backend, g, { x: { data: xs, dims: [1, 8, 5, 4] } }, w);
+    check(backend, out.y, ref.vaeAttention(W(w), nn.tensor(xs, [1, 8, 5, 4]), 'a', 4), 'vae attention');
+  });
+}
+
+const tiny = makeTinyModel(1234);
+
+for (const backend of BACKENDS) {
+  test(`whole tiny UNet, text encoder and VAE decoder (${backend})`, async () => {
+    const { config, weights } = tiny;
+    const sample = randomInput(4 * 64, 13);
+    const emb = timestepEmbedding(500, config.unet.blockOutChannels[0]);
+    const ctx = randomInput(77 * config.unet.crossAttentionDim, 14);
+    const ug = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32' });
+    const u = await run(
+      backend,
+      ug,
+      { sample: { data: sample, dims: [1, 4, 8, 8] }, timestep_embedding: { data: emb, dims: [1, 16] }, encoder_hidden_states: { data: ctx, dims: [1, 77, 32] } },
+      weights.unet,
+    );
+    const wantU = ref.unetForward(W(weights.unet), config.unet, nn.tensor(sample, [1, 4, 8, 8]), nn.tensor(emb, [1, 16]), nn.tensor(ctx, [77, 32]));
+    check(backend, u.noise_pred, wantU, 'unet');
+
+    const ids = Array.from({ length: 77 }, (_, i) => (i * 37) % config.textEncoder.vocabSize);
+    for (const clipSkip of [1, 2]) {
+      const tg = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip });
+      const t = await run(backend, tg, { input_ids: { data: BigInt64Array.from(ids, BigInt), dims: [1, 77] } }, weights.textEncoder);
+      check(backend, t.last_hidden_state, ref.textEncode(W(weights.textEncoder), config.textEncoder, ids, clipSkip), `text encoder clip-skip ${clipSkip}`);
+    }
+
+    const vg = buildVaeDecoder(config.vae, { batch: 1, latentH: 4, latentW: 4, dtype: 'float32' });
+    const lat = randomInput(64, 15);
+    const v = await run(backend, vg, { latent: { data: lat, dims: [1, 4, 4, 4] } }, weights.vae);
+    check(backend, v.image, ref.vaeDecode(W(weights.vae), config.vae, nn.tensor(lat, [1, 4, 4, 4])), 'vae');
+  });
+
+  test(`attention bias inputs and attention-map outputs (${backend})`, async () => {
+    const { config, weights } = tiny;
+    const selfLayer = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1';
+    const crossLayer = 'down_blocks.0.attentions.0.transformer_blocks.0.attn2';
+    const g = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32', biasLayers: [selfLayer], mapLayers: [crossLayer, selfLayer] });
+    // region mask: the left half of the 8x8 latent may not attend to the right half, and back
+    const n = 64;
+    const side = (p: number) => (p % 8 < 4 ? 0 : 1);
+    const bias = new Float32Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) bias[i * n + j] = side(i) === side(j) ? 0 : -1e9;
+    const sample = randomInput(256, 16);
+    const emb = timestepEmbedding(250, 16);
+    const ctx = randomInput(77 * 32, 17);
+    const out = await run(
+      backend,
+      g,
+      {
+        sample: { data: sample, dims: [1, 4, 8, 8] },
+        timestep_embedding: { data: emb, dims: [1, 16] },
+        encoder_hidden_states: { data: ctx, dims: [1, 77, 32] },
+        [unetBiasInputName(selfLayer)]: { data: bias, dims: [1, 1, n, n] },
+      },
+      weights.unet,
+    );
+    const probs: Record<string, Float64Array> = {};
+    const want = ref.unetForward(W(weights.unet), config.unet, nn.tensor(sample, [1, 4, 8, 8]), nn.tensor(emb, [1, 16]), nn.tensor(ctx, [77, 32]), {
+      bias: (layer) => (layer === selfLayer ? (_b, i, j) => bias[i * n + j] : undefined),
+      onProbs: (layer, p) => (probs[layer] = p),
+    });
+    check(backend, out.noise_pred, want, 'masked unet');
+    check(backend, out[unetMapOutputName(crossLayer)], probs[crossLayer], 'cross-attention map');
+    const selfMap = out[unetMapOutputName(selfLayer)];
+    let leak = 0;
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) if (side(i) !== side(j)) leak = Math.max(leak, selfMap[i * n + j]);
+    assert.equal(leak, 0, 'no self-attention probability crosses the mask');
+    let rowSum = 0;
+    for (let j = 0; j < 77; j++) rowSum += out[unetMapOutputName(crossLayer)][j];
+    assert.ok(Math.abs(rowSum - 1) < 1e-4, `cross-attention rows sum to 1 (${rowSum})`);
+  });
+}
+
+after(() => setTimeout(() => process.exit(0), 10).unref());

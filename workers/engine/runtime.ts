@@ -25,7 +25,9 @@ export function loadOrt(): Promise<Ort> {
 export async function createRuntime(backend: Backend, options: { wasmPaths?: string; threads?: number } = {}): Promise<Runtime> {
   const ort = await loadOrt();
   ort.env.wasm.numThreads = options.threads ?? 1;
-  if (options.wasmPaths) ort.env.wasm.wasmPaths = options.wasmPaths;
+  // @huggingface/transformers points ORT at a CDN when it loads; the studio works offline, so ORT
+  // must use the wasm file bundled with the app (found next to its module when no path is set).
+  ort.env.wasm.wasmPaths = options.wasmPaths;
   ort.env.logLevel = 'error';
   if (backend === 'wasm') return { ort, backend };
   if (!hasWebGpu()) throw noWebGpuError();

@@ -1,0 +1,81 @@
+// The page in Chromium on its real WebGPU adapter: the embedded test model loads, Generate makes
+// an image, the same seed gives the same pixels, Cancel stops, a corrupt file gets its sentence.
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import type { Browser, Page } from 'playwright-core';
+import { launch, serve } from './harness.ts';
+
+let server: { url: string; stop: () => void };
+let browser: Browser;
+let page: Page;
+
+before(async () => {
+  server = await serve(4300 + Math.floor(Math.random() * 500));
+  browser = await launch();
+  page = await browser.newPage();
+  page.on('pageerror', (e) => console.error('pageerror:', e.message));
+  await page.goto(server.url);
+  await page.getByTestId('status').filter({ hasText: 'Ready' }).waitFor({ timeout: 120_000 });
+  mkdirSync('e2e/screenshots', { recursive: true });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.stop();
+});
+
+async function resultPixels(): Promise<number[]> {
+  return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => {
+    const ctx = c.getContext('2d')!;
+    return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);
+  });
+}
+
+async function generateAndWait() {
+  await page.getByTestId('generate').click();
+  await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
+}
+
+test('generate with the embedded test model on WebGPU; same seed gives identical pixels', async () => {
+  assert.match(await page.getByTestId('model-name').innerText(), /tiny-sd15.safetensors \(single-file, fp32, test model/);
+  await page.getByTestId('width').fill('64');
+  await page.getByTestId('height').fill('64');
+  await page.getByTestId('steps').fill('3');
+  await page.getByTestId('seed').fill('7');
+  await generateAndWait();
+  assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
+  const a = await resultPixels();
+  assert.equal(a.length, 64 * 64 * 4);
+  assert.ok(new Set(a.filter((_, i) => i % 4 === 0)).size > 20, 'pixels are not constant');
+  await page.screenshot({ path: 'e2e/screenshots/generate.png' });
+  await generateAndWait();
+  assert.deepEqual(await resultPixels(), a, 'same seed, same pixels');
+  await page.getByTestId('seed').fill('8');
+  await generateAndWait();
+  assert.notDeepEqual(await resultPixels(), a, 'another seed, another image');
+});
+
+test('cancel stops the run and the next one works', async () => {
+  await page.getByTestId('steps').fill('200');
+  await page.getByTestId('generate').click();
+  await page.getByTestId('status').filter({ hasText: /denoise [1-9]/ }).waitFor({ timeout: 120_000 });
+  await page.getByTestId('cancel').click();
+  await page.getByTestId('status').filter({ hasText: 'Cancelled.' }).waitFor({ timeout: 60_000 });
+  const shown = await page.getByTestId('status').innerText();
+  assert.equal(shown, 'Cancelled.');
+  await page.getByTestId('steps').fill('2');
+  await generateAndWait();
+  assert.equal(await page.getByTestId('error').count(), 0);
+});
+
+test('a corrupt checkpoint gets a clear sentence and the page keeps working', async () => {
+  const bytes = Buffer.alloc(64);
+  bytes.writeUInt32LE(1000, 0);
+  await page.getByTestId('model-file').setInputFiles({ name: 'broken.safetensors', mimeType: 'application/octet-stream', buffer: bytes });
+  const err = page.getByTestId('error');
+  await err.waitFor({ timeout: 30_000 });
+  assert.match(await err.innerText(), /broken\.safetensors is not a valid \.safetensors file: the header length 1000 runs past the end of the 64-byte file\./);
+  await page.screenshot({ path: 'e2e/screenshots/corrupt-file.png' });
+  assert.equal(await page.getByTestId('prompt').isEnabled(), true);
+});

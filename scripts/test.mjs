@@ -1,0 +1,23 @@
+// `npm test`: unit and engine tests (Node, real WebGPU through Dawn), then the e2e tests in
+// Debian's Chromium against the built app. `npm test -- unit` or `-- e2e` runs one part.
+import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { ensureChromium } from './ensure-system.mjs';
+
+const which = process.argv[2] ?? 'all';
+ensureChromium();
+
+const files = (dir) => readdirSync(dir).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join(dir, f));
+const node = (args) => spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', ...args], { stdio: 'inherit' }).status ?? 1;
+
+let failed = 0;
+if (which === 'all' || which === 'unit') {
+  failed += node(['--test', '--test-concurrency=1', ...files('tests/unit'), ...files('tests/engine')]) ? 1 : 0;
+}
+if (which === 'all' || which === 'e2e') {
+  const build = spawnSync('npm', ['run', 'build', '--silent'], { stdio: 'inherit' }).status;
+  if (build !== 0) failed += 1;
+  else failed += node(['--test', '--test-concurrency=1', ...files('e2e')]) ? 1 : 0;
+}
+process.exit(failed ? 1 : 0);

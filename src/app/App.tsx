@@ -1,0 +1,193 @@
+// The minimal studio page: model picker, prompts, sampling settings, Generate/Cancel, progress with
+// a live latent preview, and the result with a PNG download. The engine runs in a worker.
+import { useEffect, useRef } from 'react';
+import type { GenerateJob, ImageData8, SchedulerId } from '../../workers/api/contract.ts';
+import { encodePng } from '../../workers/engine/png.ts';
+import { startEngine, type EngineClient } from '../engine/client.ts';
+import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
+import { useStudio } from '../store/studio.ts';
+import type { ModelRequest } from '../../workers/api/contract.ts';
+import * as Comlink from 'comlink';
+
+const SCHEDULERS: [SchedulerId, string][] = [
+  ['dpmpp-2m', 'DPM++ 2M'],
+  ['dpmpp-2m-karras', 'DPM++ 2M Karras'],
+  ['euler-a', 'Euler ancestral'],
+  ['ddim', 'DDIM'],
+];
+
+function ImageCanvas({ image, label, testId }: { image?: ImageData8; label: string; testId: string }) {
+  const ref = useRef<HTMLCanvasElement>(null);
+  useEffect(() => {
+    const c = ref.current;
+    if (!c || !image) return;
+    c.width = image.width;
+    c.height = image.height;
+    c.getContext('2d')!.putImageData(new ImageData(new Uint8ClampedArray(image.data), image.width, image.height), 0, 0);
+  }, [image]);
+  return <canvas ref={ref} className="image" aria-label={label} data-testid={testId} hidden={!image} />;
+}
+
+let client: EngineClient | undefined;
+
+async function loadModel(req: ModelRequest, label: string) {
+  const { set } = useStudio.getState();
+  set({ status: { kind: 'loading', done: 0, total: 1, label }, notice: undefined });
+  try {
+    client ??= startEngine();
+    const model = await client.api.loadModel(req, Comlink.proxy((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } })));
+    set({ model, status: { kind: 'ready' } });
+  } catch (e) {
+    set({ status: { kind: 'error', message: (e as Error).message } });
+  }
+}
+
+async function generate() {
+  const { job, set } = useStudio.getState();
+  if (!client) return;
+  set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined });
+  try {
+    const result = await client.api.generate(
+      job,
+      Comlink.proxy((p) => {
+        const cur = useStudio.getState().status;
+        if (cur.kind === 'cancelling') return;
+        set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, ...(p.preview ? { preview: p.preview } : {}) });
+      }),
+    );
+    set({ result, status: { kind: 'ready' }, notice: result.report.warnings.join(' ') || undefined });
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: 'Cancelled.' });
+    else if (err.code === 'device-lost') {
+      client?.terminate();
+      client = undefined;
+      set({ status: { kind: 'error', message: `${err.message} Reload the model to continue.` } });
+    } else set({ status: { kind: 'error', message: err.message } });
+  }
+}
+
+async function downloadPng() {
+  const r = useStudio.getState().result;
+  if (!r) return;
+  const png = await encodePng(r.image.data, r.image.width, r.image.height, { 'lorastudio.report': JSON.stringify(r.report) });
+  const url = URL.createObjectURL(new Blob([png as BlobPart], { type: 'image/png' }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = `lora-studio-${r.report.seed}.png`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function NumberField({ label, value, onChange, min, max, step = 1, testId }: { label: string; value: number; onChange: (v: number) => void; min: number; max: number; step?: number; testId: string }) {
+  return (
+    <label>
+      {label}
+      <input type="number" value={value} min={min} max={max} step={step} data-testid={testId} onChange={(e) => onChange(Number(e.target.value))} />
+    </label>
+  );
+}
+
+export function App() {
+  const { job, setJob, status, model, preview, result, notice } = useStudio();
+  useEffect(() => {
+    testModelRequest()
+      .then((req) => loadModel(req, 'tiny test model'))
+      .catch((e) => useStudio.getState().set({ status: { kind: 'error', message: `The embedded test model could not be read: ${(e as Error).message}` } }));
+  }, []);
+  const running = status.kind === 'running' || status.kind === 'cancelling';
+  const set = (patch: Partial<GenerateJob>) => setJob(patch);
+  const onFiles = async (list: FileList | null) => {
+    if (!list?.length) return;
+    try {
+      await loadModel(await requestFromFiles([...list]), list[0].name);
+    } catch (e) {
+      useStudio.getState().set({ status: { kind: 'error', message: (e as Error).message } });
+    }
+  };
+  const progress = status.kind === 'running' ? status.step / status.total : status.kind === 'loading' ? status.done / Math.max(status.total, 1) : 0;
+  return (
+    <main>
+      <header>
+        <h1>LoRA Studio</h1>
+        <span className="model" data-testid="model-name">
+          {model ? `${model.name} (${model.layout}, ${model.precision}${model.isTestModel ? ', test model: random weights, images are noise patterns' : ''})` : 'no model'}
+        </span>
+      </header>
+      <section className="controls">
+        <label>
+          Checkpoint (.safetensors)
+          <input type="file" accept=".safetensors" data-testid="model-file" disabled={running} onChange={(e) => onFiles(e.target.files)} />
+        </label>
+        <label>
+          or a diffusers folder
+          <input type="file" data-testid="model-folder" disabled={running} {...{ webkitdirectory: '' }} onChange={(e) => onFiles(e.target.files)} />
+        </label>
+        <label>
+          Prompt
+          <textarea value={job.prompt} data-testid="prompt" onChange={(e) => set({ prompt: e.target.value })} rows={3} />
+        </label>
+        <label>
+          Negative prompt
+          <textarea value={job.negative} data-testid="negative" onChange={(e) => set({ negative: e.target.value })} rows={2} />
+        </label>
+        <div className="row">
+          <NumberField label="Seed" value={job.seed} min={0} max={4294967295} onChange={(seed) => set({ seed })} testId="seed" />
+          <NumberField label="Steps" value={job.steps} min={1} max={200} onChange={(steps) => set({ steps })} testId="steps" />
+          <NumberField label="Guidance" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" />
+        </div>
+        <div className="row">
+          <NumberField label="Width" value={job.width} min={64} max={2048} step={64} onChange={(width) => set({ width })} testId="width" />
+          <NumberField label="Height" value={job.height} min={64} max={2048} step={64} onChange={(height) => set({ height })} testId="height" />
+          <label>
+            Scheduler
+            <select value={job.scheduler} data-testid="scheduler" onChange={(e) => set({ scheduler: e.target.value as SchedulerId })}>
+              {SCHEDULERS.map(([id, label]) => (
+                <option key={id} value={id}>
+                  {label}
+                </option>
+              ))}
+            </select>
+          </label>
+        </div>
+        <div className="row">
+          <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={generate}>
+            Generate
+          </button>
+          <button
+            data-testid="cancel"
+            disabled={!running}
+            onClick={() => {
+              useStudio.getState().set({ status: { kind: 'cancelling' } });
+              void client?.api.cancel();
+            }}
+          >
+            Cancel
+          </button>
+        </div>
+        <progress max={1} value={progress} data-testid="progress" />
+        <p className="status" data-testid="status" role="status">
+          {status.kind === 'loading' && `Loading ${status.label}: ${status.done}/${status.total} tensors`}
+          {status.kind === 'running' && `${status.phase} ${status.step}/${status.total}`}
+          {status.kind === 'cancelling' && 'Cancelling…'}
+          {status.kind === 'ready' && (notice ?? 'Ready')}
+          {status.kind === 'starting' && 'Starting the engine…'}
+        </p>
+        {status.kind === 'error' && (
+          <p className="error" role="alert" data-testid="error">
+            {status.message}
+          </p>
+        )}
+      </section>
+      <section className="output">
+        <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
+        {result && !running && (
+          <p>
+            {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
+            {result.report.adapter.architecture} <button onClick={downloadPng}>Download PNG</button>
+          </p>
+        )}
+      </section>
+    </main>
+  );
+}

@@ -1,0 +1,57 @@
+// Turning what the user picked into a model request: the embedded test model, one .safetensors
+// file, or a diffusers folder; and the CLIP tokenizer for single files (fetched once, then cached).
+import type { ModelRequest } from '../../workers/api/contract.ts';
+import { CONFIG_METADATA_KEY } from '../../workers/checkpoint/config.ts';
+import { ModelCheckpoint } from '../../workers/checkpoint/model.ts';
+import { BlobSource } from '../../workers/checkpoint/source.ts';
+
+const TOKENIZER_CACHE = 'lora-studio-tokenizer-v1';
+const CLIP_L14 = 'https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/';
+
+export async function testModelRequest(): Promise<ModelRequest> {
+  const base = new URL('test-model/', document.baseURI).href;
+  const tokenizerJson = await (await fetch(`${base}tokenizer/tokenizer.json`)).text();
+  return { single: { kind: 'url', url: `${base}tiny-sd15.safetensors` }, tokenizer: { tokenizerJson } };
+}
+
+async function clipTokenizer(): Promise<ModelRequest['tokenizer']> {
+  const cache = await caches.open(TOKENIZER_CACHE);
+  const get = async (name: string) => {
+    const hit = await cache.match(CLIP_L14 + name);
+    if (hit) return hit.text();
+    const res = await fetch(CLIP_L14 + name);
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    await cache.put(CLIP_L14 + name, res.clone());
+    return res.text();
+  };
+  try {
+    const [vocabJson, mergesTxt] = await Promise.all([get('vocab.json'), get('merges.txt')]);
+    return { vocabJson, mergesTxt };
+  } catch (e) {
+    throw new Error(`A single-file checkpoint needs the CLIP ViT-L/14 tokenizer, fetched once from the Hugging Face hub; that failed (${(e as Error).message}). Connect once, or open a diffusers folder that includes tokenizer/.`);
+  }
+}
+
+/** From an <input type=file> selection: one .safetensors, or a whole diffusers folder. */
+export async function requestFromFiles(files: File[]): Promise<ModelRequest> {
+  const byPath = (suffix: string) => files.find((f) => (f.webkitRelativePath || f.name).endsWith(suffix));
+  const unet = byPath('unet/diffusion_pytorch_model.safetensors');
+  if (unet) {
+    const te = byPath('text_encoder/model.safetensors');
+    const vae = byPath('vae/diffusion_pytorch_model.safetensors');
+    const vocab = byPath('tokenizer/vocab.json');
+    const merges = byPath('tokenizer/merges.txt');
+    if (!te || !vae) throw new Error('This diffusers folder is incomplete: it needs text_encoder/model.safetensors and vae/diffusion_pytorch_model.safetensors.');
+    const blob = (f: File) => ({ kind: 'blob' as const, name: f.webkitRelativePath || f.name, blob: f });
+    const tokenizer = vocab && merges ? { vocabJson: await vocab.text(), mergesTxt: await merges.text() } : await clipTokenizer();
+    return { unet: blob(unet), textEncoder: blob(te), vae: blob(vae), tokenizer };
+  }
+  const single = files.find((f) => f.name.endsWith('.safetensors'));
+  if (!single) throw new Error('Choose a .safetensors checkpoint (or a diffusers folder). Other formats such as .ckpt are not read, because they can run code.');
+  // Read the header here first (a few KB): a wrong or broken file is reported before any download,
+  // and our generated test model is recognised by its metadata and gets its own small vocabulary.
+  const ckpt = await ModelCheckpoint.open({ single: new BlobSource(single.name, single) });
+  const isTest = CONFIG_METADATA_KEY in ckpt.fileOf('unet').metadata;
+  const tokenizer = isTest ? (await testModelRequest()).tokenizer : await clipTokenizer();
+  return { single: { kind: 'blob', name: single.name, blob: single }, tokenizer };
+}

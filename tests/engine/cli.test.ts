@@ -1,0 +1,61 @@
+// The CLI as a user runs it: exit codes, one-line errors, files written.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+const cli = (...args: string[]) => {
+  const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', 'workers/cli.ts', ...args], { encoding: 'utf8', timeout: 240_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr.split('\n').filter((l) => l && !l.includes('XDG_RUNTIME_DIR')) };
+};
+
+const dir = mkdtempSync(join(tmpdir(), 'lora-studio-cli-'));
+
+test('make-test-model, inspect and generate write what they promise', () => {
+  assert.equal(cli('make-test-model', '--out', dir).code, 0);
+  const inspect = cli('inspect', '--model', join(dir, 'tiny-sd15.safetensors'));
+  assert.equal(inspect.code, 0);
+  const info = JSON.parse(inspect.out);
+  assert.equal(info.layout, 'single-file');
+  assert.equal(info.architecture, 'sd15');
+  assert.deepEqual(info.dtypes, { F32: 582 });
+  assert.equal(info.parameters.unet, 549060);
+  const diff = JSON.parse(cli('inspect', '--model', join(dir, 'diffusers')).out);
+  assert.equal(diff.layout, 'diffusers');
+  assert.deepEqual(diff.parameters, info.parameters);
+
+  const png = join(dir, 'out.png');
+  const report = join(dir, 'report.json');
+  const gen = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--prompt', 'a cat', '--steps', '2', '--width', '64', '--height', '64', '--scheduler', 'ddim', '--backend', 'wasm', '--seed', '5', '--out', png, '--report', report);
+  assert.equal(gen.code, 0, gen.err.join('\n'));
+  const bytes = readFileSync(png);
+  assert.deepEqual([...bytes.subarray(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10]);
+  assert.equal(bytes.readUInt32BE(16), 64, 'PNG width');
+  const r = JSON.parse(readFileSync(report, 'utf8'));
+  for (const k of ['steps', 'unetEvaluations', 'seed', 'scheduler', 'width', 'height', 'adapter', 'timingsMs', 'gpuBytesAllocated']) assert.ok(k in r, k);
+  assert.equal(r.unetEvaluations, 2);
+  assert.equal(r.seed, 5);
+});
+
+test('bad arguments exit 2 with one line; bad model files exit 1 with the problem named', () => {
+  const noArgs = cli('generate', '--prompt', 'x');
+  assert.equal(noArgs.code, 2);
+  assert.match(noArgs.err[0], /^error: generate needs --model PATH$/);
+  const badSteps = cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--steps', 'ten');
+  assert.equal(badSteps.code, 2);
+  assert.match(badSteps.err[0], /--steps must be a whole number/);
+  assert.equal(cli('frobnicate').code, 2);
+  assert.equal(cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--width', '100').code, 2);
+
+  const truncated = join(dir, 'truncated.safetensors');
+  writeFileSync(truncated, readFileSync(join(dir, 'tiny-sd15.safetensors')).subarray(0, 100000));
+  const t = cli('inspect', '--model', truncated);
+  assert.equal(t.code, 1);
+  assert.equal(t.err.length, 1, 'one line, no stack trace');
+  assert.match(t.err[0], /^error: truncated\.safetensors is truncated: .* Download it again\.$/);
+  const missing = cli('inspect', '--model', join(dir, 'nope.safetensors'));
+  assert.equal(missing.code, 1);
+  assert.match(missing.err[0], /no such file/);
+});

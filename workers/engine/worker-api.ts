@@ -1,0 +1,41 @@
+// The engine behind the worker's Comlink interface: files from the page become byte sources, and
+// progress and images go back as transferable data.
+import * as Comlink from 'comlink';
+import type { EngineApi, FileRef, GenerateJob, ModelRequest, ProgressEvent } from '../api/contract.ts';
+import { BlobSource, HttpSource, type ByteSource } from '../checkpoint/source.ts';
+import { Engine } from './engine.ts';
+import { createRuntime } from './runtime.ts';
+
+async function source(ref: FileRef): Promise<ByteSource> {
+  return ref.kind === 'blob' ? new BlobSource(ref.name, ref.blob) : HttpSource.open(new URL(ref.url, self.location.href).href);
+}
+
+export function createWorkerApi(): EngineApi {
+  let engine: Engine | undefined;
+  const ready = async () => {
+    engine ??= new Engine(await createRuntime('webgpu'));
+    return engine;
+  };
+  return {
+    async init() {
+      return (await ready()).adapter;
+    },
+    async loadModel(req: ModelRequest, onProgress) {
+      const e = await ready();
+      const files = req.single
+        ? { single: await source(req.single) }
+        : { unet: await source(req.unet!), textEncoder: await source(req.textEncoder!), vae: await source(req.vae!) };
+      return e.loadModel(files, req.tokenizer, req.precision ?? 'auto', onProgress);
+    },
+    async generate(job: GenerateJob, onProgress?: (p: ProgressEvent) => void) {
+      const e = await ready();
+      const result = await e.generate(job, (p) => {
+        void onProgress?.(p.preview ? Comlink.transfer(p, [p.preview.data.buffer]) : p);
+      });
+      return Comlink.transfer(result, [result.image.data.buffer]);
+    },
+    async cancel() {
+      engine?.cancel();
+    },
+  };
+}

@@ -4,6 +4,10 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
+import { Engine } from '../workers/engine/engine.ts';
+import { createRuntime } from '../workers/engine/runtime.ts';
+import { openModelPath } from '../workers/node/files.ts';
+import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { launch, serve } from './harness.ts';
 
 let server: { url: string; stop: () => void };
@@ -11,6 +15,7 @@ let browser: Browser;
 let page: Page;
 
 before(async () => {
+  await installNodeWebGpu();
   server = await serve(4300 + Math.floor(Math.random() * 500));
   browser = await launch();
   page = await browser.newPage();
@@ -23,6 +28,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   server?.stop();
+  setTimeout(() => process.exit(0), 10).unref();
 });
 
 async function resultPixels(): Promise<number[]> {
@@ -49,6 +55,17 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   assert.equal(a.length, 64 * 64 * 4);
   assert.ok(new Set(a.filter((_, i) => i % 4 === 0)).size > 20, 'pixels are not constant');
   await page.screenshot({ path: 'e2e/screenshots/generate.png' });
+  // the same job in Node (Dawn) with the same engine code gives the same image
+  const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
+  assert.ok(job, 'the page records the job it ran');
+  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
+  const engine = new Engine(await createRuntime('webgpu'));
+  await engine.loadModel(files, tokenizer!, 'fp32');
+  const node = await engine.generate(job);
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - node.image.data[i]));
+  assert.ok(diff <= 2, `browser and Node images differ by at most 2/255 (got ${diff})`);
+  engine.unload();
   await generateAndWait();
   assert.deepEqual(await resultPixels(), a, 'same seed, same pixels');
   await page.getByTestId('seed').fill('8');

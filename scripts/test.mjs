@@ -13,6 +13,7 @@ const node = (args) => spawnSync(process.execPath, ['--liftoff-only', '--import'
 
 let failed = 0;
 if (which === 'all' || which === 'unit') {
+  failed += spawnSync('npx', ['tsc', '--noEmit', '-p', 'tsconfig.json'], { stdio: 'inherit' }).status ? 1 : 0;
   failed += node(['--test', '--test-concurrency=1', ...files('tests/unit'), ...files('tests/engine')]) ? 1 : 0;
 }
 if (which === 'all' || which === 'e2e') {

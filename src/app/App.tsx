@@ -1,7 +1,7 @@
 // The minimal studio page: model picker, prompts, sampling settings, Generate/Cancel, progress with
 // a live latent preview, and the result with a PNG download. The engine runs in a worker.
 import { useEffect, useRef } from 'react';
-import type { GenerateJob, ImageData8, SchedulerId } from '../../workers/api/contract.ts';
+import type { GenerateJob, ImageData8, ProgressEvent, SchedulerId } from '../../workers/api/contract.ts';
 import { encodePng } from '../../workers/engine/png.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
 import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
@@ -46,10 +46,11 @@ async function generate() {
   const { job, set } = useStudio.getState();
   if (!client) return;
   set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined });
+  localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
   try {
     const result = await client.api.generate(
       job,
-      Comlink.proxy((p) => {
+      Comlink.proxy((p: ProgressEvent) => {
         const cur = useStudio.getState().status;
         if (cur.kind === 'cancelling') return;
         set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, ...(p.preview ? { preview: p.preview } : {}) });

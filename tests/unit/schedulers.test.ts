@@ -65,7 +65,7 @@ test('DPM-Solver++ 2M with oracle noise stays on the trajectory and ends at x0',
     const s = new DpmSolverPP2MScheduler(6, karras);
     const vp = (sig: number) => [1 / Math.sqrt(sig * sig + 1), sig / Math.sqrt(sig * sig + 1)];
     let [a, sg] = vp(s.sigmas[0]);
-    let x = x0.map((v, k) => a * v + sg * eps[k]);
+    let x: Float32Array = x0.map((v, k) => a * v + sg * eps[k]);
     for (let i = 0; i < 6; i++) {
       x = s.step(eps, i, x);
       [a, sg] = vp(s.sigmas[i + 1]);

@@ -106,7 +106,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // 2. seeded initial noise, scaled to the scheduler's first sigma
   const scheduler = createScheduler(job.scheduler, job.steps);
   const rng = new Rng(job.seed);
-  let latent = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
+  let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
   const batch = guided ? 2 : 1;
   const ctxTensor = new ort.Tensor('float32', context, [batch, textLen, config.unet.crossAttentionDim]);
   const c0 = config.unet.blockOutChannels[0];

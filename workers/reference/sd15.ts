@@ -7,7 +7,7 @@ export function resnet(W: Weights, x: T, name: string, cout: number, groups: num
   h = conv2d(h, W(`${name}.conv1.weight`), W(`${name}.conv1.bias`), cout, 3);
   if (temb) {
     const e = linear(silu(temb), W(`${name}.time_emb_proj.weight`), W(`${name}.time_emb_proj.bias`), cout);
-    const [B, C, H, Wd] = h.shape;
+    const [, C, H, Wd] = h.shape;
     h = { data: h.data.map((v, i) => v + e.data[Math.floor(i / (C * H * Wd)) * C + (Math.floor(i / (H * Wd)) % C)]), shape: h.shape };
   }
   h = silu(groupNorm(h, groups, W(`${name}.norm2.weight`), W(`${name}.norm2.bias`), eps));

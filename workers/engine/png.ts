@@ -1,6 +1,8 @@
 // PNG encoding of RGBA images (8-bit, no filter), with optional tEXt chunks. Deflate is the
 // browser's CompressionStream by default; Node passes zlib's (its CompressionStream stalls for
-// tens of seconds once onnxruntime's wasm has run in the process).
+// tens of seconds while V8 optimises onnxruntime's wasm on its background threads).
+
+import { concatBytes } from '../checkpoint/safetensors.ts';
 
 const CRC_TABLE = (() => {
   const t = new Uint32Array(256);
@@ -30,13 +32,7 @@ export async function streamDeflate(data: Uint8Array): Promise<Uint8Array> {
     if (done) break;
     chunks.push(value);
   }
-  const out = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
-  let o = 0;
-  for (const c of chunks) {
-    out.set(c, o);
-    o += c.length;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 function chunk(type: string, data: Uint8Array): Uint8Array {
@@ -74,11 +70,5 @@ export async function encodePng(
     parts.push(chunk('tEXt', new TextEncoder().encode(`${k}\0${val}`)));
   }
   parts.push(chunk('IDAT', await deflate(raw)), chunk('IEND', new Uint8Array(0)));
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }

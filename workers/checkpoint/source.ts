@@ -33,7 +33,7 @@ export class BlobSource implements ByteSource {
 
 /** An HTTP(S) URL read with Range requests. The size comes from a first ranged request. */
 export class HttpSource implements ByteSource {
-  private constructor(readonly name: string, readonly size: number, private readonly url: string) {}
+  private constructor(readonly name: string, readonly size: number, private readonly url: string, private readonly fetchFn: typeof fetch) {}
 
   static async open(url: string, fetchFn: typeof fetch = fetch): Promise<HttpSource> {
     const res = await fetchFn(url, { headers: { Range: 'bytes=0-0' } });
@@ -44,13 +44,14 @@ export class HttpSource implements ByteSource {
     if (res.status !== 206 || !Number.isFinite(total)) {
       throw new EngineError('io', `${url} does not support HTTP range requests, so it cannot be read in parts.`);
     }
-    return new HttpSource(url.split('/').pop() ?? url, total, url);
+    return new HttpSource(url.split('/').pop() ?? url, total, url, fetchFn);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const end = Math.min(offset + length, this.size) - 1;
     if (end < offset) return new Uint8Array(0);
-    const res = await fetch(this.url, { headers: { Range: `bytes=${offset}-${end}` } });
+    const fetchFn = this.fetchFn; // called unbound: fetch refuses another `this`
+    const res = await fetchFn(this.url, { headers: { Range: `bytes=${offset}-${end}` } });
     if (res.status !== 206) throw new EngineError('io', `Range request to ${this.url} failed: HTTP ${res.status}.`);
     return new Uint8Array(await res.arrayBuffer());
   }

@@ -151,9 +151,9 @@ export class Engine {
           ort: this.rt.ort,
           config: cfg,
           tokenizer: m.tokenizer,
-          textEncoder: (ids) => runGraph(this.rt, te, m.weights.textEncoder, { input_ids: ids }),
-          unet: (feeds) => runGraph(this.rt, unet, m.weights.unet, feeds),
-          vae: (feeds) => runGraph(this.rt, vae, m.weights.vae, feeds),
+          textEncoder: (ids) => runGraph(te, m.weights.textEncoder, { input_ids: ids }),
+          unet: (feeds) => runGraph(unet, m.weights.unet, feeds),
+          vae: (feeds) => runGraph(vae, m.weights.vae, feeds),
           isCancelled: () => this.cancelRequested,
           checkDevice: () => this.checkDevice(),
         },
@@ -197,7 +197,7 @@ export function graphSpecs(config: ModelConfig) {
   return { unet: [...unet.weights.values()], textEncoder: [...te.weights.values()], vae: [...vae.weights.values()] };
 }
 
-async function runGraph(rt: Runtime, g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
+async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
   const all = { ...weights.feeds(g.weightNames), ...feeds };
   return g.session.run(all);
 }

@@ -3,12 +3,14 @@
 import type * as OrtNs from 'onnxruntime-web';
 import type { AdapterInfo, GenerateJob, GenerateResult, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
-import { CONFIG_METADATA_KEY, type ModelConfig } from '../checkpoint/config.ts';
+import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
+import { graphSpecs } from '../graph/specs.ts';
+import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
 import { sessionOptions, type Runtime } from './runtime.ts';
@@ -190,13 +192,6 @@ export class Engine {
   }
 }
 
-export function graphSpecs(config: ModelConfig) {
-  const unet = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: config.textEncoder.maxPositions, dtype: 'float32' });
-  const te = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: config.textEncoder.maxPositions, dtype: 'float32', clipSkip: 1 });
-  const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
-  return { unet: [...unet.weights.values()], textEncoder: [...te.weights.values()], vae: [...vae.weights.values()] };
-}
-
 async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
   const all = { ...weights.feeds(g.weightNames), ...feeds };
   return g.session.run(all);
@@ -210,7 +205,7 @@ export function validateJob(job: GenerateJob): void {
   if (!Number.isInteger(job.steps) || job.steps < 1 || job.steps > 200) throw bad(`Steps must be a whole number from 1 to 200 (got ${job.steps}).`);
   if (!Number.isFinite(job.cfg) || job.cfg < 1 || job.cfg > 30) throw bad(`Guidance scale must be from 1 to 30 (got ${job.cfg}).`);
   if (!Number.isInteger(job.seed) || job.seed < 0 || job.seed > 0xffffffff) throw bad(`Seed must be a whole number from 0 to 4294967295 (got ${job.seed}).`);
-  if (!['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'].includes(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
+  if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
 }
 

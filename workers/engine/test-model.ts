@@ -4,9 +4,7 @@ import { TINY_CONFIG, CONFIG_METADATA_KEY, type ModelConfig } from '../checkpoin
 import { isVaeAttentionProjection, LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, unetNameToLdm, vaeNameToLdm } from '../checkpoint/layout.ts';
 import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
 import type { WeightSpec } from '../graph/builder.ts';
-import { buildTextEncoder } from '../graph/clip.ts';
-import { buildUNet } from '../graph/unet.ts';
-import { buildVaeDecoder } from '../graph/vae.ts';
+import { graphSpecs } from '../graph/specs.ts';
 import { clipTokenizerJson, makeTinyVocabulary, mergesTxt, TINY_WORDS, CLIP_TOKENIZER_CONFIG, type BpeFiles } from '../text/bpe-files.ts';
 import { Rng } from './random.ts';
 
@@ -19,14 +17,6 @@ export function tinyConfig(): { config: ModelConfig; vocab: BpeFiles } {
   const vocab = makeTinyVocabulary(TINY_WORDS);
   const size = Math.max(...Object.values(vocab.vocab)) + 1;
   return { config: { ...TINY_CONFIG, textEncoder: { ...TINY_CONFIG.textEncoder, vocabSize: size } }, vocab };
-}
-
-/** The weight specs of each component, from the graphs themselves. */
-export function componentSpecs(config: ModelConfig) {
-  const unet = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32' }).weights;
-  const textEncoder = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip: 1 }).weights;
-  const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' }).weights;
-  return { unet: [...unet.values()], textEncoder: [...textEncoder.values()], vae: [...vae.values()] };
 }
 
 /** Seeded values with a sane scale: norms near 1, biases small, weights ~ N(0, 1/fan_in). */
@@ -50,12 +40,12 @@ export interface TinyModel {
   config: ModelConfig;
   vocab: BpeFiles;
   weights: { unet: Map<string, Float32Array>; textEncoder: Map<string, Float32Array>; vae: Map<string, Float32Array> };
-  specs: ReturnType<typeof componentSpecs>;
+  specs: ReturnType<typeof graphSpecs>;
 }
 
 export function makeTinyModel(seed = 1234): TinyModel {
   const { config, vocab } = tinyConfig();
-  const specs = componentSpecs(config);
+  const specs = graphSpecs(config);
   const rng = new Rng(seed);
   const gen = (list: WeightSpec[]) => new Map(list.map((s) => [s.name, randomWeight(s, rng)]));
   return { config, vocab, specs, weights: { unet: gen(specs.unet), textEncoder: gen(specs.textEncoder), vae: gen(specs.vae) } };

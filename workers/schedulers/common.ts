@@ -75,6 +75,16 @@ export function roundHalfEven(x: number): number {
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
+/** diffusers' "leading" (every `ratio` steps from 0, plus an offset) and "trailing" (from the end) spacings. */
+export function leadingTimesteps(steps: number, ratio: number, offset: number): number[] {
+  return Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + offset);
+}
+
+export function trailingTimesteps(steps: number): number[] {
+  const ratio = TRAIN_STEPS / steps;
+  return Array.from({ length: steps }, (_, i) => roundHalfEven(TRAIN_STEPS - i * ratio) - 1);
+}
+
 export function validateSteps(steps: number): void {
   if (!Number.isInteger(steps) || steps < 1 || steps > TRAIN_STEPS) {
     throw new RangeError(`steps must be an integer from 1 to ${TRAIN_STEPS}, got ${steps}`);

@@ -1,17 +1,11 @@
 // DDIM (Song et al. 2021), eta = 0, with SD 1.5's scheduler settings: "leading" spacing,
 // steps_offset = 1, set_alpha_to_one = false.
-import { alphasCumprod, roundHalfEven, TRAIN_STEPS, validateSteps, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, leadingTimesteps, roundHalfEven, trailingTimesteps, TRAIN_STEPS, validateSteps, type Scheduler, type Spacing } from './common.ts';
 
 export function ddimTimesteps(steps: number, spacing: Spacing = 'leading', stepsOffset = 1): number[] {
   validateSteps(steps);
-  if (spacing === 'leading') {
-    const ratio = Math.floor(TRAIN_STEPS / steps);
-    return Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + stepsOffset);
-  }
-  if (spacing === 'trailing') {
-    const ratio = TRAIN_STEPS / steps;
-    return Array.from({ length: steps }, (_, i) => roundHalfEven(TRAIN_STEPS - i * ratio) - 1);
-  }
+  if (spacing === 'leading') return leadingTimesteps(steps, Math.floor(TRAIN_STEPS / steps), stepsOffset);
+  if (spacing === 'trailing') return trailingTimesteps(steps);
   return Array.from({ length: steps }, (_, i) => roundHalfEven(((TRAIN_STEPS - 1) * (steps - 1 - i)) / Math.max(steps - 1, 1)));
 }
 

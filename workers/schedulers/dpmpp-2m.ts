@@ -6,7 +6,9 @@ import {
   roundHalfEven,
   interpIndex,
   karrasSigmas,
+  leadingTimesteps,
   linspace,
+  trailingTimesteps,
   sigmaToTimestep,
   TRAIN_STEPS,
   trainSigmas,
@@ -18,12 +20,8 @@ import {
 export function dpmTimesteps(steps: number, spacing: Spacing = 'linspace', stepsOffset = 0): number[] {
   validateSteps(steps);
   if (spacing === 'linspace') return linspace(0, TRAIN_STEPS - 1, steps + 1).map(roundHalfEven).reverse().slice(0, steps);
-  if (spacing === 'leading') {
-    const ratio = Math.floor(TRAIN_STEPS / (steps + 1));
-    return Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + stepsOffset);
-  }
-  const ratio = TRAIN_STEPS / steps;
-  return Array.from({ length: steps }, (_, i) => roundHalfEven(TRAIN_STEPS - i * ratio) - 1);
+  if (spacing === 'leading') return leadingTimesteps(steps, Math.floor(TRAIN_STEPS / (steps + 1)), stepsOffset);
+  return trailingTimesteps(steps);
 }
 
 export class DpmSolverPP2MScheduler implements Scheduler {

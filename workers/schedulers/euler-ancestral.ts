@@ -1,16 +1,12 @@
 // Euler ancestral (k-diffusion's sample_euler_ancestral), in diffusers' discrete form with
 // "linspace" spacing: timesteps may be fractional and sigmas are interpolated between them.
-import { alphasCumprod, interpIndex, linspace, roundHalfEven, TRAIN_STEPS, trainSigmas, validateSteps, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, interpIndex, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type Scheduler, type Spacing } from './common.ts';
 
 export function eulerTimesteps(steps: number, spacing: Spacing = 'linspace', stepsOffset = 0): number[] {
   validateSteps(steps);
   if (spacing === 'linspace') return linspace(0, TRAIN_STEPS - 1, steps).reverse();
-  if (spacing === 'leading') {
-    const ratio = Math.floor(TRAIN_STEPS / steps);
-    return Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + stepsOffset);
-  }
-  const ratio = TRAIN_STEPS / steps;
-  return Array.from({ length: steps }, (_, i) => roundHalfEven(TRAIN_STEPS - i * ratio) - 1);
+  if (spacing === 'leading') return leadingTimesteps(steps, Math.floor(TRAIN_STEPS / steps), stepsOffset);
+  return trailingTimesteps(steps);
 }
 
 export class EulerAncestralScheduler implements Scheduler {

@@ -1,0 +1,14 @@
+// The weight specs (diffusers name + shape) of each model component, read from the graphs
+// themselves so loading, test-model generation and the graphs never disagree.
+import type { ModelConfig } from '../checkpoint/config.ts';
+import { buildTextEncoder } from './clip.ts';
+import { buildUNet } from './unet.ts';
+import { buildVaeDecoder } from './vae.ts';
+
+export function graphSpecs(config: ModelConfig) {
+  const textLen = config.textEncoder.maxPositions;
+  const unet = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype: 'float32' });
+  const te = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: textLen, dtype: 'float32', clipSkip: 1 });
+  const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
+  return { unet: [...unet.weights.values()], textEncoder: [...te.weights.values()], vae: [...vae.weights.values()] };
+}

@@ -9,7 +9,7 @@ const which = process.argv[2] ?? 'all';
 ensureChromium();
 
 const files = (dir) => readdirSync(dir).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join(dir, f));
-const node = (args) => spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', ...args], { stdio: 'inherit' }).status ?? 1;
+const node = (args) => spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', ...args], { stdio: 'inherit' }).status ?? 1;
 
 let failed = 0;
 if (which === 'all' || which === 'unit') {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 
 const cli = (...args: string[]) => {
-  const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', 'workers/cli.ts', ...args], { encoding: 'utf8', timeout: 240_000 });
+  const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'workers/cli.ts', ...args], { encoding: 'utf8', timeout: 240_000 });
   return { code: r.status, out: r.stdout, err: r.stderr.split('\n').filter((l) => l && !l.includes('XDG_RUNTIME_DIR')) };
 };
 

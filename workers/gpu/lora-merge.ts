@@ -1,0 +1,96 @@
+// Runs a merge plan (workers/lora/merge-plan.ts) with shaders/lora-merge.wgsl: one command buffer
+// holding the restore copies, every dispatch and the scratch-to-weight copies, so a LoRA switch is
+// one submission and no weight value passes through the CPU.
+import mergeWgsl from '../../shaders/lora-merge.wgsl?raw';
+import weightsF16Wgsl from '../../shaders/lora-weights-f16.wgsl?raw';
+import weightsF32Wgsl from '../../shaders/lora-weights-f32.wgsl?raw';
+import { passUniforms, PASS_STRIDE_WORDS, type MergePlan } from '../lora/merge-plan.ts';
+
+export type WeightStorage = 'f32' | 'f16';
+
+export interface MergeBuffers {
+  factors: GPUBuffer;
+  chunk(index: number): GPUBuffer;
+  target(key: string): GPUBuffer;
+  /** At least plan.scratchBytes; only read for batched plans. */
+  scratch?: GPUBuffer;
+}
+
+export class LoraMergeKernel {
+  private constructor(
+    private readonly device: GPUDevice,
+    private readonly pipeline: GPUComputePipeline,
+    private readonly layout: GPUBindGroupLayout,
+    readonly storage: WeightStorage,
+  ) {}
+
+  static async create(device: GPUDevice, storage: WeightStorage): Promise<LoraMergeKernel> {
+    const code = mergeWgsl + '\n' + (storage === 'f16' ? weightsF16Wgsl : weightsF32Wgsl);
+    const module = device.createShaderModule({ code, label: `lora-merge-${storage}` });
+    const info = await module.getCompilationInfo();
+    const errors = info.messages.filter((m) => m.type === 'error');
+    if (errors.length) throw new Error(`lora-merge.wgsl: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ')}`);
+    const storageEntry = (binding: number, type: GPUBufferBindingType): GPUBindGroupLayoutEntry => ({ binding, visibility: GPUShaderStage.COMPUTE, buffer: { type } });
+    const layout = device.createBindGroupLayout({
+      entries: [
+        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform', hasDynamicOffset: true } },
+        storageEntry(1, 'read-only-storage'),
+        storageEntry(2, 'read-only-storage'),
+        storageEntry(3, 'read-only-storage'),
+        storageEntry(4, 'read-only-storage'),
+        storageEntry(5, 'storage'),
+      ],
+    });
+    const pipeline = await device.createComputePipelineAsync({
+      layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: 'main' },
+    });
+    return new LoraMergeKernel(device, pipeline, layout, storage);
+  }
+
+  /** Encode and submit the whole plan; resolves when the GPU has finished it. */
+  async run(plan: MergePlan, buffers: MergeBuffers): Promise<void> {
+    const { device } = this;
+    const temp: GPUBuffer[] = [];
+    const upload = (data: ArrayBufferView | ArrayBuffer, usage: number) => {
+      const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes.byteLength / 4) * 4), usage: usage | GPUBufferUsage.COPY_DST });
+      if (bytes.byteLength) device.queue.writeBuffer(b, 0, bytes);
+      temp.push(b);
+      return b;
+    };
+    try {
+      const encoder = device.createCommandEncoder({ label: 'lora-merge' });
+      for (const r of plan.restores) encoder.copyBufferToBuffer(buffers.chunk(r.chunk), r.copy.srcByte, buffers.target(r.target), 0, r.copy.bytes);
+      if (plan.passes.length) {
+        const uniforms = upload(passUniforms(plan), GPUBufferUsage.UNIFORM);
+        const segments = upload(plan.segments, GPUBufferUsage.STORAGE);
+        const terms = upload(plan.terms, GPUBufferUsage.STORAGE);
+        plan.passes.forEach((p, i) => {
+          const out = p.into === 'scratch' ? buffers.scratch! : buffers.target(p.into);
+          const bind = device.createBindGroup({
+            layout: this.layout,
+            entries: [
+              { binding: 0, resource: { buffer: uniforms, size: 16 } },
+              { binding: 1, resource: { buffer: segments } },
+              { binding: 2, resource: { buffer: terms } },
+              { binding: 3, resource: { buffer: buffers.factors } },
+              { binding: 4, resource: { buffer: buffers.chunk(p.chunk) } },
+              { binding: 5, resource: { buffer: out } },
+            ],
+          });
+          const pass = encoder.beginComputePass({ label: `lora-merge ${i}` });
+          pass.setPipeline(this.pipeline);
+          pass.setBindGroup(0, bind, [i * PASS_STRIDE_WORDS * 4]);
+          pass.dispatchWorkgroups(p.tilesX, p.tilesY);
+          pass.end();
+          for (const c of p.copies) encoder.copyBufferToBuffer(out, c.srcByte, buffers.target(c.target), 0, c.bytes);
+        });
+      }
+      device.queue.submit([encoder.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    } finally {
+      for (const b of temp) b.destroy();
+    }
+  }
+}

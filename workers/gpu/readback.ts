@@ -1,0 +1,28 @@
+// Reading a GPU buffer back to the CPU (tests, self-test, the CPU merge path's pristine copy).
+
+export async function readBuffer(device: GPUDevice, buffer: GPUBuffer, byteOffset = 0, bytes = buffer.size - byteOffset): Promise<ArrayBuffer> {
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  try {
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(buffer, byteOffset, staging, 0, size);
+    device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    return staging.getMappedRange().slice(0, bytes);
+  } finally {
+    staging.destroy();
+  }
+}
+
+export function uploadBuffer(device: GPUDevice, data: ArrayBufferView, usage: number): GPUBuffer {
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const size = Math.max(16, Math.ceil(bytes.byteLength / 4) * 4);
+  const b = device.createBuffer({ size, usage: usage | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+  if (bytes.byteLength % 4 === 0) device.queue.writeBuffer(b, 0, bytes);
+  else {
+    const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+    padded.set(bytes);
+    device.queue.writeBuffer(b, 0, padded);
+  }
+  return b;
+}

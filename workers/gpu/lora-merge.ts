@@ -4,6 +4,7 @@
 import mergeWgsl from '../../shaders/lora-merge.wgsl?raw';
 import weightsF16Wgsl from '../../shaders/lora-weights-f16.wgsl?raw';
 import weightsF32Wgsl from '../../shaders/lora-weights-f32.wgsl?raw';
+import { uploadBuffer } from './buffers.ts';
 import { passUniforms, PASS_STRIDE_WORDS, type MergePlan } from '../lora/merge-plan.ts';
 
 export type WeightStorage = 'f32' | 'f16';
@@ -52,10 +53,8 @@ export class LoraMergeKernel {
   async run(plan: MergePlan, buffers: MergeBuffers): Promise<void> {
     const { device } = this;
     const temp: GPUBuffer[] = [];
-    const upload = (data: ArrayBufferView | ArrayBuffer, usage: number) => {
-      const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes.byteLength / 4) * 4), usage: usage | GPUBufferUsage.COPY_DST });
-      if (bytes.byteLength) device.queue.writeBuffer(b, 0, bytes);
+    const upload = (data: ArrayBufferView, usage: number) => {
+      const b = uploadBuffer(device, data, usage);
       temp.push(b);
       return b;
     };
@@ -65,7 +64,7 @@ export class LoraMergeKernel {
       if (plan.passes.length) {
         const uniforms = upload(passUniforms(plan), GPUBufferUsage.UNIFORM);
         const segments = upload(plan.segments, GPUBufferUsage.STORAGE);
-        const terms = upload(plan.terms, GPUBufferUsage.STORAGE);
+        const terms = upload(new Uint8Array(plan.terms), GPUBufferUsage.STORAGE);
         plan.passes.forEach((p, i) => {
           const out = p.into === 'scratch' ? buffers.scratch! : buffers.target(p.into);
           const bind = device.createBindGroup({

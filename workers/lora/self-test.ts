@@ -4,7 +4,7 @@
 import { floatToHalf, halfToFloat } from '../checkpoint/dtype.ts';
 import { Rng } from '../engine/random.ts';
 import { LoraMergeKernel, type WeightStorage } from '../gpu/lora-merge.ts';
-import { readBuffer, uploadBuffer } from '../gpu/readback.ts';
+import { readBuffer, uploadBuffer } from '../gpu/buffers.ts';
 import { mergeReference, type ReferenceTerm } from '../reference/lora.ts';
 import { alignUp, PACK_ALIGN, planMerge, type MergeMode, type MergeSegmentSpec } from './merge-plan.ts';
 

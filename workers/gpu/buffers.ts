@@ -1,4 +1,4 @@
-// Reading a GPU buffer back to the CPU (tests, self-test, the CPU merge path's pristine copy).
+// Small buffer helpers: read a GPU buffer back to the CPU, and make one filled from CPU data.
 
 export async function readBuffer(device: GPUDevice, buffer: GPUBuffer, byteOffset = 0, bytes = buffer.size - byteOffset): Promise<ArrayBuffer> {
   const size = Math.ceil(bytes / 4) * 4;
@@ -15,7 +15,7 @@ export async function readBuffer(device: GPUDevice, buffer: GPUBuffer, byteOffse
 }
 
 export function uploadBuffer(device: GPUDevice, data: ArrayBufferView, usage: number): GPUBuffer {
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   const size = Math.max(16, Math.ceil(bytes.byteLength / 4) * 4);
   const b = device.createBuffer({ size, usage: usage | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
   if (bytes.byteLength % 4 === 0) device.queue.writeBuffer(b, 0, bytes);

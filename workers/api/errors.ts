@@ -8,6 +8,8 @@ export type EngineErrorCode =
   | 'not-a-model'
   | 'missing-tensor'
   | 'shape-mismatch'
+  | 'not-a-lora'
+  | 'lora-shape-mismatch'
   | 'tokenizer'
   | 'bad-argument'
   | 'gpu-unavailable'
@@ -47,10 +49,10 @@ export class SafetensorsTruncatedError extends EngineError {
 
 /** A valid checkpoint, but of an architecture this engine does not run (SD 2.x, SDXL, ...). */
 export class UnsupportedArchitectureError extends EngineError {
-  constructor(file: string, found: string, evidence: string) {
+  constructor(file: string, found: string, evidence: string, kind: 'checkpoint' | 'LoRA' = 'checkpoint') {
     super(
       'unsupported-architecture',
-      `${file} is a ${found} checkpoint (${evidence}); LoRA Studio runs Stable Diffusion 1.5-family models ` +
+      `${file} is a ${found} ${kind} (${evidence}); LoRA Studio runs Stable Diffusion 1.5-family models ` +
         `(UNet cross-attention width 768, CLIP ViT-L/14 text encoder).`,
     );
     this.name = 'UnsupportedArchitectureError';
@@ -100,6 +102,26 @@ export class DeviceLostError extends EngineError {
   constructor(reason: string) {
     super('device-lost', `The GPU device was lost (${reason}). Restart the engine to continue; your scene is kept.`);
     this.name = 'DeviceLostError';
+  }
+}
+
+/** The file holds no LoRA tensors in any format the studio reads. */
+export class NotALoraError extends EngineError {
+  constructor(file: string, found: string) {
+    super('not-a-lora', `${file} is not a LoRA: ${found}`);
+    this.name = 'NotALoraError';
+  }
+}
+
+/** A LoRA layer whose factors do not fit the model's weight (usually: a LoRA for another model). */
+export class LoraShapeMismatchError extends EngineError {
+  constructor(file: string, key: string, weight: string, expected: readonly number[], got: string) {
+    super(
+      'lora-shape-mismatch',
+      `${file} does not fit this model: LoRA layer "${key}" has ${got}, but the model's ${weight} is [${expected.join(', ')}]. ` +
+        'Check that the LoRA was trained for Stable Diffusion 1.5.',
+    );
+    this.name = 'LoraShapeMismatchError';
   }
 }
 

@@ -1,0 +1,204 @@
+// Small LoRAs for the tiny test model, one per file format artists meet, with seeded random factors
+// and the key names and tensor layouts each trainer writes. Each file comes with the weight deltas
+// it means (at multiplier 1), computed in float64 straight from its raw factors by the reference
+// formulas, so tests can check the loader and the merge against them.
+import { floatToHalf, halfToFloat, type StDtype } from '../checkpoint/dtype.ts';
+import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
+import type { WeightSpec } from '../graph/builder.ts';
+import { Rng } from '../engine/random.ts';
+import type { TinyModel } from '../engine/test-model.ts';
+import { cpDeltaReference, mergeReference, tuckerReference } from '../reference/lora.ts';
+
+export interface TestLora {
+  file: string;
+  parts: Uint8Array[];
+  /** "component:weight" -> delta at multiplier 1, float64. */
+  deltas: Map<string, Float64Array>;
+}
+
+type Naming = 'kohya' | 'peft' | 'diffusers-old';
+
+interface Plan {
+  file: string;
+  seed: number;
+  dtype: StDtype;
+  naming: Naming;
+  rank: number;
+  alpha?: number;
+  /** Which weights it trains. */
+  select: (component: 'unet' | 'te', name: string, dims: number[]) => boolean;
+  kind?: (name: string, dims: number[]) => 'lora' | 'cp' | 'loha' | 'loha-tucker';
+  metadata?: Record<string, string>;
+}
+
+const isAttention = (n: string) => /\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)|proj_in|proj_out)\.weight$/.test(n);
+const isClip = (n: string) => /\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$/.test(n);
+const isConv = (dims: number[]) => dims.length === 4;
+
+function kohyaMeta(dim: number, alpha: number, tags: Record<string, number>): Record<string, string> {
+  return {
+    ss_base_model_version: 'sd_v1',
+    ss_network_module: 'networks.lora',
+    ss_network_dim: String(dim),
+    ss_network_alpha: String(alpha),
+    ss_output_name: 'tiny-test-lora',
+    ss_tag_frequency: JSON.stringify({ '10_concept': tags }),
+  };
+}
+
+const PLANS: Plan[] = [
+  {
+    file: 'kohya', seed: 11, dtype: 'F16', naming: 'kohya', rank: 4, alpha: 2,
+    select: (c, n) => (c === 'unet' ? isAttention(n) : isClip(n)),
+    metadata: kohyaMeta(4, 2, { 'red fox': 12, 'forest': 7, 'portrait': 3 }),
+  },
+  {
+    file: 'locon', seed: 12, dtype: 'F32', naming: 'kohya', rank: 4, alpha: 4,
+    select: (c, n, d) => c === 'unet' && (isAttention(n) || (isConv(d) && /(resnets\.\d\.conv[12]|conv_shortcut|downsamplers\.0\.conv)\.weight$/.test(n))),
+    kind: (n, d) => (isConv(d) && d[2] === 3 && /up_blocks\.\d\.resnets\.0\.conv1/.test(n) ? 'cp' : 'lora'),
+    metadata: { ...kohyaMeta(4, 4, { 'stone tower': 5 }), ss_network_module: 'lycoris.kohya', ss_network_args: '{"algo": "locon", "use_tucker": true}' },
+  },
+  {
+    file: 'loha', seed: 13, dtype: 'F32', naming: 'kohya', rank: 3, alpha: 1.5,
+    select: (c, n, d) => c === 'unet' && (isAttention(n) || (isConv(d) && /resnets\.\d\.conv[12]\.weight$/.test(n))),
+    kind: (n, d) => (isConv(d) && d[2] === 3 ? (/down_blocks\.0\.resnets\.0\.conv1/.test(n) ? 'loha-tucker' : 'loha') : 'loha'),
+    metadata: { ...kohyaMeta(3, 1.5, { 'watercolor': 9 }), ss_network_module: 'lycoris.kohya', ss_network_args: '{"algo": "loha"}' },
+  },
+  { file: 'peft', seed: 14, dtype: 'F32', naming: 'peft', rank: 4, select: (c, n) => (c === 'unet' ? isAttention(n) : isClip(n)) },
+  { file: 'diffusers-old', seed: 15, dtype: 'F16', naming: 'diffusers-old', rank: 4, select: (c, n) => (c === 'unet' ? isAttention(n) : isClip(n)) },
+  {
+    file: 'kohya-2', seed: 21, dtype: 'BF16', naming: 'kohya', rank: 2, alpha: 1,
+    select: (c, n) => c === 'unet' && isAttention(n) && /^up_blocks/.test(n),
+    metadata: kohyaMeta(2, 1, { 'blue sky': 4 }),
+  },
+  {
+    file: 'kohya-3', seed: 22, dtype: 'F16', naming: 'kohya', rank: 8, alpha: 8,
+    select: (c, n) => (c === 'unet' ? isAttention(n) && /^(down_blocks|mid_block)/.test(n) : isClip(n)),
+    metadata: kohyaMeta(8, 8, { 'green field': 6 }),
+  },
+  {
+    file: 'kohya-4', seed: 23, dtype: 'F32', naming: 'kohya', rank: 4,
+    select: (c, n) => c === 'unet' && /attn2\.(to_k|to_v)\.weight$/.test(n),
+    metadata: kohyaMeta(4, 4, { 'old castle': 2 }),
+  },
+];
+
+/** Values as stored: rounded through the file's dtype. */
+function stored(v: Float32Array, dtype: StDtype): Float32Array {
+  if (dtype === 'F32') return v;
+  if (dtype === 'F16') return v.map((x) => halfToFloat(floatToHalf(x)));
+  const f = new Float32Array(v);
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < u.length; i++) u[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) & 0xffff0000; // round to nearest even
+  return f;
+}
+
+function bytesOf(v: Float32Array, dtype: StDtype): Uint8Array {
+  if (dtype === 'F32') return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  const out = new Uint16Array(v.length);
+  if (dtype === 'F16') for (let i = 0; i < v.length; i++) out[i] = floatToHalf(v[i]);
+  else {
+    const u = new Uint32Array(Float32Array.from(v).buffer);
+    for (let i = 0; i < v.length; i++) out[i] = u[i] >>> 16; // already rounded by stored()
+  }
+  return new Uint8Array(out.buffer);
+}
+
+function moduleName(naming: Naming, component: 'unet' | 'te', path: string): string {
+  if (naming === 'kohya') return `lora_${component}_${path.replace(/\./g, '_')}`;
+  const prefix = component === 'unet' ? 'unet' : 'text_encoder';
+  return `${prefix}.${path}`;
+}
+
+function makeLora(plan: Plan, model: TinyModel): TestLora {
+  const rng = new Rng(plan.seed);
+  const tensors: TensorToWrite[] = [];
+  const deltas = new Map<string, Float64Array>();
+  const factor = (shape: number[], s: number) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    return stored(rng.normal(n).map((x) => x * s), plan.dtype);
+  };
+  const put = (name: string, shape: number[], v: Float32Array) => tensors.push({ name, dtype: plan.dtype, shape, data: bytesOf(v, plan.dtype) });
+  const weights: [('unet' | 'te'), WeightSpec][] = [
+    ...model.specs.unet.map((s) => ['unet', s] as ['unet', WeightSpec]),
+    ...model.specs.textEncoder.map((s) => ['te', s] as ['te', WeightSpec]),
+  ];
+  for (const [component, spec] of weights) {
+    const d = spec.dims;
+    if (d.length < 2 || !plan.select(component, spec.name, d)) continue;
+    const path = spec.name.slice(0, -'.weight'.length);
+    const rows = d[0];
+    const inC = d[1];
+    const k = d.length === 4 ? d[2] * d[3] : 1;
+    const cols = inC * k;
+    const r = plan.rank;
+    const scale = plan.alpha === undefined ? 1 : plan.alpha / r;
+    const kind = plan.kind?.(spec.name, d) ?? 'lora';
+    const mod = moduleName(plan.naming, component, path);
+    const key = `${component === 'unet' ? 'unet' : 'textEncoder'}:${spec.name}`;
+    const conv4 = (a: number, b: number) => (d.length === 4 ? [a, b, 1, 1] : [a, b]);
+    let delta: Float64Array;
+    if (kind === 'lora') {
+      const up = factor([rows, r], 1 / Math.sqrt(r));
+      const down = factor([r, cols], 1 / Math.sqrt(cols));
+      delta = mergeReference(new Float64Array(rows * cols), rows, cols, [{ up, down, rank: r, scale }]);
+      const downShape = d.length === 4 ? [r, inC, d[2], d[3]] : [r, cols];
+      if (plan.naming === 'kohya') {
+        put(`${mod}.lora_down.weight`, downShape, down);
+        put(`${mod}.lora_up.weight`, conv4(rows, r), up);
+      } else if (plan.naming === 'peft') {
+        put(`${mod}.lora_A.weight`, downShape, down);
+        put(`${mod}.lora_B.weight`, conv4(rows, r), up);
+      } else {
+        const m = path.match(/^(.*\.attn[12])\.(to_q|to_k|to_v|to_out\.0)$/);
+        if (m && /attn1/.test(m[1])) {
+          const proc = `unet.${m[1]}.processor.${m[2] === 'to_out.0' ? 'to_out' : m[2]}_lora`;
+          put(`${proc}.down.weight`, downShape, down);
+          put(`${proc}.up.weight`, conv4(rows, r), up);
+        } else {
+          const mid = component === 'te' ? 'lora_linear_layer' : 'lora';
+          put(`${mod}.${mid}.down.weight`, downShape, down);
+          put(`${mod}.${mid}.up.weight`, conv4(rows, r), up);
+        }
+      }
+    } else if (kind === 'cp') {
+      const up = factor([rows, r], 1 / Math.sqrt(r));
+      const mid = factor([r, r, d[2], d[3]], 1 / Math.sqrt(r * k));
+      const down = factor([r, inC], 1 / Math.sqrt(inC));
+      const cp = cpDeltaReference(up, mid, down, rows, inC, r, d[2], d[3]);
+      delta = cp.map((x) => x * scale);
+      put(`${mod}.lora_down.weight`, [r, inC, 1, 1], down);
+      put(`${mod}.lora_mid.weight`, [r, r, d[2], d[3]], mid);
+      put(`${mod}.lora_up.weight`, [rows, r, 1, 1], up);
+    } else {
+      const pair = (i: 1 | 2) => {
+        if (kind === 'loha-tucker') {
+          const t = factor([r, r, d[2], d[3]], 1 / Math.sqrt(r * k));
+          const a = factor([r, rows], 1 / Math.sqrt(r));
+          const b = factor([r, inC], 1 / Math.sqrt(inC));
+          put(`${mod}.hada_t${i}`, [r, r, d[2], d[3]], t);
+          put(`${mod}.hada_w${i}_a`, [r, rows], a);
+          put(`${mod}.hada_w${i}_b`, [r, inC], b);
+          return tuckerReference(t, a, b, rows, inC, r, d[2], d[3]);
+        }
+        const a = factor([rows, r], 1 / Math.sqrt(r));
+        const b = factor([r, cols], 1 / Math.sqrt(cols));
+        put(`${mod}.hada_w${i}_a`, [rows, r], a);
+        put(`${mod}.hada_w${i}_b`, [r, cols], b);
+        return mergeReference(new Float64Array(rows * cols), rows, cols, [{ up: a, down: b, rank: r, scale: 1 }]);
+      };
+      const w1 = pair(1);
+      const w2 = pair(2);
+      delta = w1.map((x, i) => x * w2[i] * scale);
+    }
+    if (plan.alpha !== undefined && plan.naming === 'kohya') tensors.push({ name: `${mod}.alpha`, dtype: 'F32', shape: [], data: new Uint8Array(new Float32Array([plan.alpha]).buffer) });
+    deltas.set(key, delta);
+  }
+  return { file: `loras/${plan.file}.safetensors`, parts: encodeSafetensors(tensors, plan.metadata), deltas };
+}
+
+export const TEST_LORA_NAMES = PLANS.map((p) => p.file);
+
+export function tinyLoras(model: TinyModel): TestLora[] {
+  return PLANS.map((p) => makeLora(p, model));
+}

@@ -5,13 +5,15 @@ import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { GenerateJob, SchedulerId } from './api/contract.ts';
 import { EngineError } from './api/errors.ts';
+import { SD15_CONFIG } from './checkpoint/config.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
 import { ModelCheckpoint } from './checkpoint/model.ts';
 import { Engine, validateJob } from './engine/engine.ts';
 import { encodePng } from './engine/png.ts';
 import { createRuntime, type Backend } from './engine/runtime.ts';
 import { makeTinyModel, tinyModelFiles } from './engine/test-model.ts';
-import { openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
+import { openLora } from './lora/load.ts';
+import { NodeFileSource, openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
 import { installNodeWebGpu } from './node/webgpu.ts';
 import type { TokenizerFiles } from './text/tokenizer.ts';
 
@@ -23,11 +25,12 @@ const USAGE = `usage: npm run cli -- <command> [options]
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
            [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16]
-           --out FILE.png [--report FILE.json]`;
+           [--lora FILE[:SCALE]]... --out FILE.png [--report FILE.json]
+  inspect-lora --lora FILE [--model PATH]`;
 
-function parse(args: string[], options: Record<string, { type: 'string' | 'boolean' }>) {
+function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined>;
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined> & { lora?: string | string[] };
   } catch (e) {
     throw new UsageError((e as Error).message.split('\n')[0]);
   }
@@ -119,8 +122,10 @@ async function generate(args: string[]) {
     precision: { type: 'string' },
     out: { type: 'string' },
     report: { type: 'string' },
+    lora: { type: 'string', multiple: true },
   });
   if (!o.model) throw new UsageError('generate needs --model PATH');
+  const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
   if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
   if (!o.out) throw new UsageError('generate needs --out FILE.png');
   const backend = (o.backend ?? 'webgpu') as Backend;
@@ -149,6 +154,12 @@ async function generate(args: string[]) {
   const rt = await createRuntime(backend);
   const engine = new Engine(rt);
   await engine.loadModel(files, tok, precision);
+  job.loras = [];
+  for (const l of loraArgs) {
+    const info = await engine.loadLora(await NodeFileSource.open(l.path));
+    for (const u of info.keysUnmatched) console.error(`warning: ${info.name}: layer ${u.key} not applied (${u.reason})`);
+    job.loras.push({ lora: info.id, scale: l.scale });
+  }
   let lastLine = 0;
   const result = await engine.generate(job, (e) => {
     if (!process.stderr.isTTY) return;
@@ -170,9 +181,32 @@ async function generate(args: string[]) {
   engine.unload();
 }
 
+/** FILE or FILE:SCALE (the scale is the multiplier, 1 when left out). */
+export function parseLoraArg(arg: string): { path: string; scale: number } {
+  const m = arg.match(/^(.*):(-?\d*\.?\d+(?:e-?\d+)?)$/i);
+  const path = m ? m[1] : arg;
+  const scale = m ? Number(m[2]) : 1;
+  if (!path) throw new UsageError(`--lora needs a file, got "${arg}"`);
+  if (!Number.isFinite(scale) || Math.abs(scale) > 10) throw new UsageError(`--lora strength must be from -10 to 10, got "${arg}"`);
+  return { path, scale };
+}
+
+async function inspectLora(args: string[]) {
+  const o = parse(args, { lora: { type: 'string' }, model: { type: 'string' } });
+  if (!o.lora) throw new UsageError('inspect-lora needs --lora FILE');
+  const config = o.model ? (await ModelCheckpoint.open((await openModelPath(o.model)).files)).config : SD15_CONFIG;
+  const lora = await openLora(await NodeFileSource.open(o.lora as string), config);
+  const layers = { unet: 0, textEncoder: 0 };
+  for (const m of lora.modules) layers[m.target.component]++;
+  console.log(
+    JSON.stringify({ name: lora.name, format: lora.format, rank: lora.rank, layers, keysMatched: lora.modules.length, keysUnmatched: lora.unmatched, metadata: lora.metadata }, null, 2),
+  );
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   'make-test-model': makeTestModel,
   inspect,
+  'inspect-lora': inspectLora,
   generate,
 };
 

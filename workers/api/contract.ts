@@ -1,5 +1,6 @@
 // The engine's public contract: the only types that cross the worker boundary.
 import type { ModelConfig } from '../checkpoint/config.ts';
+import type { LoraFormat, LoraMetadata } from '../lora/formats.ts';
 import type { ErrorInfo } from './errors.ts';
 
 export type SchedulerId = 'ddim' | 'euler-a' | 'dpmpp-2m' | 'dpmpp-2m-karras';
@@ -17,6 +18,33 @@ export interface GenerateJob {
   scheduler: SchedulerId;
   /** 1 = last CLIP layer (default), 2 = penultimate, ... */
   clipSkip?: number;
+  /** LoRAs (loaded with loadLora) merged into the weights for this image. */
+  loras?: LoraUse[];
+}
+
+export interface LoraUse {
+  /** The id loadLora returned. */
+  lora: string;
+  /** Multiplier of the UNet part (kohya's "weight"); 0 leaves the model exactly as it is. */
+  scale: number;
+  /** Multiplier of the text-encoder part; defaults to `scale`. */
+  textEncoderScale?: number;
+}
+
+export interface LoraInfo {
+  id: string;
+  name: string;
+  format: LoraFormat;
+  /** Largest rank of its layers. */
+  rank: number;
+  /** Layers applied to the UNet and to the text encoder. */
+  unetLayers: number;
+  textEncoderLayers: number;
+  keysMatched: number;
+  /** Layers that match nothing in the model (or that the studio cannot apply), with why. */
+  keysUnmatched: { key: string; reason: string }[];
+  metadata: LoraMetadata;
+  factorBytes: number;
 }
 
 export interface ImageData8 {
@@ -66,6 +94,13 @@ export interface GenerationReport {
   timingsMs: Timings;
   /** Peak bytes of GPU buffers alive during the job (weights, activations, staging). */
   gpuBytesAllocated: number;
+  loras: { name: string; format: LoraFormat; scale: number; textEncoderScale: number }[];
+  /** LoRA layers applied, summed over the job's LoRAs. */
+  loraKeysMatched: number;
+  /** "file: layer (reason)" for every layer of the job's LoRAs that was not applied. */
+  loraKeysUnmatched: string[];
+  /** Wall time of each weight merge the job ran (GPU work included). */
+  mergeMs: number[];
   warnings: string[];
 }
 
@@ -104,6 +139,19 @@ export interface EngineApi {
   loadModel(req: ModelRequest, onProgress?: (done: number, total: number) => void): Promise<ModelInfo>;
   generate(job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult>;
   cancel(): Promise<void>;
+  loadLora(file: FileRef): Promise<LoraInfo>;
+  unloadLora(id: string): Promise<void>;
+  /** The LoRA merge kernel against its float64 reference on this GPU. */
+  selfTest(): Promise<MergeSelfTestResult[]>;
+}
+
+export interface MergeSelfTestResult {
+  storage: 'f32' | 'f16';
+  mode: 'batched' | 'direct';
+  maxError: number;
+  tolerance: number;
+  restoredExactly: boolean;
+  ok: boolean;
 }
 
 export type { ErrorInfo };

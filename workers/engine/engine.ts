@@ -1,7 +1,7 @@
 // The engine: a loaded model (weights on the GPU, one ORT session per graph and shape) and the
 // denoising loop. The same class runs in the browser's worker and in Node.
 import type * as OrtNs from 'onnxruntime-web';
-import type { AdapterInfo, GenerateJob, GenerateResult, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
+import type { AdapterInfo, GenerateJob, GenerateResult, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
@@ -10,6 +10,10 @@ import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
 import { graphSpecs } from '../graph/specs.ts';
+import type { ByteSource } from '../checkpoint/source.ts';
+import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
+import { openLora, type LoadedLora } from '../lora/load.ts';
+import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
@@ -30,11 +34,16 @@ export class Engine {
     info: ModelInfo;
   };
   private readonly sessions = new Map<string, CompiledGraph>();
+  private readonly loras = new Map<string, { lora: LoadedLora; info: LoraInfo }>();
+  private loraWeights?: LoraWeights;
+  private loraTable?: Map<string, LoraTarget>;
+  private loraCounter = 0;
   private cancelRequested = false;
   private busy = false;
   private lostReason?: string;
 
-  constructor(readonly rt: Runtime) {
+  /** `mergeBackend`: how LoRAs are merged (the batched GPU form unless a benchmark asks otherwise). */
+  constructor(readonly rt: Runtime, readonly mergeBackend: MergeBackend = 'batched') {
     rt.gpu?.lost.then((reason) => {
       this.lostReason = reason;
     });
@@ -108,8 +117,66 @@ export class Engine {
   unload(): void {
     for (const s of this.sessions.values()) void s.session.release();
     this.sessions.clear();
+    this.loraWeights?.dispose();
+    this.loraWeights = undefined;
+    this.loraTable = undefined;
+    this.loras.clear();
     if (this.model) for (const w of Object.values(this.model.weights)) w.dispose();
     this.model = undefined;
+  }
+
+  /** Open a LoRA for the loaded model and put its factors on the GPU. */
+  async loadLora(source: ByteSource): Promise<LoraInfo> {
+    const m = this.model;
+    if (!m) throw new BadArgumentError('Load a model before adding LoRAs.');
+    if (this.busy) throw new EngineError('busy', 'A generation is running; add the LoRA when it has finished.');
+    this.checkDevice();
+    this.loraTable ??= loraTargetTable(m.ckpt.config);
+    const lora = await openLora(source, m.ckpt.config, this.loraTable);
+    this.loraWeights ??= await LoraWeights.create(this.rt, { unet: m.weights.unet, textEncoder: m.weights.textEncoder }, this.mergeBackend);
+    const id = `lora-${++this.loraCounter}`;
+    await this.loraWeights.add(id, lora);
+    const count = (c: string) => lora.modules.filter((x) => x.target.component === c).length;
+    const info: LoraInfo = {
+      id,
+      name: lora.name,
+      format: lora.format,
+      rank: lora.rank,
+      unetLayers: count('unet'),
+      textEncoderLayers: count('textEncoder'),
+      keysMatched: lora.modules.length,
+      keysUnmatched: lora.unmatched,
+      metadata: lora.metadata,
+      factorBytes: lora.factorFloats * 4,
+    };
+    this.loras.set(id, { lora, info });
+    return info;
+  }
+
+  unloadLora(id: string): void {
+    if (this.busy) throw new EngineError('busy', 'A generation is running; remove the LoRA when it has finished.');
+    if (!this.loras.delete(id)) return;
+    this.loraWeights?.remove(id);
+  }
+
+  get loadedLoras(): LoraInfo[] {
+    return [...this.loras.values()].map((l) => l.info);
+  }
+
+  /**
+   * Merge exactly these LoRAs into the weights (others are taken out), from the pristine values.
+   * Undefined when nothing had to change. Composition methods call this between denoising steps.
+   */
+  async applyLoras(uses: LoraUse[], components: ('unet' | 'textEncoder')[] = ['textEncoder', 'unet']): Promise<MergeStats | undefined> {
+    if (!this.loraWeights) {
+      if (uses.length) throw new BadArgumentError(`No LoRA with id "${uses[0].lora}" is loaded.`);
+      return undefined;
+    }
+    this.checkDevice();
+    return this.loraWeights.apply(
+      uses.map((u) => ({ id: u.lora, unet: u.scale, textEncoder: u.textEncoderScale ?? u.scale })),
+      components,
+    );
   }
 
   cancel(): void {
@@ -131,6 +198,9 @@ export class Engine {
     if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     this.checkDevice();
     validateJob(job);
+    for (const u of job.loras ?? []) {
+      if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
+    }
     this.busy = true;
     this.cancelRequested = false;
     this.rt.gpu?.memory.resetPeak();
@@ -148,6 +218,10 @@ export class Engine {
       const unet = await this.graph(`unet:${batch}:${lh}x${lw}`, () => buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype }));
       const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
       const sessionCreateMs = performance.now() - t0;
+      const uses = job.loras ?? [];
+      const merge = await this.applyLoras(uses);
+      const mergeMs = merge && merge.weights ? [merge.ms] : [];
+      const used = uses.map((u) => ({ use: u, ...this.loras.get(u.lora)! }));
       const result = await denoise(
         {
           ort: this.rt.ort,
@@ -180,6 +254,10 @@ export class Engine {
           timingsMs: timings,
           gpuBytesAllocated: this.rt.gpu?.memory.peak ?? 0,
           warnings: result.warnings,
+          loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
+          loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
+          loraKeysUnmatched: used.flatMap((u) => u.info.keysUnmatched.map((k) => `${u.info.name}: ${k.key} (${k.reason})`)),
+          mergeMs,
         },
       };
     } catch (e) {
@@ -207,6 +285,13 @@ export function validateJob(job: GenerateJob): void {
   if (!Number.isInteger(job.seed) || job.seed < 0 || job.seed > 0xffffffff) throw bad(`Seed must be a whole number from 0 to 4294967295 (got ${job.seed}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
+  if (job.loras !== undefined && !Array.isArray(job.loras)) throw bad('loras must be a list of {lora, scale}.');
+  for (const u of job.loras ?? []) {
+    const scales = [u.scale, u.textEncoderScale ?? u.scale];
+    if (typeof u.lora !== 'string' || !scales.every((x) => typeof x === 'number' && Number.isFinite(x) && Math.abs(x) <= 10)) {
+      throw bad(`LoRA strengths must be numbers from -10 to 10 (got ${JSON.stringify(u)}).`);
+    }
+  }
 }
 
 export { CancelledError };

@@ -4,6 +4,7 @@
 import type * as OrtNs from 'onnxruntime-web';
 import { floatToHalf } from '../checkpoint/dtype.ts';
 import type { WeightSpec } from '../graph/builder.ts';
+import { writePadded } from '../gpu/buffers.ts';
 import type { Runtime } from './runtime.ts';
 
 export interface WeightProvider {
@@ -39,15 +40,24 @@ export class WeightSet {
     const device = this.rt.gpu.device;
     const size = Math.ceil(data.byteLength / 4) * 4;
     const buffer = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-    if (data.byteLength === size) device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
-    else {
-      const padded = new Uint8Array(size);
-      padded.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-      device.queue.writeBuffer(buffer, 0, padded);
-    }
+    writePadded(device, buffer, data);
     this.buffers.set(spec.name, buffer);
     this.tensors.set(spec.name, ort.Tensor.fromGpuBuffer(buffer, { dataType: this.dtype, dims: spec.dims }));
     this.bytes += size;
+  }
+
+  /** Replace a weight's values (the CPU merge path): a write into its GPU buffer, or a new tensor. */
+  setValues(name: string, values: Float32Array): void {
+    const old = this.tensors.get(name);
+    if (!old) throw new Error(`weight ${name} was not loaded`);
+    const data: Float32Array | Uint16Array = this.dtype === 'float16' ? toHalf(values) : values;
+    const buffer = this.buffers.get(name);
+    if (buffer) {
+      writePadded(this.rt.gpu!.device, buffer, data);
+      return;
+    }
+    const { ort } = this.rt;
+    this.tensors.set(name, this.dtype === 'float16' ? new ort.Tensor('float16', data as Uint16Array, old.dims) : new ort.Tensor('float32', data as Float32Array, old.dims));
   }
 
   feeds(names: Iterable<string>): Record<string, OrtNs.Tensor> {

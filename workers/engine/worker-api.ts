@@ -3,6 +3,8 @@
 import * as Comlink from 'comlink';
 import type { EngineApi, FileRef, GenerateJob, ModelRequest, ProgressEvent } from '../api/contract.ts';
 import { BlobSource, HttpSource, type ByteSource } from '../checkpoint/source.ts';
+import { noWebGpuError } from '../gpu/device.ts';
+import { mergeSelfTest } from '../lora/self-test.ts';
 import { Engine } from './engine.ts';
 import { createRuntime } from './runtime.ts';
 
@@ -36,6 +38,17 @@ export function createWorkerApi(): EngineApi {
     },
     async cancel() {
       engine?.cancel();
+    },
+    async loadLora(file: FileRef) {
+      return (await ready()).loadLora(await source(file));
+    },
+    async unloadLora(id: string) {
+      (await ready()).unloadLora(id);
+    },
+    async selfTest() {
+      const e = await ready();
+      if (!e.rt.gpu) throw noWebGpuError();
+      return (await mergeSelfTest(e.rt.gpu.device)).map(({ storage, mode, maxError, tolerance, restoredExactly, ok }) => ({ storage, mode, maxError, tolerance, restoredExactly, ok }));
     },
   };
 }

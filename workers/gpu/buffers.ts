@@ -14,15 +14,21 @@ export async function readBuffer(device: GPUDevice, buffer: GPUBuffer, byteOffse
   }
 }
 
-export function uploadBuffer(device: GPUDevice, data: ArrayBufferView, usage: number): GPUBuffer {
+/** writeBuffer needs a multiple of 4 bytes; an odd count of f16 values gets a zero pad. */
+export function writePadded(device: GPUDevice, buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
   const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
-  const size = Math.max(16, Math.ceil(bytes.byteLength / 4) * 4);
-  const b = device.createBuffer({ size, usage: usage | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
-  if (bytes.byteLength % 4 === 0) device.queue.writeBuffer(b, 0, bytes);
-  else {
-    const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
-    padded.set(bytes);
-    device.queue.writeBuffer(b, 0, padded);
+  if (bytes.byteLength % 4 === 0) {
+    device.queue.writeBuffer(buffer, offset, bytes);
+    return;
   }
+  const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+  padded.set(bytes);
+  device.queue.writeBuffer(buffer, offset, padded);
+}
+
+export function uploadBuffer(device: GPUDevice, data: ArrayBufferView, usage: number): GPUBuffer {
+  const size = Math.max(16, Math.ceil(data.byteLength / 4) * 4);
+  const b = device.createBuffer({ size, usage: usage | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+  if (data.byteLength) writePadded(device, b, data);
   return b;
 }

@@ -1,0 +1,320 @@
+// The LoRA state of a loaded model. Loaded LoRAs keep their factors on the GPU in one arena; every
+// weight any of them touches keeps a pristine copy (packed in chunks) made before it was ever
+// changed. Applying a set of {LoRA, scale} is then one merge from the pristine values, so
+// switching and switching off are exact, and no weight crosses to the CPU.
+// On the wasm backend (and when asked to, for the benchmark) the same merge runs on the CPU.
+import { BadArgumentError } from '../api/errors.ts';
+import { halfToFloat } from '../checkpoint/dtype.ts';
+import type { Runtime } from '../engine/runtime.ts';
+import type { WeightSet } from '../engine/weights.ts';
+import { readBuffer } from '../gpu/buffers.ts';
+import { LoraMergeKernel } from '../gpu/lora-merge.ts';
+import type { LoraComponent } from './keys.ts';
+import type { LoadedLora, LoraModule } from './load.ts';
+import { alignUp, PACK_ALIGN, planMerge, type MergeMode, type MergeSegmentSpec, type MergeTermSpec } from './merge-plan.ts';
+
+export type MergeBackend = MergeMode | 'cpu';
+
+export interface LoraScale {
+  id: string;
+  unet: number;
+  textEncoder: number;
+}
+
+export interface MergeStats {
+  ms: number;
+  /** Weights written (merged or restored). */
+  weights: number;
+  dispatches: number;
+}
+
+const CHUNK_BYTES = 128 * 2 ** 20;
+const SCRATCH_BYTES = 64 * 2 ** 20;
+
+interface PristineSlot {
+  chunk: number;
+  offset: number;
+}
+
+interface FactorSlot {
+  /** f32 offset of each module's up, down (and LoHa up2, down2) in the arena. */
+  modules: { up: number; down: number; up2?: number; down2?: number }[];
+  start: number;
+  floats: number;
+}
+
+const keyOf = (m: LoraModule) => `${m.target.component}:${m.target.weight}`;
+
+export class LoraWeights {
+  private readonly loras = new Map<string, LoadedLora>();
+  private readonly slots = new Map<string, FactorSlot>();
+  private readonly pristine = new Map<string, PristineSlot>();
+  private readonly cpuPristine = new Map<string, Float32Array>();
+  private chunks: { buffer: GPUBuffer; used: number }[] = [];
+  private factors?: GPUBuffer;
+  private factorFloats = 0;
+  private scratch?: GPUBuffer;
+  /** Weights that currently differ from their pristine values. */
+  private dirty = new Set<string>();
+  private applied = '';
+
+  private constructor(
+    private readonly rt: Runtime,
+    private readonly weights: Record<LoraComponent, WeightSet>,
+    readonly backend: MergeBackend,
+    private readonly kernel?: LoraMergeKernel,
+  ) {}
+
+  static async create(rt: Runtime, weights: Record<LoraComponent, WeightSet>, backend: MergeBackend = 'batched'): Promise<LoraWeights> {
+    const mode: MergeBackend = rt.gpu ? backend : 'cpu';
+    const storage = weights.unet.dtype === 'float16' ? 'f16' : 'f32';
+    const kernel = mode === 'cpu' ? undefined : await LoraMergeKernel.create(rt.gpu!.device, storage);
+    return new LoraWeights(rt, weights, mode, kernel);
+  }
+
+  private get elementBytes(): 2 | 4 {
+    return this.weights.unet.dtype === 'float16' ? 2 : 4;
+  }
+
+  private weightSet(key: string): WeightSet {
+    return this.weights[key.slice(0, key.indexOf(':')) as LoraComponent];
+  }
+
+  private weightName(key: string): string {
+    return key.slice(key.indexOf(':') + 1);
+  }
+
+  has(id: string): boolean {
+    return this.loras.has(id);
+  }
+
+  async add(id: string, lora: LoadedLora): Promise<void> {
+    if (this.loras.has(id)) throw new BadArgumentError(`A LoRA with id "${id}" is already loaded.`);
+    await this.keepPristine(lora.modules.map((m) => ({ key: keyOf(m), elements: m.target.rows * m.target.cols })));
+    if (this.backend !== 'cpu') this.uploadFactors(id, lora);
+    this.loras.set(id, lora);
+  }
+
+  remove(id: string): void {
+    if (!this.loras.delete(id)) return;
+    this.applied = '';
+    if (this.backend === 'cpu') return;
+    // Compact the arena: copy the remaining LoRAs' factors to a new buffer, on the GPU.
+    const removed = this.slots.get(id)!;
+    this.slots.delete(id);
+    const device = this.rt.gpu!.device;
+    const old = this.factors!;
+    const next = device.createBuffer({ size: Math.max(16, (this.factorFloats - removed.floats) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+    const enc = device.createCommandEncoder();
+    let at = 0;
+    for (const slot of this.slots.values()) {
+      if (slot.floats) enc.copyBufferToBuffer(old, slot.start * 4, next, at * 4, slot.floats * 4);
+      const shift = at - slot.start;
+      slot.modules = slot.modules.map((m) => ({ up: m.up + shift, down: m.down + shift, up2: m.up2 === undefined ? undefined : m.up2 + shift, down2: m.down2 === undefined ? undefined : m.down2 + shift }));
+      slot.start = at;
+      at += slot.floats;
+    }
+    device.queue.submit([enc.finish()]);
+    old.destroy();
+    this.factors = next;
+    this.factorFloats = at;
+  }
+
+  private uploadFactors(id: string, lora: LoadedLora): void {
+    const device = this.rt.gpu!.device;
+    const limit = device.limits.maxStorageBufferBindingSize;
+    const need = (this.factorFloats + lora.factorFloats) * 4;
+    if (need > limit) {
+      throw new BadArgumentError(
+        `The loaded LoRAs need ${(need / 2 ** 20).toFixed(0)} MB of factors but this GPU binds at most ${(limit / 2 ** 20).toFixed(0)} MB at once; remove a LoRA first.`,
+      );
+    }
+    if (!this.factors || this.factors.size < need) {
+      const size = Math.min(limit, Math.max(need, Math.ceil((this.factors?.size ?? 0) * 1.5), 1024));
+      const next = device.createBuffer({ size: alignUp(size, 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+      if (this.factors) {
+        const enc = device.createCommandEncoder();
+        if (this.factorFloats) enc.copyBufferToBuffer(this.factors, 0, next, 0, this.factorFloats * 4);
+        device.queue.submit([enc.finish()]);
+        this.factors.destroy();
+      }
+      this.factors = next;
+    }
+    const slot: FactorSlot = { modules: [], start: this.factorFloats, floats: lora.factorFloats };
+    let at = this.factorFloats;
+    const put = (v: Float32Array) => {
+      device.queue.writeBuffer(this.factors!, at * 4, v.buffer as ArrayBuffer, v.byteOffset, v.byteLength);
+      const o = at;
+      at += v.length;
+      return o;
+    };
+    for (const m of lora.modules) {
+      const up = put(m.factors.up);
+      const down = put(m.factors.down);
+      const had = m.hadamard && { up2: put(m.hadamard.up), down2: put(m.hadamard.down) };
+      slot.modules.push({ up, down, ...had });
+    }
+    this.factorFloats = at;
+    this.slots.set(id, slot);
+  }
+
+  /** Copy the weights a new LoRA touches, while they are still untouched. */
+  private async keepPristine(targets: { key: string; elements: number }[]): Promise<void> {
+    const fresh = targets.filter((t, i) => !this.pristine.has(t.key) && !this.cpuPristine.has(t.key) && targets.findIndex((u) => u.key === t.key) === i);
+    if (!fresh.length) return;
+    if (this.backend === 'cpu') {
+      for (const t of fresh) this.cpuPristine.set(t.key, await this.readWeight(t.key, t.elements));
+      return;
+    }
+    const device = this.rt.gpu!.device;
+    const eb = this.elementBytes;
+    const limit = device.limits.maxStorageBufferBindingSize;
+    const enc = device.createCommandEncoder();
+    for (const t of fresh) {
+      const bytes = alignUp(t.elements, PACK_ALIGN) * eb;
+      let c = this.chunks.length - 1;
+      if (c < 0 || this.chunks[c].used + bytes > this.chunks[c].buffer.size) {
+        const size = Math.min(limit, Math.max(CHUNK_BYTES, bytes));
+        if (bytes > size) throw new BadArgumentError(`The weight ${t.key} is larger than this GPU can bind (${limit} bytes).`);
+        this.chunks.push({ buffer: device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }), used: 0 });
+        c++;
+      }
+      const chunk = this.chunks[c];
+      const src = this.weightSet(t.key).buffers.get(this.weightName(t.key))!;
+      enc.copyBufferToBuffer(src, 0, chunk.buffer, chunk.used, alignUp(t.elements * eb, 4));
+      this.pristine.set(t.key, { chunk: c, offset: chunk.used / eb });
+      chunk.used += bytes;
+    }
+    device.queue.submit([enc.finish()]);
+    await device.queue.onSubmittedWorkDone();
+  }
+
+  private async readWeight(key: string, elements: number): Promise<Float32Array> {
+    const set = this.weightSet(key);
+    const name = this.weightName(key);
+    const buffer = set.buffers.get(name);
+    if (!buffer) {
+      const data = set.tensors.get(name)!.data;
+      return data instanceof Uint16Array ? Float32Array.from(data, halfToFloat) : Float32Array.from(data as Float32Array);
+    }
+    const raw = await readBuffer(this.rt.gpu!.device, buffer, 0, alignUp(elements * this.elementBytes, 4));
+    return this.elementBytes === 2 ? Float32Array.from(new Uint16Array(raw, 0, elements), halfToFloat) : new Float32Array(raw, 0, elements);
+  }
+
+  /**
+   * Make the weights equal pristine + sum of the given LoRAs at their scales (only `components`
+   * are touched). Returns how long the GPU (or CPU) took; nothing is done when the set is the one
+   * already applied.
+   */
+  async apply(scales: LoraScale[], components: LoraComponent[] = ['textEncoder', 'unet']): Promise<MergeStats | undefined> {
+    for (const s of scales) if (!this.loras.has(s.id)) throw new BadArgumentError(`No LoRA with id "${s.id}" is loaded.`);
+    const signature = JSON.stringify([scales.map((s) => [s.id, components.includes('unet') ? s.unet : null, components.includes('textEncoder') ? s.textEncoder : null]), components]);
+    if (signature === this.applied) return undefined;
+    const t0 = performance.now();
+    const terms = new Map<string, { term: MergeTermSpec; module: LoraModule }[]>();
+    for (const s of scales) {
+      const lora = this.loras.get(s.id)!;
+      const slot = this.slots.get(s.id);
+      lora.modules.forEach((m, i) => {
+        if (!components.includes(m.target.component)) return;
+        const scale = (m.target.component === 'unet' ? s.unet : s.textEncoder) * m.alphaScale;
+        if (scale === 0) return; // scale 0 must leave the base bit for bit
+        const at = slot?.modules[i];
+        const term: MergeTermSpec = {
+          up: at?.up ?? 0,
+          down: at?.down ?? 0,
+          rank: m.factors.rank,
+          scale,
+          hadamard: m.hadamard && { up: at?.up2 ?? 0, down: at?.down2 ?? 0, rank: m.hadamard.rank },
+        };
+        const k = keyOf(m);
+        terms.set(k, [...(terms.get(k) ?? []), { term, module: m }]);
+      });
+    }
+    const touched = new Set([...terms.keys(), ...[...this.dirty].filter((k) => components.includes(k.slice(0, k.indexOf(':')) as LoraComponent))]);
+    let dispatches = 0;
+    if (this.backend === 'cpu') await this.applyCpu(touched, terms);
+    else dispatches = await this.applyGpu(touched, terms);
+    for (const k of touched) {
+      if (terms.has(k)) this.dirty.add(k);
+      else this.dirty.delete(k);
+    }
+    this.applied = signature;
+    return { ms: performance.now() - t0, weights: touched.size, dispatches };
+  }
+
+  private async applyGpu(touched: Set<string>, terms: Map<string, { term: MergeTermSpec; module: LoraModule }[]>): Promise<number> {
+    const specs: MergeSegmentSpec[] = [];
+    let largest = 0;
+    for (const key of touched) {
+      const p = this.pristine.get(key)!;
+      const set = this.weightSet(key);
+      const dims = set.tensors.get(this.weightName(key))!.dims;
+      const rows = dims[0];
+      const cols = dims.slice(1).reduce((a, b) => a * b, 1);
+      largest = Math.max(largest, alignUp(rows * cols, PACK_ALIGN));
+      specs.push({ target: key, rows, cols, chunk: p.chunk, baseOffset: p.offset, terms: (terms.get(key) ?? []).map((t) => t.term) });
+    }
+    const eb = this.elementBytes;
+    const plan = planMerge(specs, { mode: this.backend as MergeMode, elementBytes: eb, scratchElements: Math.max(largest, SCRATCH_BYTES / eb) });
+    const device = this.rt.gpu!.device;
+    if (plan.scratchBytes && (!this.scratch || this.scratch.size < plan.scratchBytes)) {
+      this.scratch?.destroy();
+      this.scratch = device.createBuffer({ size: alignUp(plan.scratchBytes, 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+    }
+    const factors = this.factors ?? (this.factors = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }));
+    await this.kernel!.run(plan, {
+      factors,
+      chunk: (i) => this.chunks[i].buffer,
+      target: (key) => this.weightSet(key).buffers.get(this.weightName(key))!,
+      scratch: this.scratch,
+    });
+    return plan.passes.length;
+  }
+
+  /** The same merge on the CPU: float32 arithmetic, then one upload per weight. */
+  private async applyCpu(touched: Set<string>, terms: Map<string, { term: MergeTermSpec; module: LoraModule }[]>): Promise<void> {
+    for (const key of touched) {
+      const base = this.cpuPristine.get(key)!;
+      const list = terms.get(key) ?? [];
+      const out = Float32Array.from(base);
+      if (list.length) {
+        const { rows, cols } = list[0].module.target;
+        const delta = new Float32Array(rows * cols);
+        for (const { term, module } of list) addLowRank(delta, module, term.scale, rows, cols);
+        for (let i = 0; i < out.length; i++) out[i] = base[i] + delta[i];
+      }
+      this.weightSet(key).setValues(this.weightName(key), out);
+    }
+  }
+
+  dispose(): void {
+    for (const c of this.chunks) c.buffer.destroy();
+    this.factors?.destroy();
+    this.scratch?.destroy();
+    this.chunks = [];
+    this.factors = this.scratch = undefined;
+    this.pristine.clear();
+    this.cpuPristine.clear();
+    this.loras.clear();
+    this.slots.clear();
+  }
+}
+
+function addLowRank(delta: Float32Array, m: LoraModule, scale: number, rows: number, cols: number): void {
+  const product = (up: Float32Array, down: Float32Array, rank: number) => {
+    const p = new Float32Array(rows * cols);
+    for (let r = 0; r < rows; r++)
+      for (let k = 0; k < rank; k++) {
+        const a = up[r * rank + k];
+        if (a === 0) continue;
+        const row = r * cols;
+        const dk = k * cols;
+        for (let c = 0; c < cols; c++) p[row + c] += a * down[dk + c];
+      }
+    return p;
+  };
+  const p = product(m.factors.up, m.factors.down, m.factors.rank);
+  const q = m.hadamard ? product(m.hadamard.up, m.hadamard.down, m.hadamard.rank) : undefined;
+  for (let i = 0; i < p.length; i++) delta[i] += scale * p[i] * (q ? q[i] : 1);
+}

@@ -5,7 +5,8 @@ import type { GenerateJob, ImageData8, ProgressEvent, SchedulerId } from '../../
 import { encodePng } from '../../workers/engine/png.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
 import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
-import { useStudio } from '../store/studio.ts';
+import { LoraPanel, type LoraActions } from '../panels/LoraPanel.tsx';
+import { activeLoras, useStudio, type LoraEntry } from '../store/studio.ts';
 import type { ModelRequest } from '../../workers/api/contract.ts';
 import * as Comlink from 'comlink';
 
@@ -37,13 +38,60 @@ async function loadModel(req: ModelRequest, label: string) {
     client ??= startEngine();
     const model = await client.api.loadModel(req, Comlink.proxy((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } })));
     set({ model, status: { kind: 'ready' } });
+    // LoRAs belong to a model: load the artist's list again for this one.
+    for (const l of useStudio.getState().loras) void loadLora(l);
   } catch (e) {
     set({ status: { kind: 'error', message: (e as Error).message } });
   }
 }
 
+let loraKey = 0;
+
+async function loadLora(entry: LoraEntry) {
+  const { updateLora } = useStudio.getState();
+  updateLora(entry.key, { info: undefined, error: undefined });
+  try {
+    client ??= startEngine();
+    updateLora(entry.key, { info: await client.api.loadLora(entry.file) });
+  } catch (e) {
+    updateLora(entry.key, { error: (e as Error).message, enabled: false });
+  }
+}
+
+const loraActions: LoraActions = {
+  add(files) {
+    const { loras, set } = useStudio.getState();
+    const added: LoraEntry[] = files.map((f) => ({ key: ++loraKey, file: { kind: 'blob', name: f.name, blob: f }, scale: 1, enabled: true }));
+    set({ loras: [...loras, ...added] });
+    // one after another: the worker loads one file at a time anyway
+    void added.reduce((p, l) => p.then(() => loadLora(l)), Promise.resolve());
+  },
+  remove(entry) {
+    const { loras, set } = useStudio.getState();
+    set({ loras: loras.filter((l) => l.key !== entry.key) });
+    if (entry.info) void client?.api.unloadLora(entry.info.id);
+  },
+  addTag(tag) {
+    const { job, setJob } = useStudio.getState();
+    if (!job.prompt.includes(tag)) setJob({ prompt: job.prompt ? `${job.prompt}, ${tag}` : tag });
+  },
+};
+
+async function runSelfTest() {
+  const { set } = useStudio.getState();
+  set({ selfTest: 'running…' });
+  try {
+    client ??= startEngine();
+    const results = await client.api.selfTest();
+    set({ selfTest: results.map((r) => `${r.storage}/${r.mode}: ${r.ok ? 'ok' : 'FAILED'} (max error ${r.maxError.toExponential(2)}, limit ${r.tolerance.toExponential(2)})`).join('; ') });
+  } catch (e) {
+    set({ selfTest: `failed: ${(e as Error).message}` });
+  }
+}
+
 async function generate() {
-  const { job, set } = useStudio.getState();
+  const { job: settings, loras, set } = useStudio.getState();
+  const job = { ...settings, loras: activeLoras(loras) };
   if (!client) return;
   set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined });
   localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
@@ -90,7 +138,7 @@ function NumberField({ label, value, onChange, min, max, step = 1, testId }: { l
 }
 
 export function App() {
-  const { job, setJob, status, model, preview, result, notice } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, selfTest } = useStudio();
   useEffect(() => {
     testModelRequest()
       .then((req) => loadModel(req, 'tiny test model'))
@@ -166,6 +214,7 @@ export function App() {
             Cancel
           </button>
         </div>
+        <LoraPanel actions={loraActions} disabled={running || !model} />
         <progress max={1} value={progress} data-testid="progress" />
         <p className="status" data-testid="status" role="status">
           {status.kind === 'loading' && `Loading ${status.label}: ${status.done}/${status.total} tensors`}
@@ -179,6 +228,13 @@ export function App() {
             {status.message}
           </p>
         )}
+        <details className="hint">
+          <summary>Diagnostics</summary>
+          <button data-testid="self-test" onClick={runSelfTest} disabled={running}>
+            Check the GPU kernels
+          </button>
+          <p data-testid="self-test-result">{selfTest}</p>
+        </details>
       </section>
       <section className="output">
         <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
@@ -186,6 +242,13 @@ export function App() {
           <p>
             {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
             {result.report.adapter.architecture} <button onClick={downloadPng}>Download PNG</button>
+          </p>
+        )}
+        {result && !running && result.report.loras.length > 0 && (
+          <p className="hint" data-testid="result-loras">
+            LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
+            {result.report.mergeMs.length ? ` in ${result.report.mergeMs.map((m) => m.toFixed(0)).join(' + ')} ms` : ''}
+            {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
           </p>
         )}
       </section>

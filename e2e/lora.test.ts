@@ -1,0 +1,112 @@
+// LoRAs in the page, in Chromium on its real WebGPU: the merge kernel's self-test, adding LoRA files,
+// strength 0 = the base image, a nonzero strength changes it the same way the Node engine does, and
+// a LoRA for another model gets its sentence on its own row.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import type { Browser, Page } from 'playwright-core';
+import { concatBytes, encodeSafetensors } from '../workers/checkpoint/safetensors.ts';
+import { Engine } from '../workers/engine/engine.ts';
+import { createRuntime } from '../workers/engine/runtime.ts';
+import { NodeFileSource, openModelPath } from '../workers/node/files.ts';
+import { installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { launch, serve } from './harness.ts';
+
+let server: { url: string; stop: () => void };
+let browser: Browser;
+let page: Page;
+const LORAS = ['dist/test-model/loras/kohya.safetensors', 'dist/test-model/loras/loha.safetensors'];
+
+before(async () => {
+  await installNodeWebGpu();
+  server = await serve(4800 + Math.floor(Math.random() * 500));
+  browser = await launch();
+  page = await browser.newPage();
+  page.on('pageerror', (e) => console.error('pageerror:', e.message));
+  await page.goto(server.url);
+  await page.getByTestId('status').filter({ hasText: 'Ready' }).waitFor({ timeout: 120_000 });
+  for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '11'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
+});
+
+after(async () => {
+  await browser?.close();
+  server?.stop();
+  setTimeout(() => process.exit(0), 10).unref();
+});
+
+async function generateAndWait(): Promise<number[]> {
+  await page.getByTestId('generate').click();
+  await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
+  assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
+  return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));
+}
+
+const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+};
+
+test('the GPU self-test passes in Chromium: merge kernel against float64, f32 and packed f16, both forms', async () => {
+  await page.getByText('Diagnostics').click();
+  await page.getByTestId('self-test').click();
+  const out = page.getByTestId('self-test-result');
+  await out.filter({ hasText: /ok|FAILED|failed/ }).waitFor({ timeout: 120_000 });
+  const text = await out.innerText();
+  assert.equal(text.match(/: ok/g)?.length, 4, text);
+  assert.doesNotMatch(text, /FAILED|failed/);
+});
+
+test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node', async () => {
+  const base = await generateAndWait();
+  await page.getByTestId('lora-file').setInputFiles(LORAS);
+  await page.getByTestId('lora-info-1').waitFor({ timeout: 60_000 });
+  assert.match(await page.getByTestId('lora-info-0').innerText(), /kohya · rank 4 · \d+ UNet \+ \d+ text layers · base sd_v1/);
+  assert.match(await page.getByTestId('lora-info-1').innerText(), /loha · rank 3/);
+  await page.getByTestId('lora-scale-0').fill('0');
+  await page.getByTestId('lora-scale-1').fill('0');
+  assert.deepEqual(await generateAndWait(), base, 'strength 0 leaves the image as it was, pixel for pixel');
+
+  await page.getByTestId('lora-scale-0').fill('1');
+  await page.getByTestId('lora-scale-1').fill('0.8');
+  const withLoras = await generateAndWait();
+  assert.ok(maxDiff(withLoras, base) > 20, 'the LoRAs change the image');
+  assert.match(await page.getByTestId('result-loras').innerText(), /kohya\.safetensors × 1, loha\.safetensors × 0\.8; \d+ layers merged in \d+ ms/);
+
+  // The same job in Node: same LoRA files, same ids in the same order.
+  const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
+  assert.deepEqual(job.loras.map((l: { scale: number }) => l.scale), [1, 0.8]);
+  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
+  const engine = new Engine(await createRuntime('webgpu'));
+  await engine.loadModel(files, tokenizer!, 'fp32');
+  for (const f of LORAS) await engine.loadLora(await NodeFileSource.open(f));
+  const node = await engine.generate(job);
+  assert.ok(maxDiff(withLoras, node.image.data) <= 2, 'browser and Node agree within 2/255');
+  engine.unload();
+
+  await page.getByTestId('lora-enabled-0').uncheck();
+  await page.getByTestId('lora-enabled-1').uncheck();
+  assert.deepEqual(await generateAndWait(), base, 'switched off: the base image again');
+  await page.screenshot({ path: 'e2e/screenshots/loras.png' });
+});
+
+test('a LoRA for another architecture and a truncated LoRA get their own sentences; the others stay', async () => {
+  const sdxl = concatBytes(
+    encodeSafetensors([
+      { name: 'lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight', dtype: 'F32', shape: [1, 4], data: new Uint8Array(16) },
+      { name: 'lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight', dtype: 'F32', shape: [4, 1], data: new Uint8Array(16) },
+    ]),
+  );
+  const whole = readFileSync(LORAS[0]);
+  await page.getByTestId('lora-file').setInputFiles([
+    { name: 'xl-style.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from(sdxl) },
+    { name: 'cut.safetensors', mimeType: 'application/octet-stream', buffer: whole.subarray(0, whole.length - 1000) },
+  ]);
+  await page.getByTestId('lora-error-3').waitFor({ timeout: 60_000 });
+  assert.match(await page.getByTestId('lora-error-2').innerText(), /xl-style\.safetensors is a SDXL LoRA \(it has the key "lora_te2_/);
+  assert.match(await page.getByTestId('lora-error-3').innerText(), /cut\.safetensors/);
+  assert.match(await page.getByTestId('lora-info-0').innerText(), /kohya/);
+  await page.getByTestId('lora-remove-2').click();
+  assert.equal(await page.getByTestId('lora-error-2').count(), 1, 'the truncated one moved up');
+  await generateAndWait();
+});

@@ -37,6 +37,17 @@ test('make-test-model, inspect and generate write what they promise', () => {
   for (const k of ['steps', 'unetEvaluations', 'seed', 'scheduler', 'width', 'height', 'adapter', 'timingsMs', 'gpuBytesAllocated']) assert.ok(k in r, k);
   assert.equal(r.unetEvaluations, 2);
   assert.equal(r.seed, 5);
+  assert.deepEqual([r.loraKeysMatched, r.mergeMs], [0, []]);
+
+  const withLoras = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--prompt', 'a cat', '--steps', '1', '--width', '64', '--height', '64', '--backend', 'wasm', '--out', png, '--report', report,
+    '--lora', join(dir, 'loras/kohya.safetensors:0.8'), '--lora', join(dir, 'loras/locon.safetensors'));
+  assert.equal(withLoras.code, 0, withLoras.err.join('\n'));
+  const rl = JSON.parse(readFileSync(report, 'utf8'));
+  assert.deepEqual(rl.loras.map((l: { name: string; format: string; scale: number }) => [l.name, l.format, l.scale]), [['kohya.safetensors', 'kohya', 0.8], ['locon.safetensors', 'locon', 1]]);
+  const layers = (f: string) => JSON.parse(cli('inspect-lora', '--lora', join(dir, 'loras', f), '--model', join(dir, 'tiny-sd15.safetensors')).out).keysMatched;
+  assert.equal(rl.loraKeysMatched, layers('kohya.safetensors') + layers('locon.safetensors'));
+  assert.deepEqual(rl.loraKeysUnmatched, []);
+  assert.equal(rl.mergeMs.length, 1);
 });
 
 test('bad arguments exit 2 with one line; bad model files exit 1 with the problem named', () => {
@@ -48,6 +59,13 @@ test('bad arguments exit 2 with one line; bad model files exit 1 with the proble
   assert.match(badSteps.err[0], /--steps must be a whole number/);
   assert.equal(cli('frobnicate').code, 2);
   assert.equal(cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--width', '100').code, 2);
+
+  const badLora = cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--lora', 'style.safetensors:99');
+  assert.equal(badLora.code, 2);
+  assert.match(badLora.err[0], /--lora strength must be from -10 to 10, got "style.safetensors:99"/);
+  const notLora = cli('inspect-lora', '--lora', join(dir, 'tiny-sd15.safetensors'));
+  assert.equal(notLora.code, 1);
+  assert.match(notLora.err[0], /^error: tiny-sd15\.safetensors is not a LoRA: it is a model checkpoint/);
 
   const truncated = join(dir, 'truncated.safetensors');
   writeFileSync(truncated, readFileSync(join(dir, 'tiny-sd15.safetensors')).subarray(0, 100000));

@@ -51,6 +51,20 @@ export function floatToHalf(v: number): number {
   return sign | half;
 }
 
+/** float16 bits of every value (round to nearest even). */
+export function floatsToHalf(values: ArrayLike<number>): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = floatToHalf(values[i]);
+  return out;
+}
+
+/** float32 values of float16 bits. */
+export function halvesToFloat(bits: ArrayLike<number>): Float32Array {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = halfToFloat(bits[i]);
+  return out;
+}
+
 /** Decode raw tensor bytes (little-endian) of a float dtype into float32. */
 export function toFloat32(bytes: Uint8Array, dtype: StDtype): Float32Array {
   const n = bytes.byteLength / DTYPE_BYTES[dtype];
@@ -58,12 +72,8 @@ export function toFloat32(bytes: Uint8Array, dtype: StDtype): Float32Array {
   switch (dtype) {
     case 'F32':
       return new Float32Array(aligned.buffer, aligned.byteOffset, n).slice();
-    case 'F16': {
-      const src = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
-      const out = new Float32Array(n);
-      for (let i = 0; i < n; i++) out[i] = halfToFloat(src[i]);
-      return out;
-    }
+    case 'F16':
+      return halvesToFloat(new Uint16Array(aligned.buffer, aligned.byteOffset, n));
     case 'BF16': {
       const src = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
       const out = new Float32Array(n);
@@ -86,8 +96,5 @@ export function toFloat16Bits(bytes: Uint8Array, dtype: StDtype): Uint16Array {
     const aligned = bytes.byteOffset % 2 === 0 ? bytes : bytes.slice();
     return new Uint16Array(aligned.buffer, aligned.byteOffset, bytes.byteLength / 2).slice();
   }
-  const f = toFloat32(bytes, dtype);
-  const out = new Uint16Array(f.length);
-  for (let i = 0; i < f.length; i++) out[i] = floatToHalf(f[i]);
-  return out;
+  return floatsToHalf(toFloat32(bytes, dtype));
 }

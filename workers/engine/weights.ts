@@ -2,7 +2,7 @@
 // create and fill (straight from the checkpoint's byte range), wrapped with Tensor.fromGpuBuffer;
 // later kernels (LoRA merges) rewrite those buffers in place. On the wasm EP they are CPU tensors.
 import type * as OrtNs from 'onnxruntime-web';
-import { floatToHalf } from '../checkpoint/dtype.ts';
+import { floatsToHalf } from '../checkpoint/dtype.ts';
 import type { WeightSpec } from '../graph/builder.ts';
 import { writePadded } from '../gpu/buffers.ts';
 import type { Runtime } from './runtime.ts';
@@ -30,10 +30,9 @@ export class WeightSet {
 
   add(spec: WeightSpec, values: Float32Array): void {
     const { ort } = this.rt;
-    const data: Float32Array | Uint16Array = this.dtype === 'float16' ? toHalf(values) : values;
+    const data: Float32Array | Uint16Array = this.dtype === 'float16' ? floatsToHalf(values) : values;
     if (this.rt.backend === 'wasm' || !this.rt.gpu) {
-      const t = this.dtype === 'float16' ? new ort.Tensor('float16', data as Uint16Array, spec.dims) : new ort.Tensor('float32', data as Float32Array, spec.dims);
-      this.tensors.set(spec.name, t);
+      this.tensors.set(spec.name, this.cpuTensor(data, spec.dims));
       this.bytes += data.byteLength;
       return;
     }
@@ -50,14 +49,18 @@ export class WeightSet {
   setValues(name: string, values: Float32Array): void {
     const old = this.tensors.get(name);
     if (!old) throw new Error(`weight ${name} was not loaded`);
-    const data: Float32Array | Uint16Array = this.dtype === 'float16' ? toHalf(values) : values;
+    const data: Float32Array | Uint16Array = this.dtype === 'float16' ? floatsToHalf(values) : values;
     const buffer = this.buffers.get(name);
     if (buffer) {
       writePadded(this.rt.gpu!.device, buffer, data);
       return;
     }
+    this.tensors.set(name, this.cpuTensor(data, old.dims));
+  }
+
+  private cpuTensor(data: Float32Array | Uint16Array, dims: readonly number[]): OrtNs.Tensor {
     const { ort } = this.rt;
-    this.tensors.set(name, this.dtype === 'float16' ? new ort.Tensor('float16', data as Uint16Array, old.dims) : new ort.Tensor('float32', data as Float32Array, old.dims));
+    return data instanceof Uint16Array ? new ort.Tensor('float16', data, dims) : new ort.Tensor('float32', data, dims);
   }
 
   feeds(names: Iterable<string>): Record<string, OrtNs.Tensor> {
@@ -76,10 +79,4 @@ export class WeightSet {
     this.tensors.clear();
     this.bytes = 0;
   }
-}
-
-function toHalf(values: Float32Array): Uint16Array {
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = floatToHalf(values[i]);
-  return out;
 }

@@ -2,7 +2,7 @@
 // itself (straight from the checkpoint's byte ranges) into GPU buffers and binds them at run time,
 // so a LoRA kernel can rewrite any of them between two steps without touching the session.
 import onnxProto from 'onnx-proto';
-import { floatToHalf } from '../checkpoint/dtype.ts';
+import { floatsToHalf } from '../checkpoint/dtype.ts';
 
 const { onnx } = onnxProto;
 
@@ -77,8 +77,7 @@ export class GraphBuilder {
   floats(values: ArrayLike<number>, dims: number[]): string {
     const name = this.fresh('const_f');
     if (this.dtype === 'float16') {
-      const bits = new Uint16Array(values.length);
-      for (let i = 0; i < values.length; i++) bits[i] = floatToHalf(values[i]);
+      const bits = floatsToHalf(values);
       this.initializers.push(
         onnx.TensorProto.create({ name, dataType: ONNX_TYPE.float16, dims, rawData: new Uint8Array(bits.buffer) }),
       );

@@ -4,7 +4,7 @@
 // switching and switching off are exact, and no weight crosses to the CPU.
 // On the wasm backend (and when asked to, for the benchmark) the same merge runs on the CPU.
 import { BadArgumentError } from '../api/errors.ts';
-import { halfToFloat } from '../checkpoint/dtype.ts';
+import { halvesToFloat } from '../checkpoint/dtype.ts';
 import type { Runtime } from '../engine/runtime.ts';
 import type { WeightSet } from '../engine/weights.ts';
 import { readBuffer } from '../gpu/buffers.ts';
@@ -195,10 +195,10 @@ export class LoraWeights {
     const buffer = set.buffers.get(name);
     if (!buffer) {
       const data = set.tensors.get(name)!.data;
-      return data instanceof Uint16Array ? Float32Array.from(data, halfToFloat) : Float32Array.from(data as Float32Array);
+      return data instanceof Uint16Array ? halvesToFloat(data) : Float32Array.from(data as Float32Array);
     }
     const raw = await readBuffer(this.rt.gpu!.device, buffer, 0, alignUp(elements * this.elementBytes, 4));
-    return this.elementBytes === 2 ? Float32Array.from(new Uint16Array(raw, 0, elements), halfToFloat) : new Float32Array(raw, 0, elements);
+    return this.elementBytes === 2 ? halvesToFloat(new Uint16Array(raw, 0, elements)) : new Float32Array(raw, 0, elements);
   }
 
   /**

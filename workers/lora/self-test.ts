@@ -1,7 +1,7 @@
 // The merge kernel checked against the float64 reference on seeded random shapes (sizes that are
 // not multiples of the tile, several terms, LoHa products, a restore), for both weight storages and
 // both plan forms. The Node tests and the studio's GPU self-test (run in the browser) share it.
-import { floatToHalf, halfToFloat } from '../checkpoint/dtype.ts';
+import { floatsToHalf, halvesToFloat } from '../checkpoint/dtype.ts';
 import { Rng } from '../engine/random.ts';
 import { LoraMergeKernel, type WeightStorage } from '../gpu/lora-merge.ts';
 import { readBuffer, uploadBuffer } from '../gpu/buffers.ts';
@@ -41,16 +41,12 @@ export const MERGE_CASES: CaseSegment[] = [
 ];
 
 function toStorage(values: Float32Array, storage: WeightStorage): Float32Array | Uint16Array {
-  if (storage === 'f32') return values;
-  const h = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) h[i] = floatToHalf(values[i]);
-  return h;
+  return storage === 'f32' ? values : floatsToHalf(values);
 }
 
 function fromStorage(buf: ArrayBuffer, n: number, storage: WeightStorage): Float64Array {
   if (storage === 'f32') return Float64Array.from(new Float32Array(buf, 0, n));
-  const h = new Uint16Array(buf, 0, n);
-  return Float64Array.from(h, halfToFloat);
+  return Float64Array.from(halvesToFloat(new Uint16Array(buf, 0, n)));
 }
 
 export async function runMergeCase(device: GPUDevice, kernel: LoraMergeKernel, mode: MergeMode, seed = 7): Promise<MergeCaseResult> {
@@ -72,7 +68,7 @@ export async function runMergeCase(device: GPUDevice, kernel: LoraMergeKernel, m
   MERGE_CASES.forEach((c, i) => {
     let base = rng.normal(c.rows * c.cols);
     // The reference starts from what the buffer really holds.
-    if (storage === 'f16') base = Float32Array.from(toStorage(base, 'f16') as Uint16Array, halfToFloat);
+    if (storage === 'f16') base = halvesToFloat(floatsToHalf(base));
     const spec: MergeSegmentSpec = { target: `w${i}`, rows: c.rows, cols: c.cols, chunk: 0, baseOffset: chunkAt, terms: [] };
     const ref: ReferenceTerm[] = [];
     for (const t of c.terms) {

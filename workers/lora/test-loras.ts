@@ -2,7 +2,7 @@
 // and the key names and tensor layouts each trainer writes. Each file comes with the weight deltas
 // it means (at multiplier 1), computed in float64 straight from its raw factors by the reference
 // formulas, so tests can check the loader and the merge against them.
-import { floatToHalf, halfToFloat, type StDtype } from '../checkpoint/dtype.ts';
+import { floatsToHalf, halvesToFloat, type StDtype } from '../checkpoint/dtype.ts';
 import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
 import type { WeightSpec } from '../graph/builder.ts';
 import { Rng } from '../engine/random.ts';
@@ -86,7 +86,7 @@ const PLANS: Plan[] = [
 /** Values as stored: rounded through the file's dtype. */
 function stored(v: Float32Array, dtype: StDtype): Float32Array {
   if (dtype === 'F32') return v;
-  if (dtype === 'F16') return v.map((x) => halfToFloat(floatToHalf(x)));
+  if (dtype === 'F16') return halvesToFloat(floatsToHalf(v));
   const f = new Float32Array(v);
   const u = new Uint32Array(f.buffer);
   for (let i = 0; i < u.length; i++) u[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) & 0xffff0000; // round to nearest even
@@ -95,12 +95,9 @@ function stored(v: Float32Array, dtype: StDtype): Float32Array {
 
 function bytesOf(v: Float32Array, dtype: StDtype): Uint8Array {
   if (dtype === 'F32') return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  const out = new Uint16Array(v.length);
-  if (dtype === 'F16') for (let i = 0; i < v.length; i++) out[i] = floatToHalf(v[i]);
-  else {
-    const u = new Uint32Array(Float32Array.from(v).buffer);
-    for (let i = 0; i < v.length; i++) out[i] = u[i] >>> 16; // already rounded by stored()
-  }
+  if (dtype === 'F16') return new Uint8Array(floatsToHalf(v).buffer);
+  // BF16: the top half of each float32, already rounded by stored()
+  const out = Uint16Array.from(new Uint32Array(Float32Array.from(v).buffer), (u) => u >>> 16);
   return new Uint8Array(out.buffer);
 }
 

@@ -5,6 +5,7 @@ import mergeWgsl from '../../shaders/lora-merge.wgsl?raw';
 import weightsF16Wgsl from '../../shaders/lora-weights-f16.wgsl?raw';
 import weightsF32Wgsl from '../../shaders/lora-weights-f32.wgsl?raw';
 import { uploadBuffer } from './buffers.ts';
+import { compileShader, computeLayout } from './shader.ts';
 import { passUniforms, PASS_STRIDE_WORDS, type MergePlan } from '../lora/merge-plan.ts';
 
 export type WeightStorage = 'f32' | 'f16';
@@ -27,21 +28,8 @@ export class LoraMergeKernel {
 
   static async create(device: GPUDevice, storage: WeightStorage): Promise<LoraMergeKernel> {
     const code = mergeWgsl + '\n' + (storage === 'f16' ? weightsF16Wgsl : weightsF32Wgsl);
-    const module = device.createShaderModule({ code, label: `lora-merge-${storage}` });
-    const info = await module.getCompilationInfo();
-    const errors = info.messages.filter((m) => m.type === 'error');
-    if (errors.length) throw new Error(`lora-merge.wgsl: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ')}`);
-    const storageEntry = (binding: number, type: GPUBufferBindingType): GPUBindGroupLayoutEntry => ({ binding, visibility: GPUShaderStage.COMPUTE, buffer: { type } });
-    const layout = device.createBindGroupLayout({
-      entries: [
-        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform', hasDynamicOffset: true } },
-        storageEntry(1, 'read-only-storage'),
-        storageEntry(2, 'read-only-storage'),
-        storageEntry(3, 'read-only-storage'),
-        storageEntry(4, 'read-only-storage'),
-        storageEntry(5, 'storage'),
-      ],
-    });
+    const module = await compileShader(device, code, `lora-merge-${storage}`);
+    const layout = computeLayout(device, ['dynamic-uniform', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage']);
     const pipeline = await device.createComputePipelineAsync({
       layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
       compute: { module, entryPoint: 'main' },

@@ -3,6 +3,7 @@
 import fftWgsl from '../../shaders/fft2d.wgsl?raw';
 import bandWgsl from '../../shaders/spectrum-band.wgsl?raw';
 import { readBuffer, uploadBuffer } from './buffers.ts';
+import { compileShader, computeLayout } from './shader.ts';
 
 export interface SpectrumShape {
   batch: number;
@@ -29,13 +30,6 @@ export function checkSpectrumShape(s: SpectrumShape): void {
 /** Workgroups for `count` lines, spread over two dimensions (65535 per dimension). */
 const grid = (count: number): [number, number] => [Math.min(count, 65535), Math.ceil(count / 65535)];
 
-async function compiled(device: GPUDevice, code: string, label: string): Promise<GPUShaderModule> {
-  const module = device.createShaderModule({ code, label });
-  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
-  if (errors.length) throw new Error(`${label}: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ')}`);
-  return module;
-}
-
 export class SpectrumKernel {
   private constructor(
     private readonly device: GPUDevice,
@@ -46,23 +40,10 @@ export class SpectrumKernel {
   ) {}
 
   static async create(device: GPUDevice): Promise<SpectrumKernel> {
-    const fft = await compiled(device, fftWgsl, 'fft2d');
-    const band = await compiled(device, bandWgsl, 'spectrum-band');
-    const layout = device.createBindGroupLayout({
-      entries: [
-        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } },
-        { binding: 1, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } },
-        { binding: 2, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } },
-      ],
-    });
-    const fftLayout = device.createBindGroupLayout({
-      entries: [
-        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } },
-        { binding: 1, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } },
-        { binding: 2, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } },
-        { binding: 3, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } },
-      ],
-    });
+    const fft = await compileShader(device, fftWgsl, 'fft2d');
+    const band = await compileShader(device, bandWgsl, 'spectrum-band');
+    const layout = computeLayout(device, ['uniform', 'read-only-storage', 'storage']);
+    const fftLayout = computeLayout(device, ['uniform', 'read-only-storage', 'storage', 'read-only-storage']);
     const table = new Float32Array(MAX_SIDE);
     for (let k = 0; k < MAX_SIDE / 2; k++) {
       table[2 * k] = Math.cos((-2 * Math.PI * k) / MAX_SIDE);

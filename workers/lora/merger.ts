@@ -9,7 +9,7 @@ import type { Runtime } from '../engine/runtime.ts';
 import type { WeightSet } from '../engine/weights.ts';
 import { readBuffer } from '../gpu/buffers.ts';
 import { LoraMergeKernel } from '../gpu/lora-merge.ts';
-import type { LoraComponent } from './keys.ts';
+import type { LoraComponent, LoraTarget } from './keys.ts';
 import type { LoadedLora, LoraModule } from './load.ts';
 import { alignUp, PACK_ALIGN, planMerge, type MergeMode, type MergeSegmentSpec, type MergeTermSpec } from './merge-plan.ts';
 
@@ -43,10 +43,12 @@ interface FactorSlot {
   floats: number;
 }
 
-const keyOf = (m: LoraModule) => `${m.target.component}:${m.target.weight}`;
+const keyOf = (t: LoraTarget) => `${t.component}:${t.weight}`;
 
 export class LoraWeights {
   private readonly loras = new Map<string, LoadedLora>();
+  /** Every weight a loaded LoRA touches, by "component:weight". */
+  private readonly targets = new Map<string, LoraTarget>();
   private readonly slots = new Map<string, FactorSlot>();
   private readonly pristine = new Map<string, PristineSlot>();
   private readonly cpuPristine = new Map<string, Float32Array>();
@@ -76,12 +78,9 @@ export class LoraWeights {
     return this.weights.unet.dtype === 'float16' ? 2 : 4;
   }
 
-  private weightSet(key: string): WeightSet {
-    return this.weights[key.slice(0, key.indexOf(':')) as LoraComponent];
-  }
-
-  private weightName(key: string): string {
-    return key.slice(key.indexOf(':') + 1);
+  private bufferOf(key: string): GPUBuffer {
+    const t = this.targets.get(key)!;
+    return this.weights[t.component].buffers.get(t.weight)!;
   }
 
   has(id: string): boolean {
@@ -90,7 +89,7 @@ export class LoraWeights {
 
   async add(id: string, lora: LoadedLora): Promise<void> {
     if (this.loras.has(id)) throw new BadArgumentError(`A LoRA with id "${id}" is already loaded.`);
-    await this.keepPristine(lora.modules.map((m) => ({ key: keyOf(m), elements: m.target.rows * m.target.cols })));
+    await this.keepPristine(lora.modules.map((m) => m.target));
     if (this.backend !== 'cpu') this.uploadFactors(id, lora);
     this.loras.set(id, lora);
   }
@@ -159,42 +158,44 @@ export class LoraWeights {
   }
 
   /** Copy the weights a new LoRA touches, while they are still untouched. */
-  private async keepPristine(targets: { key: string; elements: number }[]): Promise<void> {
-    const fresh = targets.filter((t, i) => !this.pristine.has(t.key) && !this.cpuPristine.has(t.key) && targets.findIndex((u) => u.key === t.key) === i);
-    if (!fresh.length) return;
+  private async keepPristine(targets: LoraTarget[]): Promise<void> {
+    const fresh = new Map<string, LoraTarget>();
+    for (const t of targets) if (!this.targets.has(keyOf(t))) fresh.set(keyOf(t), t);
+    for (const [key, t] of fresh) this.targets.set(key, t);
+    if (!fresh.size) return;
     if (this.backend === 'cpu') {
-      for (const t of fresh) this.cpuPristine.set(t.key, await this.readWeight(t.key, t.elements));
+      for (const [key, t] of fresh) this.cpuPristine.set(key, await this.readWeight(t));
       return;
     }
     const device = this.rt.gpu!.device;
     const eb = this.elementBytes;
     const limit = device.limits.maxStorageBufferBindingSize;
     const enc = device.createCommandEncoder();
-    for (const t of fresh) {
-      const bytes = alignUp(t.elements, PACK_ALIGN) * eb;
+    for (const [key, t] of fresh) {
+      const elements = t.rows * t.cols;
+      const bytes = alignUp(elements, PACK_ALIGN) * eb;
       let c = this.chunks.length - 1;
       if (c < 0 || this.chunks[c].used + bytes > this.chunks[c].buffer.size) {
         const size = Math.min(limit, Math.max(CHUNK_BYTES, bytes));
-        if (bytes > size) throw new BadArgumentError(`The weight ${t.key} is larger than this GPU can bind (${limit} bytes).`);
+        if (bytes > size) throw new BadArgumentError(`The weight ${t.weight} is larger than this GPU can bind (${limit} bytes).`);
         this.chunks.push({ buffer: device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }), used: 0 });
         c++;
       }
       const chunk = this.chunks[c];
-      const src = this.weightSet(t.key).buffers.get(this.weightName(t.key))!;
-      enc.copyBufferToBuffer(src, 0, chunk.buffer, chunk.used, alignUp(t.elements * eb, 4));
-      this.pristine.set(t.key, { chunk: c, offset: chunk.used / eb });
+      enc.copyBufferToBuffer(this.bufferOf(key), 0, chunk.buffer, chunk.used, alignUp(elements * eb, 4));
+      this.pristine.set(key, { chunk: c, offset: chunk.used / eb });
       chunk.used += bytes;
     }
     device.queue.submit([enc.finish()]);
     await device.queue.onSubmittedWorkDone();
   }
 
-  private async readWeight(key: string, elements: number): Promise<Float32Array> {
-    const set = this.weightSet(key);
-    const name = this.weightName(key);
-    const buffer = set.buffers.get(name);
+  private async readWeight(t: LoraTarget): Promise<Float32Array> {
+    const set = this.weights[t.component];
+    const elements = t.rows * t.cols;
+    const buffer = set.buffers.get(t.weight);
     if (!buffer) {
-      const data = set.tensors.get(name)!.data;
+      const data = set.tensors.get(t.weight)!.data;
       return data instanceof Uint16Array ? halvesToFloat(data) : Float32Array.from(data as Float32Array);
     }
     const raw = await readBuffer(this.rt.gpu!.device, buffer, 0, alignUp(elements * this.elementBytes, 4));
@@ -227,11 +228,13 @@ export class LoraWeights {
           scale,
           hadamard: m.hadamard && { up: at?.up2 ?? 0, down: at?.down2 ?? 0, rank: m.hadamard.rank },
         };
-        const k = keyOf(m);
-        terms.set(k, [...(terms.get(k) ?? []), { term, module: m }]);
+        const k = keyOf(m.target);
+        const list = terms.get(k);
+        if (list) list.push({ term, module: m });
+        else terms.set(k, [{ term, module: m }]);
       });
     }
-    const touched = new Set([...terms.keys(), ...[...this.dirty].filter((k) => components.includes(k.slice(0, k.indexOf(':')) as LoraComponent))]);
+    const touched = new Set([...terms.keys(), ...[...this.dirty].filter((k) => components.includes(this.targets.get(k)!.component))]);
     let dispatches = 0;
     if (this.backend === 'cpu') await this.applyCpu(touched, terms);
     else dispatches = await this.applyGpu(touched, terms);
@@ -248,10 +251,7 @@ export class LoraWeights {
     let largest = 0;
     for (const key of touched) {
       const p = this.pristine.get(key)!;
-      const set = this.weightSet(key);
-      const dims = set.tensors.get(this.weightName(key))!.dims;
-      const rows = dims[0];
-      const cols = dims.slice(1).reduce((a, b) => a * b, 1);
+      const { rows, cols } = this.targets.get(key)!;
       largest = Math.max(largest, alignUp(rows * cols, PACK_ALIGN));
       specs.push({ target: key, rows, cols, chunk: p.chunk, baseOffset: p.offset, terms: (terms.get(key) ?? []).map((t) => t.term) });
     }
@@ -266,7 +266,7 @@ export class LoraWeights {
     await this.kernel!.run(plan, {
       factors,
       chunk: (i) => this.chunks[i].buffer,
-      target: (key) => this.weightSet(key).buffers.get(this.weightName(key))!,
+      target: (key) => this.bufferOf(key),
       scratch: this.scratch,
     });
     return plan.passes.length;
@@ -279,12 +279,13 @@ export class LoraWeights {
       const list = terms.get(key) ?? [];
       const out = Float32Array.from(base);
       if (list.length) {
-        const { rows, cols } = list[0].module.target;
+        const { rows, cols } = this.targets.get(key)!;
         const delta = new Float32Array(rows * cols);
         for (const { term, module } of list) addLowRank(delta, module, term.scale, rows, cols);
         for (let i = 0; i < out.length; i++) out[i] = base[i] + delta[i];
       }
-      this.weightSet(key).setValues(this.weightName(key), out);
+      const t = this.targets.get(key)!;
+      this.weights[t.component].setValues(t.weight, out);
     }
   }
 
@@ -298,6 +299,9 @@ export class LoraWeights {
     this.cpuPristine.clear();
     this.loras.clear();
     this.slots.clear();
+    this.targets.clear();
+    this.dirty.clear();
+    this.kernel?.dispose();
   }
 }
 

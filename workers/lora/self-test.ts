@@ -145,6 +145,7 @@ export async function mergeSelfTest(device: GPUDevice, seed = 7): Promise<MergeC
   for (const storage of ['f32', 'f16'] as WeightStorage[]) {
     const kernel = await LoraMergeKernel.create(device, storage);
     for (const mode of ['batched', 'direct'] as MergeMode[]) results.push(await runMergeCase(device, kernel, mode, seed));
+    kernel.dispose();
   }
   return results;
 }

@@ -31,21 +31,6 @@ export function mergeReference(base: Arr, rows: number, cols: number, terms: Ref
   return out;
 }
 
-/** LoCon with a mid tensor (CP form): dW[o, i, y, x] = sum_{n,m} up[o, n] mid[n, m, y, x] down[m, i]. */
-export function cpDeltaReference(up: Arr, mid: Arr, down: Arr, out: number, inC: number, rank: number, kh: number, kw: number): Float64Array {
-  const d = new Float64Array(out * inC * kh * kw);
-  for (let o = 0; o < out; o++)
-    for (let i = 0; i < inC; i++)
-      for (let y = 0; y < kh; y++)
-        for (let x = 0; x < kw; x++) {
-          let s = 0;
-          for (let n = 0; n < rank; n++)
-            for (let m = 0; m < rank; m++) s += up[o * rank + n] * mid[((n * rank + m) * kh + y) * kw + x] * down[m * inC + i];
-          d[((o * inC + i) * kh + y) * kw + x] = s;
-        }
-  return d;
-}
-
 /** LoHa with Tucker cores: w[o, i, y, x] = sum_{n,m} t[n, m, y, x] a[n, o] b[m, i] (a: [rank, out], b: [rank, in]). */
 export function tuckerReference(t: Arr, a: Arr, b: Arr, out: number, inC: number, rank: number, kh: number, kw: number): Float64Array {
   const d = new Float64Array(out * inC * kh * kw);
@@ -59,4 +44,12 @@ export function tuckerReference(t: Arr, a: Arr, b: Arr, out: number, inC: number
           d[((o * inC + i) * kh + y) * kw + x] = s;
         }
   return d;
+}
+
+/** LoCon with a mid tensor (CP form): dW[o, i, y, x] = sum_{n,m} up[o, n] mid[n, m, y, x] down[m, i],
+ * the Tucker form above with `a` = up transposed. */
+export function cpDeltaReference(up: Arr, mid: Arr, down: Arr, out: number, inC: number, rank: number, kh: number, kw: number): Float64Array {
+  const a = new Float64Array(rank * out);
+  for (let o = 0; o < out; o++) for (let n = 0; n < rank; n++) a[n * out + o] = up[o * rank + n];
+  return tuckerReference(mid, a, down, out, inC, rank, kh, kw);
 }

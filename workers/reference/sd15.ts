@@ -23,30 +23,23 @@ export interface AttnHooks {
 
 export function transformerBlock(W: Weights, t: T, name: string, b: number, heads: number, context: T, hooks: AttnHooks = {}): T {
   const C = t.shape[1];
-  const ctxDim = context.shape[1];
+  // attention `layer` of the block: queries from h, keys and values from kv, added to the residual
+  const attend = (layer: string, h: T, kv: T, residual: T) => {
+    const a = attention(
+      linear(h, W(`${layer}.to_q.weight`), undefined, C),
+      linear(kv, W(`${layer}.to_k.weight`), undefined, C),
+      linear(kv, W(`${layer}.to_v.weight`), undefined, C),
+      b,
+      heads,
+      hooks.bias?.(layer),
+    );
+    hooks.onProbs?.(layer, a.probs);
+    return add(linear(a.out, W(`${layer}.to_out.0.weight`), W(`${layer}.to_out.0.bias`), C), residual);
+  };
   let h = layerNorm(t, W(`${name}.norm1.weight`), W(`${name}.norm1.bias`));
-  let a = attention(
-    linear(h, W(`${name}.attn1.to_q.weight`), undefined, C),
-    linear(h, W(`${name}.attn1.to_k.weight`), undefined, C),
-    linear(h, W(`${name}.attn1.to_v.weight`), undefined, C),
-    b,
-    heads,
-    hooks.bias?.(`${name}.attn1`),
-  );
-  hooks.onProbs?.(`${name}.attn1`, a.probs);
-  t = add(linear(a.out, W(`${name}.attn1.to_out.0.weight`), W(`${name}.attn1.to_out.0.bias`), C), t);
+  t = attend(`${name}.attn1`, h, h, t);
   h = layerNorm(t, W(`${name}.norm2.weight`), W(`${name}.norm2.bias`));
-  void ctxDim;
-  a = attention(
-    linear(h, W(`${name}.attn2.to_q.weight`), undefined, C),
-    linear(context, W(`${name}.attn2.to_k.weight`), undefined, C),
-    linear(context, W(`${name}.attn2.to_v.weight`), undefined, C),
-    b,
-    heads,
-    hooks.bias?.(`${name}.attn2`),
-  );
-  hooks.onProbs?.(`${name}.attn2`, a.probs);
-  t = add(linear(a.out, W(`${name}.attn2.to_out.0.weight`), W(`${name}.attn2.to_out.0.bias`), C), t);
+  t = attend(`${name}.attn2`, h, context, t);
   h = layerNorm(t, W(`${name}.norm3.weight`), W(`${name}.norm3.bias`));
   const inner = 4 * C;
   const proj = linear(h, W(`${name}.ff.net.0.proj.weight`), W(`${name}.ff.net.0.proj.bias`), 2 * inner);

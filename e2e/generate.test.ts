@@ -1,47 +1,28 @@
 // The page in Chromium on its real WebGPU adapter: the embedded test model loads, Generate makes
 // an image, the same seed gives the same pixels, Cancel stops, a corrupt file gets its sentence.
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import type { Browser, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { Engine } from '../workers/engine/engine.ts';
 import { createRuntime } from '../workers/engine/runtime.ts';
 import { openModelPath } from '../workers/node/files.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
-import { launch, serve } from './harness.ts';
+import { maxAbsDiff } from '../tests/helpers.ts';
+import { generateAndWait, openStudio, resultPixels } from './harness.ts';
 
-let server: { url: string; stop: () => void };
-let browser: Browser;
+let studio: Awaited<ReturnType<typeof openStudio>> | undefined;
 let page: Page;
 
 before(async () => {
   await installNodeWebGpu();
-  server = await serve(4300 + Math.floor(Math.random() * 500));
-  browser = await launch();
-  page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('pageerror:', e.message));
-  await page.goto(server.url);
-  await page.getByTestId('status').filter({ hasText: 'Ready' }).waitFor({ timeout: 120_000 });
-  mkdirSync('e2e/screenshots', { recursive: true });
+  studio = await openStudio(4300 + Math.floor(Math.random() * 500));
+  page = studio.page;
 });
 
 after(async () => {
-  await browser?.close();
-  server?.stop();
+  await studio?.close();
   setTimeout(() => process.exit(0), 10).unref();
 });
-
-async function resultPixels(): Promise<number[]> {
-  return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => {
-    const ctx = c.getContext('2d')!;
-    return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);
-  });
-}
-
-async function generateAndWait() {
-  await page.getByTestId('generate').click();
-  await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
-}
 
 test('generate with the embedded test model on WebGPU; same seed gives identical pixels', async () => {
   assert.match(await page.getByTestId('model-name').innerText(), /tiny-sd15.safetensors \(single-file, fp32, test model/);
@@ -49,9 +30,9 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   await page.getByTestId('height').fill('64');
   await page.getByTestId('steps').fill('3');
   await page.getByTestId('seed').fill('7');
-  await generateAndWait();
+  await generateAndWait(page);
   assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
-  const a = await resultPixels();
+  const a = await resultPixels(page);
   assert.equal(a.length, 64 * 64 * 4);
   assert.ok(new Set(a.filter((_, i) => i % 4 === 0)).size > 20, 'pixels are not constant');
   await page.screenshot({ path: 'e2e/screenshots/generate.png' });
@@ -62,15 +43,14 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   const engine = new Engine(await createRuntime('webgpu'));
   await engine.loadModel(files, tokenizer!, 'fp32');
   const node = await engine.generate(job);
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - node.image.data[i]));
+  const { diff } = maxAbsDiff(a, node.image.data);
   assert.ok(diff <= 2, `browser and Node images differ by at most 2/255 (got ${diff})`);
   engine.unload();
-  await generateAndWait();
-  assert.deepEqual(await resultPixels(), a, 'same seed, same pixels');
+  await generateAndWait(page);
+  assert.deepEqual(await resultPixels(page), a, 'same seed, same pixels');
   await page.getByTestId('seed').fill('8');
-  await generateAndWait();
-  assert.notDeepEqual(await resultPixels(), a, 'another seed, another image');
+  await generateAndWait(page);
+  assert.notDeepEqual(await resultPixels(page), a, 'another seed, another image');
 });
 
 test('cancel stops the run and the next one works', async () => {
@@ -82,7 +62,7 @@ test('cancel stops the run and the next one works', async () => {
   const shown = await page.getByTestId('status').innerText();
   assert.equal(shown, 'Cancelled.');
   await page.getByTestId('steps').fill('2');
-  await generateAndWait();
+  await generateAndWait(page);
   assert.equal(await page.getByTestId('error').count(), 0);
 });
 

@@ -4,48 +4,38 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import type { Browser, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { concatBytes, encodeSafetensors } from '../workers/checkpoint/safetensors.ts';
 import { Engine } from '../workers/engine/engine.ts';
 import { createRuntime } from '../workers/engine/runtime.ts';
 import { NodeFileSource, openModelPath } from '../workers/node/files.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
-import { launch, serve } from './harness.ts';
+import { maxAbsDiff } from '../tests/helpers.ts';
+import { generateAndWait as generate, openStudio, resultPixels } from './harness.ts';
 
-let server: { url: string; stop: () => void };
-let browser: Browser;
+let studio: Awaited<ReturnType<typeof openStudio>> | undefined;
 let page: Page;
 const LORAS = ['dist/test-model/loras/kohya.safetensors', 'dist/test-model/loras/loha.safetensors'];
 
 before(async () => {
   await installNodeWebGpu();
-  server = await serve(4800 + Math.floor(Math.random() * 500));
-  browser = await launch();
-  page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('pageerror:', e.message));
-  await page.goto(server.url);
-  await page.getByTestId('status').filter({ hasText: 'Ready' }).waitFor({ timeout: 120_000 });
+  studio = await openStudio(4800 + Math.floor(Math.random() * 500));
+  page = studio.page;
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '11'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
 });
 
 after(async () => {
-  await browser?.close();
-  server?.stop();
+  await studio?.close();
   setTimeout(() => process.exit(0), 10).unref();
 });
 
 async function generateAndWait(): Promise<number[]> {
-  await page.getByTestId('generate').click();
-  await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
+  await generate(page);
   assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
-  return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));
+  return resultPixels(page);
 }
 
-const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
-  return d;
-};
+const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => maxAbsDiff(a, b).diff;
 
 test('the GPU self-test passes in Chromium: merge kernel against float64, f32 and packed f16, both forms', async () => {
   await page.getByText('Diagnostics').click();

@@ -25,10 +25,10 @@ const KOHYA_TE = /\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$/;
 
 /** A block of random values reused to fill large arrays quickly (values do not change timings). */
 const BLOCK = new Rng(5).normal(1 << 20).map((x) => x * 0.02);
-function filled(n: number, shift = 0): Float32Array {
+function filled(n: number, reversed = false): Float32Array {
   const out = new Float32Array(n);
   for (let at = 0; at < n; at += BLOCK.length) out.set(BLOCK.subarray(0, Math.min(BLOCK.length, n - at)), at);
-  if (shift) out.reverse();
+  if (reversed) out.reverse();
   return out;
 }
 
@@ -49,7 +49,7 @@ function randomLora(targets: LoraTarget[], rank: number, seed: number): LoadedLo
     key: target.weight,
     target,
     alphaScale: 1,
-    factors: { up: filled(target.rows * rank, seed), down: filled(rank * target.cols, seed), rank },
+    factors: { up: filled(target.rows * rank, seed % 2 === 1), down: filled(rank * target.cols, seed % 2 === 1), rank },
   }));
   const factorFloats = modules.reduce((a, m) => a + m.factors.up.length + m.factors.down.length, 0);
   return { name: `random-r${rank}-${seed}`, format: 'kohya', metadata: { tags: [], raw: {} }, modules, unmatched: [], rank, factorFloats };

@@ -31,12 +31,17 @@ function ImageCanvas({ image, label, testId }: { image?: ImageData8; label: stri
 
 let client: EngineClient | undefined;
 
+/** The worker's API, starting the worker on first use (and again after a lost device). */
+function engine() {
+  client ??= startEngine();
+  return client.api;
+}
+
 async function loadModel(req: ModelRequest, label: string) {
   const { set } = useStudio.getState();
   set({ status: { kind: 'loading', done: 0, total: 1, label }, notice: undefined });
   try {
-    client ??= startEngine();
-    const model = await client.api.loadModel(req, Comlink.proxy((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } })));
+    const model = await engine().loadModel(req, Comlink.proxy((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } })));
     set({ model, status: { kind: 'ready' } });
     // LoRAs belong to a model: load the artist's list again for this one.
     for (const l of useStudio.getState().loras) void loadLora(l);
@@ -51,8 +56,7 @@ async function loadLora(entry: LoraEntry) {
   const { updateLora } = useStudio.getState();
   updateLora(entry.key, { info: undefined, error: undefined });
   try {
-    client ??= startEngine();
-    updateLora(entry.key, { info: await client.api.loadLora(entry.file) });
+    updateLora(entry.key, { info: await engine().loadLora(entry.file) });
   } catch (e) {
     updateLora(entry.key, { error: (e as Error).message, enabled: false });
   }
@@ -81,8 +85,7 @@ async function runSelfTest() {
   const { set } = useStudio.getState();
   set({ selfTest: 'running…' });
   try {
-    client ??= startEngine();
-    const results = await client.api.selfTest();
+    const results = await engine().selfTest();
     set({ selfTest: results.map((r) => `${r.storage}/${r.mode}: ${r.ok ? 'ok' : 'FAILED'} (max error ${r.maxError.toExponential(2)}, limit ${r.tolerance.toExponential(2)})`).join('; ') });
   } catch (e) {
     set({ selfTest: `failed: ${(e as Error).message}` });

@@ -13,6 +13,7 @@ import {
   vaeLegacyDiffusersName,
   vaeNameToLdm,
 } from './layout.ts';
+import { isLoraTensorName } from '../lora/formats.ts';
 import { SafetensorsFile, type TensorInfo } from './safetensors.ts';
 import type { ByteSource } from './source.ts';
 
@@ -100,10 +101,8 @@ function componentLabel(c: Component): string {
   return c === 'unet' ? 'UNet' : c === 'textEncoder' ? 'text encoder' : 'VAE';
 }
 
-const LORA_KEY = /(^lora_(unet|te)\d?_)|\.lora_(down|up|A|B)\.|\.lora\.(down|up)\.|\.hada_w[12]_|\.lokr_w[12]|\.alpha$/;
-
 function loraLike(keys: string[]): boolean {
-  return keys.length > 0 && keys.filter((k) => LORA_KEY.test(k)).length >= keys.length / 2;
+  return keys.length > 0 && keys.filter(isLoraTensorName).length >= keys.length / 2;
 }
 
 function classifySingleFile(file: SafetensorsFile): void {

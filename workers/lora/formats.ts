@@ -51,6 +51,11 @@ const RULES: Rule[] = [
   rule(/^(.+)\.(lora_embedding_[AB])$/, () => 'embedding LoRA', false),
 ];
 
+/** Whether a tensor name is a LoRA part in any scheme above (checkpoint detection asks this too). */
+export function isLoraTensorName(name: string): boolean {
+  return RULES.some((r) => r.re.test(name));
+}
+
 export function parseLoraTensors(tensors: Iterable<TensorInfo>): ParsedLora {
   const modules = new Map<string, ModuleTensors>();
   const strays: string[] = [];

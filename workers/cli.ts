@@ -3,7 +3,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
-import type { GenerateJob, SchedulerId } from './api/contract.ts';
+import type { CompositionOptions, GenerateJob, SchedulerId } from './api/contract.ts';
+import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG } from './checkpoint/config.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
@@ -25,12 +26,15 @@ const USAGE = `usage: npm run cli -- <command> [options]
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
            [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16]
-           [--lora FILE[:SCALE]]... --out FILE.png [--report FILE.json]
+           [--lora FILE[:SCALE]]... [--method none|merge|switch|composite|cmlora]
+           [--switch-step N] [--profiling offline|online] [--profile-steps N] [--cutoff X]
+           [--threshold X] [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X]
+           [--sync] --out FILE.png [--report FILE.json]
   inspect-lora --lora FILE [--model PATH]`;
 
 function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined> & { lora?: string | string[] };
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined> & { lora?: string | string[]; sync?: boolean };
   } catch (e) {
     throw new UsageError((e as Error).message.split('\n')[0]);
   }
@@ -123,6 +127,17 @@ async function generate(args: string[]) {
     out: { type: 'string' },
     report: { type: 'string' },
     lora: { type: 'string', multiple: true },
+    method: { type: 'string' },
+    'switch-step': { type: 'string' },
+    profiling: { type: 'string' },
+    'profile-steps': { type: 'string' },
+    cutoff: { type: 'string' },
+    threshold: { type: 'string' },
+    'high-phase': { type: 'string' },
+    'cache-high': { type: 'string' },
+    'cache-low': { type: 'string' },
+    'dom-coeff': { type: 'string' },
+    sync: { type: 'boolean' },
   });
   if (!o.model) throw new UsageError('generate needs --model PATH');
   const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
@@ -142,6 +157,7 @@ async function generate(args: string[]) {
     height: num(o.height, 'height', 512),
     scheduler: (o.scheduler ?? 'dpmpp-2m') as SchedulerId,
     clipSkip: num(o['clip-skip'], 'clip-skip', 1),
+    composition: compositionArgs(o, loraArgs.length),
   };
   try {
     validateJob(job);
@@ -177,8 +193,53 @@ async function generate(args: string[]) {
     await mkdir(dirname(o.report), { recursive: true });
     await writeFile(o.report, JSON.stringify(result.report, null, 2));
   }
-  console.log(JSON.stringify({ out: o.out, steps: job.steps, unetEvaluations: result.report.unetEvaluations, totalMs: Math.round(result.report.timingsMs.totalMs) }));
+  const c = result.report.composition;
+  console.log(
+    JSON.stringify({
+      out: o.out,
+      steps: job.steps,
+      method: c.method,
+      unetEvaluations: result.report.unetEvaluations,
+      order: c.order.map((i) => c.loras[i]),
+      totalMs: Math.round(result.report.timingsMs.totalMs),
+    }),
+  );
   engine.unload();
+}
+
+/** --method and its options; options another method does not use are refused, not ignored. */
+function compositionArgs(o: Record<string, string | boolean | string[] | undefined>, loraCount: number): CompositionOptions | undefined {
+  const method = (o.method as string | undefined) ?? (loraCount ? 'merge' : 'none');
+  if (!isMethodId(method)) throw new UsageError(`--method must be one of ${METHOD_IDS.join(', ')}, got "${o.method}"`);
+  const str = (k: string) => o[k] as string | undefined;
+  const given = ['switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff', 'sync'].filter((k) => o[k] !== undefined);
+  const allowed: Record<string, string[]> = {
+    none: [],
+    merge: [],
+    switch: ['switch-step'],
+    composite: [],
+    cmlora: ['switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff', 'sync'],
+  };
+  const stray = given.filter((k) => !allowed[method].includes(k));
+  if (stray.length) throw new UsageError(`--${stray[0]} does not apply to --method ${method}`);
+  const profiling = str('profiling');
+  if (profiling !== undefined && profiling !== 'offline' && profiling !== 'online') throw new UsageError(`--profiling must be offline or online, got "${profiling}"`);
+  const opt = (k: string, integer: boolean) => (str(k) === undefined ? undefined : num(str(k), k, 0, integer));
+  const options: CompositionOptions = {
+    method,
+    switchStep: opt('switch-step', true),
+    profiling: profiling as CompositionOptions['profiling'],
+    profileSteps: opt('profile-steps', true),
+    cutoff: opt('cutoff', false),
+    threshold: opt('threshold', false),
+    highPhase: opt('high-phase', false),
+    cacheHigh: opt('cache-high', true),
+    cacheLow: opt('cache-low', true),
+    domCoeff: opt('dom-coeff', false),
+    async: o.sync ? false : undefined,
+  };
+  for (const k of Object.keys(options) as (keyof CompositionOptions)[]) if (options[k] === undefined) delete options[k];
+  return options;
 }
 
 /** FILE or FILE:SCALE (the scale is the multiplier, 1 when left out). */

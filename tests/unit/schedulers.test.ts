@@ -94,6 +94,23 @@ test('Euler ancestral splits each move into sigma_down and sigma_up with sigma_d
   close(scaled[0], 2 / Math.sqrt(s.sigmas[0] ** 2 + 1), 1e-6, 'input scaling');
 });
 
+test('every sampler recovers x0 from a sample made of x0 and known noise at each of its steps', () => {
+  const ac = alphasCumprod();
+  const cases = [
+    { s: new DdimScheduler(7), mix: (i: number, s: DdimScheduler) => [Math.sqrt(ac[s.timesteps[i]]), Math.sqrt(1 - ac[s.timesteps[i]])] },
+    { s: new EulerAncestralScheduler(7), mix: (i: number, s: EulerAncestralScheduler) => [1, s.sigmas[i]] },
+    { s: new DpmSolverPP2MScheduler(7, true), mix: (i: number, s: DpmSolverPP2MScheduler) => [1 / Math.hypot(s.sigmas[i], 1), s.sigmas[i] / Math.hypot(s.sigmas[i], 1)] },
+  ] as { s: DdimScheduler; mix: (i: number, s: unknown) => number[] }[];
+  for (const { s, mix } of cases) {
+    for (let i = 0; i < 7; i++) {
+      const [a, sg] = mix(i, s);
+      const x = x0.map((v, k) => a * v + sg * eps[k]);
+      const got = s.predictOriginal(eps, i, x);
+      for (let k = 0; k < 16; k++) close(got[k], x0[k], 2e-5 * Math.max(1, sg), `${s.constructor.name} step ${i}`);
+    }
+  }
+});
+
 test('seeded noise is a fixed, standard-normal stream', () => {
   const a = new Rng(42).normal(20000);
   const b = new Rng(42).normal(20000);

@@ -18,8 +18,79 @@ export interface GenerateJob {
   scheduler: SchedulerId;
   /** 1 = last CLIP layer (default), 2 = penultimate, ... */
   clipSkip?: number;
-  /** LoRAs (loaded with loadLora) merged into the weights for this image. */
+  /** LoRAs (loaded with loadLora) used for this image, composed by `composition`. */
   loras?: LoraUse[];
+  /** How the LoRAs are composed; by default they are merged (`merge`), or none when there are none. */
+  composition?: CompositionOptions;
+}
+
+export type CompositionMethodId = 'none' | 'merge' | 'switch' | 'composite' | 'cmlora';
+
+/** A composition method and its settings; unset fields take the defaults the README lists. */
+export interface CompositionOptions {
+  method: CompositionMethodId;
+  /** switch, cmlora (async): steps between changes of the active / dominant LoRA. */
+  switchStep?: number;
+  /** cmlora: `offline` profiles each LoRA in a short run first; `online` re-partitions at every step. */
+  profiling?: 'offline' | 'online';
+  /** cmlora offline: denoising steps of each LoRA's profiling run. */
+  profileSteps?: number;
+  /** The high-frequency band: spectral radius above this many cycles per latent pixel. */
+  cutoff?: number;
+  /** cmlora online: the low-frequency phase starts once the latent's relative high-frequency amplitude falls below this. */
+  threshold?: number;
+  /** cmlora offline: the share of the steps spent in the high-frequency phase. */
+  highPhase?: number;
+  /** cmlora: steps a non-dominant LoRA's contribution is reused, for high- and low-frequency LoRAs (1 = never cached). */
+  cacheHigh?: number;
+  cacheLow?: number;
+  /** cmlora: the dominant LoRA's initial weight relative to the others (N - 0.5 when unset). */
+  domCoeff?: number;
+  /** cmlora: the asynchronous variant (dominant switches every switchStep, w_dom decays); false ties switches to the cache refresh with a fixed w_dom. */
+  async?: boolean;
+}
+
+export type ResolvedComposition = Required<CompositionOptions>;
+
+/** What a composition method did at one denoising step (LoRAs are indices into the job's `loras`). */
+export interface CompositionStep {
+  step: number;
+  /** LoRAs whose noise prediction was computed at this step. */
+  active: number[];
+  /** LoRAs whose contribution was reused from the cache. */
+  cached: number[];
+  dominant: number | null;
+  /** Weight of each LoRA's noise prediction in the step's mix (0: not used). */
+  weights: number[];
+  /** Relative high-frequency amplitude of the clean latent each LoRA alone predicts; null where it was not computed alone. */
+  amplitudes: (number | null)[];
+  /** The same for the mixed prediction the step used. */
+  mixAmplitude: number;
+  /** The same for the noisy latent the step started from. */
+  latentAmplitude: number;
+  /** Cosine similarity of the latent after this step to the latent before it. */
+  latentSimilarity: number;
+  /** cmlora: which frequency phase the step was in, and the partition it used. */
+  phase: 'high' | 'low' | null;
+  partition: { high: number[]; low: number[] } | null;
+  unetEvaluations: number;
+  mergeMs: number;
+}
+
+export interface CompositionReport {
+  method: CompositionMethodId;
+  options: ResolvedComposition;
+  /** The job's LoRA names, which the indices below refer to. */
+  loras: string[];
+  /** The sequence the method used them in (cmlora: high-frequency first, by amplitude). */
+  order: number[];
+  partition: { high: number[]; low: number[] } | null;
+  /** cmlora's frequency profile: relative high-frequency amplitude per LoRA, and what it cost. */
+  profile: { source: 'run' | 'cache' | 'online'; amplitudes: number[]; unetEvaluations: number; ms: number } | null;
+  steps: CompositionStep[];
+  /** Per LoRA: the share of the steps it took part in that reused its cached contribution. */
+  cacheHitRate: (number | null)[];
+  unetEvaluations: { profile: number; denoise: number };
 }
 
 export interface LoraUse {
@@ -45,6 +116,8 @@ export interface LoraInfo {
   keysUnmatched: { key: string; reason: string }[];
   metadata: LoraMetadata;
   factorBytes: number;
+  /** Fingerprint of its layers and factor values: equal for the same LoRA under another file name. */
+  fingerprint: string;
 }
 
 export interface ImageData8 {
@@ -64,12 +137,14 @@ export interface Timings {
 }
 
 export interface ProgressEvent {
-  phase: 'text' | 'denoise' | 'decode' | 'done';
+  phase: 'text' | 'profile' | 'denoise' | 'decode' | 'done';
   step: number;
   total: number;
   /** A cheap RGB view of the current latent (latent resolution). */
   preview?: ImageData8;
   elapsedMs: number;
+  /** Denoise events: what the composition method did at this step. */
+  composition?: CompositionStep;
 }
 
 export interface AdapterInfo {
@@ -101,6 +176,7 @@ export interface GenerationReport {
   loraKeysUnmatched: string[];
   /** Wall time of each weight merge the job ran (GPU work included). */
   mergeMs: number[];
+  composition: CompositionReport;
   warnings: string[];
 }
 

@@ -12,7 +12,11 @@ import { buildVaeDecoder } from '../graph/vae.ts';
 import { graphSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
-import { openLora, type LoadedLora } from '../lora/load.ts';
+import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
+import { cpuRelativeAmplitudes, relativeAmplitude } from '../composition/frequency.ts';
+import { uploadBuffer } from '../gpu/buffers.ts';
+import { SpectrumKernel } from '../gpu/spectrum.ts';
+import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
@@ -38,6 +42,9 @@ export class Engine {
   private loraWeights?: LoraWeights;
   private loraTable?: Map<string, LoraTarget>;
   private loraCounter = 0;
+  private spectrum?: Promise<SpectrumKernel>;
+  /** cmlora offline profiles by LoRA set, model and job settings (most recent last). */
+  private readonly profiles = new Map<string, number[]>();
   private cancelRequested = false;
   private busy = false;
   private lostReason?: string;
@@ -121,6 +128,7 @@ export class Engine {
     this.loraWeights = undefined;
     this.loraTable = undefined;
     this.loras.clear();
+    this.profiles.clear();
     if (this.model) for (const w of Object.values(this.model.weights)) w.dispose();
     this.model = undefined;
   }
@@ -148,6 +156,7 @@ export class Engine {
       keysUnmatched: lora.unmatched,
       metadata: lora.metadata,
       factorBytes: lora.factorFloats * 4,
+      fingerprint: loraFingerprint(lora),
     };
     this.loras.set(id, { lora, info });
     return info;
@@ -177,6 +186,20 @@ export class Engine {
       uses.map((u) => ({ id: u.lora, unet: u.scale, textEncoder: u.textEncoderScale ?? u.scale })),
       components,
     );
+  }
+
+  /** Relative high-frequency amplitudes of a batch of images: the WGSL FFT on the GPU, float64 on the wasm backend. */
+  private async amplitudes(images: Float32Array, count: number, height: number, width: number, cutoff: number): Promise<number[]> {
+    const gpu = this.rt.gpu;
+    if (!gpu) return cpuRelativeAmplitudes(images, count, height, width, cutoff);
+    const kernel = await (this.spectrum ??= SpectrumKernel.create(gpu.device));
+    const input = uploadBuffer(gpu.device, images, GPUBufferUsage.STORAGE);
+    try {
+      const bands = await kernel.bandAmplitudes(input, { batch: count, height, width }, cutoff);
+      return Array.from(bands.high, (h, i) => relativeAmplitude(h, bands.all[i]));
+    } finally {
+      input.destroy();
+    }
   }
 
   cancel(): void {
@@ -219,9 +242,15 @@ export class Engine {
       const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
       const sessionCreateMs = performance.now() - t0;
       const uses = job.loras ?? [];
-      const merge = await this.applyLoras(uses);
-      const mergeMs = merge && merge.weights ? [merge.ms] : [];
       const used = uses.map((u) => ({ use: u, ...this.loras.get(u.lora)! }));
+      const profileKey = JSON.stringify([
+        m.info.name,
+        m.precision,
+        used.map((u) => [u.info.fingerprint, u.use.scale, u.use.textEncoderScale ?? u.use.scale]),
+        [job.prompt, job.negative, job.seed, job.width, job.height, job.cfg, clipSkip],
+        job.composition?.profileSteps ?? null,
+        job.composition?.cutoff ?? null,
+      ]);
       const result = await denoise(
         {
           ort: this.rt.ort,
@@ -232,6 +261,16 @@ export class Engine {
           vae: (feeds) => runGraph(vae, m.weights.vae, feeds),
           isCancelled: () => this.cancelRequested,
           checkDevice: () => this.checkDevice(),
+          setLoras: async (loras, component) => (await this.applyLoras(loras.map((i) => uses[i]), [component]))?.ms,
+          amplitudes: (images, count, height, width, cutoff) => this.amplitudes(images, count, height, width, cutoff),
+          loraNames: used.map((u) => u.info.name),
+          profiles: {
+            get: () => this.profiles.get(profileKey),
+            set: (a) => {
+              this.profiles.set(profileKey, a);
+              if (this.profiles.size > 64) this.profiles.delete(this.profiles.keys().next().value!);
+            },
+          },
         },
         job,
         onProgress,
@@ -257,7 +296,8 @@ export class Engine {
           loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
           loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
           loraKeysUnmatched: used.flatMap((u) => u.info.keysUnmatched.map((k) => `${u.info.name}: ${k.key} (${k.reason})`)),
-          mergeMs,
+          mergeMs: result.mergeMs,
+          composition: result.composition,
         },
       };
     } catch (e) {
@@ -292,6 +332,8 @@ export function validateJob(job: GenerateJob): void {
       throw bad(`LoRA strengths must be numbers from -10 to 10 (got ${JSON.stringify(u)}).`);
     }
   }
+  if (job.composition !== undefined && (typeof job.composition !== 'object' || job.composition === null)) throw bad('composition must be {method, ...options}.');
+  resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
 }
 
 export { CancelledError };

@@ -1,9 +1,16 @@
 // Text-to-image, as the algorithm box reads: encode the prompts, start from seeded noise, and at
 // each step predict the noise with classifier-free guidance and let the scheduler step; decode.
+// A composition method (workers/composition/) decides at each step which LoRA sets the UNet runs
+// with and how their predictions mix.
 import type * as OrtNs from 'onnxruntime-web';
-import type { GenerateJob, ImageData8, ProgressEvent } from '../api/contract.ts';
+import type { CompositionReport, CompositionStep, GenerateJob, ImageData8, ProgressEvent } from '../api/contract.ts';
 import { CancelledError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
+import { ContributionCache } from '../composition/cache.ts';
+import { cosineSimilarity, orderAndPartition, profileImages } from '../composition/frequency.ts';
+import { METHODS } from '../composition/methods.ts';
+import { resolveComposition, type Partition } from '../composition/plan.ts';
+import { DdimScheduler } from '../schedulers/ddim.ts';
 import { createScheduler } from '../schedulers/registry.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
@@ -21,11 +28,21 @@ export interface PipelineParts {
   vae: (feeds: Feeds) => Promise<Outputs>;
   isCancelled: () => boolean;
   checkDevice: () => void;
+  /** Merge exactly these LoRAs (indices into the job's `loras`) into one component; the merge's ms, or undefined when nothing changed. */
+  setLoras: (loras: number[], component: 'unet' | 'textEncoder') => Promise<number | undefined>;
+  /** Relative high-frequency amplitude of each image of a batch [count, height, width] (powers of two). */
+  amplitudes: (images: Float32Array, count: number, height: number, width: number, cutoff: number) => Promise<number[]>;
+  /** Names of the job's LoRAs, for the report. */
+  loraNames: string[];
+  /** cmlora's offline profiles of this job's LoRA set, kept by the engine between jobs. */
+  profiles?: { get(): number[] | undefined; set(amplitudes: number[]): void };
 }
 
 export interface PipelineResult {
   image: ImageData8;
   unetEvaluations: number;
+  mergeMs: number[];
+  composition: CompositionReport;
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
   warnings: string[];
 }
@@ -86,11 +103,25 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const warnings: string[] = [];
   const lh = job.height / 8;
   const lw = job.width / 8;
-  const latentSize = config.unet.inChannels * lh * lw;
+  const channels = config.unet.inChannels;
+  const latentSize = channels * lh * lw;
   const guided = job.cfg > 1;
+  const loraCount = job.loras?.length ?? 0;
+  const options = resolveComposition(job.composition, job.steps, loraCount);
+  const method = METHODS[options.method];
+  const all = Array.from({ length: options.method === 'none' ? 0 : loraCount }, (_, i) => i);
+  const count = all.length;
+  if (options.method === 'none' && loraCount) warnings.push(`Prompt only: the job's ${loraCount} LoRA(s) are not used.`);
+  const mergeMs: number[] = [];
+  const merge = async (loras: number[], component: 'unet' | 'textEncoder') => {
+    const ms = await parts.setLoras(loras, component);
+    if (ms !== undefined) mergeMs.push(ms);
+    return ms ?? 0;
+  };
 
-  // 1. text conditioning: [uncond, cond] when guided
+  // 1. text conditioning, [uncond, cond] when guided, with every LoRA's text-encoder part merged
   onProgress?.({ phase: 'text', step: 0, total: job.steps, elapsedMs: elapsed() });
+  await merge(all, 'textEncoder');
   const encode = async (text: string, label: string) => {
     const e = parts.tokenizer.encode(text);
     if (e.truncated) warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
@@ -103,48 +134,171 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const textEncodeMs = elapsed();
   check();
 
-  // 2. seeded initial noise, scaled to the scheduler's first sigma
-  const scheduler = createScheduler(job.scheduler, job.steps);
-  const rng = new Rng(job.seed);
-  let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
+  // 2. the guided noise prediction of the UNet with a set of LoRAs merged in
   const batch = guided ? 2 : 1;
   const ctxTensor = new ort.Tensor('float32', context, [batch, textLen, config.unet.crossAttentionDim]);
   const c0 = config.unet.blockOutChannels[0];
-
-  // 3. the denoising loop
-  const loopStart = performance.now();
   let unetEvaluations = 0;
-  for (let i = 0; i < scheduler.timesteps.length; i++) {
+  let stepMergeMs = 0;
+  const predict = async (loras: number[], x: Float32Array, t: number): Promise<Float32Array> => {
     check();
-    const t = scheduler.timesteps[i];
-    const x = scheduler.scaleModelInput(latent, i);
+    stepMergeMs += await merge(loras, 'unet');
     const emb = timestepEmbedding(t, c0);
     const out = await parts.unet({
-      sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, config.unet.inChannels, lh, lw]),
+      sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, channels, lh, lw]),
       timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]),
       encoder_hidden_states: ctxTensor,
     });
     unetEvaluations += 1;
     const pred = out.noise_pred.data as Float32Array;
-    let eps = pred;
-    if (guided) {
-      eps = new Float32Array(latentSize);
-      for (let k = 0; k < latentSize; k++) eps[k] = pred[k] + job.cfg * (pred[latentSize + k] - pred[k]);
+    if (!guided) return pred;
+    const eps = new Float32Array(latentSize);
+    for (let k = 0; k < latentSize; k++) eps[k] = pred[k] + job.cfg * (pred[latentSize + k] - pred[k]);
+    return eps;
+  };
+  const amplitudes = async (latents: Float32Array[]) => {
+    const img = profileImages(latents, channels, lh, lw);
+    return parts.amplitudes(img.data, latents.length, img.height, img.width, options.cutoff);
+  };
+
+  // 3. cmlora: the frequency profile that orders and partitions the LoRAs
+  let order = all.slice();
+  let partition: Partition = { high: all.slice(), low: [] };
+  let profile: CompositionReport['profile'] = null;
+  if (options.method === 'cmlora' && count) {
+    const t0 = performance.now();
+    const before = unetEvaluations;
+    if (options.profiling === 'offline') {
+      let values = parts.profiles?.get();
+      const source = values ? 'cache' : 'run';
+      if (!values) {
+        const clean: Float32Array[] = [];
+        for (const i of all) {
+          onProgress?.({ phase: 'profile', step: i, total: count, elapsedMs: elapsed() });
+          clean.push(await profileRun(i));
+        }
+        values = await amplitudes(clean);
+        parts.profiles?.set(values);
+      }
+      ({ order, partition } = orderAndPartition(values));
+      profile = { source, amplitudes: values, unetEvaluations: unetEvaluations - before, ms: performance.now() - t0 };
+    } else {
+      profile = { source: 'online', amplitudes: [], unetEvaluations: 0, ms: 0 };
     }
-    latent = scheduler.step(eps, i, latent, () => rng.normal(latentSize));
-    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, preview: latentPreview(latent, lh, lw), elapsedMs: elapsed() });
+  }
+  const profileEvaluations = unetEvaluations;
+  /** One LoRA alone for a few deterministic DDIM steps from the job's noise: the clean latent it heads to. */
+  async function profileRun(lora: number): Promise<Float32Array> {
+    const ddim = new DdimScheduler(options.profileSteps);
+    let x = new Rng(job.seed).normal(latentSize);
+    let x0 = x;
+    for (let k = 0; k < ddim.timesteps.length; k++) {
+      const eps = await predict([lora], x, ddim.timesteps[k]);
+      x0 = ddim.predictOriginal(eps, k, x);
+      x = ddim.step(eps, k, x);
+    }
+    return x0;
+  }
+
+  // 4. seeded initial noise, scaled to the scheduler's first sigma
+  const scheduler = createScheduler(job.scheduler, job.steps);
+  const rng = new Rng(job.seed);
+  let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
+  let latentAmplitude = (await amplitudes([latent]))[0];
+
+  // 5. the denoising loop: the method plans each step, the UNet runs what it asks for, and the
+  // guided predictions are mixed by the plan's weights
+  const loopStart = performance.now();
+  const cache = new ContributionCache(count);
+  const lastAmplitude: (number | null)[] = all.map(() => null);
+  const took = all.map(() => ({ fresh: 0, cached: 0 }));
+  const steps: CompositionStep[] = [];
+  let current = '';
+  for (let i = 0; i < scheduler.timesteps.length; i++) {
+    check();
+    const t = scheduler.timesteps[i];
+    const x = scheduler.scaleModelInput(latent, i);
+    const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude, cache: cache.view(i) });
+    // 5a. run the UNet for each planned LoRA set, starting with the set already merged
+    const runs = [...plan.evaluations].sort((a, b) => Number(String(b.loras) === current) - Number(String(a.loras) === current));
+    const before = unetEvaluations;
+    stepMergeMs = 0;
+    const alone = new Map<number, Float32Array>();
+    const eps = new Float32Array(latentSize);
+    for (const run of runs) {
+      const e = await predict(run.loras, x, t);
+      current = String(run.loras);
+      if (run.loras.length === 1) alone.set(run.loras[0], e);
+      for (let k = 0; k < latentSize; k++) eps[k] += run.weight * e[k];
+    }
+    // 5b. cached LoRAs: their offset from the dominant prediction, added to today's
+    const dominantEps = plan.dominant === null ? undefined : alone.get(plan.dominant);
+    for (const c of plan.cached) {
+      const e = cache.contribution(c.lora, dominantEps!);
+      for (let k = 0; k < latentSize; k++) eps[k] += c.weight * e[k];
+    }
+    if (dominantEps) {
+      cache.keepAnchor(plan.dominant);
+      for (const [lora, e] of alone) if (lora !== plan.dominant) cache.store(lora, e, dominantEps, plan.dominant, i);
+    }
+    // 5c. the scheduler step, and what the step looked like in the frequency domain
+    const next = scheduler.step(eps, i, latent, () => rng.normal(latentSize));
+    const fresh = [...alone.keys()].sort((a, b) => a - b);
+    const amps = await amplitudes([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
+    const weights = all.map(() => 0);
+    for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
+    for (const c of plan.cached) weights[c.lora] += c.weight;
+    fresh.forEach((l, k) => (lastAmplitude[l] = amps[k]));
+    for (const l of all) {
+      if (plan.cached.some((c) => c.lora === l)) took[l].cached++;
+      else if (weights[l] !== 0) took[l].fresh++;
+    }
+    const record: CompositionStep = {
+      step: i,
+      active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
+      cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
+      dominant: plan.dominant,
+      weights,
+      amplitudes: all.map((l) => (alone.has(l) ? amps[fresh.indexOf(l)] : null)),
+      mixAmplitude: amps[fresh.length],
+      latentAmplitude,
+      latentSimilarity: cosineSimilarity(next, latent),
+      phase: plan.phase,
+      partition: options.method === 'cmlora' && count ? { high: partition.high.slice(), low: partition.low.slice() } : null,
+      unetEvaluations: unetEvaluations - before,
+      mergeMs: stepMergeMs,
+    };
+    steps.push(record);
+    latent = next;
+    latentAmplitude = amps[fresh.length + 1];
+    // online profiling: re-partition from the amplitudes seen so far
+    if (options.method === 'cmlora' && options.profiling === 'online' && lastAmplitude.every((a) => a !== null)) {
+      ({ order, partition } = orderAndPartition(lastAmplitude as number[]));
+    }
+    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, preview: latentPreview(latent, lh, lw), elapsedMs: elapsed(), composition: record });
   }
   const denoiseMs = performance.now() - loopStart;
   check();
 
-  // 4. decode
+  // 6. decode
   onProgress?.({ phase: 'decode', step: job.steps, total: job.steps, elapsedMs: elapsed() });
   const decStart = performance.now();
-  const img = await parts.vae({ latent: new ort.Tensor('float32', latent, [1, config.unet.inChannels, lh, lw]) });
+  const img = await parts.vae({ latent: new ort.Tensor('float32', latent, [1, channels, lh, lw]) });
   const image = toImage(img.image.data as Float32Array, job.height, job.width);
   const decodeMs = performance.now() - decStart;
   onProgress?.({ phase: 'done', step: job.steps, total: job.steps, elapsedMs: elapsed() });
-  return { image, unetEvaluations, timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
+  const composition: CompositionReport = {
+    method: options.method,
+    options,
+    loras: parts.loraNames.slice(0, count),
+    order,
+    partition: options.method === 'cmlora' && count ? partition : null,
+    profile,
+    steps,
+    cacheHitRate: took.map((c) => (c.fresh + c.cached ? c.cached / (c.fresh + c.cached) : null)),
+    unetEvaluations: { profile: profileEvaluations, denoise: unetEvaluations - profileEvaluations },
+  };
+  return { image, unetEvaluations, mergeMs, composition, timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
 }
 
 function concat(a: Float32Array, b: Float32Array): Float32Array {

@@ -155,3 +155,31 @@ function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c];
   return out;
 }
+
+/**
+ * A fingerprint of what a LoRA does to the model (targets, strengths, factor values), for caches
+ * keyed by LoRA sets: two 32-bit FNV-1a lanes over the float bits, as 16 hex digits.
+ */
+export function loraFingerprint(lora: LoadedLora): string {
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  const word = (w: number) => {
+    a = Math.imul(a ^ w, 0x01000193);
+    b = Math.imul(b ^ w, 0x27d4eb2f) ^ (b >>> 15);
+  };
+  const floats = (f: Float32Array) => {
+    const words = new Uint32Array(f.buffer, f.byteOffset, f.length);
+    for (let i = 0; i < words.length; i++) word(words[i]);
+  };
+  for (const m of lora.modules) {
+    for (let i = 0; i < m.key.length; i++) word(m.key.charCodeAt(i));
+    floats(new Float32Array([m.alphaScale, m.factors.rank]));
+    floats(m.factors.up);
+    floats(m.factors.down);
+    if (m.hadamard) {
+      floats(m.hadamard.up);
+      floats(m.hadamard.down);
+    }
+  }
+  return (a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0');
+}

@@ -58,7 +58,8 @@ export class LoraWeights {
   private scratch?: GPUBuffer;
   /** Weights that currently differ from their pristine values. */
   private dirty = new Set<string>();
-  private applied = '';
+  /** What each component currently holds: its LoRAs and scales, so re-applying the same is free. */
+  private applied: Record<LoraComponent, string> = { unet: '', textEncoder: '' };
 
   private constructor(
     private readonly rt: Runtime,
@@ -96,7 +97,7 @@ export class LoraWeights {
 
   remove(id: string): void {
     if (!this.loras.delete(id)) return;
-    this.applied = '';
+    this.applied = { unet: '', textEncoder: '' };
     if (this.backend === 'cpu') return;
     // Compact the arena: copy the remaining LoRAs' factors to a new buffer, on the GPU.
     const removed = this.slots.get(id)!;
@@ -209,8 +210,9 @@ export class LoraWeights {
    */
   async apply(scales: LoraScale[], components: LoraComponent[] = ['textEncoder', 'unet']): Promise<MergeStats | undefined> {
     for (const s of scales) if (!this.loras.has(s.id)) throw new BadArgumentError(`No LoRA with id "${s.id}" is loaded.`);
-    const signature = JSON.stringify([scales.map((s) => [s.id, components.includes('unet') ? s.unet : null, components.includes('textEncoder') ? s.textEncoder : null]), components]);
-    if (signature === this.applied) return undefined;
+    const signatures = new Map(components.map((c) => [c, JSON.stringify(scales.map((s) => [s.id, c === 'unet' ? s.unet : s.textEncoder]))]));
+    components = components.filter((c) => signatures.get(c) !== this.applied[c]);
+    if (!components.length) return undefined;
     const t0 = performance.now();
     const terms = new Map<string, { term: MergeTermSpec; module: LoraModule }[]>();
     for (const s of scales) {
@@ -242,7 +244,7 @@ export class LoraWeights {
       if (terms.has(k)) this.dirty.add(k);
       else this.dirty.delete(k);
     }
-    this.applied = signature;
+    for (const c of components) this.applied[c] = signatures.get(c)!;
     return { ms: performance.now() - t0, weights: touched.size, dispatches };
   }
 

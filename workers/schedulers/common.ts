@@ -7,6 +7,8 @@ export interface Scheduler {
   readonly initNoiseSigma: number;
   /** The UNet input for step i. */
   scaleModelInput(sample: Float32Array, i: number): Float32Array;
+  /** The clean sample x0 that the noise prediction at step i implies (what the step moves towards). */
+  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array;
   /** One denoising step: the sample at step i+1 from the noise prediction at step i. */
   step(eps: Float32Array, i: number, sample: Float32Array, noise: () => Float32Array): Float32Array;
 }

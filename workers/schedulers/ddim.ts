@@ -24,6 +24,11 @@ export class DdimScheduler implements Scheduler {
     return sample;
   }
 
+  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
+    const a = this.ac[this.timesteps[i]];
+    return sample.map((x, k) => (x - Math.sqrt(1 - a) * eps[k]) / Math.sqrt(a));
+  }
+
   step(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
     const t = this.timesteps[i];
     const prevT = t - this.ratio;

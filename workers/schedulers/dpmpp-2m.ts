@@ -47,6 +47,12 @@ export class DpmSolverPP2MScheduler implements Scheduler {
     return sample;
   }
 
+  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
+    const s = this.sigmas[i];
+    const alpha = 1 / Math.sqrt(s * s + 1);
+    return sample.map((x, k) => (x - alpha * s * eps[k]) / alpha);
+  }
+
   step(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
     if (i === 0) this.prevX0 = undefined;
     // 1. VP coefficients alpha_t, sigma_t of this and the next sigma; lambda = log(alpha / sigma)

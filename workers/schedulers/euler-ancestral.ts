@@ -28,6 +28,11 @@ export class EulerAncestralScheduler implements Scheduler {
     return sample.map((v) => v * s);
   }
 
+  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
+    const sigma = this.sigmas[i];
+    return sample.map((x, k) => x - sigma * eps[k]);
+  }
+
   step(eps: Float32Array, i: number, sample: Float32Array, noise: () => Float32Array): Float32Array {
     const sigma = this.sigmas[i];
     const sigmaTo = this.sigmas[i + 1];

@@ -47,7 +47,21 @@ test('make-test-model, inspect and generate write what they promise', () => {
   const layers = (f: string) => JSON.parse(cli('inspect-lora', '--lora', join(dir, 'loras', f), '--model', join(dir, 'tiny-sd15.safetensors')).out).keysMatched;
   assert.equal(rl.loraKeysMatched, layers('kohya.safetensors') + layers('locon.safetensors'));
   assert.deepEqual(rl.loraKeysUnmatched, []);
-  assert.equal(rl.mergeMs.length, 1);
+  assert.equal(rl.mergeMs.length, 2, "the text encoder's merge and the UNet's");
+  assert.equal(rl.composition.method, 'merge');
+
+  // cmlora on the wasm backend: the frequency profile comes from the CPU spectrum
+  const cm = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--prompt', 'a cat', '--steps', '2', '--width', '64', '--height', '64', '--backend', 'wasm', '--out', png, '--report', report,
+    '--lora', join(dir, 'loras/kohya.safetensors'), '--lora', join(dir, 'loras/loha.safetensors'), '--method', 'cmlora', '--profiling', 'online', '--cache-high', '3', '--switch-step', '5');
+  assert.equal(cm.code, 0, cm.err.join('\n'));
+  const line = JSON.parse(cm.out);
+  const rc = JSON.parse(readFileSync(report, 'utf8'));
+  assert.equal(line.method, 'cmlora');
+  assert.deepEqual(line.order, rc.composition.order.map((i: number) => rc.composition.loras[i]));
+  assert.equal(rc.composition.options.cacheHigh, 3);
+  assert.equal(rc.composition.options.switchStep, 5);
+  assert.deepEqual(rc.composition.steps.map((s: { active: number[] }) => s.active.length), [2, rc.unetEvaluations - 2]);
+  assert.ok(rc.composition.steps[0].amplitudes.every((a: number) => a > 0));
 });
 
 test('bad arguments exit 2 with one line; bad model files exit 1 with the problem named', () => {
@@ -63,6 +77,15 @@ test('bad arguments exit 2 with one line; bad model files exit 1 with the proble
   const badLora = cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--lora', 'style.safetensors:99');
   assert.equal(badLora.code, 2);
   assert.match(badLora.err[0], /--lora strength must be from -10 to 10, got "style.safetensors:99"/);
+  const stray = cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--method', 'composite', '--cache-low', '2');
+  assert.equal(stray.code, 2);
+  assert.match(stray.err[0], /--cache-low does not apply to --method composite/);
+  const unknown = cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--method', 'blend');
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.err[0], /--method must be one of none, merge, switch, composite, cmlora, got "blend"/);
+  const badCache = cli('generate', '--model', 'm', '--prompt', 'x', '--out', 'o.png', '--method', 'cmlora', '--cache-high', '0');
+  assert.equal(badCache.code, 2);
+  assert.match(badCache.err[0], /cacheHigh must be a whole number from 1/);
   const notLora = cli('inspect-lora', '--lora', join(dir, 'tiny-sd15.safetensors'));
   assert.equal(notLora.code, 1);
   assert.match(notLora.err[0], /^error: tiny-sd15\.safetensors is not a LoRA: it is a model checkpoint/);

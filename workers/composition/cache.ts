@@ -1,11 +1,17 @@
-// Cached LoRA contributions (CMLoRA's non-uniform caching): a non-dominant LoRA's guided noise
-// prediction kept as its offset from the dominant LoRA's prediction at the step it was computed.
+// Cached LoRA contributions (CMLoRA's non-uniform caching). A non-dominant LoRA computed at step s is
+// kept as its offset from that step's dominant prediction: r_i = eps_i(s) - eps_d(s). At a later step
+// its prediction is rebuilt as the anchor's prediction now plus the offset, where the anchor's is the
+// fresh one if the anchor ran this step, or is itself rebuilt from the anchor's own entry.
+//
+// The chains end: the dominant LoRA never keeps an entry, and an entry always points at a LoRA that
+// was dominant when it was stored, whose own entry can only be newer. Following a chain goes forward
+// in time and stops at a LoRA that ran this step (a LoRA without an entry always runs).
 import type { CacheEntry } from './plan.ts';
 
 interface Stored {
   offset: Float32Array;
   at: number;
-  anchor: number | null;
+  anchor: number;
 }
 
 export class ContributionCache {
@@ -15,30 +21,35 @@ export class ContributionCache {
     this.entries = Array.from({ length: count }, () => null);
   }
 
-  /** What the plan sees at `step`: each entry's age in steps and the dominant it is relative to. */
+  /** What the plan sees at `step`: each entry's age in steps. */
   view(step: number): (CacheEntry | null)[] {
-    return this.entries.map((e) => (e ? { age: step - e.at, anchor: e.anchor } : null));
+    return this.entries.map((e) => (e ? { age: step - e.at } : null));
   }
 
-  store(lora: number, eps: Float32Array, dominantEps: Float32Array, anchor: number | null, step: number): void {
-    const offset = new Float32Array(eps.length);
-    for (let k = 0; k < eps.length; k++) offset[k] = eps[k] - dominantEps[k];
-    this.entries[lora] = { offset, at: step, anchor };
-  }
-
-  /** The cached LoRA's prediction now: the current dominant prediction plus its stored offset. */
-  contribution(lora: number, dominantEps: Float32Array): Float32Array {
-    const e = this.entries[lora];
-    if (!e) throw new Error(`LoRA ${lora} has no cached contribution`);
-    const out = new Float32Array(dominantEps.length);
-    for (let k = 0; k < out.length; k++) out[k] = dominantEps[k] + e.offset[k];
+  /** A cached LoRA's prediction at this step, from the predictions of the LoRAs that ran. */
+  contribution(lora: number, fresh: Map<number, Float32Array>): Float32Array {
+    const offsets: Float32Array[] = [];
+    let at = lora;
+    while (!fresh.has(at)) {
+      const e = this.entries[at];
+      if (!e || offsets.length > this.entries.length) throw new Error(`LoRA ${lora}: its cached contribution does not lead to a LoRA that ran`);
+      offsets.push(e.offset);
+      at = e.anchor;
+    }
+    const out = Float32Array.from(fresh.get(at)!);
+    for (const o of offsets) for (let k = 0; k < out.length; k++) out[k] += o[k];
     return out;
   }
 
-  /** Offsets taken against another dominant no longer hold. */
-  keepAnchor(anchor: number | null): void {
-    this.entries.forEach((e, i) => {
-      if (e && e.anchor !== anchor) this.entries[i] = null;
-    });
+  /** After a step: LoRAs that ran keep their offset from the dominant; the dominant keeps none. */
+  update(fresh: Map<number, Float32Array>, dominant: number, step: number): void {
+    const base = fresh.get(dominant)!;
+    for (const [lora, eps] of fresh) {
+      if (lora === dominant) continue;
+      const offset = new Float32Array(eps.length);
+      for (let k = 0; k < eps.length; k++) offset[k] = eps[k] - base[k];
+      this.entries[lora] = { offset, at: step, anchor: dominant };
+    }
+    this.entries[dominant] = null;
   }
 }

@@ -11,9 +11,8 @@
 //   starts at `domCoeff` (N - 0.5) and, in the async variant, loses 0.5^k at the k-th switch; we stop
 //   it at 1, where the mix is plain averaging, so the dominant never weighs less than the rest.
 // - Caching: a non-dominant LoRA is recomputed every `cacheHigh` or `cacheLow` steps (by its group);
-//   between, its contribution is its last prediction's offset from the dominant prediction of that
-//   step, added to the current dominant prediction. An offset only holds for the dominant it was
-//   taken against, so a new dominant empties the cache.
+//   between, its contribution is its last prediction's offset from that step's dominant prediction,
+//   added to the same LoRA's prediction now (workers/composition/cache.ts). The dominant always runs.
 import type { PlanFunction, PlanInput } from './plan.ts';
 
 export function dominantCoefficient(input: Pick<PlanInput, 'options'>, switches: number): number {
@@ -44,7 +43,7 @@ export const planCmlora: PlanFunction = (input) => {
     if (i === dominant) continue;
     const interval = partition.low.includes(i) ? o.cacheLow : o.cacheHigh;
     const entry = cache[i];
-    if (entry && entry.anchor === dominant && entry.age < interval) cached.push({ lora: i, weight: rest });
+    if (entry && entry.age < interval) cached.push({ lora: i, weight: rest });
     else evaluations.push({ loras: [i], weight: rest });
   }
   return { evaluations, cached, dominant, phase };

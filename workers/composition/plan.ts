@@ -9,10 +9,9 @@ export interface Partition {
   low: number[];
 }
 
-/** A cached contribution: how many steps ago it was computed, and which dominant LoRA it is relative to. */
+/** A cached contribution: how many steps ago it was computed. */
 export interface CacheEntry {
   age: number;
-  anchor: number | null;
 }
 
 export interface PlanInput {

@@ -231,16 +231,12 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
       if (run.loras.length === 1) alone.set(run.loras[0], e);
       for (let k = 0; k < latentSize; k++) eps[k] += run.weight * e[k];
     }
-    // 5b. cached LoRAs: their offset from the dominant prediction, added to today's
-    const dominantEps = plan.dominant === null ? undefined : alone.get(plan.dominant);
+    // 5b. cached LoRAs: their stored offset, added to the prediction it was taken against
     for (const c of plan.cached) {
-      const e = cache.contribution(c.lora, dominantEps!);
+      const e = cache.contribution(c.lora, alone);
       for (let k = 0; k < latentSize; k++) eps[k] += c.weight * e[k];
     }
-    if (dominantEps) {
-      cache.keepAnchor(plan.dominant);
-      for (const [lora, e] of alone) if (lora !== plan.dominant) cache.store(lora, e, dominantEps, plan.dominant, i);
-    }
+    if (plan.dominant !== null && alone.has(plan.dominant)) cache.update(alone, plan.dominant, i);
     // 5c. the scheduler step, and what the step looked like in the frequency domain
     const next = scheduler.step(eps, i, latent, () => rng.normal(latentSize));
     const fresh = [...alone.keys()].sort((a, b) => a - b);

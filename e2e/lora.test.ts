@@ -72,6 +72,15 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   for (const f of LORAS) await engine.loadLora(await NodeFileSource.open(f));
   const node = await engine.generate(job);
   assert.ok(maxDiff(withLoras, node.image.data) <= 2, 'browser and Node agree within 2/255');
+
+  // LoRA Composite in the page: each LoRA's own prediction at every step, as in Node
+  await page.getByTestId('method').selectOption('composite');
+  const composite = await generateAndWait();
+  assert.match(await page.getByTestId('result-composition').innerText(), /^LoRA Composite: 6 UNet runs$/);
+  const nodeComposite = await engine.generate({ ...job, composition: { method: 'composite' } });
+  assert.ok(maxDiff(composite, nodeComposite.image.data) <= 2, 'browser and Node composite agree within 2/255');
+  assert.ok(maxDiff(composite, withLoras) > 0, 'composite differs from merge');
+  await page.getByTestId('method').selectOption('merge');
   engine.unload();
 
   await page.getByTestId('lora-enabled-0').uncheck();

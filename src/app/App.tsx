@@ -1,7 +1,7 @@
 // The minimal studio page: model picker, prompts, sampling settings, Generate/Cancel, progress with
 // a live latent preview, and the result with a PNG download. The engine runs in a worker.
 import { useEffect, useRef } from 'react';
-import type { GenerateJob, ImageData8, ProgressEvent, SchedulerId } from '../../workers/api/contract.ts';
+import type { CompositionMethodId, GenerateJob, GenerationReport, ImageData8, ProgressEvent, SchedulerId } from '../../workers/api/contract.ts';
 import { encodePng } from '../../workers/engine/png.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
 import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
@@ -16,6 +16,26 @@ const SCHEDULERS: [SchedulerId, string][] = [
   ['euler-a', 'Euler ancestral'],
   ['ddim', 'DDIM'],
 ];
+
+const METHODS: [CompositionMethodId, string][] = [
+  ['merge', 'LoRA merge'],
+  ['switch', 'LoRA Switch'],
+  ['composite', 'LoRA Composite'],
+  ['cmlora', 'CMLoRA'],
+  ['none', 'Prompt only'],
+];
+
+/** One line on how the LoRAs were composed: method, UNet runs, cmlora's order and cache hits. */
+function compositionSummary(r: GenerationReport): string {
+  const c = r.composition;
+  const label = METHODS.find(([id]) => id === c.method)?.[1] ?? c.method;
+  const parts = [`${label}: ${r.unetEvaluations} UNet runs${c.unetEvaluations.profile ? ` (${c.unetEvaluations.profile} profiling)` : ''}`];
+  if (c.method === 'cmlora') {
+    parts.push(`order ${c.order.map((i) => c.loras[i]).join(' > ')}`);
+    parts.push(`cache hits ${c.cacheHitRate.map((h, i) => `${c.loras[i]} ${Math.round((h ?? 0) * 100)}%`).join(', ')}`);
+  }
+  return parts.join('; ');
+}
 
 function ImageCanvas({ image, label, testId }: { image?: ImageData8; label: string; testId: string }) {
   const ref = useRef<HTMLCanvasElement>(null);
@@ -201,6 +221,20 @@ export function App() {
               ))}
             </select>
           </label>
+          <label>
+            LoRA method
+            <select
+              value={job.composition?.method ?? 'merge'}
+              data-testid="method"
+              onChange={(e) => set({ composition: { method: e.target.value as CompositionMethodId } })}
+            >
+              {METHODS.map(([id, label]) => (
+                <option key={id} value={id}>
+                  {label}
+                </option>
+              ))}
+            </select>
+          </label>
         </div>
         <div className="row">
           <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={generate}>
@@ -250,8 +284,13 @@ export function App() {
         {result && !running && result.report.loras.length > 0 && (
           <p className="hint" data-testid="result-loras">
             LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
-            {result.report.mergeMs.length ? ` in ${result.report.mergeMs.map((m) => m.toFixed(0)).join(' + ')} ms` : ''}
+            {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
             {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
+          </p>
+        )}
+        {result && !running && result.report.loras.length > 0 && (
+          <p className="hint" data-testid="result-composition">
+            {compositionSummary(result.report)}
           </p>
         )}
       </section>

@@ -1,0 +1,180 @@
+// A layout scene: the plain JSON the studio stores, the CLI reads (`generate --scene`) and share links
+// carry. `parseScene` checks untrusted input field by field and says what is wrong with it; it never
+// evaluates anything and bounds every size, so a hostile file or link gets a sentence, not a crash.
+import type { CompositionOptions, SchedulerId } from '../api/contract.ts';
+import { BadArgumentError } from '../api/errors.ts';
+
+export const SCENE_VERSION = 1;
+/** More regions than this slow every attention layer for little gain; the studio says so. */
+export const MAX_BOXES = 8;
+export const MAX_PROMPT = 2000;
+export const MAX_LORAS = 16;
+
+/** A LoRA by the name the artist knows it by, with what lets another machine find the same file. */
+export interface SceneLora {
+  name: string;
+  scale: number;
+  /** Content fingerprint (LoraInfo.fingerprint), when known. */
+  fingerprint?: string;
+  url?: string;
+}
+
+/** A concept box, in image pixels (multiples of 8: one latent cell). */
+export interface SceneBox {
+  id: string;
+  name: string;
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+  prompt: string;
+  loras: SceneLora[];
+  color: string;
+}
+
+/** LoRA-Composer's parts, each of which can be switched off (the paper's ablation). */
+export interface SceneAblation {
+  /** Region-aware LoRA injection in cross-attention. */
+  injection: boolean;
+  /** Concept isolation: the region mask in self-attention. */
+  isolation: boolean;
+  /** Latent re-initialisation from the first step's cross-attention maps. */
+  reinit: boolean;
+}
+
+export interface Scene {
+  version: number;
+  width: number;
+  height: number;
+  prompt: string;
+  negative: string;
+  /** Global (style, background) LoRAs, for the whole frame. */
+  loras: SceneLora[];
+  boxes: SceneBox[];
+  composition: CompositionOptions;
+  ablation: SceneAblation;
+  seed: number;
+  steps: number;
+  cfg: number;
+  scheduler: SchedulerId;
+}
+
+export class SceneError extends BadArgumentError {
+  constructor(problem: string) {
+    super(`This scene cannot be used: ${problem}.`);
+    this.name = 'SceneError';
+  }
+}
+
+const SCHEDULER_IDS: SchedulerId[] = ['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'];
+const COLOR = /^#[0-9a-f]{6}$/i;
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function text(o: Obj, key: string, where: string, max = MAX_PROMPT): string {
+  const v = o[key];
+  if (typeof v !== 'string') throw new SceneError(`${where}${key} must be text`);
+  if (v.length > max) throw new SceneError(`${where}${key} is ${v.length} characters long; at most ${max} are allowed`);
+  return v;
+}
+
+function number(o: Obj, key: string, where: string, lo: number, hi: number, integer = false): number {
+  const v = o[key];
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || v > hi || (integer && !Number.isInteger(v))) {
+    throw new SceneError(`${where}${key} must be ${integer ? 'a whole number' : 'a number'} from ${lo} to ${hi} (got ${JSON.stringify(v)?.slice(0, 40)})`);
+  }
+  return v;
+}
+
+function loras(v: unknown, where: string): SceneLora[] {
+  if (!Array.isArray(v)) throw new SceneError(`${where}loras must be a list`);
+  if (v.length > MAX_LORAS) throw new SceneError(`${where}loras has ${v.length} entries; at most ${MAX_LORAS} are allowed`);
+  return v.map((l, i) => {
+    const at = `${where}loras[${i}].`;
+    if (!isObj(l)) throw new SceneError(`${at.slice(0, -1)} must be {name, scale}`);
+    const out: SceneLora = { name: text(l, 'name', at, 260), scale: number(l, 'scale', at, -10, 10) };
+    if (l.fingerprint !== undefined) {
+      const f = text(l, 'fingerprint', at, 64);
+      if (!/^[0-9a-f]+$/.test(f)) throw new SceneError(`${at}fingerprint must be hexadecimal`);
+      out.fingerprint = f;
+    }
+    if (l.url !== undefined) {
+      const u = text(l, 'url', at, 2000);
+      if (!/^https:\/\//.test(u)) throw new SceneError(`${at}url must be an https:// address`);
+      out.url = u;
+    }
+    return out;
+  });
+}
+
+const COMPOSITION_KEYS = ['method', 'switchStep', 'profiling', 'profileSteps', 'cutoff', 'threshold', 'highPhase', 'cacheHigh', 'cacheLow', 'domCoeff', 'async'];
+
+/** The known composition fields with plain values; the engine checks their ranges. */
+function compositionFields(c: Obj): CompositionOptions {
+  const out: Obj = {};
+  for (const k of COMPOSITION_KEYS) {
+    const v = c[k];
+    if (v === undefined) continue;
+    if (!['string', 'number', 'boolean'].includes(typeof v) || (typeof v === 'string' && v.length > 20)) throw new SceneError(`composition.${k} has the wrong kind of value`);
+    out[k] = v;
+  }
+  return out as unknown as CompositionOptions;
+}
+
+/** Check an untrusted scene (parsed JSON) and return a clean copy with only the known fields. */
+export function parseScene(input: unknown): Scene {
+  if (!isObj(input)) throw new SceneError('it is not a JSON object');
+  if (input.version !== SCENE_VERSION) throw new SceneError(`its version is ${JSON.stringify(input.version)?.slice(0, 20)}; this studio reads version ${SCENE_VERSION}`);
+  const width = number(input, 'width', '', 64, 2048, true);
+  const height = number(input, 'height', '', 64, 2048, true);
+  if (width % 64 || height % 64) throw new SceneError(`the frame is ${width}x${height}; width and height must be multiples of 64`);
+  if (!Array.isArray(input.boxes)) throw new SceneError('boxes must be a list');
+  if (input.boxes.length > MAX_BOXES) throw new SceneError(`it has ${input.boxes.length} boxes; at most ${MAX_BOXES} are supported`);
+  const ids = new Set<string>();
+  const boxes = input.boxes.map((b, i): SceneBox => {
+    const at = `boxes[${i}].`;
+    if (!isObj(b)) throw new SceneError(`boxes[${i}] must be an object`);
+    const box: SceneBox = {
+      id: text(b, 'id', at, 64),
+      name: text(b, 'name', at, 100),
+      x: number(b, 'x', at, -4096, 4096),
+      y: number(b, 'y', at, -4096, 4096),
+      width: number(b, 'width', at, 0, 4096),
+      height: number(b, 'height', at, 0, 4096),
+      prompt: text(b, 'prompt', at),
+      loras: loras(b.loras, at),
+      color: text(b, 'color', at, 40),
+    };
+    if (!COLOR.test(box.color)) throw new SceneError(`${at}color must be #rrggbb`);
+    if (ids.has(box.id)) throw new SceneError(`two boxes have the id "${box.id}"`);
+    ids.add(box.id);
+    const label = `box "${box.name || box.id}"`;
+    if (box.width < 8 || box.height < 8) throw new SceneError(`${label} is ${box.width}x${box.height} pixels; a box must be at least 8x8 (one latent cell)`);
+    if (box.x < 0 || box.y < 0 || box.x + box.width > width || box.y + box.height > height) {
+      throw new SceneError(`${label} (${box.x}, ${box.y}, ${box.width}x${box.height}) reaches outside the ${width}x${height} frame`);
+    }
+    return box;
+  });
+  const c = input.composition;
+  if (!isObj(c) || typeof c.method !== 'string') throw new SceneError('composition must be {method, ...options}');
+  const a = input.ablation;
+  if (!isObj(a) || !['injection', 'isolation', 'reinit'].every((k) => typeof a[k] === 'boolean')) throw new SceneError('ablation must be {injection, isolation, reinit} switches');
+  const scheduler = input.scheduler;
+  if (typeof scheduler !== 'string' || !SCHEDULER_IDS.includes(scheduler as SchedulerId)) throw new SceneError(`scheduler must be one of ${SCHEDULER_IDS.join(', ')}`);
+  return {
+    version: SCENE_VERSION,
+    width,
+    height,
+    prompt: text(input, 'prompt', ''),
+    negative: text(input, 'negative', ''),
+    loras: loras(input.loras, ''),
+    boxes,
+    composition: compositionFields(c),
+    ablation: { injection: a.injection as boolean, isolation: a.isolation as boolean, reinit: a.reinit as boolean },
+    seed: number(input, 'seed', '', 0, 0xffffffff, true),
+    steps: number(input, 'steps', '', 1, 200, true),
+    cfg: number(input, 'cfg', '', 1, 30),
+    scheduler: scheduler as SchedulerId,
+  };
+}

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
 import { unetAttentionLayers } from '../../workers/graph/unet.ts';
 import { attentionGrids, BLOCKED, gridMasks, isolationBias, rasterBox } from '../../workers/layout/masks.ts';
-import { MAX_BOXES, parseScene, type Scene } from '../../workers/layout/scene.ts';
+import { MAX_BOXES, parseScene, testScene, type Scene } from '../../workers/layout/scene.ts';
 
 const cells = (m: Uint8Array, cols: number) => [...m.keys()].filter((i) => m[i]).map((i) => [Math.floor(i / cols), i % cols]);
 const rect = (r0: number, r1: number, c0: number, c1: number) => {
@@ -83,6 +83,7 @@ test('a scene survives a JSON round trip byte for byte; unknown fields are dropp
   assert.equal('onload' in extra, false);
   assert.equal('extra' in extra.boxes[0], false);
   assert.equal(parseScene(JSON.parse(text)).boxes[1].prompt, 'a corgi <script>alert(1)</script>');
+  assert.equal(JSON.stringify(parseScene(JSON.parse(JSON.stringify(testScene())))), JSON.stringify(testScene()));
 });
 
 test('bad scenes get a sentence naming the problem', () => {

@@ -1,5 +1,6 @@
 // The tiny test model: the SD 1.5 architecture with few channels and seeded random weights, written
 // through the same key layouts that real checkpoints use, so tests exercise the real loading paths.
+import { testScene } from '../layout/scene.ts';
 import { TINY_CONFIG, CONFIG_METADATA_KEY, type ModelConfig } from '../checkpoint/config.ts';
 import { isVaeAttentionProjection, LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, unetNameToLdm, vaeNameToLdm } from '../checkpoint/layout.ts';
 import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
@@ -82,6 +83,7 @@ export function tinyModelFiles(model: TinyModel): GeneratedFile[] {
     { path: 'diffusers/vae/diffusion_pytorch_model.safetensors', parts: diffusers(specs.vae, weights.vae) },
     ...tokenizerFiles('diffusers/tokenizer'),
     ...tinyLoras(model).map((l) => ({ path: l.file, parts: l.parts })),
+    { path: 'scene.json', parts: [new TextEncoder().encode(JSON.stringify(testScene(), null, 2))] },
     { path: 'diffusers/model_index.json', parts: [new TextEncoder().encode(JSON.stringify({ _class_name: 'StableDiffusionPipeline', _note: 'LoRA Studio tiny test model' }, null, 2))] },
   ];
 }

@@ -178,3 +178,25 @@ export function parseScene(input: unknown): Scene {
     scheduler: scheduler as SchedulerId,
   };
 }
+
+/** The two-box scene `make-test-model` writes beside the tiny model, over its test LoRAs. */
+export function testScene(): Scene {
+  return {
+    version: SCENE_VERSION,
+    width: 64,
+    height: 64,
+    prompt: 'two friends in a park, watercolour',
+    negative: 'blurry',
+    loras: [{ name: 'locon.safetensors', scale: 0.6 }],
+    boxes: [
+      { id: 'left', name: 'fox', x: 0, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ name: 'kohya.safetensors', scale: 1 }], color: '#e4572e' },
+      { id: 'right', name: 'owl', x: 32, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ name: 'loha.safetensors', scale: 0.8 }], color: '#17bebb' },
+    ],
+    composition: { method: 'merge' },
+    ablation: { injection: true, isolation: true, reinit: true },
+    seed: 7,
+    steps: 4,
+    cfg: 5,
+    scheduler: 'dpmpp-2m',
+  };
+}

@@ -11,7 +11,8 @@ import { Rng } from '../../workers/engine/random.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, causalMask, clipLayer } from '../../workers/graph/clip.ts';
-import { conv2d, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
+import { conv2d, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
+import { gridMasks, regionWeights } from '../../workers/layout/masks.ts';
 import { buildUNet, resnetBlock, spatialTransformer, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
 import { buildVaeDecoder, vaeAttention } from '../../workers/graph/vae.ts';
 import * as nn from '../../workers/reference/nn.ts';
@@ -162,6 +163,32 @@ for (const backend of BACKENDS) {
     const lat = randomInput(64, 15);
     const v = await run(backend, vg, { latent: { data: lat, dims: [1, 4, 4, 4] } }, weights.vae);
     check(backend, v.image, ref.vaeDecode(W(weights.vae), config.vae, nn.tensor(lat, [1, 4, 4, 4])), 'vae');
+  });
+
+  test(`region-aware cross-attention: each region's keys and values, kept by the region masks (${backend})`, async () => {
+    // 2 x 3 x 4 grid, 3 regions (background + two overlapping boxes), 5 keys, 8 channels, 2 heads
+    const [b, nq, nk, c, heads, r] = [2, 12, 5, 8, 2, 3];
+    const m = gridMasks([{ x: 0, y: 0, width: 24, height: 16 }, { x: 16, y: 8, width: 16, height: 16 }], 32, 24, 3, 4);
+    const w = regionWeights(m);
+    const g = new GraphBuilder();
+    const out = regionalAttention(g, g.input('q', 'float32', [b * nq, c]), g.input('k', 'float32', [b, r, nk, c]), g.input('v', 'float32', [b, r, nk, c]), g.input('w', 'float32', [r, nq]), { b, nq, nk, c, heads, regions: r }, 'maps');
+    g.output(out, 'out', 'float32', [b * nq, c]);
+    const q = randomInput(b * nq * c, 31);
+    const k = randomInput(b * r * nk * c, 32);
+    const v = randomInput(b * r * nk * c, 33);
+    const got = await run(backend, g, { q: { data: q, dims: [b * nq, c] }, k: { data: k, dims: [b, r, nk, c] }, v: { data: v, dims: [b, r, nk, c] }, w: { data: w, dims: [r, nq] } }, new Map());
+    // the reference takes each region's keys as [B*Nk, C]
+    const region = (x: Float32Array, j: number) => {
+      const data = new Float64Array(b * nk * c);
+      for (let n = 0; n < b; n++) for (let i = 0; i < nk * c; i++) data[n * nk * c + i] = x[((n * r + j) * nk) * c + i];
+      return { data, shape: [b * nk, c] };
+    };
+    const regions = [0, 1, 2];
+    const want = nn.regionalAttention({ data: Float64Array.from(q), shape: [b * nq, c] }, regions.map((j) => region(k, j)), regions.map((j) => region(v, j)), regions.map((j) => w.subarray(j * nq, (j + 1) * nq)), b, heads);
+    check(backend, got.out, want.out, 'regional attention');
+    const maps = new Float64Array(b * r * nq * nk);
+    for (let n = 0; n < b; n++) for (const j of regions) for (let i = 0; i < nq * nk; i++) maps[(n * r + j) * nq * nk + i] = want.probs[j][n * nq * nk + i];
+    check(backend, got.maps, maps, 'per-region maps');
   });
 
   test(`attention bias inputs and attention-map outputs (${backend})`, async () => {

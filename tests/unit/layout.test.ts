@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
 import { unetAttentionLayers } from '../../workers/graph/unet.ts';
-import { attentionGrids, BLOCKED, gridMasks, isolationBias, rasterBox } from '../../workers/layout/masks.ts';
+import { attentionGrids, BLOCKED, gridMasks, isolationBias, rasterBox, regionWeights } from '../../workers/layout/masks.ts';
 import { MAX_BOXES, parseScene, testScene, type Scene } from '../../workers/layout/scene.ts';
 
 const cells = (m: Uint8Array, cols: number) => [...m.keys()].filter((i) => m[i]).map((i) => [Math.floor(i / cols), i % cols]);
@@ -55,6 +55,8 @@ test('background is every cell outside the boxes; the isolation bias blocks pair
   assert.deepEqual([...o.boxes[0], ...o.boxes[1], ...o.background], [1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1]);
   const bias = isolationBias(o);
   assert.deepEqual([bias[0 * 4 + 1], bias[0 * 4 + 2], bias[1 * 4 + 2], bias[2 * 4 + 3], bias[3 * 4 + 3]], [0, B, 0, B, 0]);
+  // cross-attention region weights: background first, the shared cell split between its two boxes
+  assert.deepEqual([...regionWeights(o)], [0, 0, 0, 1, 1, 0.5, 0, 0, 0, 0.5, 1, 0]);
 });
 
 const SCENE: Scene = {

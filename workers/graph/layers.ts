@@ -97,6 +97,39 @@ export function attention(
   return g.op('Reshape', [g.op('Transpose', [ctx], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
 }
 
+/**
+ * Region-aware cross-attention (LoRA-Composer, Eq. 2-3): every region r has its own keys and values
+ * (its local prompt through its own LoRA), given as inputs k, v [B, R, Nk, C]; the shared queries q
+ * [B*Nq, C] attend to each region separately, and each query keeps the regions it lies in:
+ *   out(i) = sum_r w[r, i] * softmax(q_i k_r^T / sqrt(d)) v_r
+ * with w [R, Nq] the region masks normalised per cell (the background is a region too).
+ * `probsOutput` gets the head-averaged maps of every region, unmasked: [B, R, Nq, Nk].
+ */
+export function regionalAttention(
+  g: GraphBuilder,
+  q: string,
+  k: string,
+  v: string,
+  weights: string,
+  dims: { b: number; nq: number; nk: number; c: number; heads: number; regions: number },
+  probsOutput?: string,
+): string {
+  const { b, nq, nk, c, heads, regions: r } = dims;
+  const d = c / heads;
+  const qh = g.op('Reshape', [g.op('Transpose', [g.op('Reshape', [q, g.ints([b, nq, heads, d])])], { perm: [0, 2, 1, 3] }), g.ints([b, heads, 1, nq, d])]);
+  const kh = g.op('Transpose', [g.op('Reshape', [k, g.ints([b, r, nk, heads, d])])], { perm: [0, 3, 1, 4, 2] });
+  const vh = g.op('Transpose', [g.op('Reshape', [v, g.ints([b, r, nk, heads, d])])], { perm: [0, 3, 1, 2, 4] });
+  const scores = g.op('Mul', [g.op('MatMul', [qh, kh]), g.scalar(1 / Math.sqrt(d))]);
+  const probs = g.op('Softmax', [scores], { axis: -1 });
+  if (probsOutput) {
+    const mean = g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 });
+    g.output(g.dtype === 'float16' ? g.op('Cast', [mean], { to: 1 }) : mean, probsOutput, 'float32', [b, r, nq, nk]);
+  }
+  const ctx = g.op('Mul', [g.op('MatMul', [probs, vh]), g.op('Reshape', [weights, g.ints([1, 1, r, nq, 1])])]);
+  const summed = g.op('ReduceSum', [ctx, g.ints([2])], { keepdims: 0 });
+  return g.op('Reshape', [g.op('Transpose', [summed], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
+}
+
 /** NCHW -> tokens [B*H*W, C]. */
 export function toTokens(g: GraphBuilder, x: Feat): string {
   const t = g.op('Transpose', [g.op('Reshape', [x.v, g.ints([x.b, x.c, x.h * x.w])])], { perm: [0, 2, 1] });

@@ -70,3 +70,18 @@ export function isolationBias(m: GridMasks): Float32Array {
     }
   return bias;
 }
+
+/**
+ * Weights of the regions for region-aware cross-attention, [R, n] with R = 1 + boxes: the background
+ * (global prompt) first, then each box; a cell in several boxes shares itself equally among them.
+ */
+export function regionWeights(m: GridMasks): Float32Array {
+  const n = m.rows * m.cols;
+  const regions = [m.background, ...m.boxes];
+  const out = new Float32Array(regions.length * n);
+  for (let i = 0; i < n; i++) {
+    const count = regions.reduce((a, r) => a + r[i], 0);
+    regions.forEach((r, k) => (out[k * n + i] = r[i] / count));
+  }
+  return out;
+}

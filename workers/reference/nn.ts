@@ -160,6 +160,19 @@ export function attention(q: T, k: T, v: T, b: number, heads: number, bias?: (n:
   return { out: { data: out, shape: [b * nq, C] }, probs };
 }
 
+/** Region-aware cross-attention in float64: per region r, attention to (k[r], v[r]) weighted by w[r][i]. */
+export function regionalAttention(q: T, k: T[], v: T[], w: ArrayLike<number>[], b: number, heads: number): { out: T; probs: Float64Array[] } {
+  const C = q.shape[1];
+  const nq = q.shape[0] / b;
+  const out = new Float64Array(b * nq * C);
+  const probs = k.map((kr, r) => {
+    const a = attention(q, kr, v[r], b, heads);
+    for (let n = 0; n < b; n++) for (let i = 0; i < nq; i++) for (let c = 0; c < C; c++) out[(n * nq + i) * C + c] += w[r][i] * a.out.data[(n * nq + i) * C + c];
+    return a.probs;
+  });
+  return { out: { data: out, shape: [b * nq, C] }, probs };
+}
+
 export function toTokens(x: T): T {
   const [B, C, H, W] = x.shape;
   const out = new Float64Array(x.data.length);

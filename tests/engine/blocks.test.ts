@@ -12,8 +12,9 @@ import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, causalMask, clipLayer } from '../../workers/graph/clip.ts';
 import { conv2d, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
-import { gridMasks, regionWeights } from '../../workers/layout/masks.ts';
-import { buildUNet, resnetBlock, spatialTransformer, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
+import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
+import { buildCrossKV, crossKeyOutputName, crossValueOutputName } from '../../workers/graph/cross-kv.ts';
+import { buildUNet, regionKeyInputName, regionValueInputName, regionWeightInputName, resnetBlock, selfBiasInputName, spatialTransformer, unetAttentionLayers, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
 import { buildVaeDecoder, vaeAttention } from '../../workers/graph/vae.ts';
 import * as nn from '../../workers/reference/nn.ts';
 import * as ref from '../../workers/reference/sd15.ts';
@@ -189,6 +190,61 @@ for (const backend of BACKENDS) {
     const maps = new Float64Array(b * r * nq * nk);
     for (let n = 0; n < b; n++) for (const j of regions) for (let i = 0; i < nq * nk; i++) maps[(n * r + j) * nq * nk + i] = want.probs[j][n * nq * nk + i];
     check(backend, got.maps, maps, 'per-region maps');
+  });
+
+  test(`layout UNet: regions sharing one context equal the plain UNet; concept isolation matches float64 and leaks nothing (${backend})`, async () => {
+    const { config, weights } = tiny;
+    const [R, lh, lw] = [3, 8, 8];
+    const sample = randomInput(4 * lh * lw, 41);
+    const emb = timestepEmbedding(400, 16);
+    const ctx = randomInput(77 * 32, 42);
+    const layers = unetAttentionLayers(config.unet, lh, lw);
+    const grids = attentionGrids(layers);
+    const boxes = [{ x: 0, y: 0, width: 40, height: 64 }, { x: 24, y: 16, width: 40, height: 32 }];
+    const masks = new Map(grids.map((gr) => [`${gr.rows}x${gr.cols}`, gridMasks(boxes, 64, 64, gr.rows, gr.cols)]));
+    // every region's keys and values from the same context, through the cross-KV graph
+    const kvGraph = buildCrossKV(config.unet, { batch: R, textLen: 77, dtype: 'float32' });
+    const ctxR = new Float32Array(R * 77 * 32);
+    for (let r = 0; r < R; r++) ctxR.set(ctx, r * 77 * 32);
+    const kv = await run(backend, kvGraph, { encoder_hidden_states: { data: ctxR, dims: [R, 77, 32] } }, weights.unet);
+    const selfLayer = layers.find((l) => l.kind === 'self')!;
+    const inputs: Record<string, { data: Float32Array; dims: number[] }> = {
+      sample: { data: sample, dims: [1, 4, lh, lw] },
+      timestep_embedding: { data: emb, dims: [1, 16] },
+      encoder_hidden_states: { data: ctx, dims: [1, 77, 32] },
+    };
+    for (const l of layers.filter((x) => x.kind === 'cross')) {
+      const c = kv[crossKeyOutputName(l.name)].length / (R * 77);
+      inputs[regionKeyInputName(l.name)] = { data: kv[crossKeyOutputName(l.name)], dims: [1, R, 77, c] };
+      inputs[regionValueInputName(l.name)] = { data: kv[crossValueOutputName(l.name)], dims: [1, R, 77, c] };
+    }
+    for (const m of masks.values()) inputs[regionWeightInputName(m.rows, m.cols)] = { data: regionWeights(m), dims: [R, m.rows * m.cols] };
+    const { sample: s0, timestep_embedding: t0, encoder_hidden_states: c0 } = inputs;
+    const plain = await run(backend, buildUNet(config.unet, { batch: 1, latentH: lh, latentW: lw, textLen: 77, dtype: 'float32' }), { sample: s0, timestep_embedding: t0, encoder_hidden_states: c0 }, weights.unet);
+    const regional = await run(backend, buildUNet(config.unet, { batch: 1, latentH: lh, latentW: lw, textLen: 77, dtype: 'float32', regions: R }), inputs, weights.unet);
+    const same = maxAbsDiff(regional.noise_pred, plain.noise_pred);
+    assert.ok(same.diff <= TOL[backend] * Math.max(1, same.scale), `regions with one context: ${same.diff}`);
+
+    // concept isolation: one self-attention bias per grid, the same for every layer on it
+    for (const m of masks.values()) inputs[selfBiasInputName(m.rows, m.cols)] = { data: isolationBias(m), dims: [1, 1, m.rows * m.cols, m.rows * m.cols] };
+    const isolated = await run(backend, buildUNet(config.unet, { batch: 1, latentH: lh, latentW: lw, textLen: 77, dtype: 'float32', regions: R, isolation: true, mapLayers: [selfLayer.name] }), inputs, weights.unet);
+    const want = ref.unetForward(W(weights.unet), config.unet, nn.tensor(sample, [1, 4, lh, lw]), nn.tensor(emb, [1, 16]), nn.tensor(ctx, [77, 32]), {
+      bias: (layer) => {
+        const l = layers.find((x) => x.name === layer)!;
+        if (l.kind !== 'self') return undefined;
+        const b = isolationBias(masks.get(`${l.h}x${l.w}`)!);
+        return (_n, i, j) => b[i * l.nq + j];
+      },
+    });
+    check(backend, isolated.noise_pred, want, 'isolated unet');
+    const m = masks.get(`${selfLayer.h}x${selfLayer.w}`)!;
+    const bias = isolationBias(m);
+    const map = isolated[unetMapOutputName(selfLayer.name)];
+    let leak = 0;
+    let blocked = 0;
+    for (let i = 0; i < selfLayer.nq * selfLayer.nq; i++) if (bias[i] !== 0) (leak = Math.max(leak, map[i])), blocked++;
+    assert.ok(blocked > 0, 'the layout has region pairs to block');
+    assert.equal(leak, 0, 'no self-attention probability crosses from one region into another');
   });
 
   test(`attention bias inputs and attention-map outputs (${backend})`, async () => {

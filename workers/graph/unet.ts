@@ -3,7 +3,7 @@
 // attention layer, and head-averaged cross-attention maps as outputs.
 import type { UNetConfig } from '../checkpoint/config.ts';
 import { GraphBuilder } from './builder.ts';
-import { attention, conv2d, fromTokens, gelu, groupNorm, layerNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
+import { attention, conv2d, regionalAttention, fromTokens, gelu, groupNorm, layerNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
 
 export interface UNetGraphOptions {
   batch: number;
@@ -15,7 +15,20 @@ export interface UNetGraphOptions {
   biasLayers?: string[];
   /** Cross-attention layers whose maps become outputs. */
   mapLayers?: string[];
+  /**
+   * Layout (LoRA-Composer): the number of regions (background + boxes). Every cross-attention layer
+   * then attends to per-region keys and values given as inputs (`region_k.<layer>`, `region_v.<layer>`,
+   * [batch, R, textLen, C]), weighted per cell by `region_w.<h>x<w>` [R, h*w].
+   */
+  regions?: number;
+  /** Layout: every self-attention layer adds the shared bias `self_bias.<h>x<w>` [1, 1, n, n] (concept isolation). */
+  isolation?: boolean;
 }
+
+export const regionKeyInputName = (layer: string) => `region_k.${layer}`;
+export const regionValueInputName = (layer: string) => `region_v.${layer}`;
+export const regionWeightInputName = (h: number, w: number) => `region_w.${h}x${w}`;
+export const selfBiasInputName = (h: number, w: number) => `self_bias.${h}x${w}`;
 
 export const unetBiasInputName = (layer: string) => `attn_bias.${layer}`;
 export const unetMapOutputName = (layer: string) => `attn_map.${layer}`;
@@ -26,6 +39,17 @@ interface Ctx {
   opt: UNetGraphOptions;
   temb: string;
   context: string;
+  /** Inputs shared by all layers on one grid, created once. */
+  shared: Map<string, string>;
+}
+
+function sharedInput(ctx: Ctx, name: string, dims: number[]): string {
+  let v = ctx.shared.get(name);
+  if (!v) {
+    v = ctx.g.input(name, ctx.g.dtype, dims);
+    ctx.shared.set(name, v);
+  }
+  return v;
 }
 
 export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number, groups: number, eps: number, temb?: { v: string; dim: number }): Feat {
@@ -41,12 +65,25 @@ export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number
   return { ...h, v: g.op('Add', [skip.v, h.v]) };
 }
 
-function attnIo(ctx: Ctx, layer: string, nq: number, nk: number) {
-  const bias = ctx.opt.biasLayers?.includes(layer)
-    ? ctx.g.input(unetBiasInputName(layer), ctx.g.dtype, [ctx.opt.batch, 1, nq, nk])
-    : undefined;
-  const probsOutput = ctx.opt.mapLayers?.includes(layer) ? unetMapOutputName(layer) : undefined;
-  return { bias, probsOutput };
+function attnIo(ctx: Ctx, layer: string, nq: number, nk: number, grid: { h: number; w: number; c: number }) {
+  const { opt } = ctx;
+  const probsOutput = opt.mapLayers?.includes(layer) ? unetMapOutputName(layer) : undefined;
+  let bias = opt.biasLayers?.includes(layer) ? ctx.g.input(unetBiasInputName(layer), ctx.g.dtype, [opt.batch, 1, nq, nk]) : undefined;
+  const self = layer.endsWith('.attn1');
+  if (self && opt.isolation) {
+    const shared = sharedInput(ctx, selfBiasInputName(grid.h, grid.w), [1, 1, nq, nq]);
+    bias = bias ? ctx.g.op('Add', [bias, shared]) : shared;
+  }
+  const regional =
+    !self && opt.regions
+      ? {
+          k: ctx.g.input(regionKeyInputName(layer), ctx.g.dtype, [opt.batch, opt.regions, nk, grid.c]),
+          v: ctx.g.input(regionValueInputName(layer), ctx.g.dtype, [opt.batch, opt.regions, nk, grid.c]),
+          w: sharedInput(ctx, regionWeightInputName(grid.h, grid.w), [opt.regions, nq]),
+          regions: opt.regions,
+        }
+      : undefined;
+  return { bias, probsOutput, regional };
 }
 
 /** One BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward; tokens [B*N, C]. */
@@ -70,14 +107,11 @@ export function transformerBlock(
   );
   t = g.op('Add', [linear(g, a, `${name}.attn1.to_out.0`, c, c), t]);
   h = layerNorm(g, t, `${name}.norm2`, c);
-  a = attention(
-    g,
-    linear(g, h, `${name}.attn2.to_q`, c, c, false),
-    linear(g, context, `${name}.attn2.to_k`, ctxDim, c, false),
-    linear(g, context, `${name}.attn2.to_v`, ctxDim, c, false),
-    { b, nq: n, nk: ctxLen, c, heads },
-    io.cross,
-  );
+  const q = linear(g, h, `${name}.attn2.to_q`, c, c, false);
+  const r = io.cross?.regional;
+  a = r
+    ? regionalAttention(g, q, r.k, r.v, r.w, { b, nq: n, nk: ctxLen, c, heads, regions: r.regions }, io.cross?.probsOutput)
+    : attention(g, q, linear(g, context, `${name}.attn2.to_k`, ctxDim, c, false), linear(g, context, `${name}.attn2.to_v`, ctxDim, c, false), { b, nq: n, nk: ctxLen, c, heads }, io.cross);
   t = g.op('Add', [linear(g, a, `${name}.attn2.to_out.0`, c, c), t]);
   h = layerNorm(g, t, `${name}.norm3`, c);
   const inner = 4 * c;
@@ -96,7 +130,7 @@ export function spatialTransformer(g: GraphBuilder, x: Feat, name: string, cfg: 
   for (let i = 0; i < cfg.transformerDepth; i++) {
     const block = `${name}.transformer_blocks.${i}`;
     const io = ctx
-      ? { self: attnIo(ctx, `${block}.attn1`, n, n), cross: attnIo(ctx, `${block}.attn2`, n, ctx.opt.textLen) }
+      ? { self: attnIo(ctx, `${block}.attn1`, n, n, x), cross: attnIo(ctx, `${block}.attn2`, n, ctx.opt.textLen, x) }
       : {};
     const textLen = ctx?.opt.textLen ?? 77;
     t = transformerBlock(g, t, block, { b: x.b, n, c: x.c, heads: cfg.heads, ctxLen: textLen, ctxDim: cfg.crossAttentionDim }, context, io);
@@ -117,7 +151,7 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
   const context = g.op('Reshape', [ctxIn, g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
 
   const temb = linear(g, silu(g, linear(g, tIn, 'time_embedding.linear_1', c0, tembDim)), 'time_embedding.linear_2', tembDim, tembDim);
-  const ctx: Ctx = { g, cfg, opt, temb, context };
+  const ctx: Ctx = { g, cfg, opt, temb, context, shared: new Map() };
   const te = { v: temb, dim: tembDim };
   const eps = 1e-5;
   const levels = cfg.blockOutChannels.length;

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
 import { unetAttentionLayers } from '../../workers/graph/unet.ts';
 import { attentionGrids, BLOCKED, gridMasks, isolationBias, rasterBox, regionWeights } from '../../workers/layout/masks.ts';
+import { argmaxWindow, cellBox, reinitLatent } from '../../workers/layout/reinit.ts';
 import { MAX_BOXES, parseScene, testScene, type Scene } from '../../workers/layout/scene.ts';
 
 const cells = (m: Uint8Array, cols: number) => [...m.keys()].filter((i) => m[i]).map((i) => [Math.floor(i / cols), i % cols]);
@@ -105,4 +106,22 @@ test('bad scenes get a sentence naming the problem', () => {
   bad({ composition: { method: 'cmlora', cacheLow: { toString: 1 } } }, /composition.cacheLow has the wrong kind of value/);
   bad({ ablation: { injection: 'yes' } }, /ablation must be/);
   assert.throws(() => parseScene('[]'), /not a JSON object/);
+});
+
+test('latent re-initialisation: the box-sized window with the most attention moves into the box, then the latent is renormalised', () => {
+  // 4 x 5 map whose heaviest 2 x 2 window starts at (2, 3)
+  const map = [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 1, 3, 2];
+  assert.deepEqual(argmaxWindow(map, 4, 5, 2, 2), { row: 2, col: 3, sum: 11 });
+  assert.deepEqual(argmaxWindow(map, 4, 5, 1, 5), { row: 2, col: 0, sum: 6 });
+  assert.deepEqual(cellBox({ x: 8, y: 0, width: 16, height: 16 }, 4, 5), { row: 0, col: 1, rows: 2, cols: 2 });
+  assert.deepEqual(cellBox({ x: 36, y: 30, width: 100, height: 4 }, 4, 5), { row: 3, col: 4, rows: 1, cols: 1 });
+  // 2 channels; the box at (0, 1) receives noise cells (2..3, 3..4) of each channel
+  const noise = Float32Array.from({ length: 40 }, (_, i) => i);
+  const { latent, windows } = reinitLatent(noise, 2, 4, 5, [{ box: { row: 0, col: 1, rows: 2, cols: 2 }, map }]);
+  assert.deepEqual(windows, [{ row: 2, col: 3 }]);
+  const moved = Float64Array.from(noise);
+  for (const ch of [0, 1]) for (const [r, c] of [[0, 0], [0, 1], [1, 0], [1, 1]]) moved[ch * 20 + r * 5 + 1 + c] = ch * 20 + (2 + r) * 5 + 3 + c;
+  const mean = moved.reduce((a, b) => a + b) / 40;
+  const std = Math.sqrt(moved.reduce((a, b) => a + (b - mean) ** 2, 0) / 40);
+  moved.forEach((v, i) => assert.ok(Math.abs(latent[i] - (v - mean) / std) < 1e-6, `cell ${i}`));
 });

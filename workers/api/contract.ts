@@ -22,6 +22,37 @@ export interface GenerateJob {
   loras?: LoraUse[];
   /** How the LoRAs are composed; by default they are merged (`merge`), or none when there are none. */
   composition?: CompositionOptions;
+  /** Concept boxes (LoRA-Composer); `loras` and `composition` then act on the whole frame. */
+  layout?: LayoutOptions;
+}
+
+/** A concept box in image pixels, with its local prompt and LoRAs. */
+export interface LayoutBox {
+  name: string;
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+  prompt: string;
+  loras: LoraUse[];
+}
+
+export interface LayoutOptions {
+  boxes: LayoutBox[];
+  /** Region-aware LoRA injection; off: box prompts join the global prompt and box LoRAs the global ones. */
+  injection: boolean;
+  /** Concept isolation in self-attention. */
+  isolation: boolean;
+  /** Latent re-initialisation from a probe step's cross-attention maps. */
+  reinit: boolean;
+}
+
+export interface BoxReport {
+  name: string;
+  /** Share (0 to 1) of the box prompt's cross-attention mass (content tokens) inside the box, at the last step. */
+  attentionInBox: number;
+  /** Latent re-initialisation: the top-left latent cell of the window moved into the box. */
+  window: { row: number; col: number } | null;
 }
 
 export type CompositionMethodId = 'none' | 'merge' | 'switch' | 'composite' | 'cmlora';
@@ -177,6 +208,8 @@ export interface GenerationReport {
   /** Wall time of each weight merge the job ran (GPU work included). */
   mergeMs: number[];
   composition: CompositionReport;
+  /** One entry per layout box (empty without a layout). */
+  boxes: BoxReport[];
   warnings: string[];
 }
 

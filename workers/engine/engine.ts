@@ -8,6 +8,9 @@ import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/
 import type { GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
+import { buildCrossKV } from '../graph/cross-kv.ts';
+import { layoutGraphOptions } from '../layout/regional.ts';
+import { MAX_BOXES } from '../layout/scene.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
 import { graphSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
@@ -221,7 +224,7 @@ export class Engine {
     if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     this.checkDevice();
     validateJob(job);
-    for (const u of job.loras ?? []) {
+    for (const u of [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])]) {
       if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
     }
     this.busy = true;
@@ -238,10 +241,15 @@ export class Engine {
       if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
       const t0 = performance.now();
       const te = await this.graph(`te:${clipSkip}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip }));
-      const unet = await this.graph(`unet:${batch}:${lh}x${lw}`, () => buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype }));
+      const layout = job.layout?.boxes.length ? layoutGraphOptions(cfg.unet, lh, lw, job.layout) : undefined;
+      const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layout ? `${layout.regions}:${layout.isolation}` : ''}`, () =>
+        buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout }),
+      );
+      const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
       const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
       const sessionCreateMs = performance.now() - t0;
-      const uses = job.loras ?? [];
+      // the job's LoRAs, then each box's (the pipeline refers to them by this order)
+      const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
       const used = uses.map((u) => ({ use: u, ...this.loras.get(u.lora)! }));
       const profileKey = JSON.stringify([
         m.info.name,
@@ -261,6 +269,12 @@ export class Engine {
           vae: (feeds) => runGraph(vae, m.weights.vae, feeds),
           isCancelled: () => this.cancelRequested,
           checkDevice: () => this.checkDevice(),
+          crossKV: kv
+            ? async (context) => {
+                const out = await runGraph(kv, m.weights.unet, { encoder_hidden_states: new this.rt.ort.Tensor('float32', context, [1, cfg.textEncoder.maxPositions, cfg.unet.crossAttentionDim]) });
+                return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.data as Float32Array]));
+              }
+            : undefined,
           setLoras: async (loras, component) => (await this.applyLoras(loras.map((i) => uses[i]), [component]))?.ms,
           amplitudes: (images, count, height, width, cutoff) => this.amplitudes(images, count, height, width, cutoff),
           loraNames: used.map((u) => u.info.name),
@@ -298,6 +312,7 @@ export class Engine {
           loraKeysUnmatched: used.flatMap((u) => u.info.keysUnmatched.map((k) => `${u.info.name}: ${k.key} (${k.reason})`)),
           mergeMs: result.mergeMs,
           composition: result.composition,
+          boxes: result.boxes,
         },
       };
     } catch (e) {
@@ -333,6 +348,18 @@ export function validateJob(job: GenerateJob): void {
     }
   }
   if (job.composition !== undefined && (typeof job.composition !== 'object' || job.composition === null)) throw bad('composition must be {method, ...options}.');
+  if (job.layout !== undefined) {
+    const l = job.layout;
+    if (typeof l !== 'object' || l === null || !Array.isArray(l.boxes)) throw bad('layout must be {boxes, injection, isolation, reinit}.');
+    if (l.boxes.length > MAX_BOXES) throw bad(`The layout has ${l.boxes.length} boxes; at most ${MAX_BOXES} are supported.`);
+    for (const b of l.boxes) {
+      const label = `Box "${b.name}"`;
+      if (![b.x, b.y, b.width, b.height].every(Number.isFinite)) throw bad(`${label} needs a position and a size in pixels.`);
+      if (b.width < 8 || b.height < 8) throw bad(`${label} is ${b.width}x${b.height} pixels; a box must be at least 8x8 (one latent cell).`);
+      if (b.x < 0 || b.y < 0 || b.x + b.width > job.width || b.y + b.height > job.height) throw bad(`${label} reaches outside the ${job.width}x${job.height} frame.`);
+      if (typeof b.prompt !== 'string' || !Array.isArray(b.loras)) throw bad(`${label} needs a prompt and a list of LoRAs.`);
+    }
+  }
   resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
 }
 

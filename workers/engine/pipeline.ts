@@ -3,7 +3,7 @@
 // A composition method (workers/composition/) decides at each step which LoRA sets the UNet runs
 // with and how their predictions mix.
 import type * as OrtNs from 'onnxruntime-web';
-import type { CompositionReport, CompositionStep, GenerateJob, ImageData8, ProgressEvent } from '../api/contract.ts';
+import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, ImageData8, ProgressEvent } from '../api/contract.ts';
 import { CancelledError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { ContributionCache } from '../composition/cache.ts';
@@ -11,6 +11,9 @@ import { cosineSimilarity, orderAndPartition, profileImages } from '../compositi
 import { METHODS } from '../composition/methods.ts';
 import { resolveComposition, type Partition } from '../composition/plan.ts';
 import { DdimScheduler } from '../schedulers/ddim.ts';
+import { unetMapOutputName } from '../graph/unet.ts';
+import { conceptMap, layoutFeeds, layoutGraphOptions, layoutMasks, shareInside } from '../layout/regional.ts';
+import { cellBox, reinitLatent } from '../layout/reinit.ts';
 import { createScheduler } from '../schedulers/registry.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
@@ -34,6 +37,8 @@ export interface PipelineParts {
   amplitudes: (images: Float32Array, count: number, height: number, width: number, cutoff: number) => Promise<number[]>;
   /** Names of the job's LoRAs, for the report. */
   loraNames: string[];
+  /** Layouts: the cross-attention keys and values of one text context [1, textLen, dim], by output name. */
+  crossKV?: (context: Float32Array) => Promise<Record<string, Float32Array>>;
   /** cmlora's offline profiles of this job's LoRA set, kept by the engine between jobs. */
   profiles?: { get(): number[] | undefined; set(amplitudes: number[]): void };
 }
@@ -43,6 +48,7 @@ export interface PipelineResult {
   unetEvaluations: number;
   mergeMs: number[];
   composition: CompositionReport;
+  boxes: BoxReport[];
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
   warnings: string[];
 }
@@ -107,11 +113,21 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const latentSize = channels * lh * lw;
   const guided = job.cfg > 1;
   const loraCount = job.loras?.length ?? 0;
-  const options = resolveComposition(job.composition, job.steps, loraCount);
+  const layout = job.layout?.boxes.length ? job.layout : undefined;
+  const boxes = layout?.boxes ?? [];
+  // the engine lists box LoRAs after the job's own, box by box
+  let next = loraCount;
+  const boxLoras = boxes.map((b) => b.loras.map(() => next++));
+  const injected = layout?.injection ?? false;
+  // without injection, box LoRAs join the frame's LoRAs and box prompts the global prompt
+  const globalCount = layout && !injected ? next : loraCount;
+  const prompt = layout && !injected ? [job.prompt, ...boxes.map((b) => b.prompt)].filter((t) => t.trim()).join(', ') : job.prompt;
+  const options = resolveComposition(job.composition, job.steps, globalCount);
   const method = METHODS[options.method];
-  const all = Array.from({ length: options.method === 'none' ? 0 : loraCount }, (_, i) => i);
+  const all = Array.from({ length: options.method === 'none' ? 0 : globalCount }, (_, i) => i);
   const count = all.length;
-  if (options.method === 'none' && loraCount) warnings.push(`Prompt only: the job's ${loraCount} LoRA(s) are not used.`);
+  if (options.method === 'none' && globalCount) warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
+  const regionLoras = (n: number) => (injected && options.method !== 'none' ? [...all, ...boxLoras[n]] : all);
   const mergeMs: number[] = [];
   const merge = async (loras: number[], component: 'unet' | 'textEncoder') => {
     const ms = await parts.setLoras(loras, component);
@@ -126,11 +142,37 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     const e = parts.tokenizer.encode(text);
     if (e.truncated) warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
     const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, BigInt), [1, e.ids.length]);
-    return (await parts.textEncoder(ids)).last_hidden_state.data as Float32Array;
+    return { data: (await parts.textEncoder(ids)).last_hidden_state.data as Float32Array, tokenCount: e.tokenCount };
   };
-  const cond = await encode(job.prompt, 'prompt');
-  const context = guided ? concat(await encode(job.negative, 'negative prompt'), cond) : cond;
+  const cond = (await encode(prompt, 'prompt')).data;
+  const uncond = guided ? (await encode(job.negative, 'negative prompt')).data : undefined;
+  const context = uncond ? concat(uncond, cond) : cond;
   const textLen = config.textEncoder.maxPositions;
+
+  // 1b. a layout: each box's prompt through its own LoRAs, and every region's cross-attention keys
+  // and values (they do not depend on the latent, so once per image)
+  let layoutTensors: Record<string, OrtNs.Tensor> = {};
+  const boxTokens: number[] = [];
+  const masks = layout ? layoutMasks(config.unet, layout, job.width, job.height) : undefined;
+  const graph = layout ? layoutGraphOptions(config.unet, lh, lw, layout) : undefined;
+  if (layout) {
+    if (!parts.crossKV) throw new Error('this engine cannot run layouts');
+    const boxContexts: Float32Array[] = [];
+    for (const [n, box] of boxes.entries()) {
+      await merge(regionLoras(n), 'textEncoder');
+      const e = await encode(box.prompt, `prompt of box "${box.name}"`);
+      boxContexts.push(e.data);
+      boxTokens.push(e.tokenCount);
+    }
+    await merge(all, 'unet');
+    const kv = [await parts.crossKV(cond)];
+    const kvUncond = uncond ? await parts.crossKV(uncond) : undefined;
+    for (const n of boxes.keys()) {
+      await merge(regionLoras(n), 'unet');
+      kv.push(await parts.crossKV(boxContexts[n]));
+    }
+    for (const [name, f] of Object.entries(layoutFeeds(config.unet, layout, masks!, kv, kvUncond, textLen))) layoutTensors[name] = new ort.Tensor('float32', f.data, f.dims);
+  }
   const textEncodeMs = elapsed();
   check();
 
@@ -140,6 +182,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const c0 = config.unet.blockOutChannels[0];
   let unetEvaluations = 0;
   let stepMergeMs = 0;
+  let lastOutputs: Outputs | undefined;
   const predict = async (loras: number[], x: Float32Array, t: number): Promise<Float32Array> => {
     check();
     stepMergeMs += await merge(loras, 'unet');
@@ -148,8 +191,10 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
       sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, channels, lh, lw]),
       timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]),
       encoder_hidden_states: ctxTensor,
+      ...layoutTensors,
     });
     unetEvaluations += 1;
+    lastOutputs = out;
     const pred = out.noise_pred.data as Float32Array;
     if (!guided) return pred;
     const eps = new Float32Array(latentSize);
@@ -204,6 +249,19 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const scheduler = createScheduler(job.scheduler, job.steps);
   const rng = new Rng(job.seed);
   let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
+  // 4b. latent re-initialisation: a probe step locates each concept; its window moves into its box
+  const windows: ({ row: number; col: number } | null)[] = boxes.map(() => null);
+  const conceptMaps = (n: number) => {
+    const maps = graph!.mapLayers.map((l) => lastOutputs![unetMapOutputName(l)].data as Float32Array);
+    return conceptMap(maps, n + 1, boxes.length + 1, lh * lw, textLen, boxTokens[n]);
+  };
+  if (layout?.reinit) {
+    await predict(all, scheduler.scaleModelInput(latent, 0), scheduler.timesteps[0]);
+    const noise = latent.map((v) => v / scheduler.initNoiseSigma);
+    const r = reinitLatent(noise, channels, lh, lw, boxes.map((b, n) => ({ box: cellBox(b, lh, lw), map: conceptMaps(n) })));
+    latent = r.latent.map((v) => v * scheduler.initNoiseSigma);
+    r.windows.forEach((w, n) => (windows[n] = w));
+  }
   let latentAmplitude = (await amplitudes([latent]))[0];
 
   // 5. the denoising loop: the method plans each step, the UNet runs what it asks for, and the
@@ -294,7 +352,9 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     cacheHitRate: took.map((c) => (c.fresh + c.cached ? c.cached / (c.fresh + c.cached) : null)),
     unetEvaluations: { profile: profileEvaluations, denoise: unetEvaluations - profileEvaluations },
   };
-  return { image, unetEvaluations, mergeMs, composition, timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
+  const latentMasks = masks?.get(`${lh}x${lw}`);
+  const boxReports = boxes.map((b, n) => ({ name: b.name, attentionInBox: shareInside(conceptMaps(n), latentMasks!.boxes[n]), window: windows[n] }));
+  return { image, unetEvaluations, mergeMs, composition, boxes: boxReports, timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
 }
 
 function concat(a: Float32Array, b: Float32Array): Float32Array {

@@ -1,0 +1,103 @@
+// What a layout asks of the UNet graph and which inputs it feeds: per-region keys and values for
+// every cross-attention layer, region weights and isolation biases per attention grid, and maps of
+// the cross-attention layers on the latent grid (for the in-box share and latent re-initialisation).
+import type { LayoutOptions } from '../api/contract.ts';
+import type { UNetConfig } from '../checkpoint/config.ts';
+import { crossAttentionLayers, crossKeyOutputName, crossValueOutputName } from '../graph/cross-kv.ts';
+import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers } from '../graph/unet.ts';
+import { attentionGrids, gridMasks, isolationBias, regionWeights, type GridMasks } from './masks.ts';
+
+export interface LayoutGraph {
+  regions: number;
+  isolation: boolean;
+  /** Cross-attention layers on the latent grid, whose per-region maps the graph outputs. */
+  mapLayers: string[];
+}
+
+export function layoutGraphOptions(cfg: UNetConfig, latentH: number, latentW: number, layout: LayoutOptions): LayoutGraph {
+  const layers = unetAttentionLayers(cfg, latentH, latentW);
+  return {
+    regions: 1 + layout.boxes.length,
+    isolation: layout.isolation,
+    mapLayers: layers.filter((l) => l.kind === 'cross' && l.h === latentH && l.w === latentW).map((l) => l.name),
+  };
+}
+
+export function layoutMasks(cfg: UNetConfig, layout: LayoutOptions, width: number, height: number): Map<string, GridMasks> {
+  const grids = attentionGrids(unetAttentionLayers(cfg, height / 8, width / 8));
+  return new Map(grids.map((g) => [`${g.rows}x${g.cols}`, gridMasks(layout.boxes, width, height, g.rows, g.cols)]));
+}
+
+type Feed = { data: Float32Array; dims: number[] };
+
+/**
+ * The layout's UNet inputs. `kv[r]` holds region r's cross-attention keys and values (region 0: the
+ * global prompt, then one per box), `kvUncond` those of the negative prompt, used by every region of
+ * the unconditional half of a guided batch. Without injection every cell keeps the global prompt and
+ * the box regions only serve as probes.
+ */
+export function layoutFeeds(
+  cfg: UNetConfig,
+  layout: LayoutOptions,
+  masks: Map<string, GridMasks>,
+  kv: Record<string, Float32Array>[],
+  kvUncond: Record<string, Float32Array> | undefined,
+  textLen: number,
+): Record<string, Feed> {
+  const R = kv.length;
+  const batch = kvUncond ? 2 : 1;
+  const feeds: Record<string, Feed> = {};
+  for (const { name, channels } of crossAttentionLayers(cfg)) {
+    for (const [input, output] of [
+      [regionKeyInputName(name), crossKeyOutputName(name)],
+      [regionValueInputName(name), crossValueOutputName(name)],
+    ]) {
+      const size = textLen * channels;
+      const data = new Float32Array(batch * R * size);
+      for (let r = 0; r < R; r++) {
+        if (kvUncond) data.set(kvUncond[output], r * size);
+        data.set(kv[r][output], ((batch - 1) * R + r) * size);
+      }
+      feeds[input] = { data, dims: [batch, R, textLen, channels] };
+    }
+  }
+  for (const m of masks.values()) {
+    const n = m.rows * m.cols;
+    let w = regionWeights(m);
+    if (!layout.injection) {
+      w = new Float32Array(R * n);
+      w.fill(1, 0, n);
+    }
+    feeds[regionWeightInputName(m.rows, m.cols)] = { data: w, dims: [R, n] };
+    if (layout.isolation) feeds[selfBiasInputName(m.rows, m.cols)] = { data: isolationBias(m), dims: [1, 1, n, n] };
+  }
+  return feeds;
+}
+
+/**
+ * A box prompt's attention per latent cell: its content tokens (after the start token, before the
+ * end token) summed, from maps [batch, R, cells, textLen] averaged over the given layers, taking the
+ * last (conditional) batch entry.
+ */
+export function conceptMap(maps: Float32Array[], region: number, regions: number, cells: number, textLen: number, tokenCount: number): Float64Array {
+  const first = 1;
+  const last = Math.max(first + 1, Math.min(textLen, tokenCount - 1));
+  const out = new Float64Array(cells);
+  for (const m of maps) {
+    const batch = m.length / (regions * cells * textLen);
+    const base = ((batch - 1) * regions + region) * cells * textLen;
+    for (let q = 0; q < cells; q++) for (let t = first; t < last; t++) out[q] += m[base + q * textLen + t] / maps.length;
+  }
+  return out;
+}
+
+/** The share of a map's mass that lies in the mask. */
+export function shareInside(map: ArrayLike<number>, mask: Uint8Array): number {
+  let inside = 0;
+  let all = 0;
+  for (let i = 0; i < mask.length; i++) {
+    all += map[i];
+    if (mask[i]) inside += map[i];
+  }
+  return all > 0 ? inside / all : 0;
+}

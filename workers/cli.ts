@@ -1,10 +1,12 @@
 // `npm run cli -- <command>`: the engine in Node, on Dawn's WebGPU (or the wasm EP).
-import { mkdir, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { CompositionOptions, GenerateJob, SchedulerId } from './api/contract.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
+import { parseScene, type Scene, type SceneLora } from './layout/scene.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG } from './checkpoint/config.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
@@ -30,6 +32,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
            [--switch-step N] [--profiling offline|online] [--profile-steps N] [--cutoff X]
            [--threshold X] [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X]
            [--sync] --out FILE.png [--report FILE.json]
+  generate --model PATH --scene scene.json --out FILE.png [--report FILE.json]   (a layout scene)
   inspect-lora --lora FILE [--model PATH]`;
 
 function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
@@ -138,17 +141,22 @@ async function generate(args: string[]) {
     'cache-low': { type: 'string' },
     'dom-coeff': { type: 'string' },
     sync: { type: 'boolean' },
+    scene: { type: 'string' },
   });
   if (!o.model) throw new UsageError('generate needs --model PATH');
   const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
-  if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
+  if (o.scene) {
+    const clash = ['prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'lora', 'method'].find((k) => o[k] !== undefined);
+    if (clash) throw new UsageError(`--${clash} cannot be combined with --scene: the scene file holds it`);
+  } else if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT (or --scene FILE)');
   if (!o.out) throw new UsageError('generate needs --out FILE.png');
   const backend = (o.backend ?? 'webgpu') as Backend;
   if (backend !== 'webgpu' && backend !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${o.backend}"`);
   const precision = (o.precision ?? 'auto') as 'auto' | 'fp32' | 'fp16';
   if (!['auto', 'fp32', 'fp16'].includes(precision)) throw new UsageError(`--precision must be auto, fp32 or fp16`);
-  const job: GenerateJob = {
-    prompt: o.prompt,
+  const scene = o.scene ? await readScene(o.scene) : undefined;
+  const job: GenerateJob = scene ? sceneJob(scene) : {
+    prompt: o.prompt!,
     negative: o.negative ?? '',
     steps: num(o.steps, 'steps', 20),
     cfg: num(o.cfg, 'cfg', 7.5, false),
@@ -159,8 +167,9 @@ async function generate(args: string[]) {
     clipSkip: num(o['clip-skip'], 'clip-skip', 1),
     composition: compositionArgs(o, loraArgs.length),
   };
+  if (scene) job.clipSkip = num(o['clip-skip'], 'clip-skip', 1);
   try {
-    validateJob(job);
+    if (!scene) validateJob(job);
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -175,6 +184,24 @@ async function generate(args: string[]) {
     const info = await engine.loadLora(await NodeFileSource.open(l.path));
     for (const u of info.keysUnmatched) console.error(`warning: ${info.name}: layer ${u.key} not applied (${u.reason})`);
     job.loras.push({ lora: info.id, scale: l.scale });
+  }
+  if (scene) {
+    // the scene names LoRAs; they are looked up beside the scene file, or in its loras/ folder
+    const ids = new Map<string, string>();
+    const load = async (l: SceneLora) => {
+      const dir = dirname(o.scene!);
+      const path = [join(dir, l.name), join(dir, 'loras', l.name)].find((p) => existsSync(p));
+      if (!path) throw new EngineError('io', `The scene uses the LoRA "${l.name}", which is not in ${dir} or ${join(dir, 'loras')}.`);
+      if (!ids.has(path)) {
+        const info = await engine.loadLora(await NodeFileSource.open(path));
+        for (const u of info.keysUnmatched) console.error(`warning: ${info.name}: layer ${u.key} not applied (${u.reason})`);
+        ids.set(path, info.id);
+      }
+      return { lora: ids.get(path)!, scale: l.scale };
+    };
+    for (const l of scene.loras) job.loras.push(await load(l));
+    for (const [n, b] of scene.boxes.entries()) for (const l of b.loras) job.layout!.boxes[n].loras.push(await load(l));
+    validateJob(job);
   }
   let lastLine = 0;
   const result = await engine.generate(job, (e) => {
@@ -205,6 +232,42 @@ async function generate(args: string[]) {
     }),
   );
   engine.unload();
+}
+
+async function readScene(path: string): Promise<Scene> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    throw new EngineError('io', `Cannot open ${path}: no such file.`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new EngineError('bad-argument', `${basename(path)} is not JSON: ${(e as Error).message}.`);
+  }
+  return parseScene(json);
+}
+
+/** The job a scene describes; its LoRAs are filled in once loaded. */
+function sceneJob(scene: Scene): GenerateJob {
+  return {
+    prompt: scene.prompt,
+    negative: scene.negative,
+    steps: scene.steps,
+    cfg: scene.cfg,
+    seed: scene.seed,
+    width: scene.width,
+    height: scene.height,
+    scheduler: scene.scheduler,
+    composition: scene.composition,
+    loras: [],
+    layout: {
+      boxes: scene.boxes.map((b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: [] })),
+      ...scene.ablation,
+    },
+  };
 }
 
 /** --method and its options; options another method does not use are refused, not ignored. */

@@ -62,6 +62,23 @@ test('make-test-model, inspect and generate write what they promise', () => {
   assert.equal(rc.composition.options.switchStep, 5);
   assert.deepEqual(rc.composition.steps.map((s: { active: number[] }) => s.active.length), [2, rc.unetEvaluations - 2]);
   assert.ok(rc.composition.steps[0].amplitudes.every((a: number) => a > 0));
+
+  // the two-box scene make-test-model wrote, on the wasm backend
+  const sc = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', join(dir, 'scene.json'), '--backend', 'wasm', '--out', png, '--report', report);
+  assert.equal(sc.code, 0, sc.err.join('\n'));
+  const rs = JSON.parse(readFileSync(report, 'utf8'));
+  assert.deepEqual(rs.boxes.map((b: { name: string }) => b.name), ['fox', 'owl']);
+  for (const b of rs.boxes) assert.ok(b.attentionInBox > 0 && b.attentionInBox < 1 && b.window, JSON.stringify(b));
+  assert.deepEqual(rs.loras.map((l: { name: string }) => l.name), ['locon.safetensors', 'kohya.safetensors', 'loha.safetensors']);
+  assert.equal(rs.unetEvaluations, 5, 'four steps and the re-initialisation probe');
+  const scene = JSON.parse(readFileSync(join(dir, 'scene.json'), 'utf8'));
+  const write = (name: string, value: unknown) => (writeFileSync(join(dir, name), JSON.stringify(value)), join(dir, name));
+  const missing = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', write('missing.json', { ...scene, loras: [{ name: 'nowhere.safetensors', scale: 1 }] }), '--backend', 'wasm', '--out', png);
+  assert.equal(missing.code, 1);
+  assert.match(missing.err[0], /^error: The scene uses the LoRA "nowhere\.safetensors", which is not in /);
+  const outside = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', write('outside.json', { ...scene, boxes: [{ ...scene.boxes[0], x: 48 }] }), '--out', png);
+  assert.equal(outside.code, 1);
+  assert.match(outside.err[0], /^error: This scene cannot be used: box "fox" \(48, 8, 32x48\) reaches outside the 64x64 frame\.$/);
 });
 
 test('bad arguments exit 2 with one line; bad model files exit 1 with the problem named', () => {

@@ -6,6 +6,10 @@ import { encodePng } from '../../workers/engine/png.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
 import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
 import { LoraPanel, type LoraActions } from '../panels/LoraPanel.tsx';
+import { BoxPanel } from '../panels/BoxPanel.tsx';
+import { LayoutCanvas } from '../canvas/LayoutCanvas.tsx';
+import { createSceneStore } from '../store/scene.ts';
+import type { LayoutOptions } from '../../workers/api/contract.ts';
 import { activeLoras, useStudio, type LoraEntry } from '../store/studio.ts';
 import type { ModelRequest } from '../../workers/api/contract.ts';
 import * as Comlink from 'comlink';
@@ -112,9 +116,41 @@ async function runSelfTest() {
   }
 }
 
+/** The layout the canvas holds, as the engine's job part; its LoRAs found among the loaded ones by name. */
+export const sceneStore = createSceneStore(typeof localStorage === 'undefined' ? undefined : localStorage);
+
+function jobLayout(): LayoutOptions | undefined {
+  const { scene } = sceneStore.getState();
+  if (!scene.boxes.length) return undefined;
+  const loaded = useStudio.getState().loras.filter((l) => l.info);
+  return {
+    boxes: scene.boxes.map((b) => ({
+      name: b.name,
+      x: b.x,
+      y: b.y,
+      width: b.width,
+      height: b.height,
+      prompt: b.prompt,
+      loras: b.loras.map((l) => {
+        const entry = loaded.find((x) => x.info!.name === l.name);
+        if (!entry) throw new Error(`Box "${b.name}" uses the LoRA "${l.name}", which is not loaded; add it or remove it from the box.`);
+        return { lora: entry.info!.id, scale: l.scale };
+      }),
+    })),
+    ...scene.ablation,
+  };
+}
+
 async function generate() {
   const { job: settings, loras, set } = useStudio.getState();
-  const job = { ...settings, loras: activeLoras(loras) };
+  let layout: LayoutOptions | undefined;
+  try {
+    layout = jobLayout();
+  } catch (e) {
+    set({ status: { kind: 'error', message: (e as Error).message } });
+    return;
+  }
+  const job = { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
   if (!client) return;
   set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined });
   localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
@@ -169,6 +205,17 @@ export function App() {
   }, []);
   const running = status.kind === 'running' || status.kind === 'cancelling';
   const set = (patch: Partial<GenerateJob>) => setJob(patch);
+  // the layout's frame follows the image size once it is a size the engine takes
+  const setSize = (width: number, height: number) => {
+    set({ width, height });
+    const ok = (v: number) => Number.isInteger(v) && v >= 64 && v <= 2048 && v % 64 === 0;
+    if (ok(width) && ok(height)) sceneStore.getState().setFrame(width, height);
+  };
+  useEffect(() => {
+    const { scene } = sceneStore.getState();
+    if (scene.boxes.length) setJob({ width: scene.width, height: scene.height });
+    else sceneStore.getState().setFrame(useStudio.getState().job.width, useStudio.getState().job.height);
+  }, [setJob]);
   const onFiles = async (list: FileList | null) => {
     if (!list?.length) return;
     try {
@@ -209,8 +256,8 @@ export function App() {
           <NumberField label="Guidance" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" />
         </div>
         <div className="row">
-          <NumberField label="Width" value={job.width} min={64} max={2048} step={64} onChange={(width) => set({ width })} testId="width" />
-          <NumberField label="Height" value={job.height} min={64} max={2048} step={64} onChange={(height) => set({ height })} testId="height" />
+          <NumberField label="Width" value={job.width} min={64} max={2048} step={64} onChange={(width) => setSize(width, job.height)} testId="width" />
+          <NumberField label="Height" value={job.height} min={64} max={2048} step={64} onChange={(height) => setSize(job.width, height)} testId="height" />
           <label>
             Scheduler
             <select value={job.scheduler} data-testid="scheduler" onChange={(e) => set({ scheduler: e.target.value as SchedulerId })}>
@@ -221,6 +268,8 @@ export function App() {
               ))}
             </select>
           </label>
+        </div>
+        <div className="row">
           <label>
             LoRA method
             <select
@@ -273,6 +322,10 @@ export function App() {
           <p data-testid="self-test-result">{selfTest}</p>
         </details>
       </section>
+      <section className="layout">
+        <LayoutCanvas store={sceneStore} disabled={running} />
+        <BoxPanel store={sceneStore} disabled={running} />
+      </section>
       <section className="output">
         <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
         {result && !running && (
@@ -286,6 +339,11 @@ export function App() {
             LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
             {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
             {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
+          </p>
+        )}
+        {result && !running && result.report.boxes.length > 0 && (
+          <p className="hint" data-testid="result-boxes">
+            Attention in box: {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}%`).join(', ')}
           </p>
         )}
         {result && !running && result.report.loras.length > 0 && (

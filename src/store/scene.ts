@@ -113,6 +113,7 @@ export function createSceneStore(storage?: Pick<Storage, 'getItem' | 'setItem'>,
       },
       setFrame: (width, height) => {
         const { scene } = get();
+        if (scene.width === width && scene.height === height) return;
         const fitted = fitToFrame(scene.boxes, scene, { width, height });
         edit({ ...scene, width, height, boxes: scene.boxes.map((b, i) => ({ ...b, ...fitted[i] })) });
       },

@@ -122,11 +122,13 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // without injection, box LoRAs join the frame's LoRAs and box prompts the global prompt
   const globalCount = layout && !injected ? next : loraCount;
   const prompt = layout && !injected ? [job.prompt, ...boxes.map((b) => b.prompt)].filter((t) => t.trim()).join(', ') : job.prompt;
-  const options = resolveComposition(job.composition, job.steps, globalCount);
+  // a layout whose LoRAs are all in boxes still merges them (into their regions) by default
+  const options = resolveComposition(job.composition ?? (boxLoras.flat().length ? { method: 'merge' } : undefined), job.steps, globalCount);
   const method = METHODS[options.method];
   const all = Array.from({ length: options.method === 'none' ? 0 : globalCount }, (_, i) => i);
   const count = all.length;
   if (options.method === 'none' && globalCount) warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
+  // prompt only means no LoRA anywhere; otherwise a region adds its box's LoRAs to the frame's
   const regionLoras = (n: number) => (injected && options.method !== 'none' ? [...all, ...boxLoras[n]] : all);
   const mergeMs: number[] = [];
   const merge = async (loras: number[], component: 'unet' | 'textEncoder') => {

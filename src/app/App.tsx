@@ -343,7 +343,7 @@ export function App() {
         )}
         {result && !running && result.report.boxes.length > 0 && (
           <p className="hint" data-testid="result-boxes">
-            Attention in box: {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}%`).join(', ')}
+            Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
           </p>
         )}
         {result && !running && result.report.loras.length > 0 && (

@@ -68,7 +68,7 @@ test('make-test-model, inspect and generate write what they promise', () => {
   assert.equal(sc.code, 0, sc.err.join('\n'));
   const rs = JSON.parse(readFileSync(report, 'utf8'));
   assert.deepEqual(rs.boxes.map((b: { name: string }) => b.name), ['fox', 'owl']);
-  for (const b of rs.boxes) assert.ok(b.attentionInBox > 0 && b.attentionInBox < 1 && b.window, JSON.stringify(b));
+  for (const b of rs.boxes) assert.ok(b.attentionInBox > 0 && b.attentionInBox <= 1 && b.attentionInBoxUnmasked > 0 && b.attentionInBoxUnmasked < 1 && b.window, JSON.stringify(b));
   assert.deepEqual(rs.loras.map((l: { name: string }) => l.name), ['locon.safetensors', 'kohya.safetensors', 'loha.safetensors']);
   assert.equal(rs.unetEvaluations, 5, 'four steps and the re-initialisation probe');
   const scene = JSON.parse(readFileSync(join(dir, 'scene.json'), 'utf8'));

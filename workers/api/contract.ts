@@ -49,8 +49,17 @@ export interface LayoutOptions {
 
 export interface BoxReport {
   name: string;
-  /** Share (0 to 1) of the box prompt's cross-attention mass (content tokens) inside the box, at the last step. */
+  /**
+   * Share (0 to 1) of the cross-attention mass the image gave the box prompt's content tokens that
+   * fell inside the box, at the last step: with region injection, its region's maps under the region
+   * weights; without, its tokens in the joined global prompt. Low means the concept leaks or vanishes.
+   */
   attentionInBox: number;
+  /**
+   * The same share from the box prompt's maps with nothing masked: where its tokens would draw
+   * attention if every cell could see them. The concept-enhancement guidance raises this one.
+   */
+  attentionInBoxUnmasked: number;
   /** Latent re-initialisation: the top-left latent cell of the window moved into the box. */
   window: { row: number; col: number } | null;
 }

@@ -12,8 +12,9 @@ import { METHODS } from '../composition/methods.ts';
 import { resolveComposition, type Partition } from '../composition/plan.ts';
 import { DdimScheduler } from '../schedulers/ddim.ts';
 import { unetMapOutputName } from '../graph/unet.ts';
-import { conceptMap, layoutFeeds, layoutGraphOptions, layoutMasks, shareInside } from '../layout/regional.ts';
+import { appendedTokens, conceptMap, contentTokens, layoutFeeds, layoutGraphOptions, layoutMasks, shareInside, type TokenRange } from '../layout/regional.ts';
 import { cellBox, reinitLatent } from '../layout/reinit.ts';
+import { regionWeights } from '../layout/masks.ts';
 import { createScheduler } from '../schedulers/registry.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
@@ -155,6 +156,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // and values (they do not depend on the latent, so once per image)
   let layoutTensors: Record<string, OrtNs.Tensor> = {};
   const boxTokens: number[] = [];
+  const appendedBoxTokens: TokenRange[] = [];
   const masks = layout ? layoutMasks(config.unet, layout, job.width, job.height) : undefined;
   const graph = layout ? layoutGraphOptions(config.unet, lh, lw, layout) : undefined;
   if (layout) {
@@ -165,6 +167,13 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
       const e = await encode(box.prompt, `prompt of box "${box.name}"`);
       boxContexts.push(e.data);
       boxTokens.push(e.tokenCount);
+    }
+    // without injection: where each box prompt sits in the joined prompt (the same parts as `prompt`)
+    const joined = [job.prompt, ...boxes.map((b) => b.prompt)].map((text, i) => ({ text, i })).filter((p) => p.text.trim());
+    const counts = joined.map((p) => parts.tokenizer.encode(p.text).tokenCount);
+    for (const n of boxes.keys()) {
+      const at = joined.findIndex((p) => p.i === n + 1);
+      appendedBoxTokens.push(at < 0 ? { first: 1, end: 1 } : appendedTokens(counts, at, textLen));
     }
     await merge(all, 'unet');
     const kv = [await parts.crossKV(cond)];
@@ -253,9 +262,15 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
   // 4b. latent re-initialisation: a probe step locates each concept; its window moves into its box
   const windows: ({ row: number; col: number } | null)[] = boxes.map(() => null);
-  const conceptMaps = (n: number) => {
-    const maps = graph!.mapLayers.map((l) => lastOutputs![unetMapOutputName(l)].data as Float32Array);
-    return conceptMap(maps, n + 1, boxes.length + 1, lh * lw, textLen, boxTokens[n]);
+  // where each box prompt draws attention with nothing confining it (region n + 1's own map) ...
+  const maps = () => graph!.mapLayers.map((l) => lastOutputs![unetMapOutputName(l)].data as Float32Array);
+  const conceptMaps = (n: number) => conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen));
+  // ... and the attention the image actually gave it: its region's map under the region weights
+  // with injection, or its tokens inside the joined global prompt without
+  const usedMaps = (n: number) => {
+    const m = masks!.get(`${lh}x${lw}`)!;
+    if (injected) return conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen), regionWeights(m).subarray((n + 1) * lh * lw, (n + 2) * lh * lw));
+    return conceptMap(maps(), 0, boxes.length + 1, lh * lw, textLen, appendedBoxTokens[n]);
   };
   if (layout?.reinit) {
     await predict(all, scheduler.scaleModelInput(latent, 0), scheduler.timesteps[0]);
@@ -355,7 +370,12 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     unetEvaluations: { profile: profileEvaluations, denoise: unetEvaluations - profileEvaluations },
   };
   const latentMasks = masks?.get(`${lh}x${lw}`);
-  const boxReports = boxes.map((b, n) => ({ name: b.name, attentionInBox: shareInside(conceptMaps(n), latentMasks!.boxes[n]), window: windows[n] }));
+  const boxReports = boxes.map((b, n) => ({
+    name: b.name,
+    attentionInBox: shareInside(usedMaps(n), latentMasks!.boxes[n]),
+    attentionInBoxUnmasked: shareInside(conceptMaps(n), latentMasks!.boxes[n]),
+    window: windows[n],
+  }));
   return { image, unetEvaluations, mergeMs, composition, boxes: boxReports, timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
 }
 

@@ -74,21 +74,50 @@ export function layoutFeeds(
   return feeds;
 }
 
+/** Token positions [first, end) of a prompt's content inside a 77-token context. */
+export interface TokenRange {
+  first: number;
+  end: number;
+}
+
+/** The content tokens of a prompt encoded alone: after the start token, before the end token. */
+export function contentTokens(tokenCount: number, textLen: number): TokenRange {
+  return { first: 1, end: Math.max(2, Math.min(textLen - 1, tokenCount - 1)) };
+}
+
 /**
- * A box prompt's attention per latent cell: its content tokens (after the start token, before the
- * end token) summed, from maps [batch, R, cells, textLen] averaged over the given layers, taking the
- * last (conditional) batch entry.
+ * A prompt's attention per latent cell: its tokens summed, from one region's maps (every map is
+ * [batch, R, cells, textLen]) averaged over the given layers, taking the last (conditional) batch
+ * entry. With `weights` (that region's row of the region weights, one per cell) it is the attention
+ * the image actually used: zero where the region is masked out. Without, it is where the prompt
+ * would draw attention if nothing confined it.
  */
-export function conceptMap(maps: Float32Array[], region: number, regions: number, cells: number, textLen: number, tokenCount: number): Float64Array {
-  const first = 1;
-  const last = Math.max(first + 1, Math.min(textLen, tokenCount - 1));
+export function conceptMap(maps: Float32Array[], region: number, regions: number, cells: number, textLen: number, tokens: TokenRange, weights?: ArrayLike<number>): Float64Array {
   const out = new Float64Array(cells);
   for (const m of maps) {
     const batch = m.length / (regions * cells * textLen);
     const base = ((batch - 1) * regions + region) * cells * textLen;
-    for (let q = 0; q < cells; q++) for (let t = first; t < last; t++) out[q] += m[base + q * textLen + t] / maps.length;
+    for (let q = 0; q < cells; q++) {
+      const w = weights ? weights[q] : 1;
+      if (!w) continue;
+      let s = 0;
+      for (let t = tokens.first; t < tokens.end; t++) s += m[base + q * textLen + t];
+      out[q] += (w * s) / maps.length;
+    }
   }
   return out;
+}
+
+/**
+ * Without region injection the box prompts are appended to the global prompt, joined by ", ": the
+ * positions of box n's tokens in that joined prompt, from the token counts (start and end included)
+ * of each part encoded alone and of the joining comma. Parts that do not fit in the context are cut.
+ */
+export function appendedTokens(partCounts: number[], part: number, textLen: number): TokenRange {
+  let first = 1;
+  for (let i = 0; i < part; i++) first += partCounts[i] - 2 + 1; // the part's content, then the comma
+  const end = Math.min(textLen - 1, first + partCounts[part] - 2);
+  return { first: Math.min(first, end), end };
 }
 
 /** The share of a map's mass that lies in the mask. */

@@ -67,8 +67,72 @@ export async function encodePng(
   }
   const parts = [new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr)];
   for (const [k, val] of Object.entries(text)) {
-    parts.push(chunk('tEXt', new TextEncoder().encode(`${k}\0${val}`)));
+    if (!/^[\x20-\x7e]{1,79}$/.test(k)) throw new Error(`PNG text keys are 1 to 79 printable ASCII characters; got ${JSON.stringify(k)}`);
+    // tEXt is Latin-1; anything beyond ASCII goes in an (uncompressed) UTF-8 iTXt chunk
+    if (/^[\x00-\x7f]*$/.test(val)) parts.push(chunk('tEXt', new TextEncoder().encode(`${k}\0${val}`)));
+    else parts.push(chunk('iTXt', new TextEncoder().encode(`${k}\0\0\0\0\0${val}`)));
   }
   parts.push(chunk('IDAT', await deflate(raw)), chunk('IEND', new Uint8Array(0)));
   return concatBytes(parts);
+}
+
+export class PngError extends Error {
+  constructor(problem: string) {
+    super(`This PNG cannot be read: ${problem}.`);
+    this.name = 'PngError';
+  }
+}
+
+const SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+
+/**
+ * The text chunks of a PNG (tEXt, and uncompressed iTXt), checked: the signature, every chunk's
+ * length against the file and its CRC. Only text chunks up to `maxText` bytes are decoded; image data
+ * is skipped, never inflated. Compressed text (zTXt, compressed iTXt) is ignored.
+ */
+export function readPngText(bytes: Uint8Array, maxText = 1 << 20): Record<string, string> {
+  if (bytes.length < 8 || SIGNATURE.some((b, i) => bytes[i] !== b)) throw new PngError('it is not a PNG file');
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: Record<string, string> = {};
+  const latin1 = new TextDecoder('latin1');
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  let at = 8;
+  let sawEnd = false;
+  while (at < bytes.length) {
+    if (at + 12 > bytes.length) throw new PngError('it is cut short inside a chunk header');
+    const length = view.getUint32(at);
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    if (!/^[A-Za-z]{4}$/.test(type)) throw new PngError(`chunk type ${JSON.stringify(type)} at byte ${at} is damaged`);
+    if (length > bytes.length - at - 12) throw new PngError(`its ${type} chunk claims ${length} bytes, past the end of the file`);
+    const body = bytes.subarray(at + 8, at + 8 + length);
+    const isText = type === 'tEXt' || type === 'iTXt';
+    if (isText || type === 'IHDR' || type === 'IEND') {
+      const crc = (crc32(bytes.subarray(at + 4, at + 8 + length)) ^ 0xffffffff) >>> 0;
+      if (crc !== view.getUint32(at + 8 + length)) throw new PngError(`its ${type} chunk is damaged (checksum mismatch)`);
+    }
+    if (isText && length <= maxText) {
+      const nul = body.indexOf(0);
+      if (nul < 1 || nul > 79) throw new PngError(`a ${type} chunk has no valid keyword`);
+      const key = latin1.decode(body.subarray(0, nul));
+      if (type === 'tEXt') out[key] = latin1.decode(body.subarray(nul + 1));
+      else if (body[nul + 1] === 0) {
+        // iTXt: compression flag, method, language tag\0, translated keyword\0, then UTF-8 text
+        const lang = body.indexOf(0, nul + 3);
+        const translated = lang < 0 ? -1 : body.indexOf(0, lang + 1);
+        if (translated < 0) throw new PngError('an iTXt chunk is damaged');
+        try {
+          out[key] = utf8.decode(body.subarray(translated + 1));
+        } catch {
+          throw new PngError('an iTXt chunk is not valid UTF-8');
+        }
+      }
+    }
+    at += 12 + length;
+    if (type === 'IEND') {
+      sawEnd = true;
+      break;
+    }
+  }
+  if (!sawEnd) throw new PngError('it is cut short (no end chunk)');
+  return out;
 }

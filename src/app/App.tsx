@@ -1,18 +1,17 @@
-// The minimal studio page: model picker, prompts, sampling settings, Generate/Cancel, progress with
-// a live latent preview, and the result with a PNG download. The engine runs in a worker.
+// The studio page: the model and LoRA library on the left, the layout canvas with the live preview
+// and result in the middle, prompts, sampling, method and the per-step plots on the right, and the
+// gallery below. Files dropped anywhere are imported (models, LoRAs) or opened (studio PNGs).
 import { useEffect, useRef } from 'react';
-import type { CompositionMethodId, GenerateJob, GenerationReport, ImageData8, ProgressEvent, SchedulerId } from '../../workers/api/contract.ts';
-import { encodePng } from '../../workers/engine/png.ts';
-import { startEngine, type EngineClient } from '../engine/client.ts';
-import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
-import { LoraPanel, type LoraActions } from '../panels/LoraPanel.tsx';
-import { BoxPanel } from '../panels/BoxPanel.tsx';
+import { useStore } from 'zustand';
+import type { CompositionMethodId, GenerateJob, GenerationReport, ImageData8, SchedulerId } from '../../workers/api/contract.ts';
 import { LayoutCanvas } from '../canvas/LayoutCanvas.tsx';
-import { createSceneStore } from '../store/scene.ts';
-import type { LayoutOptions } from '../../workers/api/contract.ts';
-import { activeLoras, useStudio, type LoraEntry } from '../store/studio.ts';
-import type { ModelRequest } from '../../workers/api/contract.ts';
-import * as Comlink from 'comlink';
+import { BoxPanel } from '../panels/BoxPanel.tsx';
+import { GalleryPanel } from '../panels/GalleryPanel.tsx';
+import { LibraryPanel } from '../panels/LibraryPanel.tsx';
+import { LoraPanel } from '../panels/LoraPanel.tsx';
+import { StepPlots } from '../panels/Plots.tsx';
+import { useStudio } from '../store/studio.ts';
+import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
 
 const SCHEDULERS: [SchedulerId, string][] = [
   ['dpmpp-2m', 'DPM++ 2M'],
@@ -53,57 +52,14 @@ function ImageCanvas({ image, label, testId }: { image?: ImageData8; label: stri
   return <canvas ref={ref} className="image" aria-label={label} data-testid={testId} hidden={!image} />;
 }
 
-let client: EngineClient | undefined;
-
-/** The worker's API, starting the worker on first use (and again after a lost device). */
-function engine() {
-  client ??= startEngine();
-  return client.api;
+function NumberField({ label, value, onChange, min, max, step = 1, testId }: { label: string; value: number; onChange: (v: number) => void; min: number; max: number; step?: number; testId: string }) {
+  return (
+    <label>
+      {label}
+      <input type="number" value={value} min={min} max={max} step={step} data-testid={testId} onChange={(e) => onChange(Number(e.target.value))} />
+    </label>
+  );
 }
-
-async function loadModel(req: ModelRequest, label: string) {
-  const { set } = useStudio.getState();
-  set({ status: { kind: 'loading', done: 0, total: 1, label }, notice: undefined });
-  try {
-    const model = await engine().loadModel(req, Comlink.proxy((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } })));
-    set({ model, status: { kind: 'ready' } });
-    // LoRAs belong to a model: load the artist's list again for this one.
-    for (const l of useStudio.getState().loras) void loadLora(l);
-  } catch (e) {
-    set({ status: { kind: 'error', message: (e as Error).message } });
-  }
-}
-
-let loraKey = 0;
-
-async function loadLora(entry: LoraEntry) {
-  const { updateLora } = useStudio.getState();
-  updateLora(entry.key, { info: undefined, error: undefined });
-  try {
-    updateLora(entry.key, { info: await engine().loadLora(entry.file) });
-  } catch (e) {
-    updateLora(entry.key, { error: (e as Error).message, enabled: false });
-  }
-}
-
-const loraActions: LoraActions = {
-  add(files) {
-    const { loras, set } = useStudio.getState();
-    const added: LoraEntry[] = files.map((f) => ({ key: ++loraKey, file: { kind: 'blob', name: f.name, blob: f }, scale: 1, enabled: true }));
-    set({ loras: [...loras, ...added] });
-    // one after another: the worker loads one file at a time anyway
-    void added.reduce((p, l) => p.then(() => loadLora(l)), Promise.resolve());
-  },
-  remove(entry) {
-    const { loras, set } = useStudio.getState();
-    set({ loras: loras.filter((l) => l.key !== entry.key) });
-    if (entry.info) void client?.api.unloadLora(entry.info.id);
-  },
-  addTag(tag) {
-    const { job, setJob } = useStudio.getState();
-    if (!job.prompt.includes(tag)) setJob({ prompt: job.prompt ? `${job.prompt}, ${tag}` : tag });
-  },
-};
 
 async function runSelfTest() {
   const { set } = useStudio.getState();
@@ -116,92 +72,11 @@ async function runSelfTest() {
   }
 }
 
-/** The layout the canvas holds, as the engine's job part; its LoRAs found among the loaded ones by name. */
-export const sceneStore = createSceneStore(typeof localStorage === 'undefined' ? undefined : localStorage);
-
-function jobLayout(): LayoutOptions | undefined {
-  const { scene } = sceneStore.getState();
-  if (!scene.boxes.length) return undefined;
-  const loaded = useStudio.getState().loras.filter((l) => l.info);
-  return {
-    boxes: scene.boxes.map((b) => ({
-      name: b.name,
-      x: b.x,
-      y: b.y,
-      width: b.width,
-      height: b.height,
-      prompt: b.prompt,
-      loras: b.loras.map((l) => {
-        const entry = loaded.find((x) => x.info!.name === l.name);
-        if (!entry) throw new Error(`Box "${b.name}" uses the LoRA "${l.name}", which is not loaded; add it or remove it from the box.`);
-        return { lora: entry.info!.id, scale: l.scale };
-      }),
-    })),
-    ...scene.ablation,
-  };
-}
-
-async function generate() {
-  const { job: settings, loras, set } = useStudio.getState();
-  let layout: LayoutOptions | undefined;
-  try {
-    layout = jobLayout();
-  } catch (e) {
-    set({ status: { kind: 'error', message: (e as Error).message } });
-    return;
-  }
-  const job = { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
-  if (!client) return;
-  set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined });
-  localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
-  try {
-    const result = await client.api.generate(
-      job,
-      Comlink.proxy((p: ProgressEvent) => {
-        const cur = useStudio.getState().status;
-        if (cur.kind === 'cancelling') return;
-        set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, ...(p.preview ? { preview: p.preview } : {}) });
-      }),
-    );
-    set({ result, status: { kind: 'ready' }, notice: result.report.warnings.join(' ') || undefined });
-  } catch (e) {
-    const err = e as Error & { code?: string };
-    if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: 'Cancelled.' });
-    else if (err.code === 'device-lost') {
-      client?.terminate();
-      client = undefined;
-      set({ status: { kind: 'error', message: `${err.message} Reload the model to continue.` } });
-    } else set({ status: { kind: 'error', message: err.message } });
-  }
-}
-
-async function downloadPng() {
-  const r = useStudio.getState().result;
-  if (!r) return;
-  const png = await encodePng(r.image.data, r.image.width, r.image.height, { 'lorastudio.report': JSON.stringify(r.report) });
-  const url = URL.createObjectURL(new Blob([png as BlobPart], { type: 'image/png' }));
-  const a = document.createElement('a');
-  a.href = url;
-  a.download = `lora-studio-${r.report.seed}.png`;
-  a.click();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
-}
-
-function NumberField({ label, value, onChange, min, max, step = 1, testId }: { label: string; value: number; onChange: (v: number) => void; min: number; max: number; step?: number; testId: string }) {
-  return (
-    <label>
-      {label}
-      <input type="number" value={value} min={min} max={max} step={step} data-testid={testId} onChange={(e) => onChange(Number(e.target.value))} />
-    </label>
-  );
-}
-
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, selfTest } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, selfTest, runSteps, loras, missing, shareUrl } = useStudio();
+  const saveError = useStore(sceneStore, (s) => s.saveError);
   useEffect(() => {
-    testModelRequest()
-      .then((req) => loadModel(req, 'tiny test model'))
-      .catch((e) => useStudio.getState().set({ status: { kind: 'error', message: `The embedded test model could not be read: ${(e as Error).message}` } }));
+    void startStudio();
   }, []);
   const running = status.kind === 'running' || status.kind === 'cancelling';
   const set = (patch: Partial<GenerateJob>) => setJob(patch);
@@ -211,37 +86,102 @@ export function App() {
     const ok = (v: number) => Number.isInteger(v) && v >= 64 && v <= 2048 && v % 64 === 0;
     if (ok(width) && ok(height)) sceneStore.getState().setFrame(width, height);
   };
-  useEffect(() => {
-    const { scene } = sceneStore.getState();
-    if (scene.boxes.length) setJob({ width: scene.width, height: scene.height });
-    else sceneStore.getState().setFrame(useStudio.getState().job.width, useStudio.getState().job.height);
-  }, [setJob]);
-  const onFiles = async (list: FileList | null) => {
-    if (!list?.length) return;
-    try {
-      await loadModel(await requestFromFiles([...list]), list[0].name);
-    } catch (e) {
-      useStudio.getState().set({ status: { kind: 'error', message: (e as Error).message } });
-    }
-  };
-  const progress = status.kind === 'running' ? status.step / status.total : status.kind === 'loading' ? status.done / Math.max(status.total, 1) : 0;
+  const bar = status.kind === 'running' ? status.step / status.total : status.kind === 'loading' ? status.done / Math.max(status.total, 1) : 0;
+  // the plots follow the running job step by step, then show the result's
+  const liveSteps = running ? runSteps : (result?.report.composition.steps ?? []);
+  const liveLoras = running ? loras.filter((l) => l.enabled && l.info).map((l) => l.file.name) : (result?.report.composition.loras ?? []);
   return (
-    <main>
+    <main
+      onDragOver={(e) => {
+        if (e.dataTransfer.types.includes('Files')) e.preventDefault();
+      }}
+      onDrop={(e) => {
+        if (!e.dataTransfer.files.length) return;
+        e.preventDefault();
+        void dropFiles([...e.dataTransfer.files]);
+      }}
+    >
       <header>
         <h1>LoRA Studio</h1>
         <span className="model" data-testid="model-name">
           {model ? `${model.name} (${model.layout}, ${model.precision}${model.isTestModel ? ', test model: random weights, images are noise patterns' : ''})` : 'no model'}
         </span>
+        <span className="spacer" />
+        <label className="open-png">
+          Open a studio PNG
+          <input type="file" accept="image/png" data-testid="open-png" onChange={(e) => void dropFiles([...(e.target.files ?? [])])} />
+        </label>
+        <button data-testid="share" onClick={() => void shareLink()}>
+          Share link
+        </button>
+        {shareUrl && <input className="share-url" readOnly value={shareUrl} data-testid="share-url" onFocus={(e) => e.target.select()} />}
       </header>
-      <section className="controls">
-        <label>
-          Checkpoint (.safetensors)
-          <input type="file" accept=".safetensors" data-testid="model-file" disabled={running} onChange={(e) => onFiles(e.target.files)} />
-        </label>
-        <label>
-          or a diffusers folder
-          <input type="file" data-testid="model-folder" disabled={running} {...{ webkitdirectory: '' }} onChange={(e) => onFiles(e.target.files)} />
-        </label>
+      <aside className="left">
+        <LibraryPanel disabled={running} />
+        <LoraPanel disabled={running || !model} />
+      </aside>
+      <section className="center">
+        <div className="stage">
+          <LayoutCanvas store={sceneStore} disabled={running} />
+          <div className="frame" style={{ aspectRatio: `${job.width} / ${job.height}` }}>
+            <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
+          </div>
+        </div>
+        {missing.length > 0 && (
+          <div className="error" role="alert" data-testid="missing-loras">
+            This scene uses LoRAs that are not in your library:
+            <ul>
+              {missing.map((l) => (
+                <li key={l.name}>
+                  {l.name}
+                  {l.url ? (
+                    <>
+                      {' '}
+                      from{' '}
+                      <a href={l.url} target="_blank" rel="noreferrer noopener">
+                        {l.url}
+                      </a>
+                    </>
+                  ) : l.fingerprint ? (
+                    ` (fingerprint ${l.fingerprint})`
+                  ) : (
+                    ''
+                  )}
+                </li>
+              ))}
+            </ul>
+            Add them (drop the files here) and they are used.
+          </div>
+        )}
+        {result && !running && (
+          <p className="hint" data-testid="result-line">
+            {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
+            {result.report.adapter.architecture}{' '}
+            <button data-testid="download-png" onClick={() => void downloadPng(result.scene, result.report)}>
+              Download PNG
+            </button>
+          </p>
+        )}
+        {result && !running && result.report.loras.length > 0 && (
+          <p className="hint" data-testid="result-loras">
+            LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
+            {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
+            {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
+          </p>
+        )}
+        {result && !running && result.report.boxes.length > 0 && (
+          <p className="hint" data-testid="result-boxes">
+            Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
+          </p>
+        )}
+        {result && !running && result.report.loras.length > 0 && (
+          <p className="hint" data-testid="result-composition">
+            {compositionSummary(result.report)}
+          </p>
+        )}
+        <BoxPanel store={sceneStore} disabled={running} />
+      </section>
+      <aside className="right controls">
         <label>
           Prompt
           <textarea value={job.prompt} data-testid="prompt" onChange={(e) => set({ prompt: e.target.value })} rows={3} />
@@ -269,39 +209,25 @@ export function App() {
             </select>
           </label>
         </div>
+        <label>
+          LoRA method
+          <select value={job.composition?.method ?? 'merge'} data-testid="method" onChange={(e) => set({ composition: { ...job.composition, method: e.target.value as CompositionMethodId } })}>
+            {METHODS.map(([id, label]) => (
+              <option key={id} value={id}>
+                {label}
+              </option>
+            ))}
+          </select>
+        </label>
         <div className="row">
-          <label>
-            LoRA method
-            <select
-              value={job.composition?.method ?? 'merge'}
-              data-testid="method"
-              onChange={(e) => set({ composition: { method: e.target.value as CompositionMethodId } })}
-            >
-              {METHODS.map(([id, label]) => (
-                <option key={id} value={id}>
-                  {label}
-                </option>
-              ))}
-            </select>
-          </label>
-        </div>
-        <div className="row">
-          <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={generate}>
+          <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
             Generate
           </button>
-          <button
-            data-testid="cancel"
-            disabled={!running}
-            onClick={() => {
-              useStudio.getState().set({ status: { kind: 'cancelling' } });
-              void client?.api.cancel();
-            }}
-          >
+          <button data-testid="cancel" disabled={!running} onClick={cancel}>
             Cancel
           </button>
         </div>
-        <LoraPanel actions={loraActions} disabled={running || !model} />
-        <progress max={1} value={progress} data-testid="progress" />
+        <progress max={1} value={bar} data-testid="progress" />
         <p className="status" data-testid="status" role="status">
           {status.kind === 'loading' && `Loading ${status.label}: ${status.done}/${status.total} tensors`}
           {status.kind === 'running' && `${status.phase} ${status.step}/${status.total}`}
@@ -314,6 +240,12 @@ export function App() {
             {status.message}
           </p>
         )}
+        {saveError && (
+          <p className="error" role="alert" data-testid="save-error">
+            {saveError}
+          </p>
+        )}
+        <div className="plot-area">{liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}</div>
         <details className="hint">
           <summary>Diagnostics</summary>
           <button data-testid="self-test" onClick={runSelfTest} disabled={running}>
@@ -321,36 +253,10 @@ export function App() {
           </button>
           <p data-testid="self-test-result">{selfTest}</p>
         </details>
-      </section>
-      <section className="layout">
-        <LayoutCanvas store={sceneStore} disabled={running} />
-        <BoxPanel store={sceneStore} disabled={running} />
-      </section>
-      <section className="output">
-        <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
-        {result && !running && (
-          <p>
-            {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
-            {result.report.adapter.architecture} <button onClick={downloadPng}>Download PNG</button>
-          </p>
-        )}
-        {result && !running && result.report.loras.length > 0 && (
-          <p className="hint" data-testid="result-loras">
-            LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
-            {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
-            {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
-          </p>
-        )}
-        {result && !running && result.report.boxes.length > 0 && (
-          <p className="hint" data-testid="result-boxes">
-            Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
-          </p>
-        )}
-        {result && !running && result.report.loras.length > 0 && (
-          <p className="hint" data-testid="result-composition">
-            {compositionSummary(result.report)}
-          </p>
-        )}
+      </aside>
+      <section className="gallery-section">
+        <h2>Gallery</h2>
+        <GalleryPanel />
       </section>
     </main>
   );

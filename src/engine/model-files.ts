@@ -33,25 +33,32 @@ async function clipTokenizer(): Promise<ModelRequest['tokenizer']> {
 }
 
 /** From an <input type=file> selection: one .safetensors, or a whole diffusers folder. */
-export async function requestFromFiles(files: File[]): Promise<ModelRequest> {
-  const byPath = (suffix: string) => files.find((f) => (f.webkitRelativePath || f.name).endsWith(suffix));
-  const unet = byPath('unet/diffusion_pytorch_model.safetensors');
+export function requestFromFiles(files: File[]): Promise<ModelRequest> {
+  return requestFromEntries(files.map((f) => ({ path: f.webkitRelativePath || f.name, blob: f })));
+}
+
+/** From files with their paths (a picked folder, or a model stored in the library). */
+export async function requestFromEntries(files: { path: string; blob: Blob }[]): Promise<ModelRequest> {
+  const byPath = (suffix: string) => files.find((f) => f.path === suffix || f.path.endsWith(`/${suffix}`));
+  const part = (...names: string[]) => names.map(byPath).find(Boolean);
+  const unet = part('unet/diffusion_pytorch_model.safetensors', 'unet/diffusion_pytorch_model.fp16.safetensors');
   if (unet) {
-    const te = byPath('text_encoder/model.safetensors');
-    const vae = byPath('vae/diffusion_pytorch_model.safetensors');
+    const te = part('text_encoder/model.safetensors', 'text_encoder/model.fp16.safetensors');
+    const vae = part('vae/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.fp16.safetensors');
     const vocab = byPath('tokenizer/vocab.json');
     const merges = byPath('tokenizer/merges.txt');
     if (!te || !vae) throw new Error('This diffusers folder is incomplete: it needs text_encoder/model.safetensors and vae/diffusion_pytorch_model.safetensors.');
-    const blob = (f: File) => ({ kind: 'blob' as const, name: f.webkitRelativePath || f.name, blob: f });
-    const tokenizer = vocab && merges ? { vocabJson: await vocab.text(), mergesTxt: await merges.text() } : await clipTokenizer();
+    const blob = (f: { path: string; blob: Blob }) => ({ kind: 'blob' as const, name: f.path, blob: f.blob });
+    const tokenizer = vocab && merges ? { vocabJson: await vocab.blob.text(), mergesTxt: await merges.blob.text() } : await clipTokenizer();
     return { unet: blob(unet), textEncoder: blob(te), vae: blob(vae), tokenizer };
   }
-  const single = files.find((f) => f.name.endsWith('.safetensors'));
+  const single = files.find((f) => f.path.endsWith('.safetensors'));
   if (!single) throw new Error('Choose a .safetensors checkpoint (or a diffusers folder). Other formats such as .ckpt are not read, because they can run code.');
+  const name = single.path.split('/').pop()!;
   // Read the header here first (a few KB): a wrong or broken file is reported before any download,
   // and our generated test model is recognised by its metadata and gets its own small vocabulary.
-  const ckpt = await ModelCheckpoint.open({ single: new BlobSource(single.name, single) });
+  const ckpt = await ModelCheckpoint.open({ single: new BlobSource(name, single.blob) });
   const isTest = CONFIG_METADATA_KEY in ckpt.fileOf('unet').metadata;
   const tokenizer = isTest ? (await testModelRequest()).tokenizer : await clipTokenizer();
-  return { single: { kind: 'blob', name: single.name, blob: single }, tokenizer };
+  return { single: { kind: 'blob', name, blob: single.blob }, tokenizer };
 }

@@ -2,12 +2,13 @@
 // on or off, see what the file says about itself (base model, rank, training tags) and which of its
 // layers did not fit the model.
 import type { LoraInfo } from '../../workers/api/contract.ts';
-import { useStudio, type LoraEntry } from '../store/studio.ts';
+import { addLoraFiles, addTag, removeLora, setLoraCategory } from '../app/actions.ts';
+import { LORA_CATEGORIES, type LoraCategory } from '../library/library.ts';
+import { useStudio } from '../store/studio.ts';
 
-export interface LoraActions {
-  add(files: File[]): void;
-  remove(entry: LoraEntry): void;
-  addTag(tag: string): void;
+/** A base model the file names that is not SD 1.x: flagged on import (its layers will not match). */
+export function foreignBase(base: string | undefined): boolean {
+  return !!base && /sdxl|xl|sd3|sd 3|flux|pony|2\.0|2\.1|v2|cascade|pixart|hunyuan|kolors|aura/i.test(base) && !/(^|[^\d])1\.[45]/.test(base);
 }
 
 function describe(info: LoraInfo): string {
@@ -16,11 +17,12 @@ function describe(info: LoraInfo): string {
   return parts.join(' · ');
 }
 
-export function LoraPanel({ actions, disabled }: { actions: LoraActions; disabled: boolean }) {
+export function LoraPanel({ disabled }: { disabled: boolean }) {
   const { loras, updateLora } = useStudio();
   return (
     <fieldset className="loras" data-testid="loras">
       <legend>LoRAs</legend>
+      <p className="hint">Kept in this browser's storage; drop .safetensors files anywhere on the page.</p>
       <label>
         Add LoRA (.safetensors)
         <input
@@ -30,7 +32,7 @@ export function LoraPanel({ actions, disabled }: { actions: LoraActions; disable
           data-testid="lora-file"
           disabled={disabled}
           onChange={(e) => {
-            actions.add([...(e.target.files ?? [])]);
+            void addLoraFiles([...(e.target.files ?? [])]);
             e.target.value = '';
           }}
         />
@@ -38,11 +40,12 @@ export function LoraPanel({ actions, disabled }: { actions: LoraActions; disable
       {loras.map((l, i) => (
         <div className="lora" key={l.key} data-testid={`lora-${i}`}>
           <div className="row">
+            {l.record.thumbnail && <img className="thumb" src={l.record.thumbnail} alt="" width={32} height={32} />}
             <label className="inline">
               <input type="checkbox" checked={l.enabled} disabled={!l.info} data-testid={`lora-enabled-${i}`} onChange={(e) => updateLora(l.key, { enabled: e.target.checked })} />
               {l.file.name}
             </label>
-            <button className="small" data-testid={`lora-remove-${i}`} disabled={disabled} onClick={() => actions.remove(l)} aria-label={`remove ${l.file.name}`}>
+            <button className="small" data-testid={`lora-remove-${i}`} disabled={disabled} onClick={() => void removeLora(l)} aria-label={`remove ${l.file.name}`}>
               ✕
             </button>
           </div>
@@ -51,7 +54,20 @@ export function LoraPanel({ actions, disabled }: { actions: LoraActions; disable
               {l.error}
             </p>
           )}
-          {!l.info && !l.error && <p className="hint">Loading…</p>}
+          {!l.info && !l.error && <p className="hint">{useStudio.getState().model ? 'Loading…' : 'Waiting for a model.'}</p>}
+          <label className="inline hint">
+            Category
+            <select value={l.record.category} data-testid={`lora-category-${i}`} onChange={(e) => void setLoraCategory(l, e.target.value as LoraCategory)}>
+              {LORA_CATEGORIES.map((c) => (
+                <option key={c}>{c}</option>
+              ))}
+            </select>
+          </label>
+          {l.info && foreignBase(l.info.metadata.baseModel) && (
+            <p className="error" data-testid={`lora-foreign-${i}`}>
+              Made for {l.info.metadata.baseModel}, not Stable Diffusion 1.5: expect few layers to fit and a poor result.
+            </p>
+          )}
           {l.info && (
             <>
               <div className="row">
@@ -64,7 +80,7 @@ export function LoraPanel({ actions, disabled }: { actions: LoraActions; disable
               {l.info.metadata.tags.length > 0 && (
                 <p className="tags">
                   {l.info.metadata.tags.slice(0, 8).map((t) => (
-                    <button key={t.tag} className="tag" title={`${t.count} training images; click to add to the prompt`} onClick={() => actions.addTag(t.tag)}>
+                    <button key={t.tag} className="tag" title={`${t.count} training images; click to add to the prompt`} onClick={() => addTag(t.tag)}>
                       {t.tag}
                     </button>
                   ))}

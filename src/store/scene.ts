@@ -44,10 +44,20 @@ export interface SceneState {
   reorder(id: string, by: 1 | -1): void;
   setFrame(width: number, height: number): void;
   setGlobal(patch: Partial<Pick<Scene, 'prompt' | 'negative' | 'ablation'>> & { loras?: SceneLora[] }): void;
+  /** Prompts, sampling settings, method and frame LoRAs: saved, but not undo steps (they are typed). */
+  setSettings(patch: Partial<Pick<Scene, SettingKey>>): void;
+  /** Why the last autosave failed (a full storage quota), for the page to show. */
+  saveError?: string;
   replace(scene: Scene): void;
   undo(): void;
   redo(): void;
 }
+
+export type SettingKey = 'prompt' | 'negative' | 'loras' | 'composition' | 'seed' | 'steps' | 'cfg' | 'scheduler';
+
+const SETTING_KEYS: SettingKey[] = ['prompt', 'negative', 'loras', 'composition', 'seed', 'steps', 'cfg', 'scheduler'];
+/** Undo and redo step through layout edits; the settings typed since stay as they are. */
+const withSettings = (layout: Scene, current: Scene): Scene => ({ ...layout, ...Object.fromEntries(SETTING_KEYS.map((k) => [k, current[k]])) });
 
 export const MAX_BOXES_MESSAGE = (max: number) => `A scene holds at most ${max} boxes; delete one first.`;
 
@@ -61,11 +71,20 @@ export function createSceneStore(storage?: Pick<Storage, 'getItem' | 'setItem'>,
   }
   let counter = initial.boxes.length;
   const store = createStore<SceneState>((set, get) => {
+    /** The autosave; a full quota is reported, and the scene stays in memory (and undoable). */
+    const save = (scene: Scene) => {
+      try {
+        storage?.setItem(SCENE_KEY, JSON.stringify(scene));
+        if (get()?.saveError) set({ saveError: undefined });
+      } catch (e) {
+        set({ saveError: `The scene could not be autosaved (${(e as Error).name === 'QuotaExceededError' ? 'the browser storage is full' : (e as Error).message}); it is kept while this page is open. Free some space or share it as a link.` });
+      }
+    };
     /** Every edit goes through here: one undo step, the redo list cleared, the copy saved. */
     const edit = (next: Scene, selected = get().selected) => {
       const { scene, past } = get();
       set({ scene: next, past: [...past, scene].slice(-HISTORY), future: [], selected, refusal: undefined });
-      storage?.setItem(SCENE_KEY, JSON.stringify(next));
+      save(next);
     };
     const boxes = (f: (b: SceneBox[]) => SceneBox[]) => ({ ...get().scene, boxes: f(get().scene.boxes) });
     const newId = () => {
@@ -118,20 +137,25 @@ export function createSceneStore(storage?: Pick<Storage, 'getItem' | 'setItem'>,
         edit({ ...scene, width, height, boxes: scene.boxes.map((b, i) => ({ ...b, ...fitted[i] })) });
       },
       setGlobal: (patch) => edit({ ...get().scene, ...patch }),
+      setSettings: (patch) => {
+        const scene = { ...get().scene, ...patch };
+        set({ scene });
+        save(scene);
+      },
       replace: (scene) => edit(parseScene(scene), null),
       undo: () => {
         const { past, scene, future } = get();
         if (!past.length) return;
-        const prev = past[past.length - 1];
+        const prev = withSettings(past[past.length - 1], scene);
         set({ scene: prev, past: past.slice(0, -1), future: [scene, ...future], selected: prev.boxes.some((b) => b.id === get().selected) ? get().selected : null });
-        storage?.setItem(SCENE_KEY, JSON.stringify(prev));
+        save(prev);
       },
       redo: () => {
         const { past, scene, future } = get();
         if (!future.length) return;
-        const next = future[0];
+        const next = withSettings(future[0], scene);
         set({ scene: next, past: [...past, scene], future: future.slice(1) });
-        storage?.setItem(SCENE_KEY, JSON.stringify(next));
+        save(next);
       },
     };
   });

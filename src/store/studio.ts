@@ -1,6 +1,11 @@
 // The page's state: generation settings (plain data) and the run status. Works without React.
 import { create } from 'zustand';
-import type { FileRef, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo } from '../../workers/api/contract.ts';
+import type { CompositionStep, FileRef, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent } from '../../workers/api/contract.ts';
+import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
+import type { DownloadView } from '../app/actions.ts';
+import type { GalleryItem } from '../gallery/gallery.ts';
+import type { LoraRecord, ModelRecord } from '../library/library.ts';
+import type { StorageUse } from '../library/opfs.ts';
 
 export type Status =
   | { kind: 'starting' }
@@ -10,9 +15,10 @@ export type Status =
   | { kind: 'cancelling' }
   | { kind: 'error'; message: string };
 
-/** A LoRA the artist added: kept with its file so it can be loaded again for another model. */
+/** A LoRA of the library: its stored file, so it can be loaded again for another model. */
 export interface LoraEntry {
   key: number;
+  record: LoraRecord;
   file: FileRef & { kind: 'blob' };
   info?: LoraInfo;
   error?: string;
@@ -25,9 +31,22 @@ export interface StudioState {
   updateLora(key: number, patch: Partial<LoraEntry>): void;
   job: GenerateJob;
   model?: ModelInfo;
+  /** The library id of the loaded model (or the embedded test model's). */
+  modelId?: string;
+  library: { models: ModelRecord[] };
+  downloads: DownloadView[];
+  usage?: StorageUse;
+  gallery: GalleryItem[];
+  /** LoRAs the open scene names that the library lacks. */
+  missing: SceneLora[];
+  shareUrl?: string;
   status: Status;
+  /** The last progress event of the running job (its composition step feeds the live plot). */
+  progress?: ProgressEvent;
+  /** The running job's composition steps so far. */
+  runSteps: CompositionStep[];
   preview?: ImageData8;
-  result?: { image: ImageData8; report: GenerationReport };
+  result?: { image: ImageData8; report: GenerationReport; scene: Scene };
   notice?: string;
   /** The last GPU self-test's summary. */
   selfTest?: string;
@@ -55,6 +74,11 @@ export function activeLoras(loras: LoraEntry[]): LoraUse[] {
 export const useStudio = create<StudioState>((set) => ({
   job: DEFAULT_JOB,
   loras: [],
+  library: { models: [] },
+  downloads: [],
+  gallery: [],
+  missing: [],
+  runSteps: [],
   updateLora: (key, patch) => set((s) => ({ loras: s.loras.map((l) => (l.key === key ? { ...l, ...patch } : l)) })),
   status: { kind: 'starting' },
   setJob: (patch) => set((s) => ({ job: { ...s.job, ...patch } })),

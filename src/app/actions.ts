@@ -1,0 +1,488 @@
+// What the page does: the engine worker's life, the library (models, LoRAs, downloads), generating,
+// the gallery, share links and dropped files. Components call these; state lives in the stores.
+import * as Comlink from 'comlink';
+import type { GenerateJob, LayoutOptions, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
+import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
+import { startEngine, type EngineClient } from '../engine/client.ts';
+import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
+import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
+import { DownloadError } from '../library/download.ts';
+import {
+  cancelDownload,
+  deleteRecord,
+  downloadedBytes,
+  downloadModel,
+  guessCategory,
+  importLora,
+  importModel,
+  listLibrary,
+  loraFile,
+  modelRequest,
+  planDownload,
+  updateRecord,
+  type DownloadRecord,
+  type LoraRecord,
+  type ModelRecord,
+} from '../library/library.ts';
+import { storageUse } from '../library/opfs.ts';
+import { decodeShareLink, encodeShareLink, isShareLink } from '../share/link.ts';
+import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
+import { activeLoras, DEFAULT_JOB, useStudio, type LoraEntry } from '../store/studio.ts';
+
+export const TEST_MODEL_ID = 'test-model';
+const MODEL_KEY = 'lorastudio.model';
+
+export const sceneStore = createSceneStore(typeof localStorage === 'undefined' ? undefined : localStorage);
+
+let client: EngineClient | undefined;
+
+/** The worker's API, starting the worker on first use (and again after a lost device). */
+export function engine() {
+  client ??= startEngine();
+  return client.api;
+}
+
+const studio = () => useStudio.getState();
+const fail = (e: unknown) => studio().set({ status: { kind: 'error', message: (e as Error).message } });
+
+// ---------------------------------------------------------------- scene <-> settings
+
+const settingsOf = (job: GenerateJob): Partial<Pick<Scene, SettingKey>> => ({
+  prompt: job.prompt,
+  negative: job.negative,
+  seed: job.seed,
+  steps: job.steps,
+  cfg: job.cfg,
+  scheduler: job.scheduler,
+  composition: job.composition ?? { method: 'merge' },
+});
+
+const sceneLoras = (entries: LoraEntry[]): SceneLora[] =>
+  entries.filter((l) => l.enabled).map((l) => ({ name: l.file.name, scale: l.scale, ...(l.info ? { fingerprint: l.info.fingerprint } : {}), ...(l.record.source?.startsWith('https://') ? { url: l.record.source } : {}) }));
+
+let lorasRestored = false;
+
+/** Keep the scene store (the autosaved, shareable scene) in step with the settings the page edits. */
+function syncScene() {
+  const saved = typeof localStorage !== 'undefined' && localStorage.getItem(SCENE_KEY);
+  const { scene } = sceneStore.getState();
+  if (saved) studio().setJob({ prompt: scene.prompt, negative: scene.negative, seed: scene.seed, steps: scene.steps, cfg: scene.cfg, scheduler: scene.scheduler, composition: scene.composition, width: scene.width, height: scene.height });
+  else sceneStore.getState().setSettings({ ...settingsOf(DEFAULT_JOB), loras: [] });
+  useStudio.subscribe((s, prev) => {
+    if (s.job !== prev.job) sceneStore.getState().setSettings(settingsOf(s.job));
+    if (lorasRestored && s.loras !== prev.loras) sceneStore.getState().setSettings({ loras: sceneLoras(s.loras) });
+  });
+}
+
+/** The scene as it stands: layout, settings and frame LoRAs. */
+export const currentScene = (): Scene => sceneStore.getState().scene;
+
+/** Every LoRA a scene names that the library lacks, with what the scene says about where to get it. */
+export function missingLoras(scene: Scene): SceneLora[] {
+  const have = studio().loras;
+  const all = [...scene.loras, ...scene.boxes.flatMap((b) => b.loras)];
+  const seen = new Set<string>();
+  return all.filter((l) => {
+    if (seen.has(l.name)) return false;
+    seen.add(l.name);
+    return !have.some((e) => e.file.name === l.name || (l.fingerprint && e.info?.fingerprint === l.fingerprint));
+  });
+}
+
+/** Open a scene (from a link, a PNG or the gallery): an undoable edit, with its LoRAs switched to match. */
+export function applyScene(scene: Scene, from: string) {
+  sceneStore.getState().replace(scene);
+  studio().setJob({ prompt: scene.prompt, negative: scene.negative, seed: scene.seed, steps: scene.steps, cfg: scene.cfg, scheduler: scene.scheduler, composition: scene.composition, width: scene.width, height: scene.height });
+  const { loras, set } = studio();
+  set({
+    loras: loras.map((l) => {
+      const use = scene.loras.find((s) => s.name === l.file.name || (s.fingerprint && s.fingerprint === l.info?.fingerprint));
+      return { ...l, enabled: !!use && !!l.info, scale: use?.scale ?? l.scale };
+    }),
+  });
+  const missing = missingLoras(scene);
+  set({ missing, notice: `Opened the scene from ${from}.${missing.length ? ` ${missing.length} LoRA(s) it uses are not in your library.` : ''}`, status: studio().status.kind === 'error' ? { kind: 'ready' } : studio().status });
+}
+
+// ---------------------------------------------------------------- models
+
+async function loadModelRequest(req: ModelRequest, label: string, id: string) {
+  const { set } = studio();
+  set({ status: { kind: 'loading', done: 0, total: 1, label }, notice: undefined });
+  try {
+    const model = await engine().loadModel(req, Comlink.proxy((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } })));
+    set({ model, modelId: id, status: { kind: 'ready' } });
+    localStorage.setItem(MODEL_KEY, id);
+    // LoRAs belong to a model: load the library's again for this one
+    for (const l of studio().loras) await loadLora(l);
+  } catch (e) {
+    fail(e);
+  }
+}
+
+export async function useModel(id: string) {
+  try {
+    if (id === TEST_MODEL_ID) return await loadModelRequest(await testModelRequest(), 'tiny test model', id);
+    const record = studio().library.models.find((m) => m.id === id);
+    if (!record) throw new Error('That model is no longer in the library.');
+    await loadModelRequest(await modelRequest(record), record.name, id);
+  } catch (e) {
+    fail(e);
+  }
+}
+
+/** Files picked or dropped: a checkpoint (or diffusers folder) is copied into the library and loaded. */
+export async function importModelFiles(files: File[]) {
+  if (!files.length) return;
+  try {
+    await requestFromFiles(files); // a clear error for a wrong file before anything is copied
+    const root = files[0].webkitRelativePath?.split('/')[0];
+    const name = files.length > 1 && root ? root : files[0].name;
+    studio().set({ status: { kind: 'loading', done: 0, total: 1, label: `copying ${name} into the library` } });
+    const record = await importModel(files.map((f) => ({ path: f.webkitRelativePath || f.name, file: f })), name);
+    await refreshLibrary();
+    await useModel(record.id);
+  } catch (e) {
+    fail(e);
+  }
+}
+
+export async function deleteModel(record: ModelRecord) {
+  try {
+    await deleteRecord(record);
+    if (localStorage.getItem(MODEL_KEY) === record.id) localStorage.removeItem(MODEL_KEY);
+    await refreshLibrary();
+  } catch (e) {
+    fail(e);
+  }
+}
+
+// ---------------------------------------------------------------- downloads
+
+const controllers = new Map<string, AbortController>();
+
+export async function startDownload(input: string) {
+  try {
+    studio().set({ notice: `Looking up ${input}…` });
+    const plan = await planDownload(input);
+    await runDownload({ id: `model:${plan.name}`, plan });
+  } catch (e) {
+    fail(e);
+  }
+}
+
+export async function runDownload(record: DownloadRecord) {
+  const { set } = studio();
+  const ctrl = new AbortController();
+  controllers.set(record.id, ctrl);
+  const patch = (p: Partial<DownloadView>) => set({ downloads: upsert(studio().downloads, { ...(studio().downloads.find((d) => d.record.id === record.id) ?? { record, done: 0 }), ...p }) });
+  patch({ running: true, error: undefined });
+  try {
+    const model = await downloadModel(record.plan, (p) => patch({ done: p.done, total: p.total ?? undefined, bytesPerSecond: p.bytesPerSecond, secondsLeft: p.secondsLeft, file: p.file, resumedFrom: p.resumedFrom }), ctrl.signal);
+    set({ downloads: studio().downloads.filter((d) => d.record.id !== record.id), notice: `Downloaded ${model.name}.` });
+    await refreshLibrary();
+    await useModel(model.id);
+  } catch (e) {
+    patch({ running: false, error: e instanceof DownloadError && e.message === 'Paused.' ? undefined : (e as Error).message, done: await downloadedBytes(record.plan) });
+  } finally {
+    controllers.delete(record.id);
+  }
+}
+
+export const pauseDownload = (id: string) => controllers.get(id)?.abort();
+
+export async function discardDownload(record: DownloadRecord) {
+  controllers.get(record.id)?.abort();
+  await cancelDownload(record.plan);
+  studio().set({ downloads: studio().downloads.filter((d) => d.record.id !== record.id) });
+  await refreshUsage();
+}
+
+export interface DownloadView {
+  record: DownloadRecord;
+  done: number;
+  total?: number;
+  bytesPerSecond?: number;
+  secondsLeft?: number | null;
+  file?: string;
+  resumedFrom?: number;
+  running?: boolean;
+  error?: string;
+}
+
+const upsert = (list: DownloadView[], d: DownloadView) => (list.some((x) => x.record.id === d.record.id) ? list.map((x) => (x.record.id === d.record.id ? d : x)) : [...list, d]);
+
+// ---------------------------------------------------------------- LoRAs
+
+let loraKey = 0;
+
+async function loadLora(entry: LoraEntry) {
+  const { updateLora } = studio();
+  updateLora(entry.key, { info: undefined, error: undefined });
+  try {
+    const info = await engine().loadLora(entry.file);
+    const wasEnabled = studio().loras.find((l) => l.key === entry.key)?.enabled ?? entry.enabled;
+    updateLora(entry.key, { info, enabled: wasEnabled });
+    if (!entry.record.categorySet) {
+      const category = guessCategory(entry.file.name, info.metadata.tags.map((t) => t.tag));
+      if (category !== entry.record.category) {
+        const record = { ...entry.record, category };
+        await updateRecord(record);
+        updateLora(entry.key, { record });
+      }
+    }
+  } catch (e) {
+    updateLora(entry.key, { error: (e as Error).message, enabled: false });
+  }
+}
+
+const entryFor = async (record: LoraRecord, enabled: boolean, scale = 1): Promise<LoraEntry> => {
+  const file = await loraFile(record);
+  return { key: ++loraKey, record, file: { kind: 'blob', name: record.name, blob: file }, scale, enabled };
+};
+
+export async function addLoraFiles(files: File[]) {
+  const { set } = studio();
+  for (const f of files) {
+    try {
+      const record = await importLora(f);
+      const old = studio().loras.find((l) => l.file.name === record.name);
+      if (old && old.info) void engine().unloadLora(old.info.id);
+      const entry = await entryFor(record, true, old?.scale ?? 1);
+      set({ loras: [...studio().loras.filter((l) => l.file.name !== record.name), entry] });
+      if (studio().model) await loadLora(entry);
+    } catch (e) {
+      fail(e);
+    }
+  }
+  await refreshUsage();
+  // a scene opened before may have been waiting for these
+  set({ missing: missingLoras(currentScene()) });
+}
+
+export async function removeLora(entry: LoraEntry) {
+  studio().set({ loras: studio().loras.filter((l) => l.key !== entry.key) });
+  if (entry.info) void client?.api.unloadLora(entry.info.id);
+  try {
+    await deleteRecord(entry.record);
+  } catch (e) {
+    fail(e);
+  }
+  await refreshUsage();
+}
+
+export async function setLoraCategory(entry: LoraEntry, category: LoraRecord['category']) {
+  const record = { ...entry.record, category, categorySet: true };
+  studio().updateLora(entry.key, { record });
+  await updateRecord(record).catch(fail);
+}
+
+export function addTag(tag: string) {
+  const { job, setJob } = studio();
+  if (!job.prompt.includes(tag)) setJob({ prompt: job.prompt ? `${job.prompt}, ${tag}` : tag });
+}
+
+// ---------------------------------------------------------------- library
+
+async function refreshUsage() {
+  try {
+    studio().set({ usage: await storageUse() });
+  } catch {
+    // no estimate in this browser
+  }
+}
+
+export async function refreshLibrary() {
+  const lib = await listLibrary();
+  const downloads: DownloadView[] = [];
+  for (const record of lib.downloads) {
+    const existing = studio().downloads.find((d) => d.record.id === record.id);
+    downloads.push(existing ?? { record, done: await downloadedBytes(record.plan), total: record.plan.files.reduce((a, f) => a + (f.size ?? 0), 0) || undefined });
+  }
+  studio().set({ library: { models: lib.models }, downloads });
+  await refreshUsage();
+  return lib;
+}
+
+// ---------------------------------------------------------------- generating
+
+/** The layout the canvas holds, as the engine's job part; its LoRAs found among the loaded ones by name. */
+function jobLayout(): LayoutOptions | undefined {
+  const { scene } = sceneStore.getState();
+  if (!scene.boxes.length) return undefined;
+  const loaded = studio().loras.filter((l) => l.info);
+  return {
+    boxes: scene.boxes.map((b) => ({
+      name: b.name,
+      x: b.x,
+      y: b.y,
+      width: b.width,
+      height: b.height,
+      prompt: b.prompt,
+      loras: b.loras.map((l) => {
+        const entry = loaded.find((x) => x.info!.name === l.name || (l.fingerprint && x.info!.fingerprint === l.fingerprint));
+        if (!entry) throw new Error(`Box "${b.name}" uses the LoRA "${l.name}", which is not loaded; add it or remove it from the box.`);
+        return { lora: entry.info!.id, scale: l.scale };
+      }),
+    })),
+    ...scene.ablation,
+  };
+}
+
+export async function generate() {
+  const { job: settings, loras, set } = studio();
+  let layout: LayoutOptions | undefined;
+  try {
+    layout = jobLayout();
+  } catch (e) {
+    return fail(e);
+  }
+  const job = { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
+  const scene = currentScene();
+  set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined, progress: undefined, runSteps: [] });
+  try {
+    const result = await engine().generate(
+      job,
+      Comlink.proxy((p: ProgressEvent) => {
+        if (studio().status.kind === 'cancelling') return;
+        set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}) });
+      }),
+    );
+    set({ result: { ...result, scene }, status: { kind: 'ready' }, notice: result.report.warnings.join(' ') || undefined });
+    try {
+      const item = await saveResult(result.image, scene, result.report);
+      set({ gallery: [item, ...studio().gallery] });
+      await thumbnails(item, job.loras.map((u) => loras.find((l) => l.info?.id === u.lora)).filter((l): l is LoraEntry => !!l));
+    } catch (e) {
+      set({ notice: `The image is shown but was not kept in the gallery: ${(e as Error).message}` });
+    }
+    await refreshUsage();
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: 'Cancelled.' });
+    else if (err.code === 'device-lost') {
+      client?.terminate();
+      client = undefined;
+      set({ status: { kind: 'error', message: `${err.message} Reload the model to continue; the scene is kept.` } });
+    } else fail(err);
+  }
+}
+
+export function cancel() {
+  studio().set({ status: { kind: 'cancelling' } });
+  void client?.api.cancel();
+}
+
+/** The first image made with a LoRA becomes its thumbnail in the library. */
+async function thumbnails(item: GalleryItem, used: LoraEntry[]) {
+  const need = used.filter((l) => !l.record.thumbnail);
+  if (!need.length) return;
+  const bitmap = await createImageBitmap(item.png);
+  const canvas = new OffscreenCanvas(64, Math.max(1, Math.round((64 * item.height) / item.width)));
+  canvas.getContext('2d')!.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const blob = await canvas.convertToBlob({ type: 'image/jpeg', quality: 0.8 });
+  const thumbnail = await new Promise<string>((resolve) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result as string);
+    r.readAsDataURL(blob);
+  });
+  for (const l of need) {
+    const record = { ...l.record, thumbnail };
+    studio().updateLora(l.key, { record });
+    await updateRecord(record);
+  }
+}
+
+// ---------------------------------------------------------------- gallery, links, drops
+
+export async function downloadPng(scene: Scene, report: GalleryItem['report'], png?: Blob) {
+  const r = studio().result;
+  const blob = png ?? (r ? await resultPng(r.image, scene, report) : undefined);
+  if (!blob) return;
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = `lora-studio-${report.seed}.png`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+export async function removeFromGallery(item: GalleryItem) {
+  await deleteResult(item.id!).catch(fail);
+  studio().set({ gallery: studio().gallery.filter((g) => g.id !== item.id) });
+}
+
+/** The current scene as a link; copied to the clipboard where the browser allows. */
+export async function shareLink(): Promise<string> {
+  const url = `${location.href.split('#')[0]}${await encodeShareLink(currentScene())}`;
+  studio().set({ shareUrl: url });
+  try {
+    await navigator.clipboard.writeText(url);
+    studio().set({ notice: 'Share link copied.' });
+  } catch {
+    studio().set({ notice: 'Share link ready: copy it from the field.' });
+  }
+  return url;
+}
+
+async function openLinkIn(hash: string) {
+  if (!isShareLink(hash)) return;
+  try {
+    applyScene(await decodeShareLink(hash), 'the link');
+  } catch (e) {
+    fail(e);
+  }
+}
+
+/** Files dropped anywhere on the page: PNGs give their scene back, .safetensors join the library. */
+export async function dropFiles(files: File[]) {
+  for (const f of files) {
+    if (f.type === 'image/png' || f.name.toLowerCase().endsWith('.png')) {
+      try {
+        applyScene(await sceneFromPng(f), `the image ${f.name}`);
+      } catch (e) {
+        fail(e);
+      }
+    } else if (f.name.endsWith('.safetensors')) {
+      // a checkpoint is gigabytes and has UNet weights; a LoRA is small: let the header decide
+      const isModel = await requestFromFiles([f]).then(
+        () => true,
+        () => false,
+      );
+      if (isModel) await importModelFiles([f]);
+      else await addLoraFiles([f]);
+    } else fail(new Error(`"${f.name}" is neither a .safetensors model or LoRA nor a studio PNG.`));
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+export async function startStudio() {
+  syncScene();
+  void navigator.storage?.persist?.().catch(() => false);
+  let lib;
+  try {
+    lib = await refreshLibrary();
+  } catch (e) {
+    fail(e);
+    lib = { models: [], loras: [], downloads: [] };
+  }
+  const { scene } = sceneStore.getState();
+  const entries: LoraEntry[] = [];
+  for (const r of lib.loras) {
+    const use = scene.loras.find((s) => s.name === r.name);
+    try {
+      entries.push(await entryFor(r, !!use, use?.scale ?? 1));
+    } catch {
+      // its file is gone (storage cleared by the browser): drop the record
+      await deleteRecord(r).catch(() => {});
+    }
+  }
+  studio().set({ loras: entries, gallery: await listResults().catch(() => []) });
+  lorasRestored = true;
+  const saved = localStorage.getItem(MODEL_KEY);
+  await useModel(saved && lib.models.some((m) => m.id === saved) ? saved : TEST_MODEL_ID);
+  await openLinkIn(location.hash);
+  window.addEventListener('hashchange', () => void openLinkIn(location.hash));
+  studio().set({ missing: missingLoras(currentScene()) });
+}

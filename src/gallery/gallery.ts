@@ -1,0 +1,70 @@
+// The gallery: every result kept in IndexedDB as its PNG (which carries the scene in a text chunk)
+// with the scene and report beside it; a PNG dropped back onto the studio gives its scene back.
+import type { GenerationReport, ImageData8 } from '../../workers/api/contract.ts';
+import { encodePng, readPngText } from '../../workers/engine/png.ts';
+import { parseScene, type Scene } from '../../workers/layout/scene.ts';
+import { getAll, put, remove } from '../storage/idb.ts';
+
+export const SCENE_CHUNK = 'lorastudio.scene';
+export const REPORT_CHUNK = 'lorastudio.report';
+/** A PNG larger than this is not read for a scene (a 2048x2048 result is far smaller). */
+export const MAX_PNG_BYTES = 64 << 20;
+
+export interface GalleryItem {
+  id?: number;
+  createdAt: number;
+  scene: Scene;
+  report: GenerationReport;
+  png: Blob;
+  width: number;
+  height: number;
+}
+
+/** The PNG of a result, with its scene and report as text chunks. */
+export async function resultPng(image: ImageData8, scene: Scene, report: GenerationReport): Promise<Blob> {
+  const png = await encodePng(image.data, image.width, image.height, { [SCENE_CHUNK]: JSON.stringify(scene), [REPORT_CHUNK]: JSON.stringify(report) });
+  return new Blob([png as BlobPart], { type: 'image/png' });
+}
+
+export async function saveResult(image: ImageData8, scene: Scene, report: GenerationReport): Promise<GalleryItem> {
+  const item: GalleryItem = { createdAt: Date.now(), scene, report, png: await resultPng(image, scene, report), width: image.width, height: image.height };
+  item.id = (await put('results', item, 'the new image')) as number;
+  return item;
+}
+
+export async function listResults(): Promise<GalleryItem[]> {
+  return (await getAll<GalleryItem>('results')).sort((a, b) => b.createdAt - a.createdAt);
+}
+
+export const deleteResult = (id: number) => remove('results', id);
+
+export class PngSceneError extends Error {
+  constructor(problem: string) {
+    super(`No scene could be taken from this image: ${problem}`);
+    this.name = 'PngSceneError';
+  }
+}
+
+/** The scene a dropped PNG carries, checked like a share link. */
+export async function sceneFromPng(file: Blob): Promise<Scene> {
+  if (file.size > MAX_PNG_BYTES) throw new PngSceneError(`it is ${(file.size / 2 ** 20).toFixed(0)} MB; studio images are far smaller.`);
+  let text: Record<string, string>;
+  try {
+    text = readPngText(new Uint8Array(await file.arrayBuffer()), 1 << 20);
+  } catch (e) {
+    throw new PngSceneError((e as Error).message.replace(/^This PNG cannot be read: /, ''));
+  }
+  const json = text[SCENE_CHUNK];
+  if (json === undefined) throw new PngSceneError('it was not made by LoRA Studio (it has no scene chunk).');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch {
+    throw new PngSceneError('its scene chunk is damaged.');
+  }
+  try {
+    return parseScene(parsed);
+  } catch (e) {
+    throw new PngSceneError((e as Error).message.replace(/^This scene cannot be used: /, ''));
+  }
+}

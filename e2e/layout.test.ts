@@ -62,7 +62,7 @@ test('draw two boxes, give them prompts and LoRAs, generate as Node does; undo, 
 
   await generateAndWait(page);
   assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
-  assert.match(await page.getByTestId('result-boxes').innerText(), /^Attention in box: fox \d+%, owl \d+%$/);
+  assert.match(await page.getByTestId('result-boxes').innerText(), /^Attention in box \(used \/ unmasked\): fox 100% \/ \d+%, owl 100% \/ \d+%$/);
   const pixels = await resultPixels(page);
   await page.screenshot({ path: 'e2e/screenshots/layout.png' });
 

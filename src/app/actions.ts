@@ -339,6 +339,8 @@ export async function generate() {
   }
   const job = { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
   const scene = currentScene();
+  // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
+  localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
   set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined, progress: undefined, runSteps: [] });
   try {
     const result = await engine().generate(

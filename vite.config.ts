@@ -1,6 +1,10 @@
 import { defineConfig } from 'vite';
+import { VitePWA } from 'vite-plugin-pwa';
 
 // React's JSX comes through esbuild/oxc's automatic runtime; no plugin is needed for a build.
+// The service worker (Workbox, through vite-plugin-pwa) precaches the app shell, the engine worker,
+// onnxruntime's wasm, the tokenizer and the embedded test model: after one visit the studio opens
+// and generates with no network. Models and LoRAs the artist adds live in the OPFS, not in this cache.
 export default defineConfig({
   base: './',
   worker: { format: 'es' },
@@ -8,4 +12,31 @@ export default defineConfig({
   build: { target: 'esnext', chunkSizeWarningLimit: 30000 },
   oxc: { jsx: { runtime: 'automatic' } },
   preview: { host: '127.0.0.1', port: 4173, strictPort: false },
+  plugins: [
+    VitePWA({
+      registerType: 'prompt',
+      injectRegister: 'script',
+      manifest: {
+        name: 'LoRA Studio',
+        short_name: 'LoRA Studio',
+        description: 'Compose several LoRAs in one Stable Diffusion 1.5 image, in boxes you draw, on your own GPU.',
+        start_url: './',
+        scope: './',
+        display: 'standalone',
+        background_color: '#f6f6f4',
+        theme_color: '#1d1f24',
+        icons: [
+          { src: 'icons/icon-192.png', sizes: '192x192', type: 'image/png' },
+          { src: 'icons/icon-512.png', sizes: '512x512', type: 'image/png' },
+          { src: 'icons/icon-512.png', sizes: '512x512', type: 'image/png', purpose: 'maskable' },
+        ],
+      },
+      workbox: {
+        globPatterns: ['**/*.{js,mjs,css,html,wasm,json,txt,safetensors,png,svg,webmanifest}'],
+        maximumFileSizeToCacheInBytes: 64 * 1024 * 1024,
+        navigateFallback: 'index.html',
+        cleanupOutdatedCaches: true,
+      },
+    }),
+  ],
 });

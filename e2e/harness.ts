@@ -35,16 +35,26 @@ export function launch(): Promise<Browser> {
 }
 
 /** The studio served and open in Chromium, with its embedded test model loaded. */
-export async function openStudio(port: number): Promise<{ page: Page; close: () => Promise<void> }> {
+export async function openStudio(port: number): Promise<{ page: Page; browser: Browser; url: string; close: () => Promise<void> }> {
   const server = await serve(port);
   const browser = await launch();
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('pageerror:', e.message));
-  await page.goto(server.url);
-  await page.getByTestId('status').filter({ hasText: 'Ready' }).waitFor({ timeout: 120_000 });
+  try {
+    await page.goto(server.url);
+    await page.getByTestId('status').filter({ hasText: 'Ready' }).waitFor({ timeout: 120_000 });
+  } catch (e) {
+    const say = async (id: string) => ((await page.getByTestId(id).count()) ? await page.getByTestId(id).innerText() : '-');
+    console.error(`the studio did not get ready: status "${await say('status')}", error "${await say('error')}"`);
+    await browser.close();
+    server.stop();
+    throw e;
+  }
   mkdirSync('e2e/screenshots', { recursive: true });
   return {
     page,
+    browser,
+    url: server.url,
     close: async () => {
       await browser.close();
       server.stop();
@@ -61,4 +71,22 @@ export async function generateAndWait(page: Page): Promise<void> {
 /** RGBA bytes of the result canvas. */
 export function resultPixels(page: Page): Promise<number[]> {
   return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));
+}
+
+/** Drag on the layout canvas between two points given in image pixels of a `frame`-wide image. */
+export async function dragOnCanvas(page: Page, from: [number, number], to: [number, number], frame = 64): Promise<void> {
+  const canvas = page.getByTestId('layout-canvas').locator('canvas').first();
+  await canvas.scrollIntoViewIfNeeded();
+  const box = (await canvas.boundingBox())!;
+  const k = box.width / frame;
+  await page.mouse.move(box.x + from[0] * k, box.y + from[1] * k);
+  await page.mouse.down();
+  await page.mouse.move(box.x + ((from[0] + to[0]) / 2) * k, box.y + ((from[1] + to[1]) / 2) * k, { steps: 4 });
+  await page.mouse.move(box.x + to[0] * k, box.y + to[1] * k, { steps: 4 });
+  await page.mouse.up();
+}
+
+/** Wait until Generate can be pressed: a model is loaded and nothing is loading or running. */
+export async function ready(page: Page, timeout = 120_000): Promise<void> {
+  await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout });
 }

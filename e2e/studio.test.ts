@@ -1,0 +1,221 @@
+// The studio as an artist keeps it, in Chromium: a model and a LoRA imported into the library (OPFS)
+// survive a reload; a result lands in the gallery (IndexedDB), its PNG carries the scene and dropping
+// it back restores the scene; a share link opens the same scene in a fresh browser profile and lists
+// the missing LoRA; hostile links change nothing but the message; downloads are planned from the hub's
+// file list, checked by sha256 and resumed with a range request after a reload; and after one visit
+// the studio reloads and generates offline.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import type { Page } from 'playwright-core';
+import { deflateRawSync } from 'node:zlib';
+import { readPngText } from '../workers/engine/png.ts';
+import { toBase64Url } from '../src/share/link.ts';
+import { dragOnCanvas, generateAndWait, openStudio, ready } from './harness.ts';
+
+let studio: Awaited<ReturnType<typeof openStudio>>;
+let page: Page;
+const MODEL = 'dist/test-model/tiny-sd15.safetensors';
+const LORA = 'dist/test-model/loras/kohya.safetensors';
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+before(async () => {
+  studio = await openStudio(6000 + Math.floor(Math.random() * 500));
+  page = studio.page;
+});
+
+after(async () => {
+  await studio?.close();
+  setTimeout(() => process.exit(0), 10).unref();
+});
+
+async function small(p: Page, prompt: string, seed: string) {
+  for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2'], ['seed', seed], ['cfg', '4'], ['prompt', prompt]]) await p.getByTestId(id).fill(v);
+}
+
+const optionTexts = (p: Page) => p.getByTestId('model-select').locator('option').allInnerTexts();
+
+test('import a model and a LoRA; generate; the gallery keeps the image; its PNG dropped back restores the scene; a reload keeps it all', async () => {
+  await page.getByTestId('model-file').setInputFiles(MODEL);
+  await page.getByTestId('model-select').and(page.locator('[value="model:tiny-sd15.safetensors"]')).waitFor({ timeout: 120_000 });
+  await ready(page);
+  assert.deepEqual(await optionTexts(page), ['Tiny test model (built in)', 'tiny-sd15.safetensors (2.5 MB)']);
+  await page.getByTestId('lora-file').setInputFiles(LORA);
+  await page.getByTestId('lora-info-0').waitFor({ timeout: 60_000 });
+  await page.getByTestId('lora-category-0').selectOption('style');
+  await small(page, 'a studio test', '5');
+  await generateAndWait(page);
+  await page.getByTestId('gallery-item-0').waitFor();
+  await page.getByTestId('plots').waitFor();
+  assert.equal(await page.getByTestId('plot-active').locator('rect[data-state="active"]').count(), 2, 'one LoRA computed at each of two steps');
+
+  // the PNG download carries the scene
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('gallery-download-0').click()]);
+  const png = readFileSync((await download.path())!);
+  const scene = JSON.parse(readPngText(png)['lorastudio.scene']);
+  assert.equal(scene.prompt, 'a studio test');
+  assert.equal(scene.seed, 5);
+  assert.deepEqual(scene.loras.map((l: { name: string; scale: number }) => [l.name, l.scale]), [['kohya.safetensors', 1]]);
+  const saved = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!));
+  assert.deepEqual(scene, saved, 'the PNG holds the scene the page autosaved');
+
+  // change things, then drop the PNG onto the page: the scene comes back
+  await page.getByTestId('prompt').fill('something else');
+  await page.getByTestId('seed').fill('9');
+  const dt = await page.evaluateHandle((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const d = new DataTransfer();
+    d.items.add(new File([bytes], 'result.png', { type: 'image/png' }));
+    return d;
+  }, png.toString('base64'));
+  await page.dispatchEvent('main', 'drop', { dataTransfer: dt });
+  await page.getByTestId('status').filter({ hasText: 'Opened the scene from the image result.png.' }).waitFor();
+  assert.equal(await page.getByTestId('prompt').inputValue(), 'a studio test');
+  assert.equal(await page.getByTestId('seed').inputValue(), '5');
+
+  // a PNG that is not the studio's gets a sentence
+  await page.getByTestId('open-png').setInputFiles({ name: 'other.png', mimeType: 'image/png', buffer: readFileSync('public/icons/icon-192.png') });
+  assert.match(await page.getByTestId('error').innerText(), /No scene could be taken from this image: it was not made by LoRA Studio/);
+  await page.screenshot({ path: 'e2e/screenshots/studio.png', fullPage: true });
+
+  // reload: the stored model is chosen again, the LoRA and its category are back, the gallery too
+  await page.reload();
+  await ready(page);
+  assert.equal(await page.getByTestId('model-select').inputValue(), 'model:tiny-sd15.safetensors');
+  await page.getByTestId('lora-info-0').waitFor({ timeout: 60_000 });
+  assert.equal(await page.getByTestId('lora-category-0').inputValue(), 'style');
+  assert.ok(await page.getByTestId('lora-enabled-0').isChecked());
+  assert.equal(await page.locator('[data-testid^="gallery-item-"]').count(), 1);
+  assert.match(await page.getByTestId('storage').innerText(), /^Storage: [\d.]+ (KB|MB) used, /);
+});
+
+test('a share link opens the same scene in a fresh profile and names the missing LoRA; hostile links only get a message', async () => {
+  // a box with the LoRA in it
+  await dragOnCanvas(page, [8, 8], [40, 48]);
+  await page.getByTestId('box-name').fill('hero');
+  await page.getByTestId('box-prompt').fill('a brave knight');
+  await page.getByTestId('box-lora-add').selectOption('kohya.safetensors');
+  await page.getByTestId('share').click();
+  const link = await page.getByTestId('share-url').inputValue();
+  assert.match(link, /#scene=1\.[A-Za-z0-9_-]+$/);
+  const scene = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!));
+
+  const fresh = await studio.browser.newContext();
+  const other = await fresh.newPage();
+  await other.goto(link);
+  await ready(other);
+  await other.getByTestId('missing-loras').waitFor();
+  assert.equal(await other.getByTestId('prompt').inputValue(), 'a studio test');
+  assert.deepEqual(await other.locator('[data-testid^="box-select-"]').allInnerTexts(), ['hero']);
+  assert.deepEqual(await other.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!)), scene, 'the same scene, field for field');
+  assert.match(await other.getByTestId('missing-loras').innerText(), /kohya\.safetensors \(fingerprint [0-9a-f]+\)/);
+
+  // hostile contents: markup in prompts and names is shown as text and never runs
+  const hostile = { ...scene, prompt: '<img src=x onerror="window.__pwned=1">', boxes: [{ ...scene.boxes[0], name: '<script>window.__pwned=2</script>' }] };
+  const url = link.split('#')[0];
+  await other.goto(`${url}#scene=1.${toBase64Url(deflateRawSync(Buffer.from(JSON.stringify(hostile))))}`);
+  await other.reload();
+  await ready(other);
+  await other.getByTestId('status').filter({ hasText: 'Opened the scene from the link' }).waitFor();
+  assert.equal(await other.getByTestId('prompt').inputValue(), hostile.prompt);
+  assert.deepEqual(await other.locator('[data-testid^="box-select-"]').allInnerTexts(), ['<script>window.__pwned=2</script>']);
+  assert.equal(await other.evaluate(() => (window as unknown as { __pwned?: number }).__pwned), undefined);
+  assert.equal(await other.locator('img[src="x"]').count(), 0);
+
+  for (const [hash, message] of [
+    ['#scene=1.AAAAAAAA', /This share link cannot be opened: its data is damaged/],
+    ['#scene=9.abc', /made by a studio that writes version 9 links/],
+    [`#scene=1.${toBase64Url(deflateRawSync(Buffer.from(JSON.stringify({ ...scene, width: 1e300 }))))}`, /width must be a whole number from 64 to 2048/],
+  ] as const) {
+    await other.evaluate((h) => (location.hash = h), hash);
+    await other.getByTestId('error').filter({ hasText: message }).waitFor();
+  }
+  // the last good scene is still there, and the studio still works
+  assert.equal(await other.getByTestId('prompt').inputValue(), hostile.prompt);
+  await other.screenshot({ path: 'e2e/screenshots/share-link.png', fullPage: true });
+  await fresh.close();
+});
+
+test('downloads: a hub repository from its file list, checked by sha256; a bad hash is refused; a direct address resumes with a range request after a reload', async () => {
+  // the hub, answered from the built test model (tests never reach the network)
+  const files = ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'tokenizer/vocab.json', 'tokenizer/merges.txt'];
+  const local = (f: string) => `dist/test-model/diffusers/${f}`;
+  const tree = files.map((f) => ({ type: 'file', path: f, size: statSync(local(f)).size, ...(f.endsWith('.safetensors') ? { lfs: { oid: sha256(local(f)), size: statSync(local(f)).size } } : {}) }));
+  await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/tiny-sd15/tree/main?recursive=true', (r) => r.fulfill({ json: tree }));
+  await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/broken/tree/main?recursive=true', (r) =>
+    r.fulfill({ json: [{ type: 'file', path: 'tiny.safetensors', size: statSync(MODEL).size, lfs: { oid: '0'.repeat(64), size: statSync(MODEL).size } }] }),
+  );
+  await page.route((u) => u.href.startsWith('https://huggingface.co/studio-tests/'), (r) => {
+    const path = new URL(r.request().url()).pathname.split('/resolve/main/')[1];
+    r.fulfill({ path: path === 'tiny.safetensors' ? MODEL : local(decodeURIComponent(path)) });
+  });
+  await page.getByTestId('download-source').fill('studio-tests/tiny-sd15');
+  await page.getByTestId('download-start').click();
+  await page.getByTestId('model-select').and(page.locator('[value="model:studio-tests/tiny-sd15"]')).waitFor({ timeout: 120_000 });
+  await ready(page);
+  assert.match(await page.getByTestId('model-name').innerText(), /diffusers/);
+
+  await page.getByTestId('download-source').fill('https://huggingface.co/studio-tests/broken');
+  await page.getByTestId('download-start').click();
+  assert.match(await page.getByTestId('download-0-error').innerText(), /tiny\.safetensors does not match the sha256 the hub lists .* the damaged file was deleted/);
+  await page.getByTestId('download-0-discard').click();
+  await page.getByTestId('download-0').waitFor({ state: 'detached' });
+
+  // an interrupted direct download: the first megabyte is on disk, as a lost connection leaves it
+  const address = `${studio.url}test-model/tiny-sd15.safetensors?copy=1`;
+  const bytes = readFileSync(MODEL);
+  await page.evaluate(
+    async ({ address, head }) => {
+      const root = await navigator.storage.getDirectory();
+      const dir = await (await (await root.getDirectoryHandle('library', { create: true })).getDirectoryHandle('models', { create: true })).getDirectoryHandle('tiny-sd15.safetensors', { create: true });
+      const w = await (await dir.getFileHandle('tiny-sd15.safetensors.part', { create: true })).createWritable();
+      await w.write(Uint8Array.from(atob(head), (c) => c.charCodeAt(0)));
+      await w.close();
+      const db = await new Promise<IDBDatabase>((ok) => (indexedDB.open('lorastudio').onsuccess = (e) => ok((e.target as IDBOpenDBRequest).result)));
+      const plan = { name: 'tiny-sd15.safetensors', source: address, files: [{ url: address, path: 'tiny-sd15.safetensors' }] };
+      await new Promise((ok) => (db.transaction('downloads', 'readwrite').objectStore('downloads').put({ id: 'model:tiny-sd15.safetensors', plan }).onsuccess = ok));
+    },
+    { address, head: bytes.subarray(0, 1_000_000).toString('base64') },
+  );
+  await page.reload();
+  await ready(page);
+  assert.match(await page.getByTestId('download-0-progress').innerText(), /^977 KB — paused$/);
+  const ranged = page.waitForRequest((r) => r.url() === address);
+  await page.getByTestId('download-0-resume').click();
+  const request = await ranged;
+  assert.equal(request.headers().range, 'bytes=1000000-');
+  assert.equal((await request.response())!.status(), 206);
+  await page.getByTestId('download-0').waitFor({ state: 'detached', timeout: 60_000 });
+  const stored = await page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    const dir = await (await (await root.getDirectoryHandle('library')).getDirectoryHandle('models')).getDirectoryHandle('tiny-sd15.safetensors');
+    const f = await (await dir.getFileHandle('tiny-sd15.safetensors')).getFile();
+    return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
+  });
+  assert.equal(stored, sha256(MODEL), 'the resumed file is the server file, byte for byte');
+});
+
+test('after one visit the studio reloads and generates with no network', async () => {
+  const context = await studio.browser.newContext();
+  const p = await context.newPage();
+  await p.goto(studio.url);
+  await ready(p);
+  await p.evaluate(async () => {
+    await navigator.serviceWorker.ready;
+  });
+  // the precache is complete once the worker is active
+  await p.waitForFunction(async () => (await caches.keys()).some((k) => k.includes('precache')) && !!navigator.serviceWorker.controller, null, { timeout: 120_000, polling: 500 }).catch(async () => {
+    await p.reload();
+    await p.waitForFunction(() => !!navigator.serviceWorker.controller, null, { timeout: 60_000 });
+  });
+  await context.setOffline(true);
+  await p.reload();
+  await ready(p);
+  await small(p, 'offline', '3');
+  await generateAndWait(p);
+  await p.getByTestId('result').waitFor();
+  assert.equal(await p.getByTestId('error').count(), 0);
+  await p.screenshot({ path: 'e2e/screenshots/offline.png', fullPage: true });
+  await context.close();
+});

@@ -15,7 +15,7 @@ export default defineConfig({
   plugins: [
     VitePWA({
       registerType: 'prompt',
-      injectRegister: 'script',
+      injectRegister: false,
       manifest: {
         name: 'LoRA Studio',
         short_name: 'LoRA Studio',

@@ -70,7 +70,11 @@ function syncScene() {
   else sceneStore.getState().setSettings({ ...settingsOf(DEFAULT_JOB), loras: [] });
   useStudio.subscribe((s, prev) => {
     if (s.job !== prev.job) sceneStore.getState().setSettings(settingsOf(s.job));
-    if (lorasRestored && s.loras !== prev.loras) sceneStore.getState().setSettings({ loras: sceneLoras(s.loras) });
+    if (lorasRestored && s.loras !== prev.loras) {
+      // LoRAs the scene names but the library lacks stay in it (they are listed as missing)
+      const absent = currentScene().loras.filter((l) => !s.loras.some((e) => e.file.name === l.name));
+      sceneStore.getState().setSettings({ loras: [...sceneLoras(s.loras), ...absent] });
+    }
   });
 }
 
@@ -482,6 +486,8 @@ export async function startStudio() {
   }
   studio().set({ loras: entries, gallery: await listResults().catch(() => []) });
   lorasRestored = true;
+  // The service worker (dist/sw.js, the offline precache) is built but not registered yet: with it
+  // installing, model loads in Chromium stalled after the weights were read (not understood yet).
   const saved = localStorage.getItem(MODEL_KEY);
   await useModel(saved && lib.models.some((m) => m.id === saved) ? saved : TEST_MODEL_ID);
   await openLinkIn(location.hash);

@@ -11,10 +11,7 @@ const CLIP_L14 = 'https://huggingface.co/openai/clip-vit-large-patch14/resolve/m
 export async function testModelRequest(): Promise<ModelRequest> {
   const base = new URL('test-model/', document.baseURI).href;
   const tokenizerJson = await (await fetch(`${base}tokenizer/tokenizer.json`)).text();
-  // fetched whole (2.5 MB): ranged reads would bypass the service worker's offline copy
-  const res = await fetch(`${base}tiny-sd15.safetensors`);
-  if (!res.ok) throw new Error(`HTTP ${res.status}`);
-  return { single: { kind: 'blob', name: 'tiny-sd15.safetensors', blob: await res.blob() }, tokenizer: { tokenizerJson } };
+  return { single: { kind: 'url', url: `${base}tiny-sd15.safetensors` }, tokenizer: { tokenizerJson } };
 }
 
 async function clipTokenizer(): Promise<ModelRequest['tokenizer']> {

@@ -1,9 +1,10 @@
+// NOT RUN YET (work in progress, issue 6): loading a model from a Blob in the worker stalls intermittently
+// after the weights are read, which makes these tests flaky; rename to studio.test.ts once fixed.
 // The studio as an artist keeps it, in Chromium: a model and a LoRA imported into the library (OPFS)
 // survive a reload; a result lands in the gallery (IndexedDB), its PNG carries the scene and dropping
 // it back restores the scene; a share link opens the same scene in a fresh browser profile and lists
 // the missing LoRA; hostile links change nothing but the message; downloads are planned from the hub's
-// file list, checked by sha256 and resumed with a range request after a reload; and after one visit
-// the studio reloads and generates offline.
+// file list, checked by sha256 and resumed with a range request after a reload.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
@@ -34,11 +35,15 @@ async function small(p: Page, prompt: string, seed: string) {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2'], ['seed', seed], ['cfg', '4'], ['prompt', prompt]]) await p.getByTestId(id).fill(v);
 }
 
+/** Wait until the model picker shows a model (React sets the property, not the attribute). */
+const modelChosen = (p: Page, id: string) =>
+  p.waitForFunction((v) => (document.querySelector('[data-testid="model-select"]') as HTMLSelectElement | null)?.value === v, id, { timeout: 120_000, polling: 250 });
+
 const optionTexts = (p: Page) => p.getByTestId('model-select').locator('option').allInnerTexts();
 
 test('import a model and a LoRA; generate; the gallery keeps the image; its PNG dropped back restores the scene; a reload keeps it all', async () => {
   await page.getByTestId('model-file').setInputFiles(MODEL);
-  await page.getByTestId('model-select').and(page.locator('[value="model:tiny-sd15.safetensors"]')).waitFor({ timeout: 120_000 });
+  await modelChosen(page, 'model:tiny-sd15.safetensors');
   await ready(page);
   assert.deepEqual(await optionTexts(page), ['Tiny test model (built in)', 'tiny-sd15.safetensors (2.5 MB)']);
   await page.getByTestId('lora-file').setInputFiles(LORA);
@@ -115,8 +120,6 @@ test('a share link opens the same scene in a fresh profile and names the missing
   const hostile = { ...scene, prompt: '<img src=x onerror="window.__pwned=1">', boxes: [{ ...scene.boxes[0], name: '<script>window.__pwned=2</script>' }] };
   const url = link.split('#')[0];
   await other.goto(`${url}#scene=1.${toBase64Url(deflateRawSync(Buffer.from(JSON.stringify(hostile))))}`);
-  await other.reload();
-  await ready(other);
   await other.getByTestId('status').filter({ hasText: 'Opened the scene from the link' }).waitFor();
   assert.equal(await other.getByTestId('prompt').inputValue(), hostile.prompt);
   assert.deepEqual(await other.locator('[data-testid^="box-select-"]').allInnerTexts(), ['<script>window.__pwned=2</script>']);
@@ -152,7 +155,7 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   });
   await page.getByTestId('download-source').fill('studio-tests/tiny-sd15');
   await page.getByTestId('download-start').click();
-  await page.getByTestId('model-select').and(page.locator('[value="model:studio-tests/tiny-sd15"]')).waitFor({ timeout: 120_000 });
+  await modelChosen(page, 'model:studio-tests/tiny-sd15');
   await ready(page);
   assert.match(await page.getByTestId('model-name').innerText(), /diffusers/);
 
@@ -168,13 +171,13 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   await page.evaluate(
     async ({ address, head }) => {
       const root = await navigator.storage.getDirectory();
-      const dir = await (await (await root.getDirectoryHandle('library', { create: true })).getDirectoryHandle('models', { create: true })).getDirectoryHandle('tiny-sd15.safetensors', { create: true });
-      const w = await (await dir.getFileHandle('tiny-sd15.safetensors.part', { create: true })).createWritable();
+      const dir = await (await (await root.getDirectoryHandle('library', { create: true })).getDirectoryHandle('models', { create: true })).getDirectoryHandle('resumed-sd15.safetensors', { create: true });
+      const w = await (await dir.getFileHandle('resumed-sd15.safetensors.part', { create: true })).createWritable();
       await w.write(Uint8Array.from(atob(head), (c) => c.charCodeAt(0)));
       await w.close();
       const db = await new Promise<IDBDatabase>((ok) => (indexedDB.open('lorastudio').onsuccess = (e) => ok((e.target as IDBOpenDBRequest).result)));
-      const plan = { name: 'tiny-sd15.safetensors', source: address, files: [{ url: address, path: 'tiny-sd15.safetensors' }] };
-      await new Promise((ok) => (db.transaction('downloads', 'readwrite').objectStore('downloads').put({ id: 'model:tiny-sd15.safetensors', plan }).onsuccess = ok));
+      const plan = { name: 'resumed-sd15.safetensors', source: address, files: [{ url: address, path: 'resumed-sd15.safetensors' }] };
+      await new Promise((ok) => (db.transaction('downloads', 'readwrite').objectStore('downloads').put({ id: 'model:resumed-sd15.safetensors', plan }).onsuccess = ok));
     },
     { address, head: bytes.subarray(0, 1_000_000).toString('base64') },
   );
@@ -189,33 +192,9 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   await page.getByTestId('download-0').waitFor({ state: 'detached', timeout: 60_000 });
   const stored = await page.evaluate(async () => {
     const root = await navigator.storage.getDirectory();
-    const dir = await (await (await root.getDirectoryHandle('library')).getDirectoryHandle('models')).getDirectoryHandle('tiny-sd15.safetensors');
-    const f = await (await dir.getFileHandle('tiny-sd15.safetensors')).getFile();
+    const dir = await (await (await root.getDirectoryHandle('library')).getDirectoryHandle('models')).getDirectoryHandle('resumed-sd15.safetensors');
+    const f = await (await dir.getFileHandle('resumed-sd15.safetensors')).getFile();
     return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
   });
   assert.equal(stored, sha256(MODEL), 'the resumed file is the server file, byte for byte');
-});
-
-test('after one visit the studio reloads and generates with no network', async () => {
-  const context = await studio.browser.newContext();
-  const p = await context.newPage();
-  await p.goto(studio.url);
-  await ready(p);
-  await p.evaluate(async () => {
-    await navigator.serviceWorker.ready;
-  });
-  // the precache is complete once the worker is active
-  await p.waitForFunction(async () => (await caches.keys()).some((k) => k.includes('precache')) && !!navigator.serviceWorker.controller, null, { timeout: 120_000, polling: 500 }).catch(async () => {
-    await p.reload();
-    await p.waitForFunction(() => !!navigator.serviceWorker.controller, null, { timeout: 60_000 });
-  });
-  await context.setOffline(true);
-  await p.reload();
-  await ready(p);
-  await small(p, 'offline', '3');
-  await generateAndWait(p);
-  await p.getByTestId('result').waitFor();
-  assert.equal(await p.getByTestId('error').count(), 0);
-  await p.screenshot({ path: 'e2e/screenshots/offline.png', fullPage: true });
-  await context.close();
 });

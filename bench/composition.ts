@@ -2,14 +2,9 @@
 // method, with 3 and 5 LoRAs at the same steps, side by side in one process, as ratios to
 // `composite`; and cmlora's cache hit rate per LoRA. cmlora offline is measured twice: first with
 // its profiling runs, then with the profile the engine cached for the same LoRA set and job.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { CompositionOptions, GenerateJob } from '../workers/api/contract.ts';
-import { Engine } from '../workers/engine/engine.ts';
 import type { Runtime } from '../workers/engine/runtime.ts';
-import { makeTinyModel, tinyModelFiles } from '../workers/engine/test-model.ts';
-import { NodeFileSource, openModelPath, writeParts } from '../workers/node/files.ts';
+import { openTinyEngine, writeTinyModel } from '../workers/node/tiny.ts';
 
 const STEPS = Number(process.env.BENCH_COMPOSITION_STEPS ?? 20);
 const COUNTS = (process.env.BENCH_COMPOSITION_LORAS ?? '3,5').split(',').map(Number);
@@ -26,13 +21,8 @@ const VARIANTS: { name: string; composition: CompositionOptions }[] = [
 ];
 
 export async function benchComposition(rt: Runtime) {
-  const dir = mkdtempSync(join(tmpdir(), 'lora-studio-bench-'));
-  for (const f of tinyModelFiles(makeTinyModel(1234))) await writeParts(join(dir, f.path), f.parts);
-  const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
-  const engine = new Engine(rt);
-  await engine.loadModel(files, tokenizer!, 'fp32');
-  const loras = [];
-  for (const f of FILES.slice(0, Math.max(...COUNTS))) loras.push(await engine.loadLora(await NodeFileSource.open(join(dir, `loras/${f}.safetensors`))));
+  const { dir } = await writeTinyModel('lora-studio-bench-');
+  const { engine, loras } = await openTinyEngine(dir, rt, FILES.slice(0, Math.max(...COUNTS)));
   const job: GenerateJob = { prompt: 'a knight in blue armour, watercolour, castle, holding a lantern', negative: 'blurry', steps: STEPS, cfg: 7, seed: 3, width: 64, height: 64, scheduler: 'dpmpp-2m' };
   await engine.generate({ ...job, steps: 2 }); // compiles the sessions and kernels
 

@@ -2,14 +2,9 @@
 // (region injection and concept isolation on) against the same job without a layout, side by side in
 // one process, as ratios; and the mean in-box attention share of the box prompts with injection on
 // and off (3 boxes). The tiny model's weights are random, so the share says nothing about quality.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { GenerateJob, LayoutBox, LoraUse } from '../workers/api/contract.ts';
-import { Engine } from '../workers/engine/engine.ts';
 import type { Runtime } from '../workers/engine/runtime.ts';
-import { makeTinyModel, tinyModelFiles } from '../workers/engine/test-model.ts';
-import { NodeFileSource, openModelPath, writeParts } from '../workers/node/files.ts';
+import { openTinyEngine, writeTinyModel } from '../workers/node/tiny.ts';
 
 const STEPS = Number(process.env.BENCH_LAYOUT_STEPS ?? 6);
 const SIZE = 128;
@@ -21,13 +16,9 @@ function boxes(n: number, loras: LoraUse[]): LayoutBox[] {
 }
 
 export async function benchLayout(rt: Runtime) {
-  const dir = mkdtempSync(join(tmpdir(), 'lora-studio-bench-'));
-  for (const f of tinyModelFiles(makeTinyModel(1234))) await writeParts(join(dir, f.path), f.parts);
-  const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
-  const engine = new Engine(rt);
-  await engine.loadModel(files, tokenizer!, 'fp32');
-  const loras: LoraUse[] = [];
-  for (const f of ['kohya', 'locon', 'loha', 'peft', 'kohya-2']) loras.push({ lora: (await engine.loadLora(await NodeFileSource.open(join(dir, `loras/${f}.safetensors`)))).id, scale: 0.8 });
+  const { dir } = await writeTinyModel('lora-studio-bench-');
+  const { engine, loras: infos } = await openTinyEngine(dir, rt, ['kohya', 'locon', 'loha', 'peft', 'kohya-2']);
+  const loras: LoraUse[] = infos.map((l) => ({ lora: l.id, scale: 0.8 }));
   const job: GenerateJob = { prompt: 'friends in a garden', negative: '', steps: STEPS, cfg: 5, seed: 9, width: SIZE, height: SIZE, scheduler: 'dpmpp-2m' };
   const layoutJob = (n: number, injection = true): GenerateJob => ({ ...job, layout: { boxes: boxes(n, loras), injection, isolation: true, reinit: false } });
   // compile every graph first so the timed runs compare steps only

@@ -1,20 +1,13 @@
 // Shared test fixtures: the tiny model written to a temporary folder, and runtimes per backend.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createRuntime, type Backend, type Runtime } from '../workers/engine/runtime.ts';
-import { makeTinyModel, tinyModelFiles, type TinyModel } from '../workers/engine/test-model.ts';
-import { writeParts } from '../workers/node/files.ts';
+import type { TinyModel } from '../workers/engine/test-model.ts';
+import { writeTinyModel } from '../workers/node/tiny.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 
-let model: { dir: string; model: TinyModel } | undefined;
+let model: Promise<{ dir: string; model: TinyModel }> | undefined;
 
-export async function tinyModelDir(): Promise<{ dir: string; model: TinyModel }> {
-  if (model) return model;
-  const dir = mkdtempSync(join(tmpdir(), 'lora-studio-test-'));
-  const m = makeTinyModel(1234);
-  for (const f of tinyModelFiles(m)) await writeParts(join(dir, f.path), f.parts);
-  model = { dir, model: m };
+export function tinyModelDir(): Promise<{ dir: string; model: TinyModel }> {
+  model ??= writeTinyModel('lora-studio-test-');
   return model;
 }
 

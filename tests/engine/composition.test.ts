@@ -1,12 +1,11 @@
 // Composition methods on the real engine (tiny model, WebGPU): the equivalences that must hold
 // pixel for pixel, cmlora's profile, cache and report on real latents, and cancelling mid-profile.
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { GenerateJob, GenerateResult, LoraInfo, ProgressEvent } from '../../workers/api/contract.ts';
 import { EngineError } from '../../workers/api/errors.ts';
-import { Engine } from '../../workers/engine/engine.ts';
-import { NodeFileSource, openModelPath } from '../../workers/node/files.ts';
+import type { Engine } from '../../workers/engine/engine.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
 import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
@@ -15,15 +14,7 @@ const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: '', steps: 2
 
 let setup: Promise<{ engine: Engine; loras: LoraInfo[] }> | undefined;
 function studio() {
-  setup ??= (async () => {
-    const { dir } = await tinyModelDir();
-    const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
-    const engine = new Engine(await runtime('webgpu'));
-    await engine.loadModel(files, tokenizer!, 'fp32');
-    const loras = [];
-    for (const f of ['kohya', 'locon', 'loha', 'peft', 'kohya-2']) loras.push(await engine.loadLora(await NodeFileSource.open(join(dir, `loras/${f}.safetensors`))));
-    return { engine, loras };
-  })();
+  setup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'locon', 'loha', 'peft', 'kohya-2']));
   return setup;
 }
 

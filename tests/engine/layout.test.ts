@@ -8,10 +8,11 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { GenerateJob, LayoutOptions, LoraInfo } from '../../workers/api/contract.ts';
 import { EngineError } from '../../workers/api/errors.ts';
-import { Engine } from '../../workers/engine/engine.ts';
+import type { Engine } from '../../workers/engine/engine.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
 import { appendedTokens } from '../../workers/layout/regional.ts';
 import { ClipTextTokenizer } from '../../workers/text/tokenizer.ts';
-import { NodeFileSource, openModelPath } from '../../workers/node/files.ts';
+import { openModelPath } from '../../workers/node/files.ts';
 import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
@@ -20,15 +21,7 @@ const JOB: GenerateJob = { prompt: 'two friends in a park', negative: 'blurry', 
 
 let setup: Promise<{ engine: Engine; loras: LoraInfo[] }> | undefined;
 function studio() {
-  setup ??= (async () => {
-    const { dir } = await tinyModelDir();
-    const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
-    const engine = new Engine(await runtime('webgpu'));
-    await engine.loadModel(files, tokenizer!, 'fp32');
-    const loras = [];
-    for (const f of ['kohya', 'loha']) loras.push(await engine.loadLora(await NodeFileSource.open(join(dir, `loras/${f}.safetensors`))));
-    return { engine, loras };
-  })();
+  setup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']));
   return setup;
 }
 

@@ -8,6 +8,7 @@ import type { GenerateJob } from '../../workers/api/contract.ts';
 import { EngineError } from '../../workers/api/errors.ts';
 import { MemorySource } from '../../workers/checkpoint/source.ts';
 import { Engine } from '../../workers/engine/engine.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { readBuffer } from '../../workers/gpu/buffers.ts';
 import { loraTargetTable } from '../../workers/lora/keys.ts';
@@ -15,7 +16,7 @@ import { openLora } from '../../workers/lora/load.ts';
 import { LoraWeights, type MergeBackend } from '../../workers/lora/merger.ts';
 import { tinyLoras } from '../../workers/lora/test-loras.ts';
 import { concatBytes } from '../../workers/checkpoint/safetensors.ts';
-import { NodeFileSource, openModelPath } from '../../workers/node/files.ts';
+import { NodeFileSource } from '../../workers/node/files.ts';
 import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
@@ -99,9 +100,7 @@ for (const backend of ['batched', 'direct', 'cpu'] as MergeBackend[]) {
 
 async function engineFor(backend: 'webgpu' | 'wasm') {
   const { dir } = await tinyModelDir();
-  const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
-  const engine = new Engine(await runtime(backend));
-  await engine.loadModel(files, tokenizer!, 'fp32');
+  const { engine } = await openTinyEngine(dir, await runtime(backend));
   return { engine, dir };
 }
 

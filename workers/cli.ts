@@ -1,12 +1,12 @@
 // `npm run cli -- <command>`: the engine in Node, on Dawn's WebGPU (or the wasm EP).
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { CompositionOptions, GenerateJob, SchedulerId } from './api/contract.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
-import { parseScene, type Scene, type SceneLora } from './layout/scene.ts';
+import { parseSceneText, type Scene, type SceneLora } from './layout/scene.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG } from './checkpoint/config.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
@@ -241,13 +241,7 @@ async function readScene(path: string): Promise<Scene> {
   } catch {
     throw new EngineError('io', `Cannot open ${path}: no such file.`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new EngineError('bad-argument', `${basename(path)} is not JSON: ${(e as Error).message}.`);
-  }
-  return parseScene(json);
+  return parseSceneText(text);
 }
 
 /** The job a scene describes; its LoRAs are filled in once loaded. */

@@ -1,8 +1,8 @@
 // The gallery: every result kept in IndexedDB as its PNG (which carries the scene in a text chunk)
 // with the scene and report beside it; a PNG dropped back onto the studio gives its scene back.
 import type { GenerationReport, ImageData8 } from '../../workers/api/contract.ts';
-import { encodePng, readPngText } from '../../workers/engine/png.ts';
-import { parseScene, type Scene } from '../../workers/layout/scene.ts';
+import { encodePng, PngError, readPngText } from '../../workers/engine/png.ts';
+import { parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
 import { getAll, put, remove } from '../storage/idb.ts';
 
 export const SCENE_CHUNK = 'lorastudio.scene';
@@ -52,19 +52,15 @@ export async function sceneFromPng(file: Blob): Promise<Scene> {
   try {
     text = readPngText(new Uint8Array(await file.arrayBuffer()), 1 << 20);
   } catch (e) {
-    throw new PngSceneError((e as Error).message.replace(/^This PNG cannot be read: /, ''));
+    if (e instanceof PngError) throw new PngSceneError(`${e.problem}.`);
+    throw e;
   }
   const json = text[SCENE_CHUNK];
   if (json === undefined) throw new PngSceneError('it was not made by LoRA Studio (it has no scene chunk).');
-  let parsed: unknown;
   try {
-    parsed = JSON.parse(json);
-  } catch {
-    throw new PngSceneError('its scene chunk is damaged.');
-  }
-  try {
-    return parseScene(parsed);
+    return parseSceneText(json);
   } catch (e) {
-    throw new PngSceneError((e as Error).message.replace(/^This scene cannot be used: /, ''));
+    if (e instanceof SceneError) throw new PngSceneError(`its scene chunk: ${e.problem}.`);
+    throw e;
   }
 }

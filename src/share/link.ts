@@ -3,7 +3,7 @@
 // it so a link from a newer studio is recognised without decoding anything. Decoding is bounded at
 // every stage (link length, inflated size) and ends in parseScene, so a damaged or hostile link gets
 // a sentence and nothing else.
-import { parseScene, type Scene } from '../../workers/layout/scene.ts';
+import { parseScene, parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
 
 export const LINK_VERSION = 1;
 export const LINK_PREFIX = '#scene=';
@@ -90,7 +90,7 @@ export async function encodeShareLink(scene: Scene): Promise<string> {
 /** Whether a fragment is meant as a share link (it may still be broken). */
 export const isShareLink = (hash: string) => hash.startsWith(LINK_PREFIX);
 
-/** The scene a fragment carries, checked; a ShareLinkError (or SceneError) saying what is wrong otherwise. */
+/** The scene a fragment carries, checked; a ShareLinkError saying what is wrong otherwise. */
 export async function decodeShareLink(hash: string): Promise<Scene> {
   if (!isShareLink(hash)) throw new ShareLinkError('it does not hold a LoRA Studio scene.');
   if (hash.length > MAX_LINK) throw new ShareLinkError(`it is ${hash.length} characters long; a scene link is at most ${MAX_LINK}.`);
@@ -109,15 +109,16 @@ export async function decodeShareLink(hash: string): Promise<Scene> {
     if (e instanceof ShareLinkError) throw e;
     throw new ShareLinkError('its data is damaged (it does not unpack). Ask for the link again; it may have been cut when it was copied.');
   }
-  let parsed: unknown;
+  let text: string;
   try {
-    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json));
+    text = new TextDecoder('utf-8', { fatal: true }).decode(json);
   } catch {
     throw new ShareLinkError('its data is damaged (it is not a scene).');
   }
   try {
-    return parseScene(parsed);
+    return parseSceneText(text);
   } catch (e) {
-    throw new ShareLinkError((e as Error).message.replace(/^This scene cannot be used: /, ''));
+    if (e instanceof SceneError) throw new ShareLinkError(`${e.problem}.`);
+    throw e;
   }
 }

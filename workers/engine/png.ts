@@ -77,9 +77,12 @@ export async function encodePng(
 }
 
 export class PngError extends Error {
+  /** What is wrong, without the opening words. */
+  readonly problem: string;
   constructor(problem: string) {
     super(`This PNG cannot be read: ${problem}.`);
     this.name = 'PngError';
+    this.problem = problem;
   }
 }
 

@@ -60,9 +60,12 @@ export interface Scene {
 }
 
 export class SceneError extends BadArgumentError {
+  /** What is wrong, without the opening words: for callers that say where the scene came from. */
+  readonly problem: string;
   constructor(problem: string) {
     super(`This scene cannot be used: ${problem}.`);
     this.name = 'SceneError';
+    this.problem = problem;
   }
 }
 
@@ -120,6 +123,17 @@ function compositionFields(c: Obj): CompositionOptions {
     out[k] = v;
   }
   return out as unknown as CompositionOptions;
+}
+
+/** A scene from its JSON text (a file, a link, a PNG chunk): SceneError for text that is not JSON. */
+export function parseSceneText(text: string): Scene {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new SceneError(`it is not JSON (${(e as Error).message.slice(0, 120)})`);
+  }
+  return parseScene(json);
 }
 
 /** Check an untrusted scene (parsed JSON) and return a clean copy with only the known fields. */

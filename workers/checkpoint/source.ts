@@ -1,6 +1,7 @@
 // Byte sources: a checkpoint is read by ranges, never whole. A 4 GB file stays on disk (or on the
 // server) and only the header and the tensors asked for are brought into memory.
 import { EngineError } from '../api/errors.ts';
+import { concatBytes } from './safetensors.ts';
 
 export interface ByteSource {
   /** A name for messages: the file name or URL. */
@@ -31,20 +32,39 @@ export class BlobSource implements ByteSource {
   }
 }
 
+/**
+ * Past this size a file whose server ignores range requests is refused rather than held in memory.
+ * Small files answered whole (a service worker's precache does that) are simply kept.
+ */
+export const WHOLE_BODY_LIMIT = 256 * 1024 * 1024;
+
 /** An HTTP(S) URL read with Range requests. The size comes from a first ranged request. */
 export class HttpSource implements ByteSource {
   private constructor(readonly name: string, readonly size: number, private readonly url: string, private readonly fetchFn: typeof fetch) {}
 
-  static async open(url: string, fetchFn: typeof fetch = fetch): Promise<HttpSource> {
+  /**
+   * A source for `url`: read by ranges when the server answers them (206), or from memory when it
+   * sends the whole file (200) and the file is at most WHOLE_BODY_LIMIT bytes.
+   */
+  static async open(url: string, fetchFn: typeof fetch = fetch): Promise<ByteSource> {
     const res = await fetchFn(url, { headers: { Range: 'bytes=0-0' } });
     if (!res.ok) throw new EngineError('io', `Could not open ${url}: HTTP ${res.status}.`);
-    const range = res.headers.get('Content-Range');
-    await res.arrayBuffer();
-    const total = range ? Number(range.split('/')[1]) : NaN;
-    if (res.status !== 206 || !Number.isFinite(total)) {
-      throw new EngineError('io', `${url} does not support HTTP range requests, so it cannot be read in parts.`);
+    const name = decodeURIComponent(new URL(url).pathname.split('/').pop() || url);
+    if (res.status === 206) {
+      await res.arrayBuffer();
+      const total = Number(res.headers.get('Content-Range')?.split('/')[1]);
+      if (!Number.isSafeInteger(total)) throw new EngineError('io', `${url} answered a range request without the file's size.`);
+      return new HttpSource(name, total, url, fetchFn);
     }
-    return new HttpSource(url.split('/').pop() ?? url, total, url, fetchFn);
+    const declared = res.headers.get('Content-Encoding') ? NaN : Number(res.headers.get('Content-Length') ?? NaN);
+    const tooLarge = () => new EngineError('io', `${url} does not support HTTP range requests, and it is larger than ${WHOLE_BODY_LIMIT / 2 ** 20} MB, too large to read whole; download it into the library instead.`);
+    if (declared > WHOLE_BODY_LIMIT) {
+      await res.body?.cancel();
+      throw tooLarge();
+    }
+    const bytes = await readCapped(res, WHOLE_BODY_LIMIT, tooLarge);
+    if (Number.isFinite(declared) && bytes.byteLength !== declared) throw new EngineError('io', `${url} ended after ${bytes.byteLength} of ${declared} bytes.`);
+    return new MemorySource(name, bytes);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
@@ -53,6 +73,27 @@ export class HttpSource implements ByteSource {
     const fetchFn = this.fetchFn; // called unbound: fetch refuses another `this`
     const res = await fetchFn(this.url, { headers: { Range: `bytes=${offset}-${end}` } });
     if (res.status !== 206) throw new EngineError('io', `Range request to ${this.url} failed: HTTP ${res.status}.`);
-    return new Uint8Array(await res.arrayBuffer());
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    if (bytes.byteLength !== end - offset + 1) throw new EngineError('io', `Range request to ${this.url} returned ${bytes.byteLength} bytes instead of ${end - offset + 1}.`);
+    return bytes;
   }
+}
+
+/** A response body read whole, refused (and the transfer cancelled) as soon as it passes `cap` bytes. */
+async function readCapped(res: Response, cap: number, refusal: () => Error): Promise<Uint8Array> {
+  if (!res.body) return new Uint8Array(await res.arrayBuffer());
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > cap) {
+      await reader.cancel();
+      throw refusal();
+    }
+    chunks.push(value);
+  }
+  return concatBytes(chunks);
 }

@@ -15,7 +15,7 @@ export default defineConfig({
   plugins: [
     VitePWA({
       registerType: 'prompt',
-      injectRegister: false,
+      injectRegister: false, // registered by src/app/offline.ts after the first model load
       manifest: {
         name: 'LoRA Studio',
         short_name: 'LoRA Studio',

@@ -35,7 +35,7 @@ export function launch(): Promise<Browser> {
 }
 
 /** The studio served and open in Chromium, with its embedded test model loaded. */
-export async function openStudio(port: number): Promise<{ page: Page; browser: Browser; url: string; close: () => Promise<void> }> {
+export async function openStudio(port: number): Promise<{ page: Page; browser: Browser; url: string; stopServer: () => void; close: () => Promise<void> }> {
   const server = await serve(port);
   const browser = await launch();
   const page = await browser.newPage();
@@ -55,6 +55,7 @@ export async function openStudio(port: number): Promise<{ page: Page; browser: B
     page,
     browser,
     url: server.url,
+    stopServer: server.stop,
     close: async () => {
       await browser.close();
       server.stop();

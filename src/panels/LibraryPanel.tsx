@@ -21,7 +21,7 @@ export function formatBytes(n: number): string {
 const formatTime = (s: number) => (s < 90 ? `${Math.ceil(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
 
 export function LibraryPanel({ disabled }: { disabled: boolean }) {
-  const { library, downloads, usage, modelId, status } = useStudio();
+  const { library, downloads, usage, modelId, status, offline, applyUpdate } = useStudio();
   const [source, setSource] = useState(DEFAULT_REPO);
   const busy = disabled || status.kind === 'loading';
   const current = library.models.find((m) => m.id === modelId);
@@ -100,6 +100,19 @@ export function LibraryPanel({ disabled }: { disabled: boolean }) {
       {usage && (
         <p className="hint" data-testid="storage">
           Storage: {formatBytes(usage.usage)} used, {formatBytes(Math.max(0, usage.quota - usage.usage))} free{usage.persisted ? ' (kept by the browser)' : ' (the browser may clear it under pressure)'}
+        </p>
+      )}
+      {offline === 'ready' && (
+        <p className="hint" data-testid="offline">
+          Works offline: the studio and its test model are kept by this browser.
+        </p>
+      )}
+      {offline === 'update' && (
+        <p className="hint" data-testid="offline">
+          A new version of the studio is ready.{' '}
+          <button data-testid="offline-update" disabled={status.kind === 'running'} onClick={applyUpdate}>
+            Reload into it
+          </button>
         </p>
       )}
     </fieldset>

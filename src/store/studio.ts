@@ -48,6 +48,10 @@ export interface StudioState {
   preview?: ImageData8;
   result?: { image: ImageData8; report: GenerationReport; scene: Scene };
   notice?: string;
+  /** The service worker: the studio works offline, a new version is waiting, or it could not install. */
+  offline?: 'ready' | 'update' | 'failed';
+  /** Reload into the waiting new version. */
+  applyUpdate?: () => void;
   /** The last GPU self-test's summary. */
   selfTest?: string;
   setJob(patch: Partial<GenerateJob>): void;

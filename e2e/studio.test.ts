@@ -1,5 +1,3 @@
-// NOT RUN YET (work in progress, issue 6): loading a model from a Blob in the worker stalls intermittently
-// after the weights are read, which makes these tests flaky; rename to studio.test.ts once fixed.
 // The studio as an artist keeps it, in Chromium: a model and a LoRA imported into the library (OPFS)
 // survive a reload; a result lands in the gallery (IndexedDB), its PNG carries the scene and dropping
 // it back restores the scene; a share link opens the same scene in a fresh browser profile and lists

@@ -229,7 +229,7 @@ export function App() {
         </div>
         <progress max={1} value={bar} data-testid="progress" />
         <p className="status" data-testid="status" role="status">
-          {status.kind === 'loading' && `Loading ${status.label}: ${status.done}/${status.total} tensors`}
+          {status.kind === 'loading' && `Loading ${status.label}${status.total > 1 ? `: ${status.done}/${status.total} tensors` : '…'}`}
           {status.kind === 'running' && `${status.phase} ${status.step}/${status.total}`}
           {status.kind === 'cancelling' && 'Cancelling…'}
           {status.kind === 'ready' && (notice ?? 'Ready')}

@@ -4,7 +4,7 @@ import * as Comlink from 'comlink';
 import type { GenerateJob, LayoutOptions, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
-import { requestFromFiles, testModelRequest } from '../engine/model-files.ts';
+import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
 import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
 import { DownloadError } from '../library/download.ts';
 import {
@@ -25,6 +25,7 @@ import {
   type ModelRecord,
 } from '../library/library.ts';
 import { storageUse } from '../library/opfs.ts';
+import { registerOffline } from './offline.ts';
 import { decodeShareLink, encodeShareLink, isShareLink } from '../share/link.ts';
 import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
 import { activeLoras, DEFAULT_JOB, useStudio, type LoraEntry } from '../store/studio.ts';
@@ -157,10 +158,9 @@ export async function useModel(id: string) {
 export async function importModelFiles(files: File[]) {
   if (!files.length) return;
   try {
-    await requestFromFiles(files); // a clear error for a wrong file before anything is copied
     const root = files[0].webkitRelativePath?.split('/')[0];
     const name = files.length > 1 && root ? root : files[0].name;
-    studio().set({ status: { kind: 'loading', done: 0, total: 1, label: `copying ${name} into the library` } });
+    studio().set({ status: { kind: 'loading', done: 0, total: 1, label: `${name} into the library` } });
     const record = await importModel(files.map((f) => ({ path: f.webkitRelativePath || f.name, file: f })), name);
     await refreshLibrary();
     await useModel(record.id);
@@ -466,12 +466,8 @@ export async function dropFiles(files: File[]) {
         fail(e);
       }
     } else if (f.name.endsWith('.safetensors')) {
-      // a checkpoint is gigabytes and has UNet weights; a LoRA is small: let the header decide
-      const isModel = await requestFromFiles([f]).then(
-        () => true,
-        () => false,
-      );
-      if (isModel) await importModelFiles([f]);
+      // a checkpoint has UNet weights and a LoRA has not: its header decides
+      if (await isCheckpointFile(f)) await importModelFiles([f]);
       else await addLoraFiles([f]);
     } else fail(new Error(`"${f.name}" is neither a .safetensors model or LoRA nor a studio PNG.`));
   }
@@ -502,10 +498,9 @@ export async function startStudio() {
   }
   studio().set({ loras: entries, gallery: await listResults().catch(() => []) });
   lorasRestored = true;
-  // The service worker (dist/sw.js, the offline precache) is built but not registered yet: with it
-  // installing, model loads in Chromium stalled after the weights were read (not understood yet).
   const saved = localStorage.getItem(MODEL_KEY);
   await useModel(saved && lib.models.some((m) => m.id === saved) ? saved : TEST_MODEL_ID);
+  registerOffline();
   await openLinkIn(location.hash);
   window.addEventListener('hashchange', () => void openLinkIn(location.hash));
   studio().set({ missing: missingLoras(currentScene()) });

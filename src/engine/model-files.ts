@@ -32,9 +32,12 @@ async function clipTokenizer(): Promise<ModelRequest['tokenizer']> {
   }
 }
 
-/** From an <input type=file> selection: one .safetensors, or a whole diffusers folder. */
-export function requestFromFiles(files: File[]): Promise<ModelRequest> {
-  return requestFromEntries(files.map((f) => ({ path: f.webkitRelativePath || f.name, blob: f })));
+/** Whether a .safetensors file reads as a whole SD checkpoint (its header only; a LoRA does not). */
+export function isCheckpointFile(file: File): Promise<boolean> {
+  return ModelCheckpoint.open({ single: new BlobSource(file.name, file) }).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** From files with their paths (a picked folder, or a model stored in the library). */

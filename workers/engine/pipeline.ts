@@ -170,7 +170,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     }
     // without injection: where each box prompt sits in the joined prompt (the same parts as `prompt`)
     const joined = [job.prompt, ...boxes.map((b) => b.prompt)].map((text, i) => ({ text, i })).filter((p) => p.text.trim());
-    const counts = joined.map((p) => parts.tokenizer.encode(p.text).tokenCount);
+    const counts = joined.map((p) => (p.i === 0 ? parts.tokenizer.encode(p.text).tokenCount : boxTokens[p.i - 1]));
     for (const n of boxes.keys()) {
       const at = joined.findIndex((p) => p.i === n + 1);
       appendedBoxTokens.push(at < 0 ? { first: 1, end: 1 } : appendedTokens(counts, at, textLen));
@@ -267,9 +267,9 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const conceptMaps = (n: number) => conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen));
   // ... and the attention the image actually gave it: its region's map under the region weights
   // with injection, or its tokens inside the joined global prompt without
+  const latentWeights = injected && masks ? regionWeights(masks.get(`${lh}x${lw}`)!) : undefined;
   const usedMaps = (n: number) => {
-    const m = masks!.get(`${lh}x${lw}`)!;
-    if (injected) return conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen), regionWeights(m).subarray((n + 1) * lh * lw, (n + 2) * lh * lw));
+    if (latentWeights) return conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen), latentWeights.subarray((n + 1) * lh * lw, (n + 2) * lh * lw));
     return conceptMap(maps(), 0, boxes.length + 1, lh * lw, textLen, appendedBoxTokens[n]);
   };
   if (layout?.reinit) {

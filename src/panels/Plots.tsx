@@ -20,11 +20,13 @@ export function StepPlots({ steps, loras }: { steps: CompositionStep[]; loras: s
       <svg viewBox={`0 0 ${W} ${H}`} width={W} height={H} role="img" aria-label="high-frequency amplitude per LoRA per step">
         <rect x={0} y={0} width={W} height={H} fill="#fff" stroke="#ddd" />
         {loras.map((name, k) => {
-          const pts = steps.map((s, i) => (s.amplitudes[k] === null || s.amplitudes[k] === undefined ? null : `${x(i).toFixed(1)},${y(s.amplitudes[k]!).toFixed(1)}`));
+          const pts = steps.flatMap((s, i) => (s.amplitudes[k] == null ? [] : [{ i, cx: x(i), cy: y(s.amplitudes[k]!) }]));
           return (
             <g key={name}>
-              <polyline fill="none" stroke={COLORS[k % COLORS.length]} strokeWidth={1.5} points={pts.filter(Boolean).join(' ')} />
-              {pts.map((p, i) => p && <circle key={i} cx={p.split(',')[0]} cy={p.split(',')[1]} r={1.8} fill={COLORS[k % COLORS.length]} />)}
+              <polyline fill="none" stroke={COLORS[k % COLORS.length]} strokeWidth={1.5} points={pts.map((p) => `${p.cx.toFixed(1)},${p.cy.toFixed(1)}`).join(' ')} />
+              {pts.map((p) => (
+                <circle key={p.i} cx={p.cx} cy={p.cy} r={1.8} fill={COLORS[k % COLORS.length]} />
+              ))}
             </g>
           );
         })}

@@ -138,7 +138,7 @@ test('a share link opens the same scene in a fresh profile and names the missing
   await fresh.close();
 });
 
-test('downloads: a hub repository from its file list, checked by sha256; a bad hash is refused; a direct address resumes with a range request after a reload', async () => {
+test('downloads: a hub repository from its file list, checked by sha256; a bad hash is refused; a LoRA by its repository; a direct address resumes with a range request after a reload', async () => {
   // the hub, answered from the built test model (tests never reach the network)
   const files = ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'tokenizer/vocab.json', 'tokenizer/merges.txt'];
   const local = (f: string) => `dist/test-model/diffusers/${f}`;
@@ -147,9 +147,13 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/broken/tree/main?recursive=true', (r) =>
     r.fulfill({ json: [{ type: 'file', path: 'tiny.safetensors', size: statSync(MODEL).size, lfs: { oid: '0'.repeat(64), size: statSync(MODEL).size } }] }),
   );
+  const LORA2 = 'dist/test-model/loras/kohya-2.safetensors';
+  await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/style-lora/tree/main?recursive=true', (r) =>
+    r.fulfill({ json: [{ type: 'file', path: 'README.md', size: 10 }, { type: 'file', path: 'pytorch_lora_weights.safetensors', size: 134, lfs: { oid: sha256(LORA2), size: statSync(LORA2).size } }] }),
+  );
   await page.route((u) => u.href.startsWith('https://huggingface.co/studio-tests/'), (r) => {
     const path = new URL(r.request().url()).pathname.split('/resolve/main/')[1];
-    r.fulfill({ path: path === 'tiny.safetensors' ? MODEL : local(decodeURIComponent(path)) });
+    r.fulfill({ path: path === 'tiny.safetensors' ? MODEL : path === 'pytorch_lora_weights.safetensors' ? LORA2 : local(decodeURIComponent(path)) });
   });
   await page.getByTestId('download-source').fill('studio-tests/tiny-sd15');
   await page.getByTestId('download-start').click();
@@ -162,6 +166,18 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   assert.match(await page.getByTestId('download-0-error').innerText(), /tiny\.safetensors does not match the sha256 the hub lists .* the damaged file was deleted/);
   await page.getByTestId('download-0-discard').click();
   await page.getByTestId('download-0').waitFor({ state: 'detached' });
+
+  // a LoRA by its hub repository: fetched, checked, listed and loaded for the model
+  await page.getByTestId('lora-url').fill('studio-tests/style-lora');
+  await page.getByTestId('lora-url-add').click();
+  const fetched = page.locator('[data-testid^="lora-"]').filter({ hasText: 'studio-tests--style-lora.safetensors' });
+  await fetched.getByText(/^kohya · rank \d+/).waitFor({ timeout: 60_000 });
+  const storedLora = await page.evaluate(async () => {
+    const dir = await (await (await navigator.storage.getDirectory()).getDirectoryHandle('library')).getDirectoryHandle('loras');
+    const f = await (await dir.getFileHandle('studio-tests--style-lora.safetensors')).getFile();
+    return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
+  });
+  assert.equal(storedLora, sha256(LORA2));
 
   // an interrupted direct download: the first megabyte is on disk, as a lost connection leaves it
   const address = `${studio.url}test-model/tiny-sd15.safetensors?copy=1`;

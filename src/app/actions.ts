@@ -11,6 +11,7 @@ import {
   cancelDownload,
   deleteRecord,
   downloadedBytes,
+  downloadLora,
   downloadModel,
   guessCategory,
   importLora,
@@ -264,22 +265,52 @@ const entryFor = async (record: LoraRecord, enabled: boolean, scale = 1): Promis
 };
 
 export async function addLoraFiles(files: File[]) {
-  const { set } = studio();
   for (const f of files) {
     try {
-      const record = await importLora(f);
-      const old = studio().loras.find((l) => l.file.name === record.name);
-      if (old && old.info) void engine().unloadLora(old.info.id);
-      const entry = await entryFor(record, true, old?.scale ?? 1);
-      set({ loras: [...studio().loras.filter((l) => l.file.name !== record.name), entry] });
-      if (studio().model) await loadLora(entry);
+      await addLoraRecord(await importLora(f));
     } catch (e) {
       fail(e);
     }
   }
+  await loraAdded();
+}
+
+let loraDownload: AbortController | undefined;
+
+/** A LoRA from an address (hub repository or file, Civitai download link, any .safetensors URL). */
+export async function addLoraFromUrl(input: string) {
+  const { set } = studio();
+  loraDownload?.abort();
+  const ctrl = (loraDownload = new AbortController());
+  set({ loraDownload: { name: input.trim(), done: 0 } });
+  try {
+    const record = await downloadLora(input, (p) => set({ loraDownload: { name: p.name, done: p.done, total: p.total ?? undefined } }), ctrl.signal);
+    set({ loraDownload: undefined });
+    await addLoraRecord(record);
+  } catch (e) {
+    set({ loraDownload: undefined });
+    if (!(e instanceof DownloadError && e.message === 'Paused.')) fail(e);
+  } finally {
+    if (loraDownload === ctrl) loraDownload = undefined;
+  }
+  await loraAdded();
+}
+
+export const stopLoraDownload = () => loraDownload?.abort();
+
+/** A LoRA now in the library: shown (replacing one of the same name) and loaded for the model. */
+async function addLoraRecord(record: LoraRecord) {
+  const old = studio().loras.find((l) => l.file.name === record.name);
+  if (old && old.info) void engine().unloadLora(old.info.id);
+  const entry = await entryFor(record, true, old?.scale ?? 1);
+  studio().set({ loras: [...studio().loras.filter((l) => l.file.name !== record.name), entry] });
+  if (studio().model) await loadLora(entry);
+}
+
+async function loraAdded() {
   await refreshUsage();
   // a scene opened before may have been waiting for these
-  set({ missing: missingLoras(currentScene()) });
+  studio().set({ missing: missingLoras(currentScene()) });
 }
 
 export async function removeLora(entry: LoraEntry) {

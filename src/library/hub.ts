@@ -56,6 +56,12 @@ export function parseModelSource(input: string): ModelSource {
     }
     if (REPO.test(repo)) return { kind: 'hub', repo, revision: parts[2] === 'tree' && parts[3] ? parts[3] : 'main' };
   }
+  if (/(^|\.)civitai\.com$/.test(url.hostname)) {
+    // civitai.com/api/download/models/<version id>: the file's name comes only with the answer
+    const id = url.pathname.match(/^\/api\/download\/models\/(\d+)\/?$/)?.[1];
+    if (!id) throw new Error('For Civitai, paste the download link (civitai.com/api/download/models/…, from the Download button), not the page address.');
+    return { kind: 'url', url: url.href, name: `civitai-${id}.safetensors` };
+  }
   const name = decodeURIComponent(parts[parts.length - 1] ?? '');
   if (!name.endsWith('.safetensors')) throw new Error(`"${name || url.href}" is not a .safetensors file. The studio reads .safetensors only: other formats such as .ckpt can run code.`);
   return { kind: 'url', url: url.href, name };
@@ -89,4 +95,23 @@ export function planHubDownload(repo: string, revision: string, tree: HubTreeEnt
   if (!singles.length) throw new Error(`${repo} has neither diffusers folders (unet/, text_encoder/, vae/) nor a .safetensors checkpoint at its top level.`);
   singles.sort((a, b) => (a.lfs?.size ?? a.size ?? 0) - (b.lfs?.size ?? b.size ?? 0));
   return { name: repo, source: `${HUB}/${repo}`, files: [planned(singles[0])] };
+}
+
+/** The LoRA file of a hub repository: diffusers' `pytorch_lora_weights.safetensors`, or its only top-level .safetensors. */
+export function planHubLora(repo: string, revision: string, tree: HubTreeEntry[]): PlannedFile {
+  const top = tree.filter((e) => e.type === 'file' && !e.path.includes('/') && e.path.endsWith('.safetensors'));
+  const pick = top.find((e) => e.path === 'pytorch_lora_weights.safetensors') ?? (top.length === 1 ? top[0] : undefined);
+  if (!pick) {
+    throw new Error(
+      top.length
+        ? `${repo} holds ${top.length} .safetensors files (${top.slice(0, 4).map((e) => e.path).join(', ')}${top.length > 4 ? ', …' : ''}); paste the address of the one you want.`
+        : `${repo} has no .safetensors file at its top level.`,
+    );
+  }
+  return {
+    url: `${HUB}/${repo}/resolve/${encodeURIComponent(revision)}/${encodeURIComponent(pick.path)}`,
+    path: pick.path,
+    size: pick.lfs?.size ?? pick.size,
+    ...(pick.lfs?.oid ? { sha256: pick.lfs.oid } : {}),
+  };
 }

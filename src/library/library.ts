@@ -5,7 +5,7 @@ import type { ModelRequest } from '../../workers/api/contract.ts';
 import { get, getAll, put, remove } from '../storage/idb.ts';
 import { requestFromEntries } from '../engine/model-files.ts';
 import { downloadFile, partialSize, type DownloadProgress } from './download.ts';
-import { hubTreeUrl, parseModelSource, planHubDownload, type DownloadPlan, type HubTreeEntry } from './hub.ts';
+import { HUB, hubTreeUrl, parseModelSource, planHubDownload, planHubLora, type DownloadPlan, type HubTreeEntry } from './hub.ts';
 import { checkName, readFile, removeEntry, writeStream } from './opfs.ts';
 
 export const LORA_CATEGORIES = ['character', 'clothing', 'style', 'background', 'object'] as const;
@@ -72,10 +72,28 @@ export async function listLibrary(): Promise<{ models: ModelRecord[]; loras: Lor
 export async function importLora(file: File, source?: string): Promise<LoraRecord> {
   if (!file.name.endsWith('.safetensors')) throw new Error(`"${file.name}" is not a .safetensors file; LoRAs are read from .safetensors only.`);
   await writeStream(loraPath(file.name), file.stream());
-  const old = await get<LoraRecord>('library', `lora:${file.name}`);
-  const record: LoraRecord = { id: `lora:${file.name}`, kind: 'lora', name: file.name, size: file.size, addedAt: old?.addedAt ?? Date.now(), category: old?.category ?? guessCategory(file.name), ...(source ? { source } : {}) };
-  await put('library', record, `the LoRA "${file.name}"`);
+  return saveLoraRecord(file.name, file.size, source);
+}
+
+async function saveLoraRecord(name: string, size: number, source?: string): Promise<LoraRecord> {
+  const old = await get<LoraRecord>('library', `lora:${name}`);
+  const record: LoraRecord = { id: `lora:${name}`, kind: 'lora', name, size, addedAt: old?.addedAt ?? Date.now(), category: old?.category ?? guessCategory(name), ...(source ? { source } : {}) };
+  await put('library', record, `the LoRA "${name}"`);
   return record;
+}
+
+/**
+ * Download a LoRA by what the artist pasted: a hub repository, a hub file address, a Civitai download
+ * link or any .safetensors address. Checked like a model download (size and the hub's sha256); an
+ * interrupted one keeps its part and resumes when the same address is given again.
+ */
+export async function downloadLora(input: string, onProgress: (p: DownloadProgress & { name: string }) => void, signal?: AbortSignal): Promise<LoraRecord> {
+  const src = parseModelSource(input);
+  const file = src.kind === 'url' ? { url: src.url, path: src.name } : planHubLora(src.repo, src.revision, await hubTree(src.repo, src.revision));
+  // a hub repository's generic file name is replaced by the repository's
+  const name = checkName(src.kind === 'hub' ? `${src.repo.replace('/', '--')}.safetensors` : src.name);
+  await downloadFile(file, loraPath(name), (p) => onProgress({ ...p, name }), signal);
+  return saveLoraRecord(name, (await readFile(loraPath(name))).size, src.kind === 'url' ? src.url : `${HUB}/${src.repo}`);
 }
 
 export async function loraFile(record: LoraRecord): Promise<File> {
@@ -124,15 +142,20 @@ export async function deleteRecord(record: LibraryRecord): Promise<void> {
 export async function planDownload(input: string): Promise<DownloadPlan> {
   const src = parseModelSource(input);
   if (src.kind === 'url') return { name: src.name, source: src.url, files: [{ url: src.url, path: checkName(src.name) }] };
+  return planHubDownload(src.repo, src.revision, await hubTree(src.repo, src.revision));
+}
+
+/** A hub repository's file list. */
+async function hubTree(repo: string, revision: string): Promise<HubTreeEntry[]> {
   let res: Response;
   try {
-    res = await fetch(hubTreeUrl(src.repo, src.revision));
+    res = await fetch(hubTreeUrl(repo, revision));
   } catch (e) {
     throw new Error(`The Hugging Face hub could not be reached (${(e as Error).message}); check the connection.`);
   }
-  if (res.status === 404 || res.status === 401) throw new Error(`The hub has no public repository "${src.repo}" (revision ${src.revision}).`);
-  if (!res.ok) throw new Error(`The hub answered ${res.status} for ${src.repo}.`);
-  return planHubDownload(src.repo, src.revision, (await res.json()) as HubTreeEntry[]);
+  if (res.status === 404 || res.status === 401) throw new Error(`The hub has no public repository "${repo}" (revision ${revision}).`);
+  if (!res.ok) throw new Error(`The hub answered ${res.status} for ${repo}.`);
+  return (await res.json()) as HubTreeEntry[];
 }
 
 export interface ModelDownloadProgress extends DownloadProgress {

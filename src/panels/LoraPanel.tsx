@@ -2,7 +2,9 @@
 // on or off, see what the file says about itself (base model, rank, training tags) and which of its
 // layers did not fit the model.
 import type { LoraInfo } from '../../workers/api/contract.ts';
-import { addLoraFiles, addTag, removeLora, setLoraCategory } from '../app/actions.ts';
+import { useState } from 'react';
+import { addLoraFiles, addLoraFromUrl, addTag, removeLora, setLoraCategory, stopLoraDownload } from '../app/actions.ts';
+import { formatBytes } from './LibraryPanel.tsx';
 import { LORA_CATEGORIES, type LoraCategory } from '../library/library.ts';
 import { useStudio } from '../store/studio.ts';
 
@@ -18,7 +20,8 @@ function describe(info: LoraInfo): string {
 }
 
 export function LoraPanel({ disabled }: { disabled: boolean }) {
-  const { loras, updateLora } = useStudio();
+  const { loras, updateLora, loraDownload } = useStudio();
+  const [address, setAddress] = useState('');
   return (
     <fieldset className="loras" data-testid="loras">
       <legend>LoRAs</legend>
@@ -37,6 +40,30 @@ export function LoraPanel({ disabled }: { disabled: boolean }) {
           }}
         />
       </label>
+      <form
+        className="row"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (address.trim()) void addLoraFromUrl(address);
+        }}
+      >
+        <input type="text" value={address} placeholder="hub repo, hub file, Civitai download link or .safetensors URL" aria-label="LoRA address" data-testid="lora-url" onChange={(e) => setAddress(e.target.value)} />
+        <button type="submit" data-testid="lora-url-add" disabled={disabled || !!loraDownload || !address.trim()}>
+          Fetch
+        </button>
+      </form>
+      {loraDownload && (
+        <div className="row" data-testid="lora-download">
+          <progress max={loraDownload.total ?? 1} value={loraDownload.total ? loraDownload.done : undefined} />
+          <span className="hint">
+            {loraDownload.name}: {formatBytes(loraDownload.done)}
+            {loraDownload.total ? ` of ${formatBytes(loraDownload.total)}` : ''}
+          </span>
+          <button className="small" onClick={stopLoraDownload} aria-label="stop the LoRA download">
+            ✕
+          </button>
+        </div>
+      )}
       {loras.map((l, i) => (
         <div className="lora" key={l.key} data-testid={`lora-${i}`}>
           <div className="row">

@@ -35,6 +35,8 @@ export interface StudioState {
   modelId?: string;
   library: { models: ModelRecord[] };
   downloads: DownloadView[];
+  /** A LoRA being fetched from an address. */
+  loraDownload?: { name: string; done: number; total?: number };
   usage?: StorageUse;
   gallery: GalleryItem[];
   /** LoRAs the open scene names that the library lacks. */

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import type { Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import { deflateRawSync } from 'node:zlib';
 import { readPngText } from '../workers/engine/png.ts';
 import { toBase64Url } from '../src/share/link.ts';
@@ -138,23 +138,27 @@ test('a share link opens the same scene in a fresh profile and names the missing
   await fresh.close();
 });
 
-test('downloads: a hub repository from its file list, checked by sha256; a bad hash is refused; a LoRA by its repository; a direct address resumes with a range request after a reload', async () => {
-  // the hub, answered from the built test model (tests never reach the network)
+const LORA2 = 'dist/test-model/loras/kohya-2.safetensors';
+
+/** The hub, answered from the built test model (tests never reach the network). */
+async function routeHub(ctx: BrowserContext) {
   const files = ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'tokenizer/vocab.json', 'tokenizer/merges.txt'];
   const local = (f: string) => `dist/test-model/diffusers/${f}`;
   const tree = files.map((f) => ({ type: 'file', path: f, size: statSync(local(f)).size, ...(f.endsWith('.safetensors') ? { lfs: { oid: sha256(local(f)), size: statSync(local(f)).size } } : {}) }));
-  await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/tiny-sd15/tree/main?recursive=true', (r) => r.fulfill({ json: tree }));
-  await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/broken/tree/main?recursive=true', (r) =>
-    r.fulfill({ json: [{ type: 'file', path: 'tiny.safetensors', size: statSync(MODEL).size, lfs: { oid: '0'.repeat(64), size: statSync(MODEL).size } }] }),
-  );
-  const LORA2 = 'dist/test-model/loras/kohya-2.safetensors';
-  await page.route((u) => u.href === 'https://huggingface.co/api/models/studio-tests/style-lora/tree/main?recursive=true', (r) =>
+  const api = (repo: string) => (u: URL) => u.href === `https://huggingface.co/api/models/studio-tests/${repo}/tree/main?recursive=true`;
+  await ctx.route(api('tiny-sd15'), (r) => r.fulfill({ json: tree }));
+  await ctx.route(api('broken'), (r) => r.fulfill({ json: [{ type: 'file', path: 'tiny.safetensors', size: statSync(MODEL).size, lfs: { oid: '0'.repeat(64), size: statSync(MODEL).size } }] }));
+  await ctx.route(api('style-lora'), (r) =>
     r.fulfill({ json: [{ type: 'file', path: 'README.md', size: 10 }, { type: 'file', path: 'pytorch_lora_weights.safetensors', size: 134, lfs: { oid: sha256(LORA2), size: statSync(LORA2).size } }] }),
   );
-  await page.route((u) => u.href.startsWith('https://huggingface.co/studio-tests/'), (r) => {
+  await ctx.route((u) => u.href.startsWith('https://huggingface.co/studio-tests/'), (r) => {
     const path = new URL(r.request().url()).pathname.split('/resolve/main/')[1];
     r.fulfill({ path: path === 'tiny.safetensors' ? MODEL : path === 'pytorch_lora_weights.safetensors' ? LORA2 : local(decodeURIComponent(path)) });
   });
+}
+
+test('downloads: a hub repository from its file list, checked by sha256; a bad hash is refused; a LoRA by its repository; a direct address resumes with a range request after a reload', async () => {
+  await routeHub(page.context());
   await page.getByTestId('download-source').fill('studio-tests/tiny-sd15');
   await page.getByTestId('download-start').click();
   await modelChosen(page, 'model:studio-tests/tiny-sd15');
@@ -212,3 +216,37 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   });
   assert.equal(stored, sha256(MODEL), 'the resumed file is the server file, byte for byte');
 });
+
+test('a shared scene names its downloaded model and LoRA by address; in a fresh profile one click fetches each', async () => {
+  await page.getByTestId('model-select').selectOption('model:studio-tests/tiny-sd15');
+  await page.getByTestId('model-name').filter({ hasText: 'diffusers' }).waitFor({ timeout: 120_000 });
+  await ready(page);
+  await page.getByTestId('share').click();
+  const link = await page.getByTestId('share-url').inputValue();
+  const scene = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!));
+  assert.deepEqual(scene.model, { name: 'studio-tests/tiny-sd15', url: 'https://huggingface.co/studio-tests/tiny-sd15' });
+  assert.ok(scene.loras.some((l: { name: string; url?: string }) => l.name === 'studio-tests--style-lora.safetensors' && l.url === 'https://huggingface.co/studio-tests/style-lora'), JSON.stringify(scene.loras));
+
+  const fresh = await studio.browser.newContext();
+  await routeHub(fresh);
+  const other = await fresh.newPage();
+  await other.goto(link);
+  await ready(other);
+  const missing = other.getByTestId('missing-loras');
+  assert.match(await other.getByTestId('missing-model').innerText(), /^model studio-tests\/tiny-sd15 from https:\/\/huggingface\.co\/studio-tests\/tiny-sd15 Fetch$/);
+  await other.getByTestId('missing-model-fetch').click();
+  await modelChosen(other, 'model:studio-tests/tiny-sd15');
+  await ready(other);
+  await other.getByTestId('missing-model').waitFor({ state: 'detached' });
+  await missing.locator('li', { hasText: 'studio-tests--style-lora.safetensors' }).getByRole('button', { name: 'Fetch' }).click();
+  await other.locator('[data-testid^="lora-"]').filter({ hasText: 'studio-tests--style-lora.safetensors' }).getByText(/^kohya · rank \d+/).waitFor({ timeout: 60_000 });
+  // only the LoRA that was imported from a file (no address) is left to add by hand
+  assert.deepEqual(await missing.locator('li').allInnerTexts(), [byHand(scene)]);
+  await fresh.close();
+});
+
+/** How the missing list names a LoRA that came from a file: by its fingerprint. */
+const byHand = (scene: { loras: { name: string; fingerprint?: string }[] }) => {
+  const l = scene.loras.find((x) => x.name === 'kohya.safetensors')!;
+  return `kohya.safetensors (fingerprint ${l.fingerprint})`;
+};

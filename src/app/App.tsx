@@ -9,6 +9,7 @@ import { BoxPanel } from '../panels/BoxPanel.tsx';
 import { GalleryPanel } from '../panels/GalleryPanel.tsx';
 import { LibraryPanel } from '../panels/LibraryPanel.tsx';
 import { LoraPanel } from '../panels/LoraPanel.tsx';
+import { MissingPanel } from '../panels/MissingPanel.tsx';
 import { StepPlots } from '../panels/Plots.tsx';
 import { useStudio } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
@@ -73,7 +74,7 @@ async function runSelfTest() {
 }
 
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, selfTest, runSteps, loras, missing, shareUrl } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, selfTest, runSteps, loras, shareUrl } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
   useEffect(() => {
     void startStudio();
@@ -127,32 +128,7 @@ export function App() {
             <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
           </div>
         </div>
-        {missing.length > 0 && (
-          <div className="error" role="alert" data-testid="missing-loras">
-            This scene uses LoRAs that are not in your library:
-            <ul>
-              {missing.map((l) => (
-                <li key={l.name}>
-                  {l.name}
-                  {l.url ? (
-                    <>
-                      {' '}
-                      from{' '}
-                      <a href={l.url} target="_blank" rel="noreferrer noopener">
-                        {l.url}
-                      </a>
-                    </>
-                  ) : l.fingerprint ? (
-                    ` (fingerprint ${l.fingerprint})`
-                  ) : (
-                    ''
-                  )}
-                </li>
-              ))}
-            </ul>
-            Add them (drop the files here) and they are used.
-          </div>
-        )}
+        <MissingPanel />
         {result && !running && (
           <p className="hint" data-testid="result-line">
             {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/

@@ -2,7 +2,7 @@
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
 import * as Comlink from 'comlink';
 import type { GenerateJob, LayoutOptions, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
-import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
+import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
 import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
@@ -32,6 +32,8 @@ import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts'
 import { activeLoras, DEFAULT_JOB, useStudio, type LoraEntry } from '../store/studio.ts';
 
 export const TEST_MODEL_ID = 'test-model';
+/** How scenes name the embedded test model. */
+const TEST_MODEL_NAME = 'built-in tiny test model';
 const MODEL_KEY = 'lorastudio.model';
 
 export const sceneStore = createSceneStore(typeof localStorage === 'undefined' ? undefined : localStorage);
@@ -72,12 +74,27 @@ function syncScene() {
   else sceneStore.getState().setSettings({ ...settingsOf(DEFAULT_JOB), loras: [] });
   useStudio.subscribe((s, prev) => {
     if (s.job !== prev.job) sceneStore.getState().setSettings(settingsOf(s.job));
+    if (s.modelId !== prev.modelId && s.modelId) sceneStore.getState().setSettings({ model: sceneModelOf(s.modelId) });
+    if (s.library !== prev.library && s.missingModel && libraryModelFor(s.missingModel)) studio().set({ missingModel: undefined });
     if (lorasRestored && s.loras !== prev.loras) {
       // LoRAs the scene names but the library lacks stay in it (they are listed as missing)
       const absent = currentScene().loras.filter((l) => !s.loras.some((e) => e.file.name === l.name));
       sceneStore.getState().setSettings({ loras: [...sceneLoras(s.loras), ...absent] });
     }
   });
+}
+
+/** How a scene names a library model: its name and, for a download, where it came from. */
+function sceneModelOf(id: string): SceneModel {
+  if (id === TEST_MODEL_ID) return { name: TEST_MODEL_NAME };
+  const r = studio().library.models.find((m) => m.id === id);
+  return { name: r?.name ?? id.replace(/^model:/, ''), ...(r?.source?.startsWith('https://') ? { url: r.source } : {}) };
+}
+
+/** The library id of the model a scene names, if the library has it. */
+function libraryModelFor(m: SceneModel): string | undefined {
+  if (m.name === TEST_MODEL_NAME) return TEST_MODEL_ID;
+  return studio().library.models.find((r) => r.name === m.name)?.id;
 }
 
 /** The scene as it stands: layout, settings and frame LoRAs. */
@@ -103,11 +120,16 @@ export function applyScene(scene: Scene, from: string) {
   set({
     loras: loras.map((l) => {
       const use = scene.loras.find((s) => s.name === l.file.name || (s.fingerprint && s.fingerprint === l.info?.fingerprint));
-      return { ...l, enabled: !!use && !!l.info, scale: use?.scale ?? l.scale };
+      return { ...l, enabled: !!use, scale: use?.scale ?? l.scale };
     }),
   });
   const missing = missingLoras(scene);
-  set({ missing, notice: `Opened the scene from ${from}.${missing.length ? ` ${missing.length} LoRA(s) it uses are not in your library.` : ''}`, status: studio().status.kind === 'error' ? { kind: 'ready' } : studio().status });
+  // the scene's model: loaded when the library has it, listed as missing when it has not
+  const modelId = scene.model && libraryModelFor(scene.model);
+  const missingModel = scene.model && !modelId ? scene.model : undefined;
+  const lacking = [missingModel && 'its model', missing.length && `${missing.length} LoRA${missing.length > 1 ? 's' : ''} it uses`].filter(Boolean);
+  set({ missing, missingModel, notice: `Opened the scene from ${from}.${lacking.length ? ` ${lacking.join(' and ')} ${lacking.length > 1 || missing.length > 1 ? 'are' : 'is'} not in your library.` : ''}`, status: studio().status.kind === 'error' ? { kind: 'ready' } : studio().status });
+  if (modelId && modelId !== studio().modelId && studio().status.kind !== 'running') void useModel(modelId);
 }
 
 // ---------------------------------------------------------------- models
@@ -135,16 +157,31 @@ async function loadModelRequest(req: ModelRequest, label: string, id: string) {
   const progress = reporter((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } }));
   try {
     const model = await engine().loadModel(req, progress.proxy).finally(progress.close);
-    set({ model, modelId: id, status: { kind: 'ready' } });
+    set({ model, modelId: id, status: { kind: 'loading', done: 0, total: 1, label: `the LoRAs for ${label}` } });
     localStorage.setItem(MODEL_KEY, id);
     // LoRAs belong to a model: load the library's again for this one
     for (const l of studio().loras) await loadLora(l);
+    set({ status: { kind: 'ready' } });
   } catch (e) {
     fail(e);
   }
 }
 
-export async function useModel(id: string) {
+let engineQueue: Promise<unknown> = Promise.resolve();
+
+/**
+ * Model and LoRA loads one after another: a model load drops the worker's LoRAs, so a LoRA load (or a
+ * second model load) running beside it would fail or land on the wrong model.
+ */
+function serial<T>(task: () => Promise<T>): Promise<T> {
+  const run = engineQueue.then(task);
+  engineQueue = run.catch(() => {});
+  return run;
+}
+
+export const useModel = (id: string) => serial(() => useModelNow(id));
+
+async function useModelNow(id: string) {
   try {
     if (id === TEST_MODEL_ID) return await loadModelRequest(await testModelRequest(), 'tiny test model', id);
     const record = studio().library.models.find((m) => m.id === id);
@@ -255,7 +292,8 @@ async function loadLora(entry: LoraEntry) {
       }
     }
   } catch (e) {
-    updateLora(entry.key, { error: (e as Error).message, enabled: false });
+    // it stays switched on in the scene: a failed LoRA is simply not used (activeLoras needs info)
+    updateLora(entry.key, { error: (e as Error).message });
   }
 }
 
@@ -301,10 +339,13 @@ export const stopLoraDownload = () => loraDownload?.abort();
 /** A LoRA now in the library: shown (replacing one of the same name) and loaded for the model. */
 async function addLoraRecord(record: LoraRecord) {
   const old = studio().loras.find((l) => l.file.name === record.name);
-  if (old && old.info) void engine().unloadLora(old.info.id);
   const entry = await entryFor(record, true, old?.scale ?? 1);
   studio().set({ loras: [...studio().loras.filter((l) => l.file.name !== record.name), entry] });
-  if (studio().model) await loadLora(entry);
+  await serial(async () => {
+    if (old?.info) await engine().unloadLora(old.info.id).catch(() => {});
+    // a model load that ran meanwhile has loaded it already
+    if (studio().model && !studio().loras.find((l) => l.key === entry.key)?.info) await loadLora(entry);
+  });
 }
 
 async function loraAdded() {

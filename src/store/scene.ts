@@ -53,11 +53,18 @@ export interface SceneState {
   redo(): void;
 }
 
-export type SettingKey = 'prompt' | 'negative' | 'loras' | 'composition' | 'seed' | 'steps' | 'cfg' | 'scheduler';
+export type SettingKey = 'prompt' | 'negative' | 'loras' | 'composition' | 'seed' | 'steps' | 'cfg' | 'scheduler' | 'model';
 
-const SETTING_KEYS: SettingKey[] = ['prompt', 'negative', 'loras', 'composition', 'seed', 'steps', 'cfg', 'scheduler'];
+const SETTING_KEYS: SettingKey[] = ['prompt', 'negative', 'loras', 'composition', 'seed', 'steps', 'cfg', 'scheduler', 'model'];
 /** Undo and redo step through layout edits; the settings typed since stay as they are. */
-const withSettings = (layout: Scene, current: Scene): Scene => ({ ...layout, ...Object.fromEntries(SETTING_KEYS.map((k) => [k, current[k]])) });
+function withSettings(layout: Scene, current: Scene): Scene {
+  const out: Record<string, unknown> = { ...layout };
+  for (const k of SETTING_KEYS) {
+    if (current[k] === undefined) delete out[k]; // optional settings (the model) stay absent, not undefined
+    else out[k] = current[k];
+  }
+  return out as unknown as Scene;
+}
 
 export const MAX_BOXES_MESSAGE = (max: number) => `A scene holds at most ${max} boxes; delete one first.`;
 

@@ -1,7 +1,7 @@
 // The page's state: generation settings (plain data) and the run status. Works without React.
 import { create } from 'zustand';
 import type { CompositionStep, FileRef, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent } from '../../workers/api/contract.ts';
-import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
+import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
 import type { DownloadView } from '../app/actions.ts';
 import type { GalleryItem } from '../gallery/gallery.ts';
 import type { LoraRecord, ModelRecord } from '../library/library.ts';
@@ -41,6 +41,8 @@ export interface StudioState {
   gallery: GalleryItem[];
   /** LoRAs the open scene names that the library lacks. */
   missing: SceneLora[];
+  /** The open scene's model, when the library lacks it. */
+  missingModel?: SceneModel;
   shareUrl?: string;
   status: Status;
   /** The last progress event of the running job (its composition step feeds the live plot). */

@@ -87,6 +87,8 @@ test('a scene survives a JSON round trip byte for byte; unknown fields are dropp
   assert.equal('extra' in extra.boxes[0], false);
   assert.equal(parseScene(JSON.parse(text)).boxes[1].prompt, 'a corgi <script>alert(1)</script>');
   assert.equal(JSON.stringify(parseScene(JSON.parse(JSON.stringify(testScene())))), JSON.stringify(testScene()));
+  const withModel = JSON.stringify({ ...SCENE, model: { name: 'owner/model', url: 'https://huggingface.co/owner/model' } });
+  assert.equal(JSON.stringify(parseScene(JSON.parse(withModel))), withModel);
 });
 
 test('bad scenes get a sentence naming the problem', () => {
@@ -105,6 +107,8 @@ test('bad scenes get a sentence naming the problem', () => {
   bad({ loras: [{ name: 'a', scale: 1, url: 'javascript:alert(1)' }] }, /url must be an https:\/\/ address/);
   bad({ composition: { method: 'cmlora', cacheLow: { toString: 1 } } }, /composition.cacheLow has the wrong kind of value/);
   bad({ ablation: { injection: 'yes' } }, /ablation must be/);
+  bad({ model: 'sd15' }, /model must be \{name, url\}/);
+  bad({ model: { name: 'm', url: 'http://example.org/m.safetensors' } }, /model\.url must be an https:\/\/ address/);
   assert.throws(() => parseScene('[]'), /not a JSON object/);
 });
 

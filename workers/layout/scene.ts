@@ -19,6 +19,12 @@ export interface SceneLora {
   url?: string;
 }
 
+/** The checkpoint a scene was made with: its library name and, when it was downloaded, its address. */
+export interface SceneModel {
+  name: string;
+  url?: string;
+}
+
 /** A concept box, in image pixels (multiples of 8: one latent cell). */
 export interface SceneBox {
   id: string;
@@ -57,6 +63,8 @@ export interface Scene {
   steps: number;
   cfg: number;
   scheduler: SchedulerId;
+  /** The model it was made with (absent in scenes from before the field, and from the CLI). */
+  model?: SceneModel;
 }
 
 export class SceneError extends BadArgumentError {
@@ -90,6 +98,19 @@ function number(o: Obj, key: string, where: string, lo: number, hi: number, inte
   return v;
 }
 
+function httpsUrl(o: Obj, at: string): string {
+  const u = text(o, 'url', at, 2000);
+  if (!/^https:\/\//.test(u)) throw new SceneError(`${at}url must be an https:// address`);
+  return u;
+}
+
+function sceneModel(v: unknown): SceneModel {
+  if (!isObj(v)) throw new SceneError('model must be {name, url}');
+  const out: SceneModel = { name: text(v, 'name', 'model.', 260) };
+  if (v.url !== undefined) out.url = httpsUrl(v, 'model.');
+  return out;
+}
+
 function loras(v: unknown, where: string): SceneLora[] {
   if (!Array.isArray(v)) throw new SceneError(`${where}loras must be a list`);
   if (v.length > MAX_LORAS) throw new SceneError(`${where}loras has ${v.length} entries; at most ${MAX_LORAS} are allowed`);
@@ -102,11 +123,7 @@ function loras(v: unknown, where: string): SceneLora[] {
       if (!/^[0-9a-f]+$/.test(f)) throw new SceneError(`${at}fingerprint must be hexadecimal`);
       out.fingerprint = f;
     }
-    if (l.url !== undefined) {
-      const u = text(l, 'url', at, 2000);
-      if (!/^https:\/\//.test(u)) throw new SceneError(`${at}url must be an https:// address`);
-      out.url = u;
-    }
+    if (l.url !== undefined) out.url = httpsUrl(l, at);
     return out;
   });
 }
@@ -190,6 +207,7 @@ export function parseScene(input: unknown): Scene {
     steps: number(input, 'steps', '', 1, 200, true),
     cfg: number(input, 'cfg', '', 1, 30),
     scheduler: scheduler as SchedulerId,
+    ...(input.model !== undefined ? { model: sceneModel(input.model) } : {}),
   };
 }
 

@@ -53,6 +53,37 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   assert.notDeepEqual(await resultPixels(page), a, 'another seed, another image');
 });
 
+/** Where every element with a test id sits on the page (only visible ones). */
+const layoutOf = (p: Page) =>
+  p.evaluate(() =>
+    Object.fromEntries(
+      [...document.querySelectorAll('[data-testid]')]
+        .map((e) => [e.getAttribute('data-testid')!, e.getBoundingClientRect()] as const)
+        .filter(([, r]) => r.width > 0)
+        .map(([id, r]) => [id, [r.x, r.y, r.width, r.height].map(Math.round).join(' ')]),
+    ),
+  );
+
+test('at 1280x720 nothing scrolls sideways, Generate is reached by keyboard, and nothing moves during a run', async () => {
+  assert.deepEqual(page.viewportSize(), { width: 1280, height: 720 });
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling');
+  const [lib, canvas, settings] = await Promise.all(['library', 'layout-canvas', 'prompt'].map(async (id) => (await page.getByTestId(id).boundingBox())!));
+  assert.ok(lib.x + lib.width <= canvas.x && canvas.x + canvas.width <= settings.x, 'library, canvas and settings side by side');
+  await page.getByTestId('steps').fill('30');
+  const before = await layoutOf(page);
+  // from the prompt, Tab reaches Generate and Enter starts the run
+  await page.getByTestId('prompt').focus();
+  for (let i = 0; i < 40 && (await page.evaluate(() => document.activeElement?.getAttribute('data-testid'))) !== 'generate'; i++) await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement?.getAttribute('data-testid')), 'generate');
+  await page.keyboard.press('Enter');
+  await page.getByTestId('status').filter({ hasText: /denoise [1-9]/ }).waitFor({ timeout: 120_000 });
+  const during = await layoutOf(page);
+  await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
+  const moved = Object.keys(before).filter((id) => id in during && before[id] !== during[id]).map((id) => `${id}: ${before[id]} -> ${during[id]}`);
+  assert.deepEqual(moved, [], 'elements that moved or resized during the run');
+  assert.ok(Object.keys(during).length >= 30, `${Object.keys(during).length} elements compared`);
+});
+
 test('cancel stops the run and the next one works', async () => {
   await page.getByTestId('steps').fill('200');
   await page.getByTestId('generate').click();

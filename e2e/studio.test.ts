@@ -250,3 +250,16 @@ const byHand = (scene: { loras: { name: string; fingerprint?: string }[] }) => {
   const l = scene.loras.find((x) => x.name === 'kohya.safetensors')!;
   return `kohya.safetensors (fingerprint ${l.fingerprint})`;
 };
+
+test('deleting the model in use frees its storage and falls back to the built-in model', async () => {
+  const used = () => page.evaluate(async () => (await navigator.storage.estimate()).usage ?? 0);
+  const before = await used();
+  const size = statSync('dist/test-model/diffusers/unet/diffusion_pytorch_model.safetensors').size;
+  await page.getByTestId('model-delete').click();
+  await modelChosen(page, 'test-model');
+  await ready(page);
+  assert.ok(!(await optionTexts(page)).some((t) => t.startsWith('studio-tests/tiny-sd15')));
+  const freed = before - (await used());
+  assert.ok(freed >= size, `${freed} bytes freed; the UNet alone is ${size}`);
+  assert.equal(await page.evaluate(async () => (await navigator.storage.getDirectory()).getDirectoryHandle('library').then((l) => l.getDirectoryHandle('models')).then((m) => m.getDirectoryHandle('studio-tests_tiny-sd15')).then(() => 'still there', () => 'gone')), 'gone');
+});

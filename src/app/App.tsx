@@ -129,32 +129,35 @@ export function App() {
           </div>
         </div>
         <MissingPanel />
-        {result && !running && (
-          <p className="hint" data-testid="result-line">
-            {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
-            {result.report.adapter.architecture}{' '}
-            <button data-testid="download-png" onClick={() => void downloadPng(result.scene, result.report)}>
-              Download PNG
-            </button>
-          </p>
-        )}
-        {result && !running && result.report.loras.length > 0 && (
-          <p className="hint" data-testid="result-loras">
-            LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
-            {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
-            {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
-          </p>
-        )}
-        {result && !running && result.report.boxes.length > 0 && (
-          <p className="hint" data-testid="result-boxes">
-            Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
-          </p>
-        )}
-        {result && !running && result.report.loras.length > 0 && (
-          <p className="hint" data-testid="result-composition">
-            {compositionSummary(result.report)}
-          </p>
-        )}
+        {/* the last result's lines stay in place (hidden) during a run: nothing below them moves */}
+        <div className="result-info" style={{ visibility: running ? 'hidden' : 'visible' }}>
+          {result && (
+            <p className="hint" data-testid="result-line">
+              {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
+              {result.report.adapter.architecture}{' '}
+              <button data-testid="download-png" onClick={() => void downloadPng(result.scene, result.report)}>
+                Download PNG
+              </button>
+            </p>
+          )}
+          {result && result.report.loras.length > 0 && (
+            <p className="hint" data-testid="result-loras">
+              LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
+              {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
+              {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
+            </p>
+          )}
+          {result && result.report.boxes.length > 0 && (
+            <p className="hint" data-testid="result-boxes">
+              Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
+            </p>
+          )}
+          {result && result.report.loras.length > 0 && (
+            <p className="hint" data-testid="result-composition">
+              {compositionSummary(result.report)}
+            </p>
+          )}
+        </div>
         <BoxPanel store={sceneStore} disabled={running} />
       </section>
       <aside className="right controls">

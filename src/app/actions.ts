@@ -212,6 +212,8 @@ export async function deleteModel(record: ModelRecord) {
     await deleteRecord(record);
     if (localStorage.getItem(MODEL_KEY) === record.id) localStorage.removeItem(MODEL_KEY);
     await refreshLibrary();
+    // the model in use is gone from the library: the built-in one takes its place
+    if (studio().modelId === record.id) await useModel(TEST_MODEL_ID);
   } catch (e) {
     fail(e);
   }

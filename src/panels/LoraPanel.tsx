@@ -48,7 +48,7 @@ export function LoraPanel({ disabled }: { disabled: boolean }) {
         }}
       >
         <input type="text" value={address} placeholder="hub repo, hub file, Civitai download link or .safetensors URL" aria-label="LoRA address" data-testid="lora-url" onChange={(e) => setAddress(e.target.value)} />
-        <button type="submit" data-testid="lora-url-add" disabled={disabled || !!loraDownload || !address.trim()}>
+        <button type="submit" className="small" data-testid="lora-url-add" disabled={disabled || !!loraDownload || !address.trim()}>
           Fetch
         </button>
       </form>

@@ -23,8 +23,24 @@ export interface ValueSpec {
   dims: number[];
 }
 
+/** One node as the builder recorded it (what autodiff walks). */
+export interface NodeRecord {
+  type: string;
+  inputs: string[];
+  outputs: string[];
+  attrs: Record<string, AttrValue>;
+}
+
 export class GraphBuilder {
   private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
+  /** The nodes in the order they were added. */
+  readonly records: NodeRecord[] = [];
+  /** The static shape of every value whose shape is known (all values of the graphs we build). */
+  readonly shapes = new Map<string, number[]>();
+  /** The values of int64 constants (Reshape targets, axes, split sizes). */
+  readonly intValues = new Map<string, number[]>();
+  /** The values of float constants (scalars, Resize scales, norm parameters). */
+  readonly f32Values = new Map<string, number[]>();
   private readonly initializers: InstanceType<typeof onnx.TensorProto>[] = [];
   private readonly constCache = new Map<string, string>();
   readonly inputs: ValueSpec[] = [];
@@ -41,6 +57,7 @@ export class GraphBuilder {
 
   input(name: string, type: ElemType, dims: number[]): string {
     this.inputs.push({ name, type, dims });
+    this.shapes.set(name, dims);
     return name;
   }
 
@@ -57,6 +74,7 @@ export class GraphBuilder {
       return name;
     }
     this.weights.set(name, { name, dims });
+    this.shapes.set(name, dims);
     return name;
   }
 
@@ -70,12 +88,16 @@ export class GraphBuilder {
       onnx.TensorProto.create({ name, dataType: ONNX_TYPE.int64, dims: [values.length], int64Data: values }),
     );
     this.constCache.set(key, name);
+    this.shapes.set(name, [values.length]);
+    this.intValues.set(name, values);
     return name;
   }
 
   /** A constant tensor in the graph's activation type. */
   floats(values: ArrayLike<number>, dims: number[]): string {
     const name = this.fresh('const_f');
+    this.shapes.set(name, dims);
+    this.f32Values.set(name, Array.from(values));
     if (this.dtype === 'float16') {
       const bits = floatsToHalf(values);
       this.initializers.push(
@@ -93,6 +115,8 @@ export class GraphBuilder {
   /** A float32 constant whatever the activation type (e.g. Resize scales). */
   floatsF32(values: number[]): string {
     const name = this.fresh('const_f32');
+    this.shapes.set(name, [values.length]);
+    this.f32Values.set(name, values);
     const f = Float32Array.from(values);
     this.initializers.push(
       onnx.TensorProto.create({ name, dataType: ONNX_TYPE.float32, dims: [values.length], rawData: new Uint8Array(f.buffer) }),
@@ -111,14 +135,29 @@ export class GraphBuilder {
 
   op(type: string, inputs: string[], attrs: Record<string, AttrValue> = {}, outName?: string): string {
     const out = outName ?? this.fresh(type.toLowerCase());
-    this.nodes.push(this.node(type, inputs, [out], attrs));
+    this.add(type, inputs, [out], attrs);
     return out;
   }
 
   opMulti(type: string, inputs: string[], nOut: number, attrs: Record<string, AttrValue> = {}): string[] {
     const outs = Array.from({ length: nOut }, () => this.fresh(type.toLowerCase()));
-    this.nodes.push(this.node(type, inputs, outs, attrs));
+    this.add(type, inputs, outs, attrs);
     return outs;
+  }
+
+  private add(type: string, inputs: string[], outputs: string[], attrs: Record<string, AttrValue>): void {
+    this.nodes.push(this.node(type, inputs, outputs, attrs));
+    const rec = { type, inputs, outputs, attrs };
+    this.records.push(rec);
+    const shapes = inferShapes(rec, (v) => this.shapes.get(v), (v) => this.intValues.get(v), (v) => this.f32Values.get(v));
+    shapes?.forEach((s, i) => s && this.shapes.set(outputs[i], s));
+  }
+
+  /** The static shape of a value; an error for a value the builder could not infer. */
+  shape(v: string): number[] {
+    const s = this.shapes.get(v);
+    if (!s) throw new Error(`the shape of ${v} is not known`);
+    return s;
   }
 
   private node(type: string, inputs: string[], outputs: string[], attrs: Record<string, AttrValue>) {
@@ -153,5 +192,109 @@ export class GraphBuilder {
       graph,
     });
     return onnx.ModelProto.encode(model).finish();
+  }
+}
+
+/** NumPy-style broadcast of two shapes. */
+export function broadcastShapes(a: number[], b: number[]): number[] {
+  const n = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1;
+    const y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) throw new Error(`shapes [${a}] and [${b}] do not broadcast`);
+    out.push(x === 1 ? y : x);
+  }
+  return out;
+}
+
+const ELEMENTWISE = new Set(['Identity', 'Cast', 'Sigmoid', 'Erf', 'Softmax', 'Neg', 'Exp', 'Sqrt', 'Relu', 'Tanh', 'Sin', 'Cos', 'InstanceNormalization', 'LayerNormalization']);
+const BROADCAST = new Set(['Add', 'Sub', 'Mul', 'Div', 'Pow']);
+
+/** Output shapes of one node from its input shapes (undefined where this builder does not know the op). */
+function inferShapes(n: NodeRecord, shapeOf: (v: string) => number[] | undefined, ints: (v: string) => number[] | undefined, floats: (v: string) => number[] | undefined): (number[] | undefined)[] | undefined {
+  const s = n.inputs.map((v) => (v ? shapeOf(v) : undefined));
+  if (s[0] === undefined) return undefined;
+  const x = s[0];
+  const axis = (a: number, rank: number) => (a < 0 ? a + rank : a);
+  switch (n.type) {
+    case 'Reshape': {
+      const target = ints(n.inputs[1]);
+      if (!target) return undefined;
+      const size = x.reduce((p, d) => p * d, 1);
+      const dims = target.map((d, i) => (d === 0 ? x[i] : d));
+      const known = dims.reduce((p, d) => (d === -1 ? p : p * d), 1);
+      return [dims.map((d) => (d === -1 ? size / known : d))];
+    }
+    case 'Transpose': {
+      const perm = (n.attrs.perm as number[] | undefined) ?? x.map((_, i) => x.length - 1 - i);
+      return [perm.map((p) => x[p])];
+    }
+    case 'MatMul': {
+      const y = s[1]!;
+      const batch = broadcastShapes(x.slice(0, -2), y.slice(0, -2));
+      return [[...batch, x[x.length - 2], y[y.length - 1]]];
+    }
+    case 'Gemm': {
+      const y = s[1]!;
+      const m = n.attrs.transA ? x[1] : x[0];
+      const k = n.attrs.transB ? y[0] : y[1];
+      return [[m, k]];
+    }
+    case 'Conv':
+    case 'ConvTranspose': {
+      const w = s[1]!;
+      const k = n.attrs.kernel_shape as number[];
+      const pads = (n.attrs.pads as number[] | undefined) ?? [0, 0, 0, 0];
+      const strides = (n.attrs.strides as number[] | undefined) ?? [1, 1];
+      if (n.type === 'Conv') return [[x[0], w[0], ...[0, 1].map((i) => Math.floor((x[2 + i] + pads[i] + pads[i + 2] - k[i]) / strides[i]) + 1)]];
+      const outPad = (n.attrs.output_padding as number[] | undefined) ?? [0, 0];
+      return [[x[0], w[1], ...[0, 1].map((i) => (x[2 + i] - 1) * strides[i] - pads[i] - pads[i + 2] + k[i] + outPad[i])]];
+    }
+    case 'ReduceMean':
+    case 'ReduceSum':
+    case 'ReduceMax': {
+      const axes = ((n.attrs.axes as number[] | undefined) ?? (n.inputs[1] ? ints(n.inputs[1]) : undefined) ?? x.map((_, i) => i)).map((a) => axis(a, x.length));
+      const keep = n.attrs.keepdims !== 0;
+      return [x.flatMap((d, i) => (axes.includes(i) ? (keep ? [1] : []) : [d]))];
+    }
+    case 'Resize': {
+      const scales = floats(n.inputs[2]);
+      return scales ? [x.map((d, i) => Math.floor(d * scales[i]))] : undefined;
+    }
+    case 'Concat': {
+      const a = axis(n.attrs.axis as number, x.length);
+      if (s.some((v) => !v)) return undefined;
+      return [x.map((d, i) => (i === a ? s.reduce((p, v) => p + v![i], 0) : d))];
+    }
+    case 'Split': {
+      const a = axis((n.attrs.axis as number | undefined) ?? 0, x.length);
+      const sizes = ints(n.inputs[1]);
+      return sizes?.map((len) => x.map((d, i) => (i === a ? len : d)));
+    }
+    case 'Gather': {
+      const a = axis((n.attrs.axis as number | undefined) ?? 0, x.length);
+      const idx = s[1];
+      return idx ? [[...x.slice(0, a), ...idx, ...x.slice(a + 1)]] : undefined;
+    }
+    case 'Expand': {
+      const shape = ints(n.inputs[1]);
+      return shape ? [broadcastShapes(x, shape)] : undefined;
+    }
+    case 'Slice': {
+      const [starts, ends, axes] = [2, 3, 4].map((i) => (n.inputs[i - 1] ? ints(n.inputs[i - 1]) : undefined));
+      if (!starts || !ends) return undefined;
+      const out = [...x];
+      (axes ?? starts.map((_, i) => i)).forEach((a, i) => {
+        const ax = axis(a, x.length);
+        const clamp = (v: number) => Math.max(0, Math.min(x[ax], v < 0 ? v + x[ax] : v));
+        out[ax] = clamp(ends[i]) - clamp(starts[i]);
+      });
+      return [out];
+    }
+    default:
+      if (ELEMENTWISE.has(n.type)) return [x];
+      if (BROADCAST.has(n.type)) return s[1] ? [broadcastShapes(x, s[1])] : undefined;
+      return undefined;
   }
 }

@@ -170,6 +170,24 @@ export class GraphBuilder {
     return onnx.NodeProto.create({ opType: type, input: inputs, output: outputs, attribute, name: this.fresh(`n_${type}`) });
   }
 
+  /** Drop the nodes, constants, inputs and weights that no graph output needs. */
+  prune(): void {
+    const need = new Set(this.outputs.map((o) => o.name));
+    const keep = new Array<boolean>(this.records.length).fill(false);
+    for (let i = this.records.length - 1; i >= 0; i--) {
+      const r = this.records[i];
+      if (!r.outputs.some((o) => need.has(o))) continue;
+      keep[i] = true;
+      for (const v of r.inputs) need.add(v);
+    }
+    const kept = <T>(list: T[], ok: (x: T, i: number) => boolean) => list.splice(0, list.length, ...list.filter(ok));
+    kept(this.nodes, (_, i) => keep[i]);
+    kept(this.records, (_, i) => keep[i]);
+    kept(this.initializers, (t) => need.has(t.name));
+    kept(this.inputs, (v) => need.has(v.name));
+    for (const w of [...this.weights.keys()]) if (!need.has(w)) this.weights.delete(w);
+  }
+
   /** Every weight becomes a graph input of the activation type. */
   encode(): Uint8Array {
     const valueInfo = (v: ValueSpec) =>

@@ -23,6 +23,8 @@ export interface UNetGraphOptions {
   regions?: number;
   /** Layout: every self-attention layer adds the shared bias `self_bias.<h>x<w>` [1, 1, n, n] (concept isolation). */
   isolation?: boolean;
+  /** False: no `noise_pred` output (a graph for the attention maps alone; prune it to drop the rest). */
+  noisePrediction?: boolean;
 }
 
 export const regionKeyInputName = (layer: string) => `region_k.${layer}`;
@@ -187,6 +189,7 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
   }
   h = groupNorm(g, h, 'conv_norm_out', cfg.normGroups, eps);
   h = conv2d(g, { ...h, v: silu(g, h.v) }, 'conv_out', cfg.outChannels, 3);
+  if (opt.noisePrediction === false) return g;
   const out = opt.dtype === 'float16' ? g.op('Cast', [h.v], { to: 1 }) : h.v;
   g.output(out, 'noise_pred', 'float32', [b, cfg.outChannels, opt.latentH, opt.latentW]);
   return g;

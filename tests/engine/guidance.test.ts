@@ -1,0 +1,110 @@
+// Gradient guidance on the tiny model: the whole backward path (latent -> down blocks -> the maps the
+// losses read) run by onnxruntime on wasm and WebGPU, against central finite differences of the
+// same forward graph interpreted in float64, with and without a layout's regions and isolation.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type * as OrtNs from 'onnxruntime-web';
+import { sessionOptions, type Backend } from '../../workers/engine/runtime.ts';
+import { timestepEmbedding } from '../../workers/engine/pipeline.ts';
+import { Rng } from '../../workers/engine/random.ts';
+import { makeTinyModel } from '../../workers/engine/test-model.ts';
+import { WeightSet } from '../../workers/engine/weights.ts';
+import { buildGuidanceGraph, guidanceLayers, guidanceSeedName, GUIDANCE_GRAD_OUTPUT } from '../../workers/graph/guidance-graph.ts';
+import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers, type UNetGraphOptions } from '../../workers/graph/unet.ts';
+import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
+import { evalGraph } from '../../workers/reference/graph-eval.ts';
+import type { T } from '../../workers/reference/nn.ts';
+import { runtime } from '../helpers.ts';
+
+after(() => setTimeout(() => process.exit(0), 10).unref());
+
+const model = makeTinyModel();
+const cfg = model.config.unet;
+const LH = 8;
+const LW = 8;
+const textLen = model.config.textEncoder.maxPositions;
+const size = (d: number[]) => d.reduce((a, b) => a * b, 1);
+
+/** The graph inputs other than the weights: latent, time, text, and a layout's region inputs. */
+function inputs(opt: UNetGraphOptions): Map<string, T> {
+  const rng = new Rng(21);
+  const c0 = cfg.blockOutChannels[0];
+  const m = new Map<string, T>([
+    ['sample', { data: Float64Array.from(rng.normal(cfg.inChannels * LH * LW)), shape: [1, cfg.inChannels, LH, LW] }],
+    ['timestep_embedding', { data: Float64Array.from(timestepEmbedding(601, c0)), shape: [1, c0] }],
+    ['encoder_hidden_states', { data: Float64Array.from(rng.normal(textLen * cfg.crossAttentionDim), (v) => 0.5 * v), shape: [1, textLen, cfg.crossAttentionDim] }],
+  ]);
+  if (!opt.regions) return m;
+  const boxes = [{ x: 0, y: 0, width: 32, height: 40 }, { x: 24, y: 16, width: 40, height: 48 }];
+  for (const l of unetAttentionLayers(cfg, LH, LW).filter((l) => l.kind === 'cross')) {
+    const c = cfg.blockOutChannels[Math.round(Math.log2(LH / l.h))];
+    for (const name of [regionKeyInputName(l.name), regionValueInputName(l.name)]) {
+      const dims = [1, opt.regions, textLen, c];
+      m.set(name, { data: Float64Array.from(rng.normal(size(dims))), shape: dims });
+    }
+  }
+  for (const grid of attentionGrids(unetAttentionLayers(cfg, LH, LW))) {
+    const masks = gridMasks(boxes, LW * 8, LH * 8, grid.rows, grid.cols);
+    const n = grid.rows * grid.cols;
+    m.set(regionWeightInputName(grid.rows, grid.cols), { data: Float64Array.from(regionWeights(masks)), shape: [opt.regions, n] });
+    if (opt.isolation) m.set(selfBiasInputName(grid.rows, grid.cols), { data: Float64Array.from(isolationBias(masks)), shape: [1, 1, n, n] });
+  }
+  return m;
+}
+
+async function checkPath(backend: Backend, layout: boolean) {
+  const rt = await runtime(backend);
+  const opt: UNetGraphOptions = { batch: 1, latentH: LH, latentW: LW, textLen, dtype: 'float32', ...(layout ? { regions: 3, isolation: true } : {}) };
+  const layers = guidanceLayers(cfg, LH, LW);
+  const maps = buildGuidanceGraph(cfg, opt, layers, false);
+  const grad = buildGuidanceGraph(cfg, opt, layers, true);
+  assert.ok(!grad.records.some((r) => r.outputs.some((o) => o === 'noise_pred')), 'no noise prediction in the guidance graph');
+  assert.ok(![...grad.weights.keys()].some((w) => w.startsWith('up_blocks.') || w.startsWith('mid_block.')), 'the backward pass stops in the down blocks');
+  const given = inputs(opt);
+  const rng = new Rng(8);
+  const seeds = new Map(maps.outputs.map((o) => [o.name, Float64Array.from(rng.normal(size(o.dims)))]));
+  // onnxruntime: the backward graph
+  const ws = new WeightSet(rt, 'float32');
+  for (const spec of grad.weights.values()) ws.add(spec, model.weights.unet.get(spec.name)!);
+  const session = await rt.ort.InferenceSession.create(grad.encode(), sessionOptions(rt));
+  const feeds: Record<string, OrtNs.Tensor> = ws.feeds(grad.weights.keys());
+  for (const i of grad.inputs) {
+    const seed = [...seeds].find(([name]) => guidanceSeedName(name) === i.name);
+    const v = seed ? { data: seed[1], shape: i.dims } : given.get(i.name)!;
+    feeds[i.name] = new rt.ort.Tensor('float32', Float32Array.from(v.data), v.shape);
+  }
+  const got = (await session.run(feeds))[GUIDANCE_GRAD_OUTPUT].data as Float32Array;
+  await session.release();
+  ws.dispose();
+  // float64: sum(seed * maps) at perturbed latents
+  const weights = new Map([...maps.weights.keys()].map((w) => [w, { data: Float64Array.from(model.weights.unet.get(w)!), shape: maps.weights.get(w)!.dims }]));
+  const F = (sample: Float64Array) => {
+    const values = evalGraph(maps, new Map([...given, ...weights, ['sample', { data: sample, shape: [1, cfg.inChannels, LH, LW] }]]));
+    let s = 0;
+    for (const [name, seed] of seeds) {
+      const v = values.get(name)!.data;
+      for (let i = 0; i < seed.length; i++) s += seed[i] * v[i];
+    }
+    return s;
+  };
+  const x = given.get('sample')!.data;
+  const h = 1e-4;
+  const fd: [number, number][] = [];
+  for (let i = 3; i < x.length; i += 23) {
+    const plus = Float64Array.from(x);
+    const minus = Float64Array.from(x);
+    plus[i] += h;
+    minus[i] -= h;
+    fd.push([i, (F(plus) - F(minus)) / (2 * h)]);
+  }
+  const scale = Math.max(...fd.map(([, v]) => Math.abs(v)));
+  assert.ok(scale > 1e-4, `the maps depend on the latent (largest derivative ${scale})`);
+  for (const [i, v] of fd) assert.ok(Math.abs(got[i] - v) <= (backend === 'wasm' ? 2e-3 : 1e-2) * scale, `${layout ? 'layout' : 'plain'} dL/dsample[${i}] on ${backend}: graph ${got[i]}, finite differences ${v}`);
+}
+
+for (const backend of ['wasm', 'webgpu'] as Backend[]) {
+  test(`the tiny UNet's guidance gradient matches finite differences, plain and with regions and isolation (${backend})`, async () => {
+    await checkPath(backend, false);
+    await checkPath(backend, true);
+  });
+}

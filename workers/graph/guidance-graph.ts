@@ -1,0 +1,46 @@
+// The graphs of LoRA-Composer's gradient guidance: the UNet (batch 1, the conditional prompt) cut
+// after the attention layers whose maps the losses read, with those maps as outputs; and the same
+// with its backward part, which takes dLoss/dmap seeds and gives dLoss/dsample. The losses read the
+// down-block layers at the coarsest down grid that has attention (16x16 for SD 1.5 at 512x512, as in
+// BoxDiff and LoRA-Composer), so the backward pass never enters the mid or up blocks.
+import type { UNetConfig } from '../checkpoint/config.ts';
+import { emitGradient } from './autodiff.ts';
+import type { GraphBuilder } from './builder.ts';
+import { buildUNet, unetAttentionLayers, type UNetGraphOptions } from './unet.ts';
+
+export interface GuidanceLayers {
+  /** Cross-attention layers whose maps feed L_ce and L_fill. */
+  cross: string[];
+  /** Self-attention layers whose maps feed L_region. */
+  self: string[];
+  rows: number;
+  cols: number;
+}
+
+export function guidanceLayers(cfg: UNetConfig, latentH: number, latentW: number): GuidanceLayers {
+  const down = unetAttentionLayers(cfg, latentH, latentW).filter((l) => l.name.startsWith('down_blocks.'));
+  if (!down.length) throw new Error('this UNet has no attention in its down blocks, so it cannot be guided');
+  const coarsest = down.reduce((a, l) => (l.h * l.w < a.h * a.w ? l : a));
+  const at = down.filter((l) => l.h === coarsest.h && l.w === coarsest.w);
+  return { cross: at.filter((l) => l.kind === 'cross').map((l) => l.name), self: at.filter((l) => l.kind === 'self').map((l) => l.name), rows: coarsest.h, cols: coarsest.w };
+}
+
+export const guidanceSeedName = (mapOutput: string) => `seed.${mapOutput}`;
+export const GUIDANCE_GRAD_OUTPUT = 'grad_sample';
+
+/**
+ * `withGradient` false: the maps alone. True: also the seeds as inputs (one per map output, same
+ * shape) and `grad_sample`, dLoss/dsample. `opt.batch` must be 1.
+ */
+export function buildGuidanceGraph(cfg: UNetConfig, opt: UNetGraphOptions, layers: GuidanceLayers, withGradient: boolean): GraphBuilder {
+  if (opt.batch !== 1) throw new Error('guidance graphs run on the conditional prompt alone (batch 1)');
+  const g = buildUNet(cfg, { ...opt, mapLayers: [...layers.cross, ...layers.self], noisePrediction: false });
+  if (withGradient) {
+    const seeds = new Map<string, string>();
+    for (const out of g.outputs) seeds.set(out.name, g.input(guidanceSeedName(out.name), 'float32', out.dims));
+    // `sample` is a float32 input (cast inside fp16 graphs), so its gradient comes out as float32
+    g.output(emitGradient(g, { wrt: 'sample', seeds }), GUIDANCE_GRAD_OUTPUT, 'float32', [1, cfg.inChannels, opt.latentH, opt.latentW]);
+  }
+  g.prune();
+  return g;
+}

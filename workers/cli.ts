@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { CompositionOptions, GenerateJob, SchedulerId } from './api/contract.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
-import { parseSceneText, type Scene, type SceneLora } from './layout/scene.ts';
+import { GUIDANCE_SCENE_DEFAULTS, layoutSwitches, parseSceneText, type Scene, type SceneLora } from './layout/scene.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG } from './checkpoint/config.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
@@ -33,6 +33,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
            [--threshold X] [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X]
            [--sync] --out FILE.png [--report FILE.json]
   generate --model PATH --scene scene.json --out FILE.png [--report FILE.json]   (a layout scene)
+           [--guidance off|ce,fill,region] [--guidance-scale X] [--guidance-share X] [--no-early-stop]
   inspect-lora --lora FILE [--model PATH]`;
 
 function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
@@ -142,19 +143,27 @@ async function generate(args: string[]) {
     'dom-coeff': { type: 'string' },
     sync: { type: 'boolean' },
     scene: { type: 'string' },
+    guidance: { type: 'string' },
+    'guidance-scale': { type: 'string' },
+    'guidance-share': { type: 'string' },
+    'no-early-stop': { type: 'boolean' },
   });
   if (!o.model) throw new UsageError('generate needs --model PATH');
   const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
   if (o.scene) {
     const clash = ['prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'lora', 'method'].find((k) => o[k] !== undefined);
     if (clash) throw new UsageError(`--${clash} cannot be combined with --scene: the scene file holds it`);
-  } else if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT (or --scene FILE)');
+  } else {
+    if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT (or --scene FILE)');
+    const stray = ['guidance', 'guidance-scale', 'guidance-share', 'no-early-stop'].find((k) => o[k] !== undefined);
+    if (stray) throw new UsageError(`--${stray} needs --scene: guidance acts on a layout's boxes`);
+  }
   if (!o.out) throw new UsageError('generate needs --out FILE.png');
   const backend = (o.backend ?? 'webgpu') as Backend;
   if (backend !== 'webgpu' && backend !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${o.backend}"`);
   const precision = (o.precision ?? 'auto') as 'auto' | 'fp32' | 'fp16';
   if (!['auto', 'fp32', 'fp16'].includes(precision)) throw new UsageError(`--precision must be auto, fp32 or fp16`);
-  const scene = o.scene ? await readScene(o.scene) : undefined;
+  const scene = o.scene ? guidanceArgs(await readScene(o.scene), o) : undefined;
   const job: GenerateJob = scene ? sceneJob(scene) : {
     prompt: o.prompt!,
     negative: o.negative ?? '',
@@ -228,10 +237,30 @@ async function generate(args: string[]) {
       method: c.method,
       unetEvaluations: result.report.unetEvaluations,
       order: c.order.map((i) => c.loras[i]),
+      ...(result.report.guidance ? { guidanceLoss: result.report.guidance.steps.map((s) => Number(s.loss.toFixed(4))), guidanceStoppedAt: result.report.guidance.stoppedAt } : {}),
       totalMs: Math.round(result.report.timingsMs.totalMs),
     }),
   );
   engine.unload();
+}
+
+/** --guidance and its settings over the scene file's (the flags win). */
+function guidanceArgs(scene: Scene, o: Record<string, string | boolean | string[] | undefined>): Scene {
+  const list = o.guidance as string | undefined;
+  const ablation = { ...scene.ablation };
+  if (list !== undefined) {
+    const terms = list === 'off' ? [] : list.split(',').map((t) => t.trim());
+    const bad = terms.find((t) => !['ce', 'fill', 'region'].includes(t));
+    if (bad !== undefined || (list !== 'off' && !terms.length)) throw new UsageError(`--guidance takes off or a list of ce, fill, region (got "${list}")`);
+    for (const k of ['ce', 'fill', 'region'] as const) ablation[k] = terms.includes(k);
+  }
+  const g = { ...GUIDANCE_SCENE_DEFAULTS, ...scene.guidance };
+  if (o['guidance-scale'] !== undefined) g.scale = num(o['guidance-scale'] as string, 'guidance-scale', 0, false);
+  if (o['guidance-share'] !== undefined) g.share = num(o['guidance-share'] as string, 'guidance-share', 0, false);
+  if (o['no-early-stop']) g.earlyStop = false;
+  if (g.scale < 0 || g.scale > 1000) throw new UsageError(`--guidance-scale must be from 0 to 1000, got ${g.scale}`);
+  if (g.share < 0 || g.share > 1) throw new UsageError(`--guidance-share must be from 0 to 1, got ${g.share}`);
+  return { ...scene, ablation, guidance: g };
 }
 
 async function readScene(path: string): Promise<Scene> {
@@ -259,7 +288,7 @@ function sceneJob(scene: Scene): GenerateJob {
     loras: [],
     layout: {
       boxes: scene.boxes.map((b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: [] })),
-      ...scene.ablation,
+      ...layoutSwitches(scene),
     },
   };
 }

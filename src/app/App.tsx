@@ -10,7 +10,7 @@ import { GalleryPanel } from '../panels/GalleryPanel.tsx';
 import { LibraryPanel } from '../panels/LibraryPanel.tsx';
 import { LoraPanel } from '../panels/LoraPanel.tsx';
 import { MissingPanel } from '../panels/MissingPanel.tsx';
-import { StepPlots } from '../panels/Plots.tsx';
+import { GuidancePlot, StepPlots } from '../panels/Plots.tsx';
 import { useStudio } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
 
@@ -74,8 +74,10 @@ async function runSelfTest() {
 }
 
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, selfTest, runSteps, loras, shareUrl } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, selfTest, runSteps, runGuidance, loras, shareUrl } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
+  // room for the guidance plot is kept from the start, so it does not push the page down mid-run
+  const guiding = useStore(sceneStore, (s) => !!(s.scene.boxes.length && (s.scene.ablation.ce || s.scene.ablation.fill || s.scene.ablation.region)));
   useEffect(() => {
     void startStudio();
   }, []);
@@ -90,6 +92,7 @@ export function App() {
   const bar = status.kind === 'running' ? status.step / status.total : status.kind === 'loading' ? status.done / Math.max(status.total, 1) : 0;
   // the plots follow the running job step by step, then show the result's
   const liveSteps = running ? runSteps : (result?.report.composition.steps ?? []);
+  const liveGuidance = running ? runGuidance : (result?.report.guidance?.steps ?? []);
   const liveLoras = running ? loras.filter((l) => l.enabled && l.info).map((l) => l.file.name) : (result?.report.composition.loras ?? []);
   return (
     <main
@@ -224,7 +227,10 @@ export function App() {
             {saveError}
           </p>
         )}
-        <div className="plot-area">{liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}</div>
+        <div className="plot-area" style={guiding ? { minHeight: 240 } : undefined}>
+          {liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}
+          <GuidancePlot steps={liveGuidance} total={job.steps} />
+        </div>
         <details className="hint">
           <summary>Diagnostics</summary>
           <button data-testid="self-test" onClick={runSelfTest} disabled={running}>

@@ -2,7 +2,7 @@
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
 import * as Comlink from 'comlink';
 import type { GenerateJob, LayoutOptions, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
-import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
+import { layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
 import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
@@ -421,7 +421,7 @@ function jobLayout(): LayoutOptions | undefined {
         return { lora: entry.info!.id, scale: l.scale };
       }),
     })),
-    ...scene.ablation,
+    ...layoutSwitches(scene),
   };
 }
 
@@ -437,10 +437,10 @@ export async function generate() {
   const scene = currentScene();
   // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
   localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
-  set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined, progress: undefined, runSteps: [] });
+  set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
   const progress = reporter((p: ProgressEvent) => {
     if (studio().status.kind === 'cancelling') return;
-    set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}) });
+    set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
   });
   try {
     const result = await engine().generate(job, progress.proxy).finally(progress.close);

@@ -1,7 +1,7 @@
 // The science while it works: per denoising step, the relative high-frequency amplitude of each
 // LoRA's prediction (CMLoRA's profile signal) as lines, and which LoRA ran or was taken from the
 // cache as a strip of cells. Drawn as SVG from the report (or the running job's steps).
-import type { CompositionStep } from '../../workers/api/contract.ts';
+import type { CompositionStep, GuidanceStep } from '../../workers/api/contract.ts';
 
 const COLORS = ['#e4572e', '#17bebb', '#ffc914', '#76b041', '#7d5ba6', '#2e86ab', '#f18f01', '#c73e1d'];
 
@@ -50,6 +50,49 @@ export function StepPlots({ steps, loras }: { steps: CompositionStep[]; loras: s
           </span>
         ))}
         — lines: high-frequency amplitude; cells: computed (colour) or cached (grey)
+      </p>
+    </div>
+  );
+}
+
+const TERMS = [
+  { key: 'loss', label: 'L', color: '#1d1f24', weight: 1 },
+  { key: 'ce', label: 'L_ce', color: '#e4572e', weight: 1 },
+  { key: 'fill', label: '0.25 L_fill', color: '#2e86ab', weight: 0.25 },
+  { key: 'region', label: '0.8 L_region', color: '#76b041', weight: 0.8 },
+] as const;
+
+/** Gradient guidance per step: L and its weighted terms; a hollow point where early stop skipped the update. */
+export function GuidancePlot({ steps, total }: { steps: GuidanceStep[]; total: number }) {
+  if (!steps.length) return null;
+  const W = 300;
+  const H = 70;
+  const x = (step: number) => (total <= 1 ? W / 2 : (step / (total - 1)) * (W - 10) + 5);
+  const max = Math.max(1e-9, ...steps.map((s) => s.loss));
+  const y = (v: number) => H - 5 - (v / max) * (H - 10);
+  return (
+    <div className="plots" data-testid="guidance-plot">
+      <svg viewBox={`0 0 ${W} ${H}`} width={W} height={H} role="img" aria-label="guidance loss per step">
+        <rect x={0} y={0} width={W} height={H} fill="#fff" stroke="#ddd" />
+        {TERMS.map((t) => (
+          <g key={t.key}>
+            <polyline fill="none" stroke={t.color} strokeWidth={t.key === 'loss' ? 2 : 1} points={steps.map((s) => `${x(s.step).toFixed(1)},${y(s[t.key] * t.weight).toFixed(1)}`).join(' ')} />
+            {t.key === 'loss' &&
+              steps.map((s) => (
+                <circle key={s.step} cx={x(s.step)} cy={y(s.loss)} r={2.2} fill={s.updated ? t.color : '#fff'} stroke={t.color} data-updated={s.updated}>
+                  <title>{`step ${s.step + 1}: L ${s.loss.toFixed(3)} (ce ${s.ce.toFixed(3)}, fill ${s.fill.toFixed(3)}, region ${s.region.toFixed(4)})${s.updated ? `, phi ${s.stepSize.toFixed(1)}` : ', early stop'}`}</title>
+                </circle>
+              ))}
+          </g>
+        ))}
+      </svg>
+      <p className="hint legend">
+        {TERMS.map((t) => (
+          <span key={t.key} style={{ color: t.color }}>
+            ■ {t.label}{' '}
+          </span>
+        ))}
+        — guidance loss per step
       </p>
     </div>
   );

@@ -43,7 +43,7 @@ export interface SceneState {
   /** Move a box up (+1, drawn later, on top) or down (-1) in the drawing order. */
   reorder(id: string, by: 1 | -1): void;
   setFrame(width: number, height: number): void;
-  setGlobal(patch: Partial<Pick<Scene, 'prompt' | 'negative' | 'ablation'>> & { loras?: SceneLora[] }): void;
+  setGlobal(patch: Partial<Pick<Scene, 'prompt' | 'negative' | 'ablation' | 'guidance'>> & { loras?: SceneLora[] }): void;
   /** Prompts, sampling settings, method and frame LoRAs: saved, but not undo steps (they are typed). */
   setSettings(patch: Partial<Pick<Scene, SettingKey>>): void;
   /** Why the last autosave failed (a full storage quota), for the page to show. */

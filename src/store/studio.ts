@@ -1,6 +1,6 @@
 // The page's state: generation settings (plain data) and the run status. Works without React.
 import { create } from 'zustand';
-import type { CompositionStep, FileRef, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent } from '../../workers/api/contract.ts';
+import type { CompositionStep, FileRef, GuidanceStep, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
 import type { DownloadView } from '../app/actions.ts';
 import type { GalleryItem } from '../gallery/gallery.ts';
@@ -49,6 +49,8 @@ export interface StudioState {
   progress?: ProgressEvent;
   /** The running job's composition steps so far. */
   runSteps: CompositionStep[];
+  /** The running job's guidance steps so far. */
+  runGuidance: GuidanceStep[];
   preview?: ImageData8;
   result?: { image: ImageData8; report: GenerationReport; scene: Scene };
   notice?: string;
@@ -87,6 +89,7 @@ export const useStudio = create<StudioState>((set) => ({
   gallery: [],
   missing: [],
   runSteps: [],
+  runGuidance: [],
   updateLora: (key, patch) => set((s) => ({ loras: s.loras.map((l) => (l.key === key ? { ...l, ...patch } : l)) })),
   status: { kind: 'starting' },
   setJob: (patch) => set((s) => ({ job: { ...s.job, ...patch } })),

@@ -79,6 +79,19 @@ test('make-test-model, inspect and generate write what they promise', () => {
   const outside = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', write('outside.json', { ...scene, boxes: [{ ...scene.boxes[0], x: 48 }] }), '--out', png);
   assert.equal(outside.code, 1);
   assert.match(outside.err[0], /^error: This scene cannot be used: box "fox" \(48, 8, 32x48\) reaches outside the 64x64 frame\.$/);
+  // gradient guidance switched on from the command line, two of its terms, half of the four steps
+  const guided = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', join(dir, 'scene.json'), '--backend', 'wasm', '--guidance', 'ce,region', '--guidance-scale', '30', '--guidance-share', '0.5', '--no-early-stop', '--out', png, '--report', report);
+  assert.equal(guided.code, 0, guided.err.join('\n'));
+  const rg = JSON.parse(readFileSync(report, 'utf8')).guidance;
+  assert.deepEqual(rg.steps.map((x: { step: number }) => x.step), [0, 1]);
+  assert.ok(rg.steps.every((x: { ce: number; fill: number; region: number; stepSize: number }) => x.ce > 0 && x.fill === 0 && x.region > 0 && x.stepSize > 0));
+  assert.deepEqual(JSON.parse(guided.out.trim().split('\n').at(-1)!).guidanceLoss, rg.steps.map((x: { loss: number }) => Number(x.loss.toFixed(4))));
+  const badTerm = cli('generate', '--model', 'm', '--scene', join(dir, 'scene.json'), '--guidance', 'ce,blur', '--out', png);
+  assert.equal(badTerm.code, 2);
+  assert.match(badTerm.err[0], /--guidance takes off or a list of ce, fill, region \(got "ce,blur"\)/);
+  const noScene = cli('generate', '--model', 'm', '--prompt', 'x', '--guidance', 'ce', '--out', png);
+  assert.equal(noScene.code, 2);
+  assert.match(noScene.err[0], /--guidance needs --scene/);
 });
 
 test('bad arguments exit 2 with one line; bad model files exit 1 with the problem named', () => {

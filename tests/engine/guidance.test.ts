@@ -1,6 +1,7 @@
 // Gradient guidance on the tiny model: the whole backward path (latent -> down blocks -> the maps the
 // losses read) run by onnxruntime on wasm and WebGPU, against central finite differences of the
-// same forward graph interpreted in float64, with and without a layout's regions and isolation.
+// same forward graph interpreted in float64, with and without a layout's regions and isolation; then
+// guided generations: the in-box share of every concept rises, L falls, each term and early stop.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import type * as OrtNs from 'onnxruntime-web';
@@ -14,7 +15,9 @@ import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBi
 import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
 import type { T } from '../../workers/reference/nn.ts';
-import { runtime } from '../helpers.ts';
+import type { GuidanceOptions } from '../../workers/api/contract.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
+import { runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
 
@@ -108,3 +111,53 @@ for (const backend of ['wasm', 'webgpu'] as Backend[]) {
     await checkPath(backend, true);
   });
 }
+
+// ---------------------------------------------------------------- guided generations
+
+const JOB = { prompt: 'two friends in a park', negative: 'blurry', steps: 6, cfg: 5, seed: 7, width: 64, height: 64, scheduler: 'dpmpp-2m' as const };
+
+async function guidedRun(guidance?: GuidanceOptions) {
+  const { dir } = await tinyModelDir();
+  engineSetup ??= openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']);
+  const { engine, loras } = await engineSetup;
+  // the owl on the left, the fox on the right: with no guidance each prompt's attention is spread
+  // over the frame, each box holding about its area's share of it or less
+  const boxes = [
+    { name: 'owl', x: 0, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ lora: loras[1].id, scale: 0.8 }] },
+    { name: 'fox', x: 32, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ lora: loras[0].id, scale: 1 }] },
+  ];
+  return (await engine.generate({ ...JOB, layout: { boxes, injection: true, isolation: false, reinit: false, ...(guidance ? { guidance } : {}) } })).report;
+}
+let engineSetup: ReturnType<typeof openTinyEngine> | undefined;
+
+test('guidance raises every concept\'s in-box attention share and lowers L; phi = 0 changes nothing', async () => {
+  const off = await guidedRun();
+  const still = await guidedRun({ ce: true, fill: true, region: true, scale: 0, share: 1, earlyStop: false });
+  const on = await guidedRun({ ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false });
+  assert.equal(off.guidance, undefined);
+  assert.deepEqual(still.boxes, off.boxes, 'phi = 0 is the unguided run');
+  for (const [n, b] of on.boxes.entries()) {
+    assert.ok(b.attentionInBoxUnmasked > off.boxes[n].attentionInBoxUnmasked + 0.005, `${b.name}: in-box share ${off.boxes[n].attentionInBoxUnmasked.toFixed(3)} -> ${b.attentionInBoxUnmasked.toFixed(3)}`);
+  }
+  const g = on.guidance!;
+  assert.equal(g.steps.length, 6);
+  assert.deepEqual(g.grid, { rows: 8, cols: 8 });
+  assert.equal(g.evaluations, 12, 'one maps run and one backward run per guided step');
+  assert.ok(g.steps.every((s, i) => s.step === i && s.updated && s.stepSize === 80 * (1 - (0.5 * i) / 5)));
+  const last = (r: typeof on) => r.guidance!.steps[5];
+  assert.ok(last(on).loss < last(still).loss - 0.1, `L at the last step: ${last(still).loss.toFixed(3)} unguided, ${last(on).loss.toFixed(3)} guided`);
+  for (const s of g.steps) assert.ok(Math.abs(s.loss - (s.ce + 0.25 * s.fill + 0.8 * s.region)) < 1e-9);
+});
+
+test('each term can be switched alone; early stop ends the updates when L rises; a bad scale is refused', async () => {
+  const region = await guidedRun({ ce: false, fill: false, region: true, scale: 1000, share: 1, earlyStop: true });
+  const g = region.guidance!;
+  assert.ok(g.steps.every((s) => s.ce === 0 && s.fill === 0 && s.region > 0 && Math.abs(s.loss - 0.8 * s.region) < 1e-12));
+  assert.notEqual(g.stoppedAt, null, 'a step this large overshoots, and early stop fires');
+  const stop = g.steps.findIndex((s) => !s.updated);
+  assert.equal(g.steps[stop].step, g.stoppedAt);
+  assert.ok(g.steps[stop].loss >= g.steps[stop - 1].loss, 'it fired because L did not decrease');
+  assert.equal(g.steps.length, stop + 1, 'no guidance after the stop');
+  assert.equal(g.steps[stop].stepSize, 0);
+  await assert.rejects(guidedRun({ ce: true, fill: false, region: false, scale: -1 }), /guidance scale must be from 0 to 1000 \(got -1\)/);
+});

@@ -45,6 +45,49 @@ export interface LayoutOptions {
   isolation: boolean;
   /** Latent re-initialisation from a probe step's cross-attention maps. */
   reinit: boolean;
+  /** LoRA-Composer's gradient guidance on the latent (Eq. 4-10); none when absent. */
+  guidance?: GuidanceOptions;
+}
+
+/** Gradient guidance: z' = z - phi_t * grad(L_ce + alpha L_fill + beta L_region), per component. */
+export interface GuidanceOptions {
+  /** Concept enhancement: top-k of the box's map under its mask and Gaussian (Eq. 4). */
+  ce: boolean;
+  /** Concept fill: the map's max-projections over the box's rows and columns (Eq. 5-7). */
+  fill: boolean;
+  /** Region constraint: self-attention from a box into the rest (Eq. 8). */
+  region: boolean;
+  /** phi at the first step (it falls linearly to half at the last); default 20. */
+  scale?: number;
+  /** Share of the denoising steps that are guided, from the first; default 0.5. */
+  share?: number;
+  /** Stop updating once L stops decreasing (the paper's early stop); default true. */
+  earlyStop?: boolean;
+}
+
+export interface GuidanceStep {
+  step: number;
+  /** L and its three terms (before the weights alpha and beta) at this step's latent. */
+  loss: number;
+  ce: number;
+  fill: number;
+  region: number;
+  /** phi_t used (0 when the update was skipped). */
+  stepSize: number;
+  /** False at the step where early stop ended the updates. */
+  updated: boolean;
+}
+
+export interface GuidanceReport {
+  /** The attention layers whose maps the losses read. */
+  layers: string[];
+  grid: { rows: number; cols: number };
+  steps: GuidanceStep[];
+  /** The step at which early stop ended the updates, if it did. */
+  stoppedAt: number | null;
+  /** Forward-with-maps and backward runs of the cut UNet, and their time. */
+  evaluations: number;
+  ms: number;
 }
 
 export interface BoxReport {
@@ -185,6 +228,8 @@ export interface ProgressEvent {
   elapsedMs: number;
   /** Denoise events: what the composition method did at this step. */
   composition?: CompositionStep;
+  /** Denoise events of a guided step: the loss and the update. */
+  guidance?: GuidanceStep;
 }
 
 export interface AdapterInfo {
@@ -219,6 +264,8 @@ export interface GenerationReport {
   composition: CompositionReport;
   /** One entry per layout box (empty without a layout). */
   boxes: BoxReport[];
+  /** Gradient guidance, when the layout asked for it. */
+  guidance?: GuidanceReport;
   warnings: string[];
 }
 

@@ -9,6 +9,7 @@ import type { GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
+import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
 import { layoutGraphOptions } from '../layout/regional.ts';
 import { MAX_BOXES } from '../layout/scene.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
@@ -245,6 +246,12 @@ export class Engine {
       const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layout ? `${layout.regions}:${layout.isolation}` : ''}`, () =>
         buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout }),
       );
+      const g = job.layout?.guidance;
+      const guideLayers = layout && g && (g.ce || g.fill || g.region) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
+      const guideKey = `${lh}x${lw}:${layout?.regions}:${layout?.isolation}`;
+      const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation } as const;
+      const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
+      const guideGrad = guideLayers ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
       const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
       const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
       const sessionCreateMs = performance.now() - t0;
@@ -275,6 +282,7 @@ export class Engine {
                 return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.data as Float32Array]));
               }
             : undefined,
+          guidance: guideLayers ? { layers: guideLayers, maps: (feeds) => runGraph(guideMaps!, m.weights.unet, feeds), grad: (feeds) => runGraph(guideGrad!, m.weights.unet, feeds) } : undefined,
           setLoras: async (loras, component) => (await this.applyLoras(loras.map((i) => uses[i]), [component]))?.ms,
           amplitudes: (images, count, height, width, cutoff) => this.amplitudes(images, count, height, width, cutoff),
           loraNames: used.map((u) => u.info.name),
@@ -313,6 +321,7 @@ export class Engine {
           mergeMs: result.mergeMs,
           composition: result.composition,
           boxes: result.boxes,
+          ...(result.guidance ? { guidance: result.guidance } : {}),
         },
       };
     } catch (e) {
@@ -325,8 +334,10 @@ export class Engine {
   }
 }
 
+/** Run a session on its weights and those of `feeds` that it takes (a pruned graph takes fewer). */
 async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
-  const all = { ...weights.feeds(g.weightNames), ...feeds };
+  const all = weights.feeds(g.weightNames);
+  for (const name of g.session.inputNames) if (feeds[name]) all[name] = feeds[name];
   return g.session.run(all);
 }
 
@@ -358,6 +369,13 @@ export function validateJob(job: GenerateJob): void {
       if (b.width < 8 || b.height < 8) throw bad(`${label} is ${b.width}x${b.height} pixels; a box must be at least 8x8 (one latent cell).`);
       if (b.x < 0 || b.y < 0 || b.x + b.width > job.width || b.y + b.height > job.height) throw bad(`${label} reaches outside the ${job.width}x${job.height} frame.`);
       if (typeof b.prompt !== 'string' || !Array.isArray(b.loras)) throw bad(`${label} needs a prompt and a list of LoRAs.`);
+    }
+    const g = l.guidance;
+    if (g !== undefined) {
+      if (typeof g !== 'object' || g === null || !['ce', 'fill', 'region'].every((k) => typeof (g as unknown as Record<string, unknown>)[k] === 'boolean')) throw bad('layout.guidance must be {ce, fill, region} switches with optional scale, share and earlyStop.');
+      if (g.scale !== undefined && !(Number.isFinite(g.scale) && g.scale >= 0 && g.scale <= 1000)) throw bad(`The guidance scale must be from 0 to 1000 (got ${g.scale}).`);
+      if (g.share !== undefined && !(Number.isFinite(g.share) && g.share >= 0 && g.share <= 1)) throw bad(`The guided share of steps must be from 0 to 1 (got ${g.share}).`);
+      if (g.earlyStop !== undefined && typeof g.earlyStop !== 'boolean') throw bad('guidance.earlyStop must be true or false.');
     }
   }
   resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);

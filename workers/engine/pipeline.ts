@@ -3,7 +3,7 @@
 // A composition method (workers/composition/) decides at each step which LoRA sets the UNet runs
 // with and how their predictions mix.
 import type * as OrtNs from 'onnxruntime-web';
-import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, ImageData8, ProgressEvent } from '../api/contract.ts';
+import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, GuidanceReport, GuidanceStep, ImageData8, ProgressEvent } from '../api/contract.ts';
 import { CancelledError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { ContributionCache } from '../composition/cache.ts';
@@ -19,6 +19,7 @@ import { createScheduler } from '../schedulers/registry.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
 import { Rng } from './random.ts';
+import { LatentGuide, type GuideParts } from './guide.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
@@ -40,6 +41,8 @@ export interface PipelineParts {
   loraNames: string[];
   /** Layouts: the cross-attention keys and values of one text context [1, textLen, dim], by output name. */
   crossKV?: (context: Float32Array) => Promise<Record<string, Float32Array>>;
+  /** Gradient guidance: the cut UNet's maps and backward graphs (present when the layout asks for guidance). */
+  guidance?: GuideParts;
   /** cmlora's offline profiles of this job's LoRA set, kept by the engine between jobs. */
   profiles?: { get(): number[] | undefined; set(amplitudes: number[]): void };
 }
@@ -50,6 +53,7 @@ export interface PipelineResult {
   mergeMs: number[];
   composition: CompositionReport;
   boxes: BoxReport[];
+  guidance?: GuidanceReport;
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
   warnings: string[];
 }
@@ -155,6 +159,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // 1b. a layout: each box's prompt through its own LoRAs, and every region's cross-attention keys
   // and values (they do not depend on the latent, so once per image)
   let layoutTensors: Record<string, OrtNs.Tensor> = {};
+  let guide: LatentGuide | undefined;
   const boxTokens: number[] = [];
   const appendedBoxTokens: TokenRange[] = [];
   const masks = layout ? layoutMasks(config.unet, layout, job.width, job.height) : undefined;
@@ -183,6 +188,24 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
       kv.push(await parts.crossKV(boxContexts[n]));
     }
     for (const [name, f] of Object.entries(layoutFeeds(config.unet, layout, masks!, kv, kvUncond, textLen))) layoutTensors[name] = new ort.Tensor('float32', f.data, f.dims);
+    const g = layout.guidance;
+    if (g && (g.ce || g.fill || g.region) && parts.guidance) {
+      const { rows, cols } = parts.guidance.layers;
+      const fixed: Record<string, OrtNs.Tensor> = { encoder_hidden_states: new ort.Tensor('float32', cond, [1, textLen, config.unet.crossAttentionDim]) };
+      for (const [name, f] of Object.entries(layoutFeeds(config.unet, layout, masks!, kv, undefined, textLen))) fixed[name] = new ort.Tensor('float32', f.data, f.dims);
+      guide = new LatentGuide(parts.guidance, {
+        ort,
+        options: g,
+        boxes,
+        frame: { width: job.width, height: job.height },
+        masks: masks!.get(`${rows}x${cols}`)!,
+        regions: boxes.length + 1,
+        textLen,
+        concept: boxes.map((_, n) => (injected ? { region: n + 1, tokens: contentTokens(boxTokens[n], textLen) } : { region: 0, tokens: appendedBoxTokens[n] })),
+        steps: job.steps,
+        fixed,
+      });
+    }
   }
   const textEncodeMs = elapsed();
   check();
@@ -292,6 +315,13 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   for (let i = 0; i < scheduler.timesteps.length; i++) {
     check();
     const t = scheduler.timesteps[i];
+    // 5a'. gradient guidance moves the latent before the step's prediction
+    let guidance: GuidanceStep | undefined;
+    if (guide?.active(i)) {
+      stepMergeMs += await merge(all, 'unet');
+      ({ latent, record: guidance } = await guide.step(i, latent, (v) => scheduler.scaleModelInput(v, i), new ort.Tensor('float32', timestepEmbedding(t, c0), [1, c0])));
+      check();
+    }
     const x = scheduler.scaleModelInput(latent, i);
     const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude, cache: cache.view(i) });
     // 5a. run the UNet for each planned LoRA set, starting with the set already merged
@@ -346,7 +376,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     if (options.method === 'cmlora' && options.profiling === 'online' && lastAmplitude.every((a) => a !== null)) {
       ({ order, partition } = orderAndPartition(lastAmplitude as number[]));
     }
-    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, preview: latentPreview(latent, lh, lw), elapsedMs: elapsed(), composition: record });
+    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, preview: latentPreview(latent, lh, lw), elapsedMs: elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
   }
   const denoiseMs = performance.now() - loopStart;
   check();
@@ -376,7 +406,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     attentionInBoxUnmasked: shareInside(conceptMaps(n), latentMasks!.boxes[n]),
     window: windows[n],
   }));
-  return { image, unetEvaluations, mergeMs, composition, boxes: boxReports, timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
+  return { image, unetEvaluations, mergeMs, composition, boxes: boxReports, ...(guide ? { guidance: guide.report() } : {}), timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
 }
 
 function concat(a: Float32Array, b: Float32Array): Float32Array {

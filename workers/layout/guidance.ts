@@ -2,8 +2,12 @@
 // gradients with respect to the maps: plain float64 on the CPU (the maps are small); the gradient with
 // respect to the latent then comes from the UNet's backward graph seeded with these.
 //   L = L_ce + alpha * L_fill + beta * L_region
-// L_ce: 1 - the mean of the top S values of each box's normalised concept map times its mask times a
-//   Gaussian centred in the box (Eq. 4).
+// The concept map of a box is its prompt's attention per cell taken as a distribution over the cells
+// and scaled by the box's cell count (1 in every box cell when the concept fills the box evenly and
+// nothing else), so the terms below read the same for any box size and lowering them draws attention
+// into the box rather than only sharpening it.
+// L_ce: 1 - the mean of the top S values of each box's concept map times its mask times a Gaussian
+//   centred in the box (Eq. 4).
 // L_fill: 1 - the max-projections of the map on both axes, over the box's columns and rows (Eq. 5-7).
 // L_region: the mean of the top P self-attention probabilities from a box's cells to cells outside it
 //   (Eq. 8).
@@ -75,13 +79,15 @@ export function guidanceLoss(boxes: GuidanceBox[], concept: Float64Array[], self
   const dSelf = o.region && self ? new Float64Array(cells * cells) : undefined;
   boxes.forEach((box, n) => {
     const a = concept[n];
-    // normalised map: a / max(a)
-    let k = 0;
-    for (let q = 1; q < cells; q++) if (a[q] > a[k]) k = q;
-    const m = Math.max(a[k], 1e-12);
-    const an = Float64Array.from(a, (v) => v / m);
-    const dAn = new Float64Array(cells);
+    // the map as a distribution over the cells, times the box's cell count: 1 in every box cell when the
+    // concept's attention fills the box evenly and nothing else; raising its top values inside the box
+    // draws attention from outside
     const inside = [...box.mask.keys()].filter((q) => box.mask[q]);
+    let sum = 0;
+    for (let q = 0; q < cells; q++) sum += a[q];
+    sum = Math.max(sum, 1e-12) / inside.length;
+    const an = Float64Array.from(a, (v) => v / sum);
+    const dAn = new Float64Array(cells);
     if (o.ce) {
       const gauss = boxGaussian(box, gridRows, gridCols);
       const v = Float64Array.from(an, (x, q) => x * box.mask[q] * gauss[q]);
@@ -107,14 +113,10 @@ export function guidanceLoss(boxes: GuidanceBox[], concept: Float64Array[], self
       }
       fill += f / terms;
     }
-    // back through the normalisation: an = a / a[k]
-    const d = new Float64Array(cells);
+    // back through the normalisation an = |box| a / sum(a)
     let dot = 0;
-    for (let q = 0; q < cells; q++) {
-      d[q] = dAn[q] / m;
-      dot += dAn[q] * a[q];
-    }
-    d[k] -= dot / (m * m);
+    for (let q = 0; q < cells; q++) dot += (dAn[q] * an[q]) / inside.length;
+    const d = Float64Array.from(dAn, (v) => (v - dot) / sum);
     dConcept.push(d);
     if (dSelf && self) {
       const outside = [...box.mask.keys()].filter((q) => !box.mask[q]);

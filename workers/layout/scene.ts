@@ -1,7 +1,7 @@
 // A layout scene: the plain JSON the studio stores, the CLI reads (`generate --scene`) and share links
 // carry. `parseScene` checks untrusted input field by field and says what is wrong with it; it never
 // evaluates anything and bounds every size, so a hostile file or link gets a sentence, not a crash.
-import type { CompositionOptions, SchedulerId } from '../api/contract.ts';
+import type { CompositionOptions, LayoutOptions, SchedulerId } from '../api/contract.ts';
 import { BadArgumentError } from '../api/errors.ts';
 
 export const SCENE_VERSION = 1;
@@ -46,6 +46,19 @@ export interface SceneAblation {
   isolation: boolean;
   /** Latent re-initialisation from the first step's cross-attention maps. */
   reinit: boolean;
+  /** Gradient guidance terms (issue 7): concept enhancement, fill and region; off when absent. */
+  ce?: boolean;
+  fill?: boolean;
+  region?: boolean;
+}
+
+/** How strongly and how long gradient guidance acts (used when one of its terms is on). */
+export interface SceneGuidance {
+  /** phi at the first step. */
+  scale: number;
+  /** Share of the steps that are guided. */
+  share: number;
+  earlyStop: boolean;
 }
 
 export interface Scene {
@@ -65,6 +78,16 @@ export interface Scene {
   scheduler: SchedulerId;
   /** The model it was made with (absent in scenes from before the field, and from the CLI). */
   model?: SceneModel;
+  guidance?: SceneGuidance;
+}
+
+/** Guidance settings where a scene has none: BoxDiff's step scale, the first half of the steps, early stop on. */
+export const GUIDANCE_SCENE_DEFAULTS: SceneGuidance = { scale: 20, share: 0.5, earlyStop: true };
+
+/** The layout switches a scene gives the engine (LayoutOptions without the boxes). */
+export function layoutSwitches(scene: Scene): Omit<LayoutOptions, 'boxes'> {
+  const { injection, isolation, reinit, ce = false, fill = false, region = false } = scene.ablation;
+  return { injection, isolation, reinit, ...(ce || fill || region ? { guidance: { ce, fill, region, ...(scene.guidance ?? GUIDANCE_SCENE_DEFAULTS) } } : {}) };
 }
 
 export class SceneError extends BadArgumentError {
@@ -191,6 +214,10 @@ export function parseScene(input: unknown): Scene {
   if (!isObj(c) || typeof c.method !== 'string') throw new SceneError('composition must be {method, ...options}');
   const a = input.ablation;
   if (!isObj(a) || !['injection', 'isolation', 'reinit'].every((k) => typeof a[k] === 'boolean')) throw new SceneError('ablation must be {injection, isolation, reinit} switches');
+  const optionalSwitches = ['ce', 'fill', 'region'].filter((k) => a[k] !== undefined);
+  for (const k of optionalSwitches) if (typeof a[k] !== 'boolean') throw new SceneError(`ablation.${k} must be true or false`);
+  const gd = input.guidance;
+  if (gd !== undefined && (!isObj(gd) || typeof gd.earlyStop !== 'boolean')) throw new SceneError('guidance must be {scale, share, earlyStop}');
   const scheduler = input.scheduler;
   if (typeof scheduler !== 'string' || !SCHEDULER_IDS.includes(scheduler as SchedulerId)) throw new SceneError(`scheduler must be one of ${SCHEDULER_IDS.join(', ')}`);
   return {
@@ -202,12 +229,13 @@ export function parseScene(input: unknown): Scene {
     loras: loras(input.loras, ''),
     boxes,
     composition: compositionFields(c),
-    ablation: { injection: a.injection as boolean, isolation: a.isolation as boolean, reinit: a.reinit as boolean },
+    ablation: { injection: a.injection as boolean, isolation: a.isolation as boolean, reinit: a.reinit as boolean, ...Object.fromEntries(optionalSwitches.map((k) => [k, a[k]])) },
     seed: number(input, 'seed', '', 0, 0xffffffff, true),
     steps: number(input, 'steps', '', 1, 200, true),
     cfg: number(input, 'cfg', '', 1, 30),
     scheduler: scheduler as SchedulerId,
     ...(input.model !== undefined ? { model: sceneModel(input.model) } : {}),
+    ...(isObj(gd) ? { guidance: { scale: number(gd, 'scale', 'guidance.', 0, 1000), share: number(gd, 'share', 'guidance.', 0, 1), earlyStop: gd.earlyStop as boolean } } : {}),
   };
 }
 

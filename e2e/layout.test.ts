@@ -92,3 +92,27 @@ test('draw two boxes, give them prompts and LoRAs, generate as Node does; undo, 
   assert.deepEqual(await boxNames(), ['fox', 'owl']);
   assert.equal(await page.getByTestId('width').inputValue(), '64', 'the frame size comes back with the scene');
 });
+
+test('gradient guidance in Chromium: the switches, a guided run, its loss plot per step as Node computes it', async () => {
+  // after the reload above: the two boxes and their LoRAs are back
+  await page.getByTestId('lora-info-1').waitFor({ timeout: 60_000 });
+  for (const k of ['ce', 'fill', 'region']) await page.getByTestId(`guidance-${k}`).check();
+  await page.getByTestId('guidance-scale').fill('80');
+  await page.getByTestId('guidance-share').fill('1');
+  await page.getByTestId('guidance-early-stop').uncheck();
+  await generateAndWait(page);
+  assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
+  const points = page.getByTestId('guidance-plot').locator('circle');
+  assert.equal(await points.count(), 2, 'one loss point per guided step');
+  const losses = (await points.locator('title').allTextContents()).map((t) => Number(/L (\d+\.\d+)/.exec(t)![1]));
+  const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
+  assert.deepEqual(job.layout.guidance, { ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false });
+  await page.screenshot({ path: 'e2e/screenshots/guidance.png', fullPage: true });
+  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
+  const engine = new Engine(await createRuntime('webgpu'));
+  await engine.loadModel(files, tokenizer!, 'fp32');
+  for (const f of LORAS) await engine.loadLora(await NodeFileSource.open(f));
+  const node = (await engine.generate(job)).report.guidance!;
+  engine.unload();
+  node.steps.forEach((s, i) => assert.ok(Math.abs(s.loss - losses[i]) < 2e-3, `step ${i}: browser L ${losses[i]}, Node L ${s.loss}`));
+});

@@ -1,0 +1,113 @@
+// Gradient guidance cost. Measured on the tiny model (WebGPU): time per guided step against an
+// unguided step of the same two-box layout, side by side in one process, and the in-box share of each
+// concept with guidance on and off. Projected for SD 1.5 at 512x512 from its graphs (no weights
+// needed to build them): the multiply-adds of a guided step (the maps run plus the forward-and-backward
+// run of the cut UNet) against the UNet's own step, and the activation memory the backward pass keeps.
+import type { GenerateJob, GuidanceOptions } from '../workers/api/contract.ts';
+import { SD15_CONFIG } from '../workers/checkpoint/config.ts';
+import type { Runtime } from '../workers/engine/runtime.ts';
+import type { GraphBuilder } from '../workers/graph/builder.ts';
+import { buildGuidanceGraph, guidanceLayers } from '../workers/graph/guidance-graph.ts';
+import { buildUNet } from '../workers/graph/unet.ts';
+import { openTinyEngine, writeTinyModel } from '../workers/node/tiny.ts';
+
+const STEPS = Number(process.env.BENCH_GUIDANCE_STEPS ?? 6);
+
+/** Multiply-adds of the graph's Conv, ConvTranspose, MatMul and Gemm nodes. */
+export function macs(g: GraphBuilder, from = 0, to = g.records.length): number {
+  let total = 0;
+  for (const n of g.records.slice(from, to)) {
+    const out = g.shapes.get(n.outputs[0]);
+    if (!out) continue;
+    const size = out.reduce((a, b) => a * b, 1);
+    if (n.type === 'Conv') {
+      const w = g.shape(n.inputs[1]);
+      total += size * w[1] * w[2] * w[3];
+    } else if (n.type === 'ConvTranspose') {
+      const w = g.shape(n.inputs[1]);
+      total += g.shape(n.inputs[0]).reduce((a, b) => a * b, 1) * w[1] * w[2] * w[3];
+    } else if (n.type === 'MatMul' || n.type === 'Gemm') {
+      const a = g.shape(n.inputs[0]);
+      total += size * (n.type === 'Gemm' && n.attrs.transA ? a[0] : a[a.length - 1]);
+    }
+  }
+  return total;
+}
+
+/** Bytes of the forward values (before node `split`) that backward nodes read: what the backward pass keeps alive. */
+export function keptActivationBytes(g: GraphBuilder, split: number, bytesPerValue: number): number {
+  const produced = new Set(g.records.slice(0, split).flatMap((n) => n.outputs));
+  const kept = new Set(g.records.slice(split).flatMap((n) => n.inputs.filter((v) => produced.has(v))));
+  let total = 0;
+  for (const v of kept) total += (g.shapes.get(v)?.reduce((a, b) => a * b, 1) ?? 0) * bytesPerValue;
+  return total;
+}
+
+function projectSd15() {
+  const cfg = SD15_CONFIG;
+  const unet = cfg.unet;
+  const [lh, lw] = [64, 64];
+  const textLen = cfg.textEncoder.maxPositions;
+  const layers = guidanceLayers(unet, lh, lw);
+  const opt = { batch: 1, latentH: lh, latentW: lw, textLen, dtype: 'float32' as const, regions: 3, isolation: true };
+  const maps = buildGuidanceGraph(unet, opt, layers, false);
+  const grad = buildGuidanceGraph(unet, opt, layers, true);
+  const full = buildUNet(unet, { batch: 2, latentH: lh, latentW: lw, textLen, dtype: 'float32', regions: 3, isolation: true });
+  // the gradient graph after pruning: its forward nodes are those the maps graph has too
+  const forward = new Set(maps.records.flatMap((n) => n.outputs));
+  const split = grad.records.findIndex((n) => !n.outputs.every((o) => forward.has(o)));
+  const step = macs(full);
+  const guided = macs(maps) + macs(grad);
+  const weights = [...grad.weights.values()].reduce((a, w) => a + w.dims.reduce((x, y) => x * y, 1), 0);
+  return {
+    layers,
+    unetStepGMacs: step / 1e9,
+    guidedExtraGMacs: guided / 1e9,
+    guidedStepVsUnguided: (step + guided) / step,
+    backwardKeepsMB: { fp32: keptActivationBytes(grad, split, 4) / 2 ** 20, fp16: keptActivationBytes(grad, split, 2) / 2 ** 20 },
+    cutUNetWeightsMB: { fp32: (weights * 4) / 2 ** 20, fp16: (weights * 2) / 2 ** 20 },
+  };
+}
+
+export async function benchGuidance(rt: Runtime) {
+  const { dir } = await writeTinyModel('lora-studio-bench-');
+  const { engine, loras } = await openTinyEngine(dir, rt, ['kohya', 'loha']);
+  const boxes = [
+    { name: 'owl', x: 0, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ lora: loras[1].id, scale: 0.8 }] },
+    { name: 'fox', x: 32, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ lora: loras[0].id, scale: 1 }] },
+  ];
+  const job = (guidance?: GuidanceOptions): GenerateJob => ({
+    prompt: 'two friends in a park',
+    negative: 'blurry',
+    steps: STEPS,
+    cfg: 5,
+    seed: 7,
+    width: 64,
+    height: 64,
+    scheduler: 'dpmpp-2m',
+    layout: { boxes, injection: true, isolation: false, reinit: false, ...(guidance ? { guidance } : {}) },
+  });
+  const on: GuidanceOptions = { ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false };
+  // compile every graph first so the timed runs compare steps only
+  for (const j of [job(), job(on)]) await engine.generate({ ...j, steps: 1 });
+  const off = (await engine.generate(job())).report;
+  const guided = (await engine.generate(job(on))).report;
+  engine.unload();
+  const measured = {
+    steps: STEPS,
+    image: '64x64',
+    unguidedPerStepMs: off.timingsMs.perStepMs,
+    guidedPerStepMs: guided.timingsMs.perStepMs,
+    guidedStepVsUnguided: guided.timingsMs.perStepMs / off.timingsMs.perStepMs,
+    guidanceMsPerStep: guided.guidance!.ms / STEPS,
+    inBoxShare: boxes.map((b, n) => ({ box: b.name, off: off.boxes[n].attentionInBoxUnmasked, on: guided.boxes[n].attentionInBoxUnmasked })),
+    loss: { first: guided.guidance!.steps[0].loss, last: guided.guidance!.steps.at(-1)!.loss },
+  };
+  const sd15 = projectSd15();
+  console.log(`guidance (tiny model, 64x64, ${STEPS} steps, every step guided): ${measured.unguidedPerStepMs.toFixed(0)} ms/step unguided, ${measured.guidedPerStepMs.toFixed(0)} guided: ${measured.guidedStepVsUnguided.toFixed(2)}x`);
+  console.log(`  in-box share: ${measured.inBoxShare.map((s) => `${s.box} ${s.off.toFixed(3)} -> ${s.on.toFixed(3)}`).join(', ')}; L ${measured.loss.first.toFixed(3)} -> ${measured.loss.last.toFixed(3)}`);
+  console.log(
+    `  SD 1.5 512x512 (projected from its graphs): a guided step is ${sd15.guidedStepVsUnguided.toFixed(2)}x an unguided one by multiply-adds; the backward pass keeps ${sd15.backwardKeepsMB.fp16.toFixed(0)} MB (fp16) / ${sd15.backwardKeepsMB.fp32.toFixed(0)} MB (fp32) of activations`,
+  );
+  return { measured, sd15 };
+}

@@ -3,6 +3,7 @@
 // it so a link from a newer studio is recognised without decoding anything. Decoding is bounded at
 // every stage (link length, inflated size) and ends in parseScene, so a damaged or hostile link gets
 // a sentence and nothing else.
+import { readCapped } from '../../workers/checkpoint/source.ts';
 import { parseScene, parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
 
 export const LINK_VERSION = 1;
@@ -58,26 +59,7 @@ async function pump(stream: CompressionStream | DecompressionStream, input: Uint
   // errors surface on the reading side; the writer's own promises are only kept from going unhandled
   writer.write(input as Uint8Array<ArrayBuffer>).catch(() => {});
   writer.close().catch(() => {});
-  const reader = stream.readable.getReader();
-  const parts: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.length;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      throw new ShareLinkError(`its scene unpacks to more than ${limit} bytes, which no scene needs.`);
-    }
-    parts.push(value);
-  }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return readCapped(stream.readable, limit, () => new ShareLinkError(`its scene unpacks to more than ${limit} bytes, which no scene needs.`));
 }
 
 /** The fragment (with its leading '#') that carries a scene. */

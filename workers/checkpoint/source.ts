@@ -62,7 +62,7 @@ export class HttpSource implements ByteSource {
       await res.body?.cancel();
       throw tooLarge();
     }
-    const bytes = await readCapped(res, WHOLE_BODY_LIMIT, tooLarge);
+    const bytes = res.body ? await readCapped(res.body, WHOLE_BODY_LIMIT, tooLarge) : new Uint8Array(await res.arrayBuffer());
     if (Number.isFinite(declared) && bytes.byteLength !== declared) throw new EngineError('io', `${url} ended after ${bytes.byteLength} of ${declared} bytes.`);
     return new MemorySource(name, bytes);
   }
@@ -79,10 +79,9 @@ export class HttpSource implements ByteSource {
   }
 }
 
-/** A response body read whole, refused (and the transfer cancelled) as soon as it passes `cap` bytes. */
-async function readCapped(res: Response, cap: number, refusal: () => Error): Promise<Uint8Array> {
-  if (!res.body) return new Uint8Array(await res.arrayBuffer());
-  const reader = res.body.getReader();
+/** A stream read whole, refused (and cancelled) as soon as it passes `cap` bytes. */
+export async function readCapped(stream: ReadableStream<Uint8Array>, cap: number, refusal: () => Error): Promise<Uint8Array> {
+  const reader = stream.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
@@ -90,7 +89,7 @@ async function readCapped(res: Response, cap: number, refusal: () => Error): Pro
     if (done) break;
     size += value.byteLength;
     if (size > cap) {
-      await reader.cancel();
+      await reader.cancel().catch(() => {});
       throw refusal();
     }
     chunks.push(value);

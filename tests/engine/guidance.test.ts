@@ -55,12 +55,12 @@ function inputs(opt: UNetGraphOptions): Map<string, T> {
   return m;
 }
 
-async function checkPath(backend: Backend, layout: boolean) {
+async function checkPath(backend: Backend, layout: boolean, recomputeAbove?: number) {
   const rt = await runtime(backend);
   const opt: UNetGraphOptions = { batch: 1, latentH: LH, latentW: LW, textLen, dtype: 'float32', ...(layout ? { regions: 3, isolation: true } : {}) };
   const layers = guidanceLayers(cfg, LH, LW);
   const maps = buildGuidanceGraph(cfg, opt, layers, false);
-  const grad = buildGuidanceGraph(cfg, opt, layers, true);
+  const grad = buildGuidanceGraph(cfg, opt, layers, true, recomputeAbove);
   assert.ok(!grad.records.some((r) => r.outputs.some((o) => o === 'noise_pred')), 'no noise prediction in the guidance graph');
   assert.ok(![...grad.weights.keys()].some((w) => w.startsWith('up_blocks.') || w.startsWith('mid_block.')), 'the backward pass stops in the down blocks');
   const given = inputs(opt);
@@ -111,6 +111,10 @@ for (const backend of ['wasm', 'webgpu'] as Backend[]) {
     await checkPath(backend, true);
   });
 }
+
+test('with every forward value recomputed for the backward pass (none kept), the gradient is the same', async () => {
+  await checkPath('wasm', true, 0);
+});
 
 // ---------------------------------------------------------------- guided generations
 

@@ -12,14 +12,35 @@ export interface GradientOptions {
   wrt: string;
   /** value -> the value holding dLoss/dvalue (same shape). */
   seeds: Map<string, string>;
+  /**
+   * Forward values with more elements than this are not kept for the backward nodes: those get a
+   * recomputed copy (the nodes that made it, emitted again from the nearest smaller values), so the
+   * large value can be freed after its forward use. Attention probabilities are the case in point.
+   */
+  recomputeAbove?: number;
 }
 
 /**
  * Emit the backward nodes; returns the value holding dLoss/d`wrt` (zeros, as a constant, when no seed
  * depends on it). Throws, naming the op, for an op on the path without a rule here.
  */
-export function emitGradient(g: GraphBuilder, { wrt, seeds }: GradientOptions): string {
+export function emitGradient(g: GraphBuilder, { wrt, seeds, recomputeAbove = Infinity }: GradientOptions): string {
   const nodes = [...g.records];
+  const producer = new Map<string, NodeRecord>();
+  for (const n of nodes) if (n.outputs.length === 1) producer.set(n.outputs[0], n);
+  const copies = new Map<string, string>();
+  /** The value a backward node should read for forward value v: v itself, or a recomputed copy. */
+  const forward = (v: string): string => {
+    const n = producer.get(v);
+    const size = g.shapes.get(v)?.reduce((a, b) => a * b, 1) ?? 0;
+    if (!n || size <= recomputeAbove) return v;
+    let copy = copies.get(v);
+    if (!copy) {
+      copy = g.op(n.type, n.inputs.map((i) => (i && !g.intValues.has(i) && !g.f32Values.has(i) ? forward(i) : i)), n.attrs);
+      copies.set(v, copy);
+    }
+    return copy;
+  };
   // values that depend on wrt ...
   const live = new Set([wrt]);
   for (const n of nodes) if (n.inputs.some((v) => live.has(v))) n.outputs.forEach((o) => live.add(o));
@@ -47,7 +68,7 @@ export function emitGradient(g: GraphBuilder, { wrt, seeds }: GradientOptions): 
     if (!n.inputs.some((v) => useful.has(v))) continue;
     const gys = n.outputs.map(total);
     if (gys.every((x) => x === undefined)) continue;
-    vjp(g, n, gys, (k) => useful.has(n.inputs[k]), (k, gx) => push(n.inputs[k], gx));
+    vjp(g, n, gys, (k) => useful.has(n.inputs[k]), (k, gx) => push(n.inputs[k], gx), forward);
   }
   const grad = total(wrt);
   if (grad) return grad;
@@ -82,11 +103,13 @@ function normBackward(g: GraphBuilder, gxhat: string, xhat: string, inv: string,
   return g.op('Mul', [g.op('Sub', [g.op('Sub', [gxhat, m1]), g.op('Mul', [xhat, m2])]), inv]);
 }
 
-function vjp(g: GraphBuilder, n: NodeRecord, gys: (string | undefined)[], wants: (k: number) => boolean, give: (k: number, gx: string) => void): void {
-  const [x, y] = n.inputs;
+function vjp(g: GraphBuilder, n: NodeRecord, gys: (string | undefined)[], wants: (k: number) => boolean, give: (k: number, gx: string) => void, forward: (v: string) => string): void {
+  // forward values read through `forward` (a recomputed copy where the original is too large to keep);
+  // shapes are the same either way
+  const [x, y] = n.inputs.map((v) => (v ? forward(v) : v));
   const gy = gys[0]!;
   const shape = (v: string) => g.shape(v);
-  const out = n.outputs[0];
+  const out = forward(n.outputs[0]);
   switch (n.type) {
     case 'Identity':
       return give(0, gy);

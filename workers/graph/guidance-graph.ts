@@ -32,20 +32,26 @@ export function guidanceLayers(cfg: UNetConfig, latentH: number, latentW: number
 }
 
 export const guidanceSeedName = (mapOutput: string) => `seed.${mapOutput}`;
+
+/**
+ * Forward values above this many elements are recomputed for the backward pass instead of kept: at
+ * SD 1.5 512x512 that is the 64x64 grid's attention scores and probabilities (8 heads x 4096 x 4096).
+ */
+export const GUIDANCE_RECOMPUTE_ABOVE = 1 << 22;
 export const GUIDANCE_GRAD_OUTPUT = 'grad_sample';
 
 /**
  * `withGradient` false: the maps alone. True: also the seeds as inputs (one per map output, same
  * shape) and `grad_sample`, dLoss/dsample. `opt.batch` must be 1.
  */
-export function buildGuidanceGraph(cfg: UNetConfig, opt: UNetGraphOptions, layers: GuidanceLayers, withGradient: boolean): GraphBuilder {
+export function buildGuidanceGraph(cfg: UNetConfig, opt: UNetGraphOptions, layers: GuidanceLayers, withGradient: boolean, recomputeAbove = GUIDANCE_RECOMPUTE_ABOVE): GraphBuilder {
   if (opt.batch !== 1) throw new Error('guidance graphs run on the conditional prompt alone (batch 1)');
   const g = buildUNet(cfg, { ...opt, mapLayers: [...layers.cross, ...layers.self], noisePrediction: false });
   if (withGradient) {
     const seeds = new Map<string, string>();
     for (const out of g.outputs) seeds.set(out.name, g.input(guidanceSeedName(out.name), 'float32', out.dims));
     // `sample` is a float32 input (cast inside fp16 graphs), so its gradient comes out as float32
-    g.output(emitGradient(g, { wrt: 'sample', seeds }), GUIDANCE_GRAD_OUTPUT, 'float32', [1, cfg.inChannels, opt.latentH, opt.latentW]);
+    g.output(emitGradient(g, { wrt: 'sample', seeds, recomputeAbove }), GUIDANCE_GRAD_OUTPUT, 'float32', [1, cfg.inChannels, opt.latentH, opt.latentW]);
   }
   g.prune();
   return g;

@@ -311,28 +311,32 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const lastAmplitude: (number | null)[] = all.map(() => null);
   const took = all.map(() => ({ fresh: 0, cached: 0 }));
   const steps: CompositionStep[] = [];
+  // the LoRA set merged now, as a key that ignores order
+  const setKey = (loras: number[]) => [...loras].sort((a, b) => a - b).join(',');
   let current = '';
   for (let i = 0; i < scheduler.timesteps.length; i++) {
     check();
     const t = scheduler.timesteps[i];
-    // 5a'. gradient guidance moves the latent before the step's prediction
+    stepMergeMs = 0;
+    // 5a'. gradient guidance moves the latent before the step's prediction (with every LoRA merged;
+    // the runs below then start from that set when the plan has it, not merge it again)
     let guidance: GuidanceStep | undefined;
     if (guide?.active(i)) {
       stepMergeMs += await merge(all, 'unet');
+      current = setKey(all);
       ({ latent, record: guidance } = await guide.step(i, latent, (v) => scheduler.scaleModelInput(v, i), new ort.Tensor('float32', timestepEmbedding(t, c0), [1, c0])));
       check();
     }
     const x = scheduler.scaleModelInput(latent, i);
     const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude, cache: cache.view(i) });
     // 5a. run the UNet for each planned LoRA set, starting with the set already merged
-    const runs = [...plan.evaluations].sort((a, b) => Number(String(b.loras) === current) - Number(String(a.loras) === current));
+    const runs = [...plan.evaluations].sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
     const before = unetEvaluations;
-    stepMergeMs = 0;
     const alone = new Map<number, Float32Array>();
     const eps = new Float32Array(latentSize);
     for (const run of runs) {
       const e = await predict(run.loras, x, t);
-      current = String(run.loras);
+      current = setKey(run.loras);
       if (run.loras.length === 1) alone.set(run.loras[0], e);
       for (let k = 0; k < latentSize; k++) eps[k] += run.weight * e[k];
     }

@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { CompositionOptions, GenerateJob, SchedulerId } from './api/contract.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
+import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS, layoutSwitches, parseSceneText, type Scene, type SceneLora } from './layout/scene.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG } from './checkpoint/config.ts';
@@ -258,7 +259,7 @@ function guidanceArgs(scene: Scene, o: Record<string, string | boolean | string[
   if (o['guidance-scale'] !== undefined) g.scale = num(o['guidance-scale'] as string, 'guidance-scale', 0, false);
   if (o['guidance-share'] !== undefined) g.share = num(o['guidance-share'] as string, 'guidance-share', 0, false);
   if (o['no-early-stop']) g.earlyStop = false;
-  if (g.scale < 0 || g.scale > 1000) throw new UsageError(`--guidance-scale must be from 0 to 1000, got ${g.scale}`);
+  if (g.scale < 0 || g.scale > GUIDANCE_MAX_SCALE) throw new UsageError(`--guidance-scale must be from 0 to ${GUIDANCE_MAX_SCALE}, got ${g.scale}`);
   if (g.share < 0 || g.share > 1) throw new UsageError(`--guidance-share must be from 0 to 1, got ${g.share}`);
   return { ...scene, ablation, guidance: g };
 }

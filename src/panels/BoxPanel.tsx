@@ -4,6 +4,7 @@
 import { useStore } from 'zustand';
 import type { createSceneStore } from '../store/scene.ts';
 import { useStudio } from '../store/studio.ts';
+import { GUIDANCE_MAX_SCALE } from '../../workers/layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS } from '../../workers/layout/scene.ts';
 
 type SceneStore = ReturnType<typeof createSceneStore>;
@@ -114,7 +115,7 @@ export function BoxPanel({ store, disabled }: { store: SceneStore; disabled: boo
         <div className="row">
           <label>
             Guidance strength
-            <input type="number" min={0} max={1000} step={1} data-testid="guidance-scale" value={guidance.scale} onChange={(e) => s.setGlobal({ guidance: { ...guidance, scale: Math.min(1000, Math.max(0, Number(e.target.value) || 0)) } })} />
+            <input type="number" min={0} max={GUIDANCE_MAX_SCALE} step={1} data-testid="guidance-scale" value={guidance.scale} onChange={(e) => s.setGlobal({ guidance: { ...guidance, scale: Math.min(GUIDANCE_MAX_SCALE, Math.max(0, Number(e.target.value) || 0)) } })} />
           </label>
           <label>
             Guided share of steps

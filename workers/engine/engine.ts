@@ -10,6 +10,7 @@ import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
+import { GUIDANCE_MAX_SCALE } from '../layout/guidance.ts';
 import { layoutGraphOptions } from '../layout/regional.ts';
 import { MAX_BOXES } from '../layout/scene.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
@@ -373,7 +374,7 @@ export function validateJob(job: GenerateJob): void {
     const g = l.guidance;
     if (g !== undefined) {
       if (typeof g !== 'object' || g === null || !['ce', 'fill', 'region'].every((k) => typeof (g as unknown as Record<string, unknown>)[k] === 'boolean')) throw bad('layout.guidance must be {ce, fill, region} switches with optional scale, share and earlyStop.');
-      if (g.scale !== undefined && !(Number.isFinite(g.scale) && g.scale >= 0 && g.scale <= 1000)) throw bad(`The guidance scale must be from 0 to 1000 (got ${g.scale}).`);
+      if (g.scale !== undefined && !(Number.isFinite(g.scale) && g.scale >= 0 && g.scale <= GUIDANCE_MAX_SCALE)) throw bad(`The guidance scale must be from 0 to ${GUIDANCE_MAX_SCALE} (got ${g.scale}).`);
       if (g.share !== undefined && !(Number.isFinite(g.share) && g.share >= 0 && g.share <= 1)) throw bad(`The guided share of steps must be from 0 to 1 (got ${g.share}).`);
       if (g.earlyStop !== undefined && typeof g.earlyStop !== 'boolean') throw bad('guidance.earlyStop must be true or false.');
     }

@@ -6,7 +6,7 @@ import type * as OrtNs from 'onnxruntime-web';
 import type { GuidanceOptions, GuidanceReport, GuidanceStep, LayoutBox } from '../api/contract.ts';
 import { guidanceSeedName, GUIDANCE_GRAD_OUTPUT, type GuidanceLayers } from '../graph/guidance-graph.ts';
 import { unetMapOutputName } from '../graph/unet.ts';
-import { GUIDANCE_DEFAULTS, guidanceLoss, guidanceStepSize, type GuidanceBox } from '../layout/guidance.ts';
+import { GUIDANCE_DEFAULTS, GUIDANCE_SCHEDULE_DEFAULTS, guidanceLoss, guidanceStepSize, type GuidanceBox } from '../layout/guidance.ts';
 import type { GridMasks } from '../layout/masks.ts';
 import { conceptMap, type TokenRange } from '../layout/regional.ts';
 import { cellBox } from '../layout/reinit.ts';
@@ -39,6 +39,7 @@ export interface GuideSetup {
 
 export class LatentGuide {
   private readonly guided: number;
+  private readonly schedule: Required<GuidanceOptions>;
   private readonly boxes: GuidanceBox[];
   private readonly records: GuidanceStep[] = [];
   private previous?: number;
@@ -48,7 +49,9 @@ export class LatentGuide {
 
   constructor(private readonly parts: GuideParts, private readonly s: GuideSetup) {
     const { rows, cols } = parts.layers;
-    this.guided = Math.max(1, Math.round(s.steps * (s.options.share ?? 0.5)));
+    const given = Object.fromEntries(Object.entries(s.options).filter(([, v]) => v !== undefined));
+    this.schedule = { ...GUIDANCE_SCHEDULE_DEFAULTS, ...given } as Required<GuidanceOptions>;
+    this.guided = Math.max(1, Math.round(s.steps * this.schedule.share));
     this.boxes = s.boxes.map((b, n) => ({ mask: s.masks.boxes[n], ...cellBox(b, rows, cols, s.frame.width / cols) }));
   }
 
@@ -77,8 +80,8 @@ export class LatentGuide {
     const self = new Float64Array(cells * cells);
     for (const m of selfMaps) for (let k = 0; k < self.length; k++) self[k] += m[k] / selfMaps.length;
     const loss = guidanceLoss(this.boxes, concept, self, layers.rows, layers.cols, { ...GUIDANCE_DEFAULTS, ce: options.ce, fill: options.fill, region: options.region });
-    const stop = (options.earlyStop ?? true) && this.previous !== undefined && loss.total >= this.previous;
-    const stepSize = stop ? 0 : guidanceStepSize(options.scale ?? 20, i, this.s.steps);
+    const stop = this.schedule.earlyStop && this.previous !== undefined && loss.total >= this.previous;
+    const stepSize = stop ? 0 : guidanceStepSize(this.schedule.scale, i, this.s.steps);
     const record: GuidanceStep = { step: i, loss: loss.total, ce: loss.ce, fill: loss.fill, region: loss.region, stepSize, updated: !stop };
     this.records.push(record);
     if (stop) {

@@ -35,6 +35,11 @@ export interface GuidanceLossOptions extends GuidanceSwitches {
   topShare: number;
 }
 
+/** The schedule a job or scene leaves open: BoxDiff's phi, the first half of the steps guided, early stop on. */
+export const GUIDANCE_SCHEDULE_DEFAULTS = { scale: 20, share: 0.5, earlyStop: true };
+/** The largest phi the studio, the CLI and the engine accept. */
+export const GUIDANCE_MAX_SCALE = 1000;
+
 export const GUIDANCE_DEFAULTS: GuidanceLossOptions = { ce: true, fill: true, region: true, alpha: 0.25, beta: 0.8, topShare: 0.2 };
 
 export interface GuidanceLoss {

@@ -3,6 +3,7 @@
 // evaluates anything and bounds every size, so a hostile file or link gets a sentence, not a crash.
 import type { CompositionOptions, LayoutOptions, SchedulerId } from '../api/contract.ts';
 import { BadArgumentError } from '../api/errors.ts';
+import { GUIDANCE_MAX_SCALE, GUIDANCE_SCHEDULE_DEFAULTS } from './guidance.ts';
 
 export const SCENE_VERSION = 1;
 /** More regions than this slow every attention layer for little gain; the studio says so. */
@@ -81,8 +82,8 @@ export interface Scene {
   guidance?: SceneGuidance;
 }
 
-/** Guidance settings where a scene has none: BoxDiff's step scale, the first half of the steps, early stop on. */
-export const GUIDANCE_SCENE_DEFAULTS: SceneGuidance = { scale: 20, share: 0.5, earlyStop: true };
+/** Guidance settings where a scene has none: the engine's. */
+export const GUIDANCE_SCENE_DEFAULTS: SceneGuidance = GUIDANCE_SCHEDULE_DEFAULTS;
 
 /** The layout switches a scene gives the engine (LayoutOptions without the boxes). */
 export function layoutSwitches(scene: Scene): Omit<LayoutOptions, 'boxes'> {
@@ -235,7 +236,7 @@ export function parseScene(input: unknown): Scene {
     cfg: number(input, 'cfg', '', 1, 30),
     scheduler: scheduler as SchedulerId,
     ...(input.model !== undefined ? { model: sceneModel(input.model) } : {}),
-    ...(isObj(gd) ? { guidance: { scale: number(gd, 'scale', 'guidance.', 0, 1000), share: number(gd, 'share', 'guidance.', 0, 1), earlyStop: gd.earlyStop as boolean } } : {}),
+    ...(isObj(gd) ? { guidance: { scale: number(gd, 'scale', 'guidance.', 0, GUIDANCE_MAX_SCALE), share: number(gd, 'share', 'guidance.', 0, 1), earlyStop: gd.earlyStop as boolean } } : {}),
   };
 }
 

@@ -1,9 +1,8 @@
 // What the page does: the engine worker's life, the library (models, LoRAs, downloads), generating,
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
-import * as Comlink from 'comlink';
 import type { GenerateJob, LayoutOptions, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
 import { layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
-import { startEngine, type EngineClient } from '../engine/client.ts';
+import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
 import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
 import { DownloadError } from '../library/download.ts';
@@ -134,29 +133,11 @@ export function applyScene(scene: Scene, from: string) {
 
 // ---------------------------------------------------------------- models
 
-/**
- * A progress callback for a worker call that goes quiet once the call has answered. Comlink sends a
- * proxy's calls on a channel of its own, so the last progress messages can arrive after the answer
- * and would otherwise put a finished load or run back into its "loading" or "running" state.
- */
-function reporter<A extends unknown[]>(fn: (...args: A) => void) {
-  let open = true;
-  return {
-    proxy: Comlink.proxy((...args: A) => {
-      if (open) fn(...args);
-    }),
-    close: () => {
-      open = false;
-    },
-  };
-}
-
 async function loadModelRequest(req: ModelRequest, label: string, id: string) {
   const { set } = studio();
   set({ status: { kind: 'loading', done: 0, total: 1, label }, notice: undefined });
-  const progress = reporter((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } }));
   try {
-    const model = await engine().loadModel(req, progress.proxy).finally(progress.close);
+    const model = await withProgress((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } }), (p) => engine().loadModel(req, p));
     set({ model, modelId: id, status: { kind: 'loading', done: 0, total: 1, label: `the LoRAs for ${label}` } });
     localStorage.setItem(MODEL_KEY, id);
     // LoRAs belong to a model: load the library's again for this one
@@ -438,12 +419,12 @@ export async function generate() {
   // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
   localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
   set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
-  const progress = reporter((p: ProgressEvent) => {
+  const onProgress = (p: ProgressEvent) => {
     if (studio().status.kind === 'cancelling') return;
     set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
-  });
+  };
   try {
-    const result = await engine().generate(job, progress.proxy).finally(progress.close);
+    const result = await withProgress(onProgress, (p) => engine().generate(job, p));
     set({ result: { ...result, scene }, status: { kind: 'ready' }, notice: result.report.warnings.join(' ') || undefined });
     try {
       const item = await saveResult(result.image, scene, result.report);

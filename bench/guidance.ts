@@ -8,6 +8,7 @@ import { SD15_CONFIG } from '../workers/checkpoint/config.ts';
 import type { Runtime } from '../workers/engine/runtime.ts';
 import type { GraphBuilder } from '../workers/graph/builder.ts';
 import { buildGuidanceGraph, GUIDANCE_RECOMPUTE_ABOVE, guidanceLayers } from '../workers/graph/guidance-graph.ts';
+import { elementCount } from '../workers/graph/shapes.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
 import { openTinyEngine, writeTinyModel } from '../workers/node/tiny.ts';
 
@@ -19,13 +20,13 @@ export function macs(g: GraphBuilder, from = 0, to = g.records.length): number {
   for (const n of g.records.slice(from, to)) {
     const out = g.shapes.get(n.outputs[0]);
     if (!out) continue;
-    const size = out.reduce((a, b) => a * b, 1);
+    const size = elementCount(out);
     if (n.type === 'Conv') {
       const w = g.shape(n.inputs[1]);
       total += size * w[1] * w[2] * w[3];
     } else if (n.type === 'ConvTranspose') {
       const w = g.shape(n.inputs[1]);
-      total += g.shape(n.inputs[0]).reduce((a, b) => a * b, 1) * w[1] * w[2] * w[3];
+      total += elementCount(g.shape(n.inputs[0])) * w[1] * w[2] * w[3];
     } else if (n.type === 'MatMul' || n.type === 'Gemm') {
       const a = g.shape(n.inputs[0]);
       total += size * (n.type === 'Gemm' && n.attrs.transA ? a[0] : a[a.length - 1]);
@@ -39,7 +40,7 @@ export function keptActivationBytes(g: GraphBuilder, split: number, bytesPerValu
   const produced = new Set(g.records.slice(0, split).flatMap((n) => n.outputs));
   const kept = new Set(g.records.slice(split).flatMap((n) => n.inputs.filter((v) => produced.has(v))));
   let total = 0;
-  for (const v of kept) total += (g.shapes.get(v)?.reduce((a, b) => a * b, 1) ?? 0) * bytesPerValue;
+  for (const v of kept) total += elementCount(g.shapes.get(v) ?? []) * bytesPerValue;
   return total;
 }
 
@@ -63,7 +64,7 @@ function projectSd15() {
       guidedExtraGMacs: guided / 1e9,
       guidedStepVsUnguided: (step + guided) / step,
       backwardKeepsMB: { fp32: keptActivationBytes(grad, split, 4) / 2 ** 20, fp16: keptActivationBytes(grad, split, 2) / 2 ** 20 },
-      weights: [...grad.weights.values()].reduce((a, w) => a + w.dims.reduce((x, y) => x * y, 1), 0),
+      weights: [...grad.weights.values()].reduce((a, w) => a + elementCount(w.dims), 0),
     };
   };
   const kept = variant(Infinity);

@@ -8,6 +8,7 @@ import { sessionOptions, type Backend } from '../../workers/engine/runtime.ts';
 import { Rng } from '../../workers/engine/random.ts';
 import { emitGradient } from '../../workers/graph/autodiff.ts';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
+import { elementCount as size } from '../../workers/graph/shapes.ts';
 import { attention, groupNorm, silu, upsampleNearest2x } from '../../workers/graph/layers.ts';
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
 import type { T } from '../../workers/reference/nn.ts';
@@ -31,7 +32,6 @@ interface Case {
   wrt: string[];
 }
 
-const size = (d: number[]) => d.reduce((a, b) => a * b, 1);
 
 function values(c: Case, seed: number): Map<string, Float64Array> {
   const rng = new Rng(seed);

@@ -11,6 +11,7 @@ import { Rng } from '../../workers/engine/random.ts';
 import { makeTinyModel } from '../../workers/engine/test-model.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { buildGuidanceGraph, guidanceLayers, guidanceSeedName, GUIDANCE_GRAD_OUTPUT } from '../../workers/graph/guidance-graph.ts';
+import { elementCount as size } from '../../workers/graph/shapes.ts';
 import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers, type UNetGraphOptions } from '../../workers/graph/unet.ts';
 import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
@@ -26,7 +27,6 @@ const cfg = model.config.unet;
 const LH = 8;
 const LW = 8;
 const textLen = model.config.textEncoder.maxPositions;
-const size = (d: number[]) => d.reduce((a, b) => a * b, 1);
 
 /** The graph inputs other than the weights: latent, time, text, and a layout's region inputs. */
 function inputs(opt: UNetGraphOptions): Map<string, T> {

@@ -3,6 +3,7 @@
 // to the same graph as ordinary ONNX nodes. The forward activations are the graph's own values, so the
 // backward nodes reuse them; nodes off the path get no backward node.
 import type { GraphBuilder, NodeRecord } from './builder.ts';
+import { elementCount } from './shapes.ts';
 
 const ONNX_FLOAT = 1;
 const ONNX_HALF = 10;
@@ -32,7 +33,7 @@ export function emitGradient(g: GraphBuilder, { wrt, seeds, recomputeAbove = Inf
   /** The value a backward node should read for forward value v: v itself, or a recomputed copy. */
   const forward = (v: string): string => {
     const n = producer.get(v);
-    const size = g.shapes.get(v)?.reduce((a, b) => a * b, 1) ?? 0;
+    const size = elementCount(g.shapes.get(v) ?? []);
     if (!n || size <= recomputeAbove) return v;
     let copy = copies.get(v);
     if (!copy) {

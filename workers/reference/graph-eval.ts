@@ -1,10 +1,9 @@
 // A float64 interpreter for the graphs our builder records, op by op from the ONNX definitions: the
 // reference that finite differences run on when the gradient graphs are tested. Slow and plain.
 import type { GraphBuilder, NodeRecord } from '../graph/builder.ts';
-import { broadcastShapes } from '../graph/builder.ts';
+import { broadcastShapes, elementCount as size } from '../graph/shapes.ts';
 import { conv2d, erf, type T } from './nn.ts';
 
-const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 const strides = (shape: number[]) => {
   const s = new Array(shape.length).fill(1);
   for (let i = shape.length - 2; i >= 0; i--) s[i] = s[i + 1] * shape[i + 1];

@@ -3,14 +3,14 @@
 // concept with guidance on and off. Projected for SD 1.5 at 512x512 from its graphs (no weights
 // needed to build them): the multiply-adds of a guided step (the maps run plus the forward-and-backward
 // run of the cut UNet) against the UNet's own step, and the activation memory the backward pass keeps.
-import type { GenerateJob, GuidanceOptions } from '../workers/api/contract.ts';
+import type { GuidanceOptions } from '../workers/api/contract.ts';
 import { SD15_CONFIG } from '../workers/checkpoint/config.ts';
 import type { Runtime } from '../workers/engine/runtime.ts';
 import type { GraphBuilder } from '../workers/graph/builder.ts';
 import { buildGuidanceGraph, GUIDANCE_RECOMPUTE_ABOVE, guidanceLayers } from '../workers/graph/guidance-graph.ts';
 import { elementCount } from '../workers/graph/shapes.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
-import { openTinyEngine, writeTinyModel } from '../workers/node/tiny.ts';
+import { openTinyEngine, owlAndFoxJob, writeTinyModel } from '../workers/node/tiny.ts';
 
 const STEPS = Number(process.env.BENCH_GUIDANCE_STEPS ?? 6);
 
@@ -81,21 +81,7 @@ function projectSd15() {
 export async function benchGuidance(rt: Runtime) {
   const { dir } = await writeTinyModel('lora-studio-bench-');
   const { engine, loras } = await openTinyEngine(dir, rt, ['kohya', 'loha']);
-  const boxes = [
-    { name: 'owl', x: 0, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ lora: loras[1].id, scale: 0.8 }] },
-    { name: 'fox', x: 32, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ lora: loras[0].id, scale: 1 }] },
-  ];
-  const job = (guidance?: GuidanceOptions): GenerateJob => ({
-    prompt: 'two friends in a park',
-    negative: 'blurry',
-    steps: STEPS,
-    cfg: 5,
-    seed: 7,
-    width: 64,
-    height: 64,
-    scheduler: 'dpmpp-2m',
-    layout: { boxes, injection: true, isolation: false, reinit: false, ...(guidance ? { guidance } : {}) },
-  });
+  const job = (guidance?: GuidanceOptions) => owlAndFoxJob(loras, guidance, STEPS);
   const on: GuidanceOptions = { ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false };
   // compile every graph first so the timed runs compare steps only
   for (const j of [job(), job(on)]) await engine.generate({ ...j, steps: 1 });
@@ -109,7 +95,7 @@ export async function benchGuidance(rt: Runtime) {
     guidedPerStepMs: guided.timingsMs.perStepMs,
     guidedStepVsUnguided: guided.timingsMs.perStepMs / off.timingsMs.perStepMs,
     guidanceMsPerStep: guided.guidance!.ms / STEPS,
-    inBoxShare: boxes.map((b, n) => ({ box: b.name, off: off.boxes[n].attentionInBoxUnmasked, on: guided.boxes[n].attentionInBoxUnmasked })),
+    inBoxShare: off.boxes.map((b, n) => ({ box: b.name, off: b.attentionInBoxUnmasked, on: guided.boxes[n].attentionInBoxUnmasked })),
     loss: { first: guided.guidance!.steps[0].loss, last: guided.guidance!.steps.at(-1)!.loss },
   };
   const sd15 = projectSd15();

@@ -17,7 +17,7 @@ import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../w
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
 import type { T } from '../../workers/reference/nn.ts';
 import type { GuidanceOptions } from '../../workers/api/contract.ts';
-import { openTinyEngine } from '../../workers/node/tiny.ts';
+import { openTinyEngine, owlAndFoxJob } from '../../workers/node/tiny.ts';
 import { runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
@@ -118,19 +118,11 @@ test('with every forward value recomputed for the backward pass (none kept), the
 
 // ---------------------------------------------------------------- guided generations
 
-const JOB = { prompt: 'two friends in a park', negative: 'blurry', steps: 6, cfg: 5, seed: 7, width: 64, height: 64, scheduler: 'dpmpp-2m' as const };
-
 async function guidedRun(guidance?: GuidanceOptions) {
   const { dir } = await tinyModelDir();
   engineSetup ??= openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']);
   const { engine, loras } = await engineSetup;
-  // the owl on the left, the fox on the right: with no guidance each prompt's attention is spread
-  // over the frame, each box holding about its area's share of it or less
-  const boxes = [
-    { name: 'owl', x: 0, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ lora: loras[1].id, scale: 0.8 }] },
-    { name: 'fox', x: 32, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ lora: loras[0].id, scale: 1 }] },
-  ];
-  return (await engine.generate({ ...JOB, layout: { boxes, injection: true, isolation: false, reinit: false, ...(guidance ? { guidance } : {}) } })).report;
+  return (await engine.generate(owlAndFoxJob(loras, guidance))).report;
 }
 let engineSetup: ReturnType<typeof openTinyEngine> | undefined;
 

@@ -3,7 +3,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { LoraInfo } from '../api/contract.ts';
+import type { GenerateJob, GuidanceOptions, LoraInfo } from '../api/contract.ts';
 import { Engine } from '../engine/engine.ts';
 import type { Runtime } from '../engine/runtime.ts';
 import { makeTinyModel, tinyModelFiles, type TinyModel } from '../engine/test-model.ts';
@@ -25,4 +25,27 @@ export async function openTinyEngine(dir: string, rt: Runtime, loraNames: string
   const loras: LoraInfo[] = [];
   for (const name of loraNames) loras.push(await engine.loadLora(await NodeFileSource.open(join(dir, `loras/${name}.safetensors`))));
   return { engine, loras };
+}
+
+/**
+ * The guidance scene on the tiny model (64x64, injection on): an owl box on the left with the test
+ * LoRA `loras[1]`, a fox box on the right with `loras[0]`. Unguided, each prompt's attention spreads
+ * over the frame and each box holds about its area's share of it or less.
+ */
+export function owlAndFoxJob(loras: LoraInfo[], guidance?: GuidanceOptions, steps = 6): GenerateJob {
+  const boxes = [
+    { name: 'owl', x: 0, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ lora: loras[1].id, scale: 0.8 }] },
+    { name: 'fox', x: 32, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ lora: loras[0].id, scale: 1 }] },
+  ];
+  return {
+    prompt: 'two friends in a park',
+    negative: 'blurry',
+    steps,
+    cfg: 5,
+    seed: 7,
+    width: 64,
+    height: 64,
+    scheduler: 'dpmpp-2m',
+    layout: { boxes, injection: true, isolation: false, reinit: false, ...(guidance ? { guidance } : {}) },
+  };
 }

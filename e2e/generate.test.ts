@@ -1,30 +1,15 @@
 // The page in Chromium on its real WebGPU adapter: the embedded test model loads, Generate makes
 // an image, the same seed gives the same pixels, Cancel stops, a corrupt file gets its sentence.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { Page } from 'playwright-core';
-import { Engine } from '../workers/engine/engine.ts';
-import { createRuntime } from '../workers/engine/runtime.ts';
-import { openModelPath } from '../workers/node/files.ts';
-import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait, openStudio, resultPixels } from './harness.ts';
+import { generateAndWait, nodeEngine, resultPixels, studioForFile } from './harness.ts';
 
-let studio: Awaited<ReturnType<typeof openStudio>> | undefined;
-let page: Page;
-
-before(async () => {
-  await installNodeWebGpu();
-  studio = await openStudio(4300 + Math.floor(Math.random() * 500));
-  page = studio.page;
-});
-
-after(async () => {
-  await studio?.close();
-  setTimeout(() => process.exit(0), 10).unref();
-});
+const studio = studioForFile(4300);
 
 test('generate with the embedded test model on WebGPU; same seed gives identical pixels', async () => {
+  const { page } = studio;
   assert.match(await page.getByTestId('model-name').innerText(), /tiny-sd15.safetensors \(single-file, fp32, test model/);
   await page.getByTestId('width').fill('64');
   await page.getByTestId('height').fill('64');
@@ -39,9 +24,7 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   // the same job in Node (Dawn) with the same engine code gives the same image
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
   assert.ok(job, 'the page records the job it ran');
-  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
-  const engine = new Engine(await createRuntime('webgpu'));
-  await engine.loadModel(files, tokenizer!, 'fp32');
+  const { engine } = await nodeEngine();
   const node = await engine.generate(job);
   const { diff } = maxAbsDiff(a, node.image.data);
   assert.ok(diff <= 2, `browser and Node images differ by at most 2/255 (got ${diff})`);
@@ -65,6 +48,7 @@ const layoutOf = (p: Page) =>
   );
 
 test('at 1280x720 nothing scrolls sideways, Generate is reached by keyboard, and nothing moves during a run', async () => {
+  const { page } = studio;
   assert.deepEqual(page.viewportSize(), { width: 1280, height: 720 });
   assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling');
   const [lib, canvas, settings] = await Promise.all(['library', 'layout-canvas', 'prompt'].map(async (id) => (await page.getByTestId(id).boundingBox())!));
@@ -85,6 +69,7 @@ test('at 1280x720 nothing scrolls sideways, Generate is reached by keyboard, and
 });
 
 test('cancel stops the run and the next one works', async () => {
+  const { page } = studio;
   await page.getByTestId('steps').fill('200');
   await page.getByTestId('generate').click();
   await page.getByTestId('status').filter({ hasText: /denoise [1-9]/ }).waitFor({ timeout: 120_000 });
@@ -98,6 +83,7 @@ test('cancel stops the run and the next one works', async () => {
 });
 
 test('a corrupt checkpoint gets a clear sentence and the page keeps working', async () => {
+  const { page } = studio;
   const bytes = Buffer.alloc(64);
   bytes.writeUInt32LE(1000, 0);
   await page.getByTestId('model-file').setInputFiles({ name: 'broken.safetensors', mimeType: 'application/octet-stream', buffer: bytes });

@@ -2,7 +2,11 @@
 // adapter (SwiftShader) driven by playwright-core.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
+import { after, before } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { createRuntime, type Runtime } from '../workers/engine/runtime.ts';
+import { openTinyEngine } from '../workers/node/tiny.ts';
+import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 
 export const CHROMIUM_ARGS = [
   '--headless',
@@ -61,6 +65,33 @@ export async function openStudio(port: number): Promise<{ page: Page; browser: B
       server.stop();
     },
   };
+}
+
+export type OpenStudio = Awaited<ReturnType<typeof openStudio>>;
+
+/**
+ * The studio for the tests of one file: opened before them (on a port from `basePort`, then
+ * `setup` on its page), closed after them. Its fields are there once the tests run.
+ */
+export function studioForFile(basePort: number, setup?: (page: Page) => Promise<void>): OpenStudio {
+  const studio = {} as OpenStudio;
+  before(async () => {
+    Object.assign(studio, await openStudio(basePort + Math.floor(Math.random() * 500)));
+    await setup?.(studio.page);
+  });
+  after(async () => {
+    await studio.close?.();
+    setTimeout(() => process.exit(0), 10).unref();
+  });
+  return studio;
+}
+
+let nodeRuntime: Promise<Runtime> | undefined;
+
+/** The same engine in Node (Dawn's WebGPU) on the built test model with the named test LoRAs: what the page is compared with. */
+export async function nodeEngine(loraNames: string[] = []) {
+  nodeRuntime ??= installNodeWebGpu().then(() => createRuntime('webgpu'));
+  return openTinyEngine('dist/test-model', await nodeRuntime, loraNames);
 }
 
 /** Click Generate and wait until the button is enabled again (the job ended). */

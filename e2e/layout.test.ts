@@ -1,58 +1,31 @@
 // The layout canvas in Chromium: draw two boxes with the mouse, give them prompts and LoRAs, generate
 // (the same image as the Node engine makes from the same job), undo/redo, and a reload restores the scene.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import type { Page } from 'playwright-core';
-import { Engine } from '../workers/engine/engine.ts';
-import { createRuntime } from '../workers/engine/runtime.ts';
-import { NodeFileSource, openModelPath } from '../workers/node/files.ts';
-import { installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { test } from 'node:test';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait, openStudio, resultPixels } from './harness.ts';
+import { dragOnCanvas, generateAndWait, nodeEngine, resultPixels, studioForFile } from './harness.ts';
 
-let studio: Awaited<ReturnType<typeof openStudio>> | undefined;
-let page: Page;
 const LORAS = ['dist/test-model/loras/kohya.safetensors', 'dist/test-model/loras/loha.safetensors'];
 
-before(async () => {
-  await installNodeWebGpu();
-  studio = await openStudio(5400 + Math.floor(Math.random() * 500));
-  page = studio.page;
+const studio = studioForFile(5400, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2'], ['seed', '5'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
 });
 
-after(async () => {
-  await studio?.close();
-  setTimeout(() => process.exit(0), 10).unref();
-});
-
-/** Drag on the canvas between two points given in image pixels (the 64x64 frame is drawn 384 wide). */
-async function drag(from: [number, number], to: [number, number]) {
-  const canvas = page.getByTestId('layout-canvas').locator('canvas').first();
-  await canvas.scrollIntoViewIfNeeded();
-  const box = (await canvas.boundingBox())!;
-  const k = box.width / 64;
-  await page.mouse.move(box.x + from[0] * k, box.y + from[1] * k);
-  await page.mouse.down();
-  await page.mouse.move(box.x + ((from[0] + to[0]) / 2) * k, box.y + ((from[1] + to[1]) / 2) * k, { steps: 4 });
-  await page.mouse.move(box.x + to[0] * k, box.y + to[1] * k, { steps: 4 });
-  await page.mouse.up();
-}
-
-const boxNames = () => page.locator('[data-testid^="box-select-"]').allInnerTexts();
+const boxNames = () => studio.page.locator('[data-testid^="box-select-"]').allInnerTexts();
 
 test('draw two boxes, give them prompts and LoRAs, generate as Node does; undo, redo; reload restores the scene', async () => {
+  const { page } = studio;
   await page.getByTestId('lora-file').setInputFiles(LORAS);
   await page.getByTestId('lora-info-1').waitFor({ timeout: 60_000 });
   // the frame LoRAs stay off: the box LoRAs act through their boxes only
   await page.getByTestId('lora-enabled-0').uncheck();
   await page.getByTestId('lora-enabled-1').uncheck();
 
-  await drag([0.5, 8.5], [31, 55]);
+  await dragOnCanvas(page, [0.5, 8.5], [31, 55]);
   await page.getByTestId('box-name').fill('fox');
   await page.getByTestId('box-prompt').fill('a red fox');
   await page.getByTestId('box-lora-add').selectOption('kohya.safetensors');
-  await drag([34, 9], [63.8, 56.5]);
+  await dragOnCanvas(page, [34, 9], [63.8, 56.5]);
   await page.getByTestId('box-name').fill('owl');
   await page.getByTestId('box-prompt').fill('a grey owl');
   await page.getByTestId('box-lora-add').selectOption('loha.safetensors');
@@ -68,10 +41,7 @@ test('draw two boxes, give them prompts and LoRAs, generate as Node does; undo, 
 
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
   assert.deepEqual(job.layout.boxes.map((b: { name: string; prompt: string }) => [b.name, b.prompt]), [['fox', 'a red fox'], ['owl', 'a grey owl']]);
-  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
-  const engine = new Engine(await createRuntime('webgpu'));
-  await engine.loadModel(files, tokenizer!, 'fp32');
-  for (const f of LORAS) await engine.loadLora(await NodeFileSource.open(f));
+  const { engine } = await nodeEngine(['kohya', 'loha']);
   const node = await engine.generate(job);
   assert.ok(maxAbsDiff(pixels, node.image.data).diff <= 2, 'browser and Node agree within 2/255');
   engine.unload();
@@ -94,6 +64,7 @@ test('draw two boxes, give them prompts and LoRAs, generate as Node does; undo, 
 });
 
 test('gradient guidance in Chromium: the switches, a guided run, its loss plot per step as Node computes it', async () => {
+  const { page } = studio;
   // after the reload above: the two boxes and their LoRAs are back
   await page.getByTestId('lora-info-1').waitFor({ timeout: 60_000 });
   for (const k of ['ce', 'fill', 'region']) await page.getByTestId(`guidance-${k}`).check();
@@ -108,10 +79,7 @@ test('gradient guidance in Chromium: the switches, a guided run, its loss plot p
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
   assert.deepEqual(job.layout.guidance, { ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false });
   await page.screenshot({ path: 'e2e/screenshots/guidance.png', fullPage: true });
-  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
-  const engine = new Engine(await createRuntime('webgpu'));
-  await engine.loadModel(files, tokenizer!, 'fp32');
-  for (const f of LORAS) await engine.loadLora(await NodeFileSource.open(f));
+  const { engine } = await nodeEngine(['kohya', 'loha']);
   const node = (await engine.generate(job)).report.guidance!;
   engine.unload();
   node.steps.forEach((s, i) => assert.ok(Math.abs(s.loss - losses[i]) < 2e-3, `step ${i}: browser L ${losses[i]}, Node L ${s.loss}`));

@@ -3,33 +3,19 @@
 // a LoRA for another model gets its sentence on its own row.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, test } from 'node:test';
-import type { Page } from 'playwright-core';
+import { test } from 'node:test';
 import { concatBytes, encodeSafetensors } from '../workers/checkpoint/safetensors.ts';
-import { Engine } from '../workers/engine/engine.ts';
-import { createRuntime } from '../workers/engine/runtime.ts';
-import { NodeFileSource, openModelPath } from '../workers/node/files.ts';
-import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait as generate, openStudio, resultPixels } from './harness.ts';
+import { generateAndWait as generate, nodeEngine, resultPixels, studioForFile } from './harness.ts';
 
-let studio: Awaited<ReturnType<typeof openStudio>> | undefined;
-let page: Page;
 const LORAS = ['dist/test-model/loras/kohya.safetensors', 'dist/test-model/loras/loha.safetensors'];
 
-before(async () => {
-  await installNodeWebGpu();
-  studio = await openStudio(4800 + Math.floor(Math.random() * 500));
-  page = studio.page;
+const studio = studioForFile(4800, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '11'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
 });
 
-after(async () => {
-  await studio?.close();
-  setTimeout(() => process.exit(0), 10).unref();
-});
-
 async function generateAndWait(): Promise<number[]> {
+  const { page } = studio;
   await generate(page);
   assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
   return resultPixels(page);
@@ -38,6 +24,7 @@ async function generateAndWait(): Promise<number[]> {
 const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => maxAbsDiff(a, b).diff;
 
 test('the GPU self-test passes in Chromium: merge kernel against float64, f32 and packed f16, both forms', async () => {
+  const { page } = studio;
   await page.getByText('Diagnostics').click();
   await page.getByTestId('self-test').click();
   const out = page.getByTestId('self-test-result');
@@ -48,6 +35,7 @@ test('the GPU self-test passes in Chromium: merge kernel against float64, f32 an
 });
 
 test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node', async () => {
+  const { page } = studio;
   const base = await generateAndWait();
   await page.getByTestId('lora-file').setInputFiles(LORAS);
   await page.getByTestId('lora-info-1').waitFor({ timeout: 60_000 });
@@ -66,10 +54,7 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   // The same job in Node: same LoRA files, same ids in the same order.
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
   assert.deepEqual(job.loras.map((l: { scale: number }) => l.scale), [1, 0.8]);
-  const { files, tokenizer } = await openModelPath('dist/test-model/tiny-sd15.safetensors');
-  const engine = new Engine(await createRuntime('webgpu'));
-  await engine.loadModel(files, tokenizer!, 'fp32');
-  for (const f of LORAS) await engine.loadLora(await NodeFileSource.open(f));
+  const { engine } = await nodeEngine(['kohya', 'loha']);
   const node = await engine.generate(job);
   assert.ok(maxDiff(withLoras, node.image.data) <= 2, 'browser and Node agree within 2/255');
 
@@ -90,6 +75,7 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
 });
 
 test('a LoRA for another architecture and a truncated LoRA get their own sentences; the others stay', async () => {
+  const { page } = studio;
   const sdxl = concatBytes(
     encodeSafetensors([
       { name: 'lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight', dtype: 'F32', shape: [1, 4], data: new Uint8Array(16) },

@@ -2,30 +2,19 @@
 // engine worker, onnxruntime's wasm and the embedded test model. With the server stopped and the
 // browser offline, a reload opens the studio, loads the model and makes the same pixels as online.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import type { Page } from 'playwright-core';
-import { generateAndWait, openStudio, ready, resultPixels } from './harness.ts';
+import { test } from 'node:test';
+import { generateAndWait, studioForFile, ready, resultPixels } from './harness.ts';
 
-let studio: Awaited<ReturnType<typeof openStudio>> | undefined;
-let page: Page;
-
-before(async () => {
-  studio = await openStudio(5100 + Math.floor(Math.random() * 500));
-  page = studio.page;
-});
-
-after(async () => {
-  await studio?.close();
-  setTimeout(() => process.exit(0), 10).unref();
-});
+const studio = studioForFile(5100);
 
 test('visit once, go offline (server stopped), reload: the studio opens, loads its model and generates the same image', async () => {
+  const { page } = studio;
   await page.getByTestId('offline').filter({ hasText: 'Works offline' }).waitFor({ timeout: 120_000 });
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2'], ['seed', '11']]) await page.getByTestId(id).fill(v);
   await generateAndWait(page);
   const online = await resultPixels(page);
 
-  studio!.stopServer();
+  studio.stopServer();
   await page.context().setOffline(true);
   assert.equal(await page.evaluate(() => fetch('./index.html?probe').then(() => 'reached', () => 'unreachable')), 'unreachable', 'nothing answers outside the service worker');
   await page.reload();

@@ -6,28 +6,18 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { BrowserContext, Page } from 'playwright-core';
 import { deflateRawSync } from 'node:zlib';
 import { readPngText } from '../workers/engine/png.ts';
 import { toBase64Url } from '../src/share/link.ts';
-import { dragOnCanvas, generateAndWait, openStudio, ready } from './harness.ts';
+import { dragOnCanvas, generateAndWait, studioForFile, ready } from './harness.ts';
 
-let studio: Awaited<ReturnType<typeof openStudio>>;
-let page: Page;
 const MODEL = 'dist/test-model/tiny-sd15.safetensors';
 const LORA = 'dist/test-model/loras/kohya.safetensors';
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
-before(async () => {
-  studio = await openStudio(6000 + Math.floor(Math.random() * 500));
-  page = studio.page;
-});
-
-after(async () => {
-  await studio?.close();
-  setTimeout(() => process.exit(0), 10).unref();
-});
+const studio = studioForFile(6000);
 
 async function small(p: Page, prompt: string, seed: string) {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2'], ['seed', seed], ['cfg', '4'], ['prompt', prompt]]) await p.getByTestId(id).fill(v);
@@ -40,6 +30,7 @@ const modelChosen = (p: Page, id: string) =>
 const optionTexts = (p: Page) => p.getByTestId('model-select').locator('option').allInnerTexts();
 
 test('import a model and a LoRA; generate; the gallery keeps the image; its PNG dropped back restores the scene; a reload keeps it all', async () => {
+  const { page } = studio;
   await page.getByTestId('model-file').setInputFiles(MODEL);
   await modelChosen(page, 'model:tiny-sd15.safetensors');
   await ready(page);
@@ -94,6 +85,7 @@ test('import a model and a LoRA; generate; the gallery keeps the image; its PNG 
 });
 
 test('a share link opens the same scene in a fresh profile and names the missing LoRA; hostile links only get a message', async () => {
+  const { page } = studio;
   // a box with the LoRA in it
   await dragOnCanvas(page, [8, 8], [40, 48]);
   await page.getByTestId('box-name').fill('hero');
@@ -158,6 +150,7 @@ async function routeHub(ctx: BrowserContext) {
 }
 
 test('downloads: a hub repository from its file list, checked by sha256; a bad hash is refused; a LoRA by its repository; a direct address resumes with a range request after a reload', async () => {
+  const { page } = studio;
   await routeHub(page.context());
   await page.getByTestId('download-source').fill('studio-tests/tiny-sd15');
   await page.getByTestId('download-start').click();
@@ -218,6 +211,7 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
 });
 
 test('a shared scene names its downloaded model and LoRA by address; in a fresh profile one click fetches each', async () => {
+  const { page } = studio;
   await page.getByTestId('model-select').selectOption('model:studio-tests/tiny-sd15');
   await page.getByTestId('model-name').filter({ hasText: 'diffusers' }).waitFor({ timeout: 120_000 });
   await ready(page);
@@ -252,6 +246,7 @@ const byHand = (scene: { loras: { name: string; fingerprint?: string }[] }) => {
 };
 
 test('deleting the model in use frees its storage and falls back to the built-in model', async () => {
+  const { page } = studio;
   const used = () => page.evaluate(async () => (await navigator.storage.estimate()).usage ?? 0);
   const before = await used();
   const size = statSync('dist/test-model/diffusers/unet/diffusion_pytorch_model.safetensors').size;

@@ -269,6 +269,70 @@ export interface GenerationReport {
   warnings: string[];
 }
 
+/** A LoRA as the scorer needs it: the words that name its concept and pictures of that concept. */
+export interface ScoreConcept {
+  /** The LoRA's name. */
+  name: string;
+  /** Its trigger words (comma-separated), replaced by `classWord` before text similarity. */
+  trigger?: string;
+  /** The concept's class ("dog", "dress"), as LoRA-Composer substitutes it. */
+  classWord?: string;
+  /** Reference images of the concept; `id` keys the scorer's cache of their embeddings. */
+  references?: { id: string; image: ImageData8 }[];
+}
+
+export interface ScoreRequest {
+  image: ImageData8;
+  /** The global prompt, compared with the whole image. */
+  prompt: string;
+  /** Whole-frame LoRAs: the whole image against their references. */
+  loras: ScoreConcept[];
+  /** Concept boxes in image pixels: each crop against its local prompt and its LoRAs' references. */
+  boxes: { name: string; x: number; y: number; width: number; height: number; prompt: string; loras: ScoreConcept[] }[];
+}
+
+export interface ConceptScore {
+  /** The box's name, or the LoRA's for a whole-frame LoRA. */
+  name: string;
+  /** The text the crop was compared with (trigger words replaced); null for a whole-frame LoRA. */
+  text: string | null;
+  /** Cosine similarity of the CLIP embeddings of the crop and the text. */
+  textImage: number | null;
+  /** Mean cosine similarity of the crop (or whole image) to the concept's reference images. */
+  imageImage: number | null;
+  references: number;
+}
+
+export interface ScoreReport {
+  /** The scorer's name (its repository or folder). */
+  scorer: string;
+  /** Cosine similarity of the whole image and the global prompt. */
+  global: number;
+  /** CLIPScore as ComposLoRA reports it: 100 * max(global, 0). */
+  clipScore: number;
+  boxes: ConceptScore[];
+  loras: ConceptScore[];
+  /** LoRA-Composer's textual similarity: the mean over the box crops and the whole image. */
+  textSimilarity: number;
+  /** LoRA-Composer's image similarity: the mean over the concepts that have references; null if none. */
+  imageSimilarity: number | null;
+  ms: number;
+}
+
+/** The files of a CLIP scorer in the Hugging Face ONNX layout (config.json, onnx/text_model.onnx, ...). */
+export interface ScorerRequest {
+  name: string;
+  files: Record<string, FileRef>;
+}
+
+export interface ScorerInfo {
+  name: string;
+  dtype: 'fp32' | 'fp16' | 'q8';
+  projectionDim: number;
+  imageSize: number;
+  maxTokens: number;
+}
+
 export interface GenerateResult {
   image: ImageData8;
   report: GenerationReport;
@@ -308,6 +372,10 @@ export interface EngineApi {
   unloadLora(id: string): Promise<void>;
   /** The LoRA merge kernel against its float64 reference on this GPU. */
   selfTest(): Promise<MergeSelfTestResult[]>;
+  /** Loads the CLIP model that scores results (replacing the one loaded before). */
+  loadScorer(req: ScorerRequest): Promise<ScorerInfo>;
+  /** CLIP similarities of an image to its prompts and reference images. */
+  score(req: ScoreRequest): Promise<ScoreReport>;
 }
 
 export interface MergeSelfTestResult {

@@ -16,7 +16,8 @@ export type EngineErrorCode =
   | 'device-lost'
   | 'cancelled'
   | 'busy'
-  | 'io';
+  | 'io'
+  | 'scorer';
 
 export class EngineError extends Error {
   readonly code: EngineErrorCode;

@@ -7,6 +7,8 @@ import { noWebGpuError } from '../gpu/device.ts';
 import { mergeSelfTest } from '../lora/self-test.ts';
 import { Engine } from './engine.ts';
 import { createRuntime } from './runtime.ts';
+import { ClipScorer, type ScorerFiles } from '../eval/scorer.ts';
+import { EngineError } from '../api/errors.ts';
 
 async function source(ref: FileRef): Promise<ByteSource> {
   return ref.kind === 'blob' ? new BlobSource(ref.name, ref.blob) : HttpSource.open(new URL(ref.url, self.location.href).href);
@@ -14,6 +16,7 @@ async function source(ref: FileRef): Promise<ByteSource> {
 
 export function createWorkerApi(): EngineApi {
   let engine: Engine | undefined;
+  let scorer: ClipScorer | undefined;
   const ready = async () => {
     engine ??= new Engine(await createRuntime('webgpu'));
     return engine;
@@ -49,6 +52,26 @@ export function createWorkerApi(): EngineApi {
       const e = await ready();
       if (!e.rt.gpu) throw noWebGpuError();
       return (await mergeSelfTest(e.rt.gpu.device)).map(({ storage, mode, maxError, tolerance, restoredExactly, ok }) => ({ storage, mode, maxError, tolerance, restoredExactly, ok }));
+    },
+    async loadScorer(req) {
+      const e = await ready();
+      const files: ScorerFiles = new Map();
+      for (const [path, ref] of Object.entries(req.files)) {
+        if (ref.kind === 'blob') files.set(path, ref.blob);
+        else {
+          const res = await fetch(new URL(ref.url, self.location.href));
+          if (!res.ok) throw new EngineError('scorer', `The CLIP scorer file ${path} could not be read (HTTP ${res.status}).`);
+          files.set(path, await res.blob());
+        }
+      }
+      const next = await ClipScorer.open(req.name, files, e.rt);
+      await scorer?.dispose();
+      scorer = next;
+      return next.info;
+    },
+    async score(req) {
+      if (!scorer) throw new EngineError('scorer', 'No CLIP scorer is loaded.');
+      return scorer.score(req);
     },
   };
 }

@@ -189,18 +189,31 @@ export class GraphBuilder {
     for (const w of [...this.weights.keys()]) if (!need.has(w)) this.weights.delete(w);
   }
 
-  /** Every weight becomes a graph input of the activation type. */
-  encode(): Uint8Array {
+  /**
+   * Every weight becomes a graph input of the activation type; or, given their values, a stored
+   * initializer (a self-contained model file, as other tools load them).
+   */
+  encode(weightValues?: (name: string) => Float32Array): Uint8Array {
     const valueInfo = (v: ValueSpec) =>
       onnx.ValueInfoProto.create({
         name: v.name,
         type: { tensorType: { elemType: ONNX_TYPE[v.type], shape: { dim: v.dims.map((d) => ({ dimValue: d })) } } },
       });
-    const weightInputs = [...this.weights.values()].map((w) => valueInfo({ name: w.name, type: this.dtype, dims: w.dims }));
+    const weights = [...this.weights.values()];
+    const stored = weightValues
+      ? weights.map((w) => {
+          const values = weightValues(w.name);
+          const expected = w.dims.reduce((a, b) => a * b, 1);
+          if (values.length !== expected) throw new Error(`weight ${w.name} has ${values.length} values; its shape needs ${expected}`);
+          const bytes = this.dtype === 'float16' ? new Uint8Array(floatsToHalf(values).buffer) : new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+          return onnx.TensorProto.create({ name: w.name, dataType: ONNX_TYPE[this.dtype], dims: w.dims, rawData: bytes });
+        })
+      : [];
+    const weightInputs = weightValues ? [] : weights.map((w) => valueInfo({ name: w.name, type: this.dtype, dims: w.dims }));
     const graph = onnx.GraphProto.create({
       name: 'g',
       node: this.nodes,
-      initializer: this.initializers,
+      initializer: [...this.initializers, ...stored],
       input: [...this.inputs.map(valueInfo), ...weightInputs],
       output: this.outputs.map(valueInfo),
     });

@@ -13,7 +13,7 @@ export interface ClipGraphOptions {
   clipSkip: number;
 }
 
-export function clipLayer(g: GraphBuilder, x: string, name: string, cfg: TextEncoderConfig, b: number, n: number, causal: string): string {
+export function clipLayer(g: GraphBuilder, x: string, name: string, cfg: Pick<TextEncoderConfig, 'hidden' | 'heads' | 'intermediate'>, b: number, n: number, causal?: string): string {
   const H = cfg.hidden;
   let h = layerNorm(g, x, `${name}.layer_norm1`, H);
   const a = attention(

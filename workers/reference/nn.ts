@@ -41,9 +41,8 @@ export function erf(x: number): number {
   return Math.sign(x) * (1 - erfc);
 }
 
-export function conv2d(x: T, w: Float64Array, b: Float64Array, cout: number, k: number, stride = 1): T {
+export function conv2d(x: T, w: Float64Array, b: Float64Array, cout: number, k: number, stride = 1, pad = (k - 1) >> 1): T {
   const [B, C, H, W] = x.shape;
-  const pad = (k - 1) >> 1;
   const OH = Math.floor((H + 2 * pad - k) / stride) + 1;
   const OW = Math.floor((W + 2 * pad - k) / stride) + 1;
   const out = new Float64Array(B * cout * OH * OW);

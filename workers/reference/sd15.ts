@@ -125,7 +125,7 @@ export function vaeDecode(W: Weights, cfg: VaeConfig, latent: T): T {
   return conv2d(h, W('decoder.conv_out.weight'), W('decoder.conv_out.bias'), 3, 3);
 }
 
-export function clipLayer(W: Weights, x: T, name: string, cfg: TextEncoderConfig, b: number): T {
+export function clipLayer(W: Weights, x: T, name: string, cfg: Pick<TextEncoderConfig, 'hidden' | 'heads' | 'intermediate'>, b: number, causal = true): T {
   const H = cfg.hidden;
   const n = x.shape[0] / b;
   let h = layerNorm(x, W(`${name}.layer_norm1.weight`), W(`${name}.layer_norm1.bias`));
@@ -135,7 +135,7 @@ export function clipLayer(W: Weights, x: T, name: string, cfg: TextEncoderConfig
     linear(h, W(`${name}.self_attn.v_proj.weight`), W(`${name}.self_attn.v_proj.bias`), H),
     b,
     cfg.heads,
-    (_b, i, j) => (j > i ? -Infinity : 0),
+    causal ? (_b, i, j) => (j > i ? -Infinity : 0) : undefined,
   );
   void n;
   x = add(x, linear(a.out, W(`${name}.self_attn.out_proj.weight`), W(`${name}.self_attn.out_proj.bias`), H));

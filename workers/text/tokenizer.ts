@@ -1,5 +1,6 @@
 // The CLIP tokenizer for the text encoder, through @huggingface/transformers. Prompts are cut to
 // 77-token windows (begin and end tokens included) and padded with the end token, as SD 1.5 expects.
+import './transformers-ort.ts';
 import { CLIPTokenizer } from '@huggingface/transformers';
 import { EngineError } from '../api/errors.ts';
 import { CLIP_TOKENIZER_CONFIG, clipTokenizerJson, parseMergesTxt, type BpeFiles } from './bpe-files.ts';

@@ -1,20 +1,27 @@
 // `npm run cli -- <command>`: the engine in Node, on Dawn's WebGPU (or the wasm EP).
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { deflateSync } from 'node:zlib';
-import type { CompositionOptions, GenerateJob, SchedulerId } from './api/contract.ts';
+import { deflateSync, inflateSync } from 'node:zlib';
+import type { CompositionOptions, GenerateJob, ImageData8, SchedulerId } from './api/contract.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
-import { GUIDANCE_SCENE_DEFAULTS, layoutSwitches, parseSceneText, type Scene, type SceneLora } from './layout/scene.ts';
+import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG } from './checkpoint/config.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
 import { ModelCheckpoint } from './checkpoint/model.ts';
 import { Engine, validateJob } from './engine/engine.ts';
-import { encodePng } from './engine/png.ts';
-import { createRuntime, type Backend } from './engine/runtime.ts';
+import { decodePng, encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from './engine/png.ts';
+import { createRuntime, type Backend, type Runtime } from './engine/runtime.ts';
+import { ClipScorer } from './eval/scorer.ts';
+import { summariseRows } from './eval/stats.ts';
+import { parseTestbed } from './eval/testbed.ts';
+import { makeTinyClip, tinyClipFiles } from './eval/tiny-clip.ts';
+import { tinyTestbedFiles } from './eval/tiny-testbed.ts';
+import { evaluate } from './node/evaluate.ts';
+import { DEFAULT_SCORER, fetchScorer, openScorerDir, type ScorerDtype } from './node/scorer-files.ts';
 import { makeTinyModel, tinyModelFiles } from './engine/test-model.ts';
 import { openLora } from './lora/load.ts';
 import { NodeFileSource, openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
@@ -35,7 +42,10 @@ const USAGE = `usage: npm run cli -- <command> [options]
            [--sync] --out FILE.png [--report FILE.json]
   generate --model PATH --scene scene.json --out FILE.png [--report FILE.json]   (a layout scene)
            [--guidance off|ce,fill,region] [--guidance-scale X] [--guidance-share X] [--no-early-stop]
-  inspect-lora --lora FILE [--model PATH]`;
+  inspect-lora --lora FILE [--model PATH]
+  evaluate --testbed FILE.json --out DIR [--model PATH] [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8]
+           [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--baseline METHOD] [--limit N]
+  score --image FILE.png [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8] [--backend webgpu|wasm]`;
 
 function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
   try {
@@ -57,6 +67,8 @@ async function makeTestModel(args: string[]) {
   if (!o.out) throw new UsageError('make-test-model needs --out DIR');
   const model = makeTinyModel(num(o.seed, 'seed', 1234));
   for (const f of tinyModelFiles(model)) await writeParts(join(o.out, f.path), f.parts);
+  for (const f of tinyClipFiles(makeTinyClip())) await writeParts(join(o.out, 'clip', f.path), f.parts);
+  for (const f of await tinyTestbedFiles((d) => deflateSync(d))) await writeParts(join(o.out, f.path), f.parts);
   console.log(JSON.stringify({ out: o.out, model: join(o.out, 'tiny-sd15.safetensors'), diffusers: join(o.out, 'diffusers') }));
 }
 
@@ -223,7 +235,7 @@ async function generate(args: string[]) {
   });
   if (process.stderr.isTTY) process.stderr.write('\n');
   for (const w of result.report.warnings) console.error(`warning: ${w}`);
-  const png = await encodePng(result.image.data, result.image.width, result.image.height, { 'lorastudio.report': JSON.stringify(result.report) }, (d) => deflateSync(d));
+  const png = await encodePng(result.image.data, result.image.width, result.image.height, { [REPORT_CHUNK]: JSON.stringify(result.report) }, (d) => deflateSync(d));
   await mkdir(dirname(o.out), { recursive: true });
   await writeFile(o.out, png);
   if (o.report) {
@@ -272,26 +284,6 @@ async function readScene(path: string): Promise<Scene> {
     throw new EngineError('io', `Cannot open ${path}: no such file.`);
   }
   return parseSceneText(text);
-}
-
-/** The job a scene describes; its LoRAs are filled in once loaded. */
-function sceneJob(scene: Scene): GenerateJob {
-  return {
-    prompt: scene.prompt,
-    negative: scene.negative,
-    steps: scene.steps,
-    cfg: scene.cfg,
-    seed: scene.seed,
-    width: scene.width,
-    height: scene.height,
-    scheduler: scene.scheduler,
-    composition: scene.composition,
-    loras: [],
-    layout: {
-      boxes: scene.boxes.map((b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: [] })),
-      ...layoutSwitches(scene),
-    },
-  };
 }
 
 /** --method and its options; options another method does not use are refused, not ignored. */
@@ -351,7 +343,117 @@ async function inspectLora(args: string[]) {
   );
 }
 
+/** --clip: a scorer folder, or a hub repository fetched once into the cache. */
+async function openScorer(clip: string | undefined, dtype: string | undefined, rt: Runtime): Promise<ClipScorer> {
+  const d = (dtype ?? 'fp32') as ScorerDtype;
+  if (!['fp32', 'fp16', 'q8'].includes(d)) throw new UsageError(`--clip-dtype must be fp32, fp16 or q8, got "${dtype}"`);
+  const source = clip ?? DEFAULT_SCORER;
+  const dir = existsSync(source) ? source : await fetchScorer(source, d, (l) => console.error(l));
+  return ClipScorer.open(source, await openScorerDir(dir), rt);
+}
+
+async function runtimeFor(backend: string | undefined): Promise<Runtime> {
+  const b = (backend ?? 'webgpu') as Backend;
+  if (b !== 'webgpu' && b !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${backend}"`);
+  if (b === 'webgpu') await installNodeWebGpu();
+  return createRuntime(b);
+}
+
+async function evaluateCommand(args: string[]) {
+  const o = parse(args, {
+    testbed: { type: 'string' },
+    out: { type: 'string' },
+    model: { type: 'string' },
+    clip: { type: 'string' },
+    'clip-dtype': { type: 'string' },
+    backend: { type: 'string' },
+    precision: { type: 'string' },
+    baseline: { type: 'string' },
+    limit: { type: 'string' },
+  });
+  if (!o.testbed) throw new UsageError('evaluate needs --testbed FILE.json');
+  if (!o.out) throw new UsageError('evaluate needs --out DIR');
+  let text: string;
+  try {
+    text = await readFile(o.testbed, 'utf8');
+  } catch {
+    throw new EngineError('io', `Cannot open ${o.testbed}: no such file.`);
+  }
+  const testbed = parseTestbed(text);
+  const base = dirname(o.testbed);
+  const modelPath = o.model ?? (testbed.model ? resolve(base, testbed.model) : undefined);
+  if (!modelPath) throw new UsageError('evaluate needs --model PATH (the testbed names none)');
+  const baseline = o.baseline ?? 'composite';
+  const limit = o.limit === undefined ? undefined : num(o.limit, 'limit', 0);
+  const precision = (o.precision ?? 'auto') as 'auto' | 'fp32' | 'fp16';
+  if (!['auto', 'fp32', 'fp16'].includes(precision)) throw new UsageError('--precision must be auto, fp32 or fp16');
+  const { files, tokenizer } = await openModelPath(modelPath);
+  const tok = await resolveTokenizer(tokenizer);
+  const rt = await runtimeFor(o.backend);
+  const engine = new Engine(rt);
+  const info = await engine.loadModel(files, tok, precision);
+  const scorer = await openScorer(o.clip ?? (testbed.scorer ? resolve(base, testbed.scorer) : undefined), o['clip-dtype'], rt);
+  const tty = process.stderr.isTTY;
+  const outcome = await evaluate({
+    testbed,
+    base,
+    out: o.out,
+    engine,
+    scorer,
+    modelName: info.name,
+    baseline,
+    limit,
+    progress: (done, total, run, eta) => {
+      const width = 30;
+      const fill = Math.round((done / total) * width);
+      const left = Number.isFinite(eta) ? ` eta ${Math.ceil(eta / 1000)}s` : '';
+      const line = `[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${done}/${total} ${run.scene} ${run.method} seed ${run.seed}${left}`;
+      process.stderr.write(tty ? `\r${line.slice(0, process.stderr.columns ? process.stderr.columns - 1 : 120).padEnd(80)}` : `${line}\n`);
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  const summary = JSON.parse(await readFile(join(o.out, 'summary.json'), 'utf8')) as ReturnType<typeof summariseRows>;
+  const fmt = (i: { mean: number; lo: number; hi: number } | null, digits = 2) => (i ? `${i.mean.toFixed(digits)} [${i.lo.toFixed(digits)}, ${i.hi.toFixed(digits)}]` : '-');
+  for (const [m, s] of Object.entries(summary.methods)) {
+    const p = summary.pairwise[m];
+    console.error(`${m.padEnd(14)} CLIPScore ${fmt(s.clipScore)}  text ${fmt(s.textSimilarity, 3)}  image ${fmt(s.imageSimilarity, 3)}  UNet evals ${fmt(s.unetEvaluations, 0)}${p ? `  vs ${p.against}: ${(100 * p.winRate).toFixed(0)}% wins` : ''}`);
+  }
+  console.log(JSON.stringify({ out: o.out, results: join(o.out, 'results.csv'), summary: join(o.out, 'summary.json'), planned: outcome.planned, made: outcome.made, reused: outcome.reused }));
+  engine.unload();
+  await scorer.dispose();
+}
+
+/** CLIP scores of a studio PNG against the prompts its scene chunk holds (no reference images). */
+async function scoreCommand(args: string[]) {
+  const o = parse(args, { image: { type: 'string' }, clip: { type: 'string' }, 'clip-dtype': { type: 'string' }, backend: { type: 'string' } });
+  if (!o.image) throw new UsageError('score needs --image FILE.png');
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await readFile(o.image));
+  } catch {
+    throw new EngineError('io', `Cannot open ${o.image}: no such file.`);
+  }
+  let image: ImageData8;
+  let text: Record<string, string>;
+  try {
+    image = decodePng(bytes, (d, max) => inflateSync(d, { maxOutputLength: max + 1 }));
+    text = readPngText(bytes);
+  } catch (e) {
+    if (e instanceof PngError) throw new EngineError('io', e.message);
+    throw e;
+  }
+  if (!text[SCENE_CHUNK]) throw new EngineError('io', `${o.image} holds no scene (it was not made by the studio or evaluate), so there are no prompts to score against.`);
+  const scene = parseSceneText(text[SCENE_CHUNK]);
+  const scorer = await openScorer(o.clip, o['clip-dtype'], await runtimeFor(o.backend));
+  const concept = (l: SceneLora) => ({ name: l.name });
+  const report = await scorer.score({ image, prompt: scene.prompt, loras: scene.loras.map(concept), boxes: scene.boxes.map((b) => ({ ...b, loras: b.loras.map(concept) })) });
+  console.log(JSON.stringify(report, null, 2));
+  await scorer.dispose();
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  evaluate: evaluateCommand,
+  score: scoreCommand,
   'make-test-model': makeTestModel,
   inspect,
   'inspect-lora': inspectLora,

@@ -1,12 +1,11 @@
 // The gallery: every result kept in IndexedDB as its PNG (which carries the scene in a text chunk)
 // with the scene and report beside it; a PNG dropped back onto the studio gives its scene back.
 import type { GenerationReport, ImageData8 } from '../../workers/api/contract.ts';
-import { encodePng, PngError, readPngText } from '../../workers/engine/png.ts';
+import { encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from '../../workers/engine/png.ts';
 import { parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
 import { getAll, put, remove } from '../storage/idb.ts';
 
-export const SCENE_CHUNK = 'lorastudio.scene';
-export const REPORT_CHUNK = 'lorastudio.report';
+export { SCENE_CHUNK, REPORT_CHUNK };
 /** A PNG larger than this is not read for a scene (a 2048x2048 result is far smaller). */
 export const MAX_PNG_BYTES = 64 << 20;
 

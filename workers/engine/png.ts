@@ -45,6 +45,10 @@ function chunk(type: string, data: Uint8Array): Uint8Array {
   return out;
 }
 
+/** The text chunks a studio result carries: its scene (what a dropped PNG restores) and its report. */
+export const SCENE_CHUNK = 'lorastudio.scene';
+export const REPORT_CHUNK = 'lorastudio.report';
+
 export type Deflate = (data: Uint8Array) => Promise<Uint8Array> | Uint8Array;
 
 export async function encodePng(
@@ -138,4 +142,82 @@ export function readPngText(bytes: Uint8Array, maxText = 1 << 20): Record<string
   }
   if (!sawEnd) throw new PngError('it is cut short (no end chunk)');
   return out;
+}
+
+export type Inflate = (data: Uint8Array, maxOutput: number) => Uint8Array;
+
+const CHANNELS: Record<number, number> = { 0: 1, 2: 3, 4: 2, 6: 4 };
+
+/**
+ * The pixels of an 8-bit, non-interlaced PNG (grey, grey+alpha, RGB or RGBA) as RGBA: what reference
+ * images in a testbed are. Sizes are checked before anything is allocated.
+ */
+export function decodePng(bytes: Uint8Array, inflate: Inflate, maxPixels = 4096 * 4096): { width: number; height: number; data: Uint8ClampedArray } {
+  if (bytes.length < 8 || SIGNATURE.some((b, i) => bytes[i] !== b)) throw new PngError('it is not a PNG file');
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 8;
+  let header: { width: number; height: number; depth: number; color: number; interlace: number } | undefined;
+  const idat: Uint8Array[] = [];
+  for (;;) {
+    if (at + 12 > bytes.length) throw new PngError('it is cut short inside a chunk header');
+    const length = view.getUint32(at);
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    if (length > bytes.length - at - 12) throw new PngError(`its ${type} chunk claims ${length} bytes, past the end of the file`);
+    const body = bytes.subarray(at + 8, at + 8 + length);
+    if (type === 'IHDR') {
+      const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+      if (length !== 13) throw new PngError('its header chunk is damaged');
+      header = { width: v.getUint32(0), height: v.getUint32(4), depth: body[8], color: body[9], interlace: body[12] };
+    } else if (type === 'IDAT') idat.push(body);
+    at += 12 + length;
+    if (type === 'IEND') break;
+  }
+  if (!header) throw new PngError('it has no header chunk');
+  const { width, height, depth, color, interlace } = header;
+  const channels = CHANNELS[color];
+  if (depth !== 8 || channels === undefined) throw new PngError(`it is a ${depth}-bit PNG of colour type ${color}; reference images must be 8-bit grey, RGB or RGBA (save it again as such)`);
+  if (interlace) throw new PngError('it is interlaced; save it again without interlacing');
+  if (width < 1 || height < 1 || width * height > maxPixels) throw new PngError(`it is ${width}x${height}; at most ${maxPixels} pixels are read`);
+  const stride = width * channels;
+  const raw = inflate(concatBytes(idat), height * (stride + 1));
+  if (raw.length !== height * (stride + 1)) throw new PngError('its image data is cut short');
+  const out = new Uint8ClampedArray(width * height * 4);
+  let prev = new Uint8Array(stride);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    const line = raw.slice(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    for (let i = 0; i < stride; i++) {
+      const a = i >= channels ? line[i - channels] : 0;
+      const b = prev[i];
+      const c = i >= channels ? prev[i - channels] : 0;
+      let add: number;
+      if (filter === 0) add = 0;
+      else if (filter === 1) add = a;
+      else if (filter === 2) add = b;
+      else if (filter === 3) add = (a + b) >> 1;
+      else if (filter === 4) {
+        const p = a + b - c;
+        const pa = Math.abs(p - a);
+        const pb = Math.abs(p - b);
+        const pc = Math.abs(p - c);
+        add = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+      } else throw new PngError(`row ${y} has the unknown filter ${filter}`);
+      line[i] = (line[i] + add) & 0xff;
+    }
+    for (let x = 0; x < width; x++) {
+      const o = (y * width + x) * 4;
+      const s = x * channels;
+      if (channels <= 2) {
+        out[o] = out[o + 1] = out[o + 2] = line[s];
+        out[o + 3] = channels === 2 ? line[s + 1] : 255;
+      } else {
+        out[o] = line[s];
+        out[o + 1] = line[s + 1];
+        out[o + 2] = line[s + 2];
+        out[o + 3] = channels === 4 ? line[s + 3] : 255;
+      }
+    }
+    prev = line;
+  }
+  return { width, height, data: out };
 }

@@ -1,7 +1,7 @@
 // A layout scene: the plain JSON the studio stores, the CLI reads (`generate --scene`) and share links
 // carry. `parseScene` checks untrusted input field by field and says what is wrong with it; it never
 // evaluates anything and bounds every size, so a hostile file or link gets a sentence, not a crash.
-import type { CompositionOptions, LayoutOptions, SchedulerId } from '../api/contract.ts';
+import type { CompositionOptions, GenerateJob, LayoutOptions, SchedulerId } from '../api/contract.ts';
 import { BadArgumentError } from '../api/errors.ts';
 import { GUIDANCE_MAX_SCALE, GUIDANCE_SCHEDULE_DEFAULTS } from './guidance.ts';
 
@@ -91,6 +91,26 @@ export function layoutSwitches(scene: Scene): Omit<LayoutOptions, 'boxes'> {
   return { injection, isolation, reinit, ...(ce || fill || region ? { guidance: { ce, fill, region, ...(scene.guidance ?? GUIDANCE_SCENE_DEFAULTS) } } : {}) };
 }
 
+/** The job a scene describes; its LoRAs are filled in once loaded. */
+export function sceneJob(scene: Scene): GenerateJob {
+  return {
+    prompt: scene.prompt,
+    negative: scene.negative,
+    steps: scene.steps,
+    cfg: scene.cfg,
+    seed: scene.seed,
+    width: scene.width,
+    height: scene.height,
+    scheduler: scene.scheduler,
+    composition: scene.composition,
+    loras: [],
+    layout: {
+      boxes: scene.boxes.map((b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: [] })),
+      ...layoutSwitches(scene),
+    },
+  };
+}
+
 export class SceneError extends BadArgumentError {
   /** What is wrong, without the opening words: for callers that say where the scene came from. */
   readonly problem: string;
@@ -152,7 +172,7 @@ function loras(v: unknown, where: string): SceneLora[] {
   });
 }
 
-const COMPOSITION_KEYS = ['method', 'switchStep', 'profiling', 'profileSteps', 'cutoff', 'threshold', 'highPhase', 'cacheHigh', 'cacheLow', 'domCoeff', 'async'];
+export const COMPOSITION_KEYS = ['method', 'switchStep', 'profiling', 'profileSteps', 'cutoff', 'threshold', 'highPhase', 'cacheHigh', 'cacheLow', 'domCoeff', 'async'];
 
 /** The known composition fields with plain values; the engine checks their ranges. */
 function compositionFields(c: Obj): CompositionOptions {

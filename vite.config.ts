@@ -32,7 +32,7 @@ export default defineConfig({
         ],
       },
       workbox: {
-        globPatterns: ['**/*.{js,mjs,css,html,wasm,json,txt,safetensors,png,svg,webmanifest}'],
+        globPatterns: ['**/*.{js,mjs,css,html,wasm,json,txt,safetensors,onnx,png,svg,webmanifest}'],
         maximumFileSizeToCacheInBytes: 64 * 1024 * 1024,
         navigateFallback: 'index.html',
         cleanupOutdatedCaches: true,

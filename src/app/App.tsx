@@ -11,6 +11,7 @@ import { LibraryPanel } from '../panels/LibraryPanel.tsx';
 import { LoraPanel } from '../panels/LoraPanel.tsx';
 import { MissingPanel } from '../panels/MissingPanel.tsx';
 import { GuidancePlot, StepPlots } from '../panels/Plots.tsx';
+import { CompareControls, ComparisonGrid, METHODS, ScoreLine, ScorerPanel } from '../panels/ScorePanel.tsx';
 import { useStudio } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
 
@@ -19,14 +20,6 @@ const SCHEDULERS: [SchedulerId, string][] = [
   ['dpmpp-2m-karras', 'DPM++ 2M Karras'],
   ['euler-a', 'Euler ancestral'],
   ['ddim', 'DDIM'],
-];
-
-const METHODS: [CompositionMethodId, string][] = [
-  ['merge', 'LoRA merge'],
-  ['switch', 'LoRA Switch'],
-  ['composite', 'LoRA Composite'],
-  ['cmlora', 'CMLoRA'],
-  ['none', 'Prompt only'],
 ];
 
 /** One line on how the LoRAs were composed: method, UNet runs, cmlora's order and cache hits. */
@@ -160,7 +153,9 @@ export function App() {
               {compositionSummary(result.report)}
             </p>
           )}
+          {result?.score && <ScoreLine score={result.score} testId="result-score" />}
         </div>
+        <ComparisonGrid />
         <BoxPanel store={sceneStore} disabled={running} />
       </section>
       <aside className="right controls">
@@ -209,6 +204,7 @@ export function App() {
             Cancel
           </button>
         </div>
+        <CompareControls disabled={!model || running || status.kind === 'loading'} />
         <progress max={1} value={bar} data-testid="progress" />
         <p className="status" data-testid="status" role="status">
           {status.kind === 'loading' && `Loading ${status.label}${status.total > 1 ? `: ${status.done}/${status.total} tensors` : '…'}`}
@@ -231,6 +227,7 @@ export function App() {
           {liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}
           <GuidancePlot steps={liveGuidance} total={job.steps} />
         </div>
+        <ScorerPanel disabled={running} />
         <details className="hint">
           <summary>Diagnostics</summary>
           <button data-testid="self-test" onClick={runSelfTest} disabled={running}>

@@ -1,6 +1,7 @@
 // What the page does: the engine worker's life, the library (models, LoRAs, downloads), generating,
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
-import type { GenerateJob, LayoutOptions, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
+import type { GenerateJob, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
+import { loadScorer, scoreResult } from './scoring.ts';
 import { layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
@@ -154,7 +155,7 @@ let engineQueue: Promise<unknown> = Promise.resolve();
  * Model and LoRA loads one after another: a model load drops the worker's LoRAs, so a LoRA load (or a
  * second model load) running beside it would fail or land on the wrong model.
  */
-function serial<T>(task: () => Promise<T>): Promise<T> {
+export function serial<T>(task: () => Promise<T>): Promise<T> {
   const run = engineQueue.then(task);
   engineQueue = run.catch(() => {});
   return run;
@@ -406,15 +407,21 @@ function jobLayout(): LayoutOptions | undefined {
   };
 }
 
+/** The job the page's settings, LoRAs and layout describe (an error names a box's missing LoRA). */
+export function currentJob(): GenerateJob {
+  const { job: settings, loras } = studio();
+  const layout = jobLayout();
+  return { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
+}
+
 export async function generate() {
-  const { job: settings, loras, set } = studio();
-  let layout: LayoutOptions | undefined;
+  const { loras, set } = studio();
+  let job: GenerateJob & { loras: LoraUse[] };
   try {
-    layout = jobLayout();
+    job = currentJob() as typeof job;
   } catch (e) {
     return fail(e);
   }
-  const job = { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
   const scene = currentScene();
   // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
   localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
@@ -426,8 +433,10 @@ export async function generate() {
   try {
     const result = await withProgress(onProgress, (p) => engine().generate(job, p));
     set({ result: { ...result, scene }, status: { kind: 'ready' }, notice: result.report.warnings.join(' ') || undefined });
+    const score = await scoreResult(result.image, scene);
+    if (score) set({ result: { ...result, scene, score } });
     try {
-      const item = await saveResult(result.image, scene, result.report);
+      const item = await saveResult(result.image, scene, result.report, score);
       set({ gallery: [item, ...studio().gallery] });
       await thumbnails(item, job.loras.map((u) => loras.find((l) => l.info?.id === u.lora)).filter((l): l is LoraEntry => !!l));
     } catch (e) {
@@ -556,6 +565,7 @@ export async function startStudio() {
   const saved = localStorage.getItem(MODEL_KEY);
   await useModel(saved && lib.models.some((m) => m.id === saved) ? saved : TEST_MODEL_ID);
   registerOffline();
+  void loadScorer();
   await openLinkIn(location.hash);
   window.addEventListener('hashchange', () => void openLinkIn(location.hash));
   studio().set({ missing: missingLoras(currentScene()) });

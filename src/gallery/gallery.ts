@@ -1,6 +1,6 @@
 // The gallery: every result kept in IndexedDB as its PNG (which carries the scene in a text chunk)
 // with the scene and report beside it; a PNG dropped back onto the studio gives its scene back.
-import type { GenerationReport, ImageData8 } from '../../workers/api/contract.ts';
+import type { GenerationReport, ImageData8, ScoreReport } from '../../workers/api/contract.ts';
 import { encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from '../../workers/engine/png.ts';
 import { parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
 import { getAll, put, remove } from '../storage/idb.ts';
@@ -17,6 +17,8 @@ export interface GalleryItem {
   png: Blob;
   width: number;
   height: number;
+  /** CLIP scores, when a scorer was loaded. */
+  score?: ScoreReport;
 }
 
 /** The PNG of a result, with its scene and report as text chunks. */
@@ -25,8 +27,8 @@ export async function resultPng(image: ImageData8, scene: Scene, report: Generat
   return new Blob([png as BlobPart], { type: 'image/png' });
 }
 
-export async function saveResult(image: ImageData8, scene: Scene, report: GenerationReport): Promise<GalleryItem> {
-  const item: GalleryItem = { createdAt: Date.now(), scene, report, png: await resultPng(image, scene, report), width: image.width, height: image.height };
+export async function saveResult(image: ImageData8, scene: Scene, report: GenerationReport, score?: ScoreReport): Promise<GalleryItem> {
+  const item: GalleryItem = { createdAt: Date.now(), scene, report, png: await resultPng(image, scene, report), width: image.width, height: image.height, ...(score ? { score } : {}) };
   item.id = (await put('results', item, 'the new image')) as number;
   return item;
 }

@@ -23,6 +23,11 @@ export interface LoraRecord {
   /** A small JPEG data URL of the first image made with it. */
   thumbnail?: string;
   source?: string;
+  /** Words in prompts that call up its concept; scoring replaces them by `classWord`. */
+  trigger?: string;
+  classWord?: string;
+  /** Pictures of its concept (scaled down, as data URLs), for image-image similarity. */
+  references?: { id: string; dataUrl: string }[];
 }
 
 export interface ModelRecord {

@@ -22,6 +22,11 @@ export function GalleryPanel() {
           <span className="hint" title={g.scene.prompt}>
             {g.report.composition.method} · seed {g.report.seed} · {g.scene.boxes.length} boxes
           </span>
+          {g.score && (
+            <span className="hint" data-testid={`gallery-score-${i}`} title={`text ${g.score.textSimilarity.toFixed(3)}, image ${g.score.imageSimilarity?.toFixed(3) ?? '–'} (${g.score.scorer})`}>
+              CLIPScore {g.score.clipScore.toFixed(1)}
+            </span>
+          )}
           <div className="row">
             <button className="small" data-testid={`gallery-restore-${i}`} onClick={() => applyScene(g.scene, 'the gallery')}>
               Open scene

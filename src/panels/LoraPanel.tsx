@@ -7,6 +7,7 @@ import { addLoraFiles, addLoraFromUrl, addTag, removeLora, setLoraCategory, stop
 import { formatBytes } from './LibraryPanel.tsx';
 import { LORA_CATEGORIES, type LoraCategory } from '../library/library.ts';
 import { useStudio } from '../store/studio.ts';
+import { addReferences, removeReference, setScoringWords } from '../app/scoring.ts';
 
 /** A base model the file names that is not SD 1.x: flagged on import (its layers will not match). */
 export function foreignBase(base: string | undefined): boolean {
@@ -90,6 +91,39 @@ export function LoraPanel({ disabled }: { disabled: boolean }) {
               ))}
             </select>
           </label>
+          <details className="hint" data-testid={`lora-scoring-${i}`}>
+            <summary>
+              Scoring: {l.record.trigger ? `"${l.record.trigger}" → ${l.record.classWord || '(removed)'}` : 'no trigger words'} · {l.record.references?.length ?? 0} references
+            </summary>
+            <label className="inline">
+              Trigger words
+              <input type="text" value={l.record.trigger ?? ''} placeholder="sks, my character" data-testid={`lora-trigger-${i}`} onChange={(e) => void setScoringWords(l, { trigger: e.target.value })} />
+            </label>
+            <label className="inline">
+              Class word
+              <input type="text" value={l.record.classWord ?? ''} placeholder="dog" data-testid={`lora-class-${i}`} onChange={(e) => void setScoringWords(l, { classWord: e.target.value })} />
+            </label>
+            <label className="inline">
+              Reference images
+              <input
+                type="file"
+                accept="image/*"
+                multiple
+                data-testid={`lora-references-${i}`}
+                onChange={(e) => {
+                  void addReferences(l, [...(e.target.files ?? [])]);
+                  e.target.value = '';
+                }}
+              />
+            </label>
+            <div className="row wrap">
+              {(l.record.references ?? []).map((r) => (
+                <button key={r.id} className="ref" title="remove this reference" onClick={() => void removeReference(l, r.id)}>
+                  <img src={r.dataUrl} alt="reference" width={32} height={32} />
+                </button>
+              ))}
+            </div>
+          </details>
           {l.info && foreignBase(l.info.metadata.baseModel) && (
             <p className="error" data-testid={`lora-foreign-${i}`}>
               Made for {l.info.metadata.baseModel}, not Stable Diffusion 1.5: expect few layers to fit and a poor result.

@@ -1,6 +1,6 @@
 // The page's state: generation settings (plain data) and the run status. Works without React.
 import { create } from 'zustand';
-import type { CompositionStep, FileRef, GuidanceStep, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent } from '../../workers/api/contract.ts';
+import type { CompositionMethodId, CompositionStep, FileRef, GuidanceStep, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent, ScoreReport, ScorerInfo } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
 import type { DownloadView } from '../app/actions.ts';
 import type { GalleryItem } from '../gallery/gallery.ts';
@@ -24,6 +24,23 @@ export interface LoraEntry {
   error?: string;
   scale: number;
   enabled: boolean;
+}
+
+/** The CLIP scorer: which one, whether it is loaded, or why not; a hub download in progress. */
+export interface ScorerState {
+  name: string;
+  info?: ScorerInfo;
+  error?: string;
+  download?: { file: string; done: number; total: number | null };
+}
+
+/** One image of a method comparison, with its scores. */
+export interface CompareEntry {
+  method: CompositionMethodId;
+  image?: ImageData8;
+  report?: GenerationReport;
+  score?: ScoreReport;
+  error?: string;
 }
 
 export interface StudioState {
@@ -52,7 +69,10 @@ export interface StudioState {
   /** The running job's guidance steps so far. */
   runGuidance: GuidanceStep[];
   preview?: ImageData8;
-  result?: { image: ImageData8; report: GenerationReport; scene: Scene };
+  result?: { image: ImageData8; report: GenerationReport; scene: Scene; score?: ScoreReport };
+  scorer?: ScorerState;
+  /** The last comparison of the scene across methods (filled in as each finishes). */
+  comparison?: CompareEntry[];
   notice?: string;
   /** The service worker: the studio works offline, a new version is waiting, or it could not install. */
   offline?: 'ready' | 'update' | 'failed';

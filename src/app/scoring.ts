@@ -1,0 +1,166 @@
+// Scoring in the studio: the CLIP scorer's life in the engine worker (the built-in test scorer, or
+// CLIP ViT-B/32 fetched once from the hub), each result's scores, the LoRAs' trigger words, class
+// words and reference pictures, and a comparison of the scene across methods.
+import type { CompositionMethodId, ImageData8, ProgressEvent, ScoreConcept, ScoreReport, ScorerRequest } from '../../workers/api/contract.ts';
+import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
+import { withProgress } from '../engine/client.ts';
+import { updateRecord, type LoraRecord } from '../library/library.ts';
+import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
+import { useStudio, type LoraEntry } from '../store/studio.ts';
+import { currentJob, currentScene, engine, serial } from './actions.ts';
+
+const SCORER_KEY = 'lorastudio.scorer';
+const studio = () => useStudio.getState();
+const f16 = () => !!studio().model?.adapter.shaderF16;
+
+async function load(req: ScorerRequest) {
+  studio().set({ scorer: { name: req.name } });
+  try {
+    const info = await serial(() => engine().loadScorer(req));
+    studio().set({ scorer: { name: req.name, info } });
+  } catch (e) {
+    studio().set({ scorer: { name: req.name, error: (e as Error).message } });
+  }
+}
+
+/** The hub scorer when it was fetched before, else the built-in one. */
+export async function loadScorer() {
+  const stored = localStorage.getItem(SCORER_KEY) === HUB_SCORER ? await storedScorerRequest(HUB_SCORER, f16()).catch(() => undefined) : undefined;
+  await load(stored ?? builtInScorerRequest());
+}
+
+let fetching: AbortController | undefined;
+
+/** Fetch CLIP ViT-B/32 into this browser's storage (resuming a stopped fetch), then score with it. */
+export async function fetchHubScorer() {
+  fetching = new AbortController();
+  try {
+    const req = await downloadScorer(HUB_SCORER, f16(), (p) => studio().set({ scorer: { ...studio().scorer!, download: { file: p.file, done: p.done, total: p.total } } }), fetching.signal);
+    localStorage.setItem(SCORER_KEY, HUB_SCORER);
+    await load(req);
+  } catch (e) {
+    studio().set({ scorer: { ...studio().scorer!, download: undefined, error: `${HUB_SCORER} could not be fetched: ${(e as Error).message}` } });
+  } finally {
+    fetching = undefined;
+  }
+}
+
+export const stopScorerFetch = () => fetching?.abort();
+
+export async function useBuiltInScorer() {
+  localStorage.removeItem(SCORER_KEY);
+  await load(builtInScorerRequest());
+}
+
+export const isBuiltInScorer = (name: string | undefined) => name === BUILT_IN_SCORER;
+
+// ---------------------------------------------------------------- concepts
+
+async function pixelsOf(blob: Blob, maxSide = Infinity): Promise<ImageData8> {
+  const bitmap = await createImageBitmap(blob);
+  const k = Math.min(1, maxSide / Math.max(bitmap.width, bitmap.height));
+  const w = Math.max(1, Math.round(bitmap.width * k));
+  const h = Math.max(1, Math.round(bitmap.height * k));
+  const canvas = new OffscreenCanvas(w, h);
+  const ctx = canvas.getContext('2d')!;
+  ctx.drawImage(bitmap, 0, 0, w, h);
+  return { width: w, height: h, data: ctx.getImageData(0, 0, w, h).data };
+}
+
+const references = new Map<string, ImageData8>();
+
+async function referencePixels(r: { id: string; dataUrl: string }): Promise<ImageData8> {
+  if (!references.has(r.id)) references.set(r.id, await pixelsOf(await (await fetch(r.dataUrl)).blob()));
+  return references.get(r.id)!;
+}
+
+async function conceptOf(l: SceneLora): Promise<ScoreConcept> {
+  const entry = studio().loras.find((e) => e.file.name === l.name || (l.fingerprint && e.info?.fingerprint === l.fingerprint));
+  const r = entry?.record;
+  if (!r) return { name: l.name };
+  return { name: l.name, trigger: r.trigger, classWord: r.classWord, references: await Promise.all((r.references ?? []).map(async (x) => ({ id: x.id, image: await referencePixels(x) }))) };
+}
+
+/** The CLIP scores of an image made from `scene`; undefined (with a notice) when there is no scorer. */
+export async function scoreResult(image: ImageData8, scene: Scene): Promise<ScoreReport | undefined> {
+  if (!studio().scorer?.info) return undefined;
+  try {
+    return await engine().score({
+      image,
+      prompt: scene.prompt,
+      loras: await Promise.all(scene.loras.map(conceptOf)),
+      boxes: await Promise.all(scene.boxes.map(async (b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: await Promise.all(b.loras.map(conceptOf)) }))),
+    });
+  } catch (e) {
+    studio().set({ notice: `The image could not be scored: ${(e as Error).message}` });
+    return undefined;
+  }
+}
+
+async function saveLora(entry: LoraEntry, patch: Partial<LoraRecord>) {
+  const record = { ...entry.record, ...patch };
+  studio().updateLora(entry.key, { record });
+  await updateRecord(record).catch((e) => studio().set({ notice: (e as Error).message }));
+}
+
+export const setScoringWords = (entry: LoraEntry, patch: Pick<LoraRecord, 'trigger'> | Pick<LoraRecord, 'classWord'>) => saveLora(entry, patch);
+
+/** Reference pictures, scaled to at most 256 pixels a side and kept losslessly with the LoRA's record. */
+export async function addReferences(entry: LoraEntry, files: File[]) {
+  const added: { id: string; dataUrl: string }[] = [];
+  for (const f of files) {
+    try {
+      const px = await pixelsOf(f, 256);
+      const canvas = new OffscreenCanvas(px.width, px.height);
+      canvas.getContext('2d')!.putImageData(new ImageData(new Uint8ClampedArray(px.data), px.width, px.height), 0, 0);
+      const blob = await canvas.convertToBlob({ type: 'image/png' });
+      const dataUrl = await new Promise<string>((resolve) => {
+        const r = new FileReader();
+        r.onload = () => resolve(r.result as string);
+        r.readAsDataURL(blob);
+      });
+      added.push({ id: `${entry.record.id}:${Date.now()}:${added.length}:${f.name}`, dataUrl });
+    } catch {
+      studio().set({ notice: `"${f.name}" is not an image this browser can read; it was not added as a reference.` });
+    }
+  }
+  if (added.length) await saveLora(entry, { references: [...(entry.record.references ?? []), ...added].slice(0, 16) });
+}
+
+export const removeReference = (entry: LoraEntry, id: string) => saveLora(entry, { references: (entry.record.references ?? []).filter((r) => r.id !== id) });
+
+// ---------------------------------------------------------------- comparison
+
+/** The current scene once per method, one after another, each scored; Cancel stops the rest. */
+export async function compareMethods(methods: CompositionMethodId[]) {
+  const { set } = studio();
+  let base;
+  try {
+    base = currentJob();
+  } catch (e) {
+    return set({ status: { kind: 'error', message: (e as Error).message } });
+  }
+  const scene = currentScene();
+  const entries = methods.map((method) => ({ method }));
+  set({ comparison: entries, notice: undefined });
+  for (const [i, method] of methods.entries()) {
+    if (studio().status.kind === 'cancelling') break;
+    const job = { ...base, composition: { ...base.composition, method } };
+    const onProgress = (p: ProgressEvent) => {
+      if (studio().status.kind !== 'cancelling') set({ status: { kind: 'running', step: p.step, total: p.total, phase: `${method}: ${p.phase}` }, ...(p.preview ? { preview: p.preview } : {}) });
+    };
+    set({ status: { kind: 'running', step: 0, total: job.steps, phase: `${method}: text` } });
+    let entry;
+    try {
+      const r = await withProgress(onProgress, (p) => engine().generate(job, p));
+      entry = { method, image: r.image, report: r.report, score: await scoreResult(r.image, { ...scene, composition: job.composition }) };
+    } catch (e) {
+      const err = e as Error & { code?: string };
+      if (err.code === 'cancelled') break;
+      entry = { method, error: err.message };
+    }
+    set({ comparison: studio().comparison!.map((c, j) => (j === i ? entry : c)) });
+  }
+  const cancelled = studio().status.kind === 'cancelling';
+  set({ status: { kind: 'ready' }, notice: cancelled ? 'Comparison cancelled.' : undefined, comparison: studio().comparison!.filter((c) => 'image' in c || 'error' in c) });
+}

@@ -1,0 +1,121 @@
+// Scores in the studio: one line per result (CLIPScore, LoRA-Composer's text and image similarity,
+// per box), the scorer in use and the fetch of a real one, and the side-by-side comparison of the
+// scene across methods.
+import { useEffect, useRef, useState } from 'react';
+import type { CompositionMethodId, ImageData8, ScoreReport } from '../../workers/api/contract.ts';
+import { compareMethods, fetchHubScorer, isBuiltInScorer, stopScorerFetch, useBuiltInScorer } from '../app/scoring.ts';
+import { HUB_SCORER } from '../library/scorer.ts';
+import { useStudio } from '../store/studio.ts';
+import { formatBytes } from './LibraryPanel.tsx';
+
+export const METHODS: [CompositionMethodId, string][] = [
+  ['merge', 'LoRA merge'],
+  ['switch', 'LoRA Switch'],
+  ['composite', 'LoRA Composite'],
+  ['cmlora', 'CMLoRA'],
+  ['none', 'Prompt only'],
+];
+
+const f3 = (v: number | null) => (v === null ? '–' : v.toFixed(3));
+
+export function ScoreLine({ score, testId }: { score: ScoreReport; testId: string }) {
+  const concepts = [...score.boxes, ...score.loras.filter((l) => l.imageImage !== null)];
+  return (
+    <p className="hint score" data-testid={testId} title={`scored by ${score.scorer} in ${Math.round(score.ms)} ms`}>
+      CLIPScore <b data-testid={`${testId}-clipscore`}>{score.clipScore.toFixed(1)}</b> · text <span data-testid={`${testId}-text`}>{f3(score.textSimilarity)}</span> · image{' '}
+      <span data-testid={`${testId}-image`}>{f3(score.imageSimilarity)}</span>
+      {concepts.length > 0 && ` (${concepts.map((c) => `${c.name}: ${c.textImage !== null ? `text ${f3(c.textImage)}` : ''}${c.textImage !== null && c.imageImage !== null ? ', ' : ''}${c.imageImage !== null ? `image ${f3(c.imageImage)}` : ''}`).join('; ')})`}
+    </p>
+  );
+}
+
+export function ScorerPanel({ disabled }: { disabled: boolean }) {
+  const scorer = useStudio((s) => s.scorer);
+  const builtIn = isBuiltInScorer(scorer?.name);
+  return (
+    <details className="hint" data-testid="scorer" open={!!scorer?.error}>
+      <summary>
+        Scorer: {scorer ? `${scorer.name}${scorer.info ? '' : scorer.error ? ' (not loaded)' : ' (loading…)'}` : 'none'}
+      </summary>
+      {builtIn && <p>The built-in scorer has random weights: its numbers check the arithmetic, not the picture. Fetch CLIP to judge real images.</p>}
+      {scorer?.error && (
+        <p className="error" role="alert" data-testid="scorer-error">
+          {scorer.error}
+        </p>
+      )}
+      {scorer?.download ? (
+        <div className="row">
+          <progress max={scorer.download.total ?? 1} value={scorer.download.total ? scorer.download.done : undefined} />
+          <span>
+            {scorer.download.file}: {formatBytes(scorer.download.done)}
+          </span>
+          <button className="small" onClick={stopScorerFetch} aria-label="stop fetching the scorer">
+            ✕
+          </button>
+        </div>
+      ) : builtIn ? (
+        <button className="small" data-testid="scorer-fetch" disabled={disabled} onClick={() => void fetchHubScorer()}>
+          Fetch {HUB_SCORER}
+        </button>
+      ) : (
+        <button className="small" data-testid="scorer-built-in" disabled={disabled} onClick={() => void useBuiltInScorer()}>
+          Use the built-in scorer
+        </button>
+      )}
+    </details>
+  );
+}
+
+function Picture({ image, label }: { image: ImageData8; label: string }) {
+  const ref = useRef<HTMLCanvasElement>(null);
+  useEffect(() => {
+    const c = ref.current;
+    if (!c) return;
+    c.width = image.width;
+    c.height = image.height;
+    c.getContext('2d')!.putImageData(new ImageData(new Uint8ClampedArray(image.data), image.width, image.height), 0, 0);
+  }, [image]);
+  return <canvas ref={ref} className="image" aria-label={label} />;
+}
+
+export function CompareControls({ disabled }: { disabled: boolean }) {
+  const [chosen, setChosen] = useState<CompositionMethodId[]>(['merge', 'switch', 'composite', 'cmlora']);
+  const toggle = (m: CompositionMethodId, on: boolean) => setChosen((c) => (on ? METHODS.map(([id]) => id).filter((id) => id === m || c.includes(id)) : c.filter((x) => x !== m)));
+  return (
+    <fieldset className="compare" data-testid="compare">
+      <legend>Compare methods</legend>
+      <div className="row wrap">
+        {METHODS.map(([id, label]) => (
+          <label className="inline" key={id}>
+            <input type="checkbox" checked={chosen.includes(id)} data-testid={`compare-${id}`} onChange={(e) => toggle(id, e.target.checked)} />
+            {label}
+          </label>
+        ))}
+      </div>
+      <button data-testid="compare-run" disabled={disabled || chosen.length < 2} onClick={() => void compareMethods(chosen)}>
+        Compare {chosen.length}
+      </button>
+    </fieldset>
+  );
+}
+
+export function ComparisonGrid() {
+  const comparison = useStudio((s) => s.comparison);
+  if (!comparison?.length) return null;
+  return (
+    <div className="comparison" data-testid="comparison">
+      {comparison.map((c, i) => (
+        <figure key={c.method} data-testid={`comparison-${i}`}>
+          {c.image ? <Picture image={c.image} label={`${c.method} result`} /> : <div className="image pending" />}
+          <figcaption>
+            <b>{METHODS.find(([id]) => id === c.method)?.[1] ?? c.method}</b>
+            {c.report && <span className="hint" data-testid={`comparison-${i}-evals`}> · {c.report.unetEvaluations} UNet runs · {Math.round(c.report.timingsMs.totalMs)} ms</span>}
+            {c.score && <ScoreLine score={c.score} testId={`comparison-${i}-score`} />}
+            {c.error && <span className="error">{c.error}</span>}
+            {!c.image && !c.error && <span className="hint"> waiting…</span>}
+          </figcaption>
+        </figure>
+      ))}
+    </div>
+  );
+}

@@ -17,6 +17,14 @@ async function source(ref: FileRef): Promise<ByteSource> {
 export function createWorkerApi(): EngineApi {
   let engine: Engine | undefined;
   let scorer: ClipScorer | undefined;
+  // onnxruntime-web takes one call at a time (its asyncify build cannot interleave two): model loads,
+  // generations and the scorer's loads and runs wait for each other here, in the order they came.
+  let queue: Promise<unknown> = Promise.resolve();
+  const exclusive = <T>(task: () => Promise<T>): Promise<T> => {
+    const run = queue.then(task);
+    queue = run.catch(() => {});
+    return run;
+  };
   const ready = async () => {
     engine ??= new Engine(await createRuntime('webgpu'));
     return engine;
@@ -25,20 +33,20 @@ export function createWorkerApi(): EngineApi {
     async init() {
       return (await ready()).adapter;
     },
-    async loadModel(req: ModelRequest, onProgress) {
+    loadModel: (req: ModelRequest, onProgress) => exclusive(async () => {
       const e = await ready();
       const files = req.single
         ? { single: await source(req.single) }
         : { unet: await source(req.unet!), textEncoder: await source(req.textEncoder!), vae: await source(req.vae!) };
       return e.loadModel(files, req.tokenizer, req.precision ?? 'auto', onProgress);
-    },
-    async generate(job: GenerateJob, onProgress?: (p: ProgressEvent) => void) {
+    }),
+    generate: (job: GenerateJob, onProgress?: (p: ProgressEvent) => void) => exclusive(async () => {
       const e = await ready();
       const result = await e.generate(job, (p) => {
         void onProgress?.(p.preview ? Comlink.transfer(p, [p.preview.data.buffer]) : p);
       });
       return Comlink.transfer(result, [result.image.data.buffer]);
-    },
+    }),
     async cancel() {
       engine?.cancel();
     },
@@ -53,7 +61,7 @@ export function createWorkerApi(): EngineApi {
       if (!e.rt.gpu) throw noWebGpuError();
       return (await mergeSelfTest(e.rt.gpu.device)).map(({ storage, mode, maxError, tolerance, restoredExactly, ok }) => ({ storage, mode, maxError, tolerance, restoredExactly, ok }));
     },
-    async loadScorer(req) {
+    loadScorer: (req) => exclusive(async () => {
       const e = await ready();
       const files: ScorerFiles = new Map();
       for (const [path, ref] of Object.entries(req.files)) {
@@ -68,10 +76,10 @@ export function createWorkerApi(): EngineApi {
       await scorer?.dispose();
       scorer = next;
       return next.info;
-    },
-    async score(req) {
+    }),
+    score: (req) => exclusive(async () => {
       if (!scorer) throw new EngineError('scorer', 'No CLIP scorer is loaded.');
       return scorer.score(req);
-    },
+    }),
   };
 }

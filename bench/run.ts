@@ -1,35 +1,52 @@
 // `npm run bench`: every benchmark, measured side by side in one process, written to
 // bench/results.json. Compare ratios, not absolute numbers, on shared machines.
-// BENCH_ONLY=unet-step, lora-merge, composition, layout or guidance runs one of them.
-import { mkdirSync, writeFileSync } from 'node:fs';
+// BENCH_ONLY=stages,unet-step,lora-merge,composition,layout,guidance (a comma list) runs those;
+// the table at the end is printed from every entry in the file.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRuntime } from '../workers/engine/runtime.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { benchComposition } from './composition.ts';
 import { benchGuidance } from './guidance.ts';
 import { benchLayout } from './layout.ts';
 import { benchLoraMerge } from './lora-merge.ts';
+import { benchStages } from './stages.ts';
+import { benchTable, type BenchEntry } from './table.ts';
 import { benchUnetStep } from './unet-step.ts';
+
+const FILE = 'bench/results.json';
 
 async function main() {
   await installNodeWebGpu();
-  const only = process.env.BENCH_ONLY;
+  const only = process.env.BENCH_ONLY?.split(',').map((s) => s.trim());
   const runtimes = { webgpu: await createRuntime('webgpu'), wasm: await createRuntime('wasm') };
-  const adapter = runtimes.webgpu.gpu!.adapter;
-  console.log(`adapter: ${adapter.vendor}/${adapter.architecture}`);
-  const benchmarks: Record<string, unknown> = {};
-  if (!only || only === 'unet-step') benchmarks['unet-step-tiny'] = await benchUnetStep(runtimes);
-  if (!only || only === 'lora-merge') benchmarks['lora-merge'] = await benchLoraMerge(runtimes.webgpu);
-  if (!only || only === 'composition') benchmarks.composition = await benchComposition(runtimes.webgpu);
-  if (!only || only === 'layout') benchmarks.layout = await benchLayout(runtimes.webgpu);
-  if (!only || only === 'guidance') benchmarks.guidance = await benchGuidance(runtimes.webgpu);
-  const result = {
-    date: new Date().toISOString(),
-    adapter: { vendor: adapter.vendor, architecture: adapter.architecture, description: adapter.description, shaderF16: adapter.shaderF16 },
-    benchmarks,
+  const a = runtimes.webgpu.gpu!.adapter;
+  const adapter = { vendor: a.vendor, architecture: a.architecture, description: a.description, shaderF16: a.shaderF16 };
+  console.log(`adapter: ${a.vendor}/${a.architecture}`);
+  const all: Record<string, () => Promise<unknown>> = {
+    stages: () => benchStages(runtimes.webgpu),
+    'unet-step-tiny': () => benchUnetStep(runtimes),
+    'lora-merge': () => benchLoraMerge(runtimes.webgpu),
+    composition: () => benchComposition(runtimes.webgpu),
+    layout: () => benchLayout(runtimes.webgpu),
+    guidance: () => benchGuidance(runtimes.webgpu),
   };
+  const unknown = only?.filter((n) => !(n in all) && n !== 'unet-step');
+  if (unknown?.length) throw new Error(`BENCH_ONLY names no benchmark: ${unknown.join(', ')} (there are ${Object.keys(all).join(', ')})`);
+  // A partial run keeps the other entries, each with its own date and adapter.
+  const previous = existsSync(FILE) ? (JSON.parse(readFileSync(FILE, 'utf8')) as { benchmarks?: Record<string, BenchEntry> }) : {};
+  const entries: Record<string, BenchEntry> = { ...(previous.benchmarks && Object.values(previous.benchmarks).every((e) => 'result' in e) ? previous.benchmarks : {}) };
+  for (const [name, run] of Object.entries(all)) {
+    if (only && !only.includes(name) && !(name === 'unet-step-tiny' && only.includes('unet-step'))) continue;
+    entries[name] = { date: new Date().toISOString(), adapter, result: (await run()) as Record<string, unknown> };
+  }
+  const ordered = Object.fromEntries(Object.keys(all).filter((k) => entries[k]).map((k) => [k, entries[k]]));
   mkdirSync('bench', { recursive: true });
-  writeFileSync('bench/results.json', JSON.stringify(result, null, 2));
+  writeFileSync(FILE, JSON.stringify({ date: new Date().toISOString(), adapter, benchmarks: ordered }, null, 2));
+  console.log(`\n${benchTable(ordered)}\n\nwritten to ${FILE}`);
   process.exit(0);
 }
 
-main();
+main().catch((e) => {
+  console.error(`error: ${(e as Error).message}`);
+  process.exit(1);
+});

@@ -1,6 +1,7 @@
 // The CLIP model that scores results: its shape as a Hugging Face `config.json` (model_type "clip")
 // states it, read field by field so a wrong file gets a sentence rather than a failed session.
 import { EngineError } from '../api/errors.ts';
+import { isObj, parseJson, type Obj } from '../api/json.ts';
 
 export interface ClipTowerConfig {
   hidden: number;
@@ -15,8 +16,6 @@ export interface ClipScorerConfig {
   projectionDim: number;
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function int(o: Obj, key: string, where: string, fallback?: number): number {
   const v = o[key] ?? fallback;
@@ -34,12 +33,7 @@ function tower(o: Obj, where: string): ClipTowerConfig {
 
 /** Reads a CLIP `config.json`; the defaults are those of OpenAI's CLIP configurations. */
 export function parseClipConfig(json: string): ClipScorerConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(json);
-  } catch {
-    throw new EngineError('scorer', 'The CLIP scorer\'s config.json is not JSON.');
-  }
+  const raw = parseJson(json, () => new EngineError('scorer', "The CLIP scorer's config.json is not JSON."));
   if (!isObj(raw) || raw.model_type !== 'clip') {
     throw new EngineError('scorer', `The scorer must be a CLIP model (config.json model_type "clip"); this one is ${JSON.stringify(isObj(raw) ? raw.model_type : raw)?.slice(0, 40)}.`);
   }

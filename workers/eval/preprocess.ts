@@ -4,6 +4,7 @@
 // whose resize differs between Node (sharp) and the browser (canvas); this one is the same everywhere.
 import type { ImageData8 } from '../api/contract.ts';
 import { EngineError } from '../api/errors.ts';
+import { parseJsonObject, type Obj } from '../api/json.ts';
 
 export const CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073];
 export const CLIP_STD = [0.26862954, 0.26130258, 0.27577711];
@@ -16,16 +17,11 @@ export interface Preprocessing {
   std: number[];
 }
 
-type Obj = Record<string, unknown>;
 
 /** Reads preprocessor_config.json (both the `size: 224` and the `size: {shortest_edge}` forms). */
 export function parsePreprocessorConfig(json: string): Preprocessing {
-  let o: Obj;
-  try {
-    o = JSON.parse(json) as Obj;
-  } catch {
-    throw new EngineError('scorer', "The CLIP scorer's preprocessor_config.json is not JSON.");
-  }
+  // (a file holding `null` or a list is refused here too, not met as a TypeError below)
+  const o = parseJsonObject(json, () => new EngineError('scorer', "The CLIP scorer's preprocessor_config.json is not a JSON object."));
   const dim = (v: unknown, key: string): number | undefined => {
     if (typeof v === 'number') return v;
     if (v && typeof v === 'object') return (v as Obj)[key] as number | undefined;

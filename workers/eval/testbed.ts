@@ -4,6 +4,7 @@
 // every run is checked by the same rules as a scene file or a share link.
 import type { CompositionMethodId, CompositionOptions } from '../api/contract.ts';
 import { BadArgumentError } from '../api/errors.ts';
+import { isObj, parseJsonObject } from '../api/json.ts';
 import { isMethodId, resolveComposition } from '../composition/plan.ts';
 import { COMPOSITION_KEYS, MAX_BOXES, parseScene, SCENE_VERSION, SceneError, type Scene, type SceneAblation } from '../layout/scene.ts';
 
@@ -57,8 +58,6 @@ export class TestbedError extends BadArgumentError {
   }
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const str = (v: unknown, where: string, max = 2000): string => {
   if (typeof v !== 'string' || v.length > max) throw new TestbedError(`${where} must be text of at most ${max} characters`);
   return v;
@@ -132,13 +131,7 @@ const COLORS = ['#e4572e', '#17bebb', '#ffc914', '#76b041', '#2e282a', '#8f3985'
 
 /** Reads a testbed file's JSON; every problem is a sentence naming the field. */
 export function parseTestbed(text: string): Testbed {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new TestbedError(`it is not JSON (${(e as Error).message.slice(0, 120)})`);
-  }
-  if (!isObj(raw)) throw new TestbedError('it is not a JSON object');
+  const raw = parseJsonObject(text, (problem) => new TestbedError(problem));
   if (raw.version !== TESTBED_VERSION) throw new TestbedError(`its version is ${JSON.stringify(raw.version)?.slice(0, 20)}; this studio reads version ${TESTBED_VERSION}`);
   if (!isObj(raw.loras)) throw new TestbedError('loras must be an object of LoRAs by id');
   const loras: Record<string, TestbedLora> = {};

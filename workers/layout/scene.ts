@@ -3,6 +3,7 @@
 // evaluates anything and bounds every size, so a hostile file or link gets a sentence, not a crash.
 import type { CompositionOptions, GenerateJob, LayoutOptions, SchedulerId } from '../api/contract.ts';
 import { BadArgumentError } from '../api/errors.ts';
+import { isObj, parseJson, type Obj } from '../api/json.ts';
 import { GUIDANCE_MAX_SCALE, GUIDANCE_SCHEDULE_DEFAULTS } from './guidance.ts';
 
 export const SCENE_VERSION = 1;
@@ -124,9 +125,6 @@ export class SceneError extends BadArgumentError {
 const SCHEDULER_IDS: SchedulerId[] = ['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'];
 const COLOR = /^#[0-9a-f]{6}$/i;
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-
 function text(o: Obj, key: string, where: string, max = MAX_PROMPT): string {
   const v = o[key];
   if (typeof v !== 'string') throw new SceneError(`${where}${key} must be text`);
@@ -188,13 +186,7 @@ function compositionFields(c: Obj): CompositionOptions {
 
 /** A scene from its JSON text (a file, a link, a PNG chunk): SceneError for text that is not JSON. */
 export function parseSceneText(text: string): Scene {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new SceneError(`it is not JSON (${(e as Error).message.slice(0, 120)})`);
-  }
-  return parseScene(json);
+  return parseScene(parseJson(text, (problem) => new SceneError(problem)));
 }
 
 /** Check an untrusted scene (parsed JSON) and return a clean copy with only the known fields. */

@@ -10,7 +10,8 @@ import { clipPixels } from '../../workers/eval/preprocess.ts';
 import { ClipScorer, type ScorerFiles } from '../../workers/eval/scorer.ts';
 import { clipScore, classText } from '../../workers/eval/scores.ts';
 import { makeTinyClip, tinyClipFiles } from '../../workers/eval/tiny-clip.ts';
-import { cosine, referenceImageEmbeds, referenceTextEmbeds } from '../../workers/reference/clip.ts';
+import { cosineSimilarity as cosine } from '../../workers/composition/frequency.ts';
+import { referenceImageEmbeds, referenceTextEmbeds } from '../../workers/reference/clip.ts';
 import { runtime, seeded } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());

@@ -4,6 +4,7 @@
 // and ComposLoRA: CLIPScore of the image and the prompt).
 import type { ConceptScore, ImageData8, ScoreConcept, ScoreReport, ScoreRequest } from '../api/contract.ts';
 import { cropImage } from './preprocess.ts';
+import { mean } from './stats.ts';
 
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
@@ -24,8 +25,6 @@ export function dot(a: Float32Array, b: Float32Array): number {
   for (let i = 0; i < a.length; i++) s += a[i] * b[i];
   return s;
 }
-
-export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 /** What the scorer model provides: unit-length embeddings. */
 export interface Embedder {

@@ -68,13 +68,15 @@ export function studentTQuantile(p: number, df: number): number {
   return (lo + hi) / 2;
 }
 
+export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
 export function interval(values: number[]): Interval {
   const n = values.length;
-  const mean = values.reduce((a, b) => a + b, 0) / n;
-  if (n < 2) return { n, mean, lo: mean, hi: mean };
-  const sd = Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / (n - 1));
+  const m = mean(values);
+  if (n < 2) return { n, mean: m, lo: m, hi: m };
+  const sd = Math.sqrt(values.reduce((a, v) => a + (v - m) ** 2, 0) / (n - 1));
   const half = (studentTQuantile(0.975, n - 1) * sd) / Math.sqrt(n);
-  return { n, mean, lo: mean - half, hi: mean + half };
+  return { n, mean: m, lo: m - half, hi: m + half };
 }
 
 /** One generated and scored run: a row of results.csv. */

@@ -27,15 +27,3 @@ export function referenceImageEmbeds(W: Weights, c: ClipScorerConfig, pixels: Ar
   const pooled = layerNorm({ data: h.data.slice(0, H), shape: [1, H] }, W('vision_model.post_layernorm.weight'), W('vision_model.post_layernorm.bias'));
   return linear(pooled, W('visual_projection.weight'), undefined, c.projectionDim).data;
 }
-
-export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let ab = 0;
-  let aa = 0;
-  let bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i] * b[i];
-    aa += a[i] * a[i];
-    bb += b[i] * b[i];
-  }
-  return ab / Math.sqrt(aa * bb);
-}

@@ -3,8 +3,9 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { deflateSync, inflateSync } from 'node:zlib';
-import type { CompositionOptions, GenerateJob, ImageData8, SchedulerId } from './api/contract.ts';
+import { deflateSync } from 'node:zlib';
+import type { CompositionOptions, GenerateJob, ImageData8, LoraInfo, Precision, SchedulerId } from './api/contract.ts';
+import { attachSceneLoras } from './node/scene-loras.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
@@ -16,7 +17,7 @@ import { Engine, validateJob } from './engine/engine.ts';
 import { decodePng, encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from './engine/png.ts';
 import { createRuntime, type Backend, type Runtime } from './engine/runtime.ts';
 import { ClipScorer } from './eval/scorer.ts';
-import { summariseRows } from './eval/stats.ts';
+import { sceneScoreRequest } from './eval/scores.ts';
 import { parseTestbed } from './eval/testbed.ts';
 import { makeTinyClip, tinyClipFiles } from './eval/tiny-clip.ts';
 import { tinyTestbedFiles } from './eval/tiny-testbed.ts';
@@ -24,7 +25,7 @@ import { evaluate } from './node/evaluate.ts';
 import { DEFAULT_SCORER, fetchScorer, openScorerDir, type ScorerDtype } from './node/scorer-files.ts';
 import { makeTinyModel, tinyModelFiles } from './engine/test-model.ts';
 import { openLora } from './lora/load.ts';
-import { NodeFileSource, openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
+import { NodeFileSource, nodeInflate, openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
 import { installNodeWebGpu } from './node/webgpu.ts';
 import type { TokenizerFiles } from './text/tokenizer.ts';
 
@@ -127,6 +128,10 @@ async function resolveTokenizer(found: TokenizerFiles | undefined): Promise<Toke
   }
 }
 
+const warnUnmatched = (info: LoraInfo) => {
+  for (const u of info.keysUnmatched) console.error(`warning: ${info.name}: layer ${u.key} not applied (${u.reason})`);
+};
+
 async function generate(args: string[]) {
   const o = parse(args, {
     model: { type: 'string' },
@@ -172,10 +177,8 @@ async function generate(args: string[]) {
     if (stray) throw new UsageError(`--${stray} needs --scene: guidance acts on a layout's boxes`);
   }
   if (!o.out) throw new UsageError('generate needs --out FILE.png');
-  const backend = (o.backend ?? 'webgpu') as Backend;
-  if (backend !== 'webgpu' && backend !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${o.backend}"`);
-  const precision = (o.precision ?? 'auto') as 'auto' | 'fp32' | 'fp16';
-  if (!['auto', 'fp32', 'fp16'].includes(precision)) throw new UsageError(`--precision must be auto, fp32 or fp16`);
+  const backend = backendArg(o.backend);
+  const precision = precisionArg(o.precision);
   const scene = o.scene ? guidanceArgs(await readScene(o.scene), o) : undefined;
   const job: GenerateJob = scene ? sceneJob(scene) : {
     prompt: o.prompt!,
@@ -195,34 +198,22 @@ async function generate(args: string[]) {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const { files, tokenizer } = await openModelPath(o.model);
-  const tok = await resolveTokenizer(tokenizer);
-  if (backend === 'webgpu') await installNodeWebGpu();
-  const rt = await createRuntime(backend);
-  const engine = new Engine(rt);
-  await engine.loadModel(files, tok, precision);
+  const { engine } = await openEngine(o.model, backend, precision);
   job.loras = [];
   for (const l of loraArgs) {
     const info = await engine.loadLora(await NodeFileSource.open(l.path));
-    for (const u of info.keysUnmatched) console.error(`warning: ${info.name}: layer ${u.key} not applied (${u.reason})`);
+    warnUnmatched(info);
     job.loras.push({ lora: info.id, scale: l.scale });
   }
   if (scene) {
     // the scene names LoRAs; they are looked up beside the scene file, or in its loras/ folder
-    const ids = new Map<string, string>();
-    const load = async (l: SceneLora) => {
-      const dir = dirname(o.scene!);
+    const dir = dirname(o.scene!);
+    const pathOf = (l: SceneLora) => {
       const path = [join(dir, l.name), join(dir, 'loras', l.name)].find((p) => existsSync(p));
       if (!path) throw new EngineError('io', `The scene uses the LoRA "${l.name}", which is not in ${dir} or ${join(dir, 'loras')}.`);
-      if (!ids.has(path)) {
-        const info = await engine.loadLora(await NodeFileSource.open(path));
-        for (const u of info.keysUnmatched) console.error(`warning: ${info.name}: layer ${u.key} not applied (${u.reason})`);
-        ids.set(path, info.id);
-      }
-      return { lora: ids.get(path)!, scale: l.scale };
+      return path;
     };
-    for (const l of scene.loras) job.loras.push(await load(l));
-    for (const [n, b] of scene.boxes.entries()) for (const l of b.loras) job.layout!.boxes[n].loras.push(await load(l));
+    await attachSceneLoras(engine, job, scene, pathOf, undefined, warnUnmatched);
     validateJob(job);
   }
   let lastLine = 0;
@@ -276,14 +267,17 @@ function guidanceArgs(scene: Scene, o: Record<string, string | boolean | string[
   return { ...scene, ablation, guidance: g };
 }
 
-async function readScene(path: string): Promise<Scene> {
-  let text: string;
+/** A file named on the command line; a missing one is a sentence. */
+async function readInput(path: string): Promise<Buffer> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path);
   } catch {
     throw new EngineError('io', `Cannot open ${path}: no such file.`);
   }
-  return parseSceneText(text);
+}
+
+async function readScene(path: string): Promise<Scene> {
+  return parseSceneText((await readInput(path)).toString('utf8'));
 }
 
 /** --method and its options; options another method does not use are refused, not ignored. */
@@ -352,11 +346,30 @@ async function openScorer(clip: string | undefined, dtype: string | undefined, r
   return ClipScorer.open(source, await openScorerDir(dir), rt);
 }
 
-async function runtimeFor(backend: string | undefined): Promise<Runtime> {
-  const b = (backend ?? 'webgpu') as Backend;
-  if (b !== 'webgpu' && b !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${backend}"`);
-  if (b === 'webgpu') await installNodeWebGpu();
-  return createRuntime(b);
+function backendArg(v: string | undefined): Backend {
+  const b = v ?? 'webgpu';
+  if (b !== 'webgpu' && b !== 'wasm') throw new UsageError(`--backend must be webgpu or wasm, got "${v}"`);
+  return b;
+}
+
+function precisionArg(v: string | undefined): Precision {
+  const p = v ?? 'auto';
+  if (p !== 'auto' && p !== 'fp32' && p !== 'fp16') throw new UsageError('--precision must be auto, fp32 or fp16');
+  return p;
+}
+
+async function runtimeFor(backend: Backend): Promise<Runtime> {
+  if (backend === 'webgpu') await installNodeWebGpu();
+  return createRuntime(backend);
+}
+
+/** The engine on a model path (a .safetensors file or a diffusers folder), loaded. */
+async function openEngine(modelPath: string, backend: Backend, precision: Precision) {
+  const { files, tokenizer } = await openModelPath(modelPath);
+  const tok = await resolveTokenizer(tokenizer);
+  const engine = new Engine(await runtimeFor(backend));
+  const info = await engine.loadModel(files, tok, precision);
+  return { engine, info };
 }
 
 async function evaluateCommand(args: string[]) {
@@ -373,26 +386,15 @@ async function evaluateCommand(args: string[]) {
   });
   if (!o.testbed) throw new UsageError('evaluate needs --testbed FILE.json');
   if (!o.out) throw new UsageError('evaluate needs --out DIR');
-  let text: string;
-  try {
-    text = await readFile(o.testbed, 'utf8');
-  } catch {
-    throw new EngineError('io', `Cannot open ${o.testbed}: no such file.`);
-  }
-  const testbed = parseTestbed(text);
+  const testbed = parseTestbed((await readInput(o.testbed)).toString('utf8'));
   const base = dirname(o.testbed);
   const modelPath = o.model ?? (testbed.model ? resolve(base, testbed.model) : undefined);
   if (!modelPath) throw new UsageError('evaluate needs --model PATH (the testbed names none)');
   const baseline = o.baseline ?? 'composite';
   const limit = o.limit === undefined ? undefined : num(o.limit, 'limit', 0);
-  const precision = (o.precision ?? 'auto') as 'auto' | 'fp32' | 'fp16';
-  if (!['auto', 'fp32', 'fp16'].includes(precision)) throw new UsageError('--precision must be auto, fp32 or fp16');
-  const { files, tokenizer } = await openModelPath(modelPath);
-  const tok = await resolveTokenizer(tokenizer);
-  const rt = await runtimeFor(o.backend);
-  const engine = new Engine(rt);
-  const info = await engine.loadModel(files, tok, precision);
-  const scorer = await openScorer(o.clip ?? (testbed.scorer ? resolve(base, testbed.scorer) : undefined), o['clip-dtype'], rt);
+  const backend = backendArg(o.backend);
+  const { engine, info } = await openEngine(modelPath, backend, precisionArg(o.precision));
+  const scorer = await openScorer(o.clip ?? (testbed.scorer ? resolve(base, testbed.scorer) : undefined), o['clip-dtype'], engine.rt);
   const tty = process.stderr.isTTY;
   const outcome = await evaluate({
     testbed,
@@ -412,7 +414,7 @@ async function evaluateCommand(args: string[]) {
     },
   });
   if (tty) process.stderr.write('\n');
-  const summary = JSON.parse(await readFile(join(o.out, 'summary.json'), 'utf8')) as ReturnType<typeof summariseRows>;
+  const { summary } = outcome;
   const fmt = (i: { mean: number; lo: number; hi: number } | null, digits = 2) => (i ? `${i.mean.toFixed(digits)} [${i.lo.toFixed(digits)}, ${i.hi.toFixed(digits)}]` : '-');
   for (const [m, s] of Object.entries(summary.methods)) {
     const p = summary.pairwise[m];
@@ -427,16 +429,11 @@ async function evaluateCommand(args: string[]) {
 async function scoreCommand(args: string[]) {
   const o = parse(args, { image: { type: 'string' }, clip: { type: 'string' }, 'clip-dtype': { type: 'string' }, backend: { type: 'string' } });
   if (!o.image) throw new UsageError('score needs --image FILE.png');
-  let bytes: Uint8Array;
-  try {
-    bytes = new Uint8Array(await readFile(o.image));
-  } catch {
-    throw new EngineError('io', `Cannot open ${o.image}: no such file.`);
-  }
+  const bytes = new Uint8Array(await readInput(o.image));
   let image: ImageData8;
   let text: Record<string, string>;
   try {
-    image = decodePng(bytes, (d, max) => inflateSync(d, { maxOutputLength: max + 1 }));
+    image = decodePng(bytes, nodeInflate);
     text = readPngText(bytes);
   } catch (e) {
     if (e instanceof PngError) throw new EngineError('io', e.message);
@@ -444,9 +441,8 @@ async function scoreCommand(args: string[]) {
   }
   if (!text[SCENE_CHUNK]) throw new EngineError('io', `${o.image} holds no scene (it was not made by the studio or evaluate), so there are no prompts to score against.`);
   const scene = parseSceneText(text[SCENE_CHUNK]);
-  const scorer = await openScorer(o.clip, o['clip-dtype'], await runtimeFor(o.backend));
-  const concept = (l: SceneLora) => ({ name: l.name });
-  const report = await scorer.score({ image, prompt: scene.prompt, loras: scene.loras.map(concept), boxes: scene.boxes.map((b) => ({ ...b, loras: b.loras.map(concept) })) });
+  const scorer = await openScorer(o.clip, o['clip-dtype'], await runtimeFor(backendArg(o.backend)));
+  const report = await scorer.score(await sceneScoreRequest(image, scene, (l) => ({ name: l.name })));
   console.log(JSON.stringify(report, null, 2));
   await scorer.dispose();
 }

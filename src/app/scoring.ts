@@ -3,6 +3,7 @@
 // words and reference pictures, and a comparison of the scene across methods.
 import type { CompositionMethodId, ImageData8, ProgressEvent, ScoreConcept, ScoreReport, ScorerRequest } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
+import { sceneScoreRequest } from '../../workers/eval/scores.ts';
 import { withProgress } from '../engine/client.ts';
 import { updateRecord, type LoraRecord } from '../library/library.ts';
 import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
@@ -85,12 +86,7 @@ async function conceptOf(l: SceneLora): Promise<ScoreConcept> {
 export async function scoreResult(image: ImageData8, scene: Scene): Promise<ScoreReport | undefined> {
   if (!studio().scorer?.info) return undefined;
   try {
-    return await engine().score({
-      image,
-      prompt: scene.prompt,
-      loras: await Promise.all(scene.loras.map(conceptOf)),
-      boxes: await Promise.all(scene.boxes.map(async (b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: await Promise.all(b.loras.map(conceptOf)) }))),
-    });
+    return await engine().score(await sceneScoreRequest(image, scene, conceptOf));
   } catch (e) {
     studio().set({ notice: `The image could not be scored: ${(e as Error).message}` });
     return undefined;

@@ -3,6 +3,7 @@
 // similarity over the concept crops and the whole image, image similarity over the concepts; CMLoRA
 // and ComposLoRA: CLIPScore of the image and the prompt).
 import type { ConceptScore, ImageData8, ScoreConcept, ScoreReport, ScoreRequest } from '../api/contract.ts';
+import type { Scene, SceneLora } from '../layout/scene.ts';
 import { cropImage } from './preprocess.ts';
 import { mean } from './stats.ts';
 
@@ -16,6 +17,17 @@ export function classText(prompt: string, concepts: ScoreConcept[]): string {
     for (const w of words) out = out.replace(new RegExp(`(?<![\\p{L}\\p{N}_])${escape(w)}(?![\\p{L}\\p{N}_])`, 'giu'), c.classWord?.trim() ?? '');
   }
   return out.replace(/\s+/g, ' ').replace(/\s+([,.;:])/g, '$1').trim();
+}
+
+/** What to score for an image made from a scene; `concept` says what is known of each of its LoRAs. */
+export async function sceneScoreRequest(image: ImageData8, scene: Pick<Scene, 'prompt' | 'loras' | 'boxes'>, concept: (l: SceneLora) => ScoreConcept | Promise<ScoreConcept>): Promise<ScoreRequest> {
+  const all = (list: SceneLora[]) => Promise.all(list.map(concept));
+  return {
+    image,
+    prompt: scene.prompt,
+    loras: await all(scene.loras),
+    boxes: await Promise.all(scene.boxes.map(async (b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: await all(b.loras) }))),
+  };
 }
 
 export const clipScore = (cos: number) => 100 * Math.max(cos, 0);

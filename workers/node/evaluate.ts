@@ -6,16 +6,18 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { appendFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { deflateSync, inflateSync } from 'node:zlib';
-import type { ImageData8, ScoreConcept, ScoreRequest } from '../api/contract.ts';
+import { deflateSync } from 'node:zlib';
+import { nodeInflate } from './files.ts';
+import type { ImageData8, LoraInfo, ScoreConcept } from '../api/contract.ts';
 import { EngineError } from '../api/errors.ts';
 import type { Engine } from '../engine/engine.ts';
 import { decodePng, encodePng, PngError, REPORT_CHUNK, SCENE_CHUNK } from '../engine/png.ts';
 import type { ClipScorer } from '../eval/scorer.ts';
+import { sceneScoreRequest } from '../eval/scores.ts';
 import { csvHeader, csvLine, parseResultsCsv, summariseRows, type ResultRow } from '../eval/stats.ts';
 import { expandTestbed, type Testbed, type TestbedRun } from '../eval/testbed.ts';
 import { sceneJob, type SceneLora } from '../layout/scene.ts';
-import { NodeFileSource } from './files.ts';
+import { attachSceneLoras } from './scene-loras.ts';
 
 export interface EvaluateOptions {
   testbed: Testbed;
@@ -36,13 +38,15 @@ export interface EvaluateOutcome {
   made: number;
   reused: number;
   rows: ResultRow[];
+  /** What summary.json holds. */
+  summary: ReturnType<typeof summariseRows>;
 }
 
 const slug = (s: string) => s.replace(/[^\w.+-]+/g, '_');
 
 function readImage(path: string, bytes: Uint8Array): ImageData8 {
   try {
-    return decodePng(bytes, (d, max) => inflateSync(d, { maxOutputLength: max + 1 }));
+    return decodePng(bytes, nodeInflate);
   } catch (e) {
     if (e instanceof PngError) throw new EngineError('io', `The reference image ${path} cannot be used: ${e.problem}.`);
     throw new EngineError('io', `The reference image ${path} cannot be used: ${(e as Error).message}.`);
@@ -73,14 +77,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
   const done = new Set(kept.map(rowKey));
   const todo = runs.filter((r) => !done.has(r.key));
 
-  const loraIds = new Map<string, string>();
-  const loadLora = async (id: string) => {
-    if (!loraIds.has(id)) {
-      const path = resolve(o.base, t.loras[id].file);
-      loraIds.set(id, (await engine.loadLora(await NodeFileSource.open(path))).id);
-    }
-    return loraIds.get(id)!;
-  };
+  const loaded = new Map<string, LoraInfo>();
   const refs = new Map<string, ImageData8>();
   const concept = async (l: SceneLora): Promise<ScoreConcept> => {
     const def = t.loras[l.name];
@@ -107,21 +104,13 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
     o.progress(kept.length + i, runs.length, run, i ? ((Date.now() - started) / i) * (todo.length - i) : NaN);
     const scene = run.job;
     const job = sceneJob(scene);
-    for (const l of scene.loras) job.loras!.push({ lora: await loadLora(l.name), scale: l.scale });
-    for (const [n, b] of scene.boxes.entries()) for (const l of b.loras) job.layout!.boxes[n].loras.push({ lora: await loadLora(l.name), scale: l.scale });
-    if (!scene.boxes.length) delete job.layout;
+    await attachSceneLoras(engine, job, scene, (l) => resolve(o.base, t.loras[l.name].file), loaded);
     const result = await engine.generate(job);
     const image = join('images', slug(run.scene), `${slug(run.method)}-${run.seed}.png`);
     const png = await encodePng(result.image.data, result.image.width, result.image.height, { [SCENE_CHUNK]: JSON.stringify(scene), [REPORT_CHUNK]: JSON.stringify(result.report) }, (d) => deflateSync(d));
     await mkdir(dirname(join(o.out, image)), { recursive: true });
     await writeFile(join(o.out, image), png);
-    const req: ScoreRequest = {
-      image: result.image,
-      prompt: scene.prompt,
-      loras: await Promise.all(scene.loras.map(concept)),
-      boxes: await Promise.all(scene.boxes.map(async (b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: await Promise.all(b.loras.map(concept)) }))),
-    };
-    const s = await scorer.score(req);
+    const s = await scorer.score(await sceneScoreRequest(result.image, scene, concept));
     const r = result.report;
     const row: ResultRow = {
       scene: run.scene,
@@ -143,7 +132,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
     await appendFile(csvPath, csvLine(row));
     rows.push(row);
   }
-  for (const id of loraIds.values()) engine.unloadLora(id);
+  for (const info of loaded.values()) engine.unloadLora(info.id);
   const order = new Map(runs.map((r, i) => [r.key, i]));
   rows.sort((a, b) => order.get(rowKey(a))! - order.get(rowKey(b))!);
   const summary = {
@@ -156,6 +145,6 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
     ...summariseRows(rows, o.baseline),
   };
   await writeFile(join(o.out, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
-  return { planned: runs.length, made: todo.length, reused: kept.length, rows };
+  return { planned: runs.length, made: todo.length, reused: kept.length, rows, summary };
 }
 

@@ -1,6 +1,7 @@
 // Node only: files on disk as byte sources, and writing generated files.
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { inflateSync } from 'node:zlib';
 import type { ByteSource } from '../checkpoint/source.ts';
 import type { ModelFiles } from '../checkpoint/model.ts';
 import type { TokenizerFiles } from '../text/tokenizer.ts';
@@ -85,5 +86,8 @@ export async function openModelPath(path: string): Promise<{ files: ModelFiles; 
   const tokenizer = (await readTokenizerDir(join(dirname(path), 'tokenizer'))) ?? (await readTokenizerDir(tokenizerCacheDir()));
   return { files: { single }, tokenizer };
 }
+
+/** zlib's inflate for decodePng, refusing output beyond what the image header allows. */
+export const nodeInflate = (data: Uint8Array, maxOutput: number): Uint8Array => inflateSync(data, { maxOutputLength: maxOutput + 1 });
 
 export { writeFile };

@@ -22,7 +22,8 @@ import { parseTestbed } from './eval/testbed.ts';
 import { makeTinyClip, tinyClipFiles } from './eval/tiny-clip.ts';
 import { tinyTestbedFiles } from './eval/tiny-testbed.ts';
 import { evaluate } from './node/evaluate.ts';
-import { DEFAULT_SCORER, fetchScorer, openScorerDir, type ScorerDtype } from './node/scorer-files.ts';
+import { fetchScorer, openScorerDir } from './node/scorer-files.ts';
+import { DEFAULT_SCORER, SCORER_DTYPES, type ScorerDtype } from './eval/scorer-layout.ts';
 import { makeTinyModel, tinyModelFiles } from './engine/test-model.ts';
 import { openLora } from './lora/load.ts';
 import { NodeFileSource, nodeInflate, openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
@@ -340,7 +341,7 @@ async function inspectLora(args: string[]) {
 /** --clip: a scorer folder, or a hub repository fetched once into the cache. */
 async function openScorer(clip: string | undefined, dtype: string | undefined, rt: Runtime): Promise<ClipScorer> {
   const d = (dtype ?? 'fp32') as ScorerDtype;
-  if (!['fp32', 'fp16', 'q8'].includes(d)) throw new UsageError(`--clip-dtype must be fp32, fp16 or q8, got "${dtype}"`);
+  if (!SCORER_DTYPES.includes(d)) throw new UsageError(`--clip-dtype must be fp32, fp16 or q8, got "${dtype}"`);
   const source = clip ?? DEFAULT_SCORER;
   const dir = existsSync(source) ? source : await fetchScorer(source, d, (l) => console.error(l));
   return ClipScorer.open(source, await openScorerDir(dir), rt);

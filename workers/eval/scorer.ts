@@ -9,6 +9,7 @@ import { EngineError } from '../api/errors.ts';
 import type { Runtime } from '../engine/runtime.ts';
 import { IS_NODE } from '../text/transformers-ort.ts';
 import { parseClipConfig, type ClipScorerConfig } from './clip-config.ts';
+import { SCORER_DTYPES, scorerModelFiles, type ScorerDtype } from './scorer-layout.ts';
 import { clipPixels, parsePreprocessorConfig, type Preprocessing } from './preprocess.ts';
 import { scoreImage, type Embedder } from './scores.ts';
 
@@ -17,14 +18,11 @@ export type ScorerFiles = Map<string, Blob>;
 
 const MODEL_ID = 'lora-studio/scorer';
 const HOST = 'https://scorer.lora-studio.invalid/';
-const DTYPE_SUFFIX = { fp32: '', fp16: '_fp16', q8: '_quantized' } as const;
-type Dtype = keyof typeof DTYPE_SUFFIX;
+type Dtype = ScorerDtype;
 
 /** The weight type the files offer, preferring full precision, then half, then 8-bit. */
 export function scorerDtype(files: ScorerFiles): Dtype {
-  for (const d of ['fp32', 'fp16', 'q8'] as Dtype[]) {
-    if (files.has(`onnx/text_model${DTYPE_SUFFIX[d]}.onnx`) && files.has(`onnx/vision_model${DTYPE_SUFFIX[d]}.onnx`)) return d;
-  }
+  for (const d of SCORER_DTYPES) if (scorerModelFiles(d).every((f) => files.has(f))) return d;
   throw new EngineError('scorer', 'The CLIP scorer has no onnx/text_model.onnx and onnx/vision_model.onnx (nor their _fp16 or _quantized forms).');
 }
 

@@ -5,21 +5,15 @@ import { mkdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EngineError } from '../api/errors.ts';
 import type { ScorerFiles } from '../eval/scorer.ts';
+import { SCORER_DTYPES, scorerFileList, type ScorerDtype } from '../eval/scorer-layout.ts';
 
-/** The scorer the CLI and the studio use unless told otherwise: CLIP ViT-B/32 as an ONNX export. */
-export const DEFAULT_SCORER = 'Xenova/clip-vit-base-patch32';
-export type ScorerDtype = 'fp32' | 'fp16' | 'q8';
-const SUFFIX: Record<ScorerDtype, string> = { fp32: '', fp16: '_fp16', q8: '_quantized' };
-const TEXT_FILES = ['config.json', 'preprocessor_config.json', 'tokenizer.json', 'tokenizer_config.json'];
-
-export const scorerFileList = (dtype: ScorerDtype) => [...TEXT_FILES, `onnx/text_model${SUFFIX[dtype]}.onnx`, `onnx/vision_model${SUFFIX[dtype]}.onnx`];
 
 const exists = async (p: string) => stat(p).then((s) => s.isFile(), () => false);
 
 /** The scorer files found in a folder (what is missing is named when the scorer opens). */
 export async function openScorerDir(dir: string): Promise<ScorerFiles> {
   const files: ScorerFiles = new Map();
-  for (const d of Object.keys(SUFFIX) as ScorerDtype[]) {
+  for (const d of SCORER_DTYPES) {
     for (const f of scorerFileList(d)) if (!files.has(f) && (await exists(join(dir, f)))) files.set(f, await openAsBlob(join(dir, f)));
   }
   if (!files.has('config.json')) throw new EngineError('scorer', `${dir} holds no CLIP scorer (no config.json).`);

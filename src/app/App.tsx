@@ -1,10 +1,11 @@
 // The studio page: the model and LoRA library on the left, the layout canvas with the live preview
 // and result in the middle, prompts, sampling, method and the per-step plots on the right, and the
 // gallery below. Files dropped anywhere are imported (models, LoRAs) or opened (studio PNGs).
-import { useEffect, useRef } from 'react';
+import { useEffect } from 'react';
 import { useStore } from 'zustand';
-import type { CompositionMethodId, GenerateJob, GenerationReport, ImageData8, SchedulerId } from '../../workers/api/contract.ts';
+import type { CompositionMethodId, GenerateJob, GenerationReport, SchedulerId } from '../../workers/api/contract.ts';
 import { LayoutCanvas } from '../canvas/LayoutCanvas.tsx';
+import { ImageCanvas } from '../panels/ImageCanvas.tsx';
 import { BoxPanel } from '../panels/BoxPanel.tsx';
 import { GalleryPanel } from '../panels/GalleryPanel.tsx';
 import { LibraryPanel } from '../panels/LibraryPanel.tsx';
@@ -32,18 +33,6 @@ function compositionSummary(r: GenerationReport): string {
     parts.push(`cache hits ${c.cacheHitRate.map((h, i) => `${c.loras[i]} ${Math.round((h ?? 0) * 100)}%`).join(', ')}`);
   }
   return parts.join('; ');
-}
-
-function ImageCanvas({ image, label, testId }: { image?: ImageData8; label: string; testId: string }) {
-  const ref = useRef<HTMLCanvasElement>(null);
-  useEffect(() => {
-    const c = ref.current;
-    if (!c || !image) return;
-    c.width = image.width;
-    c.height = image.height;
-    c.getContext('2d')!.putImageData(new ImageData(new Uint8ClampedArray(image.data), image.width, image.height), 0, 0);
-  }, [image]);
-  return <canvas ref={ref} className="image" aria-label={label} data-testid={testId} hidden={!image} />;
 }
 
 function NumberField({ label, value, onChange, min, max, step = 1, testId }: { label: string; value: number; onChange: (v: number) => void; min: number; max: number; step?: number; testId: string }) {

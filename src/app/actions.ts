@@ -5,6 +5,7 @@ import { loadScorer, scoreResult } from './scoring.ts';
 import { layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
+import { dataUrlOf, drawScaled } from '../gallery/images.ts';
 import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
 import { DownloadError } from '../library/download.ts';
 import {
@@ -463,15 +464,7 @@ export function cancel() {
 async function thumbnails(item: GalleryItem, used: LoraEntry[]) {
   const need = used.filter((l) => !l.record.thumbnail);
   if (!need.length) return;
-  const bitmap = await createImageBitmap(item.png);
-  const canvas = new OffscreenCanvas(64, Math.max(1, Math.round((64 * item.height) / item.width)));
-  canvas.getContext('2d')!.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-  const blob = await canvas.convertToBlob({ type: 'image/jpeg', quality: 0.8 });
-  const thumbnail = await new Promise<string>((resolve) => {
-    const r = new FileReader();
-    r.onload = () => resolve(r.result as string);
-    r.readAsDataURL(blob);
-  });
+  const thumbnail = await dataUrlOf(await drawScaled(item.png, 64), 'image/jpeg', 0.8);
   for (const l of need) {
     const record = { ...l.record, thumbnail };
     studio().updateLora(l.key, { record });

@@ -5,6 +5,7 @@ import type { CompositionMethodId, ImageData8, ProgressEvent, ScoreConcept, Scor
 import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
 import { sceneScoreRequest } from '../../workers/eval/scores.ts';
 import { withProgress } from '../engine/client.ts';
+import { dataUrlOf, drawScaled, pixelsOf } from '../gallery/images.ts';
 import { updateRecord, type LoraRecord } from '../library/library.ts';
 import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
 import { useStudio, type LoraEntry } from '../store/studio.ts';
@@ -57,21 +58,10 @@ export const isBuiltInScorer = (name: string | undefined) => name === BUILT_IN_S
 
 // ---------------------------------------------------------------- concepts
 
-async function pixelsOf(blob: Blob, maxSide = Infinity): Promise<ImageData8> {
-  const bitmap = await createImageBitmap(blob);
-  const k = Math.min(1, maxSide / Math.max(bitmap.width, bitmap.height));
-  const w = Math.max(1, Math.round(bitmap.width * k));
-  const h = Math.max(1, Math.round(bitmap.height * k));
-  const canvas = new OffscreenCanvas(w, h);
-  const ctx = canvas.getContext('2d')!;
-  ctx.drawImage(bitmap, 0, 0, w, h);
-  return { width: w, height: h, data: ctx.getImageData(0, 0, w, h).data };
-}
-
 const references = new Map<string, ImageData8>();
 
 async function referencePixels(r: { id: string; dataUrl: string }): Promise<ImageData8> {
-  if (!references.has(r.id)) references.set(r.id, await pixelsOf(await (await fetch(r.dataUrl)).blob()));
+  if (!references.has(r.id)) references.set(r.id, pixelsOf(await drawScaled(await (await fetch(r.dataUrl)).blob())));
   return references.get(r.id)!;
 }
 
@@ -106,15 +96,7 @@ export async function addReferences(entry: LoraEntry, files: File[]) {
   const added: { id: string; dataUrl: string }[] = [];
   for (const f of files) {
     try {
-      const px = await pixelsOf(f, 256);
-      const canvas = new OffscreenCanvas(px.width, px.height);
-      canvas.getContext('2d')!.putImageData(new ImageData(new Uint8ClampedArray(px.data), px.width, px.height), 0, 0);
-      const blob = await canvas.convertToBlob({ type: 'image/png' });
-      const dataUrl = await new Promise<string>((resolve) => {
-        const r = new FileReader();
-        r.onload = () => resolve(r.result as string);
-        r.readAsDataURL(blob);
-      });
+      const dataUrl = await dataUrlOf(await drawScaled(f, 256), 'image/png');
       added.push({ id: `${entry.record.id}:${Date.now()}:${added.length}:${f.name}`, dataUrl });
     } catch {
       studio().set({ notice: `"${f.name}" is not an image this browser can read; it was not added as a reference.` });

@@ -1,8 +1,9 @@
 // Scores in the studio: one line per result (CLIPScore, LoRA-Composer's text and image similarity,
 // per box), the scorer in use and the fetch of a real one, and the side-by-side comparison of the
 // scene across methods.
-import { useEffect, useRef, useState } from 'react';
-import type { CompositionMethodId, ImageData8, ScoreReport } from '../../workers/api/contract.ts';
+import { useState } from 'react';
+import type { CompositionMethodId, ScoreReport } from '../../workers/api/contract.ts';
+import { ImageCanvas } from './ImageCanvas.tsx';
 import { compareMethods, fetchHubScorer, isBuiltInScorer, stopScorerFetch, useBuiltInScorer } from '../app/scoring.ts';
 import { HUB_SCORER } from '../library/scorer.ts';
 import { useStudio } from '../store/studio.ts';
@@ -66,18 +67,6 @@ export function ScorerPanel({ disabled }: { disabled: boolean }) {
   );
 }
 
-function Picture({ image, label }: { image: ImageData8; label: string }) {
-  const ref = useRef<HTMLCanvasElement>(null);
-  useEffect(() => {
-    const c = ref.current;
-    if (!c) return;
-    c.width = image.width;
-    c.height = image.height;
-    c.getContext('2d')!.putImageData(new ImageData(new Uint8ClampedArray(image.data), image.width, image.height), 0, 0);
-  }, [image]);
-  return <canvas ref={ref} className="image" aria-label={label} />;
-}
-
 export function CompareControls({ disabled }: { disabled: boolean }) {
   const [chosen, setChosen] = useState<CompositionMethodId[]>(['merge', 'switch', 'composite', 'cmlora']);
   const toggle = (m: CompositionMethodId, on: boolean) => setChosen((c) => (on ? METHODS.map(([id]) => id).filter((id) => id === m || c.includes(id)) : c.filter((x) => x !== m)));
@@ -106,7 +95,7 @@ export function ComparisonGrid() {
     <div className="comparison" data-testid="comparison">
       {comparison.map((c, i) => (
         <figure key={c.method} data-testid={`comparison-${i}`}>
-          {c.image ? <Picture image={c.image} label={`${c.method} result`} /> : <div className="image pending" />}
+          {c.image ? <ImageCanvas image={c.image} label={`${c.method} result`} /> : <div className="image pending" />}
           <figcaption>
             <b>{METHODS.find(([id]) => id === c.method)?.[1] ?? c.method}</b>
             {c.report && <span className="hint" data-testid={`comparison-${i}-evals`}> · {c.report.unetEvaluations} UNet runs · {Math.round(c.report.timingsMs.totalMs)} ms</span>}

@@ -156,7 +156,7 @@ let engineQueue: Promise<unknown> = Promise.resolve();
  * Model and LoRA loads one after another: a model load drops the worker's LoRAs, so a LoRA load (or a
  * second model load) running beside it would fail or land on the wrong model.
  */
-export function serial<T>(task: () => Promise<T>): Promise<T> {
+function serial<T>(task: () => Promise<T>): Promise<T> {
   const run = engineQueue.then(task);
   engineQueue = run.catch(() => {});
   return run;

@@ -9,7 +9,7 @@ import { dataUrlOf, drawScaled, pixelsOf } from '../gallery/images.ts';
 import { updateRecord, type LoraRecord } from '../library/library.ts';
 import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
 import { useStudio, type LoraEntry } from '../store/studio.ts';
-import { currentJob, currentScene, engine, serial } from './actions.ts';
+import { currentJob, currentScene, engine } from './actions.ts';
 
 const SCORER_KEY = 'lorastudio.scorer';
 const studio = () => useStudio.getState();
@@ -18,7 +18,7 @@ const f16 = () => !!studio().model?.adapter.shaderF16;
 async function load(req: ScorerRequest) {
   studio().set({ scorer: { name: req.name } });
   try {
-    const info = await serial(() => engine().loadScorer(req));
+    const info = await engine().loadScorer(req);
     studio().set({ scorer: { name: req.name, info } });
   } catch (e) {
     studio().set({ scorer: { name: req.name, error: (e as Error).message } });

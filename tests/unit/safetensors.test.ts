@@ -92,3 +92,14 @@ test('LoRAs, SDXL and SD 2.x files are refused as models with what was found', a
   await assert.rejects(ModelCheckpoint.open({ single: model(['first_stage_model.decoder.conv_in.weight']) }), /a VAE alone/);
   await assert.rejects(ModelCheckpoint.open({ single: model(['foo.bar']) }), (e: unknown) => e instanceof EngineError && /foo\.bar/.test((e as Error).message));
 });
+
+test('a header that names a tensor twice is refused, and so is a weight holding NaN or Inf', async () => {
+  const json = '{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}, "x\\"y":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}';
+  const bytes = new Uint8Array(8 + json.length + 8);
+  new DataView(bytes.buffer).setUint32(0, json.length, true);
+  bytes.set(new TextEncoder().encode(json), 8);
+  await assert.rejects(SafetensorsFile.open(new MemorySource('dup.safetensors', bytes)), (e) => e instanceof SafetensorsFormatError && /describes the tensor "w" twice/.test(e.message));
+  // the same names nested in values are not keys of the header
+  const nested = rawFile({ __metadata__: { w: 'x', v: 'w' }, w: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, 4);
+  assert.deepEqual((await SafetensorsFile.open(new MemorySource('ok.safetensors', nested))).keys(), ['w']);
+});

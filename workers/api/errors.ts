@@ -10,6 +10,9 @@ export type EngineErrorCode =
   | 'shape-mismatch'
   | 'not-a-lora'
   | 'lora-shape-mismatch'
+  | 'non-finite-weights'
+  | 'gpu-limit'
+  | 'worker-crashed'
   | 'tokenizer'
   | 'bad-argument'
   | 'gpu-unavailable'
@@ -123,6 +126,18 @@ export class LoraShapeMismatchError extends EngineError {
         'Check that the LoRA was trained for Stable Diffusion 1.5.',
     );
     this.name = 'LoraShapeMismatchError';
+  }
+}
+
+/** A tensor holding NaN or infinite values: a damaged file, or one saved from a training run that diverged. */
+export class NonFiniteWeightsError extends EngineError {
+  constructor(file: string, tensor: string, count: number) {
+    super(
+      'non-finite-weights',
+      `${file} is damaged: tensor "${tensor}" holds ${count} NaN or infinite value${count === 1 ? '' : 's'}, which would turn every image black. ` +
+        'Download it again; if it stays so, the file itself is broken.',
+    );
+    this.name = 'NonFiniteWeightsError';
   }
 }
 

@@ -98,3 +98,10 @@ export function toFloat16Bits(bytes: Uint8Array, dtype: StDtype): Uint16Array {
   }
   return floatsToHalf(toFloat32(bytes, dtype));
 }
+
+/** How many values of a tensor are NaN or infinite (0 for a sound tensor). */
+export function countNonFinite(values: Float32Array): number {
+  let bad = 0;
+  for (let i = 0; i < values.length; i++) if (values[i] - values[i] !== 0) bad++;
+  return bad;
+}

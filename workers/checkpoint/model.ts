@@ -1,7 +1,7 @@
 // Opening an artist's checkpoint: detect what the file is, infer the SD 1.5 config from the tensor
 // shapes, and give the engine each weight by its diffusers name, read from the right byte range.
-import { MissingTensorError, NotAModelError, ShapeMismatchError, UnsupportedArchitectureError } from '../api/errors.ts';
-import { FLOAT_DTYPES, toFloat32 } from './dtype.ts';
+import { MissingTensorError, NonFiniteWeightsError, NotAModelError, ShapeMismatchError, UnsupportedArchitectureError } from '../api/errors.ts';
+import { countNonFinite, FLOAT_DTYPES, toFloat32 } from './dtype.ts';
 import { CONFIG_METADATA_KEY, SD15_CONFIG, type ModelConfig, type TextEncoderConfig, type UNetConfig, type VaeConfig } from './config.ts';
 import {
   clipNameToLdm,
@@ -93,7 +93,10 @@ export class ModelCheckpoint {
     const reshapeOk = want === got && (isVaeAttentionProjection(name) || /\.proj_(in|out)\.weight$/.test(name));
     if (!sameShape && !reshapeOk) throw new ShapeMismatchError(info.name, dims, info.shape);
     if (!FLOAT_DTYPES.has(info.dtype)) throw new ShapeMismatchError(`${info.name} (dtype ${info.dtype})`, dims, info.shape);
-    return toFloat32(await file.bytes(info.name), info.dtype);
+    const values = toFloat32(await file.bytes(info.name), info.dtype);
+    const bad = countNonFinite(values);
+    if (bad) throw new NonFiniteWeightsError(file.name, info.name, bad);
+    return values;
   }
 }
 

@@ -56,6 +56,9 @@ export function parseHeader(json: Uint8Array, file: string, fileSize: number): S
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new SafetensorsFormatError(file, 'the header is not a JSON object');
   }
+  // JSON.parse keeps the last of two equal names; which tensor the file means is then a guess
+  const twice = repeatedTopLevelKey(text);
+  if (twice !== undefined) throw new SafetensorsFormatError(file, `the header describes the tensor ${JSON.stringify(twice.slice(0, 200))} twice`);
   const dataStart = 8 + json.byteLength;
   const dataSize = fileSize - dataStart;
   const tensors = new Map<string, TensorInfo>();
@@ -75,6 +78,32 @@ export function parseHeader(json: Uint8Array, file: string, fileSize: number): S
   checkOverlaps(tensors, file);
   if (needed > dataSize) throw new SafetensorsTruncatedError(file, dataStart + needed, fileSize, firstMissing);
   return { tensors, metadata, dataStart };
+}
+
+/** The first name that appears twice among the top-level keys of valid JSON object text. */
+export function repeatedTopLevelKey(text: string): string | undefined {
+  const seen = new Set<string>();
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (seen.has(key)) return key;
+        seen.add(key);
+      }
+      expectKey = false;
+      i = j;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      expectKey = depth === 1;
+    } else if (c === '}' || c === ']') depth--;
+    else if (c === ',') expectKey = depth === 1;
+  }
+  return undefined;
 }
 
 function parseMetadata(entry: unknown, file: string): Record<string, string> {

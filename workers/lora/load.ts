@@ -2,9 +2,9 @@
 // factors as float32 and bring every kind to the kernel's form up [rows, rank] @ down [rank, cols]
 // (LoHa: two such products, multiplied elementwise). CP / Tucker cores are folded into `down` here,
 // once, on the CPU: they are small, and the kernel then has one shape of work.
-import { NotALoraError, LoraShapeMismatchError, UnsupportedArchitectureError } from '../api/errors.ts';
+import { NonFiniteWeightsError, NotALoraError, LoraShapeMismatchError, UnsupportedArchitectureError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
-import { FLOAT_DTYPES, toFloat32 } from '../checkpoint/dtype.ts';
+import { countNonFinite, FLOAT_DTYPES, toFloat32 } from '../checkpoint/dtype.ts';
 import { SafetensorsFile, type TensorInfo } from '../checkpoint/safetensors.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { parseLoraTensors, readLoraMetadata, type LoraFormat, type LoraMetadata, type ModuleTensors } from './formats.ts';
@@ -92,14 +92,19 @@ async function readModule(file: SafetensorsFile, m: ModuleTensors, target: LoraT
   const r = m.roles;
   const read = async (t: TensorInfo) => {
     if (!FLOAT_DTYPES.has(t.dtype)) throw new LoraShapeMismatchError(file.name, t.name, target.weight, target.dims, `dtype ${t.dtype}`);
-    return toFloat32(await file.bytes(t.name), t.dtype);
+    const values = toFloat32(await file.bytes(t.name), t.dtype);
+    const bad = countNonFinite(values);
+    if (bad) throw new NonFiniteWeightsError(file.name, t.name, bad);
+    return values;
   };
   const mismatch = (got: string, inFeatures?: number): never => {
     const arch = inFeatures === undefined ? undefined : architectureFromWidth(target, inFeatures);
     if (arch) throw new UnsupportedArchitectureError(file.name, arch, `layer "${m.name}" takes ${inFeatures} input features, SD 1.5 ${target.dims[1]}`, 'LoRA');
     throw new LoraShapeMismatchError(file.name, m.name, target.weight, target.dims, got);
   };
-  const alpha = r.alpha ? (await read(r.alpha))[0] : undefined;
+  // kohya's trainers read an alpha of 0 as "no scaling" (alpha = rank), and so do we
+  const alphaValue = r.alpha ? (await read(r.alpha))[0] : undefined;
+  const alpha = alphaValue === 0 ? undefined : alphaValue;
 
   if (r.w1a || r.w1b || r.w2a || r.w2b) {
     if (!r.w1a || !r.w1b || !r.w2a || !r.w2b) return 'LoHa layer without all four of hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b';

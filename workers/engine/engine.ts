@@ -20,6 +20,7 @@ import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
 import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
 import { cpuRelativeAmplitudes, relativeAmplitude } from '../composition/frequency.ts';
 import { uploadBuffer } from '../gpu/buffers.ts';
+import { checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
 import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
@@ -79,8 +80,20 @@ export class Engine {
   }
 
   async loadModel(files: ModelFiles, tokenizerFiles: TokenizerFiles, precision: Precision = 'auto', onProgress?: (done: number, total: number) => void): Promise<ModelInfo> {
+    if (this.busy) throw new EngineError('busy', 'A generation is running; load the model when it has finished.');
     this.checkDevice();
-    this.unload();
+    this.busy = true;
+    this.cancelRequested = false;
+    try {
+      return await this.loadModelNow(files, tokenizerFiles, precision, onProgress);
+    } finally {
+      this.busy = false;
+      this.cancelRequested = false;
+    }
+  }
+
+  private async loadModelNow(files: ModelFiles, tokenizerFiles: TokenizerFiles, precision: Precision, onProgress?: (done: number, total: number) => void): Promise<ModelInfo> {
+    // everything that can refuse the new model runs before the loaded one is let go
     const ckpt = await ModelCheckpoint.open(files);
     const tokenizer = ClipTextTokenizer.fromFiles(tokenizerFiles, ckpt.config.textEncoder.maxPositions);
     if (tokenizer.vocabSize > ckpt.config.textEncoder.vocabSize) {
@@ -95,6 +108,11 @@ export class Engine {
     }
     const dtype = resolved === 'fp16' ? 'float16' : 'float32';
     const specs = graphSpecs(ckpt.config);
+    if (this.rt.gpu) {
+      const all = [...specs.unet, ...specs.textEncoder, ...specs.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
+      checkWeightsFit(all, resolved, this.rt.gpu.adapter);
+    }
+    this.unload();
     const weights = {
       unet: new WeightSet(this.rt, dtype),
       textEncoder: new WeightSet(this.rt, dtype),
@@ -102,13 +120,18 @@ export class Engine {
     } as Record<Component, WeightSet>;
     const total = specs.unet.length + specs.textEncoder.length + specs.vae.length;
     let done = 0;
-    const tick = () => onProgress?.(++done, total);
+    const tick = () => {
+      if (this.cancelRequested) throw new CancelledError();
+      this.checkDevice();
+      onProgress?.(++done, total);
+    };
     try {
       for (const c of ['textEncoder', 'unet', 'vae'] as Component[]) {
         await weights[c].load(specs[c], { read: (s) => ckpt.readFloat32(c, s.name, s.dims) }, tick);
       }
     } catch (e) {
       for (const w of Object.values(weights)) w.dispose();
+      if (this.lostReason) throw new DeviceLostError(this.lostReason);
       throw e;
     }
     const count = (list: { dims: number[] }[]) => list.reduce((a, s) => a + s.dims.reduce((x, y) => x * y, 1), 0);
@@ -226,6 +249,7 @@ export class Engine {
     if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     this.checkDevice();
     validateJob(job);
+    if (this.rt.gpu) checkJobFits(this.model.ckpt.config, job.width, job.height, job.cfg > 1 ? 2 : 1, this.model.precision, this.rt.gpu.adapter);
     for (const u of [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])]) {
       if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
     }

@@ -389,6 +389,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   onProgress?.({ phase: 'decode', step: job.steps, total: job.steps, elapsedMs: elapsed() });
   const decStart = performance.now();
   const img = await parts.vae({ latent: new ort.Tensor('float32', latent, [1, channels, lh, lw]) });
+  check();
   const image = toImage(img.image.data as Float32Array, job.height, job.width);
   const decodeMs = performance.now() - decStart;
   onProgress?.({ phase: 'done', step: job.steps, total: job.steps, elapsedMs: elapsed() });

@@ -1,0 +1,141 @@
+// Faults on the real engine (tiny model, WebGPU): a cancel at every phase gives back every GPU byte
+// the job took, buffers past the adapter's limits are refused before anything is allocated, and two
+// jobs sent at once run one after the other. (A lost device is in device-lost.test.ts: it ends the
+// device for the rest of its process.)
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import type { GenerateJob, LoraInfo, ProgressEvent } from '../../workers/api/contract.ts';
+import { EngineError } from '../../workers/api/errors.ts';
+import { Engine } from '../../workers/engine/engine.ts';
+import { createWorkerApi } from '../../workers/engine/worker-api.ts';
+import { GpuLimitError, largestActivation } from '../../workers/gpu/limits.ts';
+import { openModelPath } from '../../workers/node/files.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
+import { runtime, tinyModelDir } from '../helpers.ts';
+
+after(() => setTimeout(() => process.exit(0), 10).unref());
+
+const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: '', steps: 3, cfg: 5, seed: 5, width: 64, height: 64, scheduler: 'dpmpp-2m' };
+
+let setup: Promise<{ engine: Engine; loras: LoraInfo[] }> | undefined;
+const studio = () => (setup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha'])));
+
+const gpuLive = async () => (await runtime('webgpu')).gpu!.memory.live;
+
+test('a cancel in every phase (text, profiling, a step, decode) gives back the GPU bytes and the next job makes the same image', async () => {
+  const { engine, loras } = await studio();
+  const jobs: GenerateJob[] = [
+    { ...JOB, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'cmlora', profiling: 'offline', profileSteps: 2 } },
+    {
+      ...JOB,
+      steps: 2,
+      layout: {
+        boxes: [{ name: 'fox', x: 0, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ lora: loras[1].id, scale: 1 }] }],
+        injection: true, isolation: true, reinit: true,
+        guidance: { ce: true, fill: true, region: false, scale: 2, share: 0.7, earlyStop: false },
+      },
+    },
+  ];
+  for (const job of jobs) {
+    const reference = await engine.generate(job);
+    const idle = await gpuLive();
+    const phases = job.composition?.method === 'cmlora' ? ['text', 'profile', 'denoise', 'decode'] : ['text', 'denoise', 'decode'];
+    for (const phase of phases) {
+      const seen: string[] = [];
+      // the reference run cached this job's profile: another seed makes the profiling run again
+      const run = engine.generate(phase === 'profile' ? { ...job, seed: job.seed + 1 } : job, (e: ProgressEvent) => {
+        seen.push(e.phase);
+        if (e.phase === phase) engine.cancel();
+      });
+      await assert.rejects(run, (e: EngineError) => e.code === 'cancelled', `cancel during ${phase}`);
+      assert.ok(!seen.includes('done'), `cancelled in ${phase}, yet the job finished`);
+      assert.equal(await gpuLive(), idle, `GPU bytes after a cancel during ${phase}`);
+    }
+    const again = await engine.generate(job);
+    assert.deepEqual(again.image.data, reference.image.data, 'the job after the cancels gives the same image');
+    assert.equal(await gpuLive(), idle);
+  }
+});
+
+test('a cancel while the model loads releases its weights; the next load and job run', async () => {
+  const { dir } = await tinyModelDir();
+  const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
+  const engine = new Engine(await runtime('webgpu'));
+  const before = await gpuLive();
+  await assert.rejects(
+    engine.loadModel(files, tokenizer!, 'fp32', (done) => {
+      if (done === 20) engine.cancel();
+    }),
+    (e: EngineError) => e.code === 'cancelled',
+  );
+  assert.equal(await gpuLive(), before, 'no weight buffer is left behind');
+  assert.equal(engine.modelInfo, undefined);
+  const info = await engine.loadModel(files, tokenizer!, 'fp32');
+  assert.ok(info.weightBytes > 0);
+  assert.equal(await gpuLive(), before + info.weightBytes);
+  const r = await engine.generate({ ...JOB, steps: 1 });
+  assert.equal(r.report.unetEvaluations, 1);
+  engine.unload();
+});
+
+test('a weight or an activation larger than one GPU buffer is refused before anything is allocated, with the fix', async () => {
+  const { dir } = await tinyModelDir();
+  const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
+  const rt = await runtime('webgpu');
+  const real = new Engine(rt);
+  const info = await real.loadModel(files, tokenizer!, 'fp32');
+  real.unload();
+  // the largest weight of the tiny model, in fp32: the text encoder's token embedding
+  const largest = info.config.textEncoder.vocabSize * info.config.textEncoder.hidden * 4;
+  const limited = (limit: number, shaderF16: boolean) =>
+    new Engine({ ...rt, gpu: { ...rt.gpu!, adapter: { ...rt.gpu!.adapter, maxStorageBufferBindingSize: limit, shaderF16 } } });
+
+  const before = await gpuLive();
+  const halfFits = limited(largest - 4, true);
+  await assert.rejects(halfFits.loadModel(files, tokenizer!, 'fp32'), (e: Error) => {
+    assert.ok(e instanceof GpuLimitError);
+    assert.match(e.message, new RegExp(`needs ${(largest / 2 ** 20).toFixed(3)} MB in fp32.*at most ${((largest - 4) / 2 ** 20).toFixed(3)} MB.*fp16`));
+    return true;
+  });
+  const nothingFits = limited(largest / 2 - 4, false);
+  await assert.rejects(nothingFits.loadModel(files, tokenizer!, 'fp32'), /No precision setting makes it fit/);
+  assert.equal(await gpuLive(), before, 'nothing was allocated');
+
+  // activations: the limit admits a 64x64 job but not 128x128
+  const at64 = largestActivation(info.config, 64, 64, 2, 4).bytes;
+  const at128 = largestActivation(info.config, 128, 128, 2, 4).bytes;
+  assert.ok(at128 > at64 && at64 >= largest, `tiny model: ${at64} / ${at128} / ${largest}`);
+  const engine = limited(at64, false);
+  await engine.loadModel(files, tokenizer!, 'fp32');
+  const loaded = await gpuLive();
+  await assert.rejects(engine.generate({ ...JOB, width: 128, height: 128 }), (e: Error) => e instanceof GpuLimitError && /A 128x128 image needs .* Use a smaller size \(64x64 fits\)/.test(e.message));
+  assert.equal(await gpuLive(), loaded, 'the refused job allocated nothing');
+  const ok = await engine.generate({ ...JOB, steps: 1 });
+  assert.equal(ok.image.width, 64);
+  engine.unload();
+});
+
+test('two jobs sent at once through the worker interface run one after the other; the engine itself refuses a second', async () => {
+  const { dir } = await tinyModelDir();
+  const path = join(dir, 'tiny-sd15.safetensors');
+  const { tokenizer } = await openModelPath(path);
+  const blob = new Blob([await readFile(path)]);
+  await runtime('webgpu');
+  const api = createWorkerApi();
+  await api.loadModel({ single: { kind: 'blob', name: 'tiny-sd15.safetensors', blob }, tokenizer: tokenizer!, precision: 'fp32' });
+  const a = { ...JOB, seed: 1, steps: 2 };
+  const b = { ...JOB, seed: 2, steps: 1 };
+  const log: string[] = [];
+  const [ra, rb] = await Promise.all([api.generate(a, (p) => void log.push(`a:${p.phase}`)), api.generate(b, (p) => void log.push(`b:${p.phase}`))]);
+  assert.equal(log.indexOf('a:done'), log.findIndex((x) => x.startsWith('b:')) - 1, `interleaved: ${log.join(' ')}`);
+  const alone = await api.generate(b);
+  assert.deepEqual(rb.image.data, alone.image.data, 'the queued job is the job run alone');
+  assert.equal(ra.report.seed, 1);
+
+  const { engine } = await studio();
+  const first = engine.generate(JOB);
+  await assert.rejects(engine.generate(JOB), (e: EngineError) => e.code === 'busy' && /already running/.test(e.message));
+  await first;
+});

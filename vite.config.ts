@@ -1,5 +1,34 @@
-import { defineConfig } from 'vite';
+import { defineConfig, type Plugin } from 'vite';
 import { VitePWA } from 'vite-plugin-pwa';
+
+/**
+ * The built app's Content-Security-Policy. Scripts, workers and wasm come only from the app itself
+ * (no inline script; wasm compiles under 'wasm-unsafe-eval', which allows no JavaScript eval); images
+ * may be data: and blob: URLs (results, thumbnails); the only other connections allowed are https
+ * downloads, which the app makes only when the artist asks for a model, a LoRA or the scorer.
+ * The dev server is left without it (its hot reload injects inline scripts).
+ */
+export const CONTENT_SECURITY_POLICY = [
+  "default-src 'self'",
+  "script-src 'self' 'wasm-unsafe-eval'",
+  "worker-src 'self'",
+  "connect-src 'self' https: data: blob:",
+  "img-src 'self' data: blob:",
+  "style-src 'self'",
+  "font-src 'self'",
+  "manifest-src 'self'",
+  "object-src 'none'",
+  "base-uri 'self'",
+  "form-action 'none'",
+].join('; ');
+
+function contentSecurityPolicy(): Plugin {
+  return {
+    name: 'lora-studio-csp',
+    apply: 'build',
+    transformIndexHtml: () => [{ tag: 'meta', attrs: { 'http-equiv': 'Content-Security-Policy', content: CONTENT_SECURITY_POLICY }, injectTo: 'head-prepend' }],
+  };
+}
 
 // React's JSX comes through esbuild/oxc's automatic runtime; no plugin is needed for a build.
 // The service worker (Workbox, through vite-plugin-pwa) precaches the app shell, the engine worker,
@@ -13,6 +42,7 @@ export default defineConfig({
   oxc: { jsx: { runtime: 'automatic' } },
   preview: { host: '127.0.0.1', port: 4173, strictPort: false },
   plugins: [
+    contentSecurityPolicy(),
     VitePWA({
       registerType: 'prompt',
       injectRegister: false, // registered by src/app/offline.ts after the first model load

@@ -28,6 +28,8 @@ import { makeTinyModel, tinyModelFiles } from './engine/test-model.ts';
 import { openLora } from './lora/load.ts';
 import { NodeFileSource, nodeInflate, openModelPath, tokenizerCacheDir, writeParts } from './node/files.ts';
 import { installNodeWebGpu } from './node/webgpu.ts';
+import { soak } from './node/soak.ts';
+import { openTinyEngine, writeTinyModel } from './node/tiny.ts';
 import type { TokenizerFiles } from './text/tokenizer.ts';
 
 class UsageError extends Error {}
@@ -47,7 +49,9 @@ const USAGE = `usage: npm run cli -- <command> [options]
   inspect-lora --lora FILE [--model PATH]
   evaluate --testbed FILE.json --out DIR [--model PATH] [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8]
            [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--baseline METHOD] [--limit N]
-  score --image FILE.png [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8] [--backend webgpu|wasm]`;
+  score --image FILE.png [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8] [--backend webgpu|wasm]
+  soak [--runs N] [--seed N] [--cancel-share X] [--sizes 64,128] [--max-steps N] [--out FILE.json]
+       (random scenes and methods on the tiny model, a share cancelled; GPU bytes and memory watched)`;
 
 function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
   try {
@@ -455,7 +459,36 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   inspect,
   'inspect-lora': inspectLora,
   generate,
+  soak: soakCommand,
 };
+
+async function soakCommand(args: string[]) {
+  const o = parse(args, { runs: { type: 'string' }, seed: { type: 'string' }, 'cancel-share': { type: 'string' }, sizes: { type: 'string' }, 'max-steps': { type: 'string' }, out: { type: 'string' } });
+  const runs = num(o.runs as string | undefined, 'runs', 200);
+  const cancelShare = num(o['cancel-share'] as string | undefined, 'cancel-share', 0.2, false);
+  if (runs < 1) throw new UsageError('--runs must be at least 1');
+  if (!(cancelShare >= 0 && cancelShare <= 1)) throw new UsageError('--cancel-share must be from 0 to 1');
+  const sizes = ((o.sizes as string | undefined) ?? '64').split(',').map((s) => num(s, 'sizes', 64));
+  if (sizes.some((s) => s % 64 || s < 64 || s > 512)) throw new UsageError('--sizes takes multiples of 64 from 64 to 512, comma-separated');
+  const maxSteps = num(o['max-steps'] as string | undefined, 'max-steps', 3);
+  const { dir } = await writeTinyModel('lora-studio-soak-');
+  const { engine, loras } = await openTinyEngine(dir, await runtimeFor('webgpu'), ['kohya', 'locon', 'loha', 'peft']);
+  const tty = process.stderr.isTTY;
+  const report = await soak({
+    engine, loras, runs, cancelShare, sizes, steps: [1, maxSteps],
+    seed: num(o.seed as string | undefined, 'seed', 1),
+    onRun: (n, r) => {
+      const line = `soak ${n + 1}/${runs}: ${r.method} ${r.size} ${r.boxes} box(es) ${r.outcome.slice(0, 60)} · GPU ${(r.gpuBytes / 2 ** 20).toFixed(2)} MB · ${r.graphs} graphs · ${r.ms} ms`;
+      if (tty) process.stderr.write(`\r${line.padEnd(110)}`);
+      else if ((n + 1) % 10 === 0 || r.outcome !== 'done') console.error(line);
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  const json = JSON.stringify(report, null, 2);
+  if (o.out) await writeFile(resolve(o.out as string), json + '\n');
+  console.log(json);
+  if (report.failed || report.gpuLevelChanges) throw new Error(`soak: ${report.failed} run(s) failed and ${report.gpuLevelChanges} changed the GPU level.`);
+}
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;

@@ -189,7 +189,7 @@ export function App() {
           <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
             Generate
           </button>
-          <button data-testid="cancel" disabled={!running} onClick={cancel}>
+          <button data-testid="cancel" disabled={!running && status.kind !== 'loading'} onClick={cancel}>
             Cancel
           </button>
         </div>

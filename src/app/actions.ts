@@ -41,10 +41,38 @@ export const sceneStore = createSceneStore(typeof localStorage === 'undefined' ?
 
 let client: EngineClient | undefined;
 
-/** The worker's API, starting the worker on first use (and again after a lost device). */
+/** The worker's API, starting the worker on first use (and again after it died or lost its device). */
 export function engine() {
-  client ??= startEngine();
+  if (!client) {
+    const started = (client = startEngine());
+    void started.failed.then((e) => recover(started, e));
+  }
   return client.api;
+}
+
+let restarts: number[] = [];
+
+/** Failures the page answers by restarting the engine, not by showing an error. */
+export const isEngineFailure = (e: unknown) => ['device-lost', 'worker-crashed'].includes((e as { code?: string })?.code ?? '');
+
+/**
+ * The worker died or lost its GPU device: a fresh worker with the model, its LoRAs and the scorer
+ * loaded again. The scene, the library and the gallery live in the page and are untouched; the job
+ * that was running can simply be run again.
+ */
+async function recover(failed: EngineClient, why: Error) {
+  if (client !== failed) return;
+  failed.terminate();
+  client = undefined;
+  const { set } = studio();
+  // an engine that fails again as soon as it starts is not restarted for ever
+  const now = Date.now();
+  restarts = restarts.filter((t) => now - t < 60_000).concat(now);
+  if (restarts.length > 3) return set({ model: undefined, status: { kind: 'error', message: `${why.message.replace(/ (The engine|It) is being restarted; your scene is kept\./, '')} The engine failed ${restarts.length} times in a minute, so it was not restarted again. Reload the page to try once more; your scene is kept.` } });
+  set({ model: undefined, loras: studio().loras.map((l) => ({ ...l, info: undefined })), notice: undefined });
+  await useModel(studio().modelId ?? TEST_MODEL_ID);
+  void loadScorer();
+  if (studio().status.kind === 'ready') set({ notice: `${why.message.replace(/ (The engine|It) is being restarted; your scene is kept\./, '')} The engine was restarted and the model reloaded; your scene is kept. Generate again to run the job.` });
 }
 
 const studio = () => useStudio.getState();
@@ -139,14 +167,16 @@ async function loadModelRequest(req: ModelRequest, label: string, id: string) {
   const { set } = studio();
   set({ status: { kind: 'loading', done: 0, total: 1, label }, notice: undefined });
   try {
-    const model = await withProgress((done: number, total: number) => set({ status: { kind: 'loading', done, total, label } }), (p) => engine().loadModel(req, p));
+    const model = await withProgress((done: number, total: number) => studio().status.kind !== 'cancelling' && set({ status: { kind: 'loading', done, total, label } }), (p) => engine().loadModel(req, p));
     set({ model, modelId: id, status: { kind: 'loading', done: 0, total: 1, label: `the LoRAs for ${label}` } });
     localStorage.setItem(MODEL_KEY, id);
     // LoRAs belong to a model: load the library's again for this one
     for (const l of studio().loras) await loadLora(l);
     set({ status: { kind: 'ready' } });
   } catch (e) {
-    fail(e);
+    // a cancelled load leaves no model in the worker (the old one was let go for the new one's room)
+    if ((e as { code?: string }).code === 'cancelled') set({ model: undefined, status: { kind: 'ready' }, notice: `Loading ${label} was cancelled; choose a model to continue.` });
+    else fail(e);
   }
 }
 
@@ -447,11 +477,8 @@ export async function generate() {
   } catch (e) {
     const err = e as Error & { code?: string };
     if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: 'Cancelled.' });
-    else if (err.code === 'device-lost') {
-      client?.terminate();
-      client = undefined;
-      set({ status: { kind: 'error', message: `${err.message} Reload the model to continue; the scene is kept.` } });
-    } else fail(err);
+    // the engine is being restarted (see recover): its progress is the status now
+    else if (!isEngineFailure(err)) fail(err);
   }
 }
 

@@ -8,8 +8,8 @@ import { withProgress } from '../engine/client.ts';
 import { dataUrlOf, drawScaled, pixelsOf } from '../gallery/images.ts';
 import { updateRecord, type LoraRecord } from '../library/library.ts';
 import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
-import { useStudio, type LoraEntry } from '../store/studio.ts';
-import { currentJob, currentScene, engine } from './actions.ts';
+import { useStudio, type CompareEntry, type LoraEntry } from '../store/studio.ts';
+import { currentJob, currentScene, engine, isEngineFailure } from './actions.ts';
 
 const SCORER_KEY = 'lorastudio.scorer';
 const studio = () => useStudio.getState();
@@ -128,7 +128,7 @@ export async function compareMethods(methods: CompositionMethodId[]) {
       if (studio().status.kind !== 'cancelling') set({ status: { kind: 'running', step: p.step, total: p.total, phase: `${method}: ${p.phase}` }, ...(p.preview ? { preview: p.preview } : {}) });
     };
     set({ status: { kind: 'running', step: 0, total: job.steps, phase: `${method}: text` } });
-    let entry;
+    let entry: CompareEntry;
     try {
       const r = await withProgress(onProgress, (p) => engine().generate(job, p));
       entry = { method, image: r.image, report: r.report, score: await scoreResult(r.image, { ...scene, composition: job.composition }) };
@@ -136,6 +136,11 @@ export async function compareMethods(methods: CompositionMethodId[]) {
       const err = e as Error & { code?: string };
       if (err.code === 'cancelled') break;
       entry = { method, error: err.message };
+      // the engine is being restarted: the rest of the comparison waits for the artist
+      if (isEngineFailure(err)) {
+        const done = studio().comparison!.map((c, j) => (j === i ? entry : c));
+        return set({ comparison: done.filter((c) => 'image' in c || 'error' in c) });
+      }
     }
     set({ comparison: studio().comparison!.map((c, j) => (j === i ? entry : c)) });
   }

@@ -3,13 +3,18 @@
 import * as Comlink from 'comlink';
 import type { EngineApi } from '../../workers/api/contract.ts';
 import { installErrorTransfer } from '../../workers/api/comlink-errors.ts';
+import { EngineError } from '../../workers/api/errors.ts';
 
 installErrorTransfer();
 
 export interface EngineClient {
   api: Comlink.Remote<EngineApi>;
   terminate(): void;
+  /** Settles with a sentence once the worker has died (an uncaught error in it) or lost its GPU device. */
+  failed: Promise<EngineError>;
 }
+
+export const workerCrashed = (why: string) => new EngineError('worker-crashed', `The engine stopped unexpectedly (${why}). It is being restarted; your scene is kept.`);
 
 /**
  * A worker call that reports progress through a callback. Comlink sends the callback's messages on a
@@ -29,7 +34,34 @@ export async function withProgress<A extends unknown[], T>(onProgress: (...args:
   }
 }
 
+/**
+ * A fresh engine worker. Its calls are raced against the worker's failure, so a call in flight when
+ * the worker dies ends with the named error instead of waiting for an answer that never comes.
+ */
 export function startEngine(): EngineClient {
   const worker = new Worker(new URL('../../workers/engine.worker.ts', import.meta.url), { type: 'module' });
-  return { api: Comlink.wrap<EngineApi>(worker), terminate: () => worker.terminate() };
+  let fail!: (e: EngineError) => void;
+  const failed = new Promise<EngineError>((resolve) => (fail = resolve));
+  worker.addEventListener('error', (e) => {
+    e.preventDefault();
+    fail(workerCrashed(e.message || 'an error in its worker'));
+  });
+  worker.addEventListener('messageerror', () => fail(workerCrashed('a message from it could not be read')));
+  const remote = Comlink.wrap<EngineApi>(worker);
+  void remote.watch(Comlink.proxy((reason: string) => fail(new EngineError('device-lost', `The GPU device was lost (${reason}). The engine is being restarted; your scene is kept.`)))).catch(() => {});
+  const api = new Proxy(remote, {
+    get(target, prop) {
+      // not a thenable: `await api` must not call into the worker
+      if (prop === 'then') return undefined;
+      const method = target[prop as keyof EngineApi] as unknown as (...args: unknown[]) => Promise<unknown>;
+      return (...args: unknown[]) =>
+        Promise.race([
+          method(...args),
+          failed.then((e) => {
+            throw e;
+          }),
+        ]);
+    },
+  });
+  return { api, terminate: () => worker.terminate(), failed };
 }

@@ -376,6 +376,8 @@ export interface EngineApi {
   loadScorer(req: ScorerRequest): Promise<ScorerInfo>;
   /** CLIP similarities of an image to its prompts and reference images. */
   score(req: ScoreRequest): Promise<ScoreReport>;
+  /** Calls `onLost` (once) if the GPU device is lost, whether or not a job is running. */
+  watch(onLost: (reason: string) => void): Promise<void>;
 }
 
 export interface MergeSelfTestResult {

@@ -71,6 +71,11 @@ export class Engine {
     };
   }
 
+  /** ORT sessions compiled and kept (one per graph and shape). */
+  get compiledGraphs(): number {
+    return this.sessions.size;
+  }
+
   get modelInfo(): ModelInfo | undefined {
     return this.model?.info;
   }

@@ -14,6 +14,9 @@ async function source(ref: FileRef): Promise<ByteSource> {
   return ref.kind === 'blob' ? new BlobSource(ref.name, ref.blob) : HttpSource.open(new URL(ref.url, self.location.href).href);
 }
 
+/** Where the worker keeps its GPU device on its global object. */
+export const GPU_DEVICE_HANDLE = Symbol.for('lora-studio.gpu-device');
+
 export function createWorkerApi(): EngineApi {
   let engine: Engine | undefined;
   let scorer: ClipScorer | undefined;
@@ -25,10 +28,16 @@ export function createWorkerApi(): EngineApi {
     queue = run.catch(() => {});
     return run;
   };
-  const ready = async () => {
-    engine ??= new Engine(await createRuntime('webgpu'));
-    return engine;
-  };
+  // one engine, however many calls ask for it before its runtime is up
+  let starting: Promise<Engine> | undefined;
+  const ready = () =>
+    (starting ??= createRuntime('webgpu').then((rt) => {
+      engine = new Engine(rt);
+      // the device, where the fault tests (and a developer in DevTools) can reach it: destroying it
+      // is how a driver reset looks to the studio
+      (globalThis as Record<symbol, unknown>)[GPU_DEVICE_HANDLE] = rt.gpu?.device;
+      return engine;
+    }));
   return {
     async init() {
       return (await ready()).adapter;
@@ -49,6 +58,10 @@ export function createWorkerApi(): EngineApi {
     }),
     async cancel() {
       engine?.cancel();
+    },
+    async watch(onLost) {
+      const e = await ready();
+      void e.rt.gpu?.lost.then((reason) => onLost(reason));
     },
     async loadLora(file: FileRef) {
       return (await ready()).loadLora(await source(file));

@@ -172,12 +172,15 @@ export class LoraWeights {
     const eb = this.elementBytes;
     const limit = device.limits.maxStorageBufferBindingSize;
     const enc = device.createCommandEncoder();
+    const packed = (t: { rows: number; cols: number }) => alignUp(t.rows * t.cols, PACK_ALIGN) * eb;
+    // a new chunk holds what is left to place, up to CHUNK_BYTES: a small model gets a small one
+    let pending = [...fresh.values()].reduce((a, t) => a + packed(t), 0);
     for (const [key, t] of fresh) {
       const elements = t.rows * t.cols;
-      const bytes = alignUp(elements, PACK_ALIGN) * eb;
+      const bytes = packed(t);
       let c = this.chunks.length - 1;
       if (c < 0 || this.chunks[c].used + bytes > this.chunks[c].buffer.size) {
-        const size = Math.min(limit, Math.max(CHUNK_BYTES, bytes));
+        const size = Math.min(limit, Math.max(bytes, Math.min(CHUNK_BYTES, pending)));
         if (bytes > size) throw new BadArgumentError(`The weight ${t.weight} is larger than this GPU can bind (${limit} bytes).`);
         this.chunks.push({ buffer: device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC }), used: 0 });
         c++;
@@ -186,6 +189,7 @@ export class LoraWeights {
       enc.copyBufferToBuffer(this.bufferOf(key), 0, chunk.buffer, chunk.used, alignUp(elements * eb, 4));
       this.pristine.set(key, { chunk: c, offset: chunk.used / eb });
       chunk.used += bytes;
+      pending -= bytes;
     }
     device.queue.submit([enc.finish()]);
     await device.queue.onSubmittedWorkDone();

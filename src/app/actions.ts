@@ -68,11 +68,11 @@ async function recover(failed: EngineClient, why: Error) {
   // an engine that fails again as soon as it starts is not restarted for ever
   const now = Date.now();
   restarts = restarts.filter((t) => now - t < 60_000).concat(now);
-  if (restarts.length > 3) return set({ model: undefined, status: { kind: 'error', message: `${why.message.replace(/ (The engine|It) is being restarted; your scene is kept\./, '')} The engine failed ${restarts.length} times in a minute, so it was not restarted again. Reload the page to try once more; your scene is kept.` } });
+  if (restarts.length > 3) return set({ model: undefined, status: { kind: 'error', message: `${why.message} The engine failed ${restarts.length} times in a minute, so it was not restarted again. Reload the page to try once more; your scene is kept.` } });
   set({ model: undefined, loras: studio().loras.map((l) => ({ ...l, info: undefined })), notice: undefined });
   await useModel(studio().modelId ?? TEST_MODEL_ID);
   void loadScorer();
-  if (studio().status.kind === 'ready') set({ notice: `${why.message.replace(/ (The engine|It) is being restarted; your scene is kept\./, '')} The engine was restarted and the model reloaded; your scene is kept. Generate again to run the job.` });
+  if (studio().status.kind === 'ready') set({ notice: `${why.message} The engine was restarted and the model reloaded; your scene is kept. Generate again to run the job.` });
 }
 
 const studio = () => useStudio.getState();

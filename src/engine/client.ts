@@ -14,7 +14,8 @@ export interface EngineClient {
   failed: Promise<EngineError>;
 }
 
-export const workerCrashed = (why: string) => new EngineError('worker-crashed', `The engine stopped unexpectedly (${why}). It is being restarted; your scene is kept.`);
+/** What the page is told when its worker dies; it restarts the engine and says so itself. */
+export const workerCrashed = (why: string) => new EngineError('worker-crashed', `The engine stopped unexpectedly (${why}).`);
 
 /**
  * A worker call that reports progress through a callback. Comlink sends the callback's messages on a
@@ -42,25 +43,37 @@ export function startEngine(): EngineClient {
   const worker = new Worker(new URL('../../workers/engine.worker.ts', import.meta.url), { type: 'module' });
   let fail!: (e: EngineError) => void;
   const failed = new Promise<EngineError>((resolve) => (fail = resolve));
+  // the calls waiting for an answer: each is rejected when the worker dies, and forgotten when it settles
+  const waiting = new Set<(e: EngineError) => void>();
+  let dead: EngineError | undefined;
+  const die = (e: EngineError) => {
+    if (dead) return;
+    dead = e;
+    for (const reject of waiting) reject(e);
+    waiting.clear();
+    fail(e);
+  };
   worker.addEventListener('error', (e) => {
     e.preventDefault();
-    fail(workerCrashed(e.message || 'an error in its worker'));
+    die(workerCrashed(e.message || 'an error in its worker'));
   });
-  worker.addEventListener('messageerror', () => fail(workerCrashed('a message from it could not be read')));
+  worker.addEventListener('messageerror', () => die(workerCrashed('a message from it could not be read')));
   const remote = Comlink.wrap<EngineApi>(worker);
-  void remote.watch(Comlink.proxy((reason: string) => fail(new EngineError('device-lost', `The GPU device was lost (${reason}). The engine is being restarted; your scene is kept.`)))).catch(() => {});
+  void remote.watch(Comlink.proxy((reason: string) => die(new EngineError('device-lost', `The GPU device was lost (${reason}).`)))).catch(() => {});
   const api = new Proxy(remote, {
     get(target, prop) {
       // not a thenable: `await api` must not call into the worker
       if (prop === 'then') return undefined;
       const method = target[prop as keyof EngineApi] as unknown as (...args: unknown[]) => Promise<unknown>;
-      return (...args: unknown[]) =>
-        Promise.race([
-          method(...args),
-          failed.then((e) => {
-            throw e;
-          }),
-        ]);
+      return (...args: unknown[]) => {
+        if (dead) return Promise.reject(dead);
+        return new Promise((resolve, reject) => {
+          waiting.add(reject);
+          method(...args)
+            .then(resolve, reject)
+            .finally(() => waiting.delete(reject));
+        });
+      };
     },
   });
   return { api, terminate: () => worker.terminate(), failed };

@@ -2,19 +2,8 @@
 // scene it makes passes parseScene; the text fields can be made hostile (markup, quotes, control and
 // astral characters) to check that nothing downstream treats a prompt as anything but text.
 import type { CompositionOptions, SchedulerId } from '../api/contract.ts';
+import type { Rng } from '../engine/random.ts';
 import { MAX_BOXES, SCENE_VERSION, type Scene, type SceneLora } from './scene.ts';
-
-/** A uniform number in [0, 1) per call, from a 32-bit seed (mulberry32). */
-export function seededRandom(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** Text that would do harm if any part of the studio treated it as markup, a URL or a format string. */
 export const HOSTILE_TEXT = [
@@ -43,7 +32,8 @@ export interface RandomSceneOptions {
 const SCHEDULERS: SchedulerId[] = ['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'];
 const WORDS = ['fox', 'owl', 'castle', 'watercolour', 'forest', 'night', 'portrait', 'city', 'ink', 'oil painting'];
 
-export function randomScene(rand: () => number, options: RandomSceneOptions = {}): Scene {
+export function randomScene(rng: Rng, options: RandomSceneOptions = {}): Scene {
+  const rand = () => rng.uniform();
   const int = (lo: number, hi: number) => lo + Math.floor(rand() * (hi - lo + 1));
   const pick = <T>(list: readonly T[]): T => list[Math.floor(rand() * list.length)];
   const sizes = options.sizes ?? [64, 128];

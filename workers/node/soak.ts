@@ -7,8 +7,10 @@ import { runInNewContext } from 'node:vm';
 import type { GenerateJob, LoraInfo } from '../api/contract.ts';
 import { EngineError } from '../api/errors.ts';
 import type { Engine } from '../engine/engine.ts';
-import { randomScene, seededRandom } from '../layout/random-scene.ts';
+import { Rng } from '../engine/random.ts';
+import { randomScene } from '../layout/random-scene.ts';
 import { sceneJob } from '../layout/scene.ts';
+import { attachSceneLoras } from './scene-loras.ts';
 
 export interface SoakOptions {
   engine: Engine;
@@ -78,7 +80,8 @@ function memory() {
 export async function soak(o: SoakOptions): Promise<SoakReport> {
   const { engine } = o;
   const gpu = engine.rt.gpu;
-  const rand = seededRandom(o.seed);
+  const rng = new Rng(o.seed);
+  // every LoRA is loaded already: scenes name them by file name, which is also the key they are found by
   const byName = new Map(o.loras.map((l) => [l.name, l]));
   const live = () => gpu?.memory.live ?? 0;
   const report: SoakReport = {
@@ -89,12 +92,10 @@ export async function soak(o: SoakOptions): Promise<SoakReport> {
   const levels = new Map<number, number>();
   const start = performance.now();
   for (let n = 0; n < o.runs; n++) {
-    const scene = randomScene(rand, { sizes: o.sizes, steps: o.steps, loraNames: [...byName.keys()], hostile: true });
+    const scene = randomScene(rng, { sizes: o.sizes, steps: o.steps, loraNames: [...byName.keys()], hostile: true });
     const job: GenerateJob = sceneJob(scene);
-    job.loras = scene.loras.map((l) => ({ lora: byName.get(l.name)!.id, scale: l.scale }));
-    scene.boxes.forEach((b, i) => (job.layout!.boxes[i].loras = b.loras.map((l) => ({ lora: byName.get(l.name)!.id, scale: l.scale }))));
-    if (!scene.boxes.length) delete job.layout;
-    const cancelAt = rand() < o.cancelShare ? Math.floor(rand() * (job.steps + 3)) : -1;
+    await attachSceneLoras(engine, job, scene, (l) => l.name, byName);
+    const cancelAt = rng.uniform() < o.cancelShare ? Math.floor(rng.uniform() * (job.steps + 3)) : -1;
     let events = 0;
     const t0 = performance.now();
     let outcome = 'done';

@@ -53,7 +53,9 @@ const USAGE = `usage: npm run cli -- <command> [options]
   soak [--runs N] [--seed N] [--cancel-share X] [--sizes 64,128] [--max-steps N] [--out FILE.json]
        (random scenes and methods on the tiny model, a share cancelled; GPU bytes and memory watched)`;
 
-function parse(args: string[], options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>) {
+/** Parse a command's flags: `strings` take a value; `others` are switches and repeatable flags. */
+function parse(args: string[], strings: string[], others: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {}) {
+  const options = { ...Object.fromEntries(strings.map((name) => [name, { type: 'string' as const }])), ...others };
   try {
     return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined> & { lora?: string | string[]; sync?: boolean };
   } catch (e) {
@@ -69,7 +71,7 @@ function num(v: string | undefined, name: string, fallback: number, integer = tr
 }
 
 async function makeTestModel(args: string[]) {
-  const o = parse(args, { out: { type: 'string' }, seed: { type: 'string' } });
+  const o = parse(args, ['out', 'seed']);
   if (!o.out) throw new UsageError('make-test-model needs --out DIR');
   const model = makeTinyModel(num(o.seed, 'seed', 1234));
   for (const f of tinyModelFiles(model)) await writeParts(join(o.out, f.path), f.parts);
@@ -79,7 +81,7 @@ async function makeTestModel(args: string[]) {
 }
 
 async function inspect(args: string[]) {
-  const o = parse(args, { model: { type: 'string' } });
+  const o = parse(args, ['model']);
   if (!o.model) throw new UsageError('inspect needs --model PATH');
   const { files } = await openModelPath(o.model);
   const ckpt = await ModelCheckpoint.open(files);
@@ -138,39 +140,14 @@ const warnUnmatched = (info: LoraInfo) => {
 };
 
 async function generate(args: string[]) {
-  const o = parse(args, {
-    model: { type: 'string' },
-    prompt: { type: 'string' },
-    negative: { type: 'string' },
-    steps: { type: 'string' },
-    cfg: { type: 'string' },
-    seed: { type: 'string' },
-    width: { type: 'string' },
-    height: { type: 'string' },
-    scheduler: { type: 'string' },
-    'clip-skip': { type: 'string' },
-    backend: { type: 'string' },
-    precision: { type: 'string' },
-    out: { type: 'string' },
-    report: { type: 'string' },
-    lora: { type: 'string', multiple: true },
-    method: { type: 'string' },
-    'switch-step': { type: 'string' },
-    profiling: { type: 'string' },
-    'profile-steps': { type: 'string' },
-    cutoff: { type: 'string' },
-    threshold: { type: 'string' },
-    'high-phase': { type: 'string' },
-    'cache-high': { type: 'string' },
-    'cache-low': { type: 'string' },
-    'dom-coeff': { type: 'string' },
-    sync: { type: 'boolean' },
-    scene: { type: 'string' },
-    guidance: { type: 'string' },
-    'guidance-scale': { type: 'string' },
-    'guidance-share': { type: 'string' },
-    'no-early-stop': { type: 'boolean' },
-  });
+  const o = parse(
+    args,
+    ['model', 'prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'clip-skip', 'backend', 'precision', 'out', 'report'].concat(
+      ['method', 'switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff'],
+      ['scene', 'guidance', 'guidance-scale', 'guidance-share'],
+    ),
+    { lora: { type: 'string', multiple: true }, sync: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
+  );
   if (!o.model) throw new UsageError('generate needs --model PATH');
   const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
   if (o.scene) {
@@ -331,7 +308,7 @@ export function parseLoraArg(arg: string): { path: string; scale: number } {
 }
 
 async function inspectLora(args: string[]) {
-  const o = parse(args, { lora: { type: 'string' }, model: { type: 'string' } });
+  const o = parse(args, ['lora', 'model']);
   if (!o.lora) throw new UsageError('inspect-lora needs --lora FILE');
   const config = o.model ? (await ModelCheckpoint.open((await openModelPath(o.model)).files)).config : SD15_CONFIG;
   const lora = await openLora(await NodeFileSource.open(o.lora as string), config);
@@ -378,17 +355,7 @@ async function openEngine(modelPath: string, backend: Backend, precision: Precis
 }
 
 async function evaluateCommand(args: string[]) {
-  const o = parse(args, {
-    testbed: { type: 'string' },
-    out: { type: 'string' },
-    model: { type: 'string' },
-    clip: { type: 'string' },
-    'clip-dtype': { type: 'string' },
-    backend: { type: 'string' },
-    precision: { type: 'string' },
-    baseline: { type: 'string' },
-    limit: { type: 'string' },
-  });
+  const o = parse(args, ['testbed', 'out', 'model', 'clip', 'clip-dtype', 'backend', 'precision', 'baseline', 'limit']);
   if (!o.testbed) throw new UsageError('evaluate needs --testbed FILE.json');
   if (!o.out) throw new UsageError('evaluate needs --out DIR');
   const testbed = parseTestbed((await readInput(o.testbed)).toString('utf8'));
@@ -432,7 +399,7 @@ async function evaluateCommand(args: string[]) {
 
 /** CLIP scores of a studio PNG against the prompts its scene chunk holds (no reference images). */
 async function scoreCommand(args: string[]) {
-  const o = parse(args, { image: { type: 'string' }, clip: { type: 'string' }, 'clip-dtype': { type: 'string' }, backend: { type: 'string' } });
+  const o = parse(args, ['image', 'clip', 'clip-dtype', 'backend']);
   if (!o.image) throw new UsageError('score needs --image FILE.png');
   const bytes = new Uint8Array(await readInput(o.image));
   let image: ImageData8;
@@ -463,20 +430,20 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
 };
 
 async function soakCommand(args: string[]) {
-  const o = parse(args, { runs: { type: 'string' }, seed: { type: 'string' }, 'cancel-share': { type: 'string' }, sizes: { type: 'string' }, 'max-steps': { type: 'string' }, out: { type: 'string' } });
-  const runs = num(o.runs as string | undefined, 'runs', 200);
-  const cancelShare = num(o['cancel-share'] as string | undefined, 'cancel-share', 0.2, false);
+  const o = parse(args, ['runs', 'seed', 'cancel-share', 'sizes', 'max-steps', 'out']);
+  const runs = num(o.runs, 'runs', 200);
+  const cancelShare = num(o['cancel-share'], 'cancel-share', 0.2, false);
   if (runs < 1) throw new UsageError('--runs must be at least 1');
   if (!(cancelShare >= 0 && cancelShare <= 1)) throw new UsageError('--cancel-share must be from 0 to 1');
-  const sizes = ((o.sizes as string | undefined) ?? '64').split(',').map((s) => num(s, 'sizes', 64));
+  const sizes = (o.sizes ?? '64').split(',').map((s) => num(s, 'sizes', 64));
   if (sizes.some((s) => s % 64 || s < 64 || s > 512)) throw new UsageError('--sizes takes multiples of 64 from 64 to 512, comma-separated');
-  const maxSteps = num(o['max-steps'] as string | undefined, 'max-steps', 3);
+  const maxSteps = num(o['max-steps'], 'max-steps', 3);
   const { dir } = await writeTinyModel('lora-studio-soak-');
   const { engine, loras } = await openTinyEngine(dir, await runtimeFor('webgpu'), ['kohya', 'locon', 'loha', 'peft']);
   const tty = process.stderr.isTTY;
   const report = await soak({
     engine, loras, runs, cancelShare, sizes, steps: [1, maxSteps],
-    seed: num(o.seed as string | undefined, 'seed', 1),
+    seed: num(o.seed, 'seed', 1),
     onRun: (n, r) => {
       const line = `soak ${n + 1}/${runs}: ${r.method} ${r.size} ${r.boxes} box(es) ${r.outcome.slice(0, 60)} · GPU ${(r.gpuBytes / 2 ** 20).toFixed(2)} MB · ${r.graphs} graphs · ${r.ms} ms`;
       if (tty) process.stderr.write(`\r${line.padEnd(110)}`);
@@ -485,7 +452,7 @@ async function soakCommand(args: string[]) {
   });
   if (tty) process.stderr.write('\n');
   const json = JSON.stringify(report, null, 2);
-  if (o.out) await writeFile(resolve(o.out as string), json + '\n');
+  if (o.out) await writeFile(resolve(o.out), json + '\n');
   console.log(json);
   if (report.failed || report.gpuLevelChanges) throw new Error(`soak: ${report.failed} run(s) failed and ${report.gpuLevelChanges} changed the GPU level.`);
 }

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import type { Page, Worker } from 'playwright-core';
-import { dragOnCanvas, generateAndWait, ready, resultPixels, studioForFile } from './harness.ts';
+import { dragOnCanvas, generateAndWait, ready, resultPixels, storedSha256, studioForFile } from './harness.ts';
 
 const MODEL = 'dist/test-model/tiny-sd15.safetensors';
 const requests: string[] = [];
@@ -112,11 +112,7 @@ test('a model download that fills the storage quota keeps its bytes, lists no ha
   if (onDisk.part) assert.equal(request.headers().range, `bytes=${onDisk.part}-`);
   await page.getByTestId('download-0').waitFor({ state: 'detached', timeout: 60_000 });
   await ready(page);
-  const stored = await page.evaluate(async () => {
-    const dir = await (await (await (await navigator.storage.getDirectory()).getDirectoryHandle('library')).getDirectoryHandle('models')).getDirectoryHandle('tiny-sd15.safetensors');
-    const f = await (await dir.getFileHandle('tiny-sd15.safetensors')).getFile();
-    return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
-  });
+  const stored = await storedSha256(page, 'library', 'models', 'tiny-sd15.safetensors', 'tiny-sd15.safetensors');
   assert.equal(stored, createHash('sha256').update(readFileSync(MODEL)).digest('hex'));
   await cdp.detach();
 });

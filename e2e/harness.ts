@@ -122,3 +122,13 @@ export async function dragOnCanvas(page: Page, from: [number, number], to: [numb
 export async function ready(page: Page, timeout = 120_000): Promise<void> {
   await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout });
 }
+
+/** The SHA-256 (hex) of a file in the page's Origin Private File System, by its path there. */
+export function storedSha256(page: Page, ...path: string[]): Promise<string> {
+  return page.evaluate(async (path) => {
+    let dir = await navigator.storage.getDirectory();
+    for (const name of path.slice(0, -1)) dir = await dir.getDirectoryHandle(name);
+    const f = await (await dir.getFileHandle(path[path.length - 1])).getFile();
+    return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
+  }, path);
+}

@@ -11,7 +11,7 @@ import type { BrowserContext, Page } from 'playwright-core';
 import { deflateRawSync } from 'node:zlib';
 import { readPngText } from '../workers/engine/png.ts';
 import { toBase64Url } from '../src/share/link.ts';
-import { dragOnCanvas, generateAndWait, studioForFile, ready } from './harness.ts';
+import { dragOnCanvas, generateAndWait, storedSha256, studioForFile, ready } from './harness.ts';
 
 const MODEL = 'dist/test-model/tiny-sd15.safetensors';
 const LORA = 'dist/test-model/loras/kohya.safetensors';
@@ -169,11 +169,7 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   await page.getByTestId('lora-url-add').click();
   const fetched = page.locator('[data-testid^="lora-"]').filter({ hasText: 'studio-tests--style-lora.safetensors' });
   await fetched.getByText(/^kohya · rank \d+/).waitFor({ timeout: 60_000 });
-  const storedLora = await page.evaluate(async () => {
-    const dir = await (await (await navigator.storage.getDirectory()).getDirectoryHandle('library')).getDirectoryHandle('loras');
-    const f = await (await dir.getFileHandle('studio-tests--style-lora.safetensors')).getFile();
-    return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
-  });
+  const storedLora = await storedSha256(page, 'library', 'loras', 'studio-tests--style-lora.safetensors');
   assert.equal(storedLora, sha256(LORA2));
 
   // an interrupted direct download: the first megabyte is on disk, as a lost connection leaves it
@@ -201,12 +197,7 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   assert.equal(request.headers().range, 'bytes=1000000-');
   assert.equal((await request.response())!.status(), 206);
   await page.getByTestId('download-0').waitFor({ state: 'detached', timeout: 60_000 });
-  const stored = await page.evaluate(async () => {
-    const root = await navigator.storage.getDirectory();
-    const dir = await (await (await root.getDirectoryHandle('library')).getDirectoryHandle('models')).getDirectoryHandle('resumed-sd15.safetensors');
-    const f = await (await dir.getFileHandle('resumed-sd15.safetensors')).getFile();
-    return [...new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
-  });
+  const stored = await storedSha256(page, 'library', 'models', 'resumed-sd15.safetensors', 'resumed-sd15.safetensors');
   assert.equal(stored, sha256(MODEL), 'the resumed file is the server file, byte for byte');
 });
 

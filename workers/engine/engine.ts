@@ -170,7 +170,7 @@ export class Engine {
   async loadLora(source: ByteSource): Promise<LoraInfo> {
     const m = this.model;
     if (!m) throw new BadArgumentError('Load a model before adding LoRAs.');
-    if (this.busy) throw new EngineError('busy', 'A generation is running; add the LoRA when it has finished.');
+    if (this.busy) throw new EngineError('busy', 'A model load or a generation is running; add the LoRA when it has finished.');
     this.checkDevice();
     this.loraTable ??= loraTargetTable(m.ckpt.config);
     const lora = await openLora(source, m.ckpt.config, this.loraTable);
@@ -196,7 +196,7 @@ export class Engine {
   }
 
   unloadLora(id: string): void {
-    if (this.busy) throw new EngineError('busy', 'A generation is running; remove the LoRA when it has finished.');
+    if (this.busy) throw new EngineError('busy', 'A model load or a generation is running; remove the LoRA when it has finished.');
     if (!this.loras.delete(id)) return;
     this.loraWeights?.remove(id);
   }

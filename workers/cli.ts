@@ -45,7 +45,9 @@ const USAGE = `usage: npm run cli -- <command> [options]
            [--threshold X] [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X]
            [--sync] --out FILE.png [--report FILE.json]
   generate --model PATH --scene scene.json --out FILE.png [--report FILE.json]   (a layout scene)
-           [--guidance off|ce,fill,region] [--guidance-scale X] [--guidance-share X] [--no-early-stop]
+           [--guidance off|ce,fill,region] [--guidance-scale X] [--guidance-share X] [--guidance-last-step N]
+           [--no-early-stop] [--masks covered|centre] [--isolation-scope concepts|regions]
+           [--region-base model|frame] [--region-negative concept|frame] [--region-output own|shared]
   inspect-lora --lora FILE [--model PATH]
   evaluate --testbed FILE.json --out DIR [--model PATH] [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8]
            [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--baseline METHOD] [--limit N]
@@ -144,7 +146,8 @@ async function generate(args: string[]) {
     args,
     ['model', 'prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'clip-skip', 'backend', 'precision', 'out', 'report'].concat(
       ['method', 'switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff'],
-      ['scene', 'guidance', 'guidance-scale', 'guidance-share'],
+      ['scene', 'guidance', 'guidance-scale', 'guidance-share', 'guidance-last-step'],
+      LAYOUT_FLAGS.map((f) => f.flag),
     ),
     { lora: { type: 'string', multiple: true }, sync: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
   );
@@ -155,8 +158,8 @@ async function generate(args: string[]) {
     if (clash) throw new UsageError(`--${clash} cannot be combined with --scene: the scene file holds it`);
   } else {
     if (o.prompt === undefined) throw new UsageError('generate needs --prompt TEXT (or --scene FILE)');
-    const stray = ['guidance', 'guidance-scale', 'guidance-share', 'no-early-stop'].find((k) => o[k] !== undefined);
-    if (stray) throw new UsageError(`--${stray} needs --scene: guidance acts on a layout's boxes`);
+    const stray = ['guidance', 'guidance-scale', 'guidance-share', 'guidance-last-step', 'no-early-stop', ...LAYOUT_FLAGS.map((f) => f.flag)].find((k) => o[k] !== undefined);
+    if (stray) throw new UsageError(`--${stray} needs --scene: it acts on a layout's boxes`);
   }
   if (!o.out) throw new UsageError('generate needs --out FILE.png');
   const backend = backendArg(o.backend);
@@ -243,11 +246,28 @@ function guidanceArgs(scene: Scene, o: Record<string, string | boolean | string[
   const g = { ...GUIDANCE_SCENE_DEFAULTS, ...scene.guidance };
   if (o['guidance-scale'] !== undefined) g.scale = num(o['guidance-scale'] as string, 'guidance-scale', 0, false);
   if (o['guidance-share'] !== undefined) g.share = num(o['guidance-share'] as string, 'guidance-share', 0, false);
+  if (o['guidance-last-step'] !== undefined) g.lastStep = num(o['guidance-last-step'] as string, 'guidance-last-step', 25);
   if (o['no-early-stop']) g.earlyStop = false;
   if (g.scale < 0 || g.scale > GUIDANCE_MAX_SCALE) throw new UsageError(`--guidance-scale must be from 0 to ${GUIDANCE_MAX_SCALE}, got ${g.scale}`);
   if (g.share < 0 || g.share > 1) throw new UsageError(`--guidance-share must be from 0 to 1, got ${g.share}`);
-  return { ...scene, ablation, guidance: g };
+  const layout = { ...scene.layout };
+  for (const f of LAYOUT_FLAGS) {
+    const v = o[f.flag] as string | undefined;
+    if (v === undefined) continue;
+    if (!f.values.includes(v)) throw new UsageError(`--${f.flag} takes ${f.values.join(' or ')} (got "${v}")`);
+    (layout as Record<string, string>)[f.key] = v;
+  }
+  return { ...scene, ablation, guidance: g, ...(Object.keys(layout).length ? { layout } : {}) };
 }
+
+/** LoRA-Composer's choices as flags: the first value is the code's (the default). */
+const LAYOUT_FLAGS = [
+  { flag: 'masks', key: 'masks', values: ['covered', 'centre'] },
+  { flag: 'isolation-scope', key: 'isolationScope', values: ['concepts', 'regions'] },
+  { flag: 'region-base', key: 'regionBase', values: ['model', 'frame'] },
+  { flag: 'region-negative', key: 'regionNegative', values: ['concept', 'frame'] },
+  { flag: 'region-output', key: 'regionOutput', values: ['own', 'shared'] },
+];
 
 /** A file named on the command line; a missing one is a sentence. */
 async function readInput(path: string): Promise<Buffer> {

@@ -192,7 +192,45 @@ for (const backend of BACKENDS) {
     check(backend, got.maps, maps, 'per-region maps');
   });
 
-  test(`layout UNet: regions sharing one context equal the plain UNet; concept isolation matches float64 and leaks nothing (${backend})`, async () => {
+  test(`per-region output projections: LoRA-Composer's region_rewrite, transcribed, in float64 (${backend})`, async () => {
+    // a 3 x 4 grid, covered-cell masks of two overlapping boxes: box 1 rows 0..1, columns 0..2; box 2
+    // rows 1..2, columns 2..3 (pixels on a 32 x 24 frame, 8-pixel cells)
+    const [b, nq, nk, c, heads, r] = [2, 12, 5, 8, 2, 3];
+    const pixelBoxes = [{ x: 0, y: 0, width: 24, height: 16 }, { x: 16, y: 8, width: 16, height: 16 }];
+    const m = gridMasks(pixelBoxes, 32, 24, 3, 4, 'covered');
+    const g = new GraphBuilder();
+    const region = (j: number) => ({ weight: g.input(`ow${j}`, 'float32', [c, c]), bias: g.input(`ob${j}`, 'float32', [c]) });
+    const out = regionalAttention(g, g.input('q', 'float32', [b * nq, c]), g.input('k', 'float32', [b, r, nk, c]), g.input('v', 'float32', [b, r, nk, c]), g.input('w', 'float32', [r, nq]), { b, nq, nk, c, heads, regions: r }, undefined, { shared: 'out0', region });
+    g.output(out, 'out', 'float32', [b * nq, c]);
+    const q = randomInput(b * nq * c, 51);
+    const k = randomInput(b * r * nk * c, 52);
+    const v = randomInput(b * r * nk * c, 53);
+    const outs = [0, 1, 2].map((j) => ({ w: randomInput(c * c, 60 + j), b: randomInput(c, 70 + j) }));
+    const feeds: Record<string, Input> = { q: { data: q, dims: [b * nq, c] }, k: { data: k, dims: [b, r, nk, c] }, v: { data: v, dims: [b, r, nk, c] }, w: { data: regionWeights(m), dims: [r, nq] } };
+    for (const j of [1, 2]) Object.assign(feeds, { [`ow${j}`]: { data: outs[j].w, dims: [c, c] }, [`ob${j}`]: { data: outs[j].b, dims: [c] } });
+    const got = await run(backend, g, feeds, new Map([['out0.weight', outs[0].w], ['out0.bias', outs[0].b]]));
+    const regionKv = (x: Float32Array, j: number) => {
+      const data = new Float64Array(b * nk * c);
+      for (let n = 0; n < b; n++) for (let i = 0; i < nk * c; i++) data[n * nk * c + i] = x[((n * r + j) * nk) * c + i];
+      return { data, shape: [b * nk, c] };
+    };
+    // the code's rectangles: ceil/floor of the box edges in cells
+    const rects: [number, number, number, number][] = [[0, 0, 2, 3], [1, 2, 3, 4]];
+    const want = nn.regionRewrite(
+      { data: Float64Array.from(q), shape: [b * nq, c] },
+      [0, 1, 2].map((j) => regionKv(k, j)),
+      [0, 1, 2].map((j) => regionKv(v, j)),
+      outs.map((o) => ({ w: Float64Array.from(o.w), b: Float64Array.from(o.b) })),
+      rects,
+      3,
+      4,
+      b,
+      heads,
+    );
+    check(backend, got.out, want, 'region rewrite');
+  });
+
+  test(`layout UNet: regions sharing one context equal the plain UNet; concept isolation matches float64 and walls boxes off each other only (${backend})`, async () => {
     const { config, weights } = tiny;
     const [R, lh, lw] = [3, 8, 8];
     const sample = randomInput(4 * lh * lw, 41);
@@ -240,11 +278,16 @@ for (const backend of BACKENDS) {
     const m = masks.get(`${selfLayer.h}x${selfLayer.w}`)!;
     const bias = isolationBias(m);
     const map = isolated[unetMapOutputName(selfLayer.name)];
+    const n = selfLayer.nq;
     let leak = 0;
     let blocked = 0;
-    for (let i = 0; i < selfLayer.nq * selfLayer.nq; i++) if (bias[i] !== 0) (leak = Math.max(leak, map[i])), blocked++;
-    assert.ok(blocked > 0, 'the layout has region pairs to block');
-    assert.equal(leak, 0, 'no self-attention probability crosses from one region into another');
+    let toBackground = 0;
+    for (let i = 0; i < n * n; i++) if (bias[i] !== 0) (leak = Math.max(leak, map[i])), blocked++;
+    // a box's queries still see the background
+    for (let q = 0; q < n; q++) if (m.boxes[0][q] && !m.boxes[1][q]) for (let key = 0; key < n; key++) if (m.background[key]) toBackground += map[q * n + key];
+    assert.ok(blocked > 0, 'the layout has box pairs to block');
+    assert.equal(leak, 0, 'no self-attention probability crosses from one box into another');
+    assert.ok(toBackground > 0.01, `box queries attend to the background (${toBackground})`);
   });
 
   test(`attention bias inputs and attention-map outputs (${backend})`, async () => {

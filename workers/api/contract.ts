@@ -35,7 +35,16 @@ export interface LayoutBox {
   height: number;
   prompt: string;
   loras: LoraUse[];
+  /**
+   * The words that name the box's concept (comma-separated; e.g. its LoRAs' trigger words): their
+   * tokens in the box prompt are the ones guidance and re-initialisation read. Without them (or when
+   * none is in the prompt), the prompt's content tokens other than articles and quality tags.
+   */
+  trigger?: string;
 }
+
+export type MaskRule = 'covered' | 'centre';
+export type IsolationScope = 'concepts' | 'regions';
 
 export interface LayoutOptions {
   boxes: LayoutBox[];
@@ -47,43 +56,57 @@ export interface LayoutOptions {
   reinit: boolean;
   /** LoRA-Composer's gradient guidance on the latent (Eq. 4-10); none when absent. */
   guidance?: GuidanceOptions;
+  /** A box's cells on each attention grid: `covered` (whole cells, as the code; default) or `centre` (ours: cell centres, never empty). */
+  masks?: MaskRule;
+  /** Pairs isolation cuts: `concepts` (a box's queries and other boxes' keys, as the code; default) or `regions` (ours: background walled off too). */
+  isolationScope?: IsolationScope;
+  /** A box region's text encoder and projections: `model` (the model with the box's LoRAs, as the code; default) or `frame` (the frame's LoRAs as well). */
+  regionBase?: 'model' | 'frame';
+  /** The unconditional half of a box region: `concept` (the negative prompt through the box's LoRAs, as the code; default) or `frame` (the frame's negative). */
+  regionNegative?: 'concept' | 'frame';
+  /** A box region's cross-attention output projection: `own` (with the box's LoRAs, as the code; default) or `shared` (the frame's). */
+  regionOutput?: 'own' | 'shared';
 }
 
-/** Gradient guidance: z' = z - phi_t * grad(L_ce + alpha L_fill + beta L_region), per component. */
+export type ResolvedLayoutOptions = Required<Omit<LayoutOptions, 'boxes' | 'guidance'>> & { guidance: Required<GuidanceOptions> | null };
+
+/** Gradient guidance (LoRA-Composer's code): z' = z - phi_t * grad(L_ce + L_fill + L_region), per component. */
 export interface GuidanceOptions {
-  /** Concept enhancement: top-k of the box's map under its mask and Gaussian (Eq. 4). */
+  /** Concept enhancement: 8 (1 - top-k mean) of each concept token's map under the box mask and Gaussian (Eq. 4). */
   ce: boolean;
-  /** Concept fill: the map's max-projections over the box's rows and columns (Eq. 5-7). */
+  /** Concept fill: 2 L1 of each token map's max-projections against the box, per axis (Eq. 5-7). */
   fill: boolean;
-  /** Region constraint: self-attention from a box into the rest (Eq. 8). */
+  /** Region constraint: 10 times the top-k self-attention from a box's cells to the cells outside it (Eq. 8). */
   region: boolean;
-  /** phi at the first step (it falls linearly to half at the last); default 20. */
+  /** phi at the first step; phi_t = scale * sqrt(linspace(1, 0.5)); default 20. */
   scale?: number;
-  /** Share of the denoising steps that are guided, from the first; default 0.5. */
+  /** Share of the denoising steps that may be guided, from the first (ours); default 1. */
   share?: number;
-  /** Stop updating once L stops decreasing (the paper's early stop); default true. */
+  /** End the guidance after the first step, from step 5 on, whose L rose (the code's early stop); default true. */
   earlyStop?: boolean;
+  /** The last step that is guided (the code's 25); default 25. */
+  lastStep?: number;
 }
 
 export interface GuidanceStep {
   step: number;
-  /** L and its three terms (before the weights alpha and beta) at this step's latent. */
+  /** L and its three weighted terms (loss = ce + fill + region) at this step's latent. */
   loss: number;
   ce: number;
   fill: number;
   region: number;
-  /** phi_t used (0 when the update was skipped). */
+  /** phi_t used (0 when the latent was not updated). */
   stepSize: number;
-  /** False at the step where early stop ended the updates. */
+  /** Whether the latent moved (it does unless L is exactly 0). */
   updated: boolean;
 }
 
 export interface GuidanceReport {
-  /** The attention layers whose maps the losses read. */
+  /** The attention layers whose maps the losses read (down and up blocks on one grid). */
   layers: string[];
   grid: { rows: number; cols: number };
   steps: GuidanceStep[];
-  /** The step at which early stop ended the updates, if it did. */
+  /** The last guided step, when early stop or the last-step cap ended the guidance. */
   stoppedAt: number | null;
   /** Forward-with-maps and backward runs of the cut UNet, and their time. */
   evaluations: number;
@@ -105,6 +128,16 @@ export interface BoxReport {
   attentionInBoxUnmasked: number;
   /** Latent re-initialisation: the top-left latent cell of the window moved into the box. */
   window: { row: number; col: number } | null;
+  /** The prompt tokens read as the box's concept (positions in its 77-token context) and where they came from. */
+  conceptTokens: number[];
+  conceptSource: 'trigger' | 'content' | 'all-content';
+}
+
+/** What a layout ran with: every option resolved, and the grid guidance and re-initialisation read. */
+export interface LayoutReport {
+  options: ResolvedLayoutOptions;
+  /** The grid of the maps that guidance and re-initialisation read. */
+  grid: { rows: number; cols: number };
 }
 
 export type CompositionMethodId = 'none' | 'merge' | 'switch' | 'composite' | 'cmlora';
@@ -264,6 +297,8 @@ export interface GenerationReport {
   composition: CompositionReport;
   /** One entry per layout box (empty without a layout). */
   boxes: BoxReport[];
+  /** The layout's resolved options, when the job has boxes. */
+  layout?: LayoutReport;
   /** Gradient guidance, when the layout asked for it. */
   guidance?: GuidanceReport;
   warnings: string[];

@@ -10,8 +10,10 @@ import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
-import { GUIDANCE_MAX_SCALE } from '../layout/guidance.ts';
 import { layoutGraphOptions } from '../layout/regional.ts';
+import { checkGuidance, resolveLayout } from '../layout/options.ts';
+import { crossAttentionLayers } from '../graph/cross-kv.ts';
+import { regionOutInputName } from '../graph/unet.ts';
 import { MAX_BOXES } from '../layout/scene.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
 import { graphSpecs } from '../graph/specs.ts';
@@ -272,16 +274,18 @@ export class Engine {
       if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
       const t0 = performance.now();
       const te = await this.graph(`te:${clipSkip}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip }));
-      const layout = job.layout?.boxes.length ? layoutGraphOptions(cfg.unet, lh, lw, job.layout) : undefined;
-      const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layout ? `${layout.regions}:${layout.isolation}` : ''}`, () =>
+      const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
+      const layout = resolved ? layoutGraphOptions(cfg.unet, lh, lw, job.layout!.boxes.length, resolved) : undefined;
+      const layoutKey = layout ? `${layout.regions}:${layout.isolation}:${layout.regionOutputs}` : '';
+      const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layoutKey}`, () =>
         buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout }),
       );
-      const g = job.layout?.guidance;
-      const guideLayers = layout && g && (g.ce || g.fill || g.region) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
-      const guideKey = `${lh}x${lw}:${layout?.regions}:${layout?.isolation}`;
-      const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation } as const;
+      // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
+      const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
+      const guideKey = `${lh}x${lw}:${layoutKey}`;
+      const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs } as const;
       const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
-      const guideGrad = guideLayers ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
+      const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
       const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
       const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
       const sessionCreateMs = performance.now() - t0;
@@ -296,6 +300,8 @@ export class Engine {
         job.composition?.profileSteps ?? null,
         job.composition?.cutoff ?? null,
       ]);
+      const regionOut = new RegionOutputs(this.rt, m.weights.unet, crossAttentionLayers(cfg.unet).map((l) => l.name));
+      try {
       const result = await denoise(
         {
           ort: this.rt.ort,
@@ -312,7 +318,10 @@ export class Engine {
                 return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.data as Float32Array]));
               }
             : undefined,
-          guidance: guideLayers ? { layers: guideLayers, maps: (feeds) => runGraph(guideMaps!, m.weights.unet, feeds), grad: (feeds) => runGraph(guideGrad!, m.weights.unet, feeds) } : undefined,
+          regionOutputs: async (region) => regionOut.copy(region),
+          guidance: guideLayers
+            ? { layers: guideLayers, maps: (feeds) => runGraph(guideMaps!, m.weights.unet, feeds), ...(guideGrad ? { grad: (feeds: Record<string, OrtNs.Tensor>) => runGraph(guideGrad, m.weights.unet, feeds) } : {}) }
+            : undefined,
           setLoras: async (loras, component) => (await this.applyLoras(loras.map((i) => uses[i]), [component]))?.ms,
           amplitudes: (images, count, height, width, cutoff) => this.amplitudes(images, count, height, width, cutoff),
           loraNames: used.map((u) => u.info.name),
@@ -351,9 +360,13 @@ export class Engine {
           mergeMs: result.mergeMs,
           composition: result.composition,
           boxes: result.boxes,
+          ...(result.layout ? { layout: result.layout } : {}),
           ...(result.guidance ? { guidance: result.guidance } : {}),
         },
       };
+      } finally {
+        regionOut.dispose();
+      }
     } catch (e) {
       if (this.lostReason) throw new DeviceLostError(this.lostReason);
       throw e;
@@ -361,6 +374,48 @@ export class Engine {
       this.busy = false;
       this.cancelRequested = false;
     }
+  }
+}
+
+/**
+ * Box regions' own cross-attention output projections: copies of the UNet's current `to_out` weights
+ * (taken while a region's LoRAs are merged), as session inputs, kept for one job.
+ */
+class RegionOutputs {
+  private readonly buffers: GPUBuffer[] = [];
+
+  constructor(private readonly rt: Runtime, private readonly weights: WeightSet, private readonly layers: string[]) {}
+
+  async copy(region: number): Promise<Record<string, OrtNs.Tensor>> {
+    const out: Record<string, OrtNs.Tensor> = {};
+    const device = this.rt.gpu?.device;
+    const encoder = device?.createCommandEncoder();
+    for (const layer of this.layers) {
+      for (const part of ['weight', 'bias'] as const) {
+        const name = `${layer}.to_out.0.${part}`;
+        const t = this.weights.tensors.get(name)!;
+        const src = this.weights.buffers.get(name);
+        if (src && device && encoder) {
+          const dst = device.createBuffer({ size: src.size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+          this.buffers.push(dst);
+          encoder.copyBufferToBuffer(src, 0, dst, 0, src.size);
+          out[regionOutInputName(region, layer, part)] = this.rt.ort.Tensor.fromGpuBuffer(dst, { dataType: this.weights.dtype, dims: t.dims });
+        } else {
+          const data = t.data as Float32Array | Uint16Array;
+          out[regionOutInputName(region, layer, part)] = data instanceof Uint16Array ? new this.rt.ort.Tensor('float16', data.slice(), t.dims) : new this.rt.ort.Tensor('float32', data.slice(), t.dims);
+        }
+      }
+    }
+    if (device && encoder) {
+      device.queue.submit([encoder.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    }
+    return out;
+  }
+
+  dispose(): void {
+    for (const b of this.buffers) b.destroy();
+    this.buffers.length = 0;
   }
 }
 
@@ -400,13 +455,9 @@ export function validateJob(job: GenerateJob): void {
       if (b.x < 0 || b.y < 0 || b.x + b.width > job.width || b.y + b.height > job.height) throw bad(`${label} reaches outside the ${job.width}x${job.height} frame.`);
       if (typeof b.prompt !== 'string' || !Array.isArray(b.loras)) throw bad(`${label} needs a prompt and a list of LoRAs.`);
     }
-    const g = l.guidance;
-    if (g !== undefined) {
-      if (typeof g !== 'object' || g === null || !['ce', 'fill', 'region'].every((k) => typeof (g as unknown as Record<string, unknown>)[k] === 'boolean')) throw bad('layout.guidance must be {ce, fill, region} switches with optional scale, share and earlyStop.');
-      if (g.scale !== undefined && !(Number.isFinite(g.scale) && g.scale >= 0 && g.scale <= GUIDANCE_MAX_SCALE)) throw bad(`The guidance scale must be from 0 to ${GUIDANCE_MAX_SCALE} (got ${g.scale}).`);
-      if (g.share !== undefined && !(Number.isFinite(g.share) && g.share >= 0 && g.share <= 1)) throw bad(`The guided share of steps must be from 0 to 1 (got ${g.share}).`);
-      if (g.earlyStop !== undefined && typeof g.earlyStop !== 'boolean') throw bad('guidance.earlyStop must be true or false.');
-    }
+    if (l.guidance !== undefined) checkGuidance(l.guidance);
+    for (const b of l.boxes) if (b.trigger !== undefined && (typeof b.trigger !== 'string' || b.trigger.length > 500)) throw bad(`Box "${b.name}": trigger must be text of at most 500 characters.`);
+    resolveLayout(l);
   }
   resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
 }

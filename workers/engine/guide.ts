@@ -1,15 +1,16 @@
-// One guided update of the latent per denoising step (LoRA-Composer Eq. 10): the cut UNet gives the
-// attention maps at the current latent, the losses and their gradients with respect to the maps
-// come from workers/layout/guidance.ts, and the cut UNet's backward graph turns those into
-// dL/dlatent. z' = z - phi_t * dL/dz, for the first share of the steps, until L stops decreasing.
+// LoRA-Composer's two uses of the cut UNet (batch 1, the conditional prompt, the layout's regions and
+// isolation): the probe of latent re-initialisation, and one guided update of the latent per
+// denoising step (Eq. 10): the cut UNet gives the attention maps at the current latent, the losses
+// and their gradients with respect to the maps come from workers/layout/guidance.ts, and the cut
+// UNet's backward graph turns those into dL/dlatent; z' = z - phi_t * dL/dz while the code's
+// refinement schedule runs.
 import type * as OrtNs from 'onnxruntime-web';
-import type { GuidanceOptions, GuidanceReport, GuidanceStep, LayoutBox } from '../api/contract.ts';
+import type { GuidanceOptions, GuidanceReport, GuidanceStep } from '../api/contract.ts';
 import { guidanceSeedName, GUIDANCE_GRAD_OUTPUT, type GuidanceLayers } from '../graph/guidance-graph.ts';
 import { unetMapOutputName } from '../graph/unet.ts';
-import { GUIDANCE_DEFAULTS, GUIDANCE_SCHEDULE_DEFAULTS, guidanceLoss, guidanceStepSize, type GuidanceBox } from '../layout/guidance.ts';
+import { GUIDANCE_LOSS_DEFAULTS, guidanceLoss, guidanceStepSize, RefineSchedule, type GuidanceBox } from '../layout/guidance.ts';
 import type { GridMasks } from '../layout/masks.ts';
-import { conceptMap, type TokenRange } from '../layout/regional.ts';
-import { cellBox } from '../layout/reinit.ts';
+import { tokenMap, tokensMap } from '../layout/regional.ts';
 import type { Ort } from './runtime.ts';
 
 type Outputs = Record<string, OrtNs.Tensor>;
@@ -18,87 +19,104 @@ type Feeds = Record<string, OrtNs.Tensor>;
 export interface GuideParts {
   layers: GuidanceLayers;
   maps: (feeds: Feeds) => Promise<Outputs>;
-  grad: (feeds: Feeds) => Promise<Outputs>;
+  /** The backward graph; absent when only the re-initialisation probe runs. */
+  grad?: (feeds: Feeds) => Promise<Outputs>;
+}
+
+/** A box's concept: the region whose maps hold it and its concept tokens' positions there. */
+export interface GuideConcept {
+  region: number;
+  tokens: number[];
 }
 
 export interface GuideSetup {
   ort: Ort;
-  options: GuidanceOptions;
-  boxes: LayoutBox[];
-  frame: { width: number; height: number };
+  /** The guidance schedule and switches, all resolved; null for the probe alone. */
+  options: Required<GuidanceOptions> | null;
+  /** The boxes' masks on the guidance grid. */
   masks: GridMasks;
   /** Regions in the graph (background + boxes). */
   regions: number;
   textLen: number;
-  /** Where each box's prompt is: its region and its content tokens there. */
-  concept: { region: number; tokens: TokenRange }[];
+  concepts: GuideConcept[];
   steps: number;
+  latent: { channels: number; height: number; width: number };
   /** The batch-1 inputs that do not change between steps: the prompt's context and the layout's. */
   fixed: Feeds;
 }
 
 export class LatentGuide {
-  private readonly guided: number;
-  private readonly schedule: Required<GuidanceOptions>;
   private readonly boxes: GuidanceBox[];
+  private readonly schedule?: RefineSchedule;
   private readonly records: GuidanceStep[] = [];
-  private previous?: number;
-  private stoppedAt: number | null = null;
   private evaluations = 0;
   private ms = 0;
 
   constructor(private readonly parts: GuideParts, private readonly s: GuideSetup) {
-    const { rows, cols } = parts.layers;
-    const given = Object.fromEntries(Object.entries(s.options).filter(([, v]) => v !== undefined));
-    this.schedule = { ...GUIDANCE_SCHEDULE_DEFAULTS, ...given } as Required<GuidanceOptions>;
-    this.guided = Math.max(1, Math.round(s.steps * this.schedule.share));
-    this.boxes = s.boxes.map((b, n) => ({ mask: s.masks.boxes[n], ...cellBox(b, rows, cols, s.frame.width / cols) }));
+    this.boxes = s.masks.boxes.map((mask, n) => ({ mask, extent: s.masks.extents[n] }));
+    const o = s.options;
+    if (o) this.schedule = new RefineSchedule({ earlyStop: o.earlyStop, lastStep: o.lastStep, guided: Math.round(s.steps * o.share) });
   }
 
-  /** Whether step `i` gets an update. */
+  get cells(): number {
+    return this.parts.layers.rows * this.parts.layers.cols;
+  }
+
+  /** Whether step `i` is guided. */
   active(i: number): boolean {
-    return i < this.guided && this.stoppedAt === null;
+    return this.schedule?.active(i) ?? false;
+  }
+
+  private async maps(x: Float32Array, timestep: OrtNs.Tensor): Promise<{ feeds: Feeds; cross: Float32Array[]; self: Float32Array[] }> {
+    const { ort, latent } = this.s;
+    const feeds: Feeds = { ...this.s.fixed, sample: new ort.Tensor('float32', x, [1, latent.channels, latent.height, latent.width]), timestep_embedding: timestep };
+    const out = await this.parts.maps(feeds);
+    this.evaluations++;
+    const { layers } = this.parts;
+    return { feeds, cross: layers.cross.map((l) => out[unetMapOutputName(l)].data as Float32Array), self: layers.self.map((l) => out[unetMapOutputName(l)].data as Float32Array) };
+  }
+
+  /** The probe of re-initialisation: each concept's attention on the grid (its tokens' maps summed) at model input `x`. */
+  async probe(x: Float32Array, timestep: OrtNs.Tensor): Promise<Float64Array[]> {
+    const t0 = performance.now();
+    const { cross } = await this.maps(x, timestep);
+    this.ms += performance.now() - t0;
+    return this.s.concepts.map((c) => tokensMap(cross, c.region, this.s.regions, this.cells, this.s.textLen, c.tokens));
   }
 
   /**
    * The guided latent for step `i`. `input(x)` is the scheduler's model-input scaling (linear in x, so
-   * it also carries dL/dinput back to dL/dlatent); `timestep` the step's embedding [1, c0]. Returns
-   * the latent unchanged when early stop fires.
+   * it also carries dL/dinput back to dL/dlatent); `timestep` the step's embedding [1, c0].
    */
   async step(i: number, latent: Float32Array, input: (x: Float32Array) => Float32Array, timestep: OrtNs.Tensor): Promise<{ latent: Float32Array; record: GuidanceStep }> {
+    const o = this.s.options;
+    if (!o || !this.schedule || !this.parts.grad) throw new Error('this layout has no guidance');
     const t0 = performance.now();
-    const { ort, options, textLen, regions } = this.s;
+    const { ort, textLen, regions } = this.s;
     const { layers } = this.parts;
-    const cells = layers.rows * layers.cols;
-    const [lh, lw] = [this.s.frame.height / 8, this.s.frame.width / 8];
-    const feeds: Feeds = { ...this.s.fixed, sample: new ort.Tensor('float32', input(latent), [1, latent.length / (lh * lw), lh, lw]), timestep_embedding: timestep };
-    const maps = await this.parts.maps(feeds);
-    this.evaluations++;
-    const cross = layers.cross.map((l) => maps[unetMapOutputName(l)].data as Float32Array);
-    const selfMaps = layers.self.map((l) => maps[unetMapOutputName(l)].data as Float32Array);
-    const concept = this.s.concept.map((c) => conceptMap(cross, c.region, regions, cells, textLen, c.tokens));
+    const cells = this.cells;
+    const { feeds, cross, self: selfMaps } = await this.maps(input(latent), timestep);
+    const tokens = this.s.concepts.map((c) => c.tokens.map((t) => tokenMap(cross, c.region, regions, cells, textLen, t)));
     const self = new Float64Array(cells * cells);
     for (const m of selfMaps) for (let k = 0; k < self.length; k++) self[k] += m[k] / selfMaps.length;
-    const loss = guidanceLoss(this.boxes, concept, self, layers.rows, layers.cols, { ...GUIDANCE_DEFAULTS, ce: options.ce, fill: options.fill, region: options.region });
-    const stop = this.schedule.earlyStop && this.previous !== undefined && loss.total >= this.previous;
-    const stepSize = stop ? 0 : guidanceStepSize(this.schedule.scale, i, this.s.steps);
-    const record: GuidanceStep = { step: i, loss: loss.total, ce: loss.ce, fill: loss.fill, region: loss.region, stepSize, updated: !stop };
+    const loss = guidanceLoss(this.boxes, tokens, self, layers.rows, layers.cols, { ...GUIDANCE_LOSS_DEFAULTS, ce: o.ce, fill: o.fill, region: o.region });
+    const updated = this.schedule.record(i, loss.total);
+    const stepSize = updated ? guidanceStepSize(o.scale, i, this.s.steps) : 0;
+    const record: GuidanceStep = { step: i, loss: loss.total, ce: loss.ce, fill: loss.fill, region: loss.region, stepSize, updated };
     this.records.push(record);
-    if (stop) {
-      this.stoppedAt = i;
+    if (!updated) {
       this.ms += performance.now() - t0;
       return { latent, record };
     }
-    this.previous = loss.total;
-    // seeds: dL/dmap for every map output, spread back over the layers and the content tokens
+    // seeds: dL/dmap for every map output, spread back over the layers
     for (const l of layers.cross) {
       const seed = new Float32Array(regions * cells * textLen);
-      this.s.concept.forEach((c, n) => {
-        for (let q = 0; q < cells; q++) {
-          const d = loss.dConcept[n][q] / layers.cross.length;
-          for (let t = c.tokens.first; t < c.tokens.end; t++) seed[(c.region * cells + q) * textLen + t] += d;
-        }
-      });
+      this.s.concepts.forEach((c, n) =>
+        c.tokens.forEach((t, j) => {
+          const d = loss.dTokens[n][j];
+          for (let q = 0; q < cells; q++) seed[(c.region * cells + q) * textLen + t] += d[q] / layers.cross.length;
+        }),
+      );
       feeds[guidanceSeedName(unetMapOutputName(l))] = new ort.Tensor('float32', seed, [1, regions, cells, textLen]);
     }
     for (const l of layers.self) {
@@ -114,6 +132,6 @@ export class LatentGuide {
 
   report(): GuidanceReport {
     const { layers } = this.parts;
-    return { layers: [...layers.cross, ...layers.self], grid: { rows: layers.rows, cols: layers.cols }, steps: this.records, stoppedAt: this.stoppedAt, evaluations: this.evaluations, ms: this.ms };
+    return { layers: [...layers.cross, ...layers.self], grid: { rows: layers.rows, cols: layers.cols }, steps: this.records, stoppedAt: this.schedule?.stoppedAt ?? null, evaluations: this.evaluations, ms: this.ms };
   }
 }

@@ -3,7 +3,7 @@
 // A composition method (workers/composition/) decides at each step which LoRA sets the UNet runs
 // with and how their predictions mix.
 import type * as OrtNs from 'onnxruntime-web';
-import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, GuidanceReport, GuidanceStep, ImageData8, ProgressEvent } from '../api/contract.ts';
+import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, GuidanceReport, GuidanceStep, ImageData8, LayoutReport, ProgressEvent } from '../api/contract.ts';
 import { CancelledError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { ContributionCache } from '../composition/cache.ts';
@@ -12,14 +12,16 @@ import { METHODS } from '../composition/methods.ts';
 import { resolveComposition, type Partition } from '../composition/plan.ts';
 import { DdimScheduler } from '../schedulers/ddim.ts';
 import { unetMapOutputName } from '../graph/unet.ts';
-import { appendedTokens, conceptMap, contentTokens, layoutFeeds, layoutGraphOptions, layoutMasks, shareInside, type TokenRange } from '../layout/regional.ts';
-import { cellBox, reinitLatent } from '../layout/reinit.ts';
+import { shareInside, tokensMap } from '../layout/regional.ts';
+import { reinitLatent } from '../layout/reinit.ts';
 import { regionWeights } from '../layout/masks.ts';
+import { resolveLayout } from '../layout/options.ts';
 import { createScheduler } from '../schedulers/registry.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
 import { Rng } from './random.ts';
 import { LatentGuide, type GuideParts } from './guide.ts';
+import { prepareLayout, type PreparedLayout } from './layout-prep.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
@@ -41,7 +43,9 @@ export interface PipelineParts {
   loraNames: string[];
   /** Layouts: the cross-attention keys and values of one text context [1, textLen, dim], by output name. */
   crossKV?: (context: Float32Array) => Promise<Record<string, Float32Array>>;
-  /** Gradient guidance: the cut UNet's maps and backward graphs (present when the layout asks for guidance). */
+  /** Layouts: the UNet's current cross-attention output projections, copied as a box region's inputs. */
+  regionOutputs?: (region: number) => Promise<Record<string, OrtNs.Tensor>>;
+  /** Guidance and re-initialisation: the cut UNet's maps graph, and its backward graph when guided. */
   guidance?: GuideParts;
   /** cmlora's offline profiles of this job's LoRA set, kept by the engine between jobs. */
   profiles?: { get(): number[] | undefined; set(amplitudes: number[]): void };
@@ -53,6 +57,7 @@ export interface PipelineResult {
   mergeMs: number[];
   composition: CompositionReport;
   boxes: BoxReport[];
+  layout?: LayoutReport;
   guidance?: GuidanceReport;
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
   warnings: string[];
@@ -123,7 +128,8 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // the engine lists box LoRAs after the job's own, box by box
   let next = loraCount;
   const boxLoras = boxes.map((b) => b.loras.map(() => next++));
-  const injected = layout?.injection ?? false;
+  const layoutOptions = layout ? resolveLayout(layout) : undefined;
+  const injected = layoutOptions?.injection ?? false;
   // without injection, box LoRAs join the frame's LoRAs and box prompts the global prompt
   const globalCount = layout && !injected ? next : loraCount;
   const prompt = layout && !injected ? [job.prompt, ...boxes.map((b) => b.prompt)].filter((t) => t.trim()).join(', ') : job.prompt;
@@ -133,8 +139,6 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const all = Array.from({ length: options.method === 'none' ? 0 : globalCount }, (_, i) => i);
   const count = all.length;
   if (options.method === 'none' && globalCount) warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
-  // prompt only means no LoRA anywhere; otherwise a region adds its box's LoRAs to the frame's
-  const regionLoras = (n: number) => (injected && options.method !== 'none' ? [...all, ...boxLoras[n]] : all);
   const mergeMs: number[] = [];
   const merge = async (loras: number[], component: 'unet' | 'textEncoder') => {
     const ms = await parts.setLoras(loras, component);
@@ -149,64 +153,48 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     const e = parts.tokenizer.encode(text);
     if (e.truncated) warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
     const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, BigInt), [1, e.ids.length]);
-    return { data: (await parts.textEncoder(ids)).last_hidden_state.data as Float32Array, tokenCount: e.tokenCount };
+    return { data: (await parts.textEncoder(ids)).last_hidden_state.data as Float32Array, ids: e.ids, tokenCount: e.tokenCount };
   };
-  const cond = (await encode(prompt, 'prompt')).data;
+  const condText = await encode(prompt, 'prompt');
+  const cond = condText.data;
   const uncond = guided ? (await encode(job.negative, 'negative prompt')).data : undefined;
   const context = uncond ? concat(uncond, cond) : cond;
   const textLen = config.textEncoder.maxPositions;
 
-  // 1b. a layout: each box's prompt through its own LoRAs, and every region's cross-attention keys
-  // and values (they do not depend on the latent, so once per image)
-  let layoutTensors: Record<string, OrtNs.Tensor> = {};
+  // 1b. a layout: each region's prompts, keys and values (once per image), masks and concept tokens
+  let prepared: PreparedLayout | undefined;
   let guide: LatentGuide | undefined;
-  const boxTokens: number[] = [];
-  const appendedBoxTokens: TokenRange[] = [];
-  const masks = layout ? layoutMasks(config.unet, layout, job.width, job.height) : undefined;
-  const graph = layout ? layoutGraphOptions(config.unet, lh, lw, layout) : undefined;
-  if (layout) {
+  if (layout && layoutOptions) {
     if (!parts.crossKV) throw new Error('this engine cannot run layouts');
-    const boxContexts: Float32Array[] = [];
-    for (const [n, box] of boxes.entries()) {
-      await merge(regionLoras(n), 'textEncoder');
-      const e = await encode(box.prompt, `prompt of box "${box.name}"`);
-      boxContexts.push(e.data);
-      boxTokens.push(e.tokenCount);
-    }
-    // without injection: where each box prompt sits in the joined prompt (the same parts as `prompt`)
-    const joined = [job.prompt, ...boxes.map((b) => b.prompt)].map((text, i) => ({ text, i })).filter((p) => p.text.trim());
-    const counts = joined.map((p) => (p.i === 0 ? parts.tokenizer.encode(p.text).tokenCount : boxTokens[p.i - 1]));
-    for (const n of boxes.keys()) {
-      const at = joined.findIndex((p) => p.i === n + 1);
-      appendedBoxTokens.push(at < 0 ? { first: 1, end: 1 } : appendedTokens(counts, at, textLen));
-    }
-    await merge(all, 'unet');
-    const kv = [await parts.crossKV(cond)];
-    const kvUncond = uncond ? await parts.crossKV(uncond) : undefined;
-    for (const n of boxes.keys()) {
-      await merge(regionLoras(n), 'unet');
-      kv.push(await parts.crossKV(boxContexts[n]));
-    }
-    for (const [name, f] of Object.entries(layoutFeeds(config.unet, layout, masks!, kv, kvUncond, textLen))) layoutTensors[name] = new ort.Tensor('float32', f.data, f.dims);
-    const g = layout.guidance;
-    if (g && (g.ce || g.fill || g.region) && parts.guidance) {
+    prepared = await prepareLayout(
+      { ort, config, tokenizer: parts.tokenizer, encode, merge, crossKV: parts.crossKV, regionOutputs: parts.regionOutputs },
+      job,
+      boxes,
+      layoutOptions,
+      { frame: all, boxes: boxLoras, none: options.method === 'none' },
+      { cond, uncond, globalIds: condText.ids },
+    );
+    warnings.push(...prepared.warnings);
+    if ((layoutOptions.guidance || layoutOptions.reinit) && parts.guidance) {
       const { rows, cols } = parts.guidance.layers;
-      const fixed: Record<string, OrtNs.Tensor> = { encoder_hidden_states: new ort.Tensor('float32', cond, [1, textLen, config.unet.crossAttentionDim]) };
-      for (const [name, f] of Object.entries(layoutFeeds(config.unet, layout, masks!, kv, undefined, textLen))) fixed[name] = new ort.Tensor('float32', f.data, f.dims);
+      const gridMasks = prepared.masks.get(`${rows}x${cols}`)!;
+      gridMasks.extents.forEach((e, n) => {
+        if (!e) warnings.push(`Box "${boxes[n].name}" covers no whole cell of the ${rows}x${cols} grid that guidance and re-initialisation read, so they skip it; make it larger, or use the centre mask rule.`);
+      });
       guide = new LatentGuide(parts.guidance, {
         ort,
-        options: g,
-        boxes,
-        frame: { width: job.width, height: job.height },
-        masks: masks!.get(`${rows}x${cols}`)!,
+        options: layoutOptions.guidance,
+        masks: gridMasks,
         regions: boxes.length + 1,
         textLen,
-        concept: boxes.map((_, n) => (injected ? { region: n + 1, tokens: contentTokens(boxTokens[n], textLen) } : { region: 0, tokens: appendedBoxTokens[n] })),
+        concepts: prepared.concepts.map((c) => ({ region: c.region, tokens: c.tokens.positions })),
         steps: job.steps,
-        fixed,
+        latent: { channels, height: lh, width: lw },
+        fixed: prepared.condFeeds,
       });
     }
   }
+  const layoutTensors = prepared?.feeds ?? {};
   const textEncodeMs = elapsed();
   check();
 
@@ -283,24 +271,21 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const scheduler = createScheduler(job.scheduler, job.steps);
   const rng = new Rng(job.seed);
   let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
-  // 4b. latent re-initialisation: a probe step locates each concept; its window moves into its box
+  // 4b. latent re-initialisation (the code's replace_latents): a probe of the cut UNet on the first
+  // noise locates each concept on the guidance grid; its window of the noise moves into its box
   const windows: ({ row: number; col: number } | null)[] = boxes.map(() => null);
-  // where each box prompt draws attention with nothing confining it (region n + 1's own map) ...
-  const maps = () => graph!.mapLayers.map((l) => lastOutputs![unetMapOutputName(l)].data as Float32Array);
-  const conceptMaps = (n: number) => conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen));
-  // ... and the attention the image actually gave it: its region's map under the region weights
-  // with injection, or its tokens inside the joined global prompt without
-  const latentWeights = injected && masks ? regionWeights(masks.get(`${lh}x${lw}`)!) : undefined;
-  const usedMaps = (n: number) => {
-    if (latentWeights) return conceptMap(maps(), n + 1, boxes.length + 1, lh * lw, textLen, contentTokens(boxTokens[n], textLen), latentWeights.subarray((n + 1) * lh * lw, (n + 2) * lh * lw));
-    return conceptMap(maps(), 0, boxes.length + 1, lh * lw, textLen, appendedBoxTokens[n]);
-  };
-  if (layout?.reinit) {
-    await predict(all, scheduler.scaleModelInput(latent, 0), scheduler.timesteps[0]);
+  if (prepared?.options.reinit && guide) {
+    await merge(all, 'unet');
+    const { rows, cols } = parts.guidance!.layers;
+    const extents = prepared.masks.get(`${rows}x${cols}`)!.extents;
+    const found = await guide.probe(scheduler.scaleModelInput(latent, 0), new ort.Tensor('float32', timestepEmbedding(scheduler.timesteps[0], c0), [1, c0]));
+    unetEvaluations += 1;
+    const scale = lh / rows;
+    const placed = boxes.map((_, n) => n).filter((n) => extents[n]);
     const noise = latent.map((v) => v / scheduler.initNoiseSigma);
-    const r = reinitLatent(noise, channels, lh, lw, boxes.map((b, n) => ({ box: cellBox(b, lh, lw), map: conceptMaps(n) })));
+    const r = reinitLatent(noise, channels, rows, cols, scale, placed.map((n) => ({ box: extents[n]!, map: found[n] })));
     latent = r.latent.map((v) => v * scheduler.initNoiseSigma);
-    r.windows.forEach((w, n) => (windows[n] = w));
+    r.windows.forEach((w, k) => (windows[placed[k]] = { row: w.row * scale, col: w.col * scale }));
   }
   let latentAmplitude = (await amplitudes([latent]))[0];
 
@@ -404,14 +389,43 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     cacheHitRate: took.map((c) => (c.fresh + c.cached ? c.cached / (c.fresh + c.cached) : null)),
     unetEvaluations: { profile: profileEvaluations, denoise: unetEvaluations - profileEvaluations },
   };
-  const latentMasks = masks?.get(`${lh}x${lw}`);
-  const boxReports = boxes.map((b, n) => ({
-    name: b.name,
-    attentionInBox: shareInside(usedMaps(n), latentMasks!.boxes[n]),
-    attentionInBoxUnmasked: shareInside(conceptMaps(n), latentMasks!.boxes[n]),
-    window: windows[n],
-  }));
-  return { image, unetEvaluations, mergeMs, composition, boxes: boxReports, ...(guide ? { guidance: guide.report() } : {}), timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs }, warnings };
+  // where each box's concept tokens drew attention at the last step: with nothing confining them
+  // (their region's own maps), and as the image used them (under the region weights with injection,
+  // inside the joined global prompt without)
+  const boxReports: BoxReport[] = [];
+  let layoutReport: LayoutReport | undefined;
+  if (prepared && lastOutputs) {
+    const maps = prepared.graph.mapLayers.map((l) => lastOutputs![unetMapOutputName(l)].data as Float32Array);
+    const m = prepared.masks.get(`${lh}x${lw}`)!;
+    const weights = injected ? regionWeights(m) : undefined;
+    const cells = lh * lw;
+    for (const [n, b] of boxes.entries()) {
+      const c = prepared.concepts[n];
+      const unmasked = tokensMap(maps, c.region, boxes.length + 1, cells, textLen, c.tokens.positions);
+      const used = weights ? tokensMap(maps, c.region, boxes.length + 1, cells, textLen, c.tokens.positions, weights.subarray(c.region * cells, (c.region + 1) * cells)) : unmasked;
+      boxReports.push({
+        name: b.name,
+        attentionInBox: shareInside(used, m.boxes[n]),
+        attentionInBoxUnmasked: shareInside(unmasked, m.boxes[n]),
+        window: windows[n],
+        conceptTokens: c.tokens.positions,
+        conceptSource: c.tokens.source,
+      });
+    }
+    const grid = parts.guidance?.layers ?? { rows: lh, cols: lw };
+    layoutReport = { options: prepared.options, grid: { rows: grid.rows, cols: grid.cols } };
+  }
+  return {
+    image,
+    unetEvaluations,
+    mergeMs,
+    composition,
+    boxes: boxReports,
+    ...(layoutReport ? { layout: layoutReport } : {}),
+    ...(guide && prepared?.options.guidance ? { guidance: guide.report() } : {}),
+    timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs },
+    warnings,
+  };
 }
 
 function concat(a: Float32Array, b: Float32Array): Float32Array {

@@ -1,9 +1,10 @@
 // The graphs of LoRA-Composer's gradient guidance: the UNet (batch 1, the conditional prompt) cut
 // after the attention layers whose maps the losses read, with those maps as outputs; and the same
 // with its backward part, which takes dLoss/dmap seeds and gives dLoss/dsample. The losses read the
-// down-block layers of one grid (16x16 for SD 1.5 at 512x512, as in BoxDiff and LoRA-Composer; the
-// finest down grid for images too small to have one that wide), so the backward pass never enters
-// the mid or up blocks.
+// down- and up-block layers of one grid, as the code's AttentionStore does (attn_util.py ~60-105,
+// 176): 16x16 for SD 1.5 at 512x512 and 16x32 at 512x1024, the code's `attn_resolution`; for images
+// too small to have a grid 16 cells wide, the finest. So the backward pass runs through the mid block
+// and the up blocks down to that grid.
 import type { UNetConfig } from '../checkpoint/config.ts';
 import { emitGradient } from './autodiff.ts';
 import type { GraphBuilder } from './builder.ts';
@@ -22,12 +23,13 @@ export interface GuidanceLayers {
 }
 
 export function guidanceLayers(cfg: UNetConfig, latentH: number, latentW: number): GuidanceLayers {
-  const down = unetAttentionLayers(cfg, latentH, latentW).filter((l) => l.name.startsWith('down_blocks.'));
+  const all = unetAttentionLayers(cfg, latentH, latentW);
+  const down = all.filter((l) => l.name.startsWith('down_blocks.'));
   if (!down.length) throw new Error('this UNet has no attention in its down blocks, so it cannot be guided');
   // the coarsest grid still at least 16 cells on its short side; below that (small images) the finest
   const wide = down.filter((l) => Math.min(l.h, l.w) >= MIN_SIDE);
   const pick = wide.length ? wide.reduce((a, l) => (l.h * l.w < a.h * a.w ? l : a)) : down.reduce((a, l) => (l.h * l.w > a.h * a.w ? l : a));
-  const at = down.filter((l) => l.h === pick.h && l.w === pick.w);
+  const at = all.filter((l) => (l.name.startsWith('down_blocks.') || l.name.startsWith('up_blocks.')) && l.h === pick.h && l.w === pick.w);
   return { cross: at.filter((l) => l.kind === 'cross').map((l) => l.name), self: at.filter((l) => l.kind === 'self').map((l) => l.name), rows: pick.h, cols: pick.w };
 }
 

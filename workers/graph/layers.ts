@@ -104,6 +104,10 @@ export function attention(
  *   out(i) = sum_r w[r, i] * softmax(q_i k_r^T / sqrt(d)) v_r
  * with w [R, Nq] the region masks normalised per cell (the background is a region too).
  * `probsOutput` gets the head-averaged maps of every region, unmasked: [B, R, Nq, Nk].
+ * With `outputs` (the code's region_rewrite, multi_lora_sample.py ~295-307) each region's result goes
+ * through that region's own output projection before the weighting: region 0 through
+ * `outputs.shared` (the UNet's to_out), region r >= 1 through the inputs `outputs.region(r)`; the
+ * caller then applies no output projection of its own.
  */
 export function regionalAttention(
   g: GraphBuilder,
@@ -113,6 +117,7 @@ export function regionalAttention(
   weights: string,
   dims: { b: number; nq: number; nk: number; c: number; heads: number; regions: number },
   probsOutput?: string,
+  outputs?: { shared: string; region: (r: number) => { weight: string; bias: string } },
 ): string {
   const { b, nq, nk, c, heads, regions: r } = dims;
   const d = c / heads;
@@ -125,9 +130,25 @@ export function regionalAttention(
     const mean = g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 });
     g.output(g.dtype === 'float16' ? g.op('Cast', [mean], { to: 1 }) : mean, probsOutput, 'float32', [b, r, nq, nk]);
   }
-  const ctx = g.op('Mul', [g.op('MatMul', [probs, vh]), g.op('Reshape', [weights, g.ints([1, 1, r, nq, 1])])]);
-  const summed = g.op('ReduceSum', [ctx, g.ints([2])], { keepdims: 0 });
-  return g.op('Reshape', [g.op('Transpose', [summed], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
+  const perRegion = g.op('MatMul', [probs, vh]); // [B, heads, R, Nq, d]
+  if (!outputs) {
+    const ctx = g.op('Mul', [perRegion, g.op('Reshape', [weights, g.ints([1, 1, r, nq, 1])])]);
+    const summed = g.op('ReduceSum', [ctx, g.ints([2])], { keepdims: 0 });
+    return g.op('Reshape', [g.op('Transpose', [summed], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
+  }
+  // [B, R, Nq, C], then one projection per region, weighted by its mask and summed
+  const tokens = g.op('Reshape', [g.op('Transpose', [perRegion], { perm: [0, 2, 3, 1, 4] }), g.ints([b, r, nq * c])]);
+  const parts = r === 1 ? [tokens] : g.opMulti('Split', [tokens, g.ints(new Array(r).fill(1))], r, { axis: 1 });
+  const w = r === 1 ? [weights] : g.opMulti('Split', [weights, g.ints(new Array(r).fill(1))], r, { axis: 0 });
+  let sum = '';
+  for (let j = 0; j < r; j++) {
+    const x = g.op('Reshape', [parts[j], g.ints([b * nq, c])]);
+    const own = j === 0 ? undefined : outputs.region(j);
+    const y = own ? g.op('Gemm', [x, own.weight, own.bias], { transB: 1 }) : linear(g, x, outputs.shared, c, c);
+    const weighted = g.op('Mul', [g.op('Reshape', [y, g.ints([b, nq, c])]), g.op('Reshape', [w[j], g.ints([1, nq, 1])])]);
+    sum = sum ? g.op('Add', [sum, weighted]) : weighted;
+  }
+  return g.op('Reshape', [sum, g.ints([b * nq, c])]);
 }
 
 /** NCHW -> tokens [B*H*W, C]. */

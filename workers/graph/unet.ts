@@ -23,6 +23,12 @@ export interface UNetGraphOptions {
   regions?: number;
   /** Layout: every self-attention layer adds the shared bias `self_bias.<h>x<w>` [1, 1, n, n] (concept isolation). */
   isolation?: boolean;
+  /**
+   * Layout: each box region's cross-attention result goes through its own output projection, given
+   * as inputs `region_out.<r>.<layer>.weight` [C, C] and `.bias` [C] for r >= 1 (the region's LoRAs
+   * merged), as LoRA-Composer's code does; region 0 (the background) uses the UNet's own to_out.
+   */
+  regionOutputs?: boolean;
   /** False: no `noise_pred` output (a graph for the attention maps alone; prune it to drop the rest). */
   noisePrediction?: boolean;
 }
@@ -31,6 +37,7 @@ export const regionKeyInputName = (layer: string) => `region_k.${layer}`;
 export const regionValueInputName = (layer: string) => `region_v.${layer}`;
 export const regionWeightInputName = (h: number, w: number) => `region_w.${h}x${w}`;
 export const selfBiasInputName = (h: number, w: number) => `self_bias.${h}x${w}`;
+export const regionOutInputName = (region: number, layer: string, part: 'weight' | 'bias') => `region_out.${region}.${layer}.to_out.0.${part}`;
 
 export const unetBiasInputName = (layer: string) => `attn_bias.${layer}`;
 export const unetMapOutputName = (layer: string) => `attn_map.${layer}`;
@@ -83,6 +90,15 @@ function attnIo(ctx: Ctx, layer: string, nq: number, nk: number, grid: { h: numb
           v: ctx.g.input(regionValueInputName(layer), ctx.g.dtype, [opt.batch, opt.regions, nk, grid.c]),
           w: sharedInput(ctx, regionWeightInputName(grid.h, grid.w), [opt.regions, nq]),
           regions: opt.regions,
+          outputs: opt.regionOutputs
+            ? {
+                shared: `${layer}.to_out.0`,
+                region: (r: number) => ({
+                  weight: ctx.g.input(regionOutInputName(r, layer, 'weight'), ctx.g.dtype, [grid.c, grid.c]),
+                  bias: ctx.g.input(regionOutInputName(r, layer, 'bias'), ctx.g.dtype, [grid.c]),
+                }),
+              }
+            : undefined,
         }
       : undefined;
   return { bias, probsOutput, regional };
@@ -112,9 +128,10 @@ export function transformerBlock(
   const q = linear(g, h, `${name}.attn2.to_q`, c, c, false);
   const r = io.cross?.regional;
   a = r
-    ? regionalAttention(g, q, r.k, r.v, r.w, { b, nq: n, nk: ctxLen, c, heads, regions: r.regions }, io.cross?.probsOutput)
+    ? regionalAttention(g, q, r.k, r.v, r.w, { b, nq: n, nk: ctxLen, c, heads, regions: r.regions }, io.cross?.probsOutput, r.outputs)
     : attention(g, q, linear(g, context, `${name}.attn2.to_k`, ctxDim, c, false), linear(g, context, `${name}.attn2.to_v`, ctxDim, c, false), { b, nq: n, nk: ctxLen, c, heads }, io.cross);
-  t = g.op('Add', [linear(g, a, `${name}.attn2.to_out.0`, c, c), t]);
+  // with per-region output projections the regional attention has applied them already
+  t = g.op('Add', [r?.outputs ? a : linear(g, a, `${name}.attn2.to_out.0`, c, c), t]);
   h = layerNorm(g, t, `${name}.norm3`, c);
   const inner = 4 * c;
   const proj = linear(g, h, `${name}.ff.net.0.proj`, c, 2 * inner);

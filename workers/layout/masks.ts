@@ -1,20 +1,49 @@
-// Concept boxes as masks on every attention grid of the UNet. A cell belongs to a box when its centre
-// lies inside the box (nearest-neighbour resizing of the pixel mask, as resizing a layout image
-// would do); a box too small to hold any cell centre at a coarse grid still gets the cell under its
-// own centre, so no concept disappears from the 8x8 layers. Cells outside every box are background.
+// Concept boxes as masks on every attention grid of the UNet, and the self-attention bias of concept
+// isolation. Two rules make a box's cells:
+// - `covered` (LoRA-Composer's code, multi_lora_sample.py: ceil of the start, floor of the end): a
+//   cell belongs to a box when the box covers all of it. A box narrower than a cell at a coarse grid
+//   has no cells there, as in the code.
+// - `centre` (ours): a cell belongs to a box when its centre lies inside (nearest-neighbour resizing of
+//   the pixel mask); a box too small to hold any centre keeps the cell under its own centre, so no
+//   concept disappears from the coarse layers.
+// Cells outside every box are background.
+import type { IsolationScope, MaskRule } from '../api/contract.ts';
 import type { SceneBox } from './scene.ts';
+
+export type { IsolationScope, MaskRule };
+export const MASK_RULES: MaskRule[] = ['covered', 'centre'];
+
+type Rect = Pick<SceneBox, 'x' | 'y' | 'width' | 'height'>;
+
+/** A box in whole cells of one grid: top-left cell and size. */
+export interface CellBox {
+  row: number;
+  col: number;
+  rows: number;
+  cols: number;
+}
 
 export interface GridMasks {
   rows: number;
   cols: number;
   /** One mask per box, 1 inside. */
   boxes: Uint8Array[];
+  /** Each box's cells as a rectangle; null where the box has no cell on this grid. */
+  extents: (CellBox | null)[];
   /** 1 where no box is. */
   background: Uint8Array;
 }
 
-/** The box's cells on a rows x cols grid over a frameW x frameH image. */
-export function rasterBox(box: Pick<SceneBox, 'x' | 'y' | 'width' | 'height'>, frameW: number, frameH: number, rows: number, cols: number): Uint8Array {
+/** The cells a box covers completely: rows ceil(y0) .. floor(y1), in cells (exact for whole-pixel boxes). */
+function coveredExtent(box: Rect, frameW: number, frameH: number, rows: number, cols: number): CellBox | null {
+  const r0 = Math.ceil((box.y * rows) / frameH);
+  const r1 = Math.min(rows, Math.floor(((box.y + box.height) * rows) / frameH));
+  const c0 = Math.ceil((box.x * cols) / frameW);
+  const c1 = Math.min(cols, Math.floor(((box.x + box.width) * cols) / frameW));
+  return r1 > r0 && c1 > c0 ? { row: r0, col: c0, rows: r1 - r0, cols: c1 - c0 } : null;
+}
+
+function centreMask(box: Rect, frameW: number, frameH: number, rows: number, cols: number): Uint8Array {
   const cw = frameW / cols;
   const ch = frameH / rows;
   const mask = new Uint8Array(rows * cols);
@@ -38,10 +67,36 @@ export function rasterBox(box: Pick<SceneBox, 'x' | 'y' | 'width' | 'height'>, f
   return mask;
 }
 
-export function gridMasks(boxes: Pick<SceneBox, 'x' | 'y' | 'width' | 'height'>[], frameW: number, frameH: number, rows: number, cols: number): GridMasks {
-  const masks = boxes.map((b) => rasterBox(b, frameW, frameH, rows, cols));
+/** The rectangle of a mask's cells (masks from either rule are rectangles). */
+function maskExtent(mask: Uint8Array, rows: number, cols: number): CellBox | null {
+  let r0 = rows;
+  let r1 = -1;
+  let c0 = cols;
+  let c1 = -1;
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++)
+      if (mask[r * cols + c]) {
+        r0 = Math.min(r0, r);
+        r1 = Math.max(r1, r);
+        c0 = Math.min(c0, c);
+        c1 = Math.max(c1, c);
+      }
+  return r1 < 0 ? null : { row: r0, col: c0, rows: r1 - r0 + 1, cols: c1 - c0 + 1 };
+}
+
+/** The box's cells on a rows x cols grid over a frameW x frameH image. */
+export function rasterBox(box: Rect, frameW: number, frameH: number, rows: number, cols: number, rule: MaskRule = 'covered'): Uint8Array {
+  if (rule === 'centre') return centreMask(box, frameW, frameH, rows, cols);
+  const mask = new Uint8Array(rows * cols);
+  const e = coveredExtent(box, frameW, frameH, rows, cols);
+  if (e) for (let r = e.row; r < e.row + e.rows; r++) mask.fill(1, r * cols + e.col, r * cols + e.col + e.cols);
+  return mask;
+}
+
+export function gridMasks(boxes: Rect[], frameW: number, frameH: number, rows: number, cols: number, rule: MaskRule = 'covered'): GridMasks {
+  const masks = boxes.map((b) => rasterBox(b, frameW, frameH, rows, cols, rule));
   const background = new Uint8Array(rows * cols).map((_, i) => (masks.some((m) => m[i]) ? 0 : 1));
-  return { rows, cols, boxes: masks, background };
+  return { rows, cols, boxes: masks, extents: masks.map((m) => maskExtent(m, rows, cols)), background };
 }
 
 /** The distinct grids of a UNet's attention layers, largest first. */
@@ -55,25 +110,45 @@ export function attentionGrids(layers: { h: number; w: number }[]): { rows: numb
 export const BLOCKED = -1e4;
 
 /**
- * Concept isolation for self-attention (Sec. 3.4): the additive bias [n, n] that lets a query attend
- * only to keys of a region it shares (the concept region mask), and keeps foreground and background
- * apart (region perceptual restriction). Cells in two overlapping boxes see both.
+ * Which self-attention pairs concept isolation cuts:
+ * - `concepts` (LoRA-Composer's code, multi_lora_sample.py ~392-404, and the paper's "concept region
+ *   mask"): a query in box a may not see a key in any other box b; background queries see everything
+ *   and box queries see the background.
+ * - `regions` (ours before we read the code): every region is walled off, the background counted as
+ *   one, so a concept never sees its surroundings.
  */
-export function isolationBias(m: GridMasks): Float32Array {
+export const ISOLATION_SCOPES: IsolationScope[] = ['concepts', 'regions'];
+
+/**
+ * The additive bias [n, n] (query rows) of concept isolation. The code adds -1e6 once per (box of the
+ * query, other box of the key) pair; we block a pair once, whatever the count, so the bias stays within
+ * float16. The two differ only in a query row whose every key is blocked, which the code then
+ * resolves by the counts and we leave unmasked.
+ */
+export function isolationBias(m: GridMasks, scope: IsolationScope = 'concepts'): Float32Array {
   const n = m.rows * m.cols;
-  const regions = [...m.boxes, m.background];
+  // each cell's boxes as a bit set (at most MAX_BOXES = 8 boxes)
+  const sets = new Uint32Array(n);
+  m.boxes.forEach((b, i) => b.forEach((v, q) => v && (sets[q] |= 1 << i)));
+  const single = (s: number) => s !== 0 && (s & (s - 1)) === 0;
   const bias = new Float32Array(n * n);
-  for (let q = 0; q < n; q++)
+  for (let q = 0; q < n; q++) {
+    const a = sets[q];
     for (let k = 0; k < n; k++) {
-      const shared = regions.some((r) => r[q] && r[k]);
-      bias[q * n + k] = shared ? 0 : BLOCKED;
+      const b = sets[k];
+      // concepts: some box of the query differs from some box of the key (impossible only when either
+      // is background or both are the same single box); regions: no region in common
+      const blocked = scope === 'concepts' ? a !== 0 && b !== 0 && !(a === b && single(a)) : (a & b) === 0 && (a | b) !== 0;
+      if (blocked) bias[q * n + k] = BLOCKED;
     }
+  }
   return bias;
 }
 
 /**
  * Weights of the regions for region-aware cross-attention, [R, n] with R = 1 + boxes: the background
- * (global prompt) first, then each box; a cell in several boxes shares itself equally among them.
+ * (global prompt) first, then each box; a cell in several boxes shares itself equally among them (the
+ * code divides each region's output by the cell's box count).
  */
 export function regionWeights(m: GridMasks): Float32Array {
   const n = m.rows * m.cols;

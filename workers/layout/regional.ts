@@ -1,47 +1,49 @@
 // What a layout asks of the UNet graph and which inputs it feeds: per-region keys and values for
 // every cross-attention layer, region weights and isolation biases per attention grid, and maps of
 // the cross-attention layers on the latent grid (for the in-box share and latent re-initialisation).
-import type { LayoutOptions } from '../api/contract.ts';
+import type { LayoutBox, ResolvedLayoutOptions } from '../api/contract.ts';
 import type { UNetConfig } from '../checkpoint/config.ts';
 import { crossAttentionLayers, crossKeyOutputName, crossValueOutputName } from '../graph/cross-kv.ts';
 import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers } from '../graph/unet.ts';
-import { attentionGrids, gridMasks, isolationBias, regionWeights, type GridMasks } from './masks.ts';
+import { attentionGrids, gridMasks, isolationBias, regionWeights, type GridMasks, type MaskRule } from './masks.ts';
 
 export interface LayoutGraph {
   regions: number;
   isolation: boolean;
+  /** Each box region through its own output projection (inputs `region_out.*`). */
+  regionOutputs: boolean;
   /** Cross-attention layers on the latent grid, whose per-region maps the graph outputs. */
   mapLayers: string[];
 }
 
-export function layoutGraphOptions(cfg: UNetConfig, latentH: number, latentW: number, layout: LayoutOptions): LayoutGraph {
+export function layoutGraphOptions(cfg: UNetConfig, latentH: number, latentW: number, boxes: number, o: ResolvedLayoutOptions): LayoutGraph {
   const layers = unetAttentionLayers(cfg, latentH, latentW);
   return {
-    regions: 1 + layout.boxes.length,
-    isolation: layout.isolation,
+    regions: 1 + boxes,
+    isolation: o.isolation,
+    regionOutputs: o.injection && o.regionOutput === 'own',
     mapLayers: layers.filter((l) => l.kind === 'cross' && l.h === latentH && l.w === latentW).map((l) => l.name),
   };
 }
 
-export function layoutMasks(cfg: UNetConfig, layout: LayoutOptions, width: number, height: number): Map<string, GridMasks> {
+export function layoutMasks(cfg: UNetConfig, boxes: Pick<LayoutBox, 'x' | 'y' | 'width' | 'height'>[], width: number, height: number, rule: MaskRule): Map<string, GridMasks> {
   const grids = attentionGrids(unetAttentionLayers(cfg, height / 8, width / 8));
-  return new Map(grids.map((g) => [`${g.rows}x${g.cols}`, gridMasks(layout.boxes, width, height, g.rows, g.cols)]));
+  return new Map(grids.map((g) => [`${g.rows}x${g.cols}`, gridMasks(boxes, width, height, g.rows, g.cols, rule)]));
 }
 
 type Feed = { data: Float32Array; dims: number[] };
 
 /**
  * The layout's UNet inputs. `kv[r]` holds region r's cross-attention keys and values (region 0: the
- * global prompt, then one per box), `kvUncond` those of the negative prompt, used by every region of
- * the unconditional half of a guided batch. Without injection every cell keeps the global prompt and
- * the box regions only serve as probes.
+ * global prompt, then one per box); `kvUncond[r]` those of region r's unconditional half of a guided
+ * batch. Without injection every cell keeps the global prompt and the box regions only serve as probes.
  */
 export function layoutFeeds(
   cfg: UNetConfig,
-  layout: LayoutOptions,
+  o: ResolvedLayoutOptions,
   masks: Map<string, GridMasks>,
   kv: Record<string, Float32Array>[],
-  kvUncond: Record<string, Float32Array> | undefined,
+  kvUncond: Record<string, Float32Array>[] | undefined,
   textLen: number,
 ): Record<string, Feed> {
   const R = kv.length;
@@ -55,7 +57,7 @@ export function layoutFeeds(
       const size = textLen * channels;
       const data = new Float32Array(batch * R * size);
       for (let r = 0; r < R; r++) {
-        if (kvUncond) data.set(kvUncond[output], r * size);
+        if (kvUncond) data.set(kvUncond[r][output], r * size);
         data.set(kv[r][output], ((batch - 1) * R + r) * size);
       }
       feeds[input] = { data, dims: [batch, R, textLen, channels] };
@@ -64,12 +66,12 @@ export function layoutFeeds(
   for (const m of masks.values()) {
     const n = m.rows * m.cols;
     let w = regionWeights(m);
-    if (!layout.injection) {
+    if (!o.injection) {
       w = new Float32Array(R * n);
       w.fill(1, 0, n);
     }
     feeds[regionWeightInputName(m.rows, m.cols)] = { data: w, dims: [R, n] };
-    if (layout.isolation) feeds[selfBiasInputName(m.rows, m.cols)] = { data: isolationBias(m), dims: [1, 1, n, n] };
+    if (o.isolation) feeds[selfBiasInputName(m.rows, m.cols)] = { data: isolationBias(m, o.isolationScope), dims: [1, 1, n, n] };
   }
   return feeds;
 }
@@ -80,31 +82,27 @@ export interface TokenRange {
   end: number;
 }
 
-/** The content tokens of a prompt encoded alone: after the start token, before the end token. */
-export function contentTokens(tokenCount: number, textLen: number): TokenRange {
-  return { first: 1, end: Math.max(2, Math.min(textLen - 1, tokenCount - 1)) };
-}
-
 /**
- * A prompt's attention per latent cell: its tokens summed, from one region's maps (every map is
- * [batch, R, cells, textLen]) averaged over the given layers, taking the last (conditional) batch
- * entry. With `weights` (that region's row of the region weights, one per cell) it is the attention
- * the image actually used: zero where the region is masked out. Without, it is where the prompt
- * would draw attention if nothing confined it.
+ * One token's attention per cell, from one region's maps (every map is [batch, R, cells, textLen])
+ * averaged over the given layers, taking the last (conditional) batch entry. With `weights` (that
+ * region's row of the region weights, one per cell) it is the attention the image actually used:
+ * zero where the region is masked out. Without, where the token would draw attention if nothing
+ * confined it.
  */
-export function conceptMap(maps: Float32Array[], region: number, regions: number, cells: number, textLen: number, tokens: TokenRange, weights?: ArrayLike<number>): Float64Array {
+export function tokenMap(maps: Float32Array[], region: number, regions: number, cells: number, textLen: number, token: number, weights?: ArrayLike<number>): Float64Array {
   const out = new Float64Array(cells);
   for (const m of maps) {
     const batch = m.length / (regions * cells * textLen);
     const base = ((batch - 1) * regions + region) * cells * textLen;
-    for (let q = 0; q < cells; q++) {
-      const w = weights ? weights[q] : 1;
-      if (!w) continue;
-      let s = 0;
-      for (let t = tokens.first; t < tokens.end; t++) s += m[base + q * textLen + t];
-      out[q] += (w * s) / maps.length;
-    }
+    for (let q = 0; q < cells; q++) out[q] += ((weights ? weights[q] : 1) * m[base + q * textLen + token]) / maps.length;
   }
+  return out;
+}
+
+/** The sum of several tokens' maps. */
+export function tokensMap(maps: Float32Array[], region: number, regions: number, cells: number, textLen: number, tokens: number[], weights?: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(cells);
+  for (const t of tokens) tokenMap(maps, region, regions, cells, textLen, t, weights).forEach((v, q) => (out[q] += v));
   return out;
 }
 

@@ -1,24 +1,10 @@
-// Latent re-initialisation (LoRA-Composer Sec. 3.5): after one probe step from random noise, each
-// concept's cross-attention map shows where the model would put it; the box-sized window with the
-// most attention (Eq. 11) is found, that window of the noise is moved into the concept's box, and the
-// latent is renormalised to a standard Gaussian.
-
-export interface CellBox {
-  /** Top-left cell and size, in cells of the latent grid. */
-  row: number;
-  col: number;
-  rows: number;
-  cols: number;
-}
-
-/** A box in pixels as whole latent cells (8 pixels each), clamped to the grid and at least one cell. */
-export function cellBox(box: { x: number; y: number; width: number; height: number }, gridRows: number, gridCols: number, cell = 8): CellBox {
-  const col = Math.min(gridCols - 1, Math.max(0, Math.round(box.x / cell)));
-  const row = Math.min(gridRows - 1, Math.max(0, Math.round(box.y / cell)));
-  const cols = Math.max(1, Math.min(gridCols - col, Math.round(box.width / cell)));
-  const rows = Math.max(1, Math.min(gridRows - row, Math.round(box.height / cell)));
-  return { row, col, rows, cols };
-}
+// Latent re-initialisation (LoRA-Composer Sec. 3.5, Eq. 11), as the code's `replace_latents` does it
+// (multi_lora_sample.py ~186-229): a probe run of the UNet on the first noise gives, for each concept,
+// its tokens' cross-attention maps on the guidance grid; the box-sized window with the most attention
+// (a sum over the box's cells, i.e. a convolution with a ones kernel, top 1) is found, that window of
+// the noise, scaled from grid cells to latent cells, is copied into the concept's box, and the whole
+// latent is brought back to the first noise's mean and standard deviation.
+import type { CellBox } from './masks.ts';
 
 /** Eq. 11: the top-left of the rows x cols window of `map` [gridRows, gridCols] with the largest sum (first in raster order on ties). */
 export function argmaxWindow(map: ArrayLike<number>, gridRows: number, gridCols: number, rows: number, cols: number): { row: number; col: number; sum: number } {
@@ -36,27 +22,46 @@ export function argmaxWindow(map: ArrayLike<number>, gridRows: number, gridCols:
   return best;
 }
 
+/** Mean and standard deviation (unbiased, as torch's `std`). */
+export function meanStd(x: ArrayLike<number>): { mean: number; std: number } {
+  let mean = 0;
+  for (let i = 0; i < x.length; i++) mean += x[i];
+  mean /= x.length;
+  let ss = 0;
+  for (let i = 0; i < x.length; i++) ss += (x[i] - mean) ** 2;
+  return { mean, std: Math.sqrt(ss / Math.max(1, x.length - 1)) };
+}
+
+export interface ReinitConcept {
+  /** The concept's box in cells of the map's grid. */
+  box: CellBox;
+  /** Its attention on that grid [gridRows * gridCols]: the sum of its concept tokens' maps. */
+  map: ArrayLike<number>;
+}
+
 /**
- * The re-initialised latent [channels, gridRows, gridCols]: for each concept in order, the window of
- * `noise` where its map peaks is copied into its box; then the whole latent is brought to mean 0 and
- * standard deviation 1. Returns the windows found, for the report.
+ * The re-initialised latent [channels, gridRows * scale, gridCols * scale]: for each concept in order,
+ * the window of `noise` where its map peaks is copied into its box (each read from the first noise,
+ * not from what earlier concepts wrote); then the latent is brought to the noise's mean and standard
+ * deviation. `scale` is latent cells per grid cell. Returns the windows found, in grid cells.
  */
-export function reinitLatent(noise: Float32Array, channels: number, gridRows: number, gridCols: number, concepts: { box: CellBox; map: ArrayLike<number> }[]): { latent: Float32Array; windows: { row: number; col: number }[] } {
-  const plane = gridRows * gridCols;
+export function reinitLatent(noise: Float32Array, channels: number, gridRows: number, gridCols: number, scale: number, concepts: ReinitConcept[]): { latent: Float32Array; windows: { row: number; col: number }[] } {
+  const lh = gridRows * scale;
+  const lw = gridCols * scale;
+  const plane = lh * lw;
   const out = Float32Array.from(noise);
   const windows = concepts.map(({ box, map }) => {
     const w = argmaxWindow(map, gridRows, gridCols, box.rows, box.cols);
     for (let ch = 0; ch < channels; ch++)
-      for (let r = 0; r < box.rows; r++)
-        for (let c = 0; c < box.cols; c++) out[ch * plane + (box.row + r) * gridCols + box.col + c] = noise[ch * plane + (w.row + r) * gridCols + w.col + c];
+      for (let r = 0; r < box.rows * scale; r++)
+        for (let c = 0; c < box.cols * scale; c++) {
+          out[ch * plane + (box.row * scale + r) * lw + box.col * scale + c] = noise[ch * plane + (w.row * scale + r) * lw + w.col * scale + c];
+        }
     return { row: w.row, col: w.col };
   });
-  let mean = 0;
-  for (const v of out) mean += v;
-  mean /= out.length;
-  let variance = 0;
-  for (const v of out) variance += (v - mean) ** 2;
-  const std = Math.sqrt(variance / out.length) || 1;
-  for (let i = 0; i < out.length; i++) out[i] = (out[i] - mean) / std;
+  const target = meanStd(noise);
+  const now = meanStd(out);
+  const k = now.std > 0 ? target.std / now.std : 1;
+  for (let i = 0; i < out.length; i++) out[i] = (out[i] - now.mean) * k + target.mean;
   return { latent: out, windows };
 }

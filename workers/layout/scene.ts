@@ -19,6 +19,8 @@ export interface SceneLora {
   /** Content fingerprint (LoraInfo.fingerprint), when known. */
   fingerprint?: string;
   url?: string;
+  /** Its trigger words (comma-separated): in a box, the tokens guidance and re-initialisation read. */
+  trigger?: string;
 }
 
 /** The checkpoint a scene was made with: its library name and, when it was downloaded, its address. */
@@ -48,7 +50,7 @@ export interface SceneAblation {
   isolation: boolean;
   /** Latent re-initialisation from the first step's cross-attention maps. */
   reinit: boolean;
-  /** Gradient guidance terms (issue 7): concept enhancement, fill and region; off when absent. */
+  /** Gradient guidance terms: concept enhancement, fill and region; on when absent, as LoRA-Composer's code. */
   ce?: boolean;
   fill?: boolean;
   region?: boolean;
@@ -58,10 +60,15 @@ export interface SceneAblation {
 export interface SceneGuidance {
   /** phi at the first step. */
   scale: number;
-  /** Share of the steps that are guided. */
+  /** Share of the steps that may be guided. */
   share: number;
   earlyStop: boolean;
+  /** The last guided step (the code's 25). */
+  lastStep?: number;
 }
+
+/** LoRA-Composer's elements where we offer a choice besides the code's (defaults: the code's). */
+export type SceneLayoutChoices = Pick<LayoutOptions, 'masks' | 'isolationScope' | 'regionBase' | 'regionNegative' | 'regionOutput'>;
 
 export interface Scene {
   version: number;
@@ -81,6 +88,8 @@ export interface Scene {
   /** The model it was made with (absent in scenes from before the field, and from the CLI). */
   model?: SceneModel;
   guidance?: SceneGuidance;
+  /** Choices other than the code's for LoRA-Composer's elements (absent: the code's). */
+  layout?: SceneLayoutChoices;
 }
 
 /** Guidance settings where a scene has none: the engine's. */
@@ -88,8 +97,20 @@ export const GUIDANCE_SCENE_DEFAULTS: SceneGuidance = GUIDANCE_SCHEDULE_DEFAULTS
 
 /** The layout switches a scene gives the engine (LayoutOptions without the boxes). */
 export function layoutSwitches(scene: Scene): Omit<LayoutOptions, 'boxes'> {
-  const { injection, isolation, reinit, ce = false, fill = false, region = false } = scene.ablation;
-  return { injection, isolation, reinit, ...(ce || fill || region ? { guidance: { ce, fill, region, ...(scene.guidance ?? GUIDANCE_SCENE_DEFAULTS) } } : {}) };
+  const { injection, isolation, reinit, ce = true, fill = true, region = true } = scene.ablation;
+  return {
+    injection,
+    isolation,
+    reinit,
+    ...(ce || fill || region ? { guidance: { ce, fill, region, ...GUIDANCE_SCENE_DEFAULTS, ...scene.guidance } } : {}),
+    ...scene.layout,
+  };
+}
+
+/** A box's trigger words: those of its LoRAs, joined. */
+export function boxTrigger(box: Pick<SceneBox, 'loras'>): string | undefined {
+  const words = box.loras.map((l) => l.trigger?.trim()).filter(Boolean);
+  return words.length ? words.join(', ') : undefined;
 }
 
 /** The job a scene describes; its LoRAs are filled in once loaded. */
@@ -106,7 +127,10 @@ export function sceneJob(scene: Scene): GenerateJob {
     composition: scene.composition,
     loras: [],
     layout: {
-      boxes: scene.boxes.map((b) => ({ name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: [] })),
+      boxes: scene.boxes.map((b) => {
+        const trigger = boxTrigger(b);
+        return { name: b.name, x: b.x, y: b.y, width: b.width, height: b.height, prompt: b.prompt, loras: [], ...(trigger ? { trigger } : {}) };
+      }),
       ...layoutSwitches(scene),
     },
   };
@@ -166,8 +190,28 @@ function loras(v: unknown, where: string): SceneLora[] {
       out.fingerprint = f;
     }
     if (l.url !== undefined) out.url = httpsUrl(l, at);
+    if (l.trigger !== undefined) out.trigger = text(l, 'trigger', at, 500);
     return out;
   });
+}
+
+const LAYOUT_CHOICES: Record<keyof SceneLayoutChoices, string[]> = {
+  masks: ['covered', 'centre'],
+  isolationScope: ['concepts', 'regions'],
+  regionBase: ['model', 'frame'],
+  regionNegative: ['concept', 'frame'],
+  regionOutput: ['own', 'shared'],
+};
+
+function layoutChoices(v: unknown): SceneLayoutChoices {
+  if (!isObj(v)) throw new SceneError('layout must be an object of choices');
+  const out: Obj = {};
+  for (const [k, allowed] of Object.entries(LAYOUT_CHOICES)) {
+    if (v[k] === undefined) continue;
+    if (typeof v[k] !== 'string' || !allowed.includes(v[k] as string)) throw new SceneError(`layout.${k} must be one of ${allowed.join(', ')}`);
+    out[k] = v[k];
+  }
+  return out as SceneLayoutChoices;
 }
 
 export const COMPOSITION_KEYS = ['method', 'switchStep', 'profiling', 'profileSteps', 'cutoff', 'threshold', 'highPhase', 'cacheHigh', 'cacheLow', 'domCoeff', 'async'];
@@ -230,7 +274,7 @@ export function parseScene(input: unknown): Scene {
   const optionalSwitches = ['ce', 'fill', 'region'].filter((k) => a[k] !== undefined);
   for (const k of optionalSwitches) if (typeof a[k] !== 'boolean') throw new SceneError(`ablation.${k} must be true or false`);
   const gd = input.guidance;
-  if (gd !== undefined && (!isObj(gd) || typeof gd.earlyStop !== 'boolean')) throw new SceneError('guidance must be {scale, share, earlyStop}');
+  if (gd !== undefined && (!isObj(gd) || typeof gd.earlyStop !== 'boolean')) throw new SceneError('guidance must be {scale, share, earlyStop, lastStep}');
   const scheduler = input.scheduler;
   if (typeof scheduler !== 'string' || !SCHEDULER_IDS.includes(scheduler as SchedulerId)) throw new SceneError(`scheduler must be one of ${SCHEDULER_IDS.join(', ')}`);
   return {
@@ -248,7 +292,17 @@ export function parseScene(input: unknown): Scene {
     cfg: number(input, 'cfg', '', 1, 30),
     scheduler: scheduler as SchedulerId,
     ...(input.model !== undefined ? { model: sceneModel(input.model) } : {}),
-    ...(isObj(gd) ? { guidance: { scale: number(gd, 'scale', 'guidance.', 0, GUIDANCE_MAX_SCALE), share: number(gd, 'share', 'guidance.', 0, 1), earlyStop: gd.earlyStop as boolean } } : {}),
+    ...(isObj(gd)
+      ? {
+          guidance: {
+            scale: number(gd, 'scale', 'guidance.', 0, GUIDANCE_MAX_SCALE),
+            share: number(gd, 'share', 'guidance.', 0, 1),
+            earlyStop: gd.earlyStop as boolean,
+            ...(gd.lastStep !== undefined ? { lastStep: number(gd, 'lastStep', 'guidance.', 0, 200, true) } : {}),
+          },
+        }
+      : {}),
+    ...(input.layout !== undefined ? { layout: layoutChoices(input.layout) } : {}),
   };
 }
 

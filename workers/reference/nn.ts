@@ -172,6 +172,34 @@ export function regionalAttention(q: T, k: T[], v: T[], w: ArrayLike<number>[], 
   return { out: { data: out, shape: [b * nq, C] }, probs };
 }
 
+/**
+ * LoRA-Composer's `region_rewrite` in float64, transcribed from the code rather than from our graph:
+ * on an h x w grid, cells in no box keep the global attention (keys k[0], values v[0]) through the
+ * global output projection outs[0]; a cell in boxes keeps none of it and takes, from each of its
+ * boxes r, that region's attention through that region's projection outs[r], divided by its box
+ * count. `boxes[r - 1]` is box r's cell rectangle [rowStart, colStart, rowEnd, colEnd) (end exclusive).
+ */
+export function regionRewrite(q: T, k: T[], v: T[], outs: { w: Float64Array; b: Float64Array }[], boxes: [number, number, number, number][], h: number, w: number, batch: number, heads: number): T {
+  const C = q.shape[1];
+  const n = h * w;
+  const count = new Float64Array(n);
+  for (const [r0, c0, r1, c1] of boxes) for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) count[r * w + c] += 1;
+  const out = new Float64Array(batch * n * C);
+  const project = (r: number) => linear(attention(q, k[r], v[r], batch, heads).out, outs[r].w, outs[r].b, C).data;
+  const global = project(0);
+  for (let b = 0; b < batch; b++) for (let i = 0; i < n; i++) if (!count[i]) for (let c = 0; c < C; c++) out[(b * n + i) * C + c] = global[(b * n + i) * C + c];
+  boxes.forEach(([r0, c0, r1, c1], j) => {
+    const y = project(j + 1);
+    for (let b = 0; b < batch; b++)
+      for (let r = r0; r < r1; r++)
+        for (let c = c0; c < c1; c++) {
+          const i = r * w + c;
+          for (let e = 0; e < C; e++) out[(b * n + i) * C + e] += y[(b * n + i) * C + e] / count[i];
+        }
+  });
+  return { data: out, shape: [batch * n, C] };
+}
+
 export function toTokens(x: T): T {
   const [B, C, H, W] = x.shape;
   const out = new Float64Array(x.data.length);

@@ -2,7 +2,7 @@
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
 import type { GenerateJob, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
 import { loadScorer, scoreResult } from './scoring.ts';
-import { layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
+import { boxTrigger, layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
 import { dataUrlOf, drawScaled } from '../gallery/images.ts';
@@ -91,7 +91,15 @@ const settingsOf = (job: GenerateJob): Partial<Pick<Scene, SettingKey>> => ({
 });
 
 const sceneLoras = (entries: LoraEntry[]): SceneLora[] =>
-  entries.filter((l) => l.enabled).map((l) => ({ name: l.file.name, scale: l.scale, ...(l.info ? { fingerprint: l.info.fingerprint } : {}), ...(l.record.source?.startsWith('https://') ? { url: l.record.source } : {}) }));
+  entries
+    .filter((l) => l.enabled)
+    .map((l) => ({
+      name: l.file.name,
+      scale: l.scale,
+      ...(l.info ? { fingerprint: l.info.fingerprint } : {}),
+      ...(l.record.source?.startsWith('https://') ? { url: l.record.source } : {}),
+      ...(l.record.trigger?.trim() ? { trigger: l.record.trigger.trim() } : {}),
+    }));
 
 let lorasRestored = false;
 
@@ -421,19 +429,25 @@ function jobLayout(): LayoutOptions | undefined {
   if (!scene.boxes.length) return undefined;
   const loaded = studio().loras.filter((l) => l.info);
   return {
-    boxes: scene.boxes.map((b) => ({
-      name: b.name,
-      x: b.x,
-      y: b.y,
-      width: b.width,
-      height: b.height,
-      prompt: b.prompt,
-      loras: b.loras.map((l) => {
+    boxes: scene.boxes.map((b) => {
+      const entries = b.loras.map((l) => {
         const entry = loaded.find((x) => x.info!.name === l.name || (l.fingerprint && x.info!.fingerprint === l.fingerprint));
         if (!entry) throw new Error(`Box "${b.name}" uses the LoRA "${l.name}", which is not loaded; add it or remove it from the box.`);
-        return { lora: entry.info!.id, scale: l.scale };
-      }),
-    })),
+        return { entry, use: l };
+      });
+      // the concept's words: the library's trigger words for each LoRA (the scene's copy otherwise)
+      const trigger = boxTrigger({ loras: entries.map(({ entry, use }) => ({ ...use, trigger: entry.record.trigger?.trim() || use.trigger })) });
+      return {
+        name: b.name,
+        x: b.x,
+        y: b.y,
+        width: b.width,
+        height: b.height,
+        prompt: b.prompt,
+        loras: entries.map(({ entry, use }) => ({ lora: entry.info!.id, scale: use.scale })),
+        ...(trigger ? { trigger } : {}),
+      };
+    }),
     ...layoutSwitches(scene),
   };
 }

@@ -82,7 +82,7 @@ export function BoxPanel({ store, disabled }: { store: SceneStore; disabled: boo
               data-testid="box-lora-add"
               onChange={(e) => {
                 const entry = loaded.find((l) => l.info!.name === e.target.value);
-                if (entry) s.updateBox(box.id, { loras: [...box.loras, { name: entry.info!.name, scale: 1, fingerprint: entry.info!.fingerprint }] });
+                if (entry) s.updateBox(box.id, { loras: [...box.loras, { name: entry.info!.name, scale: 1, fingerprint: entry.info!.fingerprint, ...(entry.record.trigger?.trim() ? { trigger: entry.record.trigger.trim() } : {}) }] });
               }}
             >
               <option value="">choose…</option>
@@ -106,12 +106,12 @@ export function BoxPanel({ store, disabled }: { store: SceneStore; disabled: boo
       <div className="row" title="Gradient guidance moves the latent so each concept's attention fills its box (about 3x the time of a plain step on the guided steps)">
         {(['ce', 'fill', 'region'] as const).map((k) => (
           <label key={k} className="check">
-            <input type="checkbox" data-testid={`guidance-${k}`} checked={scene.ablation[k] ?? false} onChange={(e) => s.setGlobal({ ablation: { ...scene.ablation, [k]: e.target.checked } })} />
+            <input type="checkbox" data-testid={`guidance-${k}`} checked={scene.ablation[k] ?? true} onChange={(e) => s.setGlobal({ ablation: { ...scene.ablation, [k]: e.target.checked } })} />
             {{ ce: 'Concept enhancement', fill: 'Fill the box', region: 'Keep in region' }[k]}
           </label>
         ))}
       </div>
-      {(scene.ablation.ce || scene.ablation.fill || scene.ablation.region) && (
+      {(scene.ablation.ce !== false || scene.ablation.fill !== false || scene.ablation.region !== false) && (
         <div className="row">
           <label>
             Guidance strength
@@ -121,9 +121,13 @@ export function BoxPanel({ store, disabled }: { store: SceneStore; disabled: boo
             Guided share of steps
             <input type="number" min={0} max={1} step={0.05} data-testid="guidance-share" value={guidance.share} onChange={(e) => s.setGlobal({ guidance: { ...guidance, share: Math.min(1, Math.max(0, Number(e.target.value) || 0)) } })} />
           </label>
+          <label title="The code guides every step up to this one (25), unless L rises first">
+            Guide up to step
+            <input type="number" min={0} max={200} step={1} data-testid="guidance-last-step" value={guidance.lastStep ?? 25} onChange={(e) => s.setGlobal({ guidance: { ...guidance, lastStep: Math.min(200, Math.max(0, Math.round(Number(e.target.value) || 0))) } })} />
+          </label>
           <label className="check">
             <input type="checkbox" data-testid="guidance-early-stop" checked={guidance.earlyStop} onChange={(e) => s.setGlobal({ guidance: { ...guidance, earlyStop: e.target.checked } })} />
-            Stop when L stops falling
+            Stop when L rises (from step 5)
           </label>
         </div>
       )}

@@ -18,7 +18,7 @@ export function emptyScene(): Scene {
     loras: [],
     boxes: [],
     composition: { method: 'merge' },
-    ablation: { injection: true, isolation: true, reinit: true },
+    ablation: { injection: true, isolation: true, reinit: true, ce: true, fill: true, region: true },
     seed: 1,
     steps: 20,
     cfg: 7.5,

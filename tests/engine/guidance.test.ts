@@ -1,7 +1,8 @@
-// Gradient guidance on the tiny model: the whole backward path (latent -> down blocks -> the maps the
-// losses read) run by onnxruntime on wasm and WebGPU, against central finite differences of the
-// same forward graph interpreted in float64, with and without a layout's regions and isolation; then
-// guided generations: the in-box share of every concept rises, L falls, each term and early stop.
+// Gradient guidance on the tiny model: the whole backward path (latent -> down, mid and up blocks ->
+// the maps the losses read) run by onnxruntime on wasm and WebGPU, against central finite differences
+// of the same forward graph interpreted in float64, with and without a layout's regions, isolation and
+// per-region output projections; then guided generations: the in-box share of every concept rises, L
+// falls, L_region stays above 0 with isolation on, each term, and the code's early stop.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import type * as OrtNs from 'onnxruntime-web';
@@ -12,7 +13,7 @@ import { makeTinyModel } from '../../workers/engine/test-model.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { buildGuidanceGraph, guidanceLayers, guidanceSeedName, GUIDANCE_GRAD_OUTPUT } from '../../workers/graph/guidance-graph.ts';
 import { elementCount as size } from '../../workers/graph/shapes.ts';
-import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers, type UNetGraphOptions } from '../../workers/graph/unet.ts';
+import { regionKeyInputName, regionOutInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers, type UNetGraphOptions } from '../../workers/graph/unet.ts';
 import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
 import type { T } from '../../workers/reference/nn.ts';
@@ -52,17 +53,28 @@ function inputs(opt: UNetGraphOptions): Map<string, T> {
     m.set(regionWeightInputName(grid.rows, grid.cols), { data: Float64Array.from(regionWeights(masks)), shape: [opt.regions, n] });
     if (opt.isolation) m.set(selfBiasInputName(grid.rows, grid.cols), { data: Float64Array.from(isolationBias(masks)), shape: [1, 1, n, n] });
   }
+  if (opt.regionOutputs) {
+    for (const l of unetAttentionLayers(cfg, LH, LW).filter((l) => l.kind === 'cross')) {
+      const c = cfg.blockOutChannels[Math.round(Math.log2(LH / l.h))];
+      for (let r = 1; r < opt.regions; r++) {
+        m.set(regionOutInputName(r, l.name, 'weight'), { data: Float64Array.from(rng.normal(c * c), (v) => v / Math.sqrt(c)), shape: [c, c] });
+        m.set(regionOutInputName(r, l.name, 'bias'), { data: Float64Array.from(rng.normal(c), (v) => 0.05 * v), shape: [c] });
+      }
+    }
+  }
   return m;
 }
 
 async function checkPath(backend: Backend, layout: boolean, recomputeAbove?: number) {
   const rt = await runtime(backend);
-  const opt: UNetGraphOptions = { batch: 1, latentH: LH, latentW: LW, textLen, dtype: 'float32', ...(layout ? { regions: 3, isolation: true } : {}) };
+  const opt: UNetGraphOptions = { batch: 1, latentH: LH, latentW: LW, textLen, dtype: 'float32', ...(layout ? { regions: 3, isolation: true, regionOutputs: true } : {}) };
   const layers = guidanceLayers(cfg, LH, LW);
+  assert.ok(layers.cross.some((l) => l.startsWith('down_blocks.')) && layers.cross.some((l) => l.startsWith('up_blocks.')), 'maps from the down and the up blocks');
   const maps = buildGuidanceGraph(cfg, opt, layers, false);
   const grad = buildGuidanceGraph(cfg, opt, layers, true, recomputeAbove);
   assert.ok(!grad.records.some((r) => r.outputs.some((o) => o === 'noise_pred')), 'no noise prediction in the guidance graph');
-  assert.ok(![...grad.weights.keys()].some((w) => w.startsWith('up_blocks.') || w.startsWith('mid_block.')), 'the backward pass stops in the down blocks');
+  assert.ok([...grad.weights.keys()].some((w) => w.startsWith('mid_block.')), 'the backward pass runs through the mid block');
+  assert.ok(![...grad.weights.keys()].some((w) => w.startsWith('conv_out') || w.startsWith('conv_norm_out')), 'and stops at the last map layer');
   const given = inputs(opt);
   const rng = new Rng(8);
   const seeds = new Map(maps.outputs.map((o) => [o.name, Float64Array.from(rng.normal(size(o.dims)))]));
@@ -118,18 +130,21 @@ test('with every forward value recomputed for the backward pass (none kept), the
 
 // ---------------------------------------------------------------- guided generations
 
-async function guidedRun(guidance?: GuidanceOptions) {
+async function guidedRun(guidance?: GuidanceOptions, patch: Partial<ReturnType<typeof owlAndFoxJob>['layout']> = {}, steps = 6, backend: Backend = 'webgpu') {
   const { dir } = await tinyModelDir();
-  engineSetup ??= openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']);
-  const { engine, loras } = await engineSetup;
-  return (await engine.generate(owlAndFoxJob(loras, guidance))).report;
+  const key = backend;
+  engines[key] ??= openTinyEngine(dir, await runtime(backend), ['kohya', 'loha']);
+  const { engine, loras } = await engines[key]!;
+  const job = owlAndFoxJob(loras, guidance, steps);
+  Object.assign(job.layout!, patch);
+  return (await engine.generate(job)).report;
 }
-let engineSetup: ReturnType<typeof openTinyEngine> | undefined;
+const engines: Partial<Record<Backend, ReturnType<typeof openTinyEngine>>> = {};
 
 test('guidance raises every concept\'s in-box attention share and lowers L; phi = 0 changes nothing', async () => {
   const off = await guidedRun();
-  const still = await guidedRun({ ce: true, fill: true, region: true, scale: 0, share: 1, earlyStop: false });
-  const on = await guidedRun({ ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false });
+  const still = await guidedRun({ ce: true, fill: true, region: true, scale: 0, earlyStop: false });
+  const on = await guidedRun({ ce: true, fill: true, region: true, scale: 80, earlyStop: false });
   assert.equal(off.guidance, undefined);
   assert.deepEqual(still.boxes, off.boxes, 'phi = 0 is the unguided run');
   for (const [n, b] of on.boxes.entries()) {
@@ -139,21 +154,38 @@ test('guidance raises every concept\'s in-box attention share and lowers L; phi 
   assert.equal(g.steps.length, 6);
   assert.deepEqual(g.grid, { rows: 8, cols: 8 });
   assert.equal(g.evaluations, 12, 'one maps run and one backward run per guided step');
-  assert.ok(g.steps.every((s, i) => s.step === i && s.updated && s.stepSize === 80 * (1 - (0.5 * i) / 5)));
+  assert.ok(g.steps.every((s, i) => s.step === i && s.updated && Math.abs(s.stepSize - 80 * Math.sqrt(1 - (0.5 * i) / 5)) < 1e-12));
   const last = (r: typeof on) => r.guidance!.steps[5];
   assert.ok(last(on).loss < last(still).loss - 0.1, `L at the last step: ${last(still).loss.toFixed(3)} unguided, ${last(on).loss.toFixed(3)} guided`);
-  for (const s of g.steps) assert.ok(Math.abs(s.loss - (s.ce + 0.25 * s.fill + 0.8 * s.region)) < 1e-9);
+  for (const s of g.steps) assert.ok(Math.abs(s.loss - (s.ce + s.fill + s.region)) < 1e-9);
 });
 
-test('each term can be switched alone; early stop ends the updates when L rises; a bad scale is refused', async () => {
-  const region = await guidedRun({ ce: false, fill: false, region: true, scale: 1000, share: 1, earlyStop: true });
-  const g = region.guidance!;
-  assert.ok(g.steps.every((s) => s.ce === 0 && s.fill === 0 && s.region > 0 && Math.abs(s.loss - 0.8 * s.region) < 1e-12));
-  assert.notEqual(g.stoppedAt, null, 'a step this large overshoots, and early stop fires');
-  const stop = g.steps.findIndex((s) => !s.updated);
-  assert.equal(g.steps[stop].step, g.stoppedAt);
-  assert.ok(g.steps[stop].loss >= g.steps[stop - 1].loss, 'it fired because L did not decrease');
+for (const backend of ['wasm', 'webgpu'] as Backend[]) {
+  test(`with isolation on (the code's mask) L_region is above 0 at every step (${backend})`, async () => {
+    const r = await guidedRun({ ce: true, fill: true, region: true, scale: 20 }, { isolation: true }, 3, backend);
+    assert.equal(r.layout!.options.isolationScope, 'concepts');
+    for (const s of r.guidance!.steps) assert.ok(s.region > 1e-3, `step ${s.step}: L_region ${s.region}`);
+    // ours before (the background walled off too) leaves a box's queries nothing outside to attend to
+    const walled = await guidedRun({ ce: false, fill: false, region: true, scale: 20 }, { isolation: true, isolationScope: 'regions' }, 1, backend);
+    assert.ok(walled.guidance!.steps[0].region < 1e-6, `walled: L_region ${walled.guidance!.steps[0].region}`);
+  });
+}
+
+test("each term can be switched alone; the code's early stop ends the guidance at the first rise from step 5, or at the last step; a bad scale is refused", async () => {
+  const region = await guidedRun({ ce: false, fill: false, region: true, scale: 1000 }, {}, 3, 'wasm');
+  assert.ok(region.guidance!.steps.every((s) => s.ce === 0 && s.fill === 0 && s.region > 0 && Math.abs(s.loss - s.region) < 1e-12));
+  // the code's defaults over 9 steps: L falls, then rises once; that step is still updated and the last
+  const g = (await guidedRun({ ce: true, fill: true, region: true }, {}, 9, 'wasm')).guidance!;
+  assert.notEqual(g.stoppedAt, null, `L per step: ${g.steps.map((s) => s.loss.toFixed(3)).join(' ')}`);
+  const stop = g.steps.findIndex((s) => s.step === g.stoppedAt);
+  assert.ok(g.stoppedAt! >= 5, `not before step 5 (stopped at ${g.stoppedAt})`);
+  assert.ok(g.steps[stop].loss > g.steps[stop - 1].loss, 'it fired because L rose');
+  assert.ok(g.steps[stop].updated && g.steps[stop].stepSize > 0, 'the step where L rose is still updated');
+  for (let i = 5; i < stop; i++) assert.ok(g.steps[i].loss <= g.steps[i - 1].loss, `no rise before the stop (step ${i})`);
   assert.equal(g.steps.length, stop + 1, 'no guidance after the stop');
-  assert.equal(g.steps[stop].stepSize, 0);
+  // the cap: step 2 is the last guided one
+  const capped = (await guidedRun({ ce: true, fill: false, region: false, lastStep: 2 }, {}, 5, 'wasm')).guidance!;
+  assert.deepEqual(capped.steps.map((s) => s.step), [0, 1, 2]);
+  assert.equal(capped.stoppedAt, 2);
   await assert.rejects(guidedRun({ ce: true, fill: false, region: false, scale: -1 }), /guidance scale must be from 0 to 1000 \(got -1\)/);
 });

@@ -24,6 +24,11 @@ function studio() {
   setup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']));
   return setup;
 }
+let cpuSetup: Promise<{ engine: Engine; loras: LoraInfo[] }> | undefined;
+function cpuStudio() {
+  cpuSetup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('wasm'), ['kohya', 'loha', 'locon']));
+  return cpuSetup;
+}
 
 const layout = (loras: LoraInfo[], patch: Partial<LayoutOptions> = {}): LayoutOptions => ({
   boxes: [
@@ -89,4 +94,27 @@ test('isolation and re-initialisation run, report their windows, and a box outsi
   const bad = layout(loras);
   bad.boxes[1].x = 48;
   await assert.rejects(engine.generate({ ...JOB, layout: bad }), (e: EngineError) => e.code === 'bad-argument' && /Box "owl" reaches outside the 64x64 frame/.test(e.message));
+});
+
+test("each box region runs through its own LoRAs as the code does: its negative prompt, its output projection, the model without the frame's LoRAs", async () => {
+  const { engine, loras } = await cpuStudio();
+  const run = async (patch: Partial<LayoutOptions>, boxScale: number, frame = false) => {
+    const l = layout(loras, patch);
+    for (const b of l.boxes) b.loras = b.loras.map((u) => ({ ...u, scale: boxScale }));
+    return engine.generate({ ...JOB, steps: 2, ...(frame ? { loras: [{ lora: loras[2].id, scale: 1 }] } : {}), layout: l });
+  };
+  const differ = (a: { image: { data: Uint8ClampedArray } }, b: { image: { data: Uint8ClampedArray } }) => maxAbsDiff(a.image.data, b.image.data).diff;
+  // box LoRAs at strength 0 are the base model: every choice gives the same pixels
+  const base = await run({}, 0);
+  assert.equal(differ(base, await run({ regionNegative: 'frame' }, 0)), 0);
+  assert.equal(differ(base, await run({ regionOutput: 'shared' }, 0)), 0);
+  assert.deepEqual(base.report.layout!.options, { injection: true, isolation: false, reinit: false, guidance: null, masks: 'covered', isolationScope: 'concepts', regionBase: 'model', regionNegative: 'concept', regionOutput: 'own' });
+  // with the LoRAs on, the negative prompt through them and their output projections change the image
+  const code = await run({}, 1);
+  assert.ok(differ(code, await run({ regionNegative: 'frame' }, 1)) > 0, 'the region negative through the box LoRA');
+  assert.ok(differ(code, await run({ regionOutput: 'shared' }, 1)) > 0, 'the region output projection with the box LoRA');
+  // the frame's LoRA reaches the box regions only when asked
+  const frameCode = await run({}, 1, true);
+  assert.ok(differ(frameCode, await run({ regionBase: 'frame' }, 1, true)) > 0);
+  assert.equal(differ(code, await run({ regionBase: 'frame' }, 1)), 0, 'without frame LoRAs the two bases are one');
 });

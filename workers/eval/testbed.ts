@@ -114,7 +114,7 @@ function parseMethod(v: unknown, i: number): TestbedMethod {
   return { name, composition, layout: switches };
 }
 
-type LoraRef = { name: string; scale: number };
+type LoraRef = { name: string; scale: number; trigger?: string };
 
 function loraRefs(v: unknown, where: string, loras: Record<string, TestbedLora>): LoraRef[] {
   if (v === undefined) return [];
@@ -123,7 +123,8 @@ function loraRefs(v: unknown, where: string, loras: Record<string, TestbedLora>)
     const id = typeof x === 'string' ? x : isObj(x) ? x.lora : undefined;
     if (typeof id !== 'string' || !(id in loras)) throw new TestbedError(`${where}[${i}] names no LoRA of the testbed (${JSON.stringify(id)?.slice(0, 40)})`);
     const scale = isObj(x) && x.scale !== undefined ? x.scale : loras[id].scale;
-    return { name: id, scale: scale as number };
+    const trigger = loras[id].trigger;
+    return { name: id, scale: scale as number, ...(trigger ? { trigger } : {}) };
   });
 }
 

@@ -1,8 +1,12 @@
-// Layout cost on the tiny model (WebGPU): time per denoising step with 1, 3 and 5 concept boxes
-// (region injection and concept isolation on) against the same job without a layout, side by side in
-// one process, as ratios; and the mean in-box attention share of the box prompts with injection on
-// and off (3 boxes). The tiny model's weights are random, so the share says nothing about quality.
-import type { GenerateJob, LayoutBox, LoraUse } from '../workers/api/contract.ts';
+// Layout cost on the tiny model (WebGPU): time per denoising step and peak GPU bytes with 1, 3 and 5
+// concept boxes (region injection and concept isolation on, no guidance) against the same job without
+// a layout, side by side in one process, as ratios: once with LoRA-Composer's code's choices (the
+// defaults: each box region's own negative prompt and output projection, isolation between boxes only,
+// whole-cell masks) and once with ours before we read the code (the frame's negative and output
+// projection, every region walled off, cell-centre masks, the frame's LoRAs in every region); and the
+// mean in-box attention share of the box prompts with injection on and off (3 boxes). The tiny model's
+// weights are random, so the share says nothing about quality.
+import type { GenerateJob, LayoutBox, LayoutOptions, LoraUse } from '../workers/api/contract.ts';
 import type { Runtime } from '../workers/engine/runtime.ts';
 import { openTinyEngine, writeTinyModel } from '../workers/node/tiny.ts';
 
@@ -20,13 +24,18 @@ export async function benchLayout(rt: Runtime) {
   const { engine, loras: infos } = await openTinyEngine(dir, rt, ['kohya', 'locon', 'loha', 'peft', 'kohya-2']);
   const loras: LoraUse[] = infos.map((l) => ({ lora: l.id, scale: 0.8 }));
   const job: GenerateJob = { prompt: 'friends in a garden', negative: '', steps: STEPS, cfg: 5, seed: 9, width: SIZE, height: SIZE, scheduler: 'dpmpp-2m' };
-  const layoutJob = (n: number, injection = true): GenerateJob => ({ ...job, layout: { boxes: boxes(n, loras), injection, isolation: true, reinit: false } });
+  const before: Partial<LayoutOptions> = { masks: 'centre', isolationScope: 'regions', regionBase: 'frame', regionNegative: 'frame', regionOutput: 'shared' };
+  const layoutJob = (n: number, injection = true, choices: Partial<LayoutOptions> = {}): GenerateJob => ({ ...job, layout: { boxes: boxes(n, loras), injection, isolation: true, reinit: false, ...choices } });
   // compile every graph first so the timed runs compare steps only
-  for (const j of [job, layoutJob(1), layoutJob(3), layoutJob(5)]) await engine.generate({ ...j, steps: 1 });
+  for (const n of [1, 3, 5]) for (const c of [{}, before]) await engine.generate({ ...layoutJob(n, true, c), steps: 1 });
+  await engine.generate({ ...job, steps: 1 });
   const rows = [];
-  for (const n of [0, 1, 3, 5]) {
-    const r = await engine.generate(n ? layoutJob(n) : job);
-    rows.push({ boxes: n, perStepMs: r.report.timingsMs.perStepMs, setupMs: r.report.timingsMs.textEncodeMs, unetEvaluations: r.report.unetEvaluations });
+  for (const [choices, label] of [[{}, 'code'], [before, 'ours before']] as const) {
+    for (const n of [0, 1, 3, 5]) {
+      if (!n && label !== 'code') continue;
+      const r = await engine.generate(n ? layoutJob(n, true, choices) : job);
+      rows.push({ choices: n ? label : 'no layout', boxes: n, perStepMs: r.report.timingsMs.perStepMs, setupMs: r.report.timingsMs.textEncodeMs, peakGpuBytes: r.report.gpuBytesAllocated, unetEvaluations: r.report.unetEvaluations });
+    }
   }
   const base = rows[0].perStepMs;
   const share = async (injection: boolean) => {
@@ -37,8 +46,8 @@ export async function benchLayout(rt: Runtime) {
   const inBox = { injection: await share(true), noInjection: await share(false), boxArea: boxes(3, loras).reduce((a, b) => a + b.width * b.height, 0) / 3 / (SIZE * SIZE) };
   engine.unload();
   const out = { steps: STEPS, image: `${SIZE}x${SIZE}`, rows: rows.map((r) => ({ ...r, perStepVsNoLayout: r.perStepMs / base })), inBoxShare3Boxes: inBox };
-  console.log(`layout (tiny model, ${SIZE}x${SIZE}, ${STEPS} steps): boxes   ms/step   vs no layout`);
-  for (const r of out.rows) console.log(`  ${String(r.boxes).padStart(5)} ${r.perStepMs.toFixed(0).padStart(9)} ${r.perStepVsNoLayout.toFixed(2).padStart(9)}`);
+  console.log(`layout (tiny model, ${SIZE}x${SIZE}, ${STEPS} steps): choices       boxes   ms/step   vs no layout   peak GPU MB`);
+  for (const r of out.rows) console.log(`  ${r.choices.padEnd(12)} ${String(r.boxes).padStart(5)} ${r.perStepMs.toFixed(0).padStart(9)} ${r.perStepVsNoLayout.toFixed(2).padStart(14)} ${(r.peakGpuBytes / 2 ** 20).toFixed(1).padStart(12)}`);
   const f = (s: { used: number; unmasked: number }) => `used ${s.used.toFixed(3)}, unmasked ${s.unmasked.toFixed(3)}`;
   console.log(`  in-box share, 3 boxes: injection ${f(inBox.injection)}; without ${f(inBox.noInjection)} (box area ${inBox.boxArea.toFixed(3)})`);
   return out;

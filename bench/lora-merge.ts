@@ -52,7 +52,7 @@ function randomLora(targets: LoraTarget[], rank: number, seed: number): LoadedLo
     factors: { up: filled(target.rows * rank, seed % 2 === 1), down: filled(rank * target.cols, seed % 2 === 1), rank },
   }));
   const factorFloats = modules.reduce((a, m) => a + m.factors.up.length + m.factors.down.length, 0);
-  return { name: `random-r${rank}-${seed}`, format: 'kohya', metadata: { tags: [], raw: {} }, modules, unmatched: [], rank, factorFloats };
+  return { name: `random-r${rank}-${seed}`, format: 'kohya', metadata: { tags: [], raw: {} }, modules, unmatched: [], rank, factorFloats, concepts: [] };
 }
 
 function weightSets(rt: Runtime, targets: LoraTarget[]): Record<LoraComponent, WeightSet> {

@@ -71,6 +71,9 @@ test('make-test-model, inspect and generate write what they promise', () => {
   for (const b of rs.boxes) assert.ok(b.attentionInBox > 0 && b.attentionInBox <= 1 && b.attentionInBoxUnmasked > 0 && b.attentionInBoxUnmasked < 1 && b.window, JSON.stringify(b));
   assert.deepEqual(rs.loras.map((l: { name: string }) => l.name), ['locon.safetensors', 'kohya.safetensors', 'loha.safetensors']);
   assert.equal(rs.unetEvaluations, 5, 'four steps and the re-initialisation probe');
+  // the scene leaves guidance unset, so it runs as the code's defaults do: every term, every step
+  assert.deepEqual(rs.guidance.steps.map((x: { step: number }) => x.step), [0, 1, 2, 3]);
+  assert.deepEqual(rs.layout.options.guidance, { ce: true, fill: true, region: true, scale: 20, share: 1, earlyStop: true, lastStep: 25 });
   const scene = JSON.parse(readFileSync(join(dir, 'scene.json'), 'utf8'));
   const write = (name: string, value: unknown) => (writeFileSync(join(dir, name), JSON.stringify(value)), join(dir, name));
   const missing = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', write('missing.json', { ...scene, loras: [{ name: 'nowhere.safetensors', scale: 1 }] }), '--backend', 'wasm', '--out', png);
@@ -80,12 +83,17 @@ test('make-test-model, inspect and generate write what they promise', () => {
   assert.equal(outside.code, 1);
   assert.match(outside.err[0], /^error: This scene cannot be used: box "fox" \(48, 8, 32x48\) reaches outside the 64x64 frame\.$/);
   // gradient guidance switched on from the command line, two of its terms, half of the four steps
-  const guided = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', join(dir, 'scene.json'), '--backend', 'wasm', '--guidance', 'ce,region', '--guidance-scale', '30', '--guidance-share', '0.5', '--no-early-stop', '--out', png, '--report', report);
+  const guided = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', join(dir, 'scene.json'), '--backend', 'wasm', '--guidance', 'ce,region', '--guidance-scale', '30', '--guidance-share', '0.5', '--no-early-stop', '--masks', 'centre', '--region-negative', 'frame', '--out', png, '--report', report);
   assert.equal(guided.code, 0, guided.err.join('\n'));
-  const rg = JSON.parse(readFileSync(report, 'utf8')).guidance;
+  const full = JSON.parse(readFileSync(report, 'utf8'));
+  const rg = full.guidance;
   assert.deepEqual(rg.steps.map((x: { step: number }) => x.step), [0, 1]);
-  // the scene has concept isolation on, so no self-attention leaves a box: L_region is exactly 0
-  assert.ok(rg.steps.every((x: { ce: number; fill: number; region: number; stepSize: number }) => x.ce > 0 && x.fill === 0 && x.region === 0 && x.stepSize > 0), JSON.stringify(rg.steps));
+  // the scene has concept isolation on; as the code isolates, a box still sees the background: L_region > 0
+  assert.ok(rg.steps.every((x: { ce: number; fill: number; region: number; stepSize: number }) => x.ce > 0 && x.fill === 0 && x.region > 0 && x.stepSize > 0), JSON.stringify(rg.steps));
+  assert.deepEqual([full.layout.options.masks, full.layout.options.regionNegative, full.layout.options.regionOutput, full.layout.options.guidance.scale], ['centre', 'frame', 'own', 30]);
+  const badChoice = cli('generate', '--model', 'm', '--scene', join(dir, 'scene.json'), '--isolation-scope', 'all', '--out', png);
+  assert.equal(badChoice.code, 2);
+  assert.match(badChoice.err[0], /--isolation-scope takes concepts or regions \(got "all"\)/);
   assert.deepEqual(JSON.parse(guided.out.trim().split('\n').at(-1)!).guidanceLoss, rg.steps.map((x: { loss: number }) => Number(x.loss.toFixed(4))));
   const badTerm = cli('generate', '--model', 'm', '--scene', join(dir, 'scene.json'), '--guidance', 'ce,blur', '--out', png);
   assert.equal(badTerm.code, 2);

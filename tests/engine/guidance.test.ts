@@ -142,9 +142,9 @@ async function guidedRun(guidance?: GuidanceOptions, patch: Partial<ReturnType<t
 const engines: Partial<Record<Backend, ReturnType<typeof openTinyEngine>>> = {};
 
 test('guidance raises every concept\'s in-box attention share and lowers L; phi = 0 changes nothing', async () => {
-  const off = await guidedRun();
-  const still = await guidedRun({ ce: true, fill: true, region: true, scale: 0, earlyStop: false });
-  const on = await guidedRun({ ce: true, fill: true, region: true, scale: 80, earlyStop: false });
+  const off = await guidedRun(undefined, {}, 6, 'wasm');
+  const still = await guidedRun({ ce: true, fill: true, region: true, scale: 0, earlyStop: false }, {}, 6, 'wasm');
+  const on = await guidedRun({ ce: true, fill: true, region: true, scale: 80, earlyStop: false }, {}, 6, 'wasm');
   assert.equal(off.guidance, undefined);
   assert.deepEqual(still.boxes, off.boxes, 'phi = 0 is the unguided run');
   for (const [n, b] of on.boxes.entries()) {

@@ -234,6 +234,19 @@ export interface LoraInfo {
   factorBytes: number;
   /** Fingerprint of its layers and factor values: equal for the same LoRA under another file name. */
   fingerprint: string;
+  /** ED-LoRA (Mix-of-Show): the concept tokens it adds to prompts, e.g. `<ai1>`, `<ai2>`. */
+  concepts?: string[];
+}
+
+/** A textual-inversion embedding: prompts use it by `name`. */
+export interface EmbeddingInfo {
+  id: string;
+  name: string;
+  /** The file it came from. */
+  file: string;
+  /** Vectors it stands for in a prompt. */
+  vectors: number;
+  fingerprint: string;
 }
 
 export interface ImageData8 {

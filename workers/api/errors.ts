@@ -4,6 +4,7 @@
 export type EngineErrorCode =
   | 'safetensors-format'
   | 'safetensors-truncated'
+  | 'pth-format'
   | 'unsupported-architecture'
   | 'not-a-model'
   | 'missing-tensor'
@@ -48,6 +49,14 @@ export class SafetensorsTruncatedError extends EngineError {
         `(tensor "${firstMissing}" is cut off). Download it again.`,
     );
     this.name = 'SafetensorsTruncatedError';
+  }
+}
+
+/** A PyTorch .pth/.pt file we cannot read safely or that is damaged. */
+export class PthFormatError extends EngineError {
+  constructor(file: string, problem: string) {
+    super('pth-format', `${file} cannot be read as a PyTorch checkpoint: ${problem}.`);
+    this.name = 'PthFormatError';
   }
 }
 

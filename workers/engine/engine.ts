@@ -1,7 +1,7 @@
 // The engine: a loaded model (weights on the GPU, one ORT session per graph and shape) and the
 // denoising loop. The same class runs in the browser's worker and in Node.
 import type * as OrtNs from 'onnxruntime-web';
-import type { AdapterInfo, GenerateJob, GenerateResult, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
+import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
@@ -20,6 +20,8 @@ import { graphSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
 import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
+import { openTensorFile } from '../checkpoint/tensor-file.ts';
+import { buildVocabulary, embeddingFingerprint, readTextualInversion, type TokenEmbedding, type Vocabulary } from '../text/embeddings.ts';
 import { cpuRelativeAmplitudes, relativeAmplitude } from '../composition/frequency.ts';
 import { uploadBuffer } from '../gpu/buffers.ts';
 import { checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
@@ -47,6 +49,8 @@ export class Engine {
   };
   private readonly sessions = new Map<string, CompiledGraph>();
   private readonly loras = new Map<string, { lora: LoadedLora; info: LoraInfo }>();
+  private readonly embeddings = new Map<string, { token: TokenEmbedding; info: EmbeddingInfo }>();
+  private embeddingCounter = 0;
   private loraWeights?: LoraWeights;
   private loraTable?: Map<string, LoraTarget>;
   private loraCounter = 0;
@@ -163,6 +167,7 @@ export class Engine {
     this.loraWeights = undefined;
     this.loraTable = undefined;
     this.loras.clear();
+    this.embeddings.clear();
     this.profiles.clear();
     if (this.model) for (const w of Object.values(this.model.weights)) w.dispose();
     this.model = undefined;
@@ -175,7 +180,8 @@ export class Engine {
     if (this.busy) throw new EngineError('busy', 'A model load or a generation is running; add the LoRA when it has finished.');
     this.checkDevice();
     this.loraTable ??= loraTargetTable(m.ckpt.config);
-    const lora = await openLora(source, m.ckpt.config, this.loraTable);
+    const lora = await openLora(source, m.ckpt.config, this.loraTable, crossAttentionLayers(m.ckpt.config.unet).length);
+    this.checkTokenNames(lora.concepts.map((c) => c.name), lora.name);
     this.loraWeights ??= await LoraWeights.create(this.rt, { unet: m.weights.unet, textEncoder: m.weights.textEncoder }, this.mergeBackend);
     const id = `lora-${++this.loraCounter}`;
     await this.loraWeights.add(id, lora);
@@ -192,9 +198,47 @@ export class Engine {
       metadata: lora.metadata,
       factorBytes: lora.factorFloats * 4,
       fingerprint: loraFingerprint(lora),
+      ...(lora.concepts.length ? { concepts: lora.concepts.map((c) => c.name) } : {}),
     };
     this.loras.set(id, { lora, info });
     return info;
+  }
+
+  /** Open a textual-inversion embedding; prompts then use it by its name. */
+  async loadEmbedding(source: ByteSource): Promise<EmbeddingInfo> {
+    const m = this.model;
+    if (!m) throw new BadArgumentError('Load a model before adding embeddings.');
+    if (this.busy) throw new EngineError('busy', 'A model load or a generation is running; add the embedding when it has finished.');
+    const token = await readTextualInversion(await openTensorFile(source), m.ckpt.config.textEncoder.hidden);
+    this.checkTokenNames([token.name], source.name);
+    const info: EmbeddingInfo = { id: `emb-${++this.embeddingCounter}`, name: token.name, file: source.name, vectors: token.count, fingerprint: embeddingFingerprint(token) };
+    this.embeddings.set(info.id, { token, info });
+    return info;
+  }
+
+  unloadEmbedding(id: string): void {
+    if (this.busy) throw new EngineError('busy', 'A generation is running; remove the embedding when it has finished.');
+    this.embeddings.delete(id);
+  }
+
+  get loadedEmbeddings(): EmbeddingInfo[] {
+    return [...this.embeddings.values()].map((e) => e.info);
+  }
+
+  /** A prompt name may stand for one embedding only. */
+  private checkTokenNames(names: string[], file: string): void {
+    const taken = new Map<string, string>();
+    for (const e of this.embeddings.values()) taken.set(e.token.name.toLowerCase(), e.info.file);
+    for (const l of this.loras.values()) for (const c of l.lora.concepts) taken.set(c.name.toLowerCase(), l.info.name);
+    const clash = names.find((n) => taken.has(n.toLowerCase()));
+    if (clash) throw new BadArgumentError(`${file} names the token "${clash}", which ${taken.get(clash.toLowerCase())} already gives; remove that one first.`);
+  }
+
+  /** The added tokens of every loaded embedding and ED-LoRA, in load order. */
+  private vocabulary(): Vocabulary | undefined {
+    const m = this.model!;
+    const tokens = [...[...this.embeddings.values()].map((e) => e.token), ...[...this.loras.values()].flatMap((l) => l.lora.concepts)];
+    return buildVocabulary(tokens, m.ckpt.config.textEncoder.vocabSize, m.ckpt.config.textEncoder.hidden, crossAttentionLayers(m.ckpt.config.unet).length);
   }
 
   unloadLora(id: string): void {
@@ -273,12 +317,17 @@ export class Engine {
       const clipSkip = job.clipSkip ?? 1;
       if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
       const t0 = performance.now();
-      const te = await this.graph(`te:${clipSkip}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip }));
+      const vocab = this.vocabulary();
+      const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows }));
       const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
       const layout = resolved ? layoutGraphOptions(cfg.unet, lh, lw, job.layout!.boxes.length, resolved) : undefined;
       const layoutKey = layout ? `${layout.regions}:${layout.isolation}:${layout.regionOutputs}` : '';
-      const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layoutKey}`, () =>
-        buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout }),
+      // a prompt with an ED-LoRA token gives each cross-attention layer its own context (a layout's
+      // regions carry theirs as keys and values)
+      const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
+      const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
+      const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layoutKey}:${contextLayers}`, () =>
+        buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}) }),
       );
       // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
       const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
@@ -307,7 +356,10 @@ export class Engine {
           ort: this.rt.ort,
           config: cfg,
           tokenizer: m.tokenizer,
-          textEncoder: (ids) => runGraph(te, m.weights.textEncoder, { input_ids: ids }),
+          textEncoder: (feeds) => runGraph(te, m.weights.textEncoder, feeds),
+          vocabulary: vocab,
+          contextLayers,
+          loraConcepts: used.map((u) => u.lora.concepts.map((c) => c.name)),
           unet: (feeds) => runGraph(unet, m.weights.unet, feeds),
           vae: (feeds) => runGraph(vae, m.weights.vae, feeds),
           isCancelled: () => this.cancelRequested,

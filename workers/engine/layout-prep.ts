@@ -11,10 +11,16 @@ import { conceptTokens, type ConceptTokens } from '../layout/concept-tokens.ts';
 import type { GridMasks } from '../layout/masks.ts';
 import { appendedTokens, layoutFeeds, layoutGraphOptions, layoutMasks, type LayoutGraph } from '../layout/regional.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
+import type { Vocabulary } from '../text/embeddings.ts';
 import type { Ort } from './runtime.ts';
 
-export interface Encoded {
+/** A prompt's encoding: one context, or one per cross-attention layer (a prompt with an ED-LoRA token). */
+export interface Context {
   data: Float32Array;
+  layers: number;
+}
+
+export interface Encoded extends Context {
   ids: number[];
   tokenCount: number;
 }
@@ -23,9 +29,10 @@ export interface LayoutPrepParts {
   ort: Ort;
   config: ModelConfig;
   tokenizer: ClipTextTokenizer;
+  vocabulary?: Vocabulary;
   encode: (text: string, label: string) => Promise<Encoded>;
   merge: (loras: number[], component: 'unet' | 'textEncoder') => Promise<number>;
-  crossKV: (context: Float32Array) => Promise<Record<string, Float32Array>>;
+  crossKV: (context: Context) => Promise<Record<string, Float32Array>>;
   /** The UNet's current cross-attention output projections, copied as region `region`'s inputs. */
   regionOutputs?: (region: number) => Promise<Record<string, OrtNs.Tensor>>;
 }
@@ -52,8 +59,8 @@ export async function prepareLayout(
   job: GenerateJob,
   boxes: LayoutBox[],
   o: ResolvedLayoutOptions,
-  loras: { frame: number[]; boxes: number[][]; none: boolean },
-  text: { cond: Float32Array; uncond?: Float32Array; globalIds: number[] },
+  loras: { frame: number[]; boxes: number[][]; none: boolean; concepts: string[][] },
+  text: { cond: Context; uncond?: Context },
 ): Promise<PreparedLayout> {
   const { ort, config } = parts;
   const textLen = config.textEncoder.maxPositions;
@@ -68,23 +75,25 @@ export async function prepareLayout(
   const concept = o.injection && o.regionNegative === 'concept' && !!text.uncond;
 
   // 1. each box's prompt (and negative prompt) through its own text encoder
-  const boxText: { cond: Encoded; uncond?: Float32Array }[] = [];
+  const boxText: { cond: Encoded; uncond?: Context }[] = [];
   for (const [n, box] of boxes.entries()) {
     await parts.merge(regionLoras(n), 'textEncoder');
     const cond = await parts.encode(box.prompt, `prompt of box "${box.name}"`);
-    boxText.push({ cond, ...(concept ? { uncond: (await parts.encode(job.negative, 'negative prompt')).data } : {}) });
+    boxText.push({ cond, ...(concept ? { uncond: await parts.encode(job.negative, 'negative prompt') } : {}) });
   }
 
   // 2. the concept tokens: in the box's own context with injection; without, where the box prompt
   // sits inside the joined global prompt
   const textIds = (t: string) => {
-    const e = parts.tokenizer.encode(t);
+    const e = parts.tokenizer.encode(t, parts.vocabulary?.added);
     return e.ids.slice(1, Math.max(1, Math.min(e.ids.length - 1, e.tokenCount - 1)));
   };
   const joined = [job.prompt, ...boxes.map((b) => b.prompt)].map((t, i) => ({ t, i })).filter((p) => p.t.trim());
-  const counts = joined.map((p) => (p.i === 0 ? parts.tokenizer.encode(p.t).tokenCount : boxText[p.i - 1].cond.tokenCount));
+  const counts = joined.map((p) => (p.i === 0 ? parts.tokenizer.encode(p.t, parts.vocabulary?.added).tokenCount : boxText[p.i - 1].cond.tokenCount));
   const concepts = boxes.map((box, n) => {
-    const own = conceptTokens(boxText[n].cond.ids, boxText[n].cond.tokenCount, textIds, box.trigger);
+    // without trigger words of its own, an ED-LoRA box is named by its concept tokens, as in the code
+    const trigger = box.trigger ?? (loras.concepts[n].length ? loras.concepts[n].join(' ') : undefined);
+    const own = conceptTokens(boxText[n].cond.ids, boxText[n].cond.tokenCount, textIds, trigger);
     if (own.missing.length) warnings.push(`Box "${box.name}": the trigger words ${own.missing.map((m) => `"${m}"`).join(', ')} are not in its prompt, so they do not guide it.`);
     if (o.injection) return { region: n + 1, tokens: own };
     const at = joined.findIndex((p) => p.i === n + 1);
@@ -101,7 +110,7 @@ export async function prepareLayout(
   const outputs: Record<string, OrtNs.Tensor> = {};
   for (const n of boxes.keys()) {
     await parts.merge(regionLoras(n), 'unet');
-    kv.push(await parts.crossKV(boxText[n].cond.data));
+    kv.push(await parts.crossKV(boxText[n].cond));
     if (kvUncond) kvUncond.push(boxText[n].uncond ? await parts.crossKV(boxText[n].uncond!) : frameUncond!);
     if (graph.regionOutputs) {
       if (!parts.regionOutputs) throw new Error('this engine cannot give box regions their own output projections');
@@ -113,7 +122,7 @@ export async function prepareLayout(
   const condFeeds = {
     ...tensors(layoutFeeds(config.unet, o, masks, kv, undefined, textLen)),
     ...outputs,
-    encoder_hidden_states: new ort.Tensor('float32', text.cond, [1, textLen, config.unet.crossAttentionDim]),
+    encoder_hidden_states: new ort.Tensor('float32', text.cond.data.slice(0, textLen * config.unet.crossAttentionDim), [1, textLen, config.unet.crossAttentionDim]),
   };
   return { options: o, masks, graph, feeds, condFeeds, concepts, warnings };
 }

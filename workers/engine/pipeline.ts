@@ -21,7 +21,9 @@ import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
 import { Rng } from './random.ts';
 import { LatentGuide, type GuideParts } from './guide.ts';
-import { prepareLayout, type PreparedLayout } from './layout-prep.ts';
+import { prepareLayout, type Context, type PreparedLayout } from './layout-prep.ts';
+import type { Vocabulary } from '../text/embeddings.ts';
+import { crossAttentionLayers } from '../graph/cross-kv.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
@@ -30,7 +32,12 @@ export interface PipelineParts {
   ort: Ort;
   config: ModelConfig;
   tokenizer: ClipTextTokenizer;
-  textEncoder: (ids: OrtNs.Tensor) => Promise<Outputs>;
+  /** The text encoder on `input_ids` (and, with added tokens, `extra_embeddings`, `extra_ids`, `extra_mask`). */
+  textEncoder: (feeds: Feeds) => Promise<Outputs>;
+  /** Added tokens (textual inversions, ED-LoRA concepts) the prompts may use. */
+  vocabulary?: Vocabulary;
+  /** The main UNet's context layers: 1, or the cross-attention layer count when a prompt has a layer-wise token (no layout). */
+  contextLayers?: number;
   unet: (feeds: Feeds) => Promise<Outputs>;
   vae: (feeds: Feeds) => Promise<Outputs>;
   isCancelled: () => boolean;
@@ -41,6 +48,8 @@ export interface PipelineParts {
   amplitudes: (images: Float32Array, count: number, height: number, width: number, cutoff: number) => Promise<number[]>;
   /** Names of the job's LoRAs, for the report. */
   loraNames: string[];
+  /** Per job LoRA: its ED-LoRA concept tokens (a box's concept words when it has no trigger words). */
+  loraConcepts?: string[][];
   /** Layouts: the cross-attention keys and values of one text context [1, textLen, dim], by output name. */
   crossKV?: (context: Float32Array) => Promise<Record<string, Float32Array>>;
   /** Layouts: the UNet's current cross-attention output projections, copied as a box region's inputs. */
@@ -149,17 +158,33 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // 1. text conditioning, [uncond, cond] when guided, with every LoRA's text-encoder part merged
   onProgress?.({ phase: 'text', step: 0, total: job.steps, elapsedMs: elapsed() });
   await merge(all, 'textEncoder');
+  const vocab = parts.vocabulary;
+  const textLen = config.textEncoder.maxPositions;
+  const hidden = config.unet.crossAttentionDim;
+  // a prompt with an ED-LoRA token is encoded once per cross-attention layer, with that layer's vectors
   const encode = async (text: string, label: string) => {
-    const e = parts.tokenizer.encode(text);
+    const e = parts.tokenizer.encode(text, vocab?.added);
     if (e.truncated) warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
-    const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, BigInt), [1, e.ids.length]);
-    return { data: (await parts.textEncoder(ids)).last_hidden_state.data as Float32Array, ids: e.ids, tokenCount: e.tokenCount };
+    const V = config.textEncoder.vocabSize;
+    const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? id : 0)), [1, e.ids.length]);
+    if (!vocab) return { data: (await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array, layers: 1, ids: e.ids, tokenCount: e.tokenCount };
+    const extraIds = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? 0 : id - V)), [1, e.ids.length]);
+    const mask = new ort.Tensor('float32', Float32Array.from(e.ids, (id) => (id < V ? 0 : 1)), [1, e.ids.length, 1]);
+    const layers = e.ids.some((id) => vocab.layerwise.has(id)) ? vocab.layers : 1;
+    const data = new Float32Array(layers * textLen * hidden);
+    for (let l = 0; l < layers; l++) {
+      const table = new ort.Tensor('float32', vocab.table(l), [vocab.rows, config.textEncoder.hidden]);
+      const out = await parts.textEncoder({ input_ids: ids, extra_ids: extraIds, extra_mask: mask, extra_embeddings: table });
+      data.set(out.last_hidden_state.data as Float32Array, l * textLen * hidden);
+    }
+    return { data, layers, ids: e.ids, tokenCount: e.tokenCount };
   };
   const condText = await encode(prompt, 'prompt');
-  const cond = condText.data;
-  const uncond = guided ? (await encode(job.negative, 'negative prompt')).data : undefined;
-  const context = uncond ? concat(uncond, cond) : cond;
-  const textLen = config.textEncoder.maxPositions;
+  const uncondText = guided ? await encode(job.negative, 'negative prompt') : undefined;
+  const contextLayers = parts.contextLayers ?? 1;
+  const asLayers = (c: Context) => (c.layers === contextLayers ? c.data : c.layers === 1 ? repeat(c.data, contextLayers) : c.data.slice(0, textLen * hidden));
+  const cond = asLayers(condText);
+  const context = uncondText ? concat(asLayers(uncondText), cond) : cond;
 
   // 1b. a layout: each region's prompts, keys and values (once per image), masks and concept tokens
   let prepared: PreparedLayout | undefined;
@@ -167,12 +192,12 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   if (layout && layoutOptions) {
     if (!parts.crossKV) throw new Error('this engine cannot run layouts');
     prepared = await prepareLayout(
-      { ort, config, tokenizer: parts.tokenizer, encode, merge, crossKV: parts.crossKV, regionOutputs: parts.regionOutputs },
+      { ort, config, tokenizer: parts.tokenizer, vocabulary: vocab, encode, merge, crossKV: layeredKV(parts.crossKV, config.unet), regionOutputs: parts.regionOutputs },
       job,
       boxes,
       layoutOptions,
-      { frame: all, boxes: boxLoras, none: options.method === 'none' },
-      { cond, uncond, globalIds: condText.ids },
+      { frame: all, boxes: boxLoras, none: options.method === 'none', concepts: boxLoras.map((ls) => ls.flatMap((i) => parts.loraConcepts?.[i] ?? [])) },
+      { cond: condText, uncond: uncondText },
     );
     warnings.push(...prepared.warnings);
     if ((layoutOptions.guidance || layoutOptions.reinit) && parts.guidance) {
@@ -200,7 +225,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
 
   // 2. the guided noise prediction of the UNet with a set of LoRAs merged in
   const batch = guided ? 2 : 1;
-  const ctxTensor = new ort.Tensor('float32', context, [batch, textLen, config.unet.crossAttentionDim]);
+  const ctxTensor = new ort.Tensor('float32', context, contextLayers > 1 ? [batch, contextLayers, textLen, hidden] : [batch, textLen, hidden]);
   const c0 = config.unet.blockOutChannels[0];
   let unetEvaluations = 0;
   let stepMergeMs = 0;
@@ -426,6 +451,27 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs },
     warnings,
   };
+}
+
+/** A context's cross-attention keys and values; a layer-wise context gives layer l the keys of its own encoding l. */
+function layeredKV(crossKV: (context: Float32Array) => Promise<Record<string, Float32Array>>, cfg: ModelConfig['unet']) {
+  const layers = crossAttentionLayers(cfg).map((l) => l.name);
+  return async (c: Context): Promise<Record<string, Float32Array>> => {
+    if (c.layers === 1) return crossKV(c.data);
+    const size = c.data.length / c.layers;
+    const out: Record<string, Float32Array> = {};
+    for (const [l, name] of layers.entries()) {
+      const kv = await crossKV(c.data.subarray(l * size, (l + 1) * size));
+      for (const [k, v] of Object.entries(kv)) if (k.endsWith(`.${name}`)) out[k] = v;
+    }
+    return out;
+  };
+}
+
+function repeat(a: Float32Array, times: number): Float32Array {
+  const out = new Float32Array(a.length * times);
+  for (let i = 0; i < times; i++) out.set(a, i * a.length);
+  return out;
 }
 
 function concat(a: Float32Array, b: Float32Array): Float32Array {

@@ -29,6 +29,11 @@ export interface UNetGraphOptions {
    * merged), as LoRA-Composer's code does; region 0 (the background) uses the UNet's own to_out.
    */
   regionOutputs?: boolean;
+  /**
+   * Layer-wise conditioning (ED-LoRA prompts): `encoder_hidden_states` is [batch, L, textLen, dim] and
+   * the l-th cross-attention layer (in graph order) reads context l.
+   */
+  contextLayers?: number;
   /** False: no `noise_pred` output (a graph for the attention maps alone; prune it to drop the rest). */
   noisePrediction?: boolean;
 }
@@ -141,7 +146,7 @@ export function transformerBlock(
 }
 
 /** Transformer2DModel with conv projections (SD 1.5: use_linear_projection = false). */
-export function spatialTransformer(g: GraphBuilder, x: Feat, name: string, cfg: UNetConfig, context: string, ctx?: Ctx): Feat {
+export function spatialTransformer(g: GraphBuilder, x: Feat, name: string, cfg: UNetConfig, context: string | ((layer: string) => string), ctx?: Ctx): Feat {
   let h = groupNorm(g, x, `${name}.norm`, cfg.normGroups, 1e-6);
   h = conv2d(g, h, `${name}.proj_in`, x.c, 1);
   let t = toTokens(g, h);
@@ -152,7 +157,8 @@ export function spatialTransformer(g: GraphBuilder, x: Feat, name: string, cfg: 
       ? { self: attnIo(ctx, `${block}.attn1`, n, n, x), cross: attnIo(ctx, `${block}.attn2`, n, ctx.opt.textLen, x) }
       : {};
     const textLen = ctx?.opt.textLen ?? 77;
-    t = transformerBlock(g, t, block, { b: x.b, n, c: x.c, heads: cfg.heads, ctxLen: textLen, ctxDim: cfg.crossAttentionDim }, context, io);
+    const layerContext = typeof context === 'string' ? context : context(`${block}.attn2`);
+    t = transformerBlock(g, t, block, { b: x.b, n, c: x.c, heads: cfg.heads, ctxLen: textLen, ctxDim: cfg.crossAttentionDim }, layerContext, io);
   }
   h = conv2d(g, fromTokens(g, t, x), `${name}.proj_out`, x.c, 1);
   return { ...x, v: g.op('Add', [h.v, x.v]) };
@@ -166,11 +172,17 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
   const cast = (v: string) => (opt.dtype === 'float16' ? g.op('Cast', [v], { to: 10 }) : v);
   const sample = cast(g.input('sample', 'float32', [b, cfg.inChannels, opt.latentH, opt.latentW]));
   const tIn = cast(g.input('timestep_embedding', 'float32', [b, c0]));
-  const ctxIn = cast(g.input('encoder_hidden_states', 'float32', [b, opt.textLen, cfg.crossAttentionDim]));
-  const context = g.op('Reshape', [ctxIn, g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
+  const L = opt.contextLayers ?? 0;
+  const ctxIn = cast(g.input('encoder_hidden_states', 'float32', L ? [b, L, opt.textLen, cfg.crossAttentionDim] : [b, opt.textLen, cfg.crossAttentionDim]));
+  let context: string | ((layer: string) => string) = g.op('Reshape', [ctxIn, g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
+  if (L) {
+    const order = unetAttentionLayers(cfg, opt.latentH, opt.latentW).filter((l) => l.kind === 'cross').map((l) => l.name);
+    if (order.length !== L) throw new RangeError(`layer-wise context: ${L} layers given, the UNet has ${order.length} cross-attention layers`);
+    context = (layer: string) => g.op('Reshape', [g.op('Gather', [ctxIn, g.ints([order.indexOf(layer)])], { axis: 1 }), g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
+  }
 
   const temb = linear(g, silu(g, linear(g, tIn, 'time_embedding.linear_1', c0, tembDim)), 'time_embedding.linear_2', tembDim, tembDim);
-  const ctx: Ctx = { g, cfg, opt, temb, context, shared: new Map() };
+  const ctx: Ctx = { g, cfg, opt, temb, context: typeof context === 'string' ? context : '', shared: new Map() };
   const te = { v: temb, dim: tembDim };
   const eps = 1e-5;
   const levels = cfg.blockOutChannels.length;

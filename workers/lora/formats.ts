@@ -5,10 +5,12 @@
 //   PEFT and current diffusers:           <module>.lora_A.weight / .lora_B.weight (optionally .lora_A.<adapter>.weight)
 //   older diffusers:                      <module>.lora.down.weight / .lora.up.weight, <module>.lora_linear_layer.down.weight,
 //                                         <attn>.processor.to_q_lora.down.weight (attention processors)
+//   Mix-of-Show ED-LoRA:                  params.unet.<module>.lora_down.weight (older files: <module>_lora.down.weight),
+//                                         params.text_encoder.<module>..., plus params.new_concept_embedding.<token>
 // Module names are kept as written; keys.ts maps them to model weights.
 import type { TensorInfo } from '../checkpoint/safetensors.ts';
 
-export type LoraFormat = 'kohya' | 'locon' | 'loha' | 'peft' | 'diffusers-old';
+export type LoraFormat = 'kohya' | 'locon' | 'loha' | 'peft' | 'diffusers-old' | 'edlora';
 
 export type Role = 'down' | 'up' | 'mid' | 'alpha' | 'w1a' | 'w1b' | 'w2a' | 'w2b' | 't1' | 't2';
 
@@ -43,6 +45,7 @@ const RULES: Rule[] = [
   rule(/^(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight$/, (m) => (m[2] === 'A' ? 'down' : 'up')),
   rule(/^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/, (m) => m[3] as Role, true, (m) => `${m[1]}.processor.${m[2]}_lora`),
   rule(/^(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$/, (m) => m[2] as Role),
+  rule(/^(.+)_lora\.(down|up)\.weight$/, (m) => m[2] as Role),
   rule(/^(.+)\.alpha$/, () => 'alpha'),
   rule(/^(.+)\.(lokr_w1|lokr_w2|lokr_w1_a|lokr_w1_b|lokr_w2_a|lokr_w2_b|lokr_t2)$/, () => 'LoKr', false),
   rule(/^(.+)\.dora_scale$/, () => 'DoRA', false),
@@ -59,7 +62,13 @@ export function isLoraTensorName(name: string): boolean {
 export function parseLoraTensors(tensors: Iterable<TensorInfo>): ParsedLora {
   const modules = new Map<string, ModuleTensors>();
   const strays: string[] = [];
+  let concepts = false;
   for (const t of tensors) {
+    // ED-LoRA concept embeddings are token vectors, read by workers/text/embeddings.ts
+    if (/^(?:params\.)?new_concept_embedding\./.test(t.name)) {
+      concepts = true;
+      continue;
+    }
     let matched = false;
     for (const r of RULES) {
       const m = t.name.match(r.re);
@@ -81,7 +90,7 @@ export function parseLoraTensors(tensors: Iterable<TensorInfo>): ParsedLora {
   const list = [...modules.values()].filter((m) => Object.keys(m.roles).some((r) => r !== 'alpha') || m.unsupported.length);
   // A module with only an alpha is not a layer: report its tensor.
   for (const m of modules.values()) if (!list.includes(m)) strays.push(m.roles.alpha!.name);
-  return { modules: list, strays, format: detectFormat(list) };
+  return { modules: list, strays, format: concepts ? 'edlora' : detectFormat(list) };
 }
 
 function detectFormat(modules: ModuleTensors[]): LoraFormat | undefined {

@@ -44,7 +44,7 @@ export function loraTargetTable(config: ModelConfig): Map<string, LoraTarget> {
 
 /** The table key of a dotted (PEFT / diffusers) module path such as `unet.down_blocks.0...to_q`. */
 export function dottedModuleKey(module: string): string {
-  let m = module.replace(/^base_model\.model\./, '');
+  let m = module.replace(/^base_model\.model\./, '').replace(/^params\./, '');
   // attention processors of older diffusers: ...attn1.processor.to_q_lora -> ...attn1.to_q
   m = m.replace(/\.processor\.(to_q|to_k|to_v)_lora$/, '.$1').replace(/\.processor\.to_out_lora$/, '.to_out.0');
   if (m.startsWith('unet.')) return `unet:${m.slice(5)}`;

@@ -5,7 +5,9 @@
 import { NonFiniteWeightsError, NotALoraError, LoraShapeMismatchError, UnsupportedArchitectureError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { countNonFinite, FLOAT_DTYPES, toFloat32 } from '../checkpoint/dtype.ts';
-import { SafetensorsFile, type TensorInfo } from '../checkpoint/safetensors.ts';
+import type { SafetensorsFile, TensorInfo } from '../checkpoint/safetensors.ts';
+import { openTensorFile } from '../checkpoint/tensor-file.ts';
+import { readConceptEmbeddings, type TokenEmbedding } from '../text/embeddings.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { parseLoraTensors, readLoraMetadata, type LoraFormat, type LoraMetadata, type ModuleTensors } from './formats.ts';
 import { architectureFromWidth, dottedModuleKey, foreignArchitecture, loraTargetTable, type LoraTarget } from './keys.ts';
@@ -41,13 +43,16 @@ export interface LoadedLora {
   /** The largest rank among its layers. */
   rank: number;
   factorFloats: number;
+  /** ED-LoRA: its concept tokens with their layer-wise embeddings. */
+  concepts: TokenEmbedding[];
 }
 
 const prod = (d: number[]) => d.reduce((a, b) => a * b, 1);
 const shapeText = (t: TensorInfo | undefined) => (t ? `[${t.shape.join(', ')}]` : 'nothing');
 
-export async function openLora(source: ByteSource, config: ModelConfig, table = loraTargetTable(config)): Promise<LoadedLora> {
-  const file = await SafetensorsFile.open(source);
+/** `crossLayers`: the UNet's cross-attention layers, which an ED-LoRA's concept embeddings must match. */
+export async function openLora(source: ByteSource, config: ModelConfig, table = loraTargetTable(config), crossLayers?: number): Promise<LoadedLora> {
+  const file = await openTensorFile(source);
   const names = file.keys();
   const parsed = parseLoraTensors(names.map((n) => file.info(n)!));
   if (!parsed.modules.length) {
@@ -84,7 +89,8 @@ export async function openLora(source: ByteSource, config: ModelConfig, table = 
   }
   const rank = Math.max(...modules.map((x) => Math.max(x.factors.rank, x.hadamard?.rank ?? 0)));
   const factorFloats = modules.reduce((a, x) => a + x.factors.up.length + x.factors.down.length + (x.hadamard ? x.hadamard.up.length + x.hadamard.down.length : 0), 0);
-  return { name: file.name, format: parsed.format ?? 'kohya', metadata: readLoraMetadata(file.metadata), modules, unmatched, rank, factorFloats };
+  const concepts = parsed.format === 'edlora' && crossLayers ? await readConceptEmbeddings(file, config.textEncoder.hidden, crossLayers) : [];
+  return { name: file.name, format: parsed.format ?? 'kohya', metadata: readLoraMetadata(file.metadata), modules, unmatched, rank, factorFloats, concepts };
 }
 
 /** A module's factors in kernel form, or why it cannot be used. Shape errors about width throw. */

@@ -13,6 +13,12 @@ export interface TokenizerFiles {
   mergesTxt?: string;
 }
 
+/** A name the prompt may use that the vocabulary lacks (an embedding), and the ids it stands for. */
+export interface AddedToken {
+  name: string;
+  ids: number[];
+}
+
 export interface Encoded {
   ids: number[];
   /** Tokens of the prompt before truncation, begin/end included. */
@@ -40,12 +46,35 @@ export class ClipTextTokenizer {
     return new ClipTextTokenizer(tok, vocabSize, maxLength);
   }
 
-  encode(text: string): Encoded {
-    const all = this.tok.encode(text) as number[];
+  /**
+   * `added`: names to keep whole (textual inversions by name, whole words, any case; ED-LoRA tokens
+   * such as `<ai1>` as written); each becomes its ids, the text around them is tokenized as usual.
+   */
+  encode(text: string, added: AddedToken[] = []): Encoded {
     const eos = this.tok.eos_token_id;
+    const all = added.length ? this.withAdded(text, added) : (this.tok.encode(text) as number[]);
     const truncated = all.length > this.maxLength;
     const ids = truncated ? [...all.slice(0, this.maxLength - 1), eos] : all.slice();
     while (ids.length < this.maxLength) ids.push(eos);
     return { ids, tokenCount: all.length, truncated };
+  }
+
+  private withAdded(text: string, added: AddedToken[]): number[] {
+    const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const names = [...added].sort((a, b) => b.name.length - a.name.length);
+    const pattern = names.map((a) => (/^\w/.test(a.name) ? `(?<![\\w-])${escape(a.name)}(?![\\w-])` : escape(a.name))).join('|');
+    const re = new RegExp(pattern, 'gi');
+    const byName = new Map(added.map((a) => [a.name.toLowerCase(), a.ids]));
+    const [bos] = this.tok.encode('') as number[];
+    const out = [bos];
+    let at = 0;
+    for (const m of text.matchAll(re)) {
+      out.push(...(this.tok.encode(text.slice(at, m.index), { add_special_tokens: false }) as number[]));
+      out.push(...byName.get(m[0].toLowerCase())!);
+      at = m.index! + m[0].length;
+    }
+    out.push(...(this.tok.encode(text.slice(at), { add_special_tokens: false }) as number[]));
+    out.push(this.tok.eos_token_id);
+    return out;
   }
 }

@@ -5,7 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { CompositionOptions, GenerateJob, ImageData8, LoraInfo, Precision, SchedulerId } from './api/contract.ts';
-import { attachSceneLoras } from './node/scene-loras.ts';
+import { attachSceneEmbeddings, attachSceneLoras } from './node/scene-loras.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
@@ -40,7 +40,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
            [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16]
-           [--lora FILE[:SCALE]]... [--method none|merge|switch|composite|cmlora]
+           [--lora FILE[:SCALE]]... [--embedding FILE]... [--method none|merge|switch|composite|cmlora]
            [--switch-step N] [--profiling offline|online] [--profile-steps N] [--cutoff X]
            [--threshold X] [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X]
            [--sync] --out FILE.png [--report FILE.json]
@@ -59,7 +59,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
 function parse(args: string[], strings: string[], others: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {}) {
   const options = { ...Object.fromEntries(strings.map((name) => [name, { type: 'string' as const }])), ...others };
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined> & { lora?: string | string[]; sync?: boolean };
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | undefined> & { lora?: string | string[]; embedding?: string | string[]; sync?: boolean };
   } catch (e) {
     throw new UsageError((e as Error).message.split('\n')[0]);
   }
@@ -149,7 +149,7 @@ async function generate(args: string[]) {
       ['scene', 'guidance', 'guidance-scale', 'guidance-share', 'guidance-last-step'],
       LAYOUT_FLAGS.map((f) => f.flag),
     ),
-    { lora: { type: 'string', multiple: true }, sync: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
+    { lora: { type: 'string', multiple: true }, embedding: { type: 'string', multiple: true }, sync: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
   );
   if (!o.model) throw new UsageError('generate needs --model PATH');
   const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
@@ -190,15 +190,21 @@ async function generate(args: string[]) {
     warnUnmatched(info);
     job.loras.push({ lora: info.id, scale: l.scale });
   }
+  for (const path of (o.embedding ?? []) as string[]) {
+    const info = await engine.loadEmbedding(await NodeFileSource.open(path));
+    console.error(`embedding "${info.name}": ${info.vectors} vector(s) from ${path}`);
+  }
   if (scene) {
-    // the scene names LoRAs; they are looked up beside the scene file, or in its loras/ folder
+    // the scene names LoRAs and embeddings; they are looked up beside the scene file, or in its
+    // loras/ (embeddings/) folder
     const dir = dirname(o.scene!);
-    const pathOf = (l: SceneLora) => {
-      const path = [join(dir, l.name), join(dir, 'loras', l.name)].find((p) => existsSync(p));
-      if (!path) throw new EngineError('io', `The scene uses the LoRA "${l.name}", which is not in ${dir} or ${join(dir, 'loras')}.`);
+    const find = (name: string, kind: string, folder: string) => {
+      const path = [join(dir, name), join(dir, folder, name)].find((p) => existsSync(p));
+      if (!path) throw new EngineError('io', `The scene uses the ${kind} "${name}", which is not in ${dir} or ${join(dir, folder)}.`);
       return path;
     };
-    await attachSceneLoras(engine, job, scene, pathOf, undefined, warnUnmatched);
+    await attachSceneLoras(engine, job, scene, (l: SceneLora) => find(l.name, 'LoRA', 'loras'), undefined, warnUnmatched);
+    await attachSceneEmbeddings(engine, scene, (e) => find(e.name, 'embedding', 'embeddings'));
     validateJob(job);
   }
   let lastLine = 0;

@@ -46,6 +46,7 @@ test('every test LoRA format loads and means the deltas its factors define', asy
     'loras/kohya-2.safetensors': 'kohya',
     'loras/kohya-3.safetensors': 'kohya',
     'loras/kohya-4.safetensors': 'kohya',
+    'loras/edlora.safetensors': 'edlora',
   });
 });
 

@@ -7,7 +7,7 @@ import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors
 import type { WeightSpec } from '../graph/builder.ts';
 import { graphSpecs } from '../graph/specs.ts';
 import { clipTokenizerJson, makeTinyVocabulary, mergesTxt, TINY_WORDS, CLIP_TOKENIZER_CONFIG, type BpeFiles } from '../text/bpe-files.ts';
-import { tinyLoras } from '../lora/test-loras.ts';
+import { tinyLoras, tinyTextualInversion } from '../lora/test-loras.ts';
 import { Rng } from './random.ts';
 
 export interface GeneratedFile {
@@ -83,6 +83,7 @@ export function tinyModelFiles(model: TinyModel): GeneratedFile[] {
     { path: 'diffusers/vae/diffusion_pytorch_model.safetensors', parts: diffusers(specs.vae, weights.vae) },
     ...tokenizerFiles('diffusers/tokenizer'),
     ...tinyLoras(model).map((l) => ({ path: l.file, parts: l.parts })),
+    (({ file, parts }) => ({ path: file, parts }))(tinyTextualInversion(model)),
     { path: 'scene.json', parts: [new TextEncoder().encode(JSON.stringify(testScene(), null, 2))] },
     { path: 'diffusers/model_index.json', parts: [new TextEncoder().encode(JSON.stringify({ _class_name: 'StableDiffusionPipeline', _note: 'LoRA Studio tiny test model' }, null, 2))] },
   ];

@@ -174,8 +174,9 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
   const tIn = cast(g.input('timestep_embedding', 'float32', [b, c0]));
   const L = opt.contextLayers ?? 0;
   const ctxIn = cast(g.input('encoder_hidden_states', 'float32', L ? [b, L, opt.textLen, cfg.crossAttentionDim] : [b, opt.textLen, cfg.crossAttentionDim]));
-  let context: string | ((layer: string) => string) = g.op('Reshape', [ctxIn, g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
-  if (L) {
+  let context: string | ((layer: string) => string);
+  if (!L) context = g.op('Reshape', [ctxIn, g.ints([b * opt.textLen, cfg.crossAttentionDim])]);
+  else {
     const order = unetAttentionLayers(cfg, opt.latentH, opt.latentW).filter((l) => l.kind === 'cross').map((l) => l.name);
     if (order.length !== L) throw new RangeError(`layer-wise context: ${L} layers given, the UNet has ${order.length} cross-attention layers`);
     context = (layer: string) => g.op('Reshape', [g.op('Gather', [ctxIn, g.ints([order.indexOf(layer)])], { axis: 1 }), g.ints([b * opt.textLen, cfg.crossAttentionDim])]);

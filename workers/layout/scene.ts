@@ -23,6 +23,13 @@ export interface SceneLora {
   trigger?: string;
 }
 
+/** A textual-inversion embedding by its file name (prompts use the name without the extension). */
+export interface SceneEmbedding {
+  name: string;
+  fingerprint?: string;
+  url?: string;
+}
+
 /** The checkpoint a scene was made with: its library name and, when it was downloaded, its address. */
 export interface SceneModel {
   name: string;
@@ -78,6 +85,8 @@ export interface Scene {
   negative: string;
   /** Global (style, background) LoRAs, for the whole frame. */
   loras: SceneLora[];
+  /** Textual-inversion embeddings the prompts use by name. */
+  embeddings?: SceneEmbedding[];
   boxes: SceneBox[];
   composition: CompositionOptions;
   ablation: SceneAblation;
@@ -195,6 +204,23 @@ function loras(v: unknown, where: string): SceneLora[] {
   });
 }
 
+function embeddings(v: unknown): SceneEmbedding[] {
+  if (!Array.isArray(v)) throw new SceneError('embeddings must be a list');
+  if (v.length > MAX_LORAS) throw new SceneError(`embeddings has ${v.length} entries; at most ${MAX_LORAS} are allowed`);
+  return v.map((e, i) => {
+    const at = `embeddings[${i}].`;
+    if (!isObj(e)) throw new SceneError(`embeddings[${i}] must be {name}`);
+    const out: SceneEmbedding = { name: text(e, 'name', at, 260) };
+    if (e.fingerprint !== undefined) {
+      const f = text(e, 'fingerprint', at, 64);
+      if (!/^[0-9a-f]+$/.test(f)) throw new SceneError(`${at}fingerprint must be hexadecimal`);
+      out.fingerprint = f;
+    }
+    if (e.url !== undefined) out.url = httpsUrl(e, at);
+    return out;
+  });
+}
+
 const LAYOUT_CHOICES: Record<keyof SceneLayoutChoices, string[]> = {
   masks: ['covered', 'centre'],
   isolationScope: ['concepts', 'regions'],
@@ -284,6 +310,7 @@ export function parseScene(input: unknown): Scene {
     prompt: text(input, 'prompt', ''),
     negative: text(input, 'negative', ''),
     loras: loras(input.loras, ''),
+    ...(input.embeddings !== undefined ? { embeddings: embeddings(input.embeddings) } : {}),
     boxes,
     composition: compositionFields(c),
     ablation: { injection: a.injection as boolean, isolation: a.isolation as boolean, reinit: a.reinit as boolean, ...Object.fromEntries(optionalSwitches.map((k) => [k, a[k]])) },
@@ -312,9 +339,10 @@ export function testScene(): Scene {
     version: SCENE_VERSION,
     width: 64,
     height: 64,
-    prompt: 'two friends in a park, watercolour',
+    prompt: 'two friends in a park, watercolour, tiny-ti',
     negative: 'blurry',
     loras: [{ name: 'locon.safetensors', scale: 0.6 }],
+    embeddings: [{ name: 'tiny-ti.safetensors' }],
     boxes: [
       { id: 'left', name: 'fox', x: 0, y: 8, width: 32, height: 48, prompt: 'a red fox', loras: [{ name: 'kohya.safetensors', scale: 1 }], color: '#e4572e' },
       { id: 'right', name: 'owl', x: 32, y: 8, width: 32, height: 48, prompt: 'a grey owl', loras: [{ name: 'loha.safetensors', scale: 0.8 }], color: '#17bebb' },

@@ -8,6 +8,7 @@ import type { WeightSpec } from '../graph/builder.ts';
 import { Rng } from '../engine/random.ts';
 import type { TinyModel } from '../engine/test-model.ts';
 import { cpDeltaReference, mergeReference, tuckerReference } from '../reference/lora.ts';
+import { crossAttentionLayers } from '../graph/cross-kv.ts';
 
 export interface TestLora {
   file: string;
@@ -16,7 +17,7 @@ export interface TestLora {
   deltas: Map<string, Float64Array>;
 }
 
-type Naming = 'kohya' | 'peft' | 'diffusers-old';
+type Naming = 'kohya' | 'peft' | 'diffusers-old' | 'edlora';
 
 interface Plan {
   file: string;
@@ -81,7 +82,14 @@ const PLANS: Plan[] = [
     select: (c, n) => c === 'unet' && /attn2\.(to_k|to_v)\.weight$/.test(n),
     metadata: kohyaMeta(4, 4, { 'old castle': 2 }),
   },
+  // Mix-of-Show's ED-LoRA (LoRA-Composer's concepts): the LoRA of every attention, feed-forward and
+  // projection layer and of the text encoder, no alpha (scale 1), and the concept tokens <tiny1>
+  // <tiny2> with one embedding per cross-attention layer; the .pth's tensors, keys joined with '.'
+  { file: 'edlora', seed: 31, dtype: 'F32', naming: 'edlora', rank: 4, select: (c, n) => (c === 'unet' ? isAttention(n) : isClip(n)) },
 ];
+
+/** The ED-LoRA test file's concept tokens. */
+export const TEST_CONCEPT_TOKENS = ['<tiny1>', '<tiny2>'];
 
 /** Values as stored: rounded through the file's dtype. */
 function stored(v: Float32Array, dtype: StDtype): Float32Array {
@@ -104,7 +112,7 @@ function bytesOf(v: Float32Array, dtype: StDtype): Uint8Array {
 function moduleName(naming: Naming, component: 'unet' | 'te', path: string): string {
   if (naming === 'kohya') return `lora_${component}_${path.replace(/\./g, '_')}`;
   const prefix = component === 'unet' ? 'unet' : 'text_encoder';
-  return `${prefix}.${path}`;
+  return naming === 'edlora' ? `params.${prefix}.${path}` : `${prefix}.${path}`;
 }
 
 function makeLora(plan: Plan, model: TinyModel): TestLora {
@@ -140,7 +148,7 @@ function makeLora(plan: Plan, model: TinyModel): TestLora {
       const down = factor([r, cols], 1 / Math.sqrt(cols));
       delta = mergeReference(new Float64Array(rows * cols), rows, cols, [{ up, down, rank: r, scale }]);
       const downShape = d.length === 4 ? [r, inC, d[2], d[3]] : [r, cols];
-      if (plan.naming === 'kohya') {
+      if (plan.naming === 'kohya' || plan.naming === 'edlora') {
         put(`${mod}.lora_down.weight`, downShape, down);
         put(`${mod}.lora_up.weight`, conv4(rows, r), up);
       } else if (plan.naming === 'peft') {
@@ -191,6 +199,11 @@ function makeLora(plan: Plan, model: TinyModel): TestLora {
     if (plan.alpha !== undefined && plan.naming === 'kohya') tensors.push({ name: `${mod}.alpha`, dtype: 'F32', shape: [], data: new Uint8Array(new Float32Array([plan.alpha]).buffer) });
     deltas.set(key, delta);
   }
+  if (plan.naming === 'edlora') {
+    const layers = crossAttentionLayers(model.config.unet).length;
+    const hidden = model.config.textEncoder.hidden;
+    for (const name of TEST_CONCEPT_TOKENS) put(`params.new_concept_embedding.${name}`, [layers, hidden], factor([layers, hidden], 0.5));
+  }
   return { file: `loras/${plan.file}.safetensors`, parts: encodeSafetensors(tensors, plan.metadata), deltas };
 }
 
@@ -198,4 +211,11 @@ export const TEST_LORA_NAMES = PLANS.map((p) => p.file);
 
 export function tinyLoras(model: TinyModel): TestLora[] {
   return PLANS.map((p) => makeLora(p, model));
+}
+
+/** The tiny model's textual inversion: two vectors, used in prompts as "tiny-ti". */
+export function tinyTextualInversion(model: TinyModel): { file: string; parts: Uint8Array[]; vectors: Float32Array } {
+  const vectors = new Rng(41).normal(2 * model.config.textEncoder.hidden).map((x) => 0.5 * x);
+  const data = new Uint8Array(vectors.buffer.slice(0));
+  return { file: 'embeddings/tiny-ti.safetensors', parts: encodeSafetensors([{ name: 'emb_params', dtype: 'F32', shape: [2, model.config.textEncoder.hidden], data }], { 'lorastudio.note': 'tiny test embedding' }), vectors };
 }

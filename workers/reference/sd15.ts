@@ -19,6 +19,8 @@ export function resnet(W: Weights, x: T, name: string, cout: number, groups: num
 export interface AttnHooks {
   bias?: (layer: string) => ((n: number, i: number, j: number) => number) | undefined;
   onProbs?: (layer: string, probs: Float64Array) => void;
+  /** Layer-wise conditioning: the context a cross-attention layer reads instead of the shared one. */
+  context?: (layer: string) => T | undefined;
 }
 
 export function transformerBlock(W: Weights, t: T, name: string, b: number, heads: number, context: T, hooks: AttnHooks = {}): T {
@@ -39,7 +41,7 @@ export function transformerBlock(W: Weights, t: T, name: string, b: number, head
   let h = layerNorm(t, W(`${name}.norm1.weight`), W(`${name}.norm1.bias`));
   t = attend(`${name}.attn1`, h, h, t);
   h = layerNorm(t, W(`${name}.norm2.weight`), W(`${name}.norm2.bias`));
-  t = attend(`${name}.attn2`, h, context, t);
+  t = attend(`${name}.attn2`, h, hooks.context?.(`${name}.attn2`) ?? context, t);
   h = layerNorm(t, W(`${name}.norm3.weight`), W(`${name}.norm3.bias`));
   const inner = 4 * C;
   const proj = linear(h, W(`${name}.ff.net.0.proj.weight`), W(`${name}.ff.net.0.proj.bias`), 2 * inner);

@@ -4,7 +4,7 @@ import type { GenerateJob, LayoutOptions, LoraUse, ModelRequest, ProgressEvent }
 import { loadScorer, scoreResult } from './scoring.ts';
 import { boxTrigger, layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
-import { isCheckpointFile, testModelRequest } from '../engine/model-files.ts';
+import { isCheckpointFile, isEmbeddingFile, testModelRequest } from '../engine/model-files.ts';
 import { dataUrlOf, drawScaled } from '../gallery/images.ts';
 import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
 import { DownloadError } from '../library/download.ts';
@@ -13,6 +13,9 @@ import {
   deleteRecord,
   downloadedBytes,
   downloadLora,
+  embeddingFile,
+  importEmbedding,
+  type EmbeddingRecord,
   downloadModel,
   guessCategory,
   importLora,
@@ -30,7 +33,7 @@ import { storageUse } from '../library/opfs.ts';
 import { registerOffline } from './offline.ts';
 import { decodeShareLink, encodeShareLink, isShareLink } from '../share/link.ts';
 import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
-import { activeLoras, DEFAULT_JOB, useStudio, type LoraEntry } from '../store/studio.ts';
+import { activeLoras, DEFAULT_JOB, useStudio, type EmbeddingEntry, type LoraEntry } from '../store/studio.ts';
 
 export const TEST_MODEL_ID = 'test-model';
 /** How scenes name the embedded test model. */
@@ -178,8 +181,9 @@ async function loadModelRequest(req: ModelRequest, label: string, id: string) {
     const model = await withProgress((done: number, total: number) => studio().status.kind !== 'cancelling' && set({ status: { kind: 'loading', done, total, label } }), (p) => engine().loadModel(req, p));
     set({ model, modelId: id, status: { kind: 'loading', done: 0, total: 1, label: `the LoRAs for ${label}` } });
     localStorage.setItem(MODEL_KEY, id);
-    // LoRAs belong to a model: load the library's again for this one
+    // LoRAs and embeddings belong to a model: load the library's again for this one
     for (const l of studio().loras) await loadLora(l);
+    for (const e of studio().embeddings) await loadEmbedding(e);
     set({ status: { kind: 'ready' } });
   } catch (e) {
     // a cancelled load leaves no model in the worker (the old one was let go for the new one's room)
@@ -394,6 +398,63 @@ export async function setLoraCategory(entry: LoraEntry, category: LoraRecord['ca
   await updateRecord(record).catch(fail);
 }
 
+// ---------------------------------------------------------------- embeddings
+
+let embeddingKey = 0;
+
+const embeddingEntryFor = async (record: EmbeddingRecord): Promise<EmbeddingEntry> => ({ key: ++embeddingKey, record, file: { kind: 'blob', name: record.name, blob: await embeddingFile(record) } });
+
+async function loadEmbedding(entry: EmbeddingEntry) {
+  const { updateEmbedding } = studio();
+  updateEmbedding(entry.key, { info: undefined, error: undefined });
+  try {
+    updateEmbedding(entry.key, { info: await engine().loadEmbedding(entry.file) });
+  } catch (e) {
+    updateEmbedding(entry.key, { error: (e as Error).message });
+  }
+  syncSceneEmbeddings();
+}
+
+/** The scene names the embeddings the prompts can use (so a share link or PNG lists them). */
+function syncSceneEmbeddings() {
+  const list = studio()
+    .embeddings.filter((e) => e.info)
+    .map((e) => ({ name: e.record.name, fingerprint: e.info!.fingerprint }));
+  const scene = sceneStore.getState().scene;
+  if (JSON.stringify(scene.embeddings ?? []) !== JSON.stringify(list)) sceneStore.setState({ scene: { ...scene, embeddings: list } });
+}
+
+/** Textual-inversion files into the library, loaded for the model; prompts use them by name. */
+export async function addEmbeddingFiles(files: File[]) {
+  for (const f of files) {
+    try {
+      const record = await importEmbedding(f);
+      const old = studio().embeddings.find((e) => e.record.name === record.name);
+      const entry = await embeddingEntryFor(record);
+      studio().set({ embeddings: [...studio().embeddings.filter((e) => e.record.name !== record.name), entry] });
+      await serial(async () => {
+        if (old?.info) await engine().unloadEmbedding(old.info.id).catch(() => {});
+        if (studio().model) await loadEmbedding(entry);
+      });
+    } catch (e) {
+      fail(e);
+    }
+  }
+  await refreshUsage();
+}
+
+export async function removeEmbedding(entry: EmbeddingEntry) {
+  studio().set({ embeddings: studio().embeddings.filter((e) => e.key !== entry.key) });
+  if (entry.info) void client?.api.unloadEmbedding(entry.info.id);
+  syncSceneEmbeddings();
+  try {
+    await deleteRecord(entry.record);
+  } catch (e) {
+    fail(e);
+  }
+  await refreshUsage();
+}
+
 export function addTag(tag: string) {
   const { job, setJob } = studio();
   if (!job.prompt.includes(tag)) setJob({ prompt: job.prompt ? `${job.prompt}, ${tag}` : tag });
@@ -564,10 +625,13 @@ export async function dropFiles(files: File[]) {
         fail(e);
       }
     } else if (f.name.endsWith('.safetensors')) {
-      // a checkpoint has UNet weights and a LoRA has not: its header decides
+      // a checkpoint has UNet weights, an embedding token vectors, a LoRA neither: its header decides
       if (await isCheckpointFile(f)) await importModelFiles([f]);
+      else if (await isEmbeddingFile(f)) await addEmbeddingFiles([f]);
       else await addLoraFiles([f]);
-    } else fail(new Error(`"${f.name}" is neither a .safetensors model or LoRA nor a studio PNG.`));
+    } else if (/\.(pt|bin)$/.test(f.name)) await addEmbeddingFiles([f]);
+    else if (f.name.endsWith('.pth')) await addLoraFiles([f]);
+    else fail(new Error(`"${f.name}" is neither a model, a LoRA (.safetensors, .pth), an embedding (.safetensors, .pt) nor a studio PNG.`));
   }
 }
 
@@ -581,7 +645,7 @@ export async function startStudio() {
     lib = await refreshLibrary();
   } catch (e) {
     fail(e);
-    lib = { models: [], loras: [], downloads: [] };
+    lib = { models: [], loras: [], embeddings: [], downloads: [] };
   }
   const { scene } = sceneStore.getState();
   const entries: LoraEntry[] = [];
@@ -594,7 +658,15 @@ export async function startStudio() {
       await deleteRecord(r).catch(() => {});
     }
   }
-  studio().set({ loras: entries, gallery: await listResults().catch(() => []) });
+  const embeddings: EmbeddingEntry[] = [];
+  for (const r of lib.embeddings) {
+    try {
+      embeddings.push(await embeddingEntryFor(r));
+    } catch {
+      await deleteRecord(r).catch(() => {});
+    }
+  }
+  studio().set({ loras: entries, embeddings, gallery: await listResults().catch(() => []) });
   lorasRestored = true;
   const saved = localStorage.getItem(MODEL_KEY);
   await useModel(saved && lib.models.some((m) => m.id === saved) ? saved : TEST_MODEL_ID);

@@ -3,6 +3,7 @@
 import type { ModelRequest } from '../../workers/api/contract.ts';
 import { CONFIG_METADATA_KEY } from '../../workers/checkpoint/config.ts';
 import { ModelCheckpoint } from '../../workers/checkpoint/model.ts';
+import { SafetensorsFile } from '../../workers/checkpoint/safetensors.ts';
 import { BlobSource } from '../../workers/checkpoint/source.ts';
 
 const TOKENIZER_CACHE = 'lora-studio-tokenizer-v1';
@@ -38,6 +39,17 @@ export function isCheckpointFile(file: File): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+/** Whether a .safetensors file is a textual-inversion embedding (its tensors as trainers name them). */
+export async function isEmbeddingFile(file: File): Promise<boolean> {
+  try {
+    const f = await SafetensorsFile.open(new BlobSource(file.name, file));
+    const keys = f.keys();
+    return keys.some((k) => /^(emb_params|clip_l|string_to_param\..+)$/.test(k)) || (keys.length === 1 && (f.info(keys[0])?.shape.length ?? 0) <= 2 && !/\.(weight|alpha)$/.test(keys[0]));
+  } catch {
+    return false;
+  }
 }
 
 /** From files with their paths (a picked folder, or a model stored in the library). */

@@ -41,16 +41,27 @@ export interface ModelRecord {
   source?: string;
 }
 
+/** A textual-inversion embedding: prompts use it by its file name without the extension. */
+export interface EmbeddingRecord {
+  id: string;
+  kind: 'embedding';
+  name: string;
+  size: number;
+  addedAt: number;
+  source?: string;
+}
+
 /** A download in progress (or paused): enough to resume it after a reload. */
 export interface DownloadRecord {
   id: string;
   plan: DownloadPlan;
 }
 
-export type LibraryRecord = LoraRecord | ModelRecord;
+export type LibraryRecord = LoraRecord | ModelRecord | EmbeddingRecord;
 
 const ROOT = ['library'];
 const loraPath = (name: string) => [...ROOT, 'loras', checkName(name)];
+const embeddingPath = (name: string) => [...ROOT, 'embeddings', checkName(name)];
 const modelDir = (id: string) => [...ROOT, 'models', checkName(id.replace(/^model:/, '').replace(/[^\w.-]+/g, '_'))];
 const modelFilePath = (id: string, path: string) => [...modelDir(id), ...path.split('/').map(checkName)];
 
@@ -64,18 +75,19 @@ export function guessCategory(name: string, tags: string[] = []): LoraCategory {
   return 'character';
 }
 
-export async function listLibrary(): Promise<{ models: ModelRecord[]; loras: LoraRecord[]; downloads: DownloadRecord[] }> {
+export async function listLibrary(): Promise<{ models: ModelRecord[]; loras: LoraRecord[]; embeddings: EmbeddingRecord[]; downloads: DownloadRecord[] }> {
   const all = await getAll<LibraryRecord>('library');
   const byDate = <T extends { addedAt: number }>(a: T, b: T) => a.addedAt - b.addedAt;
   return {
     models: all.filter((r): r is ModelRecord => r.kind === 'model').sort(byDate),
     loras: all.filter((r): r is LoraRecord => r.kind === 'lora').sort(byDate),
+    embeddings: all.filter((r): r is EmbeddingRecord => r.kind === 'embedding').sort(byDate),
     downloads: await getAll<DownloadRecord>('downloads'),
   };
 }
 
 export async function importLora(file: File, source?: string): Promise<LoraRecord> {
-  if (!file.name.endsWith('.safetensors')) throw new Error(`"${file.name}" is not a .safetensors file; LoRAs are read from .safetensors only.`);
+  if (!/\.(safetensors|pth|pt)$/.test(file.name)) throw new Error(`"${file.name}" is not a .safetensors or .pth file; LoRAs are read from those only.`);
   await writeStream(loraPath(file.name), file.stream());
   return saveLoraRecord(file.name, file.size, source);
 }
@@ -99,6 +111,19 @@ export async function downloadLora(input: string, onProgress: (p: DownloadProgre
   const name = checkName(src.kind === 'hub' ? `${src.repo.replace('/', '--')}.safetensors` : src.name);
   await downloadFile(file, loraPath(name), (p) => onProgress({ ...p, name }), signal);
   return saveLoraRecord(name, (await readFile(loraPath(name))).size, src.kind === 'url' ? src.url : `${HUB}/${src.repo}`);
+}
+
+export async function importEmbedding(file: File): Promise<EmbeddingRecord> {
+  if (!/\.(safetensors|pt|bin)$/.test(file.name)) throw new Error(`"${file.name}" is not a .safetensors, .pt or .bin file; embeddings are read from those only.`);
+  await writeStream(embeddingPath(file.name), file.stream());
+  const old = await get<EmbeddingRecord>('library', `embedding:${file.name}`);
+  const record: EmbeddingRecord = { id: `embedding:${file.name}`, kind: 'embedding', name: file.name, size: file.size, addedAt: old?.addedAt ?? Date.now() };
+  await put('library', record, `the embedding "${file.name}"`);
+  return record;
+}
+
+export async function embeddingFile(record: EmbeddingRecord): Promise<File> {
+  return readFile(embeddingPath(record.name));
 }
 
 export async function loraFile(record: LoraRecord): Promise<File> {
@@ -139,7 +164,7 @@ export async function modelRequest(record: ModelRecord): Promise<ModelRequest> {
 }
 
 export async function deleteRecord(record: LibraryRecord): Promise<void> {
-  await removeEntry(record.kind === 'lora' ? loraPath(record.name) : modelDir(record.id));
+  await removeEntry(record.kind === 'lora' ? loraPath(record.name) : record.kind === 'embedding' ? embeddingPath(record.name) : modelDir(record.id));
   await remove('library', record.id);
 }
 

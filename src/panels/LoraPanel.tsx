@@ -3,7 +3,7 @@
 // layers did not fit the model.
 import type { LoraInfo } from '../../workers/api/contract.ts';
 import { useState } from 'react';
-import { addLoraFiles, addLoraFromUrl, addTag, removeLora, setLoraCategory, stopLoraDownload } from '../app/actions.ts';
+import { addEmbeddingFiles, addLoraFiles, addLoraFromUrl, addTag, removeEmbedding, removeLora, setLoraCategory, stopLoraDownload } from '../app/actions.ts';
 import { formatBytes } from './LibraryPanel.tsx';
 import { LORA_CATEGORIES, type LoraCategory } from '../library/library.ts';
 import { useStudio } from '../store/studio.ts';
@@ -17,7 +17,52 @@ export function foreignBase(base: string | undefined): boolean {
 function describe(info: LoraInfo): string {
   const parts = [info.format, `rank ${info.rank}`, `${info.unetLayers} UNet + ${info.textEncoderLayers} text layers`];
   if (info.metadata.baseModel) parts.push(`base ${info.metadata.baseModel}`);
+  if (info.concepts?.length) parts.push(`concept ${info.concepts.join(' ')}`);
   return parts.join(' · ');
+}
+
+/** Textual-inversion embeddings: prompts use each by its name. */
+function Embeddings({ disabled }: { disabled: boolean }) {
+  const { embeddings } = useStudio();
+  return (
+    <div className="embeddings" data-testid="embeddings">
+      <label>
+        Add embedding (textual inversion: .safetensors, .pt)
+        <input
+          type="file"
+          accept=".safetensors,.pt,.bin"
+          multiple
+          data-testid="embedding-file"
+          disabled={disabled}
+          onChange={(e) => {
+            void addEmbeddingFiles([...(e.target.files ?? [])]);
+            e.target.value = '';
+          }}
+        />
+      </label>
+      {embeddings.map((e, i) => (
+        <div className="row" key={e.key} data-testid={`embedding-${i}`}>
+          <span>
+            {e.info ? (
+              <>
+                write <code>{e.info.name}</code> in a prompt ({e.info.vectors} {e.info.vectors === 1 ? 'token' : 'tokens'})
+              </>
+            ) : (
+              e.record.name
+            )}
+          </span>
+          {e.error && (
+            <span className="error" role="alert">
+              {e.error}
+            </span>
+          )}
+          <button className="small" aria-label={`Remove embedding ${e.record.name}`} onClick={() => void removeEmbedding(e)}>
+            Remove
+          </button>
+        </div>
+      ))}
+    </div>
+  );
 }
 
 export function LoraPanel({ disabled }: { disabled: boolean }) {
@@ -28,10 +73,10 @@ export function LoraPanel({ disabled }: { disabled: boolean }) {
       <legend>LoRAs</legend>
       <p className="hint">Kept in this browser's storage; drop .safetensors files anywhere on the page.</p>
       <label>
-        Add LoRA (.safetensors)
+        Add LoRA (.safetensors, or a Mix-of-Show ED-LoRA .pth)
         <input
           type="file"
-          accept=".safetensors"
+          accept=".safetensors,.pth"
           multiple
           data-testid="lora-file"
           disabled={disabled}
@@ -163,6 +208,7 @@ export function LoraPanel({ disabled }: { disabled: boolean }) {
           )}
         </div>
       ))}
+      <Embeddings disabled={disabled} />
     </fieldset>
   );
 }

@@ -1,10 +1,10 @@
 // The page's state: generation settings (plain data) and the run status. Works without React.
 import { create } from 'zustand';
-import type { CompositionMethodId, CompositionStep, FileRef, GuidanceStep, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent, ScoreReport, ScorerInfo } from '../../workers/api/contract.ts';
+import type { CompositionMethodId, CompositionStep, EmbeddingInfo, FileRef, GuidanceStep, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent, ScoreReport, ScorerInfo } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
 import type { DownloadView } from '../app/actions.ts';
 import type { GalleryItem } from '../gallery/gallery.ts';
-import type { LoraRecord, ModelRecord } from '../library/library.ts';
+import type { EmbeddingRecord, LoraRecord, ModelRecord } from '../library/library.ts';
 import type { StorageUse } from '../library/opfs.ts';
 
 export type Status =
@@ -24,6 +24,15 @@ export interface LoraEntry {
   error?: string;
   scale: number;
   enabled: boolean;
+}
+
+/** A textual-inversion embedding of the library, loaded for the model (info) or not (error). */
+export interface EmbeddingEntry {
+  key: number;
+  record: EmbeddingRecord;
+  file: FileRef & { kind: 'blob' };
+  info?: EmbeddingInfo;
+  error?: string;
 }
 
 /** The CLIP scorer: which one, whether it is loaded, or why not; a hub download in progress. */
@@ -46,6 +55,8 @@ export interface CompareEntry {
 export interface StudioState {
   loras: LoraEntry[];
   updateLora(key: number, patch: Partial<LoraEntry>): void;
+  embeddings: EmbeddingEntry[];
+  updateEmbedding(key: number, patch: Partial<EmbeddingEntry>): void;
   job: GenerateJob;
   model?: ModelInfo;
   /** The library id of the loaded model (or the embedded test model's). */
@@ -104,6 +115,7 @@ export function activeLoras(loras: LoraEntry[]): LoraUse[] {
 export const useStudio = create<StudioState>((set) => ({
   job: DEFAULT_JOB,
   loras: [],
+  embeddings: [],
   library: { models: [] },
   downloads: [],
   gallery: [],
@@ -111,6 +123,7 @@ export const useStudio = create<StudioState>((set) => ({
   runSteps: [],
   runGuidance: [],
   updateLora: (key, patch) => set((s) => ({ loras: s.loras.map((l) => (l.key === key ? { ...l, ...patch } : l)) })),
+  updateEmbedding: (key, patch) => set((s) => ({ embeddings: s.embeddings.map((e) => (e.key === key ? { ...e, ...patch } : e)) })),
   status: { kind: 'starting' },
   setJob: (patch) => set((s) => ({ job: { ...s.job, ...patch } })),
   set: (patch) => set(patch),

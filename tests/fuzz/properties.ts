@@ -5,13 +5,19 @@
 // non-UTF-8 names, NaN and Inf values, missing halves, other architectures, hostile text) and
 // requires the reader to end in one of its named errors, or in a result that is itself sound.
 // `npm test` runs these at a small size, `npm run fuzz` at a large one.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { deflateRawSync, deflateSync } from 'node:zlib';
 import fc from 'fast-check';
 import { EngineError } from '../../workers/api/errors.ts';
 import { concatBytes, encodeSafetensors, SafetensorsFile, type TensorToWrite } from '../../workers/checkpoint/safetensors.ts';
 import { countNonFinite, DTYPE_BYTES, FLOAT_DTYPES, toFloat32, type StDtype } from '../../workers/checkpoint/dtype.ts';
 import { ModelCheckpoint } from '../../workers/checkpoint/model.ts';
-import type { ByteSource } from '../../workers/checkpoint/source.ts';
+import { MemorySource, type ByteSource } from '../../workers/checkpoint/source.ts';
+import { crossAttentionLayers } from '../../workers/graph/cross-kv.ts';
+import { zipEntries } from '../../workers/checkpoint/torch-pickle.ts';
 import { decodePng, encodePng, PngError, REPORT_CHUNK, SCENE_CHUNK } from '../../workers/engine/png.ts';
 import { makeTinyModel, tinyModelFiles, type TinyModel } from '../../workers/engine/test-model.ts';
 import { HOSTILE_TEXT, randomScene } from '../../workers/layout/random-scene.ts';
@@ -537,4 +543,42 @@ export async function exhaustiveLinkDamage(sceneSeed: number, substitutions: boo
   return report;
 }
 
-export const FUZZ_TARGETS = { safetensors: fuzzSafetensors, checkpoint: fuzzCheckpoint, lora: fuzzLora, png: fuzzPng, 'share-link': fuzzShareLinks } as const;
+let pth: Uint8Array | undefined;
+/** The tiny ED-LoRA as a .pth in torch.save's layout, written once by Python's own pickler. */
+function tinyPth(): Uint8Array {
+  if (!pth) {
+    const dir = mkdtempSync(join(tmpdir(), 'fuzz-pth-'));
+    const { model } = tinyFiles();
+    writeFileSync(join(dir, 'e.safetensors'), concatBytes(tinyLoras(model).find((l) => l.file.endsWith('edlora.safetensors'))!.parts));
+    const r = spawnSync('python3', ['tests/fixtures/save_like_torch.py', join(dir, 'e.safetensors'), join(dir, 'e.pth')], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`python3 could not write the .pth fixture: ${r.stderr}`);
+    pth = new Uint8Array(readFileSync(join(dir, 'e.pth')));
+  }
+  return pth;
+}
+
+/** A PyTorch .pth (an ED-LoRA): converted without running it, then opened as a LoRA with its concepts. */
+export function fuzzPth(runs: number, seed: number): Promise<FuzzReport> {
+  const base = tinyPth();
+  const { model } = tinyFiles();
+  // half the cases damage the pickle itself (a few hundred bytes among the storages' many thousands)
+  const pkl = zipEntries(base, 'base.pth').find((e) => e.name.endsWith('data.pkl'))!;
+  const inPickle = fc.array(fc.tuple(fc.integer({ min: 0, max: pkl.size - 1 }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 });
+  const arb = fc.oneof(byteMutation.map((m) => ({ m })), inPickle.map((spots) => ({ spots })));
+  return run('pth', arb, runs, seed, async (c) => {
+    // the zip signature kept (but for random bytes), so the damage reaches the archive and the pickle
+    let bytes: Uint8Array;
+    if ('spots' in c) {
+      bytes = base.slice();
+      for (const [p, v] of c.spots) bytes[pkl.dataOffset + p] = v;
+    } else {
+      bytes = mutate(base, c.m).slice();
+      if (c.m.kind !== 'random' && bytes.length >= 4) bytes.set(base.subarray(0, 4), 0);
+    }
+    const lora = await openLora(new MemorySource('fuzz.pth', bytes), model.config, undefined, crossAttentionLayers(model.config.unet).length);
+    for (const mod of lora.modules) if (countNonFinite(mod.factors.up) || countNonFinite(mod.factors.down)) throw new Error(`${mod.key}: non-finite values were let through`);
+    return { ok: true };
+  }, isEngineError);
+}
+
+export const FUZZ_TARGETS = { safetensors: fuzzSafetensors, checkpoint: fuzzCheckpoint, lora: fuzzLora, png: fuzzPng, 'share-link': fuzzShareLinks, pth: fuzzPth } as const;

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { exhaustiveLinkDamage, FUZZ_TARGETS } from '../fuzz/properties.ts';
 
-const RUNS: Record<keyof typeof FUZZ_TARGETS, number> = { safetensors: 300, checkpoint: 60, lora: 150, png: 200, 'share-link': 200 };
+const RUNS: Record<keyof typeof FUZZ_TARGETS, number> = { safetensors: 300, checkpoint: 60, lora: 150, png: 200, 'share-link': 200, pth: 150 };
 
 for (const [name, fuzz] of Object.entries(FUZZ_TARGETS)) {
   test(`fuzz: ${name} input ends in a named error or a sound result`, async () => {

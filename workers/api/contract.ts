@@ -418,6 +418,9 @@ export interface EngineApi {
   cancel(): Promise<void>;
   loadLora(file: FileRef): Promise<LoraInfo>;
   unloadLora(id: string): Promise<void>;
+  /** A textual-inversion embedding (.safetensors or .pt); prompts use it by its name. */
+  loadEmbedding(file: FileRef): Promise<EmbeddingInfo>;
+  unloadEmbedding(id: string): Promise<void>;
   /** The LoRA merge kernel against its float64 reference on this GPU. */
   selfTest(): Promise<MergeSelfTestResult[]>;
   /** Loads the CLIP model that scores results (replacing the one loaded before). */

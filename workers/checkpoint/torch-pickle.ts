@@ -74,9 +74,8 @@ function u32(b: Uint8Array, o: number): number {
   return (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
 }
 function u64(b: Uint8Array, o: number): number {
-  const v = u32(b, o) + u32(b, o + 4) * 2 ** 32;
-  if (!Number.isSafeInteger(v)) throw new RangeError('offset too large');
-  return v;
+  if (o + 8 > b.length) return Number.MAX_SAFE_INTEGER;
+  return Math.min(Number.MAX_SAFE_INTEGER, u32(b, o) + u32(b, o + 4) * 2 ** 32);
 }
 
 /** The entries of a zip archive (stored entries only are readable; torch stores everything). */

@@ -66,6 +66,12 @@ export function createWorkerApi(): EngineApi {
     async loadLora(file: FileRef) {
       return (await ready()).loadLora(await source(file));
     },
+    async loadEmbedding(file: FileRef) {
+      return (await ready()).loadEmbedding(await source(file));
+    },
+    async unloadEmbedding(id: string) {
+      (await ready()).unloadEmbedding(id);
+    },
     async unloadLora(id: string) {
       (await ready()).unloadLora(id);
     },

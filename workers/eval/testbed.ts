@@ -36,6 +36,8 @@ export interface Testbed {
   model?: string;
   scorer?: string;
   loras: Record<string, TestbedLora>;
+  /** Textual-inversion embedding files loaded for every run (prompts use them by file name). */
+  embeddings: string[];
   scenes: { name: string; scene: Scene }[];
   methods: TestbedMethod[];
   seeds: number[];
@@ -197,7 +199,10 @@ export function parseTestbed(text: string): Testbed {
   if (!Array.isArray(seeds) || !seeds.length || !seeds.every((s) => Number.isInteger(s) && s >= 0 && s <= 0xffffffff)) throw new TestbedError('seeds must be a list of whole numbers from 0 to 4294967295');
   if (new Set(seeds).size !== seeds.length) throw new TestbedError('seeds has repeats');
   if (scenes.length * methods.length * seeds.length > MAX_RUNS) throw new TestbedError(`it asks for ${scenes.length * methods.length * seeds.length} runs; at most ${MAX_RUNS} are allowed`);
-  return { name: optStr(raw.name, 'name') ?? 'testbed', model: optStr(raw.model, 'model'), scorer: optStr(raw.scorer, 'scorer'), loras, scenes, methods, seeds: seeds as number[] };
+  const embeddings = raw.embeddings ?? [];
+  if (!Array.isArray(embeddings) || embeddings.length > 64) throw new TestbedError('embeddings must be a list of at most 64 embedding files');
+  embeddings.forEach((e, i) => str(e, `embeddings[${i}]`, 1000));
+  return { name: optStr(raw.name, 'name') ?? 'testbed', model: optStr(raw.model, 'model'), scorer: optStr(raw.scorer, 'scorer'), loras, embeddings: embeddings as string[], scenes, methods, seeds: seeds as number[] };
 }
 
 /**

@@ -40,10 +40,11 @@ export function tinyTestbedJson(): Record<string, unknown> {
       hat: { file: 'loras/kohya-2.safetensors', category: 'clothing', prompt: 'a red hat', references: ['references/hat-1.png'] },
       forest: { file: 'loras/kohya-3.safetensors', category: 'background', prompt: 'a green forest' },
     },
+    embeddings: ['embeddings/tiny-ti.safetensors'],
     scenes: [
       {
         name: 'fox-and-owl',
-        prompt: 'a fox and an owl in a forest',
+        prompt: 'a fox and an owl in a forest, tiny-ti',
         loras: ['watercolor'],
         boxes: [
           { name: 'fox', x: 0, y: 8, width: 32, height: 48, prompt: 'a zxc fox', loras: ['fox'] },

@@ -18,6 +18,7 @@ import { csvHeader, csvLine, parseResultsCsv, summariseRows, type ResultRow } fr
 import { expandTestbed, type Testbed, type TestbedRun } from '../eval/testbed.ts';
 import { sceneJob, type SceneLora } from '../layout/scene.ts';
 import { attachSceneLoras } from './scene-loras.ts';
+import { NodeFileSource } from './files.ts';
 
 export interface EvaluateOptions {
   testbed: Testbed;
@@ -60,7 +61,11 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
   const csvPath = join(o.out, 'results.csv');
   // The settings a row was made with: a changed scene, method, LoRA, model or scorer means a new row.
   const loraFiles = Object.fromEntries(Object.entries(t.loras).map(([id, l]) => [id, { file: l.file, scale: l.scale }]));
-  const config = (r: TestbedRun) => createHash('sha256').update(JSON.stringify({ job: r.job, loraFiles, model: o.modelName, scorer: scorer.name })).digest('hex').slice(0, 12);
+  const config = (r: TestbedRun) =>
+    createHash('sha256')
+      .update(JSON.stringify({ job: r.job, loraFiles, model: o.modelName, scorer: scorer.name, ...(t.embeddings.length ? { embeddings: t.embeddings } : {}) }))
+      .digest('hex')
+      .slice(0, 12);
   const wanted = new Map(runs.map((r) => [r.key, config(r)]));
   const rowKey = (r: ResultRow) => `${r.scene}|${r.method}|${r.seed}`;
   let kept: ResultRow[] = [];
@@ -78,6 +83,8 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
   const todo = runs.filter((r) => !done.has(r.key));
 
   const loaded = new Map<string, LoraInfo>();
+  const embeddings = [];
+  for (const file of t.embeddings) embeddings.push(await engine.loadEmbedding(await NodeFileSource.open(resolve(o.base, file))));
   const refs = new Map<string, ImageData8>();
   const concept = async (l: SceneLora): Promise<ScoreConcept> => {
     const def = t.loras[l.name];
@@ -133,6 +140,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateOutcome> {
     rows.push(row);
   }
   for (const info of loaded.values()) engine.unloadLora(info.id);
+  for (const e of embeddings) engine.unloadEmbedding(e.id);
   const order = new Map(runs.map((r, i) => [r.key, i]));
   rows.sort((a, b) => order.get(rowKey(a))! - order.get(rowKey(b))!);
   const summary = {

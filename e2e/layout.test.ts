@@ -77,10 +77,10 @@ test('gradient guidance in Chromium: the switches, a guided run, its loss plot p
   assert.equal(await points.count(), 2, 'one loss point per guided step');
   const losses = (await points.locator('title').allTextContents()).map((t) => Number(/L (\d+\.\d+)/.exec(t)![1]));
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
-  assert.deepEqual(job.layout.guidance, { ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false });
+  assert.deepEqual(job.layout.guidance, { ce: true, fill: true, region: true, scale: 80, share: 1, earlyStop: false, lastStep: 25 });
   await page.screenshot({ path: 'e2e/screenshots/guidance.png', fullPage: true });
   const { engine } = await nodeEngine(['kohya', 'loha']);
   const node = (await engine.generate(job)).report.guidance!;
   engine.unload();
-  node.steps.forEach((s, i) => assert.ok(Math.abs(s.loss - losses[i]) < 2e-3, `step ${i}: browser L ${losses[i]}, Node L ${s.loss}`));
+  node.steps.forEach((s, i) => assert.ok(Math.abs(s.loss - losses[i]) < 2e-3 + 1e-4 * Math.abs(s.loss), `step ${i}: browser L ${losses[i]}, Node L ${s.loss}`));
 });

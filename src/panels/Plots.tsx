@@ -57,9 +57,9 @@ export function StepPlots({ steps, loras }: { steps: CompositionStep[]; loras: s
 
 const TERMS = [
   { key: 'loss', label: 'L', color: '#1d1f24', weight: 1 },
-  { key: 'ce', label: 'L_ce', color: '#e4572e', weight: 1 },
-  { key: 'fill', label: '0.25 L_fill', color: '#2e86ab', weight: 0.25 },
-  { key: 'region', label: '0.8 L_region', color: '#76b041', weight: 0.8 },
+  { key: 'ce', label: 'in the box', color: '#e4572e', weight: 1 },
+  { key: 'fill', label: 'filling the box', color: '#2e86ab', weight: 1 },
+  { key: 'region', label: 'kept apart', color: '#76b041', weight: 1 },
 ] as const;
 
 /** Gradient guidance per step: L and its weighted terms; a hollow point where early stop skipped the update. */
@@ -80,7 +80,7 @@ export function GuidancePlot({ steps, total }: { steps: GuidanceStep[]; total: n
             {t.key === 'loss' &&
               steps.map((s) => (
                 <circle key={s.step} cx={x(s.step)} cy={y(s.loss)} r={2.2} fill={s.updated ? t.color : '#fff'} stroke={t.color} data-updated={s.updated}>
-                  <title>{`step ${s.step + 1}: L ${s.loss.toFixed(3)} (ce ${s.ce.toFixed(3)}, fill ${s.fill.toFixed(3)}, region ${s.region.toFixed(4)})${s.updated ? `, phi ${s.stepSize.toFixed(1)}` : ', early stop'}`}</title>
+                  <title>{`step ${s.step + 1}: L ${s.loss.toFixed(3)} (ce ${s.ce.toFixed(3)}, fill ${s.fill.toFixed(3)}, region ${s.region.toFixed(4)})${s.updated ? `, phi ${s.stepSize.toFixed(1)}` : ', not moved'}`}</title>
                 </circle>
               ))}
           </g>

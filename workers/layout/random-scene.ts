@@ -75,7 +75,7 @@ export function randomScene(rng: Rng, options: RandomSceneOptions = {}): Scene {
     loras: loras(3),
     boxes,
     composition,
-    ablation: { injection: rand() < 0.7, isolation: rand() < 0.7, reinit: rand() < 0.5, ...(guided ? { ce: rand() < 0.7, fill: rand() < 0.5, region: rand() < 0.5 } : {}) },
+    ablation: { injection: rand() < 0.7, isolation: rand() < 0.7, reinit: rand() < 0.5, ...(guided ? { ce: rand() < 0.7, fill: rand() < 0.5, region: rand() < 0.5 } : { ce: false, fill: false, region: false }) },
     seed: int(0, 0xffffffff),
     steps: int(lo, hi),
     cfg: Math.round((1 + rand() * 9) * 10) / 10,

@@ -11,31 +11,13 @@ import type { Runtime } from '../workers/engine/runtime.ts';
 import type { GraphBuilder } from '../workers/graph/builder.ts';
 import { buildGuidanceGraph, GUIDANCE_RECOMPUTE_ABOVE, guidanceLayers } from '../workers/graph/guidance-graph.ts';
 import { elementCount } from '../workers/graph/shapes.ts';
+import { multiplyAdds } from '../workers/graph/cost.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
 import { openTinyEngine, owlAndFoxJob, writeTinyModel } from '../workers/node/tiny.ts';
 
 const STEPS = Number(process.env.BENCH_GUIDANCE_STEPS ?? 6);
 
-/** Multiply-adds of the graph's Conv, ConvTranspose, MatMul and Gemm nodes. */
-export function macs(g: GraphBuilder, from = 0, to = g.records.length): number {
-  let total = 0;
-  for (const n of g.records.slice(from, to)) {
-    const out = g.shapes.get(n.outputs[0]);
-    if (!out) continue;
-    const size = elementCount(out);
-    if (n.type === 'Conv') {
-      const w = g.shape(n.inputs[1]);
-      total += size * w[1] * w[2] * w[3];
-    } else if (n.type === 'ConvTranspose') {
-      const w = g.shape(n.inputs[1]);
-      total += elementCount(g.shape(n.inputs[0])) * w[1] * w[2] * w[3];
-    } else if (n.type === 'MatMul' || n.type === 'Gemm') {
-      const a = g.shape(n.inputs[0]);
-      total += size * (n.type === 'Gemm' && n.attrs.transA ? a[0] : a[a.length - 1]);
-    }
-  }
-  return total;
-}
+export const macs = multiplyAdds;
 
 /** Bytes of the forward values (before node `split`) that backward nodes read: what the backward pass keeps alive. */
 export function keptActivationBytes(g: GraphBuilder, split: number, bytesPerValue: number): number {

@@ -162,12 +162,14 @@ test('guidance raises every concept\'s in-box attention share and lowers L; phi 
 
 for (const backend of ['wasm', 'webgpu'] as Backend[]) {
   test(`with isolation on (the code's mask) L_region is above 0 at every step (${backend})`, async () => {
-    const r = await guidedRun({ ce: true, fill: true, region: true, scale: 20 }, { isolation: true }, 3, backend);
+    const r = await guidedRun({ ce: true, fill: true, region: true, scale: 20 }, { isolation: true }, backend === 'wasm' ? 3 : 2, backend);
     assert.equal(r.layout!.options.isolationScope, 'concepts');
     for (const s of r.guidance!.steps) assert.ok(s.region > 1e-3, `step ${s.step}: L_region ${s.region}`);
     // ours before (the background walled off too) leaves a box's queries nothing outside to attend to
-    const walled = await guidedRun({ ce: false, fill: false, region: true, scale: 20 }, { isolation: true, isolationScope: 'regions' }, 1, backend);
-    assert.ok(walled.guidance!.steps[0].region < 1e-6, `walled: L_region ${walled.guidance!.steps[0].region}`);
+    if (backend === 'wasm') {
+      const walled = await guidedRun({ ce: false, fill: false, region: true, scale: 20 }, { isolation: true, isolationScope: 'regions' }, 1, backend);
+      assert.ok(walled.guidance!.steps[0].region < 1e-6, `walled: L_region ${walled.guidance!.steps[0].region}`);
+    }
   });
 }
 

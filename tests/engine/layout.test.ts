@@ -1,4 +1,4 @@
-// Layouts on the real engine (tiny model, WebGPU): regions that all say the same thing are the plain
+// Layouts on the real engine (tiny model, wasm): regions that all say the same thing are the plain
 // image; with injection the attention the image gives each box prompt lies inside its box, without it
 // spreads over the frame; re-initialisation and isolation run and report. The tiny model's weights are
 // random, so where a box prompt would attend with nothing masked (attentionInBoxUnmasked) has no
@@ -19,15 +19,12 @@ after(() => setTimeout(() => process.exit(0), 10).unref());
 
 const JOB: GenerateJob = { prompt: 'two friends in a park', negative: 'blurry', steps: 3, cfg: 5, seed: 7, width: 64, height: 64, scheduler: 'dpmpp-2m' };
 
+// the wasm backend: the layout graph itself is checked on WebGPU in blocks.test.ts and guidance.test.ts,
+// and the whole studio path in Chromium (e2e/layout.test.ts)
 let setup: Promise<{ engine: Engine; loras: LoraInfo[] }> | undefined;
 function studio() {
-  setup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']));
+  setup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('wasm'), ['kohya', 'loha', 'locon']));
   return setup;
-}
-let cpuSetup: Promise<{ engine: Engine; loras: LoraInfo[] }> | undefined;
-function cpuStudio() {
-  cpuSetup ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('wasm'), ['kohya', 'loha', 'locon']));
-  return cpuSetup;
 }
 
 const layout = (loras: LoraInfo[], patch: Partial<LayoutOptions> = {}): LayoutOptions => ({
@@ -97,7 +94,7 @@ test('isolation and re-initialisation run, report their windows, and a box outsi
 });
 
 test("each box region runs through its own LoRAs as the code does: its negative prompt, its output projection, the model without the frame's LoRAs", async () => {
-  const { engine, loras } = await cpuStudio();
+  const { engine, loras } = await studio();
   const run = async (patch: Partial<LayoutOptions>, boxScale: number, frame = false) => {
     const l = layout(loras, patch);
     for (const b of l.boxes) b.loras = b.loras.map((u) => ({ ...u, scale: boxScale }));

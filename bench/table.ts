@@ -33,10 +33,10 @@ function figures(name: string, r: Any): Row[] {
       for (const g of r.groups) for (const x of g.rows) add(`${g.loras} LoRAs, ${x.method}: UNet runs / wall vs composite`, `${f(x.evaluationsVsComposite)} / ${f(x.wallVsComposite)}`);
       break;
     case 'layout':
-      for (const x of r.rows) add(`${x.boxes} boxes: step time vs no layout`, f(x.perStepVsNoLayout));
+      for (const x of r.rows) add(`${x.choices}, ${x.boxes} boxes: step time vs no layout`, f(x.perStepVsNoLayout));
       break;
     case 'guidance':
-      add('guided step vs unguided (tiny, measured)', f(r.measured.guidedStepVsUnguided));
+      for (const x of r.runs) add(`${x.arrangement}: guided step vs unguided (tiny, measured)`, f(x.perStepVsUnguided));
       add('guided step vs unguided (SD 1.5 512, multiply-adds)', f(r.sd15.recomputeAbove.guidedStepVsUnguided));
       add('SD 1.5 backward keeps (fp32 / fp16)', `${f(r.sd15.recomputeAbove.backwardKeepsMB.fp32, 0)} / ${f(r.sd15.recomputeAbove.backwardKeepsMB.fp16, 0)} MB`);
       break;

@@ -30,7 +30,26 @@ export interface NodeRecord {
   inputs: string[];
   outputs: string[];
   attrs: Record<string, AttrValue>;
+  /** The operator set domain; absent for the default ONNX domain. */
+  domain?: string;
 }
+
+/**
+ * How the graphs compute attention (`workers/graph/layers.ts`):
+ * - `fused`: `com.microsoft.MultiHeadAttention` (FlashAttention on the WebGPU EP), the score matrix is
+ *   never a tensor; layers whose maps a job reads are built `chunked`;
+ * - `chunked`: MatMul, Softmax, MatMul over query chunks, so no score tensor exceeds `bufferLimit`;
+ * - `explicit`: the same in one piece (the form every numeric reference was first checked against).
+ */
+export type AttentionForm = 'fused' | 'chunked' | 'explicit';
+
+export interface GraphOptions {
+  attention?: AttentionForm;
+  /** The largest single intermediate buffer an attention layer may make, in bytes (default 128 MiB). */
+  bufferLimit?: number;
+}
+
+export const DEFAULT_BUFFER_LIMIT = 128 * 2 ** 20;
 
 export class GraphBuilder {
   private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
@@ -49,8 +68,23 @@ export class GraphBuilder {
   readonly weights = new Map<string, WeightSpec>();
   private counter = 0;
 
+  readonly attention: AttentionForm;
+  readonly bufferLimit: number;
+  private usesMicrosoftDomain = false;
+
   /** `dtype` is the type of weights and activations inside the graph. */
-  constructor(readonly dtype: 'float32' | 'float16' = 'float32') {}
+  constructor(
+    readonly dtype: 'float32' | 'float16' = 'float32',
+    options: GraphOptions = {},
+  ) {
+    this.attention = options.attention ?? 'explicit';
+    this.bufferLimit = options.bufferLimit ?? DEFAULT_BUFFER_LIMIT;
+  }
+
+  /** Bytes per element of the activation type. */
+  get bytesPerElement(): number {
+    return this.dtype === 'float16' ? 2 : 4;
+  }
 
   private fresh(hint: string): string {
     return `${hint}_${this.counter++}`;
@@ -140,15 +174,23 @@ export class GraphBuilder {
     return out;
   }
 
+  /** A node of onnxruntime's contrib domain (`com.microsoft`), e.g. MultiHeadAttention. */
+  msOp(type: string, inputs: string[], attrs: Record<string, AttrValue> = {}): string {
+    const out = this.fresh(type.toLowerCase());
+    this.usesMicrosoftDomain = true;
+    this.add(type, inputs, [out], attrs, 'com.microsoft');
+    return out;
+  }
+
   opMulti(type: string, inputs: string[], nOut: number, attrs: Record<string, AttrValue> = {}): string[] {
     const outs = Array.from({ length: nOut }, () => this.fresh(type.toLowerCase()));
     this.add(type, inputs, outs, attrs);
     return outs;
   }
 
-  private add(type: string, inputs: string[], outputs: string[], attrs: Record<string, AttrValue>): void {
-    this.nodes.push(this.node(type, inputs, outputs, attrs));
-    const rec = { type, inputs, outputs, attrs };
+  private add(type: string, inputs: string[], outputs: string[], attrs: Record<string, AttrValue>, domain?: string): void {
+    this.nodes.push(this.node(type, inputs, outputs, attrs, domain));
+    const rec: NodeRecord = domain ? { type, inputs, outputs, attrs, domain } : { type, inputs, outputs, attrs };
     this.records.push(rec);
     const shapes = inferShapes(rec, (v) => this.shapes.get(v), (v) => this.intValues.get(v), (v) => this.f32Values.get(v));
     shapes?.forEach((s, i) => s && this.shapes.set(outputs[i], s));
@@ -161,14 +203,14 @@ export class GraphBuilder {
     return s;
   }
 
-  private node(type: string, inputs: string[], outputs: string[], attrs: Record<string, AttrValue>) {
+  private node(type: string, inputs: string[], outputs: string[], attrs: Record<string, AttrValue>, domain?: string) {
     const attribute = Object.entries(attrs).map(([name, v]) => {
       if (typeof v === 'string') return onnx.AttributeProto.create({ name, type: 3, s: new TextEncoder().encode(v) });
       if (Array.isArray(v)) return onnx.AttributeProto.create({ name, type: 7, ints: v });
       if (typeof v === 'object') return onnx.AttributeProto.create({ name, type: 1, f: v.float });
       return onnx.AttributeProto.create({ name, type: 2, i: v });
     });
-    return onnx.NodeProto.create({ opType: type, input: inputs, output: outputs, attribute, name: this.fresh(`n_${type}`) });
+    return onnx.NodeProto.create({ opType: type, input: inputs, output: outputs, attribute, name: this.fresh(`n_${type}`), ...(domain ? { domain } : {}) });
   }
 
   /** Drop the nodes, constants, inputs and weights that no graph output needs. */
@@ -220,7 +262,7 @@ export class GraphBuilder {
     const model = onnx.ModelProto.create({
       irVersion: 8,
       producerName: 'lora-studio',
-      opsetImport: [{ domain: '', version: 17 }],
+      opsetImport: [{ domain: '', version: 17 }, ...(this.usesMicrosoftDomain ? [{ domain: 'com.microsoft', version: 1 }] : [])],
       graph,
     });
     return onnx.ModelProto.encode(model).finish();

@@ -2,10 +2,10 @@
 // by building only the first `layers - (clipSkip - 1)` layers, then the final layer norm, as the
 // common "clip skip 2" convention does.
 import type { TextEncoderConfig } from '../checkpoint/config.ts';
-import { GraphBuilder } from './builder.ts';
+import { GraphBuilder, type GraphOptions } from './builder.ts';
 import { attention, layerNorm, linear, quickGelu } from './layers.ts';
 
-export interface ClipGraphOptions {
+export interface ClipGraphOptions extends GraphOptions {
   batch: number;
   seqLen: number;
   dtype: 'float32' | 'float16';
@@ -45,7 +45,7 @@ export function causalMask(g: GraphBuilder, n: number): string {
 
 export function buildTextEncoder(cfg: TextEncoderConfig, opt: ClipGraphOptions): GraphBuilder {
   if (!(opt.clipSkip >= 1 && opt.clipSkip <= cfg.layers)) throw new RangeError(`clip skip must be 1..${cfg.layers}`);
-  const g = new GraphBuilder(opt.dtype);
+  const g = new GraphBuilder(opt.dtype, opt);
   const { batch: b, seqLen: n } = opt;
   const H = cfg.hidden;
   const ids = g.input('input_ids', 'int64', [b, n]);

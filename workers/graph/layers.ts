@@ -70,7 +70,9 @@ export interface AttentionIo {
 
 /**
  * Multi-head scaled dot-product attention on 2-D token values q [B*Nq, C], k/v [B*Nk, C].
- * Returns [B*Nq, C].
+ * Returns [B*Nq, C]. The builder's `attention` form decides how (see `AttentionForm`): fused into one
+ * MultiHeadAttention node unless the layer's maps are read, else MatMul-Softmax-MatMul, split into
+ * query chunks when the score tensor [B, heads, Nq, Nk] would exceed the builder's buffer limit.
  */
 export function attention(
   g: GraphBuilder,
@@ -81,20 +83,55 @@ export function attention(
   io: AttentionIo = {},
 ): string {
   const { b, nq, nk, c, heads } = dims;
+  if (g.attention === 'fused' && !io.probsOutput) {
+    // bias [B or 1, 1, Nq, Nk] is the node's attention_bias, broadcast over batch and heads
+    const tokens = (x: string, n: number) => g.op('Reshape', [x, g.ints([b, n, c])]);
+    let bias = io.bias;
+    if (bias && g.shape(bias).length < 4) bias = g.op('Reshape', [bias, g.ints([...new Array(4 - g.shape(bias).length).fill(1), ...g.shape(bias)])]);
+    const inputs = [tokens(q, nq), tokens(k, nk), tokens(v, nk), ...(bias ? ['', '', bias] : [])];
+    return g.op('Reshape', [g.msOp('MultiHeadAttention', inputs, { num_heads: heads }), g.ints([b * nq, c])]);
+  }
   const d = c / heads;
   const qh = g.op('Transpose', [g.op('Reshape', [q, g.ints([b, nq, heads, d])])], { perm: [0, 2, 1, 3] });
   const kh = g.op('Transpose', [g.op('Reshape', [k, g.ints([b, nk, heads, d])])], { perm: [0, 2, 3, 1] });
   const vh = g.op('Transpose', [g.op('Reshape', [v, g.ints([b, nk, heads, d])])], { perm: [0, 2, 1, 3] });
-  let scores = g.op('Mul', [g.op('MatMul', [qh, kh]), g.scalar(1 / Math.sqrt(d))]);
-  if (io.bias) scores = g.op('Add', [scores, io.bias]);
-  const probs = g.op('Softmax', [scores], { axis: -1 });
+  const chunks = g.attention === 'explicit' ? 1 : attentionChunks(dims, g.bytesPerElement, g.bufferLimit);
+  const rows = chunkRows(nq, chunks);
+  const qParts = rows.length === 1 ? [qh] : g.opMulti('Split', [qh, g.ints(rows)], rows.length, { axis: 2 });
+  const biasParts = !io.bias
+    ? []
+    : rows.length === 1 || g.shape(io.bias)[2] === 1
+      ? rows.map(() => io.bias as string)
+      : g.opMulti('Split', [io.bias, g.ints(rows)], rows.length, { axis: 2 });
+  const ctxParts: string[] = [];
+  const mapParts: string[] = [];
+  qParts.forEach((qc, i) => {
+    let scores = g.op('Mul', [g.op('MatMul', [qc, kh]), g.scalar(1 / Math.sqrt(d))]);
+    if (io.bias) scores = g.op('Add', [scores, biasParts[i]]);
+    const probs = g.op('Softmax', [scores], { axis: -1 });
+    if (io.probsOutput) mapParts.push(g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 }));
+    ctxParts.push(g.op('MatMul', [probs, vh]));
+  });
   if (io.probsOutput) {
-    const mean = g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 });
+    const mean = mapParts.length === 1 ? mapParts[0] : g.op('Concat', mapParts, { axis: 1 });
     const out = g.dtype === 'float16' ? g.op('Cast', [mean], { to: 1 }) : mean;
     g.output(out, io.probsOutput, 'float32', [b, nq, nk]);
   }
-  const ctx = g.op('MatMul', [probs, vh]);
+  const ctx = ctxParts.length === 1 ? ctxParts[0] : g.op('Concat', ctxParts, { axis: 2 });
   return g.op('Reshape', [g.op('Transpose', [ctx], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
+}
+
+/** Query chunks so that one chunk's score tensor [B, heads, rows, Nk] stays within `limit` bytes. */
+export function attentionChunks(dims: { b: number; nq: number; nk: number; heads: number }, bytesPerElement: number, limit: number): number {
+  const perRow = dims.b * dims.heads * dims.nk * bytesPerElement;
+  const rowsPerChunk = Math.max(1, Math.floor(limit / perRow));
+  return Math.ceil(dims.nq / rowsPerChunk);
+}
+
+/** `n` rows in `chunks` nearly equal parts (the first ones one longer). */
+export function chunkRows(n: number, chunks: number): number[] {
+  const k = Math.max(1, Math.min(n, chunks));
+  return Array.from({ length: k }, (_, i) => Math.floor(n / k) + (i < n % k ? 1 : 0));
 }
 
 /**

@@ -36,6 +36,11 @@ export function inferShapes(n: NodeRecord, shapeOf: (v: string) => number[] | un
       const known = dims.reduce((p, d) => (d === -1 ? p : p * d), 1);
       return [dims.map((d) => (d === -1 ? size / known : d))];
     }
+    case 'MultiHeadAttention': {
+      // query [B, S, hidden], value [B, L, v_hidden]: the output is [B, S, v_hidden]
+      const v = s[2];
+      return [v ? [x[0], x[1], v[2]] : x];
+    }
     case 'Transpose': {
       const perm = (n.attrs.perm as number[] | undefined) ?? x.map((_, i) => x.length - 1 - i);
       return [perm.map((p) => x[p])];

@@ -2,10 +2,10 @@
 // Optional extras for the composition issues: additive attention biases (region masks) per
 // attention layer, and head-averaged cross-attention maps as outputs.
 import type { UNetConfig } from '../checkpoint/config.ts';
-import { GraphBuilder } from './builder.ts';
+import { GraphBuilder, type GraphOptions } from './builder.ts';
 import { attention, conv2d, regionalAttention, fromTokens, gelu, groupNorm, layerNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
 
-export interface UNetGraphOptions {
+export interface UNetGraphOptions extends GraphOptions {
   batch: number;
   latentH: number;
   latentW: number;
@@ -165,7 +165,7 @@ export function spatialTransformer(g: GraphBuilder, x: Feat, name: string, cfg: 
 }
 
 export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder {
-  const g = new GraphBuilder(opt.dtype);
+  const g = new GraphBuilder(opt.dtype, opt);
   const b = opt.batch;
   const c0 = cfg.blockOutChannels[0];
   const tembDim = 4 * c0;

@@ -1,10 +1,10 @@
 // The VAE decoder (latent -> image in [-1, 1]) as an ONNX graph, built from its config.
 import type { VaeConfig } from '../checkpoint/config.ts';
-import { GraphBuilder } from './builder.ts';
+import { GraphBuilder, type GraphOptions } from './builder.ts';
 import { attention, conv2d, fromTokens, groupNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
 import { resnetBlock } from './unet.ts';
 
-export interface VaeGraphOptions {
+export interface VaeGraphOptions extends GraphOptions {
   batch: number;
   latentH: number;
   latentW: number;
@@ -28,7 +28,7 @@ export function vaeAttention(g: GraphBuilder, x: Feat, name: string, groups: num
 }
 
 export function buildVaeDecoder(cfg: VaeConfig, opt: VaeGraphOptions): GraphBuilder {
-  const g = new GraphBuilder(opt.dtype);
+  const g = new GraphBuilder(opt.dtype, opt);
   const levels = cfg.blockOutChannels.length;
   const groups = cfg.normGroups;
   const eps = 1e-6;

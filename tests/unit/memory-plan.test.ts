@@ -1,0 +1,81 @@
+// The memory plan: liveness over a graph's node order against hand counts, the SD 1.5 graphs' weights
+// against the published parameter counts, and the plan's choices at 512x512.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
+import { loraTargets, planMemory } from '../../workers/engine/memory-plan.ts';
+import { GraphBuilder } from '../../workers/graph/builder.ts';
+import { buildTextEncoder } from '../../workers/graph/clip.ts';
+import { graphMemory } from '../../workers/graph/memory.ts';
+import { buildUNet } from '../../workers/graph/unet.ts';
+
+test('liveness: a value lives from its node to its last reader, outputs to the end', () => {
+  const g = new GraphBuilder('float32');
+  const x = g.input('x', 'float32', [1, 1000]); // 4000 bytes
+  const a = g.op('Relu', [x]); // x's last reader: x + a = 8000, then 4000
+  const b = g.op('Concat', [a, a], { axis: 1 }); // 4000 + 8000 = 12000, then a is freed: 8000
+  g.output(b, 'y', 'float32', [1, 2000]); // 8000 + 8000 = 16000
+  const m = graphMemory(g);
+  assert.equal(m.activationPeakBytes, 16000);
+  assert.equal(m.largestBufferBytes, 8000);
+  assert.equal(m.weightBytes, 0);
+
+  const h = new GraphBuilder('float16');
+  const z = h.input('z', 'float32', [1, 4, 5, 5]); // 400 bytes
+  const z16 = h.op('Cast', [z], { to: 10 }); // 200
+  const w = h.weight('conv.weight', [8, 4, 3, 3]); // 288 halves: 576 bytes
+  const y = h.op('Conv', [z16, w], { kernel_shape: [3, 3], pads: [1, 1, 1, 1] }); // [1, 8, 5, 5] = 400
+  h.output(h.op('Cast', [y], { to: 1 }), 'y', 'float32', [1, 8, 5, 5]); // 800 (+ Identity 800)
+  const plain = graphMemory(h);
+  assert.equal(plain.weightBytes, 576);
+  assert.equal(plain.weightTransposes, 0);
+  // 400 + 200 -> 200 -> 200 + 400 -> 400 -> 400 + 800 -> 800 -> 800 + 800
+  assert.equal(plain.activationPeakBytes, 1600);
+  const nhwc = graphMemory(h, { transposesConvWeights: true });
+  assert.equal(nhwc.weightTransposes, 1);
+  assert.equal(nhwc.weightTransposeBytes, 2 * 576, 'read and written once per run');
+  assert.equal(nhwc.activationPeakBytes, 1600, 'the transposed copy (576) lives only during its Conv (200 + 400 + 576 < 1600)');
+});
+
+test('SD 1.5 graphs bind exactly the published parameter counts', () => {
+  const unet = buildUNet(SD15_CONFIG.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float16' });
+  const text = buildTextEncoder(SD15_CONFIG.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip: 1 });
+  // diffusers' UNet2DConditionModel for SD 1.5 has 859,520,964 parameters; CLIPTextModel (ViT-L/14) 123,060,480
+  assert.equal(graphMemory(unet).weightBytes, 859_520_964 * 2);
+  assert.equal(graphMemory(text).weightBytes, 123_060_480 * 4);
+  // kohya's usual targets: 16 transformer blocks x (two attentions' q, k, v, out; ff.net.0.proj, ff.net.2; proj_in, proj_out), 12 text layers x 6
+  assert.equal(loraTargets(unet).length, 16 * 12);
+  assert.equal(loraTargets(text).length, 12 * 6);
+});
+
+test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it chooses', () => {
+  const GB = 1e9;
+  for (const precision of ['fp16', 'fp32'] as const) {
+    const fused = planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: true });
+    const chunked = planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: false, bufferLimit: 128 * 2 ** 20 });
+    assert.equal(fused.attention, 'fused');
+    assert.equal(chunked.attention, 'chunked');
+    const bytes = precision === 'fp16' ? 2 : 4;
+    assert.equal(fused.parts.weightBytes.unet, 859_520_964 * bytes);
+    const { weightBytes: w, activationBytes: a, loraArenaBytes, pristineBytes, cacheBytes, latentBytes } = fused.parts;
+    assert.equal(fused.peakBytes, w.unet + w.textEncoder + w.vae + Math.max(a.unet, a.textEncoder, a.vae) + loraArenaBytes + pristineBytes + cacheBytes + latentBytes);
+    assert.ok(a.unet < chunked.parts.activationBytes.unet, 'fused attention keeps no score buffer alive');
+    assert.ok(fused.peakBytes <= (precision === 'fp16' ? 2.7 : 5.3) * GB, `${precision} peak ${fused.peakBytes}`);
+    for (const p of [fused, chunked]) assert.ok(p.largestBufferBytes <= 256 * 2 ** 20, `${precision} ${p.attention}: ${p.largestBuffer} ${p.largestBufferBytes}`);
+    // unfused, the 64x64 self-attention scores alone (2 x 8 x 4096 x 4096) would be 512 MiB in fp16
+    assert.equal(chunked.largestBufferBytes <= 128 * 2 ** 20 || chunked.largestBuffer.includes('Resize'), true, chunked.largestBuffer);
+    assert.equal(fused.cfgHalves, false);
+  }
+  // a tight budget makes the CFG halves run one after the other
+  const roomy = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: false });
+  const tight = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: false, budgetBytes: roomy.peakBytes - 1 });
+  assert.equal(tight.cfgHalves, roomy.parts.activationBytes.unet > roomy.parts.activationBytes.vae);
+  // LoRAs: the f32 factor arena grows with count and rank, the pristine copies once
+  const one = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, loras: { count: 1, rank: 32 } });
+  const five = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, loras: { count: 5, rank: 32 } });
+  assert.equal(five.parts.loraArenaBytes, 5 * one.parts.loraArenaBytes);
+  assert.equal(five.parts.pristineBytes, one.parts.pristineBytes);
+  const nhwc = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, transposesConvWeights: true });
+  const convs = [...buildUNet(SD15_CONFIG.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float16' }).records].filter((r) => r.type === 'Conv').length;
+  assert.equal(nhwc.weightTransposesPerStep, convs);
+});

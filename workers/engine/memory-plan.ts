@@ -1,0 +1,142 @@
+// A job's memory plan, made from the graphs it will run before anything is allocated: the three
+// models' weights, the largest graph's live activations, the LoRA arena and the pristine copies of the
+// weights LoRAs touch, and the deep-feature cache. It picks what fits the adapter: fused attention
+// where the adapter runs it right, else query chunks under the buffer limit; the two CFG halves one
+// after the other when the batch of two does not fit. `npm run cli -- plan` prints it.
+import type { ModelConfig } from '../checkpoint/config.ts';
+import { latentSize } from '../checkpoint/config.ts';
+import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type GraphBuilder } from '../graph/builder.ts';
+import { buildTextEncoder } from '../graph/clip.ts';
+import { graphMemory, type GraphMemory } from '../graph/memory.ts';
+import { buildUNet } from '../graph/unet.ts';
+import { buildVaeDecoder } from '../graph/vae.ts';
+
+export interface PlanRequest {
+  width: number;
+  height: number;
+  precision: 'fp16' | 'fp32';
+  /** Classifier-free guidance (a scale above 1) runs the UNet on a batch of two, or two halves. */
+  cfg: boolean;
+  /** The forms this adapter can run; `fused` only where the adapter check passed. */
+  fusedAttention: boolean;
+  /** The largest single buffer the adapter binds (default 128 MiB, WebGPU's guaranteed minimum). */
+  bufferLimit?: number;
+  /** The device memory the plan may use; unset: no budget, only the buffer limit binds. */
+  budgetBytes?: number;
+  /** LoRAs loaded at once and their rank (their factors are kept in f32). */
+  loras?: { count: number; rank: number };
+  /** CMLoRA's deep-feature cache: one feature per LoRA. */
+  cachedFeatures?: number;
+  /** The executor transposes convolution weights every run (NHWC with weights as inputs). */
+  transposesConvWeights?: boolean;
+}
+
+export interface MemoryPlan {
+  width: number;
+  height: number;
+  precision: 'fp16' | 'fp32';
+  attention: AttentionForm;
+  /** The two CFG halves run one after the other (batch 1 twice) instead of as one batch of two. */
+  cfgHalves: boolean;
+  peakBytes: number;
+  largestBufferBytes: number;
+  largestBuffer: string;
+  bufferLimitBytes: number;
+  /** Within the buffer limit (and the budget, when one is given). */
+  fits: boolean;
+  parts: {
+    weightBytes: { unet: number; textEncoder: number; vae: number };
+    /** The largest of the UNet's, the text encoder's and the VAE decoder's live activations. */
+    activationBytes: { unet: number; textEncoder: number; vae: number };
+    loraArenaBytes: number;
+    pristineBytes: number;
+    cacheBytes: number;
+    latentBytes: number;
+  };
+  /** Convolution weights transposed per UNet run and the bytes read and written doing it. */
+  weightTransposesPerStep: number;
+  weightTransposeBytesPerStep: number;
+  /** Plain words on what the plan chose and why. */
+  notes: string[];
+}
+
+/** Weights a LoRA of kohya's usual kind touches: the transformer blocks' linears and projections, the text encoder's attention and MLP. */
+export function loraTargets(g: GraphBuilder): { name: string; dims: number[] }[] {
+  return [...g.weights.values()].filter(
+    (w) => w.name.endsWith('.weight') && (/\.attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.)/.test(w.name) || /\.(self_attn|mlp)\./.test(w.name)) && w.dims.length >= 2,
+  );
+}
+
+const count = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
+
+export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
+  const { h: lh, w: lw } = latentSize(req.width, req.height);
+  const dtype = req.precision === 'fp16' ? 'float16' : 'float32';
+  const bytes = req.precision === 'fp16' ? 2 : 4;
+  const limit = req.bufferLimit ?? DEFAULT_BUFFER_LIMIT;
+  const attention: AttentionForm = req.fusedAttention ? 'fused' : 'chunked';
+  const textLen = cfg.textEncoder.maxPositions;
+  const notes: string[] = [
+    req.fusedAttention
+      ? 'attention fused (MultiHeadAttention): no score matrix is ever a buffer'
+      : `attention in query chunks: no score buffer above ${(limit / 2 ** 20).toFixed(0)} MiB`,
+  ];
+  const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false };
+  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit }), memOptions);
+  const text = graphMemory(buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit }));
+  const vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
+
+  const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1 });
+  const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
+  const targets = [...loraTargets(unetGraph), ...loraTargets(textGraph)];
+  const loras = req.loras ?? { count: 0, rank: 0 };
+  const loraArenaBytes = loras.count * targets.reduce((a, t) => a + loras.rank * (t.dims[0] + count(t.dims.slice(1))), 0) * 4;
+  const pristineBytes = loras.count ? targets.reduce((a, t) => a + count(t.dims), 0) * bytes : 0;
+  const deepChannels = cfg.unet.blockOutChannels[Math.min(1, cfg.unet.blockOutChannels.length - 1)];
+  const cacheBytes = (req.cachedFeatures ?? 0) * (req.cfg ? 2 : 1) * deepChannels * lh * lw * 4;
+  // the latent, the noise prediction and the scheduler's history (two steps), in f32
+  const latentBytes = 4 * 4 * cfg.unet.inChannels * lh * lw * (req.cfg ? 2 : 1);
+
+  const total = (u: GraphMemory) => {
+    const weights = u.weightBytes + text.weightBytes + vae.weightBytes;
+    return weights + Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes) + loraArenaBytes + pristineBytes + cacheBytes + latentBytes;
+  };
+  let unet = unetAt(req.cfg ? 2 : 1);
+  let cfgHalves = false;
+  const over = (u: GraphMemory) => u.largestBufferBytes > limit || (req.budgetBytes !== undefined && total(u) > req.budgetBytes);
+  if (req.cfg && over(unet)) {
+    const half = unetAt(1);
+    if (!over(half) || half.largestBufferBytes < unet.largestBufferBytes) {
+      unet = half;
+      cfgHalves = true;
+      notes.push('the two CFG halves run one after the other: the batch of two does not fit');
+    }
+  }
+  const largest = [unet, text, vae].reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
+  const peakBytes = total(unet);
+  const fits = largest.largestBufferBytes <= limit && (req.budgetBytes === undefined || peakBytes <= req.budgetBytes);
+  if (!fits) notes.push(largest.largestBufferBytes > limit ? `the largest buffer (${largest.largestBuffer}) is above the limit` : 'the peak is above the budget');
+  return {
+    width: req.width,
+    height: req.height,
+    precision: req.precision,
+    attention,
+    cfgHalves,
+    peakBytes,
+    largestBufferBytes: largest.largestBufferBytes,
+    largestBuffer: largest.largestBuffer,
+    bufferLimitBytes: limit,
+    fits,
+    parts: {
+      weightBytes: { unet: unet.weightBytes, textEncoder: text.weightBytes, vae: vae.weightBytes },
+      activationBytes: { unet: unet.activationPeakBytes, textEncoder: text.activationPeakBytes, vae: vae.activationPeakBytes },
+      loraArenaBytes,
+      pristineBytes,
+      cacheBytes,
+      latentBytes,
+    },
+    weightTransposesPerStep: unet.weightTransposes * (cfgHalves ? 2 : 1),
+    weightTransposeBytesPerStep: unet.weightTransposeBytes * (cfgHalves ? 2 : 1),
+    notes,
+  };
+}

@@ -9,7 +9,8 @@ import { isMethodId, resolveComposition } from '../composition/plan.ts';
 import { COMPOSITION_KEYS, MAX_BOXES, parseScene, SCENE_VERSION, SceneError, type Scene, type SceneAblation } from '../layout/scene.ts';
 
 export const TESTBED_VERSION = 1;
-export const LORA_CATEGORIES = ['character', 'clothing', 'style', 'background', 'object'] as const;
+export { LORA_CATEGORIES } from '../lora/category.ts';
+import { LORA_CATEGORIES } from '../lora/category.ts';
 const MAX_RUNS = 100_000;
 
 export interface TestbedLora {

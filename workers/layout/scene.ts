@@ -11,6 +11,8 @@ export const SCENE_VERSION = 1;
 export const MAX_BOXES = 8;
 export const MAX_PROMPT = 2000;
 export const MAX_LORAS = 16;
+/** The most denoising steps a job takes: CMLoRA's code runs 220. */
+export const MAX_STEPS = 250;
 
 /** A LoRA by the name the artist knows it by, with what lets another machine find the same file. */
 export interface SceneLora {
@@ -315,7 +317,7 @@ export function parseScene(input: unknown): Scene {
     composition: compositionFields(c),
     ablation: { injection: a.injection as boolean, isolation: a.isolation as boolean, reinit: a.reinit as boolean, ...Object.fromEntries(optionalSwitches.map((k) => [k, a[k]])) },
     seed: number(input, 'seed', '', 0, 0xffffffff, true),
-    steps: number(input, 'steps', '', 1, 200, true),
+    steps: number(input, 'steps', '', 1, MAX_STEPS, true),
     cfg: number(input, 'cfg', '', 1, 30),
     scheduler: scheduler as SchedulerId,
     ...(input.model !== undefined ? { model: sceneModel(input.model) } : {}),

@@ -13,6 +13,7 @@ import { LoraPanel } from '../panels/LoraPanel.tsx';
 import { MissingPanel } from '../panels/MissingPanel.tsx';
 import { GuidancePlot, StepPlots } from '../panels/Plots.tsx';
 import { CompareControls, ComparisonGrid, METHODS, ScoreLine, ScorerPanel } from '../panels/ScorePanel.tsx';
+import { CompositionSettings } from '../panels/CompositionSettings.tsx';
 import { useStudio } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
 
@@ -158,7 +159,7 @@ export function App() {
         </label>
         <div className="row">
           <NumberField label="Seed" value={job.seed} min={0} max={4294967295} onChange={(seed) => set({ seed })} testId="seed" />
-          <NumberField label="Steps" value={job.steps} min={1} max={200} onChange={(steps) => set({ steps })} testId="steps" />
+          <NumberField label="Steps" value={job.steps} min={1} max={250} onChange={(steps) => set({ steps })} testId="steps" />
           <NumberField label="Guidance" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" />
         </div>
         <div className="row">
@@ -185,6 +186,7 @@ export function App() {
             ))}
           </select>
         </label>
+        <CompositionSettings />
         <div className="row">
           <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
             Generate

@@ -68,8 +68,8 @@ async function referencePixels(r: { id: string; dataUrl: string }): Promise<Imag
 async function conceptOf(l: SceneLora): Promise<ScoreConcept> {
   const entry = studio().loras.find((e) => e.file.name === l.name || (l.fingerprint && e.info?.fingerprint === l.fingerprint));
   const r = entry?.record;
-  if (!r) return { name: l.name };
-  return { name: l.name, trigger: r.trigger, classWord: r.classWord, references: await Promise.all((r.references ?? []).map(async (x) => ({ id: x.id, image: await referencePixels(x) }))) };
+  if (!r) return { name: l.name, trigger: l.trigger };
+  return { name: l.name, trigger: r.trigger || l.trigger, classWord: r.classWord, references: await Promise.all((r.references ?? []).map(async (x) => ({ id: x.id, image: await referencePixels(x) }))) };
 }
 
 /** The CLIP scores of an image made from `scene`; undefined (with a notice) when there is no scorer. */

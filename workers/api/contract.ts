@@ -373,6 +373,8 @@ export interface ConceptScore {
   textImage: number | null;
   /** Mean cosine similarity of the crop (or whole image) to the concept's reference images. */
   imageImage: number | null;
+  /** LoRA-Composer's code: max(0, cosine) with the first reference image only; null without references. */
+  imageImageFirst: number | null;
   references: number;
 }
 
@@ -381,14 +383,29 @@ export interface ScoreReport {
   scorer: string;
   /** Cosine similarity of the whole image and the global prompt. */
   global: number;
-  /** CLIPScore as ComposLoRA reports it: 100 * max(global, 0). */
+  /**
+   * CLIPScore as CMLoRA's and ComposLoRA's scripts compute it (torchmetrics): 100 max(cos, 0) of the
+   * whole image and the LoRAs' trigger words joined by ", " (the full prompt when no LoRA has any).
+   */
   clipScore: number;
+  /** The text `clipScore` was computed against. */
+  clipScoreText: string;
+  /** CLIPScore against the full prompt: 100 max(global, 0). */
+  clipScorePrompt: number;
   boxes: ConceptScore[];
   loras: ConceptScore[];
-  /** LoRA-Composer's textual similarity: the mean over the box crops and the whole image. */
+  /**
+   * LoRA-Composer's textual similarity as its clipscore.py: 2.5 max(0, cos) of each box crop and
+   * "A photo depicts " + its prompt with class words, averaged over the boxes (the whole image and the
+   * global prompt when there are none); no global term.
+   */
   textSimilarity: number;
-  /** LoRA-Composer's image similarity: the mean over the concepts that have references; null if none. */
+  /** Ours before: the raw cosines of the box crops with their prompts and of the whole image with the global prompt, averaged. */
+  textSimilarityRaw: number;
+  /** Image similarity (ours): the mean cosine with every reference, over the concepts that have references; null if none. */
   imageSimilarity: number | null;
+  /** LoRA-Composer's code: max(0, cosine) with each concept's first reference, averaged; null if none. */
+  imageSimilarityFirst: number | null;
   ms: number;
 }
 

@@ -28,10 +28,12 @@ const SCHEDULERS: [SchedulerId, string][] = [
 function compositionSummary(r: GenerationReport): string {
   const c = r.composition;
   const label = METHODS.find(([id]) => id === c.method)?.[1] ?? c.method;
-  const parts = [`${label}: ${r.unetEvaluations} UNet runs${c.unetEvaluations.profile ? ` (${c.unetEvaluations.profile} profiling)` : ''}`];
+  const shallow = c.steps.reduce((a, s) => a + (s.shallow?.length ?? 0), 0);
+  const notes = [c.unetEvaluations.profile ? `${c.unetEvaluations.profile} measuring LoRAs` : '', shallow ? `${shallow} on reused deep features` : ''].filter(Boolean);
+  const parts = [`${label}: ${r.unetEvaluations} UNet runs${notes.length ? ` (${notes.join(', ')})` : ''}`];
   if (c.method === 'cmlora') {
-    parts.push(`order ${c.order.map((i) => c.loras[i]).join(' > ')}`);
-    parts.push(`cache hits ${c.cacheHitRate.map((h, i) => `${c.loras[i]} ${Math.round((h ?? 0) * 100)}%`).join(', ')}`);
+    parts.push(`lead order ${c.order.map((i) => c.loras[i]).join(' > ')}`);
+    parts.push(`reused work ${c.cacheHitRate.map((h, i) => `${c.loras[i]} ${Math.round((h ?? 0) * 100)}%`).join(', ')}`);
   }
   return parts.join('; ');
 }

@@ -27,7 +27,7 @@ const gpuLive = async () => (await runtime('webgpu')).gpu!.memory.live;
 test('a cancel in every phase (text, profiling, a step, decode) gives back the GPU bytes and the next job makes the same image', async () => {
   const { engine, loras } = await studio();
   const jobs: GenerateJob[] = [
-    { ...JOB, steps: 2, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'cmlora', profiling: 'offline', profileSteps: 2 } },
+    { ...JOB, steps: 2, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'cmlora', partition: 'profile', profiling: 'offline', profileSteps: 2 } },
     {
       ...JOB,
       steps: 2,

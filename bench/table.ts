@@ -30,7 +30,8 @@ function figures(name: string, r: Any): Row[] {
       break;
     }
     case 'composition':
-      for (const g of r.groups) for (const x of g.rows) add(`${g.loras} LoRAs, ${x.method}: UNet runs / wall vs composite`, `${f(x.evaluationsVsComposite)} / ${f(x.wallVsComposite)}`);
+      for (const g of r.groups) for (const x of g.rows) add(`${g.loras} LoRAs, ${x.method}: runs / multiply-adds / wall vs composite`, `${f(x.evaluationsVsComposite)} / ${f(x.macsVsComposite)} / ${f(x.wallVsComposite)}`);
+      for (const x of r.sd15?.rows ?? []) add(`SD 1.5 512, ${x.steps} steps, ${x.loras} LoRAs: cmlora multiply-adds vs composite`, f(x.vsComposite, 3));
       break;
     case 'layout':
       for (const x of r.rows) add(`${x.choices}, ${x.boxes} boxes: step time vs no layout`, f(x.perStepVsNoLayout));

@@ -60,6 +60,15 @@ test("a result's CLIP scores use the LoRA's trigger, class word and reference, m
   close(stored.global, want.global, 5e-3, 'global');
   close(stored.loras[0].imageImage!, want.loras[0].imageImage!, 5e-3, 'image similarity to the reference');
   close(stored.textSimilarity, want.textSimilarity, 5e-3, 'text similarity');
+  // CMLoRA's CLIPScore is against the trigger words the artist gave; the prompt's is beside it
+  assert.equal(stored.clipScoreText, 'zxc');
+  close(stored.clipScore, want.clipScore, 0.5, 'CLIPScore (trigger words)');
+  close(stored.clipScorePrompt, want.clipScorePrompt, 0.5, 'CLIPScore (prompt)');
+  close(stored.imageSimilarityFirst!, want.imageSimilarityFirst!, 5e-3, 'image similarity (first reference)');
+  await page.getByTestId('result-score-details').locator('summary').click();
+  assert.equal(await page.getByTestId('result-score-clipscore-prompt').innerText(), stored.clipScorePrompt.toFixed(1));
+  assert.match(await page.getByTestId('result-score-details').innerText(), /against “zxc”/);
+  await page.getByTestId('result-score-details').locator('summary').click();
 });
 
 test('comparing two methods shows both images with their UNet runs and scores; merge repeats the result', async () => {
@@ -75,4 +84,7 @@ test('comparing two methods shows both images with their UNet runs and scores; m
   const first = await page.getByTestId('comparison-0').locator('canvas').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));
   assert.deepEqual(first, result);
   assert.match(await page.getByTestId('comparison-1').innerText(), /LoRA Composite · \d+ UNet runs/);
+  // merge against LoRA Composite, by CMLoRA's rule (a tenth apart or less ties)
+  assert.match(await page.getByTestId('comparison-0-versus').innerText(), /^\s*· (beats|ties with|behind) LoRA Composite\s*$/);
+  assert.equal(await page.getByTestId('comparison-1-versus').count(), 0);
 });

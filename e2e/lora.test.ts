@@ -1,5 +1,6 @@
 // LoRAs in the page, in Chromium on its real WebGPU: the merge kernel's self-test, adding LoRA files,
 // strength 0 = the base image, a nonzero strength changes it the same way the Node engine does, and
+// LoRA Composite and CMLoRA (deep-feature cache) as in Node, the authors' settings in one click, and
 // a LoRA for another model gets its sentence on its own row.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -65,6 +66,29 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   const nodeComposite = await engine.generate({ ...job, composition: { method: 'composite' } });
   assert.ok(maxDiff(composite, nodeComposite.image.data) <= 2, 'browser and Node composite agree within 2/255');
   assert.ok(maxDiff(composite, withLoras) > 0, 'composite differs from merge');
+
+  // CMLoRA as its code runs it: the background LoRA last, deep features reused between refreshes
+  await page.getByTestId('lora-category-1').selectOption('background');
+  await page.getByTestId('method').selectOption('cmlora');
+  const cmlora = await generateAndWait();
+  // 3 steps, 2 LoRAs: both whole at step 0; one refreshed per step after, the other shallow
+  assert.match(await page.getByTestId('result-composition').innerText(), /^CMLoRA: 6 UNet runs \(2 on reused deep features\); lead order kohya\.safetensors > loha\.safetensors; reused work kohya\.safetensors 33%, loha\.safetensors 33%$/);
+  const cmloraJob = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
+  assert.deepEqual(cmloraJob.loras.map((l: { category: string }) => l.category), ['character', 'background']);
+  const nodeCmlora = await engine.generate(cmloraJob);
+  assert.ok(maxDiff(cmlora, nodeCmlora.image.data) <= 2, 'browser and Node cmlora agree within 2/255');
+  assert.deepEqual(nodeCmlora.report.composition.steps.map((s) => s.shallow), [[], [1], [0]]);
+
+  // the authors' settings in one click, then ours back
+  const before = Object.fromEntries(await Promise.all(['width', 'height', 'steps', 'seed', 'cfg', 'scheduler'].map(async (id) => [id, await page.getByTestId(id).inputValue()])));
+  await page.getByTestId('composition-settings').locator('summary').click();
+  await page.getByTestId('paper-settings').click();
+  const after = Object.fromEntries(await Promise.all(['width', 'height', 'steps', 'seed', 'cfg', 'scheduler', 'lora-scale-0', 'lora-scale-1'].map(async (id) => [id, await page.getByTestId(id).inputValue()])));
+  assert.deepEqual(after, { width: '512', height: '512', steps: '220', seed: '222', cfg: '8.5', scheduler: 'dpmpp-2m', 'lora-scale-0': '1', 'lora-scale-1': '1' });
+  for (const id of ['width', 'height', 'steps', 'seed', 'cfg']) await page.getByTestId(id).fill(before[id]);
+  await page.getByTestId('scheduler').selectOption(before.scheduler);
+  await page.getByTestId('lora-scale-1').fill('0.8');
+  await page.getByTestId('composition-settings').locator('summary').click();
   await page.getByTestId('method').selectOption('merge');
   engine.unload();
 

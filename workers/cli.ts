@@ -6,6 +6,9 @@ import { parseArgs } from 'node:util';
 import { deflateSync } from 'node:zlib';
 import type { CompositionOptions, GenerateJob, ImageData8, LoraInfo, Precision, SchedulerId } from './api/contract.ts';
 import { attachSceneEmbeddings, attachSceneLoras } from './node/scene-loras.ts';
+import { FileProfileStore } from './node/profile-store.ts';
+import { applyPreset, paperSettings, PRESETS, type PresetName } from './composition/presets.ts';
+import { isLoraCategory, type LoraCategory } from './lora/category.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
@@ -41,9 +44,11 @@ const USAGE = `usage: npm run cli -- <command> [options]
            [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16]
            [--lora FILE[:SCALE]]... [--embedding FILE]... [--method none|merge|switch|composite|cmlora]
-           [--switch-step N] [--profiling offline|online] [--profile-steps N] [--cutoff X]
-           [--threshold X] [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X]
-           [--sync] --out FILE.png [--report FILE.json]
+           [--preset paper] [--deep-cache-interval N] [--switch-step N]
+           [cmlora: --partition category|profile] [--cache deep|prediction|off] [--cache-interval N]
+           [--profiling offline|online] [--profile-steps N] [--cutoff X] [--threshold X]
+           [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X] [--sync] [--research]]
+           --out FILE.png [--report FILE.json]
   generate --model PATH --scene scene.json --out FILE.png [--report FILE.json]   (a layout scene)
            [--guidance off|ce,fill,region] [--guidance-scale X] [--guidance-share X] [--guidance-last-step N]
            [--no-early-stop] [--masks covered|centre] [--isolation-scope concepts|regions]
@@ -146,10 +151,11 @@ async function generate(args: string[]) {
     args,
     ['model', 'prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'clip-skip', 'backend', 'precision', 'out', 'report'].concat(
       ['method', 'switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff'],
+      ['cache', 'cache-interval', 'partition', 'deep-cache-interval', 'preset'],
       ['scene', 'guidance', 'guidance-scale', 'guidance-share', 'guidance-last-step'],
       LAYOUT_FLAGS.map((f) => f.flag),
     ),
-    { lora: { type: 'string', multiple: true }, embedding: { type: 'string', multiple: true }, sync: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
+    { lora: { type: 'string', multiple: true }, embedding: { type: 'string', multiple: true }, sync: { type: 'boolean' }, research: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
   );
   if (!o.model) throw new UsageError('generate needs --model PATH');
   const loraArgs = ((o.lora ?? []) as string[]).map(parseLoraArg);
@@ -164,8 +170,11 @@ async function generate(args: string[]) {
   if (!o.out) throw new UsageError('generate needs --out FILE.png');
   const backend = backendArg(o.backend);
   const precision = precisionArg(o.precision);
-  const scene = o.scene ? guidanceArgs(await readScene(o.scene), o) : undefined;
-  const job: GenerateJob = scene ? sceneJob(scene) : {
+  const preset = o.preset;
+  if (preset !== undefined && !(PRESETS as string[]).includes(preset)) throw new UsageError(`--preset must be one of ${PRESETS.join(', ')}, got "${preset}"`);
+  const read = o.scene ? guidanceArgs(await readScene(o.scene), o) : undefined;
+  const scene = read && preset ? { ...read, preset: preset as PresetName } : read;
+  let job: GenerateJob = scene ? sceneJob(scene) : {
     prompt: o.prompt!,
     negative: o.negative ?? '',
     steps: num(o.steps, 'steps', 20),
@@ -178,6 +187,9 @@ async function generate(args: string[]) {
     composition: compositionArgs(o, loraArgs.length),
   };
   if (scene) job.clipSkip = num(o['clip-skip'], 'clip-skip', 1);
+  // the authors' settings, but for those given as flags
+  const presetSettings = preset && !scene ? paperSettings(job.composition?.method ?? (loraArgs.length ? 'merge' : 'none'), false) : undefined;
+  if (presetSettings) job = applyPreset(job, presetSettings, new Set(['steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'scale'].filter((k) => o[k] !== undefined)));
   try {
     if (!scene) validateJob(job);
   } catch (e) {
@@ -188,7 +200,8 @@ async function generate(args: string[]) {
   for (const l of loraArgs) {
     const info = await engine.loadLora(await NodeFileSource.open(l.path));
     warnUnmatched(info);
-    job.loras.push({ lora: info.id, scale: l.scale });
+    const scale = !l.explicitScale && presetSettings?.loraScale !== undefined ? presetSettings.loraScale : l.scale;
+    job.loras.push({ lora: info.id, scale, ...(l.category ? { category: l.category } : {}) });
   }
   for (const path of (o.embedding ?? []) as string[]) {
     const info = await engine.loadEmbedding(await NodeFileSource.open(path));
@@ -293,19 +306,25 @@ function compositionArgs(o: Record<string, string | boolean | string[] | undefin
   const method = (o.method as string | undefined) ?? (loraCount ? 'merge' : 'none');
   if (!isMethodId(method)) throw new UsageError(`--method must be one of ${METHOD_IDS.join(', ')}, got "${o.method}"`);
   const str = (k: string) => o[k] as string | undefined;
-  const given = ['switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff', 'sync'].filter((k) => o[k] !== undefined);
+  const cmlora = ['switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff', 'sync', 'cache', 'cache-interval', 'partition', 'research'];
+  const given = [...cmlora, 'deep-cache-interval'].filter((k) => o[k] !== undefined);
   const allowed: Record<string, string[]> = {
-    none: [],
-    merge: [],
-    switch: ['switch-step'],
-    composite: [],
-    cmlora: ['switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff', 'sync'],
+    none: ['deep-cache-interval'],
+    merge: ['deep-cache-interval'],
+    switch: ['switch-step', 'deep-cache-interval'],
+    composite: ['deep-cache-interval'],
+    cmlora: [...cmlora, 'deep-cache-interval'],
   };
   const stray = given.filter((k) => !allowed[method].includes(k));
   if (stray.length) throw new UsageError(`--${stray[0]} does not apply to --method ${method}`);
   const profiling = str('profiling');
   if (profiling !== undefined && profiling !== 'offline' && profiling !== 'online') throw new UsageError(`--profiling must be offline or online, got "${profiling}"`);
   const opt = (k: string, integer: boolean) => (str(k) === undefined ? undefined : num(str(k), k, 0, integer));
+  const choice = <T extends string>(k: string, values: T[]): T | undefined => {
+    const v = str(k);
+    if (v !== undefined && !values.includes(v as T)) throw new UsageError(`--${k} must be ${values.join(' or ')}, got "${v}"`);
+    return v as T | undefined;
+  };
   const options: CompositionOptions = {
     method,
     switchStep: opt('switch-step', true),
@@ -318,19 +337,28 @@ function compositionArgs(o: Record<string, string | boolean | string[] | undefin
     cacheLow: opt('cache-low', true),
     domCoeff: opt('dom-coeff', false),
     async: o.sync ? false : undefined,
+    cache: choice('cache', ['deep', 'prediction', 'off']),
+    cacheInterval: opt('cache-interval', true),
+    partition: choice('partition', ['category', 'profile']),
+    deepCacheInterval: opt('deep-cache-interval', true),
+    research: o.research ? true : undefined,
   };
   for (const k of Object.keys(options) as (keyof CompositionOptions)[]) if (options[k] === undefined) delete options[k];
   return options;
 }
 
 /** FILE or FILE:SCALE (the scale is the multiplier, 1 when left out). */
-export function parseLoraArg(arg: string): { path: string; scale: number } {
-  const m = arg.match(/^(.*):(-?\d*\.?\d+(?:e-?\d+)?)$/i);
-  const path = m ? m[1] : arg;
+/** FILE, FILE:SCALE or FILE:SCALE:CATEGORY (the scale is the multiplier, 1 when left out; the category one of ComposLoRA's). */
+export function parseLoraArg(arg: string): { path: string; scale: number; explicitScale: boolean; category?: LoraCategory } {
+  const c = arg.match(/^(.*):([a-z]+)$/);
+  const category = c && isLoraCategory(c[2]) ? c[2] : undefined;
+  const rest = category ? c![1] : arg;
+  const m = rest.match(/^(.*):(-?\d*\.?\d+(?:e-?\d+)?)$/i);
+  const path = m ? m[1] : rest;
   const scale = m ? Number(m[2]) : 1;
   if (!path) throw new UsageError(`--lora needs a file, got "${arg}"`);
   if (!Number.isFinite(scale) || Math.abs(scale) > 10) throw new UsageError(`--lora strength must be from -10 to 10, got "${arg}"`);
-  return { path, scale };
+  return { path, scale, explicitScale: !!m, ...(category ? { category } : {}) };
 }
 
 async function inspectLora(args: string[]) {
@@ -376,6 +404,8 @@ async function openEngine(modelPath: string, backend: Backend, precision: Precis
   const { files, tokenizer } = await openModelPath(modelPath);
   const tok = await resolveTokenizer(tokenizer);
   const engine = new Engine(await runtimeFor(backend));
+  // cmlora's LoRA profiles outlive the process (~/.cache/lora-studio/profiles.json, LORA_STUDIO_PROFILES)
+  engine.profileStore = new FileProfileStore();
   const info = await engine.loadModel(files, tok, precision);
   return { engine, info };
 }
@@ -423,7 +453,7 @@ async function evaluateCommand(args: string[]) {
   await scorer.dispose();
 }
 
-/** CLIP scores of a studio PNG against the prompts its scene chunk holds (no reference images). */
+/** CLIP scores of a studio PNG against the prompts and trigger words its scene chunk holds (no reference images, no class words). */
 async function scoreCommand(args: string[]) {
   const o = parse(args, ['image', 'clip', 'clip-dtype', 'backend']);
   if (!o.image) throw new UsageError('score needs --image FILE.png');
@@ -440,7 +470,7 @@ async function scoreCommand(args: string[]) {
   if (!text[SCENE_CHUNK]) throw new EngineError('io', `${o.image} holds no scene (it was not made by the studio or evaluate), so there are no prompts to score against.`);
   const scene = parseSceneText(text[SCENE_CHUNK]);
   const scorer = await openScorer(o.clip, o['clip-dtype'], await runtimeFor(backendArg(o.backend)));
-  const report = await scorer.score(await sceneScoreRequest(image, scene, (l) => ({ name: l.name })));
+  const report = await scorer.score(await sceneScoreRequest(image, scene, (l) => ({ name: l.name, trigger: l.trigger })));
   console.log(JSON.stringify(report, null, 2));
   await scorer.dispose();
 }

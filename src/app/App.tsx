@@ -13,6 +13,7 @@ import { LoraPanel } from '../panels/LoraPanel.tsx';
 import { MissingPanel } from '../panels/MissingPanel.tsx';
 import { GuidancePlot, StepPlots } from '../panels/Plots.tsx';
 import { CompareControls, ComparisonGrid, METHODS, ScoreLine, ScorerPanel } from '../panels/ScorePanel.tsx';
+import { CompositionSettings } from '../panels/CompositionSettings.tsx';
 import { useStudio } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
 
@@ -27,10 +28,12 @@ const SCHEDULERS: [SchedulerId, string][] = [
 function compositionSummary(r: GenerationReport): string {
   const c = r.composition;
   const label = METHODS.find(([id]) => id === c.method)?.[1] ?? c.method;
-  const parts = [`${label}: ${r.unetEvaluations} UNet runs${c.unetEvaluations.profile ? ` (${c.unetEvaluations.profile} profiling)` : ''}`];
+  const shallow = c.steps.reduce((a, s) => a + (s.shallow?.length ?? 0), 0);
+  const notes = [c.unetEvaluations.profile ? `${c.unetEvaluations.profile} measuring LoRAs` : '', shallow ? `${shallow} on reused deep features` : ''].filter(Boolean);
+  const parts = [`${label}: ${r.unetEvaluations} UNet runs${notes.length ? ` (${notes.join(', ')})` : ''}`];
   if (c.method === 'cmlora') {
-    parts.push(`order ${c.order.map((i) => c.loras[i]).join(' > ')}`);
-    parts.push(`cache hits ${c.cacheHitRate.map((h, i) => `${c.loras[i]} ${Math.round((h ?? 0) * 100)}%`).join(', ')}`);
+    parts.push(`lead order ${c.order.map((i) => c.loras[i]).join(' > ')}`);
+    parts.push(`reused work ${c.cacheHitRate.map((h, i) => `${c.loras[i]} ${Math.round((h ?? 0) * 100)}%`).join(', ')}`);
   }
   return parts.join('; ');
 }
@@ -158,7 +161,7 @@ export function App() {
         </label>
         <div className="row">
           <NumberField label="Seed" value={job.seed} min={0} max={4294967295} onChange={(seed) => set({ seed })} testId="seed" />
-          <NumberField label="Steps" value={job.steps} min={1} max={200} onChange={(steps) => set({ steps })} testId="steps" />
+          <NumberField label="Steps" value={job.steps} min={1} max={250} onChange={(steps) => set({ steps })} testId="steps" />
           <NumberField label="Guidance" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" />
         </div>
         <div className="row">
@@ -185,6 +188,7 @@ export function App() {
             ))}
           </select>
         </label>
+        <CompositionSettings />
         <div className="row">
           <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
             Generate

@@ -2,6 +2,7 @@
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
 import type { GenerateJob, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
 import { loadScorer, scoreResult } from './scoring.ts';
+import { paperSettings } from '../../workers/composition/presets.ts';
 import { boxTrigger, layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, isEmbeddingFile, testModelRequest } from '../engine/model-files.ts';
@@ -511,6 +512,16 @@ function jobLayout(): LayoutOptions | undefined {
     }),
     ...layoutSwitches(scene),
   };
+}
+
+/** The method's authors' settings (workers/composition/presets.ts) in the page: steps, guidance, scheduler, seed, size (without a layout) and every LoRA's strength. */
+export function applyPaperSettings() {
+  const { job, setJob, loras, updateLora } = studio();
+  const layout = sceneStore.getState().scene.boxes.length > 0;
+  const p = paperSettings(job.composition?.method ?? 'merge', layout);
+  setJob({ steps: p.steps, cfg: p.cfg, scheduler: p.scheduler, ...(p.seed !== undefined ? { seed: p.seed } : {}), ...(!layout && p.width && p.height ? { width: p.width, height: p.height } : {}) });
+  if (!layout && p.width && p.height) sceneStore.getState().setFrame(p.width, p.height);
+  if (p.loraScale !== undefined) for (const l of loras) if (l.enabled) updateLora(l.key, { scale: p.loraScale });
 }
 
 /** The job the page's settings, LoRAs and layout describe (an error names a box's missing LoRA). */

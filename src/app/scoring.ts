@@ -1,5 +1,5 @@
 // Scoring in the studio: the CLIP scorer's life in the engine worker (the built-in test scorer, or
-// CLIP ViT-B/32 fetched once from the hub), each result's scores, the LoRAs' trigger words, class
+// CLIP ViT-B/16 fetched once from the hub), each result's scores, the LoRAs' trigger words, class
 // words and reference pictures, and a comparison of the scene across methods.
 import type { CompositionMethodId, ImageData8, ProgressEvent, ScoreConcept, ScoreReport, ScorerRequest } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora } from '../../workers/layout/scene.ts';
@@ -33,7 +33,7 @@ export async function loadScorer() {
 
 let fetching: AbortController | undefined;
 
-/** Fetch CLIP ViT-B/32 into this browser's storage (resuming a stopped fetch), then score with it. */
+/** Fetch CLIP ViT-B/16 into this browser's storage (resuming a stopped fetch), then score with it. */
 export async function fetchHubScorer() {
   fetching = new AbortController();
   try {
@@ -68,8 +68,8 @@ async function referencePixels(r: { id: string; dataUrl: string }): Promise<Imag
 async function conceptOf(l: SceneLora): Promise<ScoreConcept> {
   const entry = studio().loras.find((e) => e.file.name === l.name || (l.fingerprint && e.info?.fingerprint === l.fingerprint));
   const r = entry?.record;
-  if (!r) return { name: l.name };
-  return { name: l.name, trigger: r.trigger, classWord: r.classWord, references: await Promise.all((r.references ?? []).map(async (x) => ({ id: x.id, image: await referencePixels(x) }))) };
+  if (!r) return { name: l.name, trigger: l.trigger };
+  return { name: l.name, trigger: r.trigger || l.trigger, classWord: r.classWord, references: await Promise.all((r.references ?? []).map(async (x) => ({ id: x.id, image: await referencePixels(x) }))) };
 }
 
 /** The CLIP scores of an image made from `scene`; undefined (with a notice) when there is no scorer. */

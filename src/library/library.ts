@@ -8,8 +8,8 @@ import { downloadFile, partialSize, type DownloadProgress } from './download.ts'
 import { HUB, hubTreeUrl, parseModelSource, planHubDownload, planHubLora, type DownloadPlan, type HubTreeEntry } from './hub.ts';
 import { checkName, readFile, removeEntry, writeStream } from './opfs.ts';
 
-export const LORA_CATEGORIES = ['character', 'clothing', 'style', 'background', 'object'] as const;
-export type LoraCategory = (typeof LORA_CATEGORIES)[number];
+export { LORA_CATEGORIES, guessCategory, type LoraCategory } from '../../workers/lora/category.ts';
+import { guessCategory, type LoraCategory } from '../../workers/lora/category.ts';
 
 export interface LoraRecord {
   id: string;
@@ -64,16 +64,6 @@ const loraPath = (name: string) => [...ROOT, 'loras', checkName(name)];
 const embeddingPath = (name: string) => [...ROOT, 'embeddings', checkName(name)];
 const modelDir = (id: string) => [...ROOT, 'models', checkName(id.replace(/^model:/, '').replace(/[^\w.-]+/g, '_'))];
 const modelFilePath = (id: string, path: string) => [...modelDir(id), ...path.split('/').map(checkName)];
-
-/** A first guess at a LoRA's category from its file name and training tags; the artist can change it. */
-export function guessCategory(name: string, tags: string[] = []): LoraCategory {
-  const text = `${name} ${tags.slice(0, 20).join(' ')}`.toLowerCase();
-  if (/style|painting|illustration|watercolou?r|sketch|anime style|art style/.test(text)) return 'style';
-  if (/background|scenery|landscape|city|forest|room|interior|street/.test(text)) return 'background';
-  if (/dress|outfit|clothes|clothing|uniform|armor|armour|shirt|jacket|costume/.test(text)) return 'clothing';
-  if (/\b(car|sword|cup|bottle|object|item|weapon|vehicle|building)\b/.test(text)) return 'object';
-  return 'character';
-}
 
 export async function listLibrary(): Promise<{ models: ModelRecord[]; loras: LoraRecord[]; embeddings: EmbeddingRecord[]; downloads: DownloadRecord[] }> {
   const all = await getAll<LibraryRecord>('library');

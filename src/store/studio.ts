@@ -109,7 +109,9 @@ export const DEFAULT_JOB: GenerateJob = {
 
 /** The job's LoRA list: every enabled LoRA that loaded, at its strength. */
 export function activeLoras(loras: LoraEntry[]): LoraUse[] {
-  return loras.filter((l) => l.enabled && l.info).map((l) => ({ lora: l.info!.id, scale: l.scale }));
+  return loras
+    .filter((l) => l.enabled && l.info)
+    .map((l) => ({ lora: l.info!.id, scale: l.scale, category: l.record.category, ...(l.record.trigger?.trim() ? { trigger: l.record.trigger.trim() } : {}) }));
 }
 
 export const useStudio = create<StudioState>((set) => ({

@@ -34,7 +34,7 @@ writeFileSync(testbed, JSON.stringify(small([1, 2])));
 const out = join(dir, 'out');
 const rowsOf = () => parseResultsCsv(readFileSync(join(out, 'results.csv'), 'utf8'));
 const same = (a: ResultRow, b: ResultRow) => {
-  for (const k of ['clipScore', 'global', 'textSimilarity', 'imageSimilarity', 'unetEvaluations', 'image'] as const) assert.equal(a[k], b[k], `${a.scene} ${a.method} ${a.seed} ${k}`);
+  for (const k of ['clipScore', 'clipScorePrompt', 'global', 'textSimilarity', 'textSimilarityRaw', 'imageSimilarity', 'imageSimilarityFirst', 'unetEvaluations', 'unetGMacs', 'image'] as const) assert.equal(a[k], b[k], `${a.scene} ${a.method} ${a.seed} ${k}`);
 };
 
 test('evaluate writes a row, an image and a scored PNG per run; summary.json agrees with the CSV', () => {
@@ -75,10 +75,15 @@ test("a row's scores are those of its PNG scored again by the score command", ()
     assert.equal(s.code, 0, s.err.join('\n'));
     const rep = JSON.parse(s.out);
     assert.ok(Math.abs(rep.global - row.global) < 1e-6, `${rep.global} vs ${row.global}`);
-    assert.ok(Math.abs(rep.clipScore - row.clipScore) < 1e-4);
-    // Without the testbed there are no trigger words to replace: the box prompts as the scene has them.
-    if (row.boxes) assert.deepEqual(rep.boxes.map((b: { text: string }) => b.text), ['a zxc fox', 'a sks owl']);
-    else assert.ok(Math.abs(rep.textSimilarity - row.textSimilarity) < 1e-6, 'no boxes: the whole image and the prompt only');
+    // CLIPScore against the trigger words, which the scene in the PNG carries
+    assert.ok(Math.abs(rep.clipScore - row.clipScore) < 1e-4, `${rep.clipScore} vs ${row.clipScore}`);
+    assert.ok(Math.abs(rep.clipScorePrompt - row.clipScorePrompt) < 1e-4);
+    assert.ok(Math.abs(rep.clipScorePrompt - 100 * Math.max(0, rep.global)) < 1e-9);
+    // Without the testbed there are no class words: the box prompts as the scene has them.
+    if (row.boxes) {
+      assert.equal(rep.clipScoreText, 'zxc, sks');
+      assert.deepEqual(rep.boxes.map((b: { text: string }) => b.text), ['a zxc fox', 'a sks owl']);
+    } else assert.equal(rep.clipScoreText, 'zxc', 'the style LoRA has no trigger words');
   }
 });
 

@@ -8,7 +8,7 @@ import { EngineError } from '../../workers/api/errors.ts';
 import type { Backend } from '../../workers/engine/runtime.ts';
 import { clipPixels } from '../../workers/eval/preprocess.ts';
 import { ClipScorer, type ScorerFiles } from '../../workers/eval/scorer.ts';
-import { clipScore, classText } from '../../workers/eval/scores.ts';
+import { classText, clipScore, composerTextScore, triggerText } from '../../workers/eval/scores.ts';
 import { makeTinyClip, tinyClipFiles } from '../../workers/eval/tiny-clip.ts';
 import { cosineSimilarity as cosine } from '../../workers/composition/frequency.ts';
 import { referenceImageEmbeds, referenceTextEmbeds } from '../../workers/reference/clip.ts';
@@ -77,7 +77,10 @@ test('scoring a layout image: crops against class-word prompts, references, LoRA
   };
   const close = (a: number, b: number, what: string) => assert.ok(Math.abs(a - b) < 1e-5, `${what}: ${a} vs ${b}`);
   close(r.global, cosine(emb(img), txt('an owl and a fox in the forest')), 'global');
-  close(r.clipScore, clipScore(r.global), 'CLIPScore');
+  // CMLoRA's CLIPScore: against the trigger words joined by ", " (the style LoRA has none)
+  assert.equal(r.clipScoreText, 'sks, zxc');
+  close(r.clipScore, 100 * Math.max(0, cosine(emb(img), txt('sks, zxc'))), 'CLIPScore');
+  close(r.clipScorePrompt, 100 * Math.max(0, r.global), 'CLIPScore (prompt)');
   assert.deepEqual(r.boxes.map((b) => b.text), ['a photo of owl bird', 'a fox animal']);
   close(r.boxes[0].textImage!, cosine(emb(crop(boxes[0])), txt('a photo of owl bird')), 'owl text');
   close(r.boxes[1].textImage!, cosine(emb(crop(boxes[1])), txt('a fox animal')), 'fox text');
@@ -86,8 +89,14 @@ test('scoring a layout image: crops against class-word prompts, references, LoRA
   assert.equal(r.boxes[1].references, 0);
   // The whole image against itself as a reference: cosine 1.
   close(r.loras[0].imageImage!, 1, 'self reference');
-  close(r.textSimilarity, (r.boxes[0].textImage! + r.boxes[1].textImage! + r.global) / 3, 'text similarity');
+  // LoRA-Composer's clipscore.py: 2.5 max(0, cos) with "A photo depicts " + the class-word prompt, no global term
+  // (the style LoRA has no class word, so no background concept)
+  const composer = (b: (typeof boxes)[number], t: string) => 2.5 * Math.max(0, cosine(emb(crop(b)), txt(`A photo depicts ${t}`)));
+  close(r.textSimilarity, (composer(boxes[0], 'a photo of owl bird') + composer(boxes[1], 'a fox animal')) / 2, 'text similarity');
+  close(r.textSimilarityRaw, (r.boxes[0].textImage! + r.boxes[1].textImage! + r.global) / 3, 'text similarity (ours before)');
   close(r.imageSimilarity!, (r.boxes[0].imageImage! + 1) / 2, 'image similarity');
+  close(r.boxes[0].imageImageFirst!, Math.max(0, r.boxes[0].imageImage!), 'first reference');
+  close(r.imageSimilarityFirst!, (Math.max(0, cosine(emb(crop(boxes[0])), emb(owlRef.image))) + 1) / 2, 'image similarity (first reference)');
 });
 
 test('trigger words become class words; other words stay', () => {
@@ -95,6 +104,14 @@ test('trigger words become class words; other words stay', () => {
   assert.equal(classText('a photo of sks dog in a sksy hat', c), 'a photo of dog in a sksy hat');
   assert.equal(classText('mychar, smiling', c), ', smiling');
   assert.equal(classText('SKS on a beach', c), 'dog on a beach');
+});
+
+test("the scripts' closed forms: CLIPScore, clipscore.py's weight, trigger words in order and once", () => {
+  assert.deepEqual([clipScore(0.3125), clipScore(-0.2), composerTextScore(0.25), composerTextScore(-0.1)], [31.25, 0, 0.625, 0]);
+  const lora = (name: string, trigger?: string) => ({ name, trigger });
+  const req = { loras: [lora('style', 'watercolor'), lora('plain')], boxes: [{ name: 'a', x: 0, y: 0, width: 1, height: 1, prompt: '', loras: [lora('fox', ' zxc '), lora('again', 'watercolor')] }] };
+  assert.equal(triggerText(req), 'watercolor, zxc');
+  assert.equal(triggerText({ loras: [lora('plain')], boxes: [] }), '');
 });
 
 test('a scorer without its files or with the wrong config gets a sentence', async () => {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { deflateSync, inflateSync } from 'node:zlib';
 import { decodePng, encodePng, PngError } from '../../workers/engine/png.ts';
-import { csvHeader, csvLine, interval, parseResultsCsv, studentTCdf, studentTQuantile, summariseRows, type ResultRow } from '../../workers/eval/stats.ts';
+import { compareScores, csvHeader, csvLine, interval, pyRound1, parseResultsCsv, studentTCdf, studentTQuantile, summariseRows, type ResultRow } from '../../workers/eval/stats.ts';
 import { expandTestbed, parseTestbed, TestbedError } from '../../workers/eval/testbed.ts';
 import { tinyTestbedJson } from '../../workers/eval/tiny-testbed.ts';
 import { crc32 } from '../../workers/engine/png.ts';
@@ -31,8 +31,8 @@ test('95% interval of the mean: mean +- t * s / sqrt(n)', () => {
 });
 
 const row = (method: string, scene: string, seed: number, clipScore: number, loras = 2): ResultRow => ({
-  scene, method, seed, loras, boxes: 0, clipScore, global: clipScore / 100, textSimilarity: 0.25, imageSimilarity: method === 'merge' ? null : 0.5,
-  unetEvaluations: 10, profileEvaluations: 0, totalMs: 1234.5, denoiseMs: 1000, image: `images/${scene}/${method}-${seed}.png`, config: 'abc123',
+  scene, method, seed, loras, boxes: 0, clipScore, clipScorePrompt: clipScore + 1.5, global: clipScore / 100, textSimilarity: 0.25, textSimilarityRaw: 0.125,
+  imageSimilarity: method === 'merge' ? null : 0.5, imageSimilarityFirst: method === 'merge' ? null : 0.625, unetEvaluations: 10, unetGMacs: 3.25, profileEvaluations: 0, totalMs: 1234.5, denoiseMs: 1000, image: `images/${scene}/${method}-${seed}.png`, config: 'abc123',
 });
 
 test('results.csv: rows round-trip exactly, quoted names included; a cut-off last line is dropped', () => {
@@ -50,8 +50,25 @@ test('summary: per method, per LoRA count, and pairwise wins on the same scene a
   assert.deepEqual(Object.keys(s.byLoraCount.cmlora), ['2', '3']);
   assert.equal(s.byLoraCount.cmlora['2'].clipScore!.mean, 23.5);
   assert.ok(Math.abs(s.byLoraCount.cmlora['2'].clipScore!.hi - (23.5 + 12.7062 * Math.sqrt(4.5) / Math.sqrt(2))) < 1e-2);
-  assert.deepEqual(s.pairwise.cmlora, { against: 'composite', wins: 1, ties: 1, losses: 1, winRate: 0.5 });
+  assert.deepEqual(s.pairwise.cmlora, { against: 'composite', metric: 'clipScore', tolerance: 0.1, wins: 1, ties: 1, losses: 1, winOrTie: 2 / 3, winRate: 0.5 });
   assert.equal(s.pairwise.composite, undefined);
+  // the papers' columns: trigger-word CLIPScore, the code's text score, first-reference image score, (wins + ties) / pairs
+  assert.deepEqual(s.paper.cmlora, { clipScore: 19, textSimilarity: 0.25, imageSimilarity: 0.625, winOrTie: 2 / 3, unetGMacs: 3.25 });
+  assert.equal(s.paper.composite.winOrTie, null);
+});
+
+test("Python's round(x, 1) and analysis.py's tie rule, in the same double arithmetic", () => {
+  // halfway cases are only the doubles k/4 with k odd; they go to the even tenth
+  assert.deepEqual([0.25, 0.75, 1.25, -0.25, 2.5].map(pyRound1), [0.2, 0.8, 1.2, -0.2, 2.5]);
+  // 0.15 and 0.35 are not halfway as doubles (0.1499..., 0.3499...): round(0.15, 1) == 0.1, round(0.35, 1) == 0.3
+  assert.deepEqual([0.15, 0.35, 0.45, 2.675, 31.26].map(pyRound1), [0.1, 0.3, 0.5, 2.7, 31.3]);
+  // 0.4 - 0.3 = 0.10000000000000003 > 0.1: no tie; 0.3 - 0.2 = 0.09999999999999998: a tie
+  assert.equal(compareScores(0.3, 0.4), 'loss');
+  assert.equal(compareScores(0.4, 0.3), 'win');
+  assert.equal(compareScores(0.3, 0.2), 'tie');
+  // both rounded first: 31.04 -> 31.0 and 30.96 -> 31.0
+  assert.equal(compareScores(31.04, 30.96), 'tie');
+  assert.equal(compareScores(31.26, 31.14), 'win');
 });
 
 test('ComposLoRA combinations: one LoRA per category, the required one always in', () => {

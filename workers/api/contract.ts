@@ -145,25 +145,35 @@ export type CompositionMethodId = 'none' | 'merge' | 'switch' | 'composite' | 'c
 /** A composition method and its settings; unset fields take the defaults the README lists. */
 export interface CompositionOptions {
   method: CompositionMethodId;
-  /** switch, cmlora (async): steps between changes of the active / dominant LoRA. */
+  /** switch: steps per LoRA (the first gets one more, as ComposLoRA's callback); cmlora async: steps between changes of the dominant LoRA. */
   switchStep?: number;
-  /** cmlora: `offline` profiles each LoRA in a short run first; `online` re-partitions at every step. */
+  /** cmlora: `offline` profiles each LoRA (on its own image) before; `online` measures the latent at every step. */
   profiling?: 'offline' | 'online';
-  /** cmlora offline: denoising steps of each LoRA's profiling run. */
+  /** cmlora offline: denoising steps of each LoRA's profiling image (default: the job's). */
   profileSteps?: number;
-  /** The high-frequency band: spectral radius above this many cycles per latent pixel. */
+  /** The high band starts at this radius on a 512-pixel image (the notebook's 72), scaled to the image or latent measured. */
   cutoff?: number;
-  /** cmlora online: the low-frequency phase starts once the latent's relative high-frequency amplitude falls below this. */
+  /** cmlora online: the low phase starts once the latent's high band falls below this (default: derived, see the README). */
   threshold?: number;
-  /** cmlora offline: the share of the steps spent in the high-frequency phase. */
+  /** cmlora offline: the share of the steps in the high phase (the code's step 120 of 220). */
   highPhase?: number;
-  /** cmlora: steps a non-dominant LoRA's contribution is reused, for high- and low-frequency LoRAs (1 = never cached). */
+  /** cmlora `cache: prediction` (ours): steps a non-dominant LoRA's contribution is reused, for high- and low-frequency LoRAs. */
   cacheHigh?: number;
   cacheLow?: number;
   /** cmlora: the dominant LoRA's initial weight relative to the others (N - 0.5 when unset). */
   domCoeff?: number;
-  /** cmlora: the asynchronous variant (dominant switches every switchStep, w_dom decays); false ties switches to the cache refresh with a fixed w_dom. */
+  /** cmlora: the async pipeline (the dominant goes round every LoRA every switchStep steps, w_dom decays); false: the offline / online pipeline. */
   async?: boolean;
+  /** cmlora: `deep` reuses each LoRA's deep UNet features between refreshes (the code's DeepCache); `prediction` (ours) reuses its prediction's offset; `off` runs every LoRA fully. */
+  cache?: 'deep' | 'prediction' | 'off';
+  /** cmlora deep cache: 0 the paper's 2-3-2 refresh pattern, 1 every step (no caching), c > 1 every c steps. */
+  cacheInterval?: number;
+  /** cmlora: how LoRAs are grouped and ordered: `category` (the code: backgrounds last and low) or `profile` (by the frequency profile). */
+  partition?: 'category' | 'profile';
+  /** Every method: reuse the deep UNet features for N - 1 of every N steps (DeepCache on its own); 1 = off. */
+  deepCacheInterval?: number;
+  /** cmlora: record each LoRA's deep features at every step and report how alike they are (the paper's research series). */
+  research?: boolean;
 }
 
 export type ResolvedComposition = Required<CompositionOptions>;
@@ -173,23 +183,31 @@ export interface CompositionStep {
   step: number;
   /** LoRAs whose noise prediction was computed at this step. */
   active: number[];
-  /** LoRAs whose contribution was reused from the cache. */
+  /** Of those, the LoRAs that ran only the UNet's shallow part, on their cached deep features. */
+  shallow: number[];
+  /** The LoRA whose deep-feature cache this step refreshed (cmlora's schedule), if any. */
+  refreshed: number | null;
+  /** LoRAs whose prediction's offset was reused from the cache (`cache: prediction`). */
   cached: number[];
   dominant: number | null;
   /** Weight of each LoRA's noise prediction in the step's mix (0: not used). */
   weights: number[];
-  /** Relative high-frequency amplitude of the clean latent each LoRA alone predicts; null where it was not computed alone. */
+  /** High band (the online measure) of the clean latent each LoRA alone predicts; null where it was not computed alone. */
   amplitudes: (number | null)[];
   /** The same for the mixed prediction the step used. */
   mixAmplitude: number;
-  /** The same for the noisy latent the step started from. */
+  /** The same for the noisy latent the step started from: what the online phase compares with the threshold. */
   latentAmplitude: number;
+  /** Research series: per LoRA, the share (0 to 1) of earlier steps whose deep features have a cosine of at least 0.9 with this step's (the paper's measure); null where not recorded. */
+  featureReuse?: (number | null)[];
   /** Cosine similarity of the latent after this step to the latent before it. */
   latentSimilarity: number;
   /** cmlora: which frequency phase the step was in, and the partition it used. */
   phase: 'high' | 'low' | null;
   partition: { high: number[]; low: number[] } | null;
   unetEvaluations: number;
+  /** Multiply-adds of this step's UNet runs (a shallow run costs less than a whole one). */
+  unetMultiplyAdds: number;
   mergeMs: number;
 }
 
@@ -201,12 +219,13 @@ export interface CompositionReport {
   /** The sequence the method used them in (cmlora: high-frequency first, by amplitude). */
   order: number[];
   partition: { high: number[]; low: number[] } | null;
-  /** cmlora's frequency profile: relative high-frequency amplitude per LoRA, and what it cost. */
-  profile: { source: 'run' | 'cache' | 'online'; amplitudes: number[]; unetEvaluations: number; ms: number } | null;
+  /** cmlora's frequency profile: each LoRA's high band (offline: of its own image), where each came from, and what the runs cost. */
+  profile: { source: 'run' | 'cache' | 'online' | 'category'; amplitudes: number[]; sources: ('run' | 'cache')[]; unetEvaluations: number; ms: number } | null;
   steps: CompositionStep[];
-  /** Per LoRA: the share of the steps it took part in that reused its cached contribution. */
+  /** Per LoRA: the share of the steps it took part in that reused cached work (deep features or a prediction). */
   cacheHitRate: (number | null)[];
   unetEvaluations: { profile: number; denoise: number };
+  unetMultiplyAdds: { profile: number; denoise: number };
 }
 
 export interface LoraUse {
@@ -216,6 +235,10 @@ export interface LoraUse {
   scale: number;
   /** Multiplier of the text-encoder part; defaults to `scale`. */
   textEncoderScale?: number;
+  /** ComposLoRA's category (character, clothing, style, background, object); guessed from the file when absent. */
+  category?: string;
+  /** Its trigger words: the prompt of its profiling image (cmlora offline). */
+  trigger?: string;
 }
 
 export interface LoraInfo {
@@ -288,6 +311,8 @@ export interface AdapterInfo {
 export interface GenerationReport {
   steps: number;
   unetEvaluations: number;
+  /** Multiply-adds of every UNet run of the job (profiling, probe and guidance included), each at its real cost. */
+  unetMultiplyAdds: number;
   seed: number;
   scheduler: SchedulerId;
   width: number;
@@ -348,6 +373,8 @@ export interface ConceptScore {
   textImage: number | null;
   /** Mean cosine similarity of the crop (or whole image) to the concept's reference images. */
   imageImage: number | null;
+  /** LoRA-Composer's code: max(0, cosine) with the first reference image only; null without references. */
+  imageImageFirst: number | null;
   references: number;
 }
 
@@ -356,14 +383,29 @@ export interface ScoreReport {
   scorer: string;
   /** Cosine similarity of the whole image and the global prompt. */
   global: number;
-  /** CLIPScore as ComposLoRA reports it: 100 * max(global, 0). */
+  /**
+   * CLIPScore as CMLoRA's and ComposLoRA's scripts compute it (torchmetrics): 100 max(cos, 0) of the
+   * whole image and the LoRAs' trigger words joined by ", " (the full prompt when no LoRA has any).
+   */
   clipScore: number;
+  /** The text `clipScore` was computed against. */
+  clipScoreText: string;
+  /** CLIPScore against the full prompt: 100 max(global, 0). */
+  clipScorePrompt: number;
   boxes: ConceptScore[];
   loras: ConceptScore[];
-  /** LoRA-Composer's textual similarity: the mean over the box crops and the whole image. */
+  /**
+   * LoRA-Composer's textual similarity as its clipscore.py: 2.5 max(0, cos) of each box crop and
+   * "A photo depicts " + its prompt with class words, averaged over the boxes (the whole image and the
+   * global prompt when there are none); no global term.
+   */
   textSimilarity: number;
-  /** LoRA-Composer's image similarity: the mean over the concepts that have references; null if none. */
+  /** Ours before: the raw cosines of the box crops with their prompts and of the whole image with the global prompt, averaged. */
+  textSimilarityRaw: number;
+  /** Image similarity (ours): the mean cosine with every reference, over the concepts that have references; null if none. */
   imageSimilarity: number | null;
+  /** LoRA-Composer's code: max(0, cosine) with each concept's first reference, averaged; null if none. */
+  imageSimilarityFirst: number | null;
   ms: number;
 }
 

@@ -14,7 +14,7 @@ import { layoutGraphOptions } from '../layout/regional.ts';
 import { checkGuidance, resolveLayout } from '../layout/options.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { regionOutInputName } from '../graph/unet.ts';
-import { MAX_BOXES } from '../layout/scene.ts';
+import { MAX_BOXES, MAX_STEPS } from '../layout/scene.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
 import { graphSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
@@ -22,10 +22,13 @@ import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
 import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
 import { openTensorFile } from '../checkpoint/tensor-file.ts';
 import { buildVocabulary, embeddingFingerprint, readTextualInversion, type TokenEmbedding, type Vocabulary } from '../text/embeddings.ts';
-import { cpuRelativeAmplitudes, relativeAmplitude } from '../composition/frequency.ts';
+import { cpuSpectrumMagnitudes } from '../composition/frequency.ts';
 import { uploadBuffer } from '../gpu/buffers.ts';
 import { checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
+import { multiplyAdds } from '../graph/cost.ts';
+import { guessCategory, isLoraCategory } from '../lora/category.ts';
+import { MemoryProfileStore, type ProfileStore } from './profile-store.ts';
 import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
@@ -37,6 +40,8 @@ import { WeightSet } from './weights.ts';
 interface CompiledGraph {
   session: OrtNs.InferenceSession;
   weightNames: string[];
+  /** Multiply-adds of one run (workers/graph/cost.ts). */
+  macs: number;
 }
 
 export class Engine {
@@ -55,8 +60,8 @@ export class Engine {
   private loraTable?: Map<string, LoraTarget>;
   private loraCounter = 0;
   private spectrum?: Promise<SpectrumKernel>;
-  /** cmlora offline profiles by LoRA set, model and job settings (most recent last). */
-  private readonly profiles = new Map<string, number[]>();
+  /** cmlora's LoRA profiles: in memory unless the host gives a lasting store (a file, IndexedDB). */
+  profileStore: ProfileStore = new MemoryProfileStore();
   private cancelRequested = false;
   private busy = false;
   private lostReason?: string;
@@ -168,7 +173,6 @@ export class Engine {
     this.loraTable = undefined;
     this.loras.clear();
     this.embeddings.clear();
-    this.profiles.clear();
     if (this.model) for (const w of Object.values(this.model.weights)) w.dispose();
     this.model = undefined;
   }
@@ -267,15 +271,14 @@ export class Engine {
     );
   }
 
-  /** Relative high-frequency amplitudes of a batch of images: the WGSL FFT on the GPU, float64 on the wasm backend. */
-  private async amplitudes(images: Float32Array, count: number, height: number, width: number, cutoff: number): Promise<number[]> {
+  /** |F| of a batch of images [count, height, width] (powers of two): the WGSL FFT on the GPU, float64 on the wasm backend. */
+  private async magnitudes(images: Float32Array, count: number, height: number, width: number): Promise<ArrayLike<number>> {
     const gpu = this.rt.gpu;
-    if (!gpu) return cpuRelativeAmplitudes(images, count, height, width, cutoff);
+    if (!gpu) return cpuSpectrumMagnitudes(images, count, height, width);
     const kernel = await (this.spectrum ??= SpectrumKernel.create(gpu.device));
     const input = uploadBuffer(gpu.device, images, GPUBufferUsage.STORAGE);
     try {
-      const bands = await kernel.bandAmplitudes(input, { batch: count, height, width }, cutoff);
-      return Array.from(bands.high, (h, i) => relativeAmplitude(h, bands.all[i]));
+      return await kernel.magnitudes(input, { batch: count, height, width });
     } finally {
       input.destroy();
     }
@@ -290,7 +293,7 @@ export class Engine {
     if (hit) return hit;
     const g = build();
     const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt));
-    const compiled = { session, weightNames: [...g.weights.keys()] };
+    const compiled = { session, weightNames: [...g.weights.keys()], macs: multiplyAdds(g) };
     this.sessions.set(key, compiled);
     return compiled;
   }
@@ -326,9 +329,14 @@ export class Engine {
       // regions carry theirs as keys and values)
       const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
       const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
-      const unet = await this.graph(`unet:${batch}:${lh}x${lw}:${layoutKey}:${contextLayers}`, () =>
-        buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}) }),
-      );
+      const unetOptions = { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}) } as const;
+      const unetKey = `unet:${batch}:${lh}x${lw}:${layoutKey}:${contextLayers}`;
+      const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions));
+      // the deep-feature cache's two graphs, when the job's composition can use them
+      const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
+      const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
+      const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' })) : undefined;
+      const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' })) : undefined;
       // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
       const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
       const guideKey = `${lh}x${lw}:${layoutKey}`;
@@ -341,14 +349,9 @@ export class Engine {
       // the job's LoRAs, then each box's (the pipeline refers to them by this order)
       const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
       const used = uses.map((u) => ({ use: u, ...this.loras.get(u.lora)! }));
-      const profileKey = JSON.stringify([
-        m.info.name,
-        m.precision,
-        used.map((u) => [u.info.fingerprint, u.use.scale, u.use.textEncoderScale ?? u.use.scale]),
-        [job.prompt, job.negative, job.seed, job.width, job.height, job.cfg, clipSkip],
-        job.composition?.profileSteps ?? null,
-        job.composition?.cutoff ?? null,
-      ]);
+      // a LoRA's profile depends on it, the model and the settings of its profiling image, not on the set
+      const profileKey = (i: number, p: { prompt: string; negative: string; steps: number; cutoff: number }) =>
+        JSON.stringify([1, used[i].info.fingerprint, used[i].use.scale, used[i].use.textEncoderScale ?? used[i].use.scale, m.info.name, m.precision, job.width, job.height, job.scheduler, job.cfg, clipSkip, p.prompt, p.negative, p.steps, p.cutoff]);
       const regionOut = new RegionOutputs(this.rt, m.weights.unet, crossAttentionLayers(cfg.unet).map((l) => l.name));
       try {
       const result = await denoise(
@@ -360,7 +363,9 @@ export class Engine {
           vocabulary: vocab,
           contextLayers,
           loraConcepts: used.map((u) => u.lora.concepts.map((c) => c.name)),
-          unet: (feeds) => runGraph(unet, m.weights.unet, feeds),
+          unet: (feeds, variant = 'full') => runGraph(variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : unet, m.weights.unet, feeds),
+          unetMultiplyAdds: { full: unet.macs, record: unetRecord?.macs ?? unet.macs, reuse: unetReuse?.macs ?? 0 },
+          guidanceMultiplyAdds: { maps: guideMaps?.macs ?? 0, grad: guideGrad?.macs ?? 0 },
           vae: (feeds) => runGraph(vae, m.weights.vae, feeds),
           isCancelled: () => this.cancelRequested,
           checkDevice: () => this.checkDevice(),
@@ -375,15 +380,12 @@ export class Engine {
             ? { layers: guideLayers, maps: (feeds) => runGraph(guideMaps!, m.weights.unet, feeds), ...(guideGrad ? { grad: (feeds: Record<string, OrtNs.Tensor>) => runGraph(guideGrad, m.weights.unet, feeds) } : {}) }
             : undefined,
           setLoras: async (loras, component) => (await this.applyLoras(loras.map((i) => uses[i]), [component]))?.ms,
-          amplitudes: (images, count, height, width, cutoff) => this.amplitudes(images, count, height, width, cutoff),
+          magnitudes: (images, count, height, width) => this.magnitudes(images, count, height, width),
           loraNames: used.map((u) => u.info.name),
-          profiles: {
-            get: () => this.profiles.get(profileKey),
-            set: (a) => {
-              this.profiles.set(profileKey, a);
-              if (this.profiles.size > 64) this.profiles.delete(this.profiles.keys().next().value!);
-            },
-          },
+          loraCategories: used.map((u) => (isLoraCategory(u.use.category) ? u.use.category : guessCategory(u.info.name, u.info.metadata.tags.map((t) => t.tag)))),
+          loraTriggers: used.map((u) => u.use.trigger),
+          profileStore: this.profileStore,
+          profileKey,
         },
         job,
         onProgress,
@@ -394,6 +396,7 @@ export class Engine {
         report: {
           steps: job.steps,
           unetEvaluations: result.unetEvaluations,
+          unetMultiplyAdds: result.unetMultiplyAdds,
           seed: job.seed,
           scheduler: job.scheduler,
           width: job.width,
@@ -483,7 +486,7 @@ export function validateJob(job: GenerateJob): void {
   if (!Number.isInteger(job.width) || !Number.isInteger(job.height) || job.width % 64 || job.height % 64 || job.width < 64 || job.height < 64 || job.width > 2048 || job.height > 2048) {
     throw bad(`Image size ${job.width}x${job.height} is not allowed: width and height must be multiples of 64 from 64 to 2048.`);
   }
-  if (!Number.isInteger(job.steps) || job.steps < 1 || job.steps > 200) throw bad(`Steps must be a whole number from 1 to 200 (got ${job.steps}).`);
+  if (!Number.isInteger(job.steps) || job.steps < 1 || job.steps > MAX_STEPS) throw bad(`Steps must be a whole number from 1 to ${MAX_STEPS} (got ${job.steps}).`);
   if (!Number.isFinite(job.cfg) || job.cfg < 1 || job.cfg > 30) throw bad(`Guidance scale must be from 1 to 30 (got ${job.cfg}).`);
   if (!Number.isInteger(job.seed) || job.seed < 0 || job.seed > 0xffffffff) throw bad(`Seed must be a whole number from 0 to 4294967295 (got ${job.seed}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
@@ -494,6 +497,8 @@ export function validateJob(job: GenerateJob): void {
     if (typeof u.lora !== 'string' || !scales.every((x) => typeof x === 'number' && Number.isFinite(x) && Math.abs(x) <= 10)) {
       throw bad(`LoRA strengths must be numbers from -10 to 10 (got ${JSON.stringify(u)}).`);
     }
+    if (u.category !== undefined && !isLoraCategory(u.category)) throw bad(`A LoRA's category must be one of character, clothing, style, background, object (got ${JSON.stringify(u.category).slice(0, 40)}).`);
+    if (u.trigger !== undefined && (typeof u.trigger !== 'string' || u.trigger.length > 500)) throw bad('A LoRA\'s trigger words must be text of at most 500 characters.');
   }
   if (job.composition !== undefined && (typeof job.composition !== 'object' || job.composition === null)) throw bad('composition must be {method, ...options}.');
   if (job.layout !== undefined) {

@@ -7,11 +7,12 @@ import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, Guidan
 import { CancelledError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { ContributionCache } from '../composition/cache.ts';
-import { cosineSimilarity, orderAndPartition, profileImages } from '../composition/frequency.ts';
+import { centredCrop, cosineSimilarity, derivedThreshold, greyscale, highBand, latentHighBand, profileCutoff, radialProfile } from '../composition/frequency.ts';
+import { categoryOrder, profileOrder } from '../composition/order.ts';
 import { METHODS } from '../composition/methods.ts';
 import { resolveComposition, type Partition } from '../composition/plan.ts';
-import { DdimScheduler } from '../schedulers/ddim.ts';
-import { unetMapOutputName } from '../graph/unet.ts';
+import { DEEP_FEATURE, deepFeatureDims, unetMapOutputName } from '../graph/unet.ts';
+import type { ProfileStore } from './profile-store.ts';
 import { shareInside, tokensMap } from '../layout/regional.ts';
 import { reinitLatent } from '../layout/reinit.ts';
 import { regionWeights } from '../layout/masks.ts';
@@ -38,16 +39,25 @@ export interface PipelineParts {
   vocabulary?: Vocabulary;
   /** The main UNet's context layers: 1, or the cross-attention layer count when a prompt has a layer-wise token (no layout). */
   contextLayers?: number;
-  unet: (feeds: Feeds) => Promise<Outputs>;
+  /** The UNet: whole (`full`), whole with its deep features as an output (`record`), or the shallow part on given ones (`reuse`). */
+  unet: (feeds: Feeds, variant?: 'full' | 'record' | 'reuse') => Promise<Outputs>;
+  /** Multiply-adds of one run of each UNet variant (for the report). */
+  unetMultiplyAdds?: Record<'full' | 'record' | 'reuse', number>;
+  /** Multiply-adds of one run of the cut UNet's maps and backward graphs (guidance, re-initialisation). */
+  guidanceMultiplyAdds?: { maps: number; grad: number };
   vae: (feeds: Feeds) => Promise<Outputs>;
   isCancelled: () => boolean;
   checkDevice: () => void;
   /** Merge exactly these LoRAs (indices into the job's `loras`) into one component; the merge's ms, or undefined when nothing changed. */
   setLoras: (loras: number[], component: 'unet' | 'textEncoder') => Promise<number | undefined>;
-  /** Relative high-frequency amplitude of each image of a batch [count, height, width] (powers of two). */
-  amplitudes: (images: Float32Array, count: number, height: number, width: number, cutoff: number) => Promise<number[]>;
+  /** |F| of each image of a batch [count, height, width] (powers of two), in FFT order. */
+  magnitudes: (images: Float32Array, count: number, height: number, width: number) => Promise<ArrayLike<number>>;
   /** Names of the job's LoRAs, for the report. */
   loraNames: string[];
+  /** Per job LoRA: its category (given or guessed), which cmlora groups by. */
+  loraCategories?: string[];
+  /** Per job LoRA: its trigger words, the prompt of its profiling image. */
+  loraTriggers?: (string | undefined)[];
   /** Per job LoRA: its ED-LoRA concept tokens (a box's concept words when it has no trigger words). */
   loraConcepts?: string[][];
   /** Layouts: the cross-attention keys and values of one text context [1, textLen, dim], by output name. */
@@ -56,13 +66,16 @@ export interface PipelineParts {
   regionOutputs?: (region: number) => Promise<Record<string, OrtNs.Tensor>>;
   /** Guidance and re-initialisation: the cut UNet's maps graph, and its backward graph when guided. */
   guidance?: GuideParts;
-  /** cmlora's offline profiles of this job's LoRA set, kept by the engine between jobs. */
-  profiles?: { get(): number[] | undefined; set(amplitudes: number[]): void };
+  /** cmlora's profiles, one per LoRA, kept between jobs and processes. */
+  profileStore?: ProfileStore;
+  /** The store's key for LoRA `lora` profiled with these settings (the engine adds the LoRA's fingerprint and the model). */
+  profileKey?: (lora: number, settings: { prompt: string; negative: string; steps: number; cutoff: number }) => string;
 }
 
 export interface PipelineResult {
   image: ImageData8;
   unetEvaluations: number;
+  unetMultiplyAdds: number;
   mergeMs: number[];
   composition: CompositionReport;
   boxes: BoxReport[];
@@ -71,6 +84,9 @@ export interface PipelineResult {
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
   warnings: string[];
 }
+
+/** The seed of every LoRA's profiling image: a profile belongs to the LoRA, not to a job. */
+export const PROFILE_SEED = 0;
 
 /** Sinusoidal timestep embedding (cos first: flip_sin_to_cos, no frequency shift), float64. */
 export function timestepEmbedding(t: number, dim: number): Float32Array {
@@ -157,7 +173,9 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
 
   // 1. text conditioning, [uncond, cond] when guided, with every LoRA's text-encoder part merged
   onProgress?.({ phase: 'text', step: 0, total: job.steps, elapsedMs: elapsed() });
-  await merge(all, 'textEncoder');
+  // LoRA Switch encodes the prompt with the first LoRA's text encoder only (ComposLoRA's compose_lora.py)
+  const textLoras = options.method === 'switch' ? all.slice(0, 1) : all;
+  await merge(textLoras, 'textEncoder');
   const vocab = parts.vocabulary;
   const textLen = config.textEncoder.maxPositions;
   const hidden = config.unet.crossAttentionDim;
@@ -223,77 +241,101 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const textEncodeMs = elapsed();
   check();
 
-  // 2. the guided noise prediction of the UNet with a set of LoRAs merged in
+  // 2. the guided noise prediction of the UNet with a set of LoRAs merged in: the whole UNet, the whole
+  // UNet keeping its deep features, or the shallow part on kept ones (the deep-feature cache)
   const batch = guided ? 2 : 1;
   const ctxTensor = new ort.Tensor('float32', context, contextLayers > 1 ? [batch, contextLayers, textLen, hidden] : [batch, textLen, hidden]);
   const c0 = config.unet.blockOutChannels[0];
+  const macs = parts.unetMultiplyAdds ?? { full: 0, record: 0, reuse: 0 };
   let unetEvaluations = 0;
+  let unetMacs = 0;
   let stepMergeMs = 0;
   let lastOutputs: Outputs | undefined;
-  const predict = async (loras: number[], x: Float32Array, t: number): Promise<Float32Array> => {
+  const featureDims = deepFeatureDims(config.unet, batch, lh, lw);
+  const run = async (loras: number[], x: Float32Array, t: number, variant: 'full' | 'record' | 'reuse' = 'full', feature?: Float32Array, ctx = ctxTensor) => {
     check();
     stepMergeMs += await merge(loras, 'unet');
     const emb = timestepEmbedding(t, c0);
-    const out = await parts.unet({
-      sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, channels, lh, lw]),
-      timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]),
-      encoder_hidden_states: ctxTensor,
-      ...layoutTensors,
-    });
+    const out = await parts.unet(
+      {
+        sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, channels, lh, lw]),
+        timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]),
+        encoder_hidden_states: ctx,
+        ...layoutTensors,
+        ...(feature ? { [DEEP_FEATURE]: new ort.Tensor('float32', feature, featureDims) } : {}),
+      },
+      variant,
+    );
     unetEvaluations += 1;
+    unetMacs += macs[variant];
     lastOutputs = out;
     const pred = out.noise_pred.data as Float32Array;
-    if (!guided) return pred;
+    const kept = variant === 'record' ? (out[DEEP_FEATURE].data as Float32Array) : undefined;
+    if (!guided) return { eps: pred, feature: kept };
     const eps = new Float32Array(latentSize);
     for (let k = 0; k < latentSize; k++) eps[k] = pred[k] + job.cfg * (pred[latentSize + k] - pred[k]);
-    return eps;
+    return { eps, feature: kept };
   };
-  const amplitudes = async (latents: Float32Array[]) => {
-    const img = profileImages(latents, channels, lh, lw);
-    return parts.amplitudes(img.data, latents.length, img.height, img.width, options.cutoff);
-  };
+  const cutoffLatent = Math.round((options.cutoff * Math.min(lh, lw)) / 512);
+  const latentBand = (latents: Float32Array[]) => latents.map((l) => latentHighBand(l, channels, lh, lw, cutoffLatent));
+  const scheduler = createScheduler(job.scheduler, job.steps);
+  if (options.method === 'cmlora' && Number.isNaN(options.threshold)) {
+    options.threshold = derivedThreshold(scheduler.timesteps[Math.min(job.steps - 1, Math.round(options.highPhase * job.steps))], { height: lh, width: lw }, cutoffLatent);
+  }
 
-  // 3. cmlora: the frequency profile that orders and partitions the LoRAs
-  let order = all.slice();
-  let partition: Partition = { high: all.slice(), low: [] };
+  // 3. cmlora: the order and groups, by category (the code) or by each LoRA's frequency profile
+  let { order, partition } = options.method === 'cmlora' ? categoryOrder(all.map((i) => parts.loraCategories?.[i] ?? 'character')) : { order: all.slice(), partition: { high: all.slice(), low: [] } as Partition };
   let profile: CompositionReport['profile'] = null;
   if (options.method === 'cmlora' && count) {
     const t0 = performance.now();
-    const before = unetEvaluations;
-    if (options.profiling === 'offline') {
-      let values = parts.profiles?.get();
-      const source = values ? 'cache' : 'run';
-      if (!values) {
-        const clean: Float32Array[] = [];
-        for (const i of all) {
+    const evaluationsBefore = unetEvaluations;
+    if (options.partition === 'profile' && options.profiling === 'offline') {
+      const values: number[] = [];
+      const sources: ('run' | 'cache')[] = [];
+      for (const i of all) {
+        const prompt = parts.loraTriggers?.[i]?.trim() || job.prompt;
+        const key = parts.profileKey?.(i, { prompt, negative: job.negative, steps: options.profileSteps, cutoff: options.cutoff });
+        let v = key ? await parts.profileStore?.get(key) : undefined;
+        sources.push(v === undefined ? 'run' : 'cache');
+        if (v === undefined) {
           onProgress?.({ phase: 'profile', step: i, total: count, elapsedMs: elapsed() });
-          clean.push(await profileRun(i));
+          v = await profileLora(i, prompt);
+          if (key) await parts.profileStore?.set(key, v);
         }
-        values = await amplitudes(clean);
-        parts.profiles?.set(values);
+        values.push(v);
       }
-      ({ order, partition } = orderAndPartition(values));
-      profile = { source, amplitudes: values, unetEvaluations: unetEvaluations - before, ms: performance.now() - t0 };
-    } else {
-      profile = { source: 'online', amplitudes: [], unetEvaluations: 0, ms: 0 };
-    }
+      ({ order, partition } = profileOrder(values));
+      const source = sources.every((x) => x === 'cache') ? 'cache' : 'run';
+      profile = { source, amplitudes: values, sources, unetEvaluations: unetEvaluations - evaluationsBefore, ms: performance.now() - t0 };
+    } else profile = { source: options.profiling === 'online' && options.partition === 'profile' ? 'online' : 'category', amplitudes: [], sources: [], unetEvaluations: 0, ms: 0 };
   }
   const profileEvaluations = unetEvaluations;
-  /** One LoRA alone for a few deterministic DDIM steps from the job's noise: the clean latent it heads to. */
-  async function profileRun(lora: number): Promise<Float32Array> {
-    const ddim = new DdimScheduler(options.profileSteps);
-    let x = new Rng(job.seed).normal(latentSize);
-    let x0 = x;
-    for (let k = 0; k < ddim.timesteps.length; k++) {
-      const eps = await predict([lora], x, ddim.timesteps[k]);
-      x0 = ddim.predictOriginal(eps, k, x);
-      x = ddim.step(eps, k, x);
+  const profileMacs = unetMacs;
+  /**
+   * The notebook's profile of one LoRA: the image it makes alone (its trigger words, or the job's prompt,
+   * through its own text encoder; a fixed seed, so the profile belongs to the LoRA), greyscale, log
+   * amplitude, radial profile over its maximum, mean from radius 72 of 512 (scaled to the image).
+   */
+  async function profileLora(lora: number, prompt: string): Promise<number> {
+    await merge([lora], 'textEncoder');
+    const c = (await encode(prompt, 'profiling prompt')).data.slice(0, textLen * hidden);
+    const u = guided ? (await encode(job.negative, 'negative prompt')).data.slice(0, textLen * hidden) : undefined;
+    const ctx = new ort.Tensor('float32', u ? concat(u, c) : c, [batch, textLen, hidden]);
+    const sched = createScheduler(job.scheduler, options.profileSteps);
+    const noise = new Rng(PROFILE_SEED);
+    let x: Float32Array = noise.normal(latentSize).map((v) => v * sched.initNoiseSigma);
+    for (let k = 0; k < sched.timesteps.length; k++) {
+      const e = await run([lora], sched.scaleModelInput(x, k), sched.timesteps[k], 'full', undefined, ctx);
+      x = sched.step(e.eps, k, x, () => noise.normal(latentSize));
     }
-    return x0;
+    const pixels = await parts.vae({ latent: new ort.Tensor('float32', x, [1, channels, lh, lw]) });
+    const rgba = toImage(pixels.image.data as Float32Array, job.height, job.width);
+    const img = centredCrop(greyscale(rgba.data, job.width, job.height), job.height, job.width);
+    const mags = await parts.magnitudes(img.data, 1, img.height, img.width);
+    return highBand(radialProfile(mags, img.height, img.width, true), profileCutoff(Math.min(img.height, img.width)));
   }
 
   // 4. seeded initial noise, scaled to the scheduler's first sigma
-  const scheduler = createScheduler(job.scheduler, job.steps);
   const rng = new Rng(job.seed);
   let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
   // 4b. latent re-initialisation (the code's replace_latents): a probe of the cut UNet on the first
@@ -305,6 +347,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     const extents = prepared.masks.get(`${rows}x${cols}`)!.extents;
     const found = await guide.probe(scheduler.scaleModelInput(latent, 0), new ort.Tensor('float32', timestepEmbedding(scheduler.timesteps[0], c0), [1, c0]));
     unetEvaluations += 1;
+    unetMacs += parts.guidanceMultiplyAdds?.maps ?? 0;
     const scale = lh / rows;
     const placed = boxes.map((_, n) => n).filter((n) => extents[n]);
     const noise = latent.map((v) => v / scheduler.initNoiseSigma);
@@ -312,13 +355,15 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     latent = r.latent.map((v) => v * scheduler.initNoiseSigma);
     r.windows.forEach((w, k) => (windows[placed[k]] = { row: w.row * scale, col: w.col * scale }));
   }
-  let latentAmplitude = (await amplitudes([latent]))[0];
+  // the code's online measure starts at 1 (the high phase at step 0)
+  let latentAmplitude = Infinity;
 
   // 5. the denoising loop: the method plans each step, the UNet runs what it asks for, and the
   // guided predictions are mixed by the plan's weights
   const loopStart = performance.now();
   const cache = new ContributionCache(count);
-  const lastAmplitude: (number | null)[] = all.map(() => null);
+  const features = new Map<string, Float32Array>();
+  const history = new Map<number, Float32Array[]>();
   const took = all.map(() => ({ fresh: 0, cached: 0 }));
   const steps: CompositionStep[] = [];
   // the LoRA set merged now, as a key that ignores order
@@ -328,6 +373,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     check();
     const t = scheduler.timesteps[i];
     stepMergeMs = 0;
+    const macsBefore = unetMacs;
     // 5a'. gradient guidance moves the latent before the step's prediction (with every LoRA merged;
     // the runs below then start from that set when the plan has it, not merge it again)
     let guidance: GuidanceStep | undefined;
@@ -335,20 +381,39 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
       stepMergeMs += await merge(all, 'unet');
       current = setKey(all);
       ({ latent, record: guidance } = await guide.step(i, latent, (v) => scheduler.scaleModelInput(v, i), new ort.Tensor('float32', timestepEmbedding(t, c0), [1, c0])));
+      unetMacs += (parts.guidanceMultiplyAdds?.maps ?? 0) + (guidance.updated ? (parts.guidanceMultiplyAdds?.grad ?? 0) : 0);
       check();
     }
     const x = scheduler.scaleModelInput(latent, i);
-    const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude, cache: cache.view(i) });
+    const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
+    // DeepCache on its own: the whole UNet every deepCacheInterval steps (and at a set's first run)
+    const interval = options.deepCacheInterval;
+    const runsPlanned = plan.evaluations.map((e) => {
+      if (e.deep || interval <= 1) return options.research && options.method === 'cmlora' && !e.deep ? { ...e, deep: 'record' as const } : e;
+      return { ...e, deep: i % interval === 0 || !features.has(setKey(e.loras)) ? ('record' as const) : ('reuse' as const) };
+    });
     // 5a. run the UNet for each planned LoRA set, starting with the set already merged
-    const runs = [...plan.evaluations].sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
+    const runs = [...runsPlanned].sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
     const before = unetEvaluations;
     const alone = new Map<number, Float32Array>();
+    const shallow: number[] = [];
     const eps = new Float32Array(latentSize);
-    for (const run of runs) {
-      const e = await predict(run.loras, x, t);
-      current = setKey(run.loras);
-      if (run.loras.length === 1) alone.set(run.loras[0], e);
-      for (let k = 0; k < latentSize; k++) eps[k] += run.weight * e[k];
+    for (const r of runs) {
+      const key = setKey(r.loras);
+      const reuse = r.deep === 'reuse' && features.has(key);
+      const out = await run(r.loras, x, t, reuse ? 'reuse' : r.deep === 'record' ? 'record' : 'full', reuse ? features.get(key) : undefined);
+      if (out.feature) features.set(key, out.feature);
+      current = key;
+      if (reuse) shallow.push(...r.loras);
+      if (r.loras.length === 1) alone.set(r.loras[0], out.eps);
+      for (let k = 0; k < latentSize; k++) eps[k] += r.weight * out.eps[k];
+      // the research series: this LoRA's deep features now (kept or new), the unconditional half
+      if (options.research && r.loras.length === 1 && features.has(key)) {
+        const f = features.get(key)!;
+        const list = history.get(r.loras[0]) ?? [];
+        list.push(f.slice(0, f.length / batch));
+        history.set(r.loras[0], list);
+      }
     }
     // 5b. cached LoRAs: their stored offset, added to the prediction it was taken against
     for (const c of plan.cached) {
@@ -359,37 +424,36 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     // 5c. the scheduler step, and what the step looked like in the frequency domain
     const next = scheduler.step(eps, i, latent, () => rng.normal(latentSize));
     const fresh = [...alone.keys()].sort((a, b) => a - b);
-    const amps = await amplitudes([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
+    const amps = latentBand([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
     const weights = all.map(() => 0);
     for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
     for (const c of plan.cached) weights[c.lora] += c.weight;
-    fresh.forEach((l, k) => (lastAmplitude[l] = amps[k]));
     for (const l of all) {
-      if (plan.cached.some((c) => c.lora === l)) took[l].cached++;
+      if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
       else if (weights[l] !== 0) took[l].fresh++;
     }
     const record: CompositionStep = {
       step: i,
       active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
+      shallow: [...new Set(shallow)].sort((a, b) => a - b),
+      refreshed: plan.refreshed ?? null,
       cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
       dominant: plan.dominant,
       weights,
       amplitudes: all.map((l) => (alone.has(l) ? amps[fresh.indexOf(l)] : null)),
       mixAmplitude: amps[fresh.length],
-      latentAmplitude,
+      latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : latentBand([latent])[0],
       latentSimilarity: cosineSimilarity(next, latent),
+      ...(options.research ? { featureReuse: all.map((l) => featureReuse(history.get(l))) } : {}),
       phase: plan.phase,
       partition: options.method === 'cmlora' && count ? { high: partition.high.slice(), low: partition.low.slice() } : null,
       unetEvaluations: unetEvaluations - before,
+      unetMultiplyAdds: unetMacs - macsBefore,
       mergeMs: stepMergeMs,
     };
     steps.push(record);
     latent = next;
     latentAmplitude = amps[fresh.length + 1];
-    // online profiling: re-partition from the amplitudes seen so far
-    if (options.method === 'cmlora' && options.profiling === 'online' && lastAmplitude.every((a) => a !== null)) {
-      ({ order, partition } = orderAndPartition(lastAmplitude as number[]));
-    }
     onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, preview: latentPreview(latent, lh, lw), elapsedMs: elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
   }
   const denoiseMs = performance.now() - loopStart;
@@ -413,6 +477,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     steps,
     cacheHitRate: took.map((c) => (c.fresh + c.cached ? c.cached / (c.fresh + c.cached) : null)),
     unetEvaluations: { profile: profileEvaluations, denoise: unetEvaluations - profileEvaluations },
+    unetMultiplyAdds: { profile: profileMacs, denoise: unetMacs - profileMacs },
   };
   // where each box's concept tokens drew attention at the last step: with nothing confining them
   // (their region's own maps), and as the image used them (under the region weights with injection,
@@ -443,6 +508,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   return {
     image,
     unetEvaluations,
+    unetMultiplyAdds: unetMacs,
     mergeMs,
     composition,
     boxes: boxReports,
@@ -466,6 +532,15 @@ function layeredKV(crossKV: (context: Float32Array) => Promise<Record<string, Fl
     }
     return out;
   };
+}
+
+/** The paper's research measure (pipeline_research.py `plot_sim`): the share of earlier steps whose features have a cosine of at least 0.9 with the latest. */
+export function featureReuse(list: Float32Array[] | undefined): number | null {
+  if (!list || list.length < 2) return null;
+  const last = list[list.length - 1];
+  let alike = 0;
+  for (let j = 0; j < list.length - 1; j++) if (cosineSimilarity(last, list[j]) >= 0.9) alike++;
+  return alike / (list.length - 1);
 }
 
 function repeat(a: Float32Array, times: number): Float32Array {

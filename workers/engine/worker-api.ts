@@ -5,6 +5,7 @@ import type { EngineApi, FileRef, GenerateJob, ModelRequest, ProgressEvent } fro
 import { BlobSource, HttpSource, type ByteSource } from '../checkpoint/source.ts';
 import { noWebGpuError } from '../gpu/device.ts';
 import { mergeSelfTest } from '../lora/self-test.ts';
+import { IdbProfileStore } from './profile-store.ts';
 import { Engine } from './engine.ts';
 import { createRuntime } from './runtime.ts';
 import { ClipScorer, type ScorerFiles } from '../eval/scorer.ts';
@@ -33,6 +34,8 @@ export function createWorkerApi(): EngineApi {
   const ready = () =>
     (starting ??= createRuntime('webgpu').then((rt) => {
       engine = new Engine(rt);
+      // cmlora's LoRA profiles, kept in this browser's IndexedDB: a LoRA is profiled once
+      if (typeof indexedDB !== 'undefined') engine.profileStore = new IdbProfileStore();
       // the device, where the fault tests (and a developer in DevTools) can reach it: destroying it
       // is how a driver reset looks to the studio
       (globalThis as Record<symbol, unknown>)[GPU_DEVICE_HANDLE] = rt.gpu?.device;

@@ -1,6 +1,8 @@
 // Summaries of an evaluation: means with 95% intervals from Student's t (the runs of a method are few),
-// grouped per method and per number of LoRAs, and pairwise wins against a baseline on the same scene
-// and seed (CMLoRA compares methods pairwise).
+// grouped per method and per number of LoRAs, and pairwise comparisons against a baseline on the same
+// scene and seed: CMLoRA's (analysis.py: scores rounded to one decimal, a tie within 0.1, reported as
+// (wins + ties) / pairs; it ranks with ImageReward, we with CLIPScore where no reward model is loaded)
+// and ours (wins + half the ties).
 
 export interface Interval {
   n: number;
@@ -86,12 +88,22 @@ export interface ResultRow {
   seed: number;
   loras: number;
   boxes: number;
+  /** Against the trigger words (CMLoRA's scripts). */
   clipScore: number;
+  /** Against the full prompt. */
+  clipScorePrompt: number;
   global: number;
+  /** LoRA-Composer's code (2.5 max(0, cos), "A photo depicts ...", no global term). */
   textSimilarity: number;
-  /** Empty in the CSV when no concept of the scene has reference images. */
+  /** Ours before (raw cosines, the global term averaged in). */
+  textSimilarityRaw: number;
+  /** Ours: the mean over every reference. Empty in the CSV when no concept of the scene has reference images. */
   imageSimilarity: number | null;
+  /** LoRA-Composer's code: the first reference, clipped at 0. */
+  imageSimilarityFirst: number | null;
   unetEvaluations: number;
+  /** Multiply-adds of the run's UNet work, in billions. */
+  unetGMacs: number;
   profileEvaluations: number;
   totalMs: number;
   denoiseMs: number;
@@ -100,7 +112,11 @@ export interface ResultRow {
   config: string;
 }
 
-export const RESULT_COLUMNS: (keyof ResultRow)[] = ['scene', 'method', 'seed', 'loras', 'boxes', 'clipScore', 'global', 'textSimilarity', 'imageSimilarity', 'unetEvaluations', 'profileEvaluations', 'totalMs', 'denoiseMs', 'image', 'config'];
+export const RESULT_COLUMNS: (keyof ResultRow)[] = [
+  'scene', 'method', 'seed', 'loras', 'boxes', 'clipScore', 'clipScorePrompt', 'global', 'textSimilarity', 'textSimilarityRaw', 'imageSimilarity', 'imageSimilarityFirst',
+  'unetEvaluations', 'unetGMacs', 'profileEvaluations', 'totalMs', 'denoiseMs', 'image', 'config',
+];
+const NULLABLE = new Set<keyof ResultRow>(['imageSimilarity', 'imageSimilarityFirst']);
 const TEXT_COLUMNS = new Set<keyof ResultRow>(['scene', 'method', 'image', 'config']);
 
 const quote = (s: string) => (/[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
@@ -148,7 +164,7 @@ export function parseResultsCsv(text: string): ResultRow[] {
     let ok = true;
     RESULT_COLUMNS.forEach((k, i) => {
       if (TEXT_COLUMNS.has(k)) row[k] = cells[i];
-      else if (cells[i] === '' && k === 'imageSimilarity') row[k] = null;
+      else if (cells[i] === '' && NULLABLE.has(k)) row[k] = null;
       else {
         row[k] = Number(cells[i]);
         if (cells[i] === '' || !Number.isFinite(row[k])) ok = false;
@@ -159,7 +175,7 @@ export function parseResultsCsv(text: string): ResultRow[] {
   return rows;
 }
 
-const METRICS = ['clipScore', 'textSimilarity', 'imageSimilarity', 'unetEvaluations', 'totalMs'] as const;
+const METRICS = ['clipScore', 'clipScorePrompt', 'textSimilarity', 'textSimilarityRaw', 'imageSimilarity', 'imageSimilarityFirst', 'unetEvaluations', 'unetGMacs', 'totalMs'] as const;
 type Metric = (typeof METRICS)[number];
 export type MetricSummary = { runs: number } & Record<Metric, Interval | null>;
 
@@ -174,11 +190,34 @@ function summarise(rows: ResultRow[]): MetricSummary {
 
 export interface Pairwise {
   against: string;
+  /** The score compared (CMLoRA ranks with ImageReward; we have CLIPScore). */
+  metric: 'clipScore';
+  /** CMLoRA's analysis.py: one-decimal scores within 0.1 of each other tie. */
+  tolerance: number;
   wins: number;
   ties: number;
   losses: number;
-  /** Wins plus half the ties, over the pairs. */
+  /** CMLoRA's number: (wins + ties) over the pairs. */
+  winOrTie: number;
+  /** Ours: wins plus half the ties, over the pairs. */
   winRate: number;
+}
+
+/** Python's round(x, 1): the nearest tenth of the exact double, ties (x = k/4, k odd) to the even tenth. */
+export function pyRound1(x: number): number {
+  const q = x * 4;
+  if (Number.isInteger(q) && q % 2 !== 0) {
+    const t = Math.floor(x * 10);
+    return (t % 2 === 0 ? t : t + 1) / 10;
+  }
+  return Number(x.toFixed(1));
+}
+
+/** CMLoRA's comparison of two scores: rounded to a tenth, a tie within 0.1 (in the same double arithmetic). */
+export function compareScores(a: number, b: number): 'win' | 'tie' | 'loss' {
+  const [x, y] = [pyRound1(a), pyRound1(b)];
+  if (Math.abs(x - y) <= 0.1) return 'tie';
+  return x > y ? 'win' : 'loss';
 }
 
 export interface Summary {
@@ -187,30 +226,37 @@ export interface Summary {
   byLoraCount: Record<string, Record<string, MetricSummary>>;
   /** CLIPScore against the baseline on the same scene and seed. */
   pairwise: Record<string, Pairwise>;
+  /** The columns the papers' tables report, per method (see the README's table in their format). */
+  paper: Record<string, { clipScore: number | null; textSimilarity: number | null; imageSimilarity: number | null; winOrTie: number | null; unetGMacs: number | null }>;
 }
 
 export function summariseRows(rows: ResultRow[], baseline = 'composite'): Summary {
   const methods = [...new Set(rows.map((r) => r.method))];
-  const out: Summary = { metrics: METRICS, methods: {}, byLoraCount: {}, pairwise: {} };
+  const out: Summary = { metrics: METRICS, methods: {}, byLoraCount: {}, pairwise: {}, paper: {} };
   const base = new Map(rows.filter((r) => r.method === baseline).map((r) => [`${r.scene}|${r.seed}`, r.clipScore]));
   for (const m of methods) {
     const mine = rows.filter((r) => r.method === m);
     out.methods[m] = summarise(mine);
     out.byLoraCount[m] = {};
     for (const k of [...new Set(mine.map((r) => r.loras))].sort((a, b) => a - b)) out.byLoraCount[m][String(k)] = summarise(mine.filter((r) => r.loras === k));
+    const s = out.methods[m];
+    out.paper[m] = { clipScore: s.clipScore?.mean ?? null, textSimilarity: s.textSimilarity?.mean ?? null, imageSimilarity: s.imageSimilarityFirst?.mean ?? null, winOrTie: null, unetGMacs: s.unetGMacs?.mean ?? null };
     if (m === baseline || !base.size) continue;
-    const p: Pairwise = { against: baseline, wins: 0, ties: 0, losses: 0, winRate: 0 };
+    const p: Pairwise = { against: baseline, metric: 'clipScore', tolerance: 0.1, wins: 0, ties: 0, losses: 0, winOrTie: 0, winRate: 0 };
     for (const r of mine) {
       const b = base.get(`${r.scene}|${r.seed}`);
       if (b === undefined) continue;
-      if (r.clipScore > b) p.wins++;
-      else if (r.clipScore < b) p.losses++;
+      const c = compareScores(r.clipScore, b);
+      if (c === 'win') p.wins++;
+      else if (c === 'loss') p.losses++;
       else p.ties++;
     }
     const n = p.wins + p.ties + p.losses;
     if (!n) continue;
+    p.winOrTie = (p.wins + p.ties) / n;
     p.winRate = (p.wins + p.ties / 2) / n;
     out.pairwise[m] = p;
+    out.paper[m].winOrTie = p.winOrTie;
   }
   return out;
 }

@@ -9,7 +9,8 @@ import { isMethodId, resolveComposition } from '../composition/plan.ts';
 import { COMPOSITION_KEYS, MAX_BOXES, parseScene, SCENE_VERSION, SceneError, type Scene, type SceneAblation } from '../layout/scene.ts';
 
 export const TESTBED_VERSION = 1;
-export const LORA_CATEGORIES = ['character', 'clothing', 'style', 'background', 'object'] as const;
+export { LORA_CATEGORIES } from '../lora/category.ts';
+import { LORA_CATEGORIES } from '../lora/category.ts';
 const MAX_RUNS = 100_000;
 
 export interface TestbedLora {
@@ -116,7 +117,7 @@ function parseMethod(v: unknown, i: number): TestbedMethod {
   return { name, composition, layout: switches };
 }
 
-type LoraRef = { name: string; scale: number; trigger?: string };
+type LoraRef = { name: string; scale: number; trigger?: string; category?: string };
 
 function loraRefs(v: unknown, where: string, loras: Record<string, TestbedLora>): LoraRef[] {
   if (v === undefined) return [];
@@ -125,8 +126,8 @@ function loraRefs(v: unknown, where: string, loras: Record<string, TestbedLora>)
     const id = typeof x === 'string' ? x : isObj(x) ? x.lora : undefined;
     if (typeof id !== 'string' || !(id in loras)) throw new TestbedError(`${where}[${i}] names no LoRA of the testbed (${JSON.stringify(id)?.slice(0, 40)})`);
     const scale = isObj(x) && x.scale !== undefined ? x.scale : loras[id].scale;
-    const trigger = loras[id].trigger;
-    return { name: id, scale: scale as number, ...(trigger ? { trigger } : {}) };
+    const { trigger, category } = loras[id];
+    return { name: id, scale: scale as number, ...(trigger ? { trigger } : {}), ...(category ? { category } : {}) };
   });
 }
 
@@ -153,6 +154,8 @@ export function parseTestbed(text: string): Testbed {
     scheduler: d.scheduler ?? 'dpmpp-2m',
     seed: 0,
     composition: { method: 'merge' },
+    // `paper`: every run takes its method's authors' settings (workers/composition/presets.ts)
+    ...(d.preset !== undefined ? { preset: d.preset } : {}),
   };
   const scenes: Testbed['scenes'] = [];
   const named = (name: string, scene: unknown) => {
@@ -188,7 +191,7 @@ export function parseTestbed(text: string): Testbed {
     });
   });
   if (raw.combinations !== undefined) {
-    for (const c of combinations(raw.combinations, loras)) named(c.name, { ...base, prompt: c.prompt, loras: c.loras.map((id) => ({ name: id, scale: loras[id].scale })), boxes: [], ablation: { injection: true, isolation: true, reinit: true } });
+    for (const c of combinations(raw.combinations, loras)) named(c.name, { ...base, prompt: c.prompt, loras: loraRefs(c.loras, 'combinations', loras), boxes: [], ablation: { injection: true, isolation: true, reinit: true } });
   }
   if (!scenes.length) throw new TestbedError('it has no scenes (give scenes, combinations or both)');
   if (!Array.isArray(raw.methods) || !raw.methods.length) throw new TestbedError('methods must be a list of at least one method');

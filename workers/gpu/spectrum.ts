@@ -89,6 +89,22 @@ export class SpectrumKernel {
     this.twiddles.destroy();
   }
 
+  /** |F| of every frequency of every image of the batch, in FFT order. */
+  async magnitudes(input: GPUBuffer, shape: SpectrumShape): Promise<Float32Array> {
+    const { device } = this;
+    const temp: GPUBuffer[] = [];
+    try {
+      const encoder = device.createCommandEncoder({ label: 'spectrum-magnitudes' });
+      const spectrum = this.spectrum(input, shape, encoder, temp);
+      temp.push(spectrum);
+      device.queue.submit([encoder.finish()]);
+      const complex = new Float32Array(await readBuffer(device, spectrum));
+      return Float32Array.from({ length: complex.length / 2 }, (_, i) => Math.hypot(complex[2 * i], complex[2 * i + 1]));
+    } finally {
+      for (const b of temp) b.destroy();
+    }
+  }
+
   /** Mean spectral amplitude above `cutoff` (cycles per sample, 0 to ~0.707) and overall, per image. */
   async bandAmplitudes(input: GPUBuffer, shape: SpectrumShape, cutoff: number): Promise<BandAmplitudes> {
     const { device } = this;

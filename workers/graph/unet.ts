@@ -34,6 +34,13 @@ export interface UNetGraphOptions extends GraphOptions {
    * the l-th cross-attention layer (in graph order) reads context l.
    */
   contextLayers?: number;
+  /**
+   * DeepCache (CMLoRA's cache, `cache_layer_id` 0 and `cache_block_id` 1 in SD 1.5): `full` also
+   * outputs `deep_feature`, the input of the last up block (the deep part's result); `shallow` runs only
+   * conv_in, the first down block's layers (not its downsampler) and the last up block, which starts
+   * from `deep_feature` given as an input, so the deep features of an earlier full run are reused.
+   */
+  deepCache?: 'full' | 'shallow';
   /** False: no `noise_pred` output (a graph for the attention maps alone; prune it to drop the rest). */
   noisePrediction?: boolean;
 }
@@ -45,6 +52,12 @@ export const selfBiasInputName = (h: number, w: number) => `self_bias.${h}x${w}`
 export const regionOutInputName = (region: number, layer: string, part: 'weight' | 'bias') => `region_out.${region}.${layer}.to_out.0.${part}`;
 
 export const unetBiasInputName = (layer: string) => `attn_bias.${layer}`;
+export const DEEP_FEATURE = 'deep_feature';
+
+/** The deep feature's shape: the second level's channels at the latent's size. */
+export function deepFeatureDims(cfg: UNetConfig, batch: number, latentH: number, latentW: number): number[] {
+  return [batch, cfg.blockOutChannels[Math.min(1, cfg.blockOutChannels.length - 1)], latentH, latentW];
+}
 export const unetMapOutputName = (layer: string) => `attn_map.${layer}`;
 
 interface Ctx {
@@ -188,6 +201,7 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
   const eps = 1e-5;
   const levels = cfg.blockOutChannels.length;
 
+  const shallow = opt.deepCache === 'shallow';
   let h = conv2d(g, { v: sample, b, c: cfg.inChannels, h: opt.latentH, w: opt.latentW }, 'conv_in', c0, 3);
   const skips: Feat[] = [h];
   for (let l = 0; l < levels; l++) {
@@ -197,16 +211,25 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
       if (cfg.attention[l]) h = spatialTransformer(g, h, `down_blocks.${l}.attentions.${j}`, cfg, context, ctx);
       skips.push(h);
     }
+    // the shallow part ends with the first down block's layers: exactly the skips the last up block takes
+    if (shallow) break;
     if (l < levels - 1) {
       h = conv2d(g, h, `down_blocks.${l}.downsamplers.0.conv`, cout, 3, 2);
       skips.push(h);
     }
   }
-  h = resnetBlock(g, h, 'mid_block.resnets.0', h.c, cfg.normGroups, eps, te);
-  h = spatialTransformer(g, h, 'mid_block.attentions.0', cfg, context, ctx);
-  h = resnetBlock(g, h, 'mid_block.resnets.1', h.c, cfg.normGroups, eps, te);
+  if (!shallow) {
+    h = resnetBlock(g, h, 'mid_block.resnets.0', h.c, cfg.normGroups, eps, te);
+    h = spatialTransformer(g, h, 'mid_block.attentions.0', cfg, context, ctx);
+    h = resnetBlock(g, h, 'mid_block.resnets.1', h.c, cfg.normGroups, eps, te);
+  }
 
-  for (let l = 0; l < levels; l++) {
+  for (let l = shallow ? levels - 1 : 0; l < levels; l++) {
+    if (l === levels - 1 && opt.deepCache) {
+      const dims = deepFeatureDims(cfg, b, opt.latentH, opt.latentW);
+      if (shallow) h = { v: cast(g.input(DEEP_FEATURE, 'float32', dims)), b, c: dims[1], h: opt.latentH, w: opt.latentW };
+      else g.output(opt.dtype === 'float16' ? g.op('Cast', [h.v], { to: 1 }) : h.v, DEEP_FEATURE, 'float32', dims);
+    }
     const cout = cfg.blockOutChannels[levels - 1 - l];
     const attn = cfg.attention[levels - 1 - l];
     for (let j = 0; j <= cfg.layersPerBlock; j++) {

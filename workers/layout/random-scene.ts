@@ -63,7 +63,19 @@ export function randomScene(rng: Rng, options: RandomSceneOptions = {}): Scene {
   });
   const method = pick<CompositionOptions['method']>(options.methods ?? ['none', 'merge', 'switch', 'composite', 'cmlora']);
   const composition: CompositionOptions =
-    method === 'cmlora' ? { method, profiling: rand() < 0.5 ? 'offline' : 'online', ...(rand() < 0.5 ? { async: false } : {}) } : method === 'switch' ? { method, switchStep: int(1, 3) } : { method };
+    method === 'cmlora'
+      ? {
+          method,
+          profiling: rand() < 0.5 ? 'offline' : 'online',
+          ...(rand() < 0.5 ? { async: false } : {}),
+          cache: pick<NonNullable<CompositionOptions['cache']>>(['deep', 'prediction', 'off']),
+          partition: rand() < 0.3 ? 'profile' : 'category',
+        }
+      : method === 'switch'
+        ? { method, switchStep: int(1, 3), ...(rand() < 0.3 ? { deepCacheInterval: 2 } : {}) }
+        : method === 'none'
+          ? { method }
+          : { method, ...(rand() < 0.3 ? { deepCacheInterval: 2 } : {}) };
   const [lo, hi] = options.steps ?? [1, 20];
   const guided = rand() < 0.3;
   return {

@@ -5,12 +5,16 @@ import type { CompositionOptions, GenerateJob, LayoutOptions, SchedulerId } from
 import { BadArgumentError } from '../api/errors.ts';
 import { isObj, parseJson, type Obj } from '../api/json.ts';
 import { GUIDANCE_MAX_SCALE, GUIDANCE_SCHEDULE_DEFAULTS } from './guidance.ts';
+import { applyPreset, paperSettings, PRESETS, type PresetName } from '../composition/presets.ts';
+import { isLoraCategory, LORA_CATEGORIES } from '../lora/category.ts';
 
 export const SCENE_VERSION = 1;
 /** More regions than this slow every attention layer for little gain; the studio says so. */
 export const MAX_BOXES = 8;
 export const MAX_PROMPT = 2000;
 export const MAX_LORAS = 16;
+/** The most denoising steps a job takes: CMLoRA's code runs 220. */
+export const MAX_STEPS = 250;
 
 /** A LoRA by the name the artist knows it by, with what lets another machine find the same file. */
 export interface SceneLora {
@@ -21,6 +25,8 @@ export interface SceneLora {
   url?: string;
   /** Its trigger words (comma-separated): in a box, the tokens guidance and re-initialisation read. */
   trigger?: string;
+  /** ComposLoRA's category (character, clothing, style, background, object), which cmlora groups by. */
+  category?: string;
 }
 
 /** A textual-inversion embedding by its file name (prompts use the name without the extension). */
@@ -99,6 +105,8 @@ export interface Scene {
   guidance?: SceneGuidance;
   /** Choices other than the code's for LoRA-Composer's elements (absent: the code's). */
   layout?: SceneLayoutChoices;
+  /** `paper`: the authors' generation settings (steps, CFG, scheduler, size, seed, LoRA scale) over the scene's own. */
+  preset?: PresetName;
 }
 
 /** Guidance settings where a scene has none: the engine's. */
@@ -122,8 +130,22 @@ export function boxTrigger(box: Pick<SceneBox, 'loras'>): string | undefined {
   return words.length ? words.join(', ') : undefined;
 }
 
-/** The job a scene describes; its LoRAs are filled in once loaded. */
+/** The job a scene describes; its LoRAs are filled in once loaded (then `scenePreset` applies a preset's LoRA scale). */
 export function sceneJob(scene: Scene): GenerateJob {
+  const job = sceneJobOwn(scene);
+  if (!scene.preset) return job;
+  const settings = paperSettings(scene.composition.method, scene.boxes.length > 0);
+  // a scene keeps its seed (a testbed gives each run its own) and a layout its frame size; the LoRA
+  // scale applies when the LoRAs are attached
+  return applyPreset(job, { ...settings, seed: undefined, ...(scene.boxes.length ? { width: undefined, height: undefined } : {}), loraScale: undefined });
+}
+
+/** The LoRA strength a scene's preset sets, if any. */
+export function scenePresetScale(scene: Scene): number | undefined {
+  return scene.preset ? paperSettings(scene.composition.method, scene.boxes.length > 0).loraScale : undefined;
+}
+
+function sceneJobOwn(scene: Scene): GenerateJob {
   return {
     prompt: scene.prompt,
     negative: scene.negative,
@@ -200,6 +222,10 @@ function loras(v: unknown, where: string): SceneLora[] {
     }
     if (l.url !== undefined) out.url = httpsUrl(l, at);
     if (l.trigger !== undefined) out.trigger = text(l, 'trigger', at, 500);
+    if (l.category !== undefined) {
+      if (!isLoraCategory(l.category)) throw new SceneError(`${at}category must be one of ${LORA_CATEGORIES.join(', ')}`);
+      out.category = l.category;
+    }
     return out;
   });
 }
@@ -221,6 +247,11 @@ function embeddings(v: unknown): SceneEmbedding[] {
   });
 }
 
+function presetName(v: unknown): PresetName {
+  if (typeof v !== 'string' || !(PRESETS as string[]).includes(v)) throw new SceneError(`preset must be one of ${PRESETS.join(', ')}`);
+  return v as PresetName;
+}
+
 const LAYOUT_CHOICES: Record<keyof SceneLayoutChoices, string[]> = {
   masks: ['covered', 'centre'],
   isolationScope: ['concepts', 'regions'],
@@ -240,7 +271,7 @@ function layoutChoices(v: unknown): SceneLayoutChoices {
   return out as SceneLayoutChoices;
 }
 
-export const COMPOSITION_KEYS = ['method', 'switchStep', 'profiling', 'profileSteps', 'cutoff', 'threshold', 'highPhase', 'cacheHigh', 'cacheLow', 'domCoeff', 'async'];
+export const COMPOSITION_KEYS = ['method', 'switchStep', 'profiling', 'profileSteps', 'cutoff', 'threshold', 'highPhase', 'cacheHigh', 'cacheLow', 'domCoeff', 'async', 'cache', 'cacheInterval', 'partition', 'deepCacheInterval', 'research'];
 
 /** The known composition fields with plain values; the engine checks their ranges. */
 function compositionFields(c: Obj): CompositionOptions {
@@ -315,7 +346,7 @@ export function parseScene(input: unknown): Scene {
     composition: compositionFields(c),
     ablation: { injection: a.injection as boolean, isolation: a.isolation as boolean, reinit: a.reinit as boolean, ...Object.fromEntries(optionalSwitches.map((k) => [k, a[k]])) },
     seed: number(input, 'seed', '', 0, 0xffffffff, true),
-    steps: number(input, 'steps', '', 1, 200, true),
+    steps: number(input, 'steps', '', 1, MAX_STEPS, true),
     cfg: number(input, 'cfg', '', 1, 30),
     scheduler: scheduler as SchedulerId,
     ...(input.model !== undefined ? { model: sceneModel(input.model) } : {}),
@@ -330,6 +361,7 @@ export function parseScene(input: unknown): Scene {
         }
       : {}),
     ...(input.layout !== undefined ? { layout: layoutChoices(input.layout) } : {}),
+    ...(input.preset !== undefined ? { preset: presetName(input.preset) } : {}),
   };
 }
 

@@ -2,7 +2,7 @@
 // into the engine once, however many boxes and runs use it; `loaded` keeps them across calls.
 import type { EmbeddingInfo, GenerateJob, LoraInfo } from '../api/contract.ts';
 import type { Engine } from '../engine/engine.ts';
-import type { Scene, SceneEmbedding, SceneLora } from '../layout/scene.ts';
+import { scenePresetScale, type Scene, type SceneEmbedding, type SceneLora } from '../layout/scene.ts';
 import { NodeFileSource } from './files.ts';
 
 export async function attachSceneLoras(
@@ -20,8 +20,9 @@ export async function attachSceneLoras(
       onLoad(info);
       loaded.set(path, info);
     }
-    return { lora: loaded.get(path)!.id, scale: l.scale };
+    return { lora: loaded.get(path)!.id, scale: presetScale ?? l.scale, ...(l.category ? { category: l.category } : {}), ...(l.trigger ? { trigger: l.trigger } : {}) };
   };
+  const presetScale = scenePresetScale(scene);
   job.loras ??= [];
   for (const l of scene.loras) job.loras.push(await use(l));
   for (const [n, b] of scene.boxes.entries()) for (const l of b.loras) job.layout!.boxes[n].loras.push(await use(l));

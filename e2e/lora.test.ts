@@ -68,6 +68,7 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   assert.ok(maxDiff(composite, withLoras) > 0, 'composite differs from merge');
 
   // CMLoRA as its code runs it: the background LoRA last, deep features reused between refreshes
+  await page.getByTestId('lora-category-0').selectOption('character');
   await page.getByTestId('lora-category-1').selectOption('background');
   await page.getByTestId('method').selectOption('cmlora');
   const cmlora = await generateAndWait();

@@ -13,7 +13,9 @@ import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
 import { EngineError } from './api/errors.ts';
-import { SD15_CONFIG } from './checkpoint/config.ts';
+import { SD15_CONFIG, TINY_CONFIG, type ModelConfig } from './checkpoint/config.ts';
+import { planMemory } from './engine/memory-plan.ts';
+import { DEFAULT_BUFFER_LIMIT } from './graph/builder.ts';
 import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/layout.ts';
 import { ModelCheckpoint } from './checkpoint/model.ts';
 import { Engine, validateJob } from './engine/engine.ts';
@@ -57,6 +59,9 @@ const USAGE = `usage: npm run cli -- <command> [options]
   evaluate --testbed FILE.json --out DIR [--model PATH] [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8]
            [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--baseline METHOD] [--limit N]
   score --image FILE.png [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8] [--backend webgpu|wasm]
+  plan [--architecture sd15|tiny] [--width W --height H] [--precision fp16|fp32] [--cfg X]
+       [--attention fused|chunked] [--buffer-limit BYTES] [--budget BYTES] [--loras N --rank R]
+       (the memory plan as JSON, from the graphs: no checkpoint, nothing allocated)
   soak [--runs N] [--seed N] [--cancel-share X] [--sizes 64,128] [--max-steps N] [--out FILE.json]
        (random scenes and methods on the tiny model, a share cancelled; GPU bytes and memory watched)`;
 
@@ -483,7 +488,37 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   'inspect-lora': inspectLora,
   generate,
   soak: soakCommand,
+  plan: planCommand,
 };
+
+/** The memory plan of a job as JSON, from the graphs alone: no checkpoint, nothing allocated. */
+async function planCommand(args: string[]) {
+  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features']);
+  const architecture = o.architecture ?? 'sd15';
+  const configs: Record<string, ModelConfig> = { sd15: SD15_CONFIG, tiny: TINY_CONFIG };
+  const config = configs[architecture];
+  if (!config) throw new UsageError(`--architecture must be ${Object.keys(configs).join(' or ')}, got "${architecture}"`);
+  const precision = o.precision ?? 'fp16';
+  if (precision !== 'fp16' && precision !== 'fp32') throw new UsageError(`--precision must be fp16 or fp32, got "${precision}"`);
+  const attention = o.attention ?? 'fused';
+  if (attention !== 'fused' && attention !== 'chunked') throw new UsageError(`--attention must be fused or chunked, got "${attention}"`);
+  const width = num(o.width, 'width', 512);
+  const height = num(o.height, 'height', 512);
+  if (width % 64 || height % 64 || width < 64 || height < 64 || width > 2048 || height > 2048) throw new UsageError('--width and --height must be multiples of 64 from 64 to 2048');
+  const plan = planMemory(config, {
+    width,
+    height,
+    precision,
+    cfg: num(o.cfg, 'cfg', 7.5, false) > 1,
+    fusedAttention: attention === 'fused',
+    bufferLimit: num(o['buffer-limit'], 'buffer-limit', DEFAULT_BUFFER_LIMIT),
+    budgetBytes: o.budget === undefined ? undefined : num(o.budget, 'budget', 0),
+    loras: { count: num(o.loras, 'loras', 0), rank: num(o.rank, 'rank', 32) },
+    cachedFeatures: num(o['cached-features'], 'cached-features', 0),
+    transposesConvWeights: false,
+  });
+  console.log(JSON.stringify({ architecture, ...plan }, null, 2));
+}
 
 async function soakCommand(args: string[]) {
   const o = parse(args, ['runs', 'seed', 'cancel-share', 'sizes', 'max-steps', 'out']);

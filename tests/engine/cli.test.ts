@@ -139,3 +139,23 @@ test('bad arguments exit 2 with one line; bad model files exit 1 with the proble
   assert.equal(missing.code, 1);
   assert.match(missing.err[0], /no such file/);
 });
+
+test('plan prints the memory plan from the graphs alone; bad flags exit 2', () => {
+  const r = cli('plan', '--architecture', 'sd15', '--width', '512', '--height', '512', '--precision', 'fp16');
+  assert.equal(r.code, 0, r.err.join('\n'));
+  const plan = JSON.parse(r.out);
+  assert.equal(plan.architecture, 'sd15');
+  assert.equal(plan.attention, 'fused');
+  // SD 1.5's UNet has 859,520,964 parameters: two bytes each in fp16
+  assert.equal(plan.parts.weightBytes.unet, 859_520_964 * 2);
+  assert.equal(plan.peakBytes, Object.values(plan.parts.weightBytes as Record<string, number>).reduce((a, b) => a + b, 0) + Math.max(...Object.values(plan.parts.activationBytes as Record<string, number>)) + plan.parts.loraArenaBytes + plan.parts.pristineBytes + plan.parts.cacheBytes + plan.parts.latentBytes);
+  assert.ok(plan.largestBufferBytes <= 256 * 2 ** 20);
+  const fp32 = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked').out);
+  assert.equal(fp32.parts.weightBytes.unet, 859_520_964 * 4);
+  assert.equal(fp32.attention, 'chunked');
+  for (const bad of [['--precision', 'fp8'], ['--width', '500'], ['--architecture', 'sdxl']]) {
+    const b = cli('plan', ...bad);
+    assert.equal(b.code, 2, `${bad.join(' ')}: ${b.err.join(' ')}`);
+    assert.match(b.err[0], /^error: --(precision|width|architecture)/);
+  }
+});

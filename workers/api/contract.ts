@@ -308,6 +308,30 @@ export interface AdapterInfo {
   shaderF16: boolean;
 }
 
+export interface MemoryPlanReport {
+  peakBytes: number;
+  largestBufferBytes: number;
+  /** What the largest buffer is (a graph value or a transposed weight). */
+  largestBuffer: string;
+  /** fused: MultiHeadAttention; chunked: MatMul-Softmax-MatMul in query chunks; explicit: in one piece. */
+  attention: 'fused' | 'chunked' | 'explicit';
+  /** Why this attention form (the adapter check's verdict, in plain words). */
+  attentionReason: string;
+  cfgHalves: boolean;
+  bufferLimitBytes: number;
+  parts: {
+    weightBytes: { unet: number; textEncoder: number; vae: number };
+    activationBytes: { unet: number; textEncoder: number; vae: number };
+    loraArenaBytes: number;
+    pristineBytes: number;
+    cacheBytes: number;
+    latentBytes: number;
+  };
+  weightTransposesPerStep: number;
+  weightTransposeBytesPerStep: number;
+  notes: string[];
+}
+
 export interface GenerationReport {
   steps: number;
   unetEvaluations: number;
@@ -325,6 +349,12 @@ export interface GenerationReport {
   timingsMs: Timings;
   /** Peak bytes of GPU buffers alive during the job (weights, activations, staging). */
   gpuBytesAllocated: number;
+  /** The largest single GPU buffer made during the job (measured). */
+  gpuLargestBufferBytes: number;
+  /** What the job's graphs need, planned before anything was allocated (workers/engine/memory-plan.ts). */
+  memoryPlan: MemoryPlanReport;
+  /** Graph runs per step whose outputs were read back to the CPU. */
+  readbacksPerStep: number;
   loras: { name: string; format: LoraFormat; scale: number; textEncoderScale: number }[];
   /** LoRA layers applied, summed over the job's LoRAs. */
   loraKeysMatched: number;

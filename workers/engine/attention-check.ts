@@ -24,14 +24,15 @@ const CASES = [
 /** Relative tolerance between the two forms (both float32; far below any real disagreement). */
 export const ATTENTION_CHECK_TOLERANCE = 1e-3;
 
-const chosen = new WeakMap<Runtime, Promise<AttentionChoice>>();
+const chosen = new WeakMap<object, Promise<AttentionChoice>>();
 
-/** The attention form for graphs on this runtime (memoised per runtime). */
+/** The attention form for graphs on this runtime (checked once per GPU device, once for the wasm EP). */
 export function chooseAttention(rt: Runtime): Promise<AttentionChoice> {
-  let c = chosen.get(rt);
+  const key = rt.gpu?.device ?? rt.ort;
+  let c = chosen.get(key);
   if (!c) {
     c = checkFusedAttention(rt);
-    chosen.set(rt, c);
+    chosen.set(key, c);
   }
   return c;
 }

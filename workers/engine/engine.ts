@@ -24,7 +24,10 @@ import { openTensorFile } from '../checkpoint/tensor-file.ts';
 import { buildVocabulary, embeddingFingerprint, readTextualInversion, type TokenEmbedding, type Vocabulary } from '../text/embeddings.ts';
 import { cpuSpectrumMagnitudes } from '../composition/frequency.ts';
 import { uploadBuffer } from '../gpu/buffers.ts';
-import { checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
+import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
+import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
+import { chooseAttention, type AttentionChoice } from './attention-check.ts';
+import { planMemory, type MemoryPlan } from './memory-plan.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
 import { multiplyAdds } from '../graph/cost.ts';
 import { guessCategory, isLoraCategory } from '../lora/category.ts';
@@ -34,8 +37,11 @@ import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
-import { sessionOptions, type Runtime } from './runtime.ts';
+import { sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
 import { WeightSet } from './weights.ts';
+
+/** The WebGPU EP's layout for every session the engine compiles. */
+export const CONV_LAYOUT: ConvLayout = 'NCHW';
 
 interface CompiledGraph {
   session: OrtNs.InferenceSession;
@@ -288,11 +294,51 @@ export class Engine {
     if (this.busy) this.cancelRequested = true;
   }
 
+  /** How this engine's graphs compute attention: checked once per runtime (see attention-check.ts). */
+  attentionChoice(): Promise<AttentionChoice> {
+    return chooseAttention(this.rt);
+  }
+
+  /** No attention chunk above 128 MiB, nor above what the adapter binds. */
+  private attentionBufferLimit(): number {
+    return Math.min(DEFAULT_BUFFER_LIMIT, this.rt.gpu ? bufferLimit(this.rt.gpu.adapter) : DEFAULT_BUFFER_LIMIT);
+  }
+
+  private readonly plans = new Map<string, MemoryPlan>();
+
+  /** The job's memory plan, from its graphs (kept per size, precision and LoRA count). */
+  private plan(job: GenerateJob, loras: number, attention: AttentionChoice): MemoryPlan {
+    const m = this.model!;
+    const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
+    const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
+    const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? Math.max(1, job.loras?.length ?? 0) : comp.deepCacheInterval > 1 ? 1 : 0;
+    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached]);
+    let p = this.plans.get(key);
+    if (!p) {
+      p = planMemory(m.ckpt.config, {
+        width: job.width,
+        height: job.height,
+        precision: m.precision,
+        cfg: job.cfg > 1,
+        fusedAttention: attention.form === 'fused',
+        bufferLimit: this.attentionBufferLimit(),
+        loras: { count: loras, rank },
+        cachedFeatures: cached,
+        transposesConvWeights: this.rt.backend === 'webgpu',
+        pointwiseAsIs: CONV_LAYOUT === 'NCHW',
+      });
+      this.plans.set(key, p);
+    }
+    return p;
+  }
+
   private async graph(key: string, build: () => GraphBuilder): Promise<CompiledGraph> {
     const hit = this.sessions.get(key);
     if (hit) return hit;
     const g = build();
-    const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt));
+    // NCHW: the WebGPU EP then reads 1x1 convolution weights as they are and inserts no layout
+    // transposes around convolutions (bench:gpu counts them: 894 -> 763 dispatches per tiny UNet run)
+    const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt, { layout: CONV_LAYOUT }));
     const compiled = { session, weightNames: [...g.weights.keys()], macs: multiplyAdds(g) };
     this.sessions.set(key, compiled);
     return compiled;
@@ -303,7 +349,8 @@ export class Engine {
     if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     this.checkDevice();
     validateJob(job);
-    if (this.rt.gpu) checkJobFits(this.model.ckpt.config, job.width, job.height, job.cfg > 1 ? 2 : 1, this.model.precision, this.rt.gpu.adapter);
+    const attention = await this.attentionChoice();
+    if (this.rt.gpu) checkJobFits(this.model.ckpt.config, job.width, job.height, job.cfg > 1 ? 2 : 1, this.model.precision, this.rt.gpu.adapter, attention.form);
     for (const u of [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])]) {
       if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
     }
@@ -320,8 +367,10 @@ export class Engine {
       const clipSkip = job.clipSkip ?? 1;
       if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
       const t0 = performance.now();
+      const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
+      const readbacksBefore = readbacks;
       const vocab = this.vocabulary();
-      const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows }));
+      const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows, ...forms }));
       const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
       const layout = resolved ? layoutGraphOptions(cfg.unet, lh, lw, job.layout!.boxes.length, resolved) : undefined;
       const layoutKey = layout ? `${layout.regions}:${layout.isolation}:${layout.regionOutputs}` : '';
@@ -329,7 +378,7 @@ export class Engine {
       // regions carry theirs as keys and values)
       const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
       const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
-      const unetOptions = { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}) } as const;
+      const unetOptions = { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
       const unetKey = `unet:${batch}:${lh}x${lw}:${layoutKey}:${contextLayers}`;
       const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions));
       // the deep-feature cache's two graphs, when the job's composition can use them
@@ -340,11 +389,12 @@ export class Engine {
       // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
       const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
       const guideKey = `${lh}x${lw}:${layoutKey}`;
-      const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs } as const;
+      // guidance differentiates through its attention: never fused (no gradient rule), chunked under the limit
+      const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs, attention: 'chunked', bufferLimit: forms.bufferLimit } as const;
       const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
       const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
       const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
-      const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype }));
+      const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
       const sessionCreateMs = performance.now() - t0;
       // the job's LoRAs, then each box's (the pipeline refers to them by this order)
       const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
@@ -408,6 +458,13 @@ export class Engine {
           adapter: this.adapter,
           timingsMs: timings,
           gpuBytesAllocated: this.rt.gpu?.memory.peak ?? 0,
+          gpuLargestBufferBytes: this.rt.gpu?.memory.largest ?? 0,
+          memoryPlan: {
+            ...this.plan(job, used.length, attention),
+            attention: attention.form,
+            attentionReason: attention.reason,
+          },
+          readbacksPerStep: (readbacks - readbacksBefore) / job.steps,
           warnings: result.warnings,
           loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
           loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
@@ -475,10 +532,15 @@ class RegionOutputs {
 }
 
 /** Run a session on its weights and those of `feeds` that it takes (a pruned graph takes fewer). */
+/** Graph runs whose outputs came back to the CPU (every run, until the loop stays on the GPU). */
+let readbacks = 0;
+
 async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
   const all = weights.feeds(g.weightNames);
   for (const name of g.session.inputNames) if (feeds[name]) all[name] = feeds[name];
-  return g.session.run(all);
+  const out = await g.session.run(all);
+  readbacks += 1;
+  return out;
 }
 
 export function validateJob(job: GenerateJob): void {

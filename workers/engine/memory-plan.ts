@@ -27,8 +27,10 @@ export interface PlanRequest {
   loras?: { count: number; rank: number };
   /** CMLoRA's deep-feature cache: one feature per LoRA. */
   cachedFeatures?: number;
-  /** The executor transposes convolution weights every run (NHWC with weights as inputs). */
+  /** The executor transposes convolution weights every run (weights as inputs; see graph/memory.ts). */
   transposesConvWeights?: boolean;
+  /** ...except 1x1 convolutions (the WebGPU EP in NCHW). */
+  pointwiseAsIs?: boolean;
 }
 
 export interface MemoryPlan {
@@ -81,7 +83,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
       ? 'attention fused (MultiHeadAttention): no score matrix is ever a buffer'
       : `attention in query chunks: no score buffer above ${(limit / 2 ** 20).toFixed(0)} MiB`,
   ];
-  const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false };
+  const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
   const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit }), memOptions);
   const text = graphMemory(buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit }));
   const vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);

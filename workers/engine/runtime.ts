@@ -42,9 +42,14 @@ export async function createRuntime(backend: Backend, options: { wasmPaths?: str
   return { ort, backend, gpu, anchor: boot };
 }
 
-export function sessionOptions(rt: Runtime): OrtNs.InferenceSession.SessionOptions {
+/** The WebGPU EP's tensor layout for convolutions: NHWC is its default; NCHW reads 1x1 weights as they are. */
+export type ConvLayout = 'NHWC' | 'NCHW';
+
+export function sessionOptions(rt: Runtime, options: { layout?: ConvLayout; profile?: boolean } = {}): OrtNs.InferenceSession.SessionOptions {
+  const ep = rt.backend === 'webgpu' && options.layout ? ({ name: 'webgpu', preferredLayout: options.layout } as OrtNs.InferenceSession.ExecutionProviderConfig) : rt.backend;
   return {
-    executionProviders: [rt.backend],
+    ...(options.profile ? { enableProfiling: true } : {}),
+    executionProviders: [ep],
     graphOptimizationLevel: 'all',
     logSeverityLevel: 3,
   };

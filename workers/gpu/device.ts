@@ -22,12 +22,15 @@ export interface GpuContext {
 export class GpuMemoryCounter {
   live = 0;
   peak = 0;
+  /** The largest single buffer made since the last resetPeak. */
+  largest = 0;
   private readonly sizes = new WeakMap<GPUBuffer, number>();
 
   track(buffer: GPUBuffer, size: number): void {
     this.sizes.set(buffer, size);
     this.live += size;
     if (this.live > this.peak) this.peak = this.live;
+    if (size > this.largest) this.largest = size;
   }
   release(buffer: GPUBuffer): void {
     const size = this.sizes.get(buffer);
@@ -37,6 +40,7 @@ export class GpuMemoryCounter {
   }
   resetPeak(): void {
     this.peak = this.live;
+    this.largest = 0;
   }
 }
 

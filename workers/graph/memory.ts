@@ -25,6 +25,8 @@ export interface GraphMemoryOptions {
    * every run (onnxruntime's WebGPU EP in its default NHWC layout does, except for initializers).
    */
   transposesConvWeights?: boolean;
+  /** 1x1 convolutions read their weight as it is (onnxruntime's WebGPU EP in NCHW). */
+  pointwiseAsIs?: boolean;
 }
 
 /** Ops whose output is a view of their input's buffer. */
@@ -94,7 +96,8 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
       }
     }
     let temp = 0;
-    if (options.transposesConvWeights && (n.type === 'Conv' || n.type === 'ConvTranspose') && g.weights.has(n.inputs[1])) {
+    const pointwise = n.type === 'Conv' && g.shapes.get(n.inputs[1])?.slice(2).every((k) => k === 1);
+    if (options.transposesConvWeights && (n.type === 'Conv' || n.type === 'ConvTranspose') && g.weights.has(n.inputs[1]) && !(pointwise && options.pointwiseAsIs)) {
       const w = elementCount(g.shape(n.inputs[1])) * g.bytesPerElement;
       temp = w;
       transposeBytes += 2 * w;

@@ -1,0 +1,267 @@
+// `npm run bench:gpu`: the SD 1.5 architecture with seeded random weights (no download) on this
+// machine's WebGPU, before and after issue 19's graph changes, side by side in one process:
+// seconds per image (text encoder + steps x UNet at CFG batch 2 + VAE decode), UNet ms per step,
+// peak GPU bytes and the largest buffer (measured on the device), the memory plan, weight and layout
+// transposes per step (from onnxruntime's profile), readbacks per step, the first run's shader
+// compile time, and LoRA switch ms for 1/3/5 rank-32 LoRAs against a same-size buffer copy.
+//   npm run bench:gpu                          512x512, 20 steps, fp16 (where the adapter has it) and fp32
+//   npm run bench:gpu -- --size 256 --precision fp32 --steps 1 --repeats 1    (what SwiftShader can do)
+// Writes bench/gpu-results.json. On SwiftShader absolute times mean little; compare the variants.
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type * as OrtNs from 'onnxruntime-web';
+import { SD15_CONFIG, TINY_CONFIG, type ModelConfig } from '../workers/checkpoint/config.ts';
+import { chooseAttention } from '../workers/engine/attention-check.ts';
+import { planMemory } from '../workers/engine/memory-plan.ts';
+import { timestepEmbedding } from '../workers/engine/pipeline.ts';
+import { Rng } from '../workers/engine/random.ts';
+import { createRuntime, sessionOptions, type ConvLayout, type Runtime } from '../workers/engine/runtime.ts';
+import { WeightSet } from '../workers/engine/weights.ts';
+import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type GraphBuilder } from '../workers/graph/builder.ts';
+import { buildTextEncoder } from '../workers/graph/clip.ts';
+import { graphMemory } from '../workers/graph/memory.ts';
+import { buildUNet } from '../workers/graph/unet.ts';
+import { buildVaeDecoder } from '../workers/graph/vae.ts';
+import { installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { benchLoraMerge } from './lora-merge.ts';
+
+const { values: o } = parseArgs({
+  options: {
+    arch: { type: 'string', default: 'sd15' },
+    size: { type: 'string', default: '512' },
+    steps: { type: 'string', default: '20' },
+    precision: { type: 'string', default: 'fp16,fp32' },
+    repeats: { type: 'string', default: '3' },
+    variants: { type: 'string', default: 'before,after' },
+    lora: { type: 'boolean', default: true },
+    out: { type: 'string', default: 'bench/gpu-results.json' },
+    'profile-only': { type: 'string' },
+    one: { type: 'string' },
+  },
+  allowNegative: true,
+});
+const CONFIG: ModelConfig = o.arch === 'tiny' ? TINY_CONFIG : SD15_CONFIG;
+const SIZE = Number(o.size);
+const STEPS = Number(o.steps);
+const REPEATS = Number(o.repeats);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const MiB = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+
+/** Random values of the right scale, from one reused block (values do not change timings). */
+const BLOCK = new Rng(5).normal(1 << 20).map((x) => x * 0.02);
+function filled(n: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let at = 0; at < n; at += BLOCK.length) out.set(BLOCK.subarray(0, Math.min(BLOCK.length, n - at)), at);
+  return out;
+}
+
+function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): WeightSet {
+  const ws = new WeightSet(rt, precision === 'fp16' ? 'float16' : 'float32');
+  for (const spec of g.weights.values()) {
+    const n = spec.dims.reduce((a, b) => a * b, 1);
+    const v = filled(n);
+    // norms near one, so activations keep their scale through 16 blocks
+    if (/norm/.test(spec.name) && spec.name.endsWith('.weight')) v.fill(1);
+    ws.add(spec, v);
+  }
+  return ws;
+}
+
+/**
+ * onnxruntime's profile of one run: the programs it dispatched. Its profile is printed on the
+ * process's own stdout (not through anything JavaScript can catch), so this runs in a child process
+ * (`--profile-only`) and the parent reads the Api entries from the child's output.
+ */
+function profiledPrograms(precision: 'fp16' | 'fp32', v: Variant) {
+  const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--precision', precision, '--profile-only', `${v.attention}:${v.layout}`], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 30,
+  });
+  const programs = child.stdout
+    .split('\n')
+    .filter((l) => l.includes('"cat" : "Api"'))
+    .map((l) => ({ name: /"name" :"([^"]*)"/.exec(l)?.[1] ?? '', shapes: /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '' }));
+  if (!programs.length) throw new Error(`the profiling run printed no programs: ${child.stderr.slice(-500)}`);
+  const inConv = programs.filter((p) => /&Conv&Transpose$/.test(p.name));
+  const layoutTransposes = programs.filter((p) => /&Transpose&Transpose$/.test(p.name) && !/^n_Transpose/.test(p.name));
+  const elements = (shapes: string) => {
+    const m = /inputs\[0\] = \{([^}]*)\}/.exec(shapes);
+    return m ? m[1].split(',').map(Number).reduce((a, b) => a * b, 1) : 0;
+  };
+  return {
+    dispatches: programs.length,
+    weightTransposes: inConv.length,
+    weightTransposeElements: inConv.reduce((a, p) => a + elements(p.shapes), 0),
+    layoutTransposes: layoutTransposes.length,
+    layoutTransposeElements: layoutTransposes.reduce((a, p) => a + elements(p.shapes), 0),
+  };
+}
+
+/** The child's side: one profiled UNet run, its profile printed by onnxruntime. */
+async function profileOnly(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
+  const { g, ws, feeds } = unetFixture(rt, precision, v.attention);
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout, profile: true }));
+  await session.run(feeds);
+  session.endProfiling();
+  await session.release();
+  ws.dispose();
+}
+
+function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm) {
+  const lh = SIZE / 8;
+  const dtype = precision === 'fp16' ? 'float16' : 'float32';
+  const g = buildUNet(CONFIG.unet, { batch: 2, latentH: lh, latentW: lh, textLen: 77, dtype, attention, bufferLimit: DEFAULT_BUFFER_LIMIT });
+  const ws = weightsFor(rt, g, precision);
+  const rng = new Rng(1);
+  const c0 = CONFIG.unet.blockOutChannels[0];
+  const emb = timestepEmbedding(500, c0);
+  const feeds: Record<string, OrtNs.Tensor> = {
+    ...ws.feeds(g.weights.keys()),
+    sample: new rt.ort.Tensor('float32', rng.normal(2 * 4 * lh * lh), [2, 4, lh, lh]),
+    timestep_embedding: new rt.ort.Tensor('float32', Float32Array.from([...emb, ...emb]), [2, c0]),
+    encoder_hidden_states: new rt.ort.Tensor('float32', rng.normal(2 * 77 * CONFIG.unet.crossAttentionDim), [2, 77, CONFIG.unet.crossAttentionDim]),
+  };
+  return { g, ws, feeds };
+}
+
+interface Variant {
+  name: string;
+  attention: AttentionForm;
+  layout: ConvLayout;
+}
+
+async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
+  const lh = SIZE / 8;
+  const dtype = precision === 'fp16' ? 'float16' : 'float32';
+  const forms = { attention: v.attention, bufferLimit: DEFAULT_BUFFER_LIMIT };
+  const memory = rt.gpu!.memory;
+  await rt.gpu!.device.queue.onSubmittedWorkDone();
+  const base = memory.live;
+  memory.resetPeak();
+  const { g, ws, feeds } = unetFixture(rt, precision, v.attention);
+  const rng = new Rng(2);
+  const t0 = performance.now();
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout }));
+  const createMs = performance.now() - t0;
+  const f0 = performance.now();
+  const first = await session.run(feeds);
+  const firstRunMs = performance.now() - f0;
+  const finite = (first.noise_pred.data as Float32Array).every(Number.isFinite);
+  const times: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    const s = performance.now();
+    await session.run(feeds);
+    times.push(performance.now() - s);
+  }
+  const unetMs = median(times);
+  const peakBytes = memory.peak - base;
+  const largestBufferBytes = memory.largest;
+  await session.release();
+  ws.dispose();
+  const profile = profiledPrograms(precision, v);
+
+  // the text encoder once and the VAE decoder once, for seconds per image
+  const once = async (gb: GraphBuilder, inputs: Record<string, OrtNs.Tensor>) => {
+    const w = weightsFor(rt, gb, precision);
+    const s = await rt.ort.InferenceSession.create(gb.encode(), sessionOptions(rt, { layout: v.layout }));
+    await s.run({ ...w.feeds(gb.weights.keys()), ...inputs });
+    const a = performance.now();
+    await s.run({ ...w.feeds(gb.weights.keys()), ...inputs });
+    const ms = performance.now() - a;
+    await s.release();
+    w.dispose();
+    return ms;
+  };
+  const te = buildTextEncoder({ ...CONFIG.textEncoder, vocabSize: CONFIG.textEncoder.vocabSize || 1000 }, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms });
+  const textMs = await once(te, { input_ids: new rt.ort.Tensor('int64', BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i % 100)), [1, 77]) });
+  const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
+  const vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
+  const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW' });
+  const row = {
+    variant: v.name,
+    precision,
+    attention: v.attention,
+    layout: v.layout,
+    finite,
+    secondsPerImage: (textMs + STEPS * unetMs + vaeMs) / 1000,
+    unetMsPerStep: unetMs,
+    unetRuns: times,
+    textEncoderMs: textMs,
+    vaeDecodeMs: vaeMs,
+    sessionCreateMs: createMs,
+    firstRunMs,
+    peakGpuBytes: peakBytes,
+    largestBufferBytes,
+    plannedUnetActivationBytes: graphMemory(g).activationPeakBytes,
+    plannedLargestBufferBytes: plan.largestBufferBytes,
+    plannedPeakBytes: plan.peakBytes,
+    readbacksPerStep: 1,
+    ...profile,
+    weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * (precision === 'fp16' ? 2 : 4),
+    layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * (precision === 'fp16' ? 2 : 4),
+  };
+  return row;
+}
+
+async function main() {
+  await installNodeWebGpu();
+  const rt = await createRuntime('webgpu');
+  if (o['profile-only']) {
+    const [attention, layout] = o['profile-only'].split(':') as [AttentionForm, ConvLayout];
+    await profileOnly(rt, o.precision as 'fp16' | 'fp32', { name: 'profile', attention, layout });
+    process.exit(0);
+  }
+  if (o.one) {
+    // a child measuring one variant: a fresh process, so onnxruntime's buffer cache holds nothing from another
+    const [name, attention, layout] = o.one.split(':') as [string, AttentionForm, ConvLayout];
+    const row = await measure(rt, o.precision as 'fp16' | 'fp32', { name, attention, layout });
+    console.log(`ROW ${JSON.stringify(row)}`);
+    process.exit(0);
+  }
+  const a = rt.gpu!.adapter;
+  const choice = await chooseAttention(rt);
+  console.log(`bench:gpu on ${a.vendor}/${a.architecture} ${a.description} (shader-f16 ${a.shaderF16}); ${o.arch} at ${SIZE}x${SIZE}, ${STEPS} steps; attention check: ${choice.reason}`);
+  const precisions = o.precision!.split(',').filter((p): p is 'fp16' | 'fp32' => p === 'fp32' || (p === 'fp16' && a.shaderF16));
+  const variants: Variant[] = [
+    { name: 'before', attention: 'explicit', layout: 'NHWC' },
+    { name: 'after', attention: choice.form, layout: 'NCHW' },
+    { name: 'nhwc', attention: choice.form, layout: 'NHWC' },
+  ].filter((v) => o.variants!.split(',').includes(v.name)) as Variant[];
+  const rows = [];
+  for (const precision of precisions) {
+    for (const v of variants) {
+      try {
+        const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}`], { encoding: 'utf8', maxBuffer: 1 << 30 });
+        const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
+        if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);
+        const row = JSON.parse(line.slice(4));
+        console.log(
+          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
+            `peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
+        );
+        rows.push(row);
+      } catch (e) {
+        console.log(`  ${precision} ${v.name}: ${(e as Error).message.slice(0, 300)}`);
+        rows.push({ variant: v.name, precision, attention: v.attention, layout: v.layout, error: (e as Error).message });
+      }
+    }
+  }
+  let lora: unknown;
+  if (o.lora) {
+    process.env.BENCH_LORA_RANKS ??= '32';
+    process.env.BENCH_LORA_COUNTS ??= '1,3,5';
+    process.env.BENCH_LORA_FULL ??= '1';
+    lora = await benchLoraMerge(rt);
+  }
+  const plans = (['fp16', 'fp32'] as const).map((precision) => planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: choice.form === 'fused' }));
+  const out = { date: new Date().toISOString(), adapter: a, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, attentionCheck: choice, rows, lora, plan512: plans };
+  writeFileSync(o.out!, JSON.stringify(out, null, 2));
+  console.log(`written to ${o.out}`);
+  process.exit(0);
+}
+
+main().catch((e) => {
+  console.error(`error: ${(e as Error).message}`);
+  process.exit(1);
+});

@@ -44,7 +44,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
   inspect --model PATH
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
            [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
-           [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16]
+           [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--memory-budget BYTES]
            [--lora FILE[:SCALE]]... [--embedding FILE]... [--method none|merge|switch|composite|cmlora]
            [--preset paper] [--deep-cache-interval N] [--switch-step N]
            [cmlora: --partition category|profile] [--cache deep|prediction|off] [--cache-interval N]
@@ -154,7 +154,7 @@ const warnUnmatched = (info: LoraInfo) => {
 async function generate(args: string[]) {
   const o = parse(
     args,
-    ['model', 'prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'clip-skip', 'backend', 'precision', 'out', 'report'].concat(
+    ['model', 'prompt', 'negative', 'steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'clip-skip', 'backend', 'precision', 'out', 'report', 'memory-budget'].concat(
       ['method', 'switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff'],
       ['cache', 'cache-interval', 'partition', 'deep-cache-interval', 'preset'],
       ['scene', 'guidance', 'guidance-scale', 'guidance-share', 'guidance-last-step'],
@@ -192,6 +192,7 @@ async function generate(args: string[]) {
     composition: compositionArgs(o, loraArgs.length),
   };
   if (scene) job.clipSkip = num(o['clip-skip'], 'clip-skip', 1);
+  if (o['memory-budget'] !== undefined) job.memoryBudget = num(o['memory-budget'], 'memory-budget', 0, false);
   // the authors' settings, but for those given as flags
   const presetSettings = preset && !scene ? paperSettings(job.composition?.method ?? (loraArgs.length ? 'merge' : 'none'), false) : undefined;
   if (presetSettings) job = applyPreset(job, presetSettings, new Set(['steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'scale'].filter((k) => o[k] !== undefined)));

@@ -24,6 +24,11 @@ export interface GenerateJob {
   composition?: CompositionOptions;
   /** Concept boxes (LoRA-Composer); `loras` and `composition` then act on the whole frame. */
   layout?: LayoutOptions;
+  /**
+   * GPU bytes the job may use; the memory plan then decodes the VAE in tiles and runs the CFG halves
+   * one after the other where the whole would not fit. Unset: only the adapter's buffer limit binds.
+   */
+  memoryBudget?: number;
 }
 
 /** A concept box in image pixels, with its local prompt and LoRAs. */
@@ -318,6 +323,8 @@ export interface MemoryPlanReport {
   /** Why this attention form (the adapter check's verdict, in plain words). */
   attentionReason: string;
   cfgHalves: boolean;
+  /** The VAE decoded in tiles of this many latent cells a side, or whole (null). */
+  vaeTile: number | null;
   bufferLimitBytes: number;
   parts: {
     weightBytes: { unet: number; textEncoder: number; vae: number };

@@ -27,7 +27,8 @@ import { uploadBuffer } from '../gpu/buffers.ts';
 import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
-import { planMemory, type MemoryPlan } from './memory-plan.ts';
+import { planMemory, vaeTileOverlap, type MemoryPlan } from './memory-plan.ts';
+import { decodeTiled } from './vae-tiles.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
 import { multiplyAdds } from '../graph/cost.ts';
 import { guessCategory, isLoraCategory } from '../lora/category.ts';
@@ -46,6 +47,8 @@ export const CONV_LAYOUT: ConvLayout = 'NCHW';
 interface CompiledGraph {
   session: OrtNs.InferenceSession;
   weightNames: string[];
+  /** Inputs whose first dimension is the batch's (1 in a batch-1 graph). */
+  batched: Set<string>;
   /** Multiply-adds of one run (workers/graph/cost.ts). */
   macs: number;
 }
@@ -312,7 +315,7 @@ export class Engine {
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? Math.max(1, job.loras?.length ?? 0) : comp.deepCacheInterval > 1 ? 1 : 0;
-    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached]);
+    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, job.memoryBudget ?? null]);
     let p = this.plans.get(key);
     if (!p) {
       p = planMemory(m.ckpt.config, {
@@ -322,6 +325,7 @@ export class Engine {
         cfg: job.cfg > 1,
         fusedAttention: attention.form === 'fused',
         bufferLimit: this.attentionBufferLimit(),
+        budgetBytes: job.memoryBudget,
         loras: { count: loras, rank },
         cachedFeatures: cached,
         transposesConvWeights: this.rt.backend === 'webgpu',
@@ -339,7 +343,7 @@ export class Engine {
     // NCHW: the WebGPU EP then reads 1x1 convolution weights as they are and inserts no layout
     // transposes around convolutions (bench:gpu counts them: 894 -> 763 dispatches per tiny UNet run)
     const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt, { layout: CONV_LAYOUT }));
-    const compiled = { session, weightNames: [...g.weights.keys()], macs: multiplyAdds(g) };
+    const compiled = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g) };
     this.sessions.set(key, compiled);
     return compiled;
   }
@@ -368,6 +372,10 @@ export class Engine {
       if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
       const t0 = performance.now();
       const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
+      const loraCount = (job.loras?.length ?? 0) + (job.layout?.boxes.reduce((a, b) => a + b.loras.length, 0) ?? 0);
+      const plan = this.plan(job, loraCount, attention);
+      // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
+      const unetBatch = plan.cfgHalves ? 1 : batch;
       const readbacksBefore = readbacks;
       const vocab = this.vocabulary();
       const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows, ...forms }));
@@ -378,8 +386,8 @@ export class Engine {
       // regions carry theirs as keys and values)
       const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
       const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
-      const unetOptions = { batch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
-      const unetKey = `unet:${batch}:${lh}x${lw}:${layoutKey}:${contextLayers}`;
+      const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
+      const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}`;
       const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions));
       // the deep-feature cache's two graphs, when the job's composition can use them
       const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
@@ -394,7 +402,9 @@ export class Engine {
       const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
       const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
       const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
-      const vae = await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
+      const vaeH = plan.vaeTile ? Math.min(plan.vaeTile, lh) : lh;
+      const vaeW = plan.vaeTile ? Math.min(plan.vaeTile, lw) : lw;
+      const vae = await this.graph(`vae:${vaeH}x${vaeW}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: vaeH, latentW: vaeW, dtype, ...forms }));
       const sessionCreateMs = performance.now() - t0;
       // the job's LoRAs, then each box's (the pipeline refers to them by this order)
       const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
@@ -413,10 +423,23 @@ export class Engine {
           vocabulary: vocab,
           contextLayers,
           loraConcepts: used.map((u) => u.lora.concepts.map((c) => c.name)),
-          unet: (feeds, variant = 'full') => runGraph(variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : unet, m.weights.unet, feeds),
+          unet: (feeds, variant = 'full') => {
+            const g = variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : unet;
+            return unetBatch < batch ? runHalves(this.rt.ort, g, m.weights.unet, feeds) : runGraph(g, m.weights.unet, feeds);
+          },
           unetMultiplyAdds: { full: unet.macs, record: unetRecord?.macs ?? unet.macs, reuse: unetReuse?.macs ?? 0 },
           guidanceMultiplyAdds: { maps: guideMaps?.macs ?? 0, grad: guideGrad?.macs ?? 0 },
-          vae: (feeds) => runGraph(vae, m.weights.vae, feeds),
+          vae: plan.vaeTile
+            ? async (feeds) => {
+                const latent = feeds.latent;
+                const channels = latent.dims[1];
+                const pixels = await decodeTiled(latent.data as Float32Array, { channels, lh, lw }, { tile: plan.vaeTile!, overlap: vaeTileOverlap(plan.vaeTile!) }, async (tile, th, tw) => {
+                  const out = await runGraph(vae, m.weights.vae, { latent: new this.rt.ort.Tensor('float32', tile, [1, channels, th, tw]) });
+                  return out.image.data as Float32Array;
+                });
+                return { image: new this.rt.ort.Tensor('float32', pixels, [1, 3, lh * 8, lw * 8]) };
+              }
+            : (feeds) => runGraph(vae, m.weights.vae, feeds),
           isCancelled: () => this.cancelRequested,
           checkDevice: () => this.checkDevice(),
           crossKV: kv
@@ -460,7 +483,7 @@ export class Engine {
           gpuBytesAllocated: this.rt.gpu?.memory.peak ?? 0,
           gpuLargestBufferBytes: this.rt.gpu?.memory.largest ?? 0,
           memoryPlan: {
-            ...this.plan(job, used.length, attention),
+            ...plan,
             attention: attention.form,
             attentionReason: attention.reason,
           },
@@ -543,6 +566,34 @@ async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<stri
   return out;
 }
 
+/**
+ * A batch-of-two run made of two batch-1 runs (the plan's CFG halves): every input the batch-1 graph
+ * takes with batch 1 but is given with 2 is split, every output put back together along the batch.
+ */
+async function runHalves(ort: Runtime['ort'], g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
+  const halves: Record<string, OrtNs.Tensor>[] = [{}, {}];
+  for (const [name, t] of Object.entries(feeds)) {
+    if (t.dims[0] !== 2 || !g.batched.has(name)) {
+      halves[0][name] = halves[1][name] = t;
+      continue;
+    }
+    const data = t.data as Float32Array;
+    const n = data.length / 2;
+    for (let h = 0; h < 2; h++) halves[h][name] = new ort.Tensor('float32', data.slice(h * n, (h + 1) * n), [1, ...t.dims.slice(1)]);
+  }
+  const [a, b] = [await runGraph(g, weights, halves[0]), await runGraph(g, weights, halves[1])];
+  const out: Record<string, OrtNs.Tensor> = {};
+  for (const name of Object.keys(a)) {
+    const x = a[name].data as Float32Array;
+    const y = b[name].data as Float32Array;
+    const both = new Float32Array(x.length + y.length);
+    both.set(x);
+    both.set(y, x.length);
+    out[name] = new ort.Tensor('float32', both, [2, ...a[name].dims.slice(1)]);
+  }
+  return out;
+}
+
 export function validateJob(job: GenerateJob): void {
   const bad = (m: string) => new BadArgumentError(m);
   if (!Number.isInteger(job.width) || !Number.isInteger(job.height) || job.width % 64 || job.height % 64 || job.width < 64 || job.height < 64 || job.width > 2048 || job.height > 2048) {
@@ -551,6 +602,7 @@ export function validateJob(job: GenerateJob): void {
   if (!Number.isInteger(job.steps) || job.steps < 1 || job.steps > MAX_STEPS) throw bad(`Steps must be a whole number from 1 to ${MAX_STEPS} (got ${job.steps}).`);
   if (!Number.isFinite(job.cfg) || job.cfg < 1 || job.cfg > 30) throw bad(`Guidance scale must be from 1 to 30 (got ${job.cfg}).`);
   if (!Number.isInteger(job.seed) || job.seed < 0 || job.seed > 0xffffffff) throw bad(`Seed must be a whole number from 0 to 4294967295 (got ${job.seed}).`);
+  if (job.memoryBudget !== undefined && !(Number.isFinite(job.memoryBudget) && job.memoryBudget > 0)) throw bad(`The memory budget must be a positive number of bytes (got ${job.memoryBudget}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
   if (job.loras !== undefined && !Array.isArray(job.loras)) throw bad('loras must be a list of {lora, scale}.');

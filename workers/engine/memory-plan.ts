@@ -11,6 +11,10 @@ import { graphMemory, type GraphMemory } from '../graph/memory.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
 
+/** Tile sides tried for a tiled VAE decode, largest first (latent cells); tiles overlap by a quarter. */
+export const VAE_TILES = [48, 32, 24, 16, 8];
+export const vaeTileOverlap = (tile: number) => tile / 4;
+
 export interface PlanRequest {
   width: number;
   height: number;
@@ -40,6 +44,8 @@ export interface MemoryPlan {
   attention: AttentionForm;
   /** The two CFG halves run one after the other (batch 1 twice) instead of as one batch of two. */
   cfgHalves: boolean;
+  /** The VAE decodes in tiles of this many latent cells a side (overlapping by VAE_TILE_OVERLAP), or whole (null). */
+  vaeTile: number | null;
   peakBytes: number;
   largestBufferBytes: number;
   largestBuffer: string;
@@ -86,7 +92,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
   const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit }), memOptions);
   const text = graphMemory(buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit }));
-  const vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
+  let vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
 
   const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1 });
   const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
@@ -105,15 +111,31 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   };
   let unet = unetAt(req.cfg ? 2 : 1);
   let cfgHalves = false;
-  const over = (u: GraphMemory) => u.largestBufferBytes > limit || (req.budgetBytes !== undefined && total(u) > req.budgetBytes);
-  if (req.cfg && over(unet)) {
-    const half = unetAt(1);
-    if (!over(half) || half.largestBufferBytes < unet.largestBufferBytes) {
-      unet = half;
-      cfgHalves = true;
-      notes.push('the two CFG halves run one after the other: the batch of two does not fit');
+  let vaeTile: number | null = null;
+  const over = (u: GraphMemory) => u.largestBufferBytes > limit || vae.largestBufferBytes > limit || (req.budgetBytes !== undefined && total(u) > req.budgetBytes);
+  // Until it fits: tile the VAE decode while it sets the peak (or holds a buffer above the limit),
+  // else run the CFG halves one after the other; stop when neither helps.
+  const tiles = VAE_TILES.filter((t) => t < Math.max(lh, lw));
+  let next = 0;
+  while (over(unet)) {
+    const vaeSets = vae.activationPeakBytes >= unet.activationPeakBytes || vae.largestBufferBytes > limit;
+    if (vaeSets && next < tiles.length) {
+      vaeTile = tiles[next++];
+      vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: Math.min(vaeTile, lh), latentW: Math.min(vaeTile, lw), dtype, attention, bufferLimit: limit }), memOptions);
+      continue;
     }
+    if (req.cfg && !cfgHalves) {
+      const half = unetAt(1);
+      if (total(half) < total(unet) || (unet.largestBufferBytes > limit && half.largestBufferBytes < unet.largestBufferBytes)) {
+        unet = half;
+        cfgHalves = true;
+        continue;
+      }
+    }
+    break;
   }
+  if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles: the whole image's decode does not fit`);
+  if (cfgHalves) notes.push('the two CFG halves run one after the other: the batch of two does not fit');
   const largest = [unet, text, vae].reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
   const peakBytes = total(unet);
   const fits = largest.largestBufferBytes <= limit && (req.budgetBytes === undefined || peakBytes <= req.budgetBytes);
@@ -124,6 +146,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     precision: req.precision,
     attention,
     cfgHalves,
+    vaeTile,
     peakBytes,
     largestBufferBytes: largest.largestBufferBytes,
     largestBuffer: largest.largestBuffer,

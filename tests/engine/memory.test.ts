@@ -1,0 +1,78 @@
+// The memory plan acted on (tiny model, WebGPU): a budget that the batch of two does not fit runs the
+// CFG halves one after the other and gives the same image; one that the whole VAE decode does not fit
+// decodes in tiles, and the tiled decode of the real decoder graph matches float64 tile by tile.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type { GenerateJob } from '../../workers/api/contract.ts';
+import { planMemory } from '../../workers/engine/memory-plan.ts';
+import { Rng } from '../../workers/engine/random.ts';
+import { sessionOptions } from '../../workers/engine/runtime.ts';
+import { makeTinyModel } from '../../workers/engine/test-model.ts';
+import { decodeTiled } from '../../workers/engine/vae-tiles.ts';
+import { WeightSet } from '../../workers/engine/weights.ts';
+import { buildVaeDecoder } from '../../workers/graph/vae.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
+import * as nn from '../../workers/reference/nn.ts';
+import * as ref from '../../workers/reference/sd15.ts';
+import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
+
+after(() => setTimeout(() => process.exit(0), 10).unref());
+
+const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: 'blurry', steps: 1, cfg: 5, seed: 9, width: 128, height: 128, scheduler: 'dpmpp-2m' };
+
+test('a tight budget: the CFG halves give the same image; a tighter one decodes the VAE in tiles', async () => {
+  const rt = await runtime('webgpu');
+  const { dir } = await tinyModelDir();
+  const { engine } = await openTinyEngine(dir, rt);
+  const whole = await engine.generate(JOB);
+  const plain = whole.report.memoryPlan;
+  assert.equal(plain.cfgHalves, false);
+  assert.equal(plain.vaeTile, null);
+  assert.equal(whole.report.readbacksPerStep, 1 + 2 + 1, 'one UNet run, the text encoder twice (prompt, negative) and the VAE, in one step');
+
+  // just below the whole plan's peak: the UNet sets it at 128x128, so the halves run
+  const halvesJob = { ...JOB, memoryBudget: Math.floor(plain.peakBytes * 0.99) };
+  const halves = await engine.generate(halvesJob);
+  assert.equal(halves.report.memoryPlan.cfgHalves, true);
+  assert.equal(halves.report.memoryPlan.vaeTile, null);
+  assert.ok(halves.report.memoryPlan.peakBytes <= halvesJob.memoryBudget, 'the plan fits its budget');
+  assert.equal(halves.report.readbacksPerStep, 2 + 2 + 1);
+  let diff = 0;
+  for (let i = 0; i < whole.image.data.length; i++) diff = Math.max(diff, Math.abs(whole.image.data[i] - halves.image.data[i]));
+  assert.ok(diff <= 1, `the halves change no pixel by more than 1/255 (${diff})`);
+
+  // tighter: then the VAE decode sets the peak and is tiled
+  const tiledJob = { ...JOB, memoryBudget: Math.floor(plain.peakBytes * 0.9) };
+  const expected = planMemory(engine.modelInfo!.config, { width: 128, height: 128, precision: 'fp32', cfg: true, fusedAttention: false, budgetBytes: tiledJob.memoryBudget, bufferLimit: plain.bufferLimitBytes });
+  const tiled = await engine.generate(tiledJob);
+  assert.equal(tiled.report.memoryPlan.vaeTile, expected.vaeTile);
+  assert.equal(tiled.report.memoryPlan.vaeTile, 8);
+  assert.match(tiled.report.memoryPlan.notes.join(' '), /64x64 tiles/);
+  // the same latents, decoded in 3 x 3 overlapping tiles: close to the whole decode, not equal
+  let sum = 0;
+  for (let i = 0; i < whole.image.data.length; i++) sum += Math.abs(whole.image.data[i] - tiled.image.data[i]);
+  const mean = sum / whole.image.data.length;
+  assert.ok(mean > 0 && mean < 40, `mean difference from the whole decode ${mean.toFixed(2)}/255`);
+  engine.unload();
+});
+
+test('the tiled decode of the decoder graph matches float64 tiles blended the same way', async () => {
+  const rt = await runtime('webgpu');
+  const { config, weights } = makeTinyModel(1234);
+  const g = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
+  const ws = new WeightSet(rt, 'float32');
+  for (const spec of g.weights.values()) ws.add(spec, weights.vae.get(spec.name)!);
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: 'NCHW' }));
+  const latent = new Rng(21).normal(4 * 12 * 12);
+  const dims = { channels: 4, lh: 12, lw: 12 };
+  const gpu = await decodeTiled(latent, dims, { tile: 8, overlap: 2 }, async (tile, th, tw) => {
+    const out = await session.run({ ...ws.feeds(g.weights.keys()), latent: new rt.ort.Tensor('float32', tile, [1, 4, th, tw]) });
+    return out.image.data as Float32Array;
+  });
+  const W = (name: string) => Float64Array.from(weights.vae.get(name)!);
+  const cpu = await decodeTiled(latent, dims, { tile: 8, overlap: 2 }, async (tile, th, tw) => Float32Array.from(ref.vaeDecode(W, config.vae, nn.tensor(tile, [1, 4, th, tw])).data));
+  const { diff, scale } = maxAbsDiff(gpu, cpu);
+  assert.ok(diff <= 2e-4 * Math.max(1, scale), `max |diff| ${diff.toExponential(2)}`);
+  await session.release();
+  ws.dispose();
+});

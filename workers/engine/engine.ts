@@ -353,12 +353,19 @@ export class Engine {
     if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     this.checkDevice();
     validateJob(job);
-    const attention = await this.attentionChoice();
-    if (this.rt.gpu) checkJobFits(this.model.ckpt.config, job.width, job.height, job.cfg > 1 ? 2 : 1, this.model.precision, this.rt.gpu.adapter, attention.form);
     for (const u of [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])]) {
       if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
     }
+    // busy before the first await: a second job sent meanwhile is refused, not run alongside
     this.busy = true;
+    let attention: AttentionChoice;
+    try {
+      attention = await this.attentionChoice();
+      if (this.rt.gpu) checkJobFits(this.model.ckpt.config, job.width, job.height, job.cfg > 1 ? 2 : 1, this.model.precision, this.rt.gpu.adapter, attention.form);
+    } catch (e) {
+      this.busy = false;
+      throw e;
+    }
     this.cancelRequested = false;
     this.rt.gpu?.memory.resetPeak();
     try {

@@ -28,6 +28,12 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   const node = await engine.generate(job);
   const { diff } = maxAbsDiff(a, node.image.data);
   assert.ok(diff <= 2, `browser and Node images differ by at most 2/255 (got ${diff})`);
+  // the memory line: the measured peak, and the plan the job's graphs give (the same in Node)
+  const memory = await page.getByTestId('result-memory').innerText();
+  const plan = node.report.memoryPlan;
+  const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MB`;
+  assert.match(memory, new RegExp(`^GPU memory: [0-9.]+ MB at peak \\(planned ${mb(plan.peakBytes)}\\), largest buffer [0-9.]+ MB \\(planned ${mb(plan.largestBufferBytes)}\\); attention in chunks$`));
+  assert.equal(plan.attention, 'chunked', 'SwiftShader fails the fused-attention check in Node as in Chromium');
   engine.unload();
   await generateAndWait(page);
   assert.deepEqual(await resultPixels(page), a, 'same seed, same pixels');

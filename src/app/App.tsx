@@ -145,6 +145,11 @@ export function App() {
               {compositionSummary(result.report)}
             </p>
           )}
+          {result?.report.memoryPlan && (
+            <p className="hint" data-testid="result-memory" title={`${result.report.memoryPlan.attentionReason}. ${result.report.memoryPlan.notes.join('; ')}.`}>
+              {memorySummary(result.report)}
+            </p>
+          )}
           {result?.score && <ScoreLine score={result.score} testId="result-score" />}
         </div>
         <ComparisonGrid />
@@ -235,4 +240,14 @@ export function App() {
       </section>
     </main>
   );
+}
+
+const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
+
+/** The memory line under a result: what the job held on the GPU against what its plan said, in plain words. */
+export function memorySummary(report: GenerationReport): string {
+  const p = report.memoryPlan;
+  const attention = { fused: 'fused attention', chunked: 'attention in chunks', explicit: 'attention in one piece' }[p.attention];
+  const extra = [p.vaeTile ? `picture decoded in ${p.vaeTile * 8} px tiles` : '', p.cfgHalves ? 'guidance halves one after the other' : ''].filter(Boolean);
+  return `GPU memory: ${mb(report.gpuBytesAllocated)} at peak (planned ${mb(p.peakBytes)}), largest buffer ${mb(report.gpuLargestBufferBytes)} (planned ${mb(p.largestBufferBytes)}); ${[attention, ...extra].join(', ')}`;
 }

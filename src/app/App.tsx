@@ -242,7 +242,7 @@ export function App() {
   );
 }
 
-const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
+const mb = (bytes: number) => (bytes < 2 ** 20 ? `${Math.round(bytes / 1024)} KB` : `${(bytes / 2 ** 20).toFixed(1)} MB`);
 
 /** The memory line under a result: what the job held on the GPU against what its plan said, in plain words. */
 export function memorySummary(report: GenerationReport): string {

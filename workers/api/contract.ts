@@ -356,7 +356,7 @@ export interface GenerationReport {
   timingsMs: Timings;
   /** Peak bytes of GPU buffers alive during the job (weights, activations, staging). */
   gpuBytesAllocated: number;
-  /** The largest single GPU buffer made during the job (measured). */
+  /** The largest single GPU buffer alive during the job, weights included (measured). */
   gpuLargestBufferBytes: number;
   /** What the job's graphs need, planned before anything was allocated (workers/engine/memory-plan.ts). */
   memoryPlan: MemoryPlanReport;

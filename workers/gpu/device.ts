@@ -22,12 +22,15 @@ export interface GpuContext {
 export class GpuMemoryCounter {
   live = 0;
   peak = 0;
-  /** The largest single buffer made since the last resetPeak. */
+  /** The largest single buffer alive at any time since the last resetPeak (weights included). */
   largest = 0;
   private readonly sizes = new WeakMap<GPUBuffer, number>();
+  /** How many live buffers have each size (so the largest live one is known without holding them). */
+  private readonly bySize = new Map<number, number>();
 
   track(buffer: GPUBuffer, size: number): void {
     this.sizes.set(buffer, size);
+    this.bySize.set(size, (this.bySize.get(size) ?? 0) + 1);
     this.live += size;
     if (this.live > this.peak) this.peak = this.live;
     if (size > this.largest) this.largest = size;
@@ -36,11 +39,14 @@ export class GpuMemoryCounter {
     const size = this.sizes.get(buffer);
     if (size === undefined) return;
     this.sizes.delete(buffer);
+    const n = (this.bySize.get(size) ?? 1) - 1;
+    if (n) this.bySize.set(size, n);
+    else this.bySize.delete(size);
     this.live -= size;
   }
   resetPeak(): void {
     this.peak = this.live;
-    this.largest = 0;
+    this.largest = Math.max(0, ...this.bySize.keys());
   }
 }
 

@@ -24,7 +24,7 @@ import { graphMemory } from '../workers/graph/memory.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
 import { buildVaeDecoder } from '../workers/graph/vae.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
-import { benchLoraMerge } from './lora-merge.ts';
+import { benchLoraMerge, filled } from './lora-merge.ts';
 
 const { values: o } = parseArgs({
   options: {
@@ -47,14 +47,6 @@ const STEPS = Number(o.steps);
 const REPEATS = Number(o.repeats);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
-
-/** Random values of the right scale, from one reused block (values do not change timings). */
-const BLOCK = new Rng(5).normal(1 << 20).map((x) => x * 0.02);
-function filled(n: number): Float32Array {
-  const out = new Float32Array(n);
-  for (let at = 0; at < n; at += BLOCK.length) out.set(BLOCK.subarray(0, Math.min(BLOCK.length, n - at)), at);
-  return out;
-}
 
 function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): WeightSet {
   const ws = new WeightSet(rt, precision === 'fp16' ? 'float16' : 'float32');

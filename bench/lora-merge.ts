@@ -25,7 +25,7 @@ const KOHYA_TE = /\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$/;
 
 /** A block of random values reused to fill large arrays quickly (values do not change timings). */
 const BLOCK = new Rng(5).normal(1 << 20).map((x) => x * 0.02);
-function filled(n: number, reversed = false): Float32Array {
+export function filled(n: number, reversed = false): Float32Array {
   const out = new Float32Array(n);
   for (let at = 0; at < n; at += BLOCK.length) out.set(BLOCK.subarray(0, Math.min(BLOCK.length, n - at)), at);
   if (reversed) out.reverse();

@@ -314,6 +314,9 @@ export interface AdapterInfo {
 }
 
 export interface MemoryPlanReport {
+  width: number;
+  height: number;
+  precision: 'fp16' | 'fp32';
   peakBytes: number;
   largestBufferBytes: number;
   /** What the largest buffer is (a graph value or a transposed weight). */
@@ -323,6 +326,8 @@ export interface MemoryPlanReport {
   /** Why this attention form (the adapter check's verdict, in plain words). */
   attentionReason: string;
   cfgHalves: boolean;
+  /** Within the buffer limit (and the budget, when one is given). */
+  fits: boolean;
   /** The VAE decoded in tiles of this many latent cells a side, or whole (null). */
   vaeTile: number | null;
   bufferLimitBytes: number;

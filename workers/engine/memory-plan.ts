@@ -3,6 +3,7 @@
 // weights LoRAs touch, and the deep-feature cache. It picks what fits the adapter: fused attention
 // where the adapter runs it right, else query chunks under the buffer limit; the two CFG halves one
 // after the other when the batch of two does not fit. `npm run cli -- plan` prints it.
+import type { MemoryPlanReport } from '../api/contract.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { latentSize } from '../checkpoint/config.ts';
 import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type GraphBuilder } from '../graph/builder.ts';
@@ -37,36 +38,8 @@ export interface PlanRequest {
   pointwiseAsIs?: boolean;
 }
 
-export interface MemoryPlan {
-  width: number;
-  height: number;
-  precision: 'fp16' | 'fp32';
-  attention: AttentionForm;
-  /** The two CFG halves run one after the other (batch 1 twice) instead of as one batch of two. */
-  cfgHalves: boolean;
-  /** The VAE decodes in tiles of this many latent cells a side (overlapping by VAE_TILE_OVERLAP), or whole (null). */
-  vaeTile: number | null;
-  peakBytes: number;
-  largestBufferBytes: number;
-  largestBuffer: string;
-  bufferLimitBytes: number;
-  /** Within the buffer limit (and the budget, when one is given). */
-  fits: boolean;
-  parts: {
-    weightBytes: { unet: number; textEncoder: number; vae: number };
-    /** The largest of the UNet's, the text encoder's and the VAE decoder's live activations. */
-    activationBytes: { unet: number; textEncoder: number; vae: number };
-    loraArenaBytes: number;
-    pristineBytes: number;
-    cacheBytes: number;
-    latentBytes: number;
-  };
-  /** Convolution weights transposed per UNet run and the bytes read and written doing it. */
-  weightTransposesPerStep: number;
-  weightTransposeBytesPerStep: number;
-  /** Plain words on what the plan chose and why. */
-  notes: string[];
-}
+/** The plan as the report carries it (workers/api/contract.ts), less the device check's words. */
+export type MemoryPlan = Omit<MemoryPlanReport, 'attention' | 'attentionReason'> & { attention: AttentionForm };
 
 /** Weights a LoRA of kohya's usual kind touches: the transformer blocks' linears and projections, the text encoder's attention and MLP. */
 export function loraTargets(g: GraphBuilder): { name: string; dims: number[] }[] {
@@ -91,10 +64,10 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   ];
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
   const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit }), memOptions);
-  const text = graphMemory(buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit }));
+  const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit });
+  const text = graphMemory(textGraph);
   let vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
 
-  const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1 });
   const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
   const targets = [...loraTargets(unetGraph), ...loraTargets(textGraph)];
   const loras = req.loras ?? { count: 0, rank: 0 };

@@ -163,7 +163,7 @@ test('five LoRAs: cmlora online and LoRA Switch; a cancel during profiling leave
   const c = online.report.composition;
   assert.ok(Number.isFinite(c.options.threshold) && c.options.threshold > 0 && c.options.threshold < 1, `derived threshold ${c.options.threshold}`);
   assert.equal(c.steps[0].phase, 'high');
-  for (const s of c.steps) assert.equal(s.phase, s.step === 0 || s.latentAmplitude >= c.options.threshold ? 'high' : 'low');
+  for (const s of c.steps) assert.equal(s.phase, s.step === 0 || s.latentAmplitude! >= c.options.threshold ? 'high' : 'low');
   const sw = await engine.generate({ ...JOB, steps: 4, scheduler: 'dpmpp-2m', loras: use(loras, 5), composition: { method: 'switch', switchStep: 1 } });
   assert.deepEqual(sw.report.composition.steps.map((s) => s.active), [[0], [0], [1], [2]]);
 

@@ -24,11 +24,12 @@ test('a tight budget: the CFG halves give the same image; a tighter one decodes 
   const rt = await runtime('webgpu');
   const { dir } = await tinyModelDir();
   const { engine } = await openTinyEngine(dir, rt);
-  const whole = await engine.generate(JOB);
+  const whole = await engine.generate({ ...JOB, previewEvery: 0 });
   const plain = whole.report.memoryPlan;
   assert.equal(plain.cfgHalves, false);
   assert.equal(plain.vaeTile, null);
-  assert.equal(whole.report.readbacksPerStep, 1 + 2 + 1, 'one UNet run, the text encoder twice (prompt, negative) and the VAE, in one step');
+  assert.equal(whole.report.latentsOnGpu, true);
+  assert.equal(whole.report.readbacksPerStep, 0, 'the latent stays on the GPU and no preview is asked for');
 
   // just below the whole plan's peak: the UNet sets it at 128x128, so the halves run
   const halvesJob = { ...JOB, memoryBudget: Math.floor(plain.peakBytes * 0.99) };
@@ -36,7 +37,9 @@ test('a tight budget: the CFG halves give the same image; a tighter one decodes 
   assert.equal(halves.report.memoryPlan.cfgHalves, true);
   assert.equal(halves.report.memoryPlan.vaeTile, null);
   assert.ok(halves.report.memoryPlan.peakBytes <= halvesJob.memoryBudget, 'the plan fits its budget');
-  assert.equal(halves.report.readbacksPerStep, 2 + 2 + 1);
+  assert.equal(halves.report.latentsOnGpu, false);
+  assert.match(halves.report.latentsOnGpuReason!, /CFG halves/);
+  assert.equal(halves.report.readbacksPerStep, 2, 'each half comes back to the CPU');
   let diff = 0;
   for (let i = 0; i < whole.image.data.length; i++) diff = Math.max(diff, Math.abs(whole.image.data[i] - halves.image.data[i]));
   assert.ok(diff <= 1, `the halves change no pixel by more than 1/255 (${diff})`);
@@ -75,4 +78,29 @@ test('the tiled decode of the decoder graph matches float64 tiles blended the sa
   assert.ok(diff <= 2e-4 * Math.max(1, scale), `max |diff| ${diff.toExponential(2)}`);
   await session.release();
   ws.dispose();
+});
+
+test('the loop on the GPU gives the CPU loop\'s image for every sampler; previews are read only when due', async () => {
+  const rt = await runtime('webgpu');
+  const { dir } = await tinyModelDir();
+  const { engine } = await openTinyEngine(dir, rt);
+  for (const scheduler of ['euler-a', 'dpmpp-2m'] as const) {
+    const job: GenerateJob = { ...JOB, width: 64, height: 64, steps: 3, scheduler, previewEvery: 2 };
+    const previews: { gpu: number[]; cpu: number[] } = { gpu: [], cpu: [] };
+    let lastGpu: Uint8ClampedArray | undefined;
+    let lastCpu: Uint8ClampedArray | undefined;
+    const gpu = await engine.generate(job, (p) => p.preview && (previews.gpu.push(p.step), (lastGpu = p.preview.data)));
+    const cpu = await engine.generate({ ...job, latentsOnGpu: false }, (p) => p.preview && (previews.cpu.push(p.step), (lastCpu = p.preview.data)));
+    assert.equal(gpu.report.latentsOnGpu, true, scheduler);
+    assert.equal(cpu.report.latentsOnGpu, false);
+    assert.deepEqual(previews.gpu, [2, 3], 'a preview every second step and at the last');
+    assert.deepEqual(previews.cpu, [2, 3]);
+    assert.equal(gpu.report.readbacksPerStep, 2 / 3, 'two previews in three steps, nothing else');
+    assert.equal(cpu.report.readbacksPerStep, 1, 'each UNet run comes back');
+    const { diff } = maxAbsDiff(gpu.image.data, cpu.image.data);
+    assert.ok(diff <= 1, `${scheduler}: GPU and CPU loops within 1/255 (${diff})`);
+    const p = maxAbsDiff(lastGpu!, lastCpu!);
+    assert.ok(p.diff <= 1, `${scheduler}: the GPU preview is the CPU's within 1/255 (${p.diff})`);
+    assert.deepEqual(gpu.report.composition.steps.map((s) => s.unetEvaluations), [1, 1, 1]);
+  }
 });

@@ -124,3 +124,30 @@ test('seeded noise is a fixed, standard-normal stream', () => {
 });
 
 const GOLDEN = [0.816168, -0.680445, -0.740097];
+
+test('each sampler as linear maps (the GPU loop\'s form) takes the same steps as its own step()', () => {
+  const n = 64;
+  for (const make of [() => new DdimScheduler(7), () => new EulerAncestralScheduler(7), () => new DpmSolverPP2MScheduler(7, false), () => new DpmSolverPP2MScheduler(7, true)]) {
+    const s = make();
+    const rng = new Rng(11);
+    let x = rng.normal(n);
+    let memory = new Float64Array(n);
+    for (let i = 0; i < s.timesteps.length; i++) {
+      const eps = rng.normal(n);
+      const z = rng.normal(n);
+      const k = s.linear(i);
+      let drew = false;
+      const expected = s.step(eps, i, x, () => ((drew = true), z));
+      assert.equal(k.noise, drew, `step ${i}: draws noise as step() does`);
+      const x0 = Float64Array.from(x, (v, j) => k.p * v + k.q * eps[j]);
+      for (let j = 0; j < n; j++) {
+        const got = k.a * x[j] + k.b * eps[j] + k.c * x0[j] + k.d * memory[j] + k.e * z[j];
+        assert.ok(Math.abs(got - expected[j]) <= 2e-6 * Math.max(1, Math.abs(expected[j])), `${s.constructor.name} step ${i} [${j}]: ${got} vs ${expected[j]}`);
+      }
+      const scaled = s.scaleModelInput(x, i);
+      assert.ok(Math.abs(scaled[0] - x[0] * s.inputScale(i)) <= 1e-6 * Math.abs(scaled[0]) + 1e-7);
+      memory = x0;
+      x = expected;
+    }
+  }
+});

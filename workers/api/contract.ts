@@ -29,6 +29,10 @@ export interface GenerateJob {
    * one after the other where the whole would not fit. Unset: only the adapter's buffer limit binds.
    */
   memoryBudget?: number;
+  /** Steps between live previews (0: none); 1 by default. Each preview is one small read of the latent. */
+  previewEvery?: number;
+  /** false: the denoising loop brings every step back to the CPU even where it could stay on the GPU (a reference for tests). */
+  latentsOnGpu?: boolean;
 }
 
 /** A concept box in image pixels, with its local prompt and LoRAs. */
@@ -199,14 +203,14 @@ export interface CompositionStep {
   weights: number[];
   /** High band (the online measure) of the clean latent each LoRA alone predicts; null where it was not computed alone. */
   amplitudes: (number | null)[];
-  /** The same for the mixed prediction the step used. */
-  mixAmplitude: number;
-  /** The same for the noisy latent the step started from: what the online phase compares with the threshold. */
-  latentAmplitude: number;
+  /** The same for the mixed prediction the step used (null where the latent stayed on the GPU). */
+  mixAmplitude: number | null;
+  /** The same for the noisy latent the step started from: what the online phase compares with the threshold (null where the latent stayed on the GPU). */
+  latentAmplitude: number | null;
   /** Research series: per LoRA, the share (0 to 1) of earlier steps whose deep features have a cosine of at least 0.9 with this step's (the paper's measure); null where not recorded. */
   featureReuse?: (number | null)[];
-  /** Cosine similarity of the latent after this step to the latent before it. */
-  latentSimilarity: number;
+  /** Cosine similarity of the latent after this step to the latent before it (null where the latent stayed on the GPU). */
+  latentSimilarity: number | null;
   /** cmlora: which frequency phase the step was in, and the partition it used. */
   phase: 'high' | 'low' | null;
   partition: { high: number[]; low: number[] } | null;
@@ -365,8 +369,11 @@ export interface GenerationReport {
   gpuLargestBufferBytes: number;
   /** What the job's graphs need, planned before anything was allocated (workers/engine/memory-plan.ts). */
   memoryPlan: MemoryPlanReport;
-  /** Graph runs per step whose outputs were read back to the CPU. */
+  /** GPU results the CPU read during the denoising loop (UNet outputs, previews), per step; 0 when the latents stay on the GPU and no preview is asked for. */
   readbacksPerStep: number;
+  /** The denoising loop kept its latents on the GPU (CFG and the sampler's step as GPU work); false: each step came back to the CPU, with `latentsOnGpuReason`. */
+  latentsOnGpu: boolean;
+  latentsOnGpuReason?: string;
   loras: { name: string; format: LoraFormat; scale: number; textEncoderScale: number }[];
   /** LoRA layers applied, summed over the job's LoRAs. */
   loraKeysMatched: number;

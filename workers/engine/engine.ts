@@ -38,6 +38,7 @@ import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
+import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
 import { WeightSet } from './weights.ts';
 
@@ -51,6 +52,8 @@ interface CompiledGraph {
   batched: Set<string>;
   /** Multiply-adds of one run (workers/graph/cost.ts). */
   macs: number;
+  /** Its outputs stay in GPU buffers (the denoising loop's UNet and step graphs on WebGPU). */
+  outputsOnGpu: boolean;
 }
 
 export class Engine {
@@ -336,14 +339,16 @@ export class Engine {
     return p;
   }
 
-  private async graph(key: string, build: () => GraphBuilder): Promise<CompiledGraph> {
+  private async graph(key: string, build: () => GraphBuilder, outputs: 'cpu' | 'gpu' = 'cpu'): Promise<CompiledGraph> {
+    const outputsOnGpu = outputs === 'gpu' && this.rt.backend === 'webgpu';
+    if (outputsOnGpu) key += ':gpu-out';
     const hit = this.sessions.get(key);
     if (hit) return hit;
     const g = build();
     // NCHW: the WebGPU EP then reads 1x1 convolution weights as they are and inserts no layout
     // transposes around convolutions (bench:gpu counts them: 894 -> 763 dispatches per tiny UNet run)
-    const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt, { layout: CONV_LAYOUT }));
-    const compiled = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g) };
+    const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt, { layout: CONV_LAYOUT, outputsOnGpu }));
+    const compiled = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g), outputsOnGpu };
     this.sessions.set(key, compiled);
     return compiled;
   }
@@ -383,7 +388,6 @@ export class Engine {
       const plan = this.plan(job, loraCount, attention);
       // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
       const unetBatch = plan.cfgHalves ? 1 : batch;
-      const readbacksBefore = readbacks;
       const vocab = this.vocabulary();
       const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows, ...forms }));
       const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
@@ -395,7 +399,10 @@ export class Engine {
       const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
       const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
       const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}`;
-      const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions));
+      // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
+      const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
+      const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions), resident ? 'gpu' : 'cpu');
+      const stepGraph = resident ? await this.graph(`step:${batch}:${cfg.unet.inChannels}:${lh}x${lw}`, () => buildStepGraph({ batch, channels: cfg.unet.inChannels, height: lh, width: lw, previewFactor: previewFactor(lh, lw) }), 'gpu') : undefined;
       // the deep-feature cache's two graphs, when the job's composition can use them
       const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
       const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
@@ -430,10 +437,25 @@ export class Engine {
           vocabulary: vocab,
           contextLayers,
           loraConcepts: used.map((u) => u.lora.concepts.map((c) => c.name)),
-          unet: (feeds, variant = 'full') => {
+          unet: async (feeds, variant = 'full') => {
             const g = variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : unet;
-            return unetBatch < batch ? runHalves(this.rt.ort, g, m.weights.unet, feeds) : runGraph(g, m.weights.unet, feeds);
+            if (unetBatch < batch) return runHalves(this.rt.ort, g, m.weights.unet, feeds);
+            const out = await runGraph(g, m.weights.unet, feeds);
+            return g.outputsOnGpu ? download(this.rt.ort, out) : out;
           },
+          gpuLoop: stepGraph
+            ? {
+                unet: (feeds) => runGraph(unet, m.weights.unet, feeds),
+                step: (feeds) => runGraph(stepGraph, m.weights.unet, feeds),
+                read: async (t) => {
+                  readbacks += 1;
+                  return (await t.getData()) as Float32Array;
+                },
+              }
+            : undefined,
+          gpuLoopUnavailable:
+            this.rt.backend !== 'webgpu' ? 'the wasm EP computes on the CPU' : unetBatch < batch ? 'the memory plan runs the CFG halves one after the other' : job.latentsOnGpu === false ? 'the job asked for the CPU loop' : undefined,
+          readbacks: () => readbacks,
           unetMultiplyAdds: { full: unet.macs, record: unetRecord?.macs ?? unet.macs, reuse: unetReuse?.macs ?? 0 },
           guidanceMultiplyAdds: { maps: guideMaps?.macs ?? 0, grad: guideGrad?.macs ?? 0 },
           vae: plan.vaeTile
@@ -494,7 +516,9 @@ export class Engine {
             attention: attention.form,
             attentionReason: attention.reason,
           },
-          readbacksPerStep: (readbacks - readbacksBefore) / job.steps,
+          readbacksPerStep: result.loopReadbacks / job.steps,
+          latentsOnGpu: result.latentsOnGpu,
+          ...(result.latentsOnGpuReason ? { latentsOnGpuReason: result.latentsOnGpuReason } : {}),
           warnings: result.warnings,
           loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
           loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
@@ -561,16 +585,27 @@ class RegionOutputs {
   }
 }
 
-/** Run a session on its weights and those of `feeds` that it takes (a pruned graph takes fewer). */
-/** Graph runs whose outputs came back to the CPU (every run, until the loop stays on the GPU). */
+/** Reads of GPU results by the CPU: a run whose outputs come back, a download, a preview. */
 let readbacks = 0;
 
+/**
+ * Run a session on its weights and those of `feeds` that it takes (a pruned graph takes fewer); its
+ * outputs come back to the CPU unless it keeps them on the GPU (`outputsOnGpu`).
+ */
 async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
   const all = weights.feeds(g.weightNames);
   for (const name of g.session.inputNames) if (feeds[name]) all[name] = feeds[name];
   const out = await g.session.run(all);
-  readbacks += 1;
+  if (!g.outputsOnGpu) readbacks += 1;
   return out;
+}
+
+/** A run's GPU outputs as CPU tensors (one readback); the GPU buffers are released. */
+async function download(ort: Runtime['ort'], out: OrtNs.InferenceSession.OnnxValueMapType): Promise<Record<string, OrtNs.Tensor>> {
+  readbacks += 1;
+  const cpu: Record<string, OrtNs.Tensor> = {};
+  for (const [name, t] of Object.entries(out)) cpu[name] = new ort.Tensor('float32', (await t.getData(true)) as Float32Array, t.dims);
+  return cpu;
 }
 
 /**
@@ -610,6 +645,7 @@ export function validateJob(job: GenerateJob): void {
   if (!Number.isFinite(job.cfg) || job.cfg < 1 || job.cfg > 30) throw bad(`Guidance scale must be from 1 to 30 (got ${job.cfg}).`);
   if (!Number.isInteger(job.seed) || job.seed < 0 || job.seed > 0xffffffff) throw bad(`Seed must be a whole number from 0 to 4294967295 (got ${job.seed}).`);
   if (job.memoryBudget !== undefined && !(Number.isFinite(job.memoryBudget) && job.memoryBudget > 0)) throw bad(`The memory budget must be a positive number of bytes (got ${job.memoryBudget}).`);
+  if (job.previewEvery !== undefined && !(Number.isInteger(job.previewEvery) && job.previewEvery >= 0)) throw bad(`previewEvery must be a whole number of steps, 0 for no preview (got ${job.previewEvery}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
   if (job.loras !== undefined && !Array.isArray(job.loras)) throw bad('loras must be a list of {lora, scale}.');

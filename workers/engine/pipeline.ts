@@ -25,6 +25,8 @@ import { LatentGuide, type GuideParts } from './guide.ts';
 import { prepareLayout, type Context, type PreparedLayout } from './layout-prep.ts';
 import type { Vocabulary } from '../text/embeddings.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
+import { PREVIEW_RGB } from '../graph/step.ts';
+import { GpuLatents, type GpuLoopParts } from './gpu-loop.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
@@ -52,6 +54,12 @@ export interface PipelineParts {
   setLoras: (loras: number[], component: 'unet' | 'textEncoder') => Promise<number | undefined>;
   /** |F| of each image of a batch [count, height, width] (powers of two), in FFT order. */
   magnitudes: (images: Float32Array, count: number, height: number, width: number) => Promise<ArrayLike<number>>;
+  /** WebGPU: the UNet and step graph with outputs left on the GPU, so the loop's latents stay there. */
+  gpuLoop?: GpuLoopParts;
+  /** Why there is no `gpuLoop` (for the report). */
+  gpuLoopUnavailable?: string;
+  /** GPU results the CPU has read so far (a running count; the report gives the loop's share per step). */
+  readbacks?: () => number;
   /** Names of the job's LoRAs, for the report. */
   loraNames: string[];
   /** Per job LoRA: its category (given or guessed), which cmlora groups by. */
@@ -83,6 +91,10 @@ export interface PipelineResult {
   guidance?: GuidanceReport;
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
   warnings: string[];
+  /** Reads of GPU results during the denoising loop (previews included). */
+  loopReadbacks: number;
+  latentsOnGpu: boolean;
+  latentsOnGpuReason?: string;
 }
 
 /** The seed of every LoRA's profiling image: a profile belongs to the LoRA, not to a job. */
@@ -100,21 +112,13 @@ export function timestepEmbedding(t: number, dim: number): Float32Array {
   return out;
 }
 
-/** A rough latent -> RGB projection for live previews (SD 1.5 latent space). */
-const PREVIEW = [
-  [0.298, 0.207, 0.208],
-  [0.187, 0.286, 0.173],
-  [-0.158, 0.189, 0.264],
-  [-0.184, -0.271, -0.473],
-];
-
 export function latentPreview(latent: Float32Array, h: number, w: number): ImageData8 {
   const data = new Uint8ClampedArray(h * w * 4);
   const n = h * w;
   for (let p = 0; p < n; p++) {
     for (let c = 0; c < 3; c++) {
       let v = 0;
-      for (let k = 0; k < 4; k++) v += latent[k * n + p] * PREVIEW[k][c];
+      for (let k = 0; k < 4; k++) v += latent[k * n + p] * PREVIEW_RGB[k][c];
       data[p * 4 + c] = Math.round((v + 1) * 127.5);
     }
     data[p * 4 + 3] = 255;
@@ -369,7 +373,70 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   // the LoRA set merged now, as a key that ignores order
   const setKey = (loras: number[]) => [...loras].sort((a, b) => a - b).join(',');
   let current = '';
-  for (let i = 0; i < scheduler.timesteps.length; i++) {
+  const previewEvery = job.previewEvery ?? 1;
+  const previewDue = (i: number) => previewEvery > 0 && ((i + 1) % previewEvery === 0 || i === job.steps - 1);
+  const readbacksBefore = parts.readbacks?.() ?? 0;
+  // 5'. the loop on the GPU, where every step is one whole UNet run with weight 1 and nothing on the
+  // CPU reads the latent between steps (no gradient guidance, no per-LoRA frequency measures, no cache)
+  const gpuReason = !parts.gpuLoop
+    ? (parts.gpuLoopUnavailable ?? 'this engine has no GPU loop')
+    : !['none', 'merge', 'switch'].includes(options.method)
+      ? `"${options.method}" mixes several predictions and measures each on the CPU`
+      : options.deepCacheInterval > 1 || options.research
+        ? 'the deep-feature cache is read on the CPU'
+        : guide
+          ? 'guidance and latent re-initialisation move the latent on the CPU'
+          : undefined;
+  let loopReadbacks = 0;
+  if (!gpuReason) {
+    const gpu = new GpuLatents(ort, parts.gpuLoop!, { batch, channels, height: lh, width: lw }, latent, scheduler.inputScale(0));
+    try {
+      for (let i = 0; i < scheduler.timesteps.length; i++) {
+        check();
+        stepMergeMs = 0;
+        const macsBefore = unetMacs;
+        const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude: Infinity, cache: cache.view(i), features: all.map(() => false) });
+        const [{ loras }] = plan.evaluations;
+        stepMergeMs += await merge(loras, 'unet');
+        check();
+        const emb = timestepEmbedding(scheduler.timesteps[i], c0);
+        await gpu.predict({ timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]), encoder_hidden_states: ctxTensor, ...layoutTensors });
+        unetEvaluations += 1;
+        unetMacs += macs.full;
+        const k = scheduler.linear(i);
+        await gpu.step(k, job.cfg, i + 1 < job.steps ? scheduler.inputScale(i + 1) : 1, k.noise ? rng.normal(latentSize) : undefined);
+        const weights = all.map((l) => (loras.includes(l) ? 1 : 0));
+        for (const l of loras) took[l].fresh++;
+        const record: CompositionStep = {
+          step: i,
+          active: [...loras].sort((a, b) => a - b),
+          shallow: [],
+          refreshed: null,
+          cached: [],
+          dominant: plan.dominant,
+          weights,
+          amplitudes: all.map(() => null),
+          mixAmplitude: null,
+          latentAmplitude: null,
+          latentSimilarity: null,
+          phase: plan.phase,
+          partition: null,
+          unetEvaluations: 1,
+          unetMultiplyAdds: unetMacs - macsBefore,
+          mergeMs: stepMergeMs,
+        };
+        steps.push(record);
+        onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(previewDue(i) ? { preview: await gpu.preview() } : {}), elapsedMs: elapsed(), composition: record });
+      }
+      loopReadbacks = (parts.readbacks?.() ?? 0) - readbacksBefore;
+      if (prepared) lastOutputs = await gpu.lastOutputs(prepared.graph.mapLayers.map(unetMapOutputName));
+      latent = await gpu.latent();
+    } finally {
+      gpu.dispose();
+    }
+  }
+  const cpuSteps = gpuReason ? scheduler.timesteps.length : 0;
+  for (let i = 0; i < cpuSteps; i++) {
     check();
     const t = scheduler.timesteps[i];
     stepMergeMs = 0;
@@ -454,8 +521,9 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     steps.push(record);
     latent = next;
     latentAmplitude = amps[fresh.length + 1];
-    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, preview: latentPreview(latent, lh, lw), elapsedMs: elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
+    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(previewDue(i) ? { preview: latentPreview(latent, lh, lw) } : {}), elapsedMs: elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
   }
+  if (gpuReason) loopReadbacks = (parts.readbacks?.() ?? 0) - readbacksBefore;
   const denoiseMs = performance.now() - loopStart;
   check();
 
@@ -516,6 +584,9 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     ...(guide && prepared?.options.guidance ? { guidance: guide.report() } : {}),
     timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs },
     warnings,
+    loopReadbacks,
+    latentsOnGpu: !gpuReason,
+    ...(gpuReason ? { latentsOnGpuReason: gpuReason } : {}),
   };
 }
 

@@ -45,10 +45,12 @@ export async function createRuntime(backend: Backend, options: { wasmPaths?: str
 /** The WebGPU EP's tensor layout for convolutions: NHWC is its default; NCHW reads 1x1 weights as they are. */
 export type ConvLayout = 'NHWC' | 'NCHW';
 
-export function sessionOptions(rt: Runtime, options: { layout?: ConvLayout; profile?: boolean } = {}): OrtNs.InferenceSession.SessionOptions {
+/** `outputsOnGpu`: the session's outputs stay in GPU buffers (the caller reads or disposes them). */
+export function sessionOptions(rt: Runtime, options: { layout?: ConvLayout; profile?: boolean; outputsOnGpu?: boolean } = {}): OrtNs.InferenceSession.SessionOptions {
   const ep = rt.backend === 'webgpu' && options.layout ? ({ name: 'webgpu', preferredLayout: options.layout } as OrtNs.InferenceSession.ExecutionProviderConfig) : rt.backend;
   return {
     ...(options.profile ? { enableProfiling: true } : {}),
+    ...(options.outputsOnGpu && rt.backend === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' as const } : {}),
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
     logSeverityLevel: 3,

@@ -11,6 +11,26 @@ export interface Scheduler {
   predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array;
   /** One denoising step: the sample at step i+1 from the noise prediction at step i. */
   step(eps: Float32Array, i: number, sample: Float32Array, noise: () => Float32Array): Float32Array;
+  /** Step i as fixed linear maps of whole latents, the form the GPU loop runs (see `LinearStep`). */
+  linear(i: number): LinearStep;
+  /** The factor `scaleModelInput` multiplies the sample by at step i. */
+  inputScale(i: number): number;
+}
+
+/**
+ * One step as linear maps, element by element: the clean estimate x0 = p·x + q·ε, then
+ * next = a·x + b·ε + c·x0 + d·x0' + e·z, where x0' is the previous step's x0 (the multistep memory,
+ * 0 at step 0) and z fresh standard noise (drawn only when `noise` is true, as `step` draws it).
+ */
+export interface LinearStep {
+  p: number;
+  q: number;
+  a: number;
+  b: number;
+  c: number;
+  d: number;
+  e: number;
+  noise: boolean;
 }
 
 export type Spacing = 'leading' | 'linspace' | 'trailing';

@@ -1,6 +1,6 @@
 // DDIM (Song et al. 2021), eta = 0, with SD 1.5's scheduler settings: "leading" spacing,
 // steps_offset = 1, set_alpha_to_one = false.
-import { alphasCumprod, leadingTimesteps, roundHalfEven, trailingTimesteps, TRAIN_STEPS, validateSteps, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, leadingTimesteps, roundHalfEven, trailingTimesteps, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 export function ddimTimesteps(steps: number, spacing: Spacing = 'leading', stepsOffset = 1): number[] {
   validateSteps(steps);
@@ -27,6 +27,18 @@ export class DdimScheduler implements Scheduler {
   predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
     const a = this.ac[this.timesteps[i]];
     return sample.map((x, k) => (x - Math.sqrt(1 - a) * eps[k]) / Math.sqrt(a));
+  }
+
+  inputScale(): number {
+    return 1;
+  }
+
+  linear(i: number): LinearStep {
+    const t = this.timesteps[i];
+    const prevT = t - this.ratio;
+    const a = this.ac[t];
+    const aPrev = prevT >= 0 ? this.ac[prevT] : this.ac[0];
+    return { p: 1 / Math.sqrt(a), q: -Math.sqrt(1 - a) / Math.sqrt(a), a: 0, b: Math.sqrt(1 - aPrev), c: Math.sqrt(aPrev), d: 0, e: 0, noise: false };
   }
 
   step(eps: Float32Array, i: number, sample: Float32Array): Float32Array {

@@ -13,6 +13,7 @@ import {
   TRAIN_STEPS,
   trainSigmas,
   validateSteps,
+  type LinearStep,
   type Scheduler,
   type Spacing,
 } from './common.ts';
@@ -51,6 +52,26 @@ export class DpmSolverPP2MScheduler implements Scheduler {
     const s = this.sigmas[i];
     const alpha = 1 / Math.sqrt(s * s + 1);
     return sample.map((x, k) => (x - alpha * s * eps[k]) / alpha);
+  }
+
+  inputScale(): number {
+    return 1;
+  }
+
+  linear(i: number): LinearStep {
+    const vp = (s: number) => ({ alpha: 1 / Math.sqrt(s * s + 1), sigma: s / Math.sqrt(s * s + 1) });
+    const lambda = (c: { alpha: number; sigma: number }) => Math.log(c.alpha) - Math.log(c.sigma);
+    const cur = vp(this.sigmas[i]);
+    const next = vp(this.sigmas[i + 1]);
+    const x0 = { p: 1 / cur.alpha, q: -cur.sigma / cur.alpha };
+    if (next.sigma === 0) return { ...x0, a: 0, b: 0, c: 1, d: 0, e: 0, noise: false };
+    const h = lambda(next) - lambda(cur);
+    const ratio = next.sigma / cur.sigma;
+    const c = next.alpha * (Math.exp(-h) - 1);
+    if (i === 0 || i === this.steps - 1) return { ...x0, a: ratio, b: 0, c: -c, d: 0, e: 0, noise: false };
+    // x0 - 0.5·c·(x0 - x0') / r, with r the previous log-SNR step over this one
+    const r = (lambda(cur) - lambda(vp(this.sigmas[i - 1]))) / h;
+    return { ...x0, a: ratio, b: 0, c: -c - (0.5 * c) / r, d: (0.5 * c) / r, e: 0, noise: false };
   }
 
   step(eps: Float32Array, i: number, sample: Float32Array): Float32Array {

@@ -1,6 +1,6 @@
 // Euler ancestral (k-diffusion's sample_euler_ancestral), in diffusers' discrete form with
 // "linspace" spacing: timesteps may be fractional and sigmas are interpolated between them.
-import { alphasCumprod, interpIndex, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, interpIndex, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 export function eulerTimesteps(steps: number, spacing: Spacing = 'linspace', stepsOffset = 0): number[] {
   validateSteps(steps);
@@ -31,6 +31,23 @@ export class EulerAncestralScheduler implements Scheduler {
   predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
     const sigma = this.sigmas[i];
     return sample.map((x, k) => x - sigma * eps[k]);
+  }
+
+  inputScale(i: number): number {
+    return 1 / Math.sqrt(this.sigmas[i] ** 2 + 1);
+  }
+
+  linear(i: number): LinearStep {
+    const { up, dt } = this.split(i);
+    return { p: 1, q: -this.sigmas[i], a: 1, b: dt, c: 0, d: 0, e: up, noise: true };
+  }
+
+  /** The move from sigma_i to sigma_i+1 as a deterministic part (dt along the derivative) and fresh noise (up). */
+  private split(i: number): { up: number; dt: number } {
+    const sigma = this.sigmas[i];
+    const sigmaTo = this.sigmas[i + 1];
+    const up = Math.sqrt((sigmaTo ** 2 * (sigma ** 2 - sigmaTo ** 2)) / sigma ** 2);
+    return { up, dt: Math.sqrt(sigmaTo ** 2 - up ** 2) - sigma };
   }
 
   step(eps: Float32Array, i: number, sample: Float32Array, noise: () => Float32Array): Float32Array {

@@ -1,0 +1,78 @@
+// One denoising step as a graph, so the latent never leaves the GPU between UNet runs: classifier-free
+// guidance on the UNet's batch of two, the sampler's step in its linear form (`LinearStep`), the next
+// UNet input, and a small RGB preview of the new latent that the CPU reads only when the page asks.
+import { GraphBuilder } from './builder.ts';
+
+/** The order of the step's coefficient vector `k`. */
+export const STEP_COEFFICIENTS = ['cfg', 'p', 'q', 'a', 'b', 'c', 'd', 'e', 'scaleNext'] as const;
+
+/** A rough latent -> RGB projection for live previews (SD 1.5 latent space), rows by latent channel. */
+export const PREVIEW_RGB = [
+  [0.298, 0.207, 0.208],
+  [0.187, 0.286, 0.173],
+  [-0.158, 0.189, 0.264],
+  [-0.184, -0.271, -0.473],
+];
+
+export interface StepGraphOptions {
+  /** The UNet's batch: 2 with classifier-free guidance ([unconditional, conditional]), else 1. */
+  batch: 1 | 2;
+  channels: number;
+  height: number;
+  width: number;
+  /** The preview's reduction: each preview pixel is the mean of a factor x factor block of latent cells. */
+  previewFactor: number;
+}
+
+/**
+ * Inputs `pred` [batch, C, H, W] (the UNet's noise prediction), `x` [1, C, H, W] (the latent), `memory`
+ * (the previous x0), `z` (fresh noise) and `k` (the coefficients, `STEP_COEFFICIENTS`); outputs
+ * `x_next`, `x0`, `model_in` [batch, C, H, W] (the next UNet input, scaled) and `preview` [1, 3, H/f, W/f]
+ * (bytes as floats, before rounding).
+ */
+export function buildStepGraph(o: StepGraphOptions): GraphBuilder {
+  const g = new GraphBuilder('float32');
+  const one = [1, o.channels, o.height, o.width];
+  const pred = g.input('pred', 'float32', [o.batch, o.channels, o.height, o.width]);
+  const x = g.input('x', 'float32', one);
+  const memory = g.input('memory', 'float32', one);
+  const z = g.input('z', 'float32', one);
+  const k = g.input('k', 'float32', [STEP_COEFFICIENTS.length]);
+  const [cfg, p, q, a, b, c, d, e, scaleNext] = g.opMulti('Split', [k, g.ints(STEP_COEFFICIENTS.map(() => 1))], STEP_COEFFICIENTS.length, { axis: 0 });
+  let eps = pred;
+  if (o.batch === 2) {
+    const [uncond, cond] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });
+    eps = g.op('Add', [uncond, g.op('Mul', [cfg, g.op('Sub', [cond, uncond])])]);
+  }
+  const x0 = g.op('Add', [g.op('Mul', [p, x]), g.op('Mul', [q, eps])]);
+  const terms = [g.op('Mul', [a, x]), g.op('Mul', [b, eps]), g.op('Mul', [c, x0]), g.op('Mul', [d, memory]), g.op('Mul', [e, z])];
+  const next = terms.reduce((sum, t) => g.op('Add', [sum, t]));
+  const scaled = g.op('Mul', [scaleNext, next]);
+  const modelIn = o.batch === 2 ? g.op('Concat', [scaled, scaled], { axis: 0 }) : scaled;
+  g.output(next, 'x_next', 'float32', one);
+  g.output(x0, 'x0', 'float32', one);
+  g.output(modelIn, 'model_in', 'float32', [o.batch, o.channels, o.height, o.width]);
+  // the preview: (v + 1) * 127.5 of the projection, averaged over f x f blocks, as one strided convolution
+  const f = o.previewFactor;
+  const w = new Float32Array(3 * o.channels * f * f);
+  for (let rgb = 0; rgb < 3; rgb++) for (let ch = 0; ch < o.channels; ch++) for (let j = 0; j < f * f; j++) w[(rgb * o.channels + ch) * f * f + j] = ((PREVIEW_RGB[ch]?.[rgb] ?? 0) * 127.5) / (f * f);
+  const preview = g.op('Conv', [next, g.floats(w, [3, o.channels, f, f]), g.floats([127.5, 127.5, 127.5], [3])], { kernel_shape: [f, f], strides: [f, f] });
+  g.output(preview, 'preview', 'float32', [1, 3, Math.floor(o.height / f), Math.floor(o.width / f)]);
+  return g;
+}
+
+/** The preview's reduction for a latent: blocks that bring its longer side to at most 64 cells. */
+export function previewFactor(height: number, width: number): number {
+  return Math.max(1, Math.ceil(Math.max(height, width) / 64));
+}
+
+/** The step graph's `preview` output ([3, h, w] floats) as RGBA bytes. */
+export function previewImage(rgb: Float32Array, height: number, width: number): { width: number; height: number; data: Uint8ClampedArray } {
+  const n = height * width;
+  const data = new Uint8ClampedArray(n * 4);
+  for (let px = 0; px < n; px++) {
+    for (let ch = 0; ch < 3; ch++) data[px * 4 + ch] = Math.round(rgb[ch * n + px]);
+    data[px * 4 + 3] = 255;
+  }
+  return { width, height, data };
+}

@@ -23,6 +23,8 @@ import { buildTextEncoder } from '../workers/graph/clip.ts';
 import { graphMemory } from '../workers/graph/memory.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
 import { buildVaeDecoder } from '../workers/graph/vae.ts';
+import { buildStepGraph, previewFactor } from '../workers/graph/step.ts';
+import { DpmSolverPP2MScheduler } from '../workers/schedulers/dpmpp-2m.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { benchLoraMerge, filled } from './lora-merge.ts';
 
@@ -117,6 +119,48 @@ function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: Attenti
   return { g, ws, feeds };
 }
 
+/**
+ * ms per step of the denoising loop around the UNet, over `REPEATS` steps: `cpu` reads the prediction
+ * back, applies CFG and a DPM++ first-order step in JavaScript and uploads the next input (the loop
+ * before issue 19); `gpu` feeds the prediction to the step graph and never reads.
+ */
+async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu'): Promise<number> {
+  const lh = SIZE / 8;
+  const n = 4 * lh * lh;
+  const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
+  const stepSession = where === 'gpu' ? await rt.ort.InferenceSession.create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: previewFactor(lh, lh) }).encode(), sessionOptions(rt, { outputsOnGpu: true })) : undefined;
+  let x: OrtNs.Tensor = new rt.ort.Tensor('float32', new Rng(3).normal(n), [1, 4, lh, lh]);
+  let sample = feeds.sample;
+  const memory = new rt.ort.Tensor('float32', new Float32Array(n), [1, 4, lh, lh]);
+  const start = performance.now();
+  for (let i = 0; i < REPEATS; i++) {
+    const out = await session.run({ ...feeds, sample });
+    if (stepSession) {
+      const k = sched.linear(0);
+      const next = await stepSession.run({ pred: out.noise_pred, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1]), [9]) });
+      out.noise_pred.dispose();
+      next.x0.dispose();
+      next.preview.dispose();
+      x = next.x_next;
+      sample = next.model_in;
+    } else {
+      const pred = (await out.noise_pred.getData(true)) as Float32Array;
+      const eps = new Float32Array(n);
+      for (let j = 0; j < n; j++) eps[j] = pred[j] + 7.5 * (pred[n + j] - pred[j]);
+      const latent = sched.step(eps, 0, x.data as Float32Array);
+      x = new rt.ort.Tensor('float32', latent, [1, 4, lh, lh]);
+      const both = new Float32Array(2 * n);
+      both.set(latent);
+      both.set(latent, n);
+      sample = new rt.ort.Tensor('float32', both, [2, 4, lh, lh]);
+    }
+  }
+  if (stepSession) await x.getData(true);
+  const ms = (performance.now() - start) / REPEATS;
+  await stepSession?.release();
+  return ms;
+}
+
 interface Variant {
   name: string;
   attention: AttentionForm;
@@ -134,19 +178,23 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const { g, ws, feeds } = unetFixture(rt, precision, v.attention);
   const rng = new Rng(2);
   const t0 = performance.now();
-  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout }));
+  // outputs stay on the GPU: a run is timed without its readback, which the loops below add or avoid
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout, outputsOnGpu: true }));
   const createMs = performance.now() - t0;
   const f0 = performance.now();
   const first = await session.run(feeds);
+  const finite = ((await first.noise_pred.getData(true)) as Float32Array).every(Number.isFinite);
   const firstRunMs = performance.now() - f0;
-  const finite = (first.noise_pred.data as Float32Array).every(Number.isFinite);
   const times: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
     const s = performance.now();
-    await session.run(feeds);
+    const out = await session.run(feeds);
+    await rt.gpu!.device.queue.onSubmittedWorkDone();
     times.push(performance.now() - s);
+    out.noise_pred.dispose();
   }
   const unetMs = median(times);
+  const loops = v.name === 'before' ? { cpu: await loopMs(rt, session, feeds, 'cpu') } : { cpu: await loopMs(rt, session, feeds, 'cpu'), gpu: await loopMs(rt, session, feeds, 'gpu') };
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
   await session.release();
@@ -188,7 +236,9 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     plannedUnetActivationBytes: graphMemory(g).activationPeakBytes,
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,
-    readbacksPerStep: 1,
+    readbacksPerStep: loops.gpu === undefined ? 1 : 0,
+    loopMsPerStepCpu: loops.cpu,
+    loopMsPerStepGpu: loops.gpu ?? null,
     ...profile,
     weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * (precision === 'fp16' ? 2 : 4),
     layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * (precision === 'fp16' ? 2 : 4),
@@ -230,7 +280,7 @@ async function main() {
         const row = JSON.parse(line.slice(4));
         console.log(
           `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
-            `peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
+            `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
         );
         rows.push(row);
       } catch (e) {

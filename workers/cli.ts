@@ -192,6 +192,8 @@ async function generate(args: string[]) {
     composition: compositionArgs(o, loraArgs.length),
   };
   if (scene) job.clipSkip = num(o['clip-skip'], 'clip-skip', 1);
+  // nothing shows a live preview here: the latent stays on the GPU until the end
+  job.previewEvery = 0;
   if (o['memory-budget'] !== undefined) job.memoryBudget = num(o['memory-budget'], 'memory-budget', 0, false);
   // the authors' settings, but for those given as flags
   const presetSettings = preset && !scene ? paperSettings(job.composition?.method ?? (loraArgs.length ? 'merge' : 'none'), false) : undefined;

@@ -104,3 +104,21 @@ test('the loop on the GPU gives the CPU loop\'s image for every sampler; preview
     assert.deepEqual(gpu.report.composition.steps.map((s) => s.unetEvaluations), [1, 1, 1]);
   }
 });
+
+test('compiled graphs past the engine\'s bound are released, least recently used first, never the running job\'s', async () => {
+  const rt = await runtime('webgpu');
+  const { dir } = await tinyModelDir();
+  const { engine } = await openTinyEngine(dir, rt);
+  engine.sessionsKept = 4;
+  const small: GenerateJob = { ...JOB, width: 64, height: 64, previewEvery: 0 };
+  const first = await engine.generate(small);
+  assert.equal(engine.compiledGraphs, 4, 'text encoder, UNet, step graph, VAE');
+  // a second size needs three new graphs; the text encoder is shared, the 64x64 ones go
+  await engine.generate({ ...small, width: 128 });
+  assert.equal(engine.compiledGraphs, 4);
+  // back at 64x64, on the CPU loop: its UNet (CPU outputs) and the released VAE compile again
+  const again = await engine.generate({ ...small, latentsOnGpu: false });
+  assert.equal(engine.compiledGraphs, 4);
+  const { diff } = maxAbsDiff(again.image.data, first.image.data);
+  assert.ok(diff <= 1, `a released graph compiles again to the same picture (${diff})`);
+});

@@ -99,6 +99,15 @@ export class Engine {
     return this.sessions.size;
   }
 
+  /**
+   * Compiled graphs kept between jobs. Past it, the least recently used that the running job does
+   * not use are released (each holds its shaders and onnxruntime's per-session state; a job of one
+   * size and method uses 3 to 9).
+   */
+  sessionsKept = 16;
+  /** The graphs the running job has asked for: never released under it. */
+  private readonly jobGraphs = new Set<string>();
+
   get modelInfo(): ModelInfo | undefined {
     return this.model?.info;
   }
@@ -342,14 +351,26 @@ export class Engine {
   private async graph(key: string, build: () => GraphBuilder, outputs: 'cpu' | 'gpu' = 'cpu'): Promise<CompiledGraph> {
     const outputsOnGpu = outputs === 'gpu' && this.rt.backend === 'webgpu';
     if (outputsOnGpu) key += ':gpu-out';
+    this.jobGraphs.add(key);
     const hit = this.sessions.get(key);
-    if (hit) return hit;
+    if (hit) {
+      // the map's order is the order of use: move it to the end
+      this.sessions.delete(key);
+      this.sessions.set(key, hit);
+      return hit;
+    }
     const g = build();
     // NCHW: the WebGPU EP then reads 1x1 convolution weights as they are and inserts no layout
     // transposes around convolutions (bench:gpu counts them: 894 -> 763 dispatches per tiny UNet run)
     const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt, { layout: CONV_LAYOUT, outputsOnGpu }));
     const compiled = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g), outputsOnGpu };
     this.sessions.set(key, compiled);
+    for (const [k, s] of this.sessions) {
+      if (this.sessions.size <= this.sessionsKept) break;
+      if (this.jobGraphs.has(k)) continue;
+      this.sessions.delete(k);
+      await s.session.release();
+    }
     return compiled;
   }
 
@@ -372,6 +393,7 @@ export class Engine {
       throw e;
     }
     this.cancelRequested = false;
+    this.jobGraphs.clear();
     this.rt.gpu?.memory.resetPeak();
     try {
       const m = this.model;

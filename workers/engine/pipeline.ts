@@ -3,7 +3,7 @@
 // A composition method (workers/composition/) decides at each step which LoRA sets the UNet runs
 // with and how their predictions mix.
 import type * as OrtNs from 'onnxruntime-web';
-import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, GuidanceReport, GuidanceStep, ImageData8, LayoutReport, ProgressEvent } from '../api/contract.ts';
+import type { BoxReport, CompositionReport, CompositionStep, GenerateJob, GuidanceReport, GuidanceStep, ImageData8, LayoutBox, LayoutReport, ProgressEvent, ResolvedComposition, ResolvedLayoutOptions } from '../api/contract.ts';
 import { CancelledError } from '../api/errors.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { ContributionCache } from '../composition/cache.ts';
@@ -18,11 +18,12 @@ import { reinitLatent } from '../layout/reinit.ts';
 import { regionWeights } from '../layout/masks.ts';
 import { resolveLayout } from '../layout/options.ts';
 import { createScheduler } from '../schedulers/registry.ts';
+import type { Scheduler } from '../schedulers/common.ts';
 import type { ClipTextTokenizer } from '../text/tokenizer.ts';
 import type { Ort } from './runtime.ts';
 import { Rng } from './random.ts';
 import { LatentGuide, type GuideParts } from './guide.ts';
-import { prepareLayout, type Context, type PreparedLayout } from './layout-prep.ts';
+import { prepareLayout, type Context, type Encoded, type PreparedLayout } from './layout-prep.ts';
 import type { Vocabulary } from '../text/embeddings.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { PREVIEW_RGB } from '../graph/step.ts';
@@ -137,56 +138,177 @@ export function toImage(pixels: Float32Array, h: number, w: number): ImageData8 
   return { width: w, height: h, data };
 }
 
+/**
+ * Text to image as named stages, the way diffusers separates pipeline, scheduler and callbacks: each
+ * stage is a method of one run (`Denoising`) with what it needs and gives spelled out.
+ */
 export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<PipelineResult> {
-  const { ort, config } = parts;
-  const start = performance.now();
-  const elapsed = () => performance.now() - start;
-  const check = () => {
-    parts.checkDevice();
-    if (parts.isCancelled()) throw new CancelledError();
+  const run = new Denoising(parts, job, onProgress);
+  const text = await run.encodeText();
+  const layout = await run.prepareLayout(text);
+  const textEncodeMs = run.elapsed();
+  run.check();
+  const composition = await run.compositionOrder();
+  const start = await run.initialLatent(layout);
+  const loopStart = performance.now();
+  const loop = run.gpuLoopRefusal(layout) ? await run.loopOnCpu(start.latent, composition, layout) : await run.loopOnGpu(start.latent, composition, layout);
+  const denoiseMs = performance.now() - loopStart;
+  run.check();
+  const decoded = await run.decode(loop.latent);
+  return {
+    image: decoded.image,
+    unetEvaluations: run.unetEvaluations,
+    unetMultiplyAdds: run.unetMacs,
+    mergeMs: run.mergeMs,
+    composition: run.compositionReport(composition, loop),
+    boxes: layout ? run.boxReports(layout, loop.lastOutputs, start.windows) : [],
+    ...(layout ? { layout: run.layoutReport(layout) } : {}),
+    ...(layout?.guide && layout.prepared.options.guidance ? { guidance: layout.guide.report() } : {}),
+    timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs: decoded.ms },
+    warnings: run.warnings,
+    loopReadbacks: loop.readbacks,
+    latentsOnGpu: loop.onGpu,
+    ...(loop.onGpuRefused ? { latentsOnGpuReason: loop.onGpuRefused } : {}),
   };
-  const warnings: string[] = [];
-  const lh = job.height / 8;
-  const lw = job.width / 8;
-  const channels = config.unet.inChannels;
-  const latentSize = channels * lh * lw;
-  const guided = job.cfg > 1;
-  const loraCount = job.loras?.length ?? 0;
-  const layout = job.layout?.boxes.length ? job.layout : undefined;
-  const boxes = layout?.boxes ?? [];
-  // the engine lists box LoRAs after the job's own, box by box
-  let next = loraCount;
-  const boxLoras = boxes.map((b) => b.loras.map(() => next++));
-  const layoutOptions = layout ? resolveLayout(layout) : undefined;
-  const injected = layoutOptions?.injection ?? false;
-  // without injection, box LoRAs join the frame's LoRAs and box prompts the global prompt
-  const globalCount = layout && !injected ? next : loraCount;
-  const prompt = layout && !injected ? [job.prompt, ...boxes.map((b) => b.prompt)].filter((t) => t.trim()).join(', ') : job.prompt;
-  // a layout whose LoRAs are all in boxes still merges them (into their regions) by default
-  const options = resolveComposition(job.composition ?? (boxLoras.flat().length ? { method: 'merge' } : undefined), job.steps, globalCount);
-  const method = METHODS[options.method];
-  const all = Array.from({ length: options.method === 'none' ? 0 : globalCount }, (_, i) => i);
-  const count = all.length;
-  if (options.method === 'none' && globalCount) warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
-  const mergeMs: number[] = [];
-  const merge = async (loras: number[], component: 'unet' | 'textEncoder') => {
-    const ms = await parts.setLoras(loras, component);
-    if (ms !== undefined) mergeMs.push(ms);
-    return ms ?? 0;
-  };
+}
 
-  // 1. text conditioning, [uncond, cond] when guided, with every LoRA's text-encoder part merged
-  onProgress?.({ phase: 'text', step: 0, total: job.steps, elapsedMs: elapsed() });
-  // LoRA Switch encodes the prompt with the first LoRA's text encoder only (ComposLoRA's compose_lora.py)
-  const textLoras = options.method === 'switch' ? all.slice(0, 1) : all;
-  await merge(textLoras, 'textEncoder');
-  const vocab = parts.vocabulary;
-  const textLen = config.textEncoder.maxPositions;
-  const hidden = config.unet.crossAttentionDim;
-  // a prompt with an ED-LoRA token is encoded once per cross-attention layer, with that layer's vectors
-  const encode = async (text: string, label: string) => {
+/** Stage 1's result: the prompts' contexts, and the UNet's context tensor. */
+interface TextStage {
+  cond: Encoded;
+  uncond?: Encoded;
+  context: OrtNs.Tensor;
+}
+
+/** Stage 2's result (layouts): the prepared regions, and gradient guidance when the job asks for it. */
+interface LayoutStage {
+  prepared: PreparedLayout;
+  guide?: LatentGuide;
+}
+
+/** Stage 3's result: the sequence the method uses the LoRAs in, its partition, and cmlora's profile. */
+interface CompositionStage {
+  order: number[];
+  partition: Partition;
+  profile: CompositionReport['profile'];
+  profileEvaluations: number;
+  profileMacs: number;
+}
+
+/** Stage 5's result. */
+interface LoopStage {
+  latent: Float32Array;
+  steps: CompositionStep[];
+  took: { fresh: number; cached: number }[];
+  /** The last UNet run's outputs (a layout's attention maps), on the CPU. */
+  lastOutputs?: Outputs;
+  readbacks: number;
+  onGpu: boolean;
+  onGpuRefused?: string;
+}
+
+/** The noise prediction of one UNet run (guided), and its deep features when it recorded them. */
+interface Prediction {
+  eps: Float32Array;
+  feature?: Float32Array;
+}
+
+class Denoising {
+  readonly warnings: string[] = [];
+  readonly mergeMs: number[] = [];
+  unetEvaluations = 0;
+  unetMacs = 0;
+  private stepMergeMs = 0;
+  private lastOutputs?: Outputs;
+  private readonly started = performance.now();
+  private readonly ort: Ort;
+  private readonly config: ModelConfig;
+  private readonly lh: number;
+  private readonly lw: number;
+  private readonly channels: number;
+  private readonly latentSize: number;
+  private readonly guided: boolean;
+  private readonly batch: 1 | 2;
+  private readonly c0: number;
+  private readonly textLen: number;
+  private readonly hidden: number;
+  private readonly boxes: LayoutBox[];
+  /** The engine lists box LoRAs after the job's own, box by box. */
+  private readonly boxLoras: number[][];
+  private readonly layoutOptions?: ResolvedLayoutOptions;
+  private readonly injected: boolean;
+  /** The prompt the frame uses: without injection, box prompts join the global prompt. */
+  private readonly prompt: string;
+  private readonly options: ResolvedComposition;
+  private readonly method: (typeof METHODS)[keyof typeof METHODS];
+  /** The LoRAs the composition method composes (none for prompt only). */
+  private readonly all: number[];
+  private readonly scheduler: Scheduler;
+  private readonly rng: Rng;
+  private readonly cutoffLatent: number;
+  private context?: OrtNs.Tensor;
+  private layoutTensors: Record<string, OrtNs.Tensor> = {};
+
+  constructor(
+    private readonly parts: PipelineParts,
+    private readonly job: GenerateJob,
+    private readonly onProgress?: (e: ProgressEvent) => void,
+  ) {
+    const { config } = parts;
+    this.ort = parts.ort;
+    this.config = config;
+    this.lh = job.height / 8;
+    this.lw = job.width / 8;
+    this.channels = config.unet.inChannels;
+    this.latentSize = this.channels * this.lh * this.lw;
+    this.guided = job.cfg > 1;
+    this.batch = this.guided ? 2 : 1;
+    this.c0 = config.unet.blockOutChannels[0];
+    this.textLen = config.textEncoder.maxPositions;
+    this.hidden = config.unet.crossAttentionDim;
+    const loraCount = job.loras?.length ?? 0;
+    const layout = job.layout?.boxes.length ? job.layout : undefined;
+    this.boxes = layout?.boxes ?? [];
+    let next = loraCount;
+    this.boxLoras = this.boxes.map((b) => b.loras.map(() => next++));
+    this.layoutOptions = layout ? resolveLayout(layout) : undefined;
+    this.injected = this.layoutOptions?.injection ?? false;
+    // without injection, box LoRAs join the frame's LoRAs and box prompts the global prompt
+    const globalCount = layout && !this.injected ? next : loraCount;
+    this.prompt = layout && !this.injected ? [job.prompt, ...this.boxes.map((b) => b.prompt)].filter((t) => t.trim()).join(', ') : job.prompt;
+    // a layout whose LoRAs are all in boxes still merges them (into their regions) by default
+    this.options = resolveComposition(job.composition ?? (this.boxLoras.flat().length ? { method: 'merge' } : undefined), job.steps, globalCount);
+    this.method = METHODS[this.options.method];
+    this.all = Array.from({ length: this.options.method === 'none' ? 0 : globalCount }, (_, i) => i);
+    if (this.options.method === 'none' && globalCount) this.warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
+    this.scheduler = createScheduler(job.scheduler, job.steps);
+    this.rng = new Rng(job.seed);
+    this.cutoffLatent = Math.round((this.options.cutoff * Math.min(this.lh, this.lw)) / 512);
+    if (this.options.method === 'cmlora' && Number.isNaN(this.options.threshold)) {
+      this.options.threshold = derivedThreshold(this.scheduler.timesteps[Math.min(job.steps - 1, Math.round(this.options.highPhase * job.steps))], { height: this.lh, width: this.lw }, this.cutoffLatent);
+    }
+  }
+
+  elapsed(): number {
+    return performance.now() - this.started;
+  }
+
+  check(): void {
+    this.parts.checkDevice();
+    if (this.parts.isCancelled()) throw new CancelledError();
+  }
+
+  private async merge(loras: number[], component: 'unet' | 'textEncoder'): Promise<number> {
+    const ms = await this.parts.setLoras(loras, component);
+    if (ms !== undefined) this.mergeMs.push(ms);
+    return ms ?? 0;
+  }
+
+  /** A prompt through the text encoder; a prompt with an ED-LoRA token once per cross-attention layer, with that layer's vectors. */
+  private readonly encode = async (text: string, label: string): Promise<Encoded> => {
+    const { ort, config, parts, textLen, hidden } = this;
+    const vocab = parts.vocabulary;
     const e = parts.tokenizer.encode(text, vocab?.added);
-    if (e.truncated) warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
+    if (e.truncated) this.warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
     const V = config.textEncoder.vocabSize;
     const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? id : 0)), [1, e.ids.length]);
     if (!vocab) return { data: (await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array, layers: 1, ids: e.ids, tokenCount: e.tokenCount };
@@ -201,211 +323,208 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     }
     return { data, layers, ids: e.ids, tokenCount: e.tokenCount };
   };
-  const condText = await encode(prompt, 'prompt');
-  const uncondText = guided ? await encode(job.negative, 'negative prompt') : undefined;
-  const contextLayers = parts.contextLayers ?? 1;
-  const asLayers = (c: Context) => (c.layers === contextLayers ? c.data : c.layers === 1 ? repeat(c.data, contextLayers) : c.data.slice(0, textLen * hidden));
-  const cond = asLayers(condText);
-  const context = uncondText ? concat(asLayers(uncondText), cond) : cond;
 
-  // 1b. a layout: each region's prompts, keys and values (once per image), masks and concept tokens
-  let prepared: PreparedLayout | undefined;
-  let guide: LatentGuide | undefined;
-  if (layout && layoutOptions) {
+  /** Stage 1: text conditioning, [uncond, cond] when guided, with every LoRA's text-encoder part merged. */
+  async encodeText(): Promise<TextStage> {
+    const { job, textLen, hidden } = this;
+    this.onProgress?.({ phase: 'text', step: 0, total: job.steps, elapsedMs: this.elapsed() });
+    // LoRA Switch encodes the prompt with the first LoRA's text encoder only (ComposLoRA's compose_lora.py)
+    await this.merge(this.options.method === 'switch' ? this.all.slice(0, 1) : this.all, 'textEncoder');
+    const cond = await this.encode(this.prompt, 'prompt');
+    const uncond = this.guided ? await this.encode(job.negative, 'negative prompt') : undefined;
+    const layers = this.parts.contextLayers ?? 1;
+    const asLayers = (c: Context) => (c.layers === layers ? c.data : c.layers === 1 ? repeat(c.data, layers) : c.data.slice(0, textLen * hidden));
+    const data = uncond ? concat(asLayers(uncond), asLayers(cond)) : asLayers(cond);
+    this.context = new this.ort.Tensor('float32', data, layers > 1 ? [this.batch, layers, textLen, hidden] : [this.batch, textLen, hidden]);
+    return { cond, uncond, context: this.context };
+  }
+
+  /** Stage 2 (layouts): each region's prompts, keys and values (once per image), masks and concept tokens; guidance and re-initialisation set up. */
+  async prepareLayout(text: TextStage): Promise<LayoutStage | undefined> {
+    const { parts, job, boxes, layoutOptions } = this;
+    if (!job.layout?.boxes.length || !layoutOptions) return undefined;
     if (!parts.crossKV) throw new Error('this engine cannot run layouts');
-    prepared = await prepareLayout(
-      { ort, config, tokenizer: parts.tokenizer, vocabulary: vocab, encode, merge, crossKV: layeredKV(parts.crossKV, config.unet), regionOutputs: parts.regionOutputs },
+    const prepared = await prepareLayout(
+      { ort: this.ort, config: this.config, tokenizer: parts.tokenizer, vocabulary: parts.vocabulary, encode: this.encode, merge: (l, c) => this.merge(l, c), crossKV: layeredKV(parts.crossKV, this.config.unet), regionOutputs: parts.regionOutputs },
       job,
       boxes,
       layoutOptions,
-      { frame: all, boxes: boxLoras, none: options.method === 'none', concepts: boxLoras.map((ls) => ls.flatMap((i) => parts.loraConcepts?.[i] ?? [])) },
-      { cond: condText, uncond: uncondText },
+      { frame: this.all, boxes: this.boxLoras, none: this.options.method === 'none', concepts: this.boxLoras.map((ls) => ls.flatMap((i) => parts.loraConcepts?.[i] ?? [])) },
+      { cond: text.cond, uncond: text.uncond },
     );
-    warnings.push(...prepared.warnings);
-    if ((layoutOptions.guidance || layoutOptions.reinit) && parts.guidance) {
-      const { rows, cols } = parts.guidance.layers;
-      const gridMasks = prepared.masks.get(`${rows}x${cols}`)!;
-      gridMasks.extents.forEach((e, n) => {
-        if (!e) warnings.push(`Box "${boxes[n].name}" covers no whole cell of the ${rows}x${cols} grid that guidance and re-initialisation read, so they skip it; make it larger, or use the centre mask rule.`);
-      });
-      guide = new LatentGuide(parts.guidance, {
-        ort,
-        options: layoutOptions.guidance,
-        masks: gridMasks,
-        regions: boxes.length + 1,
-        textLen,
-        concepts: prepared.concepts.map((c) => ({ region: c.region, tokens: c.tokens.positions })),
-        steps: job.steps,
-        latent: { channels, height: lh, width: lw },
-        fixed: prepared.condFeeds,
-      });
-    }
+    this.warnings.push(...prepared.warnings);
+    this.layoutTensors = prepared.feeds;
+    if (!((layoutOptions.guidance || layoutOptions.reinit) && parts.guidance)) return { prepared };
+    const { rows, cols } = parts.guidance.layers;
+    const gridMasks = prepared.masks.get(`${rows}x${cols}`)!;
+    gridMasks.extents.forEach((e, n) => {
+      if (!e) this.warnings.push(`Box "${boxes[n].name}" covers no whole cell of the ${rows}x${cols} grid that guidance and re-initialisation read, so they skip it; make it larger, or use the centre mask rule.`);
+    });
+    const guide = new LatentGuide(parts.guidance, {
+      ort: this.ort,
+      options: layoutOptions.guidance,
+      masks: gridMasks,
+      regions: boxes.length + 1,
+      textLen: this.textLen,
+      concepts: prepared.concepts.map((c) => ({ region: c.region, tokens: c.tokens.positions })),
+      steps: job.steps,
+      latent: { channels: this.channels, height: this.lh, width: this.lw },
+      fixed: prepared.condFeeds,
+    });
+    return { prepared, guide };
   }
-  const layoutTensors = prepared?.feeds ?? {};
-  const textEncodeMs = elapsed();
-  check();
 
-  // 2. the guided noise prediction of the UNet with a set of LoRAs merged in: the whole UNet, the whole
-  // UNet keeping its deep features, or the shallow part on kept ones (the deep-feature cache)
-  const batch = guided ? 2 : 1;
-  const ctxTensor = new ort.Tensor('float32', context, contextLayers > 1 ? [batch, contextLayers, textLen, hidden] : [batch, textLen, hidden]);
-  const c0 = config.unet.blockOutChannels[0];
-  const macs = parts.unetMultiplyAdds ?? { full: 0, record: 0, reuse: 0 };
-  let unetEvaluations = 0;
-  let unetMacs = 0;
-  let stepMergeMs = 0;
-  let lastOutputs: Outputs | undefined;
-  const featureDims = deepFeatureDims(config.unet, batch, lh, lw);
-  const run = async (loras: number[], x: Float32Array, t: number, variant: 'full' | 'record' | 'reuse' = 'full', feature?: Float32Array, ctx = ctxTensor) => {
-    check();
-    stepMergeMs += await merge(loras, 'unet');
+  /**
+   * The guided noise prediction of the UNet with a set of LoRAs merged in: the whole UNet, the whole
+   * UNet keeping its deep features, or the shallow part on kept ones (the deep-feature cache).
+   */
+  private async predict(loras: number[], x: Float32Array, t: number, variant: 'full' | 'record' | 'reuse' = 'full', feature?: Float32Array, ctx = this.context!): Promise<Prediction> {
+    this.check();
+    const { ort, guided, batch, channels, lh, lw, c0, latentSize, parts } = this;
+    this.stepMergeMs += await this.merge(loras, 'unet');
     const emb = timestepEmbedding(t, c0);
     const out = await parts.unet(
       {
         sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, channels, lh, lw]),
         timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]),
         encoder_hidden_states: ctx,
-        ...layoutTensors,
-        ...(feature ? { [DEEP_FEATURE]: new ort.Tensor('float32', feature, featureDims) } : {}),
+        ...this.layoutTensors,
+        ...(feature ? { [DEEP_FEATURE]: new ort.Tensor('float32', feature, deepFeatureDims(this.config.unet, batch, lh, lw)) } : {}),
       },
       variant,
     );
-    unetEvaluations += 1;
-    unetMacs += macs[variant];
-    lastOutputs = out;
+    this.unetEvaluations += 1;
+    this.unetMacs += parts.unetMultiplyAdds?.[variant] ?? 0;
+    this.lastOutputs = out;
     const pred = out.noise_pred.data as Float32Array;
     const kept = variant === 'record' ? (out[DEEP_FEATURE].data as Float32Array) : undefined;
     if (!guided) return { eps: pred, feature: kept };
     const eps = new Float32Array(latentSize);
-    for (let k = 0; k < latentSize; k++) eps[k] = pred[k] + job.cfg * (pred[latentSize + k] - pred[k]);
+    for (let k = 0; k < latentSize; k++) eps[k] = pred[k] + this.job.cfg * (pred[latentSize + k] - pred[k]);
     return { eps, feature: kept };
-  };
-  const cutoffLatent = Math.round((options.cutoff * Math.min(lh, lw)) / 512);
-  const latentBand = (latents: Float32Array[]) => latents.map((l) => latentHighBand(l, channels, lh, lw, cutoffLatent));
-  const scheduler = createScheduler(job.scheduler, job.steps);
-  if (options.method === 'cmlora' && Number.isNaN(options.threshold)) {
-    options.threshold = derivedThreshold(scheduler.timesteps[Math.min(job.steps - 1, Math.round(options.highPhase * job.steps))], { height: lh, width: lw }, cutoffLatent);
   }
 
-  // 3. cmlora: the order and groups, by category (the code) or by each LoRA's frequency profile
-  let { order, partition } = options.method === 'cmlora' ? categoryOrder(all.map((i) => parts.loraCategories?.[i] ?? 'character')) : { order: all.slice(), partition: { high: all.slice(), low: [] } as Partition };
-  let profile: CompositionReport['profile'] = null;
-  if (options.method === 'cmlora' && count) {
-    const t0 = performance.now();
-    const evaluationsBefore = unetEvaluations;
-    if (options.partition === 'profile' && options.profiling === 'offline') {
-      const values: number[] = [];
-      const sources: ('run' | 'cache')[] = [];
-      for (const i of all) {
-        const prompt = parts.loraTriggers?.[i]?.trim() || job.prompt;
-        const key = parts.profileKey?.(i, { prompt, negative: job.negative, steps: options.profileSteps, cutoff: options.cutoff });
-        let v = key ? await parts.profileStore?.get(key) : undefined;
-        sources.push(v === undefined ? 'run' : 'cache');
-        if (v === undefined) {
-          onProgress?.({ phase: 'profile', step: i, total: count, elapsedMs: elapsed() });
-          v = await profileLora(i, prompt);
-          if (key) await parts.profileStore?.set(key, v);
+  /** Stage 3: cmlora's order and groups, by category (the code) or by each LoRA's frequency profile. */
+  async compositionOrder(): Promise<CompositionStage> {
+    const { options, all, parts, job } = this;
+    let { order, partition } = options.method === 'cmlora' ? categoryOrder(all.map((i) => parts.loraCategories?.[i] ?? 'character')) : { order: all.slice(), partition: { high: all.slice(), low: [] } as Partition };
+    let profile: CompositionReport['profile'] = null;
+    if (options.method === 'cmlora' && all.length) {
+      const t0 = performance.now();
+      const evaluationsBefore = this.unetEvaluations;
+      if (options.partition === 'profile' && options.profiling === 'offline') {
+        const values: number[] = [];
+        const sources: ('run' | 'cache')[] = [];
+        for (const i of all) {
+          const prompt = parts.loraTriggers?.[i]?.trim() || job.prompt;
+          const key = parts.profileKey?.(i, { prompt, negative: job.negative, steps: options.profileSteps, cutoff: options.cutoff });
+          let v = key ? await parts.profileStore?.get(key) : undefined;
+          sources.push(v === undefined ? 'run' : 'cache');
+          if (v === undefined) {
+            this.onProgress?.({ phase: 'profile', step: i, total: all.length, elapsedMs: this.elapsed() });
+            v = await this.profileLora(i, prompt);
+            if (key) await parts.profileStore?.set(key, v);
+          }
+          values.push(v);
         }
-        values.push(v);
-      }
-      ({ order, partition } = profileOrder(values));
-      const source = sources.every((x) => x === 'cache') ? 'cache' : 'run';
-      profile = { source, amplitudes: values, sources, unetEvaluations: unetEvaluations - evaluationsBefore, ms: performance.now() - t0 };
-    } else profile = { source: options.profiling === 'online' && options.partition === 'profile' ? 'online' : 'category', amplitudes: [], sources: [], unetEvaluations: 0, ms: 0 };
+        ({ order, partition } = profileOrder(values));
+        const source = sources.every((x) => x === 'cache') ? 'cache' : 'run';
+        profile = { source, amplitudes: values, sources, unetEvaluations: this.unetEvaluations - evaluationsBefore, ms: performance.now() - t0 };
+      } else profile = { source: options.profiling === 'online' && options.partition === 'profile' ? 'online' : 'category', amplitudes: [], sources: [], unetEvaluations: 0, ms: 0 };
+    }
+    return { order, partition, profile, profileEvaluations: this.unetEvaluations, profileMacs: this.unetMacs };
   }
-  const profileEvaluations = unetEvaluations;
-  const profileMacs = unetMacs;
+
   /**
    * The notebook's profile of one LoRA: the image it makes alone (its trigger words, or the job's prompt,
    * through its own text encoder; a fixed seed, so the profile belongs to the LoRA), greyscale, log
    * amplitude, radial profile over its maximum, mean from radius 72 of 512 (scaled to the image).
    */
-  async function profileLora(lora: number, prompt: string): Promise<number> {
-    await merge([lora], 'textEncoder');
-    const c = (await encode(prompt, 'profiling prompt')).data.slice(0, textLen * hidden);
-    const u = guided ? (await encode(job.negative, 'negative prompt')).data.slice(0, textLen * hidden) : undefined;
-    const ctx = new ort.Tensor('float32', u ? concat(u, c) : c, [batch, textLen, hidden]);
-    const sched = createScheduler(job.scheduler, options.profileSteps);
+  private async profileLora(lora: number, prompt: string): Promise<number> {
+    const { job, textLen, hidden, latentSize, channels, lh, lw, parts } = this;
+    await this.merge([lora], 'textEncoder');
+    const c = (await this.encode(prompt, 'profiling prompt')).data.slice(0, textLen * hidden);
+    const u = this.guided ? (await this.encode(job.negative, 'negative prompt')).data.slice(0, textLen * hidden) : undefined;
+    const ctx = new this.ort.Tensor('float32', u ? concat(u, c) : c, [this.batch, textLen, hidden]);
+    const sched = createScheduler(job.scheduler, this.options.profileSteps);
     const noise = new Rng(PROFILE_SEED);
     let x: Float32Array = noise.normal(latentSize).map((v) => v * sched.initNoiseSigma);
     for (let k = 0; k < sched.timesteps.length; k++) {
-      const e = await run([lora], sched.scaleModelInput(x, k), sched.timesteps[k], 'full', undefined, ctx);
+      const e = await this.predict([lora], sched.scaleModelInput(x, k), sched.timesteps[k], 'full', undefined, ctx);
       x = sched.step(e.eps, k, x, () => noise.normal(latentSize));
     }
-    const pixels = await parts.vae({ latent: new ort.Tensor('float32', x, [1, channels, lh, lw]) });
+    const pixels = await parts.vae({ latent: new this.ort.Tensor('float32', x, [1, channels, lh, lw]) });
     const rgba = toImage(pixels.image.data as Float32Array, job.height, job.width);
     const img = centredCrop(greyscale(rgba.data, job.width, job.height), job.height, job.width);
     const mags = await parts.magnitudes(img.data, 1, img.height, img.width);
     return highBand(radialProfile(mags, img.height, img.width, true), profileCutoff(Math.min(img.height, img.width)));
   }
 
-  // 4. seeded initial noise, scaled to the scheduler's first sigma
-  const rng = new Rng(job.seed);
-  let latent: Float32Array = rng.normal(latentSize).map((v) => v * scheduler.initNoiseSigma);
-  // 4b. latent re-initialisation (the code's replace_latents): a probe of the cut UNet on the first
-  // noise locates each concept on the guidance grid; its window of the noise moves into its box
-  const windows: ({ row: number; col: number } | null)[] = boxes.map(() => null);
-  if (prepared?.options.reinit && guide) {
-    await merge(all, 'unet');
-    const { rows, cols } = parts.guidance!.layers;
-    const extents = prepared.masks.get(`${rows}x${cols}`)!.extents;
-    const found = await guide.probe(scheduler.scaleModelInput(latent, 0), new ort.Tensor('float32', timestepEmbedding(scheduler.timesteps[0], c0), [1, c0]));
-    unetEvaluations += 1;
-    unetMacs += parts.guidanceMultiplyAdds?.maps ?? 0;
-    const scale = lh / rows;
+  /**
+   * Stage 4: seeded initial noise, scaled to the scheduler's first sigma; with re-initialisation (the
+   * code's replace_latents), a probe of the cut UNet on the first noise locates each concept on the
+   * guidance grid and its window of the noise moves into its box.
+   */
+  async initialLatent(layout?: LayoutStage): Promise<{ latent: Float32Array; windows: ({ row: number; col: number } | null)[] }> {
+    const { scheduler, boxes } = this;
+    const latent = this.rng.normal(this.latentSize).map((v) => v * scheduler.initNoiseSigma);
+    const windows: ({ row: number; col: number } | null)[] = boxes.map(() => null);
+    if (!(layout?.prepared.options.reinit && layout.guide)) return { latent, windows };
+    await this.merge(this.all, 'unet');
+    const { rows, cols } = this.parts.guidance!.layers;
+    const extents = layout.prepared.masks.get(`${rows}x${cols}`)!.extents;
+    const found = await layout.guide.probe(scheduler.scaleModelInput(latent, 0), new this.ort.Tensor('float32', timestepEmbedding(scheduler.timesteps[0], this.c0), [1, this.c0]));
+    this.unetEvaluations += 1;
+    this.unetMacs += this.parts.guidanceMultiplyAdds?.maps ?? 0;
+    const scale = this.lh / rows;
     const placed = boxes.map((_, n) => n).filter((n) => extents[n]);
     const noise = latent.map((v) => v / scheduler.initNoiseSigma);
-    const r = reinitLatent(noise, channels, rows, cols, scale, placed.map((n) => ({ box: extents[n]!, map: found[n] })));
-    latent = r.latent.map((v) => v * scheduler.initNoiseSigma);
+    const r = reinitLatent(noise, this.channels, rows, cols, scale, placed.map((n) => ({ box: extents[n]!, map: found[n] })));
     r.windows.forEach((w, k) => (windows[placed[k]] = { row: w.row * scale, col: w.col * scale }));
+    return { latent: r.latent.map((v) => v * scheduler.initNoiseSigma), windows };
   }
-  // the code's online measure starts at 1 (the high phase at step 0)
-  let latentAmplitude = Infinity;
 
-  // 5. the denoising loop: the method plans each step, the UNet runs what it asks for, and the
-  // guided predictions are mixed by the plan's weights
-  const loopStart = performance.now();
-  const cache = new ContributionCache(count);
-  const features = new Map<string, Float32Array>();
-  const history = new Map<number, Float32Array[]>();
-  const took = all.map(() => ({ fresh: 0, cached: 0 }));
-  const steps: CompositionStep[] = [];
-  // the LoRA set merged now, as a key that ignores order
-  const setKey = (loras: number[]) => [...loras].sort((a, b) => a - b).join(',');
-  let current = '';
-  const previewEvery = job.previewEvery ?? 1;
-  const previewDue = (i: number) => previewEvery > 0 && ((i + 1) % previewEvery === 0 || i === job.steps - 1);
-  const readbacksBefore = parts.readbacks?.() ?? 0;
-  // 5'. the loop on the GPU, where every step is one whole UNet run with weight 1 and nothing on the
-  // CPU reads the latent between steps (no gradient guidance, no per-LoRA frequency measures, no cache)
-  const gpuReason = !parts.gpuLoop
-    ? (parts.gpuLoopUnavailable ?? 'this engine has no GPU loop')
-    : !['none', 'merge', 'switch'].includes(options.method)
-      ? `"${options.method}" mixes several predictions and measures each on the CPU`
-      : options.deepCacheInterval > 1 || options.research
-        ? 'the deep-feature cache is read on the CPU'
-        : guide
-          ? 'guidance and latent re-initialisation move the latent on the CPU'
-          : undefined;
-  let loopReadbacks = 0;
-  if (!gpuReason) {
-    const gpu = new GpuLatents(ort, parts.gpuLoop!, { batch, channels, height: lh, width: lw }, latent, scheduler.inputScale(0));
+  /**
+   * Why the loop cannot stay on the GPU, or undefined where it can: every step one whole UNet run with
+   * weight 1 and nothing on the CPU reading the latent between steps.
+   */
+  gpuLoopRefusal(layout?: LayoutStage): string | undefined {
+    const { parts, options } = this;
+    if (!parts.gpuLoop) return parts.gpuLoopUnavailable ?? 'this engine has no GPU loop';
+    if (!['none', 'merge', 'switch'].includes(options.method)) return `"${options.method}" mixes several predictions and measures each on the CPU`;
+    if (options.deepCacheInterval > 1 || options.research) return 'the deep-feature cache is read on the CPU';
+    if (layout?.guide) return 'guidance and latent re-initialisation move the latent on the CPU';
+    return undefined;
+  }
+
+  private previewDue(i: number): boolean {
+    const every = this.job.previewEvery ?? 1;
+    return every > 0 && ((i + 1) % every === 0 || i === this.job.steps - 1);
+  }
+
+  /** Stage 5 on the GPU (`GpuLatents`): the UNet's prediction goes straight into the step graph. */
+  async loopOnGpu(latent: Float32Array, composition: CompositionStage, layout?: LayoutStage): Promise<LoopStage> {
+    const { job, scheduler, all, options, ort, guided, c0 } = this;
+    const readbacksBefore = this.parts.readbacks?.() ?? 0;
+    const cache = new ContributionCache(all.length);
+    const took = all.map(() => ({ fresh: 0, cached: 0 }));
+    const steps: CompositionStep[] = [];
+    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(0));
     try {
       for (let i = 0; i < scheduler.timesteps.length; i++) {
-        check();
-        stepMergeMs = 0;
-        const macsBefore = unetMacs;
-        const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude: Infinity, cache: cache.view(i), features: all.map(() => false) });
+        this.check();
+        this.stepMergeMs = 0;
+        const macsBefore = this.unetMacs;
+        const plan = this.method.plan({ step: i, steps: job.steps, count: all.length, options, order: composition.order, partition: composition.partition, latentAmplitude: Infinity, cache: cache.view(i), features: all.map(() => false) });
         const [{ loras }] = plan.evaluations;
-        stepMergeMs += await merge(loras, 'unet');
-        check();
+        this.stepMergeMs += await this.merge(loras, 'unet');
+        this.check();
         const emb = timestepEmbedding(scheduler.timesteps[i], c0);
-        await gpu.predict({ timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]), encoder_hidden_states: ctxTensor, ...layoutTensors });
-        unetEvaluations += 1;
-        unetMacs += macs.full;
+        await gpu.predict({ timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [this.batch, c0]), encoder_hidden_states: this.context!, ...this.layoutTensors });
+        this.unetEvaluations += 1;
+        this.unetMacs += this.parts.unetMultiplyAdds?.full ?? 0;
         const k = scheduler.linear(i);
-        await gpu.step(k, job.cfg, i + 1 < job.steps ? scheduler.inputScale(i + 1) : 1, k.noise ? rng.normal(latentSize) : undefined);
-        const weights = all.map((l) => (loras.includes(l) ? 1 : 0));
+        await gpu.step(k, job.cfg, i + 1 < job.steps ? scheduler.inputScale(i + 1) : 1, k.noise ? this.rng.normal(this.latentSize) : undefined);
         for (const l of loras) took[l].fresh++;
         const record: CompositionStep = {
           step: i,
@@ -414,7 +533,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
           refreshed: null,
           cached: [],
           dominant: plan.dominant,
-          weights,
+          weights: all.map((l) => (loras.includes(l) ? 1 : 0)),
           amplitudes: all.map(() => null),
           mixAmplitude: null,
           latentAmplitude: null,
@@ -422,172 +541,195 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
           phase: plan.phase,
           partition: null,
           unetEvaluations: 1,
-          unetMultiplyAdds: unetMacs - macsBefore,
-          mergeMs: stepMergeMs,
+          unetMultiplyAdds: this.unetMacs - macsBefore,
+          mergeMs: this.stepMergeMs,
         };
         steps.push(record);
-        onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(previewDue(i) ? { preview: await gpu.preview() } : {}), elapsedMs: elapsed(), composition: record });
+        this.onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), elapsedMs: this.elapsed(), composition: record });
       }
-      loopReadbacks = (parts.readbacks?.() ?? 0) - readbacksBefore;
-      if (prepared) lastOutputs = await gpu.lastOutputs(prepared.graph.mapLayers.map(unetMapOutputName));
-      latent = await gpu.latent();
+      const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
+      const lastOutputs = layout ? await gpu.lastOutputs(layout.prepared.graph.mapLayers.map(unetMapOutputName)) : undefined;
+      return { latent: await gpu.latent(), steps, took, lastOutputs, readbacks, onGpu: true };
     } finally {
       gpu.dispose();
     }
   }
-  const cpuSteps = gpuReason ? scheduler.timesteps.length : 0;
-  for (let i = 0; i < cpuSteps; i++) {
-    check();
-    const t = scheduler.timesteps[i];
-    stepMergeMs = 0;
-    const macsBefore = unetMacs;
-    // 5a'. gradient guidance moves the latent before the step's prediction (with every LoRA merged;
-    // the runs below then start from that set when the plan has it, not merge it again)
-    let guidance: GuidanceStep | undefined;
-    if (guide?.active(i)) {
-      stepMergeMs += await merge(all, 'unet');
-      current = setKey(all);
-      ({ latent, record: guidance } = await guide.step(i, latent, (v) => scheduler.scaleModelInput(v, i), new ort.Tensor('float32', timestepEmbedding(t, c0), [1, c0])));
-      unetMacs += (parts.guidanceMultiplyAdds?.maps ?? 0) + (guidance.updated ? (parts.guidanceMultiplyAdds?.grad ?? 0) : 0);
-      check();
-    }
-    const x = scheduler.scaleModelInput(latent, i);
-    const plan = method.plan({ step: i, steps: job.steps, count, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
-    // DeepCache on its own: the whole UNet every deepCacheInterval steps (and at a set's first run)
-    const interval = options.deepCacheInterval;
-    const runsPlanned = plan.evaluations.map((e) => {
-      if (e.deep || interval <= 1) return options.research && options.method === 'cmlora' && !e.deep ? { ...e, deep: 'record' as const } : e;
-      return { ...e, deep: i % interval === 0 || !features.has(setKey(e.loras)) ? ('record' as const) : ('reuse' as const) };
-    });
-    // 5a. run the UNet for each planned LoRA set, starting with the set already merged
-    const runs = [...runsPlanned].sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
-    const before = unetEvaluations;
-    const alone = new Map<number, Float32Array>();
-    const shallow: number[] = [];
-    const eps = new Float32Array(latentSize);
-    for (const r of runs) {
-      const key = setKey(r.loras);
-      const reuse = r.deep === 'reuse' && features.has(key);
-      const out = await run(r.loras, x, t, reuse ? 'reuse' : r.deep === 'record' ? 'record' : 'full', reuse ? features.get(key) : undefined);
-      if (out.feature) features.set(key, out.feature);
-      current = key;
-      if (reuse) shallow.push(...r.loras);
-      if (r.loras.length === 1) alone.set(r.loras[0], out.eps);
-      for (let k = 0; k < latentSize; k++) eps[k] += r.weight * out.eps[k];
-      // the research series: this LoRA's deep features now (kept or new), the unconditional half
-      if (options.research && r.loras.length === 1 && features.has(key)) {
-        const f = features.get(key)!;
-        const list = history.get(r.loras[0]) ?? [];
-        list.push(f.slice(0, f.length / batch));
-        history.set(r.loras[0], list);
-      }
-    }
-    // 5b. cached LoRAs: their stored offset, added to the prediction it was taken against
-    for (const c of plan.cached) {
-      const e = cache.contribution(c.lora, alone);
-      for (let k = 0; k < latentSize; k++) eps[k] += c.weight * e[k];
-    }
-    if (plan.dominant !== null && alone.has(plan.dominant)) cache.update(alone, plan.dominant, i);
-    // 5c. the scheduler step, and what the step looked like in the frequency domain
-    const next = scheduler.step(eps, i, latent, () => rng.normal(latentSize));
-    const fresh = [...alone.keys()].sort((a, b) => a - b);
-    const amps = latentBand([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
-    const weights = all.map(() => 0);
-    for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
-    for (const c of plan.cached) weights[c.lora] += c.weight;
-    for (const l of all) {
-      if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
-      else if (weights[l] !== 0) took[l].fresh++;
-    }
-    const record: CompositionStep = {
-      step: i,
-      active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
-      shallow: [...new Set(shallow)].sort((a, b) => a - b),
-      refreshed: plan.refreshed ?? null,
-      cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
-      dominant: plan.dominant,
-      weights,
-      amplitudes: all.map((l) => (alone.has(l) ? amps[fresh.indexOf(l)] : null)),
-      mixAmplitude: amps[fresh.length],
-      latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : latentBand([latent])[0],
-      latentSimilarity: cosineSimilarity(next, latent),
-      ...(options.research ? { featureReuse: all.map((l) => featureReuse(history.get(l))) } : {}),
-      phase: plan.phase,
-      partition: options.method === 'cmlora' && count ? { high: partition.high.slice(), low: partition.low.slice() } : null,
-      unetEvaluations: unetEvaluations - before,
-      unetMultiplyAdds: unetMacs - macsBefore,
-      mergeMs: stepMergeMs,
-    };
-    steps.push(record);
-    latent = next;
-    latentAmplitude = amps[fresh.length + 1];
-    onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(previewDue(i) ? { preview: latentPreview(latent, lh, lw) } : {}), elapsedMs: elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
-  }
-  if (gpuReason) loopReadbacks = (parts.readbacks?.() ?? 0) - readbacksBefore;
-  const denoiseMs = performance.now() - loopStart;
-  check();
 
-  // 6. decode
-  onProgress?.({ phase: 'decode', step: job.steps, total: job.steps, elapsedMs: elapsed() });
-  const decStart = performance.now();
-  const img = await parts.vae({ latent: new ort.Tensor('float32', latent, [1, channels, lh, lw]) });
-  check();
-  const image = toImage(img.image.data as Float32Array, job.height, job.width);
-  const decodeMs = performance.now() - decStart;
-  onProgress?.({ phase: 'done', step: job.steps, total: job.steps, elapsedMs: elapsed() });
-  const composition: CompositionReport = {
-    method: options.method,
-    options,
-    loras: parts.loraNames.slice(0, count),
-    order,
-    partition: options.method === 'cmlora' && count ? partition : null,
-    profile,
-    steps,
-    cacheHitRate: took.map((c) => (c.fresh + c.cached ? c.cached / (c.fresh + c.cached) : null)),
-    unetEvaluations: { profile: profileEvaluations, denoise: unetEvaluations - profileEvaluations },
-    unetMultiplyAdds: { profile: profileMacs, denoise: unetMacs - profileMacs },
-  };
-  // where each box's concept tokens drew attention at the last step: with nothing confining them
-  // (their region's own maps), and as the image used them (under the region weights with injection,
-  // inside the joined global prompt without)
-  const boxReports: BoxReport[] = [];
-  let layoutReport: LayoutReport | undefined;
-  if (prepared && lastOutputs) {
-    const maps = prepared.graph.mapLayers.map((l) => lastOutputs![unetMapOutputName(l)].data as Float32Array);
+  /**
+   * Stage 5 on the CPU: the method plans each step, the UNet runs what it asks for, and the guided
+   * predictions are mixed by the plan's weights; guidance moves the latent first, the cache stands in
+   * for skipped work, and every step is measured in the frequency domain.
+   */
+  async loopOnCpu(start: Float32Array, composition: CompositionStage, layout?: LayoutStage): Promise<LoopStage> {
+    const { job, scheduler, all, options, ort, c0, latentSize, channels, lh, lw } = this;
+    const onGpuRefused = this.gpuLoopRefusal(layout);
+    const { order, partition } = composition;
+    const readbacksBefore = this.parts.readbacks?.() ?? 0;
+    const latentBand = (latents: Float32Array[]) => latents.map((l) => latentHighBand(l, channels, lh, lw, this.cutoffLatent));
+    const guide = layout?.guide;
+    const cache = new ContributionCache(all.length);
+    const features = new Map<string, Float32Array>();
+    const history = new Map<number, Float32Array[]>();
+    const took = all.map(() => ({ fresh: 0, cached: 0 }));
+    const steps: CompositionStep[] = [];
+    // the LoRA set merged now, as a key that ignores order
+    const setKey = (loras: number[]) => [...loras].sort((a, b) => a - b).join(',');
+    let current = '';
+    let latent = start;
+    // the code's online measure starts at 1 (the high phase at step 0)
+    let latentAmplitude = Infinity;
+    for (let i = 0; i < scheduler.timesteps.length; i++) {
+      this.check();
+      const t = scheduler.timesteps[i];
+      this.stepMergeMs = 0;
+      const macsBefore = this.unetMacs;
+      // 5a'. gradient guidance moves the latent before the step's prediction (with every LoRA merged;
+      // the runs below then start from that set when the plan has it, not merge it again)
+      let guidance: GuidanceStep | undefined;
+      if (guide?.active(i)) {
+        this.stepMergeMs += await this.merge(all, 'unet');
+        current = setKey(all);
+        ({ latent, record: guidance } = await guide.step(i, latent, (v) => scheduler.scaleModelInput(v, i), new ort.Tensor('float32', timestepEmbedding(t, c0), [1, c0])));
+        this.unetMacs += (this.parts.guidanceMultiplyAdds?.maps ?? 0) + (guidance.updated ? (this.parts.guidanceMultiplyAdds?.grad ?? 0) : 0);
+        this.check();
+      }
+      const x = scheduler.scaleModelInput(latent, i);
+      const plan = this.method.plan({ step: i, steps: job.steps, count: all.length, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
+      // DeepCache on its own: the whole UNet every deepCacheInterval steps (and at a set's first run)
+      const interval = options.deepCacheInterval;
+      const runsPlanned = plan.evaluations.map((e) => {
+        if (e.deep || interval <= 1) return options.research && options.method === 'cmlora' && !e.deep ? { ...e, deep: 'record' as const } : e;
+        return { ...e, deep: i % interval === 0 || !features.has(setKey(e.loras)) ? ('record' as const) : ('reuse' as const) };
+      });
+      // 5a. run the UNet for each planned LoRA set, starting with the set already merged
+      const runs = [...runsPlanned].sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
+      const before = this.unetEvaluations;
+      const alone = new Map<number, Float32Array>();
+      const shallow: number[] = [];
+      const eps = new Float32Array(latentSize);
+      for (const r of runs) {
+        const key = setKey(r.loras);
+        const reuse = r.deep === 'reuse' && features.has(key);
+        const out = await this.predict(r.loras, x, t, reuse ? 'reuse' : r.deep === 'record' ? 'record' : 'full', reuse ? features.get(key) : undefined);
+        if (out.feature) features.set(key, out.feature);
+        current = key;
+        if (reuse) shallow.push(...r.loras);
+        if (r.loras.length === 1) alone.set(r.loras[0], out.eps);
+        for (let k = 0; k < latentSize; k++) eps[k] += r.weight * out.eps[k];
+        // the research series: this LoRA's deep features now (kept or new), the unconditional half
+        if (options.research && r.loras.length === 1 && features.has(key)) {
+          const f = features.get(key)!;
+          const list = history.get(r.loras[0]) ?? [];
+          list.push(f.slice(0, f.length / this.batch));
+          history.set(r.loras[0], list);
+        }
+      }
+      // 5b. cached LoRAs: their stored offset, added to the prediction it was taken against
+      for (const c of plan.cached) {
+        const e = cache.contribution(c.lora, alone);
+        for (let k = 0; k < latentSize; k++) eps[k] += c.weight * e[k];
+      }
+      if (plan.dominant !== null && alone.has(plan.dominant)) cache.update(alone, plan.dominant, i);
+      // 5c. the scheduler step, and what the step looked like in the frequency domain
+      const next = scheduler.step(eps, i, latent, () => this.rng.normal(latentSize));
+      const fresh = [...alone.keys()].sort((a, b) => a - b);
+      const amps = latentBand([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
+      const weights = all.map(() => 0);
+      for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
+      for (const c of plan.cached) weights[c.lora] += c.weight;
+      for (const l of all) {
+        if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
+        else if (weights[l] !== 0) took[l].fresh++;
+      }
+      const record: CompositionStep = {
+        step: i,
+        active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
+        shallow: [...new Set(shallow)].sort((a, b) => a - b),
+        refreshed: plan.refreshed ?? null,
+        cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
+        dominant: plan.dominant,
+        weights,
+        amplitudes: all.map((l) => (alone.has(l) ? amps[fresh.indexOf(l)] : null)),
+        mixAmplitude: amps[fresh.length],
+        latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : latentBand([latent])[0],
+        latentSimilarity: cosineSimilarity(next, latent),
+        ...(options.research ? { featureReuse: all.map((l) => featureReuse(history.get(l))) } : {}),
+        phase: plan.phase,
+        partition: options.method === 'cmlora' && all.length ? { high: partition.high.slice(), low: partition.low.slice() } : null,
+        unetEvaluations: this.unetEvaluations - before,
+        unetMultiplyAdds: this.unetMacs - macsBefore,
+        mergeMs: this.stepMergeMs,
+      };
+      steps.push(record);
+      latent = next;
+      latentAmplitude = amps[fresh.length + 1];
+      this.onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(this.previewDue(i) ? { preview: latentPreview(latent, lh, lw) } : {}), elapsedMs: this.elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
+    }
+    const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
+    return { latent, steps, took, lastOutputs: this.lastOutputs, readbacks, onGpu: false, ...(onGpuRefused ? { onGpuRefused } : {}) };
+  }
+
+  /** Stage 6: the VAE decode. */
+  async decode(latent: Float32Array): Promise<{ image: ImageData8; ms: number }> {
+    const { job } = this;
+    this.onProgress?.({ phase: 'decode', step: job.steps, total: job.steps, elapsedMs: this.elapsed() });
+    const t0 = performance.now();
+    const img = await this.parts.vae({ latent: new this.ort.Tensor('float32', latent, [1, this.channels, this.lh, this.lw]) });
+    this.check();
+    const image = toImage(img.image.data as Float32Array, job.height, job.width);
+    const ms = performance.now() - t0;
+    this.onProgress?.({ phase: 'done', step: job.steps, total: job.steps, elapsedMs: this.elapsed() });
+    return { image, ms };
+  }
+
+  compositionReport(c: CompositionStage, loop: LoopStage): CompositionReport {
+    const { options, all } = this;
+    return {
+      method: options.method,
+      options,
+      loras: this.parts.loraNames.slice(0, all.length),
+      order: c.order,
+      partition: options.method === 'cmlora' && all.length ? c.partition : null,
+      profile: c.profile,
+      steps: loop.steps,
+      cacheHitRate: loop.took.map((t) => (t.fresh + t.cached ? t.cached / (t.fresh + t.cached) : null)),
+      unetEvaluations: { profile: c.profileEvaluations, denoise: this.unetEvaluations - c.profileEvaluations },
+      unetMultiplyAdds: { profile: c.profileMacs, denoise: this.unetMacs - c.profileMacs },
+    };
+  }
+
+  /**
+   * Where each box's concept tokens drew attention at the last step: with nothing confining them
+   * (their region's own maps), and as the image used them (under the region weights with injection,
+   * inside the joined global prompt without).
+   */
+  boxReports(layout: LayoutStage, last: Outputs | undefined, windows: ({ row: number; col: number } | null)[]): BoxReport[] {
+    if (!last) return [];
+    const { prepared } = layout;
+    const { lh, lw, textLen, boxes } = this;
+    const maps = prepared.graph.mapLayers.map((l) => last[unetMapOutputName(l)].data as Float32Array);
     const m = prepared.masks.get(`${lh}x${lw}`)!;
-    const weights = injected ? regionWeights(m) : undefined;
+    const weights = this.injected ? regionWeights(m) : undefined;
     const cells = lh * lw;
-    for (const [n, b] of boxes.entries()) {
+    return boxes.map((b, n) => {
       const c = prepared.concepts[n];
       const unmasked = tokensMap(maps, c.region, boxes.length + 1, cells, textLen, c.tokens.positions);
       const used = weights ? tokensMap(maps, c.region, boxes.length + 1, cells, textLen, c.tokens.positions, weights.subarray(c.region * cells, (c.region + 1) * cells)) : unmasked;
-      boxReports.push({
+      return {
         name: b.name,
         attentionInBox: shareInside(used, m.boxes[n]),
         attentionInBoxUnmasked: shareInside(unmasked, m.boxes[n]),
         window: windows[n],
         conceptTokens: c.tokens.positions,
         conceptSource: c.tokens.source,
-      });
-    }
-    const grid = parts.guidance?.layers ?? { rows: lh, cols: lw };
-    layoutReport = { options: prepared.options, grid: { rows: grid.rows, cols: grid.cols } };
+      };
+    });
   }
-  return {
-    image,
-    unetEvaluations,
-    unetMultiplyAdds: unetMacs,
-    mergeMs,
-    composition,
-    boxes: boxReports,
-    ...(layoutReport ? { layout: layoutReport } : {}),
-    ...(guide && prepared?.options.guidance ? { guidance: guide.report() } : {}),
-    timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs },
-    warnings,
-    loopReadbacks,
-    latentsOnGpu: !gpuReason,
-    ...(gpuReason ? { latentsOnGpuReason: gpuReason } : {}),
-  };
+
+  layoutReport(layout: LayoutStage): LayoutReport {
+    const grid = this.parts.guidance?.layers ?? { rows: this.lh, cols: this.lw };
+    return { options: layout.prepared.options, grid: { rows: grid.rows, cols: grid.cols } };
+  }
 }
 
 /** A context's cross-attention keys and values; a layer-wise context gives layer l the keys of its own encoding l. */

@@ -103,6 +103,20 @@ test('the loop on the GPU gives the CPU loop\'s image for every sampler; preview
     assert.ok(p.diff <= 1, `${scheduler}: the GPU preview is the CPU's within 1/255 (${p.diff})`);
     assert.deepEqual(gpu.report.composition.steps.map((s) => s.unetEvaluations), [1, 1, 1]);
   }
+  // a layout (regions injected, isolation): the last step's attention maps come back once, after the loop
+  const layout: GenerateJob = {
+    ...JOB, width: 64, height: 64, steps: 2, previewEvery: 0,
+    layout: { injection: true, isolation: true, reinit: false, boxes: [{ name: 'fox', x: 0, y: 0, width: 32, height: 64, prompt: 'a red fox', loras: [] }, { name: 'owl', x: 32, y: 16, width: 32, height: 48, prompt: 'a grey owl', loras: [] }] },
+  };
+  const gpu = await engine.generate(layout);
+  const cpu = await engine.generate({ ...layout, latentsOnGpu: false });
+  assert.equal(gpu.report.latentsOnGpu, true);
+  assert.equal(gpu.report.readbacksPerStep, 0);
+  assert.ok(maxAbsDiff(gpu.image.data, cpu.image.data).diff <= 1);
+  for (const [n, b] of gpu.report.boxes.entries()) {
+    assert.ok(Math.abs(b.attentionInBox - cpu.report.boxes[n].attentionInBox) < 1e-4, `${b.name}: ${b.attentionInBox} vs ${cpu.report.boxes[n].attentionInBox}`);
+    assert.ok(b.attentionInBox > 0);
+  }
 });
 
 test('compiled graphs past the engine\'s bound are released, least recently used first, never the running job\'s', async () => {

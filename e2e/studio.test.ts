@@ -122,8 +122,13 @@ test('a share link opens the same scene in a fresh profile and names the missing
     [`#scene=1.${toBase64Url(deflateRawSync(Buffer.from(JSON.stringify({ ...scene, width: 1e300 }))))}`, /width must be a whole number from 64 to 2048/],
   ] as const) {
     await other.evaluate((h) => (location.hash = h), hash);
-    await other.getByTestId('error').filter({ hasText: message }).waitFor();
+    await other.getByTestId('alert').filter({ hasText: message }).waitFor();
   }
+  // a damaged link in the address, then a reload: the link is refused, the model loads and Generate works
+  await other.reload();
+  await other.getByTestId('alert').filter({ hasText: /its data is damaged|width must be/ }).waitFor();
+  await other.getByTestId('generate').and(other.locator(':enabled')).waitFor({ timeout: 120_000 });
+  assert.match(await other.getByTestId('model-name').innerText(), /tiny-sd15/);
   // the last good scene is still there, and the studio still works
   assert.equal(await other.getByTestId('prompt').inputValue(), hostile.prompt);
   await other.screenshot({ path: 'e2e/screenshots/share-link.png', fullPage: true });

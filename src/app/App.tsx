@@ -1,21 +1,24 @@
-// The studio page: the model and LoRA library on the left, the layout canvas with the live preview
-// and result in the middle, prompts, sampling, method and the per-step plots on the right, and the
-// gallery below. Files dropped anywhere are imported (models, LoRAs) or opened (studio PNGs).
-import { useEffect } from 'react';
+// The studio page: the picture in the middle with the concept boxes drawn over it, the prompt, the
+// settings and Generate beside it, the model and LoRA library on the other side, the gallery strip
+// below. Research detail (UNet runs, caches, attention shares, memory, plots, test scores) sits in a
+// Details drawer under the picture. Files dropped anywhere are imported or opened (studio PNGs).
+import { useEffect, useState } from 'react';
 import { useStore } from 'zustand';
 import type { CompositionMethodId, GenerateJob, GenerationReport, SchedulerId } from '../../workers/api/contract.ts';
-import { LayoutCanvas } from '../canvas/LayoutCanvas.tsx';
-import { ImageCanvas } from '../panels/ImageCanvas.tsx';
+import { PictureStage } from '../canvas/PictureStage.tsx';
 import { BoxPanel } from '../panels/BoxPanel.tsx';
 import { GalleryPanel } from '../panels/GalleryPanel.tsx';
+import { Lightbox } from '../panels/Lightbox.tsx';
 import { LibraryPanel } from '../panels/LibraryPanel.tsx';
 import { LoraPanel } from '../panels/LoraPanel.tsx';
 import { MissingPanel } from '../panels/MissingPanel.tsx';
 import { GuidancePlot, StepPlots } from '../panels/Plots.tsx';
 import { CompareControls, ComparisonGrid, METHODS, ScoreLine, ScorerPanel } from '../panels/ScorePanel.tsx';
 import { CompositionSettings } from '../panels/CompositionSettings.tsx';
-import { useStudio } from '../store/studio.ts';
+import { useStudio, type RunStatus } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
+import { isBuiltInScorer } from './scoring.ts';
+import { duration, METHOD_WORDS, phaseWords, timeLeft } from './words.ts';
 
 const SCHEDULERS: [SchedulerId, string][] = [
   ['dpmpp-2m', 'DPM++ 2M'],
@@ -38,9 +41,9 @@ function compositionSummary(r: GenerationReport): string {
   return parts.join('; ');
 }
 
-function NumberField({ label, value, onChange, min, max, step = 1, testId }: { label: string; value: number; onChange: (v: number) => void; min: number; max: number; step?: number; testId: string }) {
+function NumberField({ label, value, onChange, min, max, step = 1, testId, title }: { label: string; value: number; onChange: (v: number) => void; min: number; max: number; step?: number; testId: string; title?: string }) {
   return (
-    <label>
+    <label title={title}>
       {label}
       <input type="number" value={value} min={min} max={max} step={step} data-testid={testId} onChange={(e) => onChange(Number(e.target.value))} />
     </label>
@@ -58,11 +61,30 @@ async function runSelfTest() {
   }
 }
 
+/** A random seed, as every image tool's dice. */
+const randomSeed = () => crypto.getRandomValues(new Uint32Array(1))[0];
+
+/** The running job in words: its phase, the time it has taken and, from its measured steps, the time left. */
+function RunLine({ run }: { run: RunStatus }) {
+  const [, tick] = useState(0);
+  useEffect(() => {
+    const t = setInterval(() => tick((n) => n + 1), 1000);
+    return () => clearInterval(t);
+  }, []);
+  const left = run.phase === 'denoise' ? timeLeft(run.stepTimes, run.step, run.total) : undefined;
+  return (
+    <>
+      {run.label ? `${run.label}: ` : ''}
+      {phaseWords(run.phase, run.step, run.total, run.firstRun)} · {duration(performance.now() - run.startedAt)}
+      {left !== undefined ? ` · about ${duration(left)} left` : ''}
+    </>
+  );
+}
+
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, selfTest, runSteps, runGuidance, loras, shareUrl } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, alert, selfTest, runSteps, runGuidance, loras, shareUrl } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
-  // room for the guidance plot is kept from the start, so it does not push the page down mid-run
-  const guiding = useStore(sceneStore, (s) => !!(s.scene.boxes.length && (s.scene.ablation.ce || s.scene.ablation.fill || s.scene.ablation.region)));
+  const hasBoxes = useStore(sceneStore, (s) => s.scene.boxes.length > 0);
   useEffect(() => {
     void startStudio();
   }, []);
@@ -79,6 +101,8 @@ export function App() {
   const liveSteps = running ? runSteps : (result?.report.composition.steps ?? []);
   const liveGuidance = running ? runGuidance : (result?.report.guidance?.steps ?? []);
   const liveLoras = running ? loras.filter((l) => l.enabled && l.info).map((l) => l.file.name) : (result?.report.composition.loras ?? []);
+  const method = job.composition?.method ?? 'merge';
+  const testScorer = result?.score && isBuiltInScorer(result.score.scorer);
   return (
     <main
       onDragOver={(e) => {
@@ -92,68 +116,79 @@ export function App() {
     >
       <header>
         <h1>LoRA Studio</h1>
-        <span className="model" data-testid="model-name">
-          {model ? `${model.name} (${model.layout}, ${model.precision}${model.isTestModel ? ', test model: random weights, images are noise patterns' : ''})` : 'no model'}
+        <span className="model" data-testid="model-name" title={model ? `${model.layout}, ${model.precision}` : undefined}>
+          {model ? `${model.name}${model.isTestModel ? ' · test model: random weights, pictures are noise patterns' : ''}` : 'no model'}
         </span>
         <span className="spacer" />
         <label className="open-png">
-          Open a studio PNG
+          Open a picture's scene
           <input type="file" accept="image/png" data-testid="open-png" onChange={(e) => void dropFiles([...(e.target.files ?? [])])} />
         </label>
         <button data-testid="share" onClick={() => void shareLink()}>
           Share link
         </button>
-        {shareUrl && <input className="share-url" readOnly value={shareUrl} data-testid="share-url" onFocus={(e) => e.target.select()} />}
+        {shareUrl && <input className="share-url" readOnly value={shareUrl} aria-label="Share link" data-testid="share-url" onFocus={(e) => e.target.select()} />}
       </header>
       <aside className="left">
         <LibraryPanel disabled={running} />
         <LoraPanel disabled={running || !model} />
       </aside>
       <section className="center">
-        <div className="stage">
-          <LayoutCanvas store={sceneStore} disabled={running} />
-          <div className="frame" style={{ aspectRatio: `${job.width} / ${job.height}` }}>
-            <ImageCanvas image={running ? preview : result?.image} label={running ? 'latent preview' : 'result'} testId={running ? 'preview' : 'result'} />
-          </div>
-        </div>
+        <PictureStage store={sceneStore} image={running ? preview : result?.image} running={running} disabled={running} />
         <MissingPanel />
         {/* the last result's lines stay in place (hidden) during a run: nothing below them moves */}
         <div className="result-info" style={{ visibility: running ? 'hidden' : 'visible' }}>
           {result && (
             <p className="hint" data-testid="result-line">
-              {result.report.width}x{result.report.height}, {result.report.steps} steps, seed {result.report.seed}, {Math.round(result.report.timingsMs.totalMs)} ms on {result.report.adapter.vendor}/
-              {result.report.adapter.architecture}{' '}
-              <button data-testid="download-png" onClick={() => void downloadPng(result.scene, result.report)}>
+              {result.report.width}×{result.report.height} · {result.report.steps} steps · seed {result.report.seed} · {duration(result.report.timingsMs.totalMs)}{' '}
+              <button className="small" data-testid="reuse-seed" onClick={() => set({ seed: result.report.seed })} title="Use this picture's seed again">
+                Reuse seed
+              </button>{' '}
+              <button className="small" data-testid="download-png" onClick={() => void downloadPng(result.scene, result.report)}>
                 Download PNG
               </button>
             </p>
           )}
-          {result && result.report.loras.length > 0 && (
-            <p className="hint" data-testid="result-loras">
-              LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
-              {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
-              {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
-            </p>
+          {result?.score && !testScorer && <ScoreLine score={result.score} testId="result-score" />}
+          {result && (
+            <details className="details" data-testid="details">
+              <summary>Details</summary>
+              {result.report.loras.length > 0 && (
+                <p className="hint" data-testid="result-loras">
+                  LoRAs: {result.report.loras.map((l) => `${l.name} × ${l.scale}`).join(', ')}; {result.report.loraKeysMatched} layers merged
+                  {result.report.mergeMs.length ? ` in ${result.report.mergeMs.reduce((a, b) => a + b, 0).toFixed(0)} ms` : ''}
+                  {result.report.loraKeysUnmatched.length ? `; ${result.report.loraKeysUnmatched.length} not applied` : ''}
+                </p>
+              )}
+              {result.report.boxes.length > 0 && (
+                <p className="hint" data-testid="result-boxes">
+                  Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
+                </p>
+              )}
+              {result.report.loras.length > 0 && (
+                <p className="hint" data-testid="result-composition">
+                  {compositionSummary(result.report)}
+                </p>
+              )}
+              {result.report.memoryPlan && (
+                <p className="hint" data-testid="result-memory" title={`${result.report.memoryPlan.attentionReason}. ${result.report.memoryPlan.notes.join('; ')}.`}>
+                  {memorySummary(result.report)}
+                </p>
+              )}
+              <p className="hint" data-testid="result-engine">
+                {model ? `${model.layout}, ${model.precision}; ` : ''}
+                {result.report.adapter.vendor}/{result.report.adapter.architecture}; {result.report.latentsOnGpu ? 'the latents stayed on the GPU' : `each step came back to the CPU (${result.report.latentsOnGpuReason})`}
+              </p>
+              {result.score && testScorer && (
+                <>
+                  <p className="hint">Test scorer (random weights): its numbers check the arithmetic, not the picture.</p>
+                  <ScoreLine score={result.score} testId="result-score" />
+                </>
+              )}
+            </details>
           )}
-          {result && result.report.boxes.length > 0 && (
-            <p className="hint" data-testid="result-boxes">
-              Attention in box (used / unmasked): {result.report.boxes.map((b) => `${b.name} ${Math.round(b.attentionInBox * 100)}% / ${Math.round(b.attentionInBoxUnmasked * 100)}%`).join(', ')}
-            </p>
-          )}
-          {result && result.report.loras.length > 0 && (
-            <p className="hint" data-testid="result-composition">
-              {compositionSummary(result.report)}
-            </p>
-          )}
-          {result?.report.memoryPlan && (
-            <p className="hint" data-testid="result-memory" title={`${result.report.memoryPlan.attentionReason}. ${result.report.memoryPlan.notes.join('; ')}.`}>
-              {memorySummary(result.report)}
-            </p>
-          )}
-          {result?.score && <ScoreLine score={result.score} testId="result-score" />}
         </div>
         <ComparisonGrid />
-        <BoxPanel store={sceneStore} disabled={running} />
       </section>
       <aside className="right controls">
         <label>
@@ -164,16 +199,55 @@ export function App() {
           Negative prompt
           <textarea value={job.negative} data-testid="negative" onChange={(e) => set({ negative: e.target.value })} rows={2} />
         </label>
+        <div className="row generate-row">
+          <button className="primary" data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
+            Generate
+          </button>
+          <button data-testid="cancel" disabled={!running && status.kind !== 'loading'} onClick={cancel}>
+            Cancel
+          </button>
+        </div>
+        <progress max={1} value={bar} data-testid="progress" aria-label="Progress" />
+        <p className="status" data-testid="status" role="status">
+          {status.kind === 'loading' && `Loading ${status.label}${status.total > 1 ? `: ${status.done} of ${status.total} parts` : '…'}`}
+          {status.kind === 'running' && <RunLine run={status} />}
+          {status.kind === 'cancelling' && 'Cancelling…'}
+          {status.kind === 'ready' && (notice ?? 'Ready')}
+          {status.kind === 'starting' && 'Starting the engine…'}
+        </p>
+        {status.kind === 'error' && (
+          <p className="error" role="alert" data-testid="error">
+            {status.message}
+          </p>
+        )}
+        {alert && (
+          <p className="error" role="alert" data-testid="alert">
+            {alert}{' '}
+            <button className="small" aria-label="Dismiss this message" onClick={() => useStudio.getState().set({ alert: undefined })}>
+              ✕
+            </button>
+          </p>
+        )}
+        {saveError && (
+          <p className="error" role="alert" data-testid="save-error">
+            {saveError}
+          </p>
+        )}
         <div className="row">
-          <NumberField label="Seed" value={job.seed} min={0} max={4294967295} onChange={(seed) => set({ seed })} testId="seed" />
-          <NumberField label="Steps" value={job.steps} min={1} max={250} onChange={(steps) => set({ steps })} testId="steps" />
-          <NumberField label="Guidance" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" />
+          <div className="seed">
+            <NumberField label="Seed" value={job.seed} min={0} max={4294967295} onChange={(seed) => set({ seed })} testId="seed" />
+            <button className="small dice" data-testid="seed-random" aria-label="Random seed" title="A random seed" onClick={() => set({ seed: randomSeed() })}>
+              Random
+            </button>
+          </div>
+          <NumberField label="Steps" value={job.steps} min={1} max={250} onChange={(steps) => set({ steps })} testId="steps" title="More steps: finer, slower" />
+          <NumberField label="Prompt strength" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" title="How closely the picture follows the prompt (classifier-free guidance); 7 is usual" />
         </div>
         <div className="row">
           <NumberField label="Width" value={job.width} min={64} max={2048} step={64} onChange={(width) => setSize(width, job.height)} testId="width" />
           <NumberField label="Height" value={job.height} min={64} max={2048} step={64} onChange={(height) => setSize(job.width, height)} testId="height" />
-          <label>
-            Scheduler
+          <label title="The sampler: how each step moves towards the picture">
+            Sampler
             <select value={job.scheduler} data-testid="scheduler" onChange={(e) => set({ scheduler: e.target.value as SchedulerId })}>
               {SCHEDULERS.map(([id, label]) => (
                 <option key={id} value={id}>
@@ -184,47 +258,31 @@ export function App() {
           </label>
         </div>
         <label>
-          LoRA method
-          <select value={job.composition?.method ?? 'merge'} data-testid="method" onChange={(e) => set({ composition: { ...job.composition, method: e.target.value as CompositionMethodId } })}>
-            {METHODS.map(([id, label]) => (
-              <option key={id} value={id}>
-                {label}
+          How LoRAs combine
+          <select value={method} data-testid="method" onChange={(e) => set({ composition: { ...job.composition, method: e.target.value as CompositionMethodId } })}>
+            {METHODS.map(([id, paper]) => (
+              <option key={id} value={id} title={paper}>
+                {METHOD_WORDS[id].name}
               </option>
             ))}
           </select>
+          <span className="hint" data-testid="method-line">
+            {METHOD_WORDS[method].line}
+          </span>
         </label>
         <CompositionSettings />
-        <div className="row">
-          <button data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
-            Generate
-          </button>
-          <button data-testid="cancel" disabled={!running && status.kind !== 'loading'} onClick={cancel}>
-            Cancel
-          </button>
-        </div>
+        <details className="layout-settings" data-testid="layout-settings" open={hasBoxes || undefined}>
+          <summary>Boxes</summary>
+          <BoxPanel store={sceneStore} disabled={running} />
+        </details>
         <CompareControls disabled={!model || running || status.kind === 'loading'} />
-        <progress max={1} value={bar} data-testid="progress" />
-        <p className="status" data-testid="status" role="status">
-          {status.kind === 'loading' && `Loading ${status.label}${status.total > 1 ? `: ${status.done}/${status.total} tensors` : '…'}`}
-          {status.kind === 'running' && `${status.phase} ${status.step}/${status.total}`}
-          {status.kind === 'cancelling' && 'Cancelling…'}
-          {status.kind === 'ready' && (notice ?? 'Ready')}
-          {status.kind === 'starting' && 'Starting the engine…'}
-        </p>
-        {status.kind === 'error' && (
-          <p className="error" role="alert" data-testid="error">
-            {status.message}
-          </p>
+        {(liveSteps.length > 0 || liveGuidance.length > 0) && (
+          <details className="plot-area">
+            <summary>Per-step plots</summary>
+            {liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}
+            <GuidancePlot steps={liveGuidance} total={job.steps} />
+          </details>
         )}
-        {saveError && (
-          <p className="error" role="alert" data-testid="save-error">
-            {saveError}
-          </p>
-        )}
-        <div className="plot-area" style={guiding ? { minHeight: 240 } : undefined}>
-          {liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}
-          <GuidancePlot steps={liveGuidance} total={job.steps} />
-        </div>
         <ScorerPanel disabled={running} />
         <details className="hint">
           <summary>Diagnostics</summary>
@@ -238,6 +296,7 @@ export function App() {
         <h2>Gallery</h2>
         <GalleryPanel />
       </section>
+      <Lightbox />
     </main>
   );
 }

@@ -34,7 +34,7 @@ import { storageUse } from '../library/opfs.ts';
 import { registerOffline } from './offline.ts';
 import { decodeShareLink, encodeShareLink, isShareLink } from '../share/link.ts';
 import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
-import { activeLoras, DEFAULT_JOB, useStudio, type EmbeddingEntry, type LoraEntry } from '../store/studio.ts';
+import { activeLoras, DEFAULT_JOB, useStudio, type EmbeddingEntry, type LoraEntry, type RunStatus } from '../store/studio.ts';
 
 export const TEST_MODEL_ID = 'test-model';
 /** How scenes name the embedded test model. */
@@ -531,6 +531,22 @@ export function currentJob(): GenerateJob {
   return { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
 }
 
+/** Models the engine has run a job with since it started (their first job compiles the GPU programs). */
+const warmedModels = new Set<string>();
+
+/** The status of a job starting now. */
+export function startRun(total: number, label?: string): RunStatus {
+  return { kind: 'running', step: 0, total, phase: 'prepare', label, startedAt: performance.now(), stepTimes: [], firstRun: !warmedModels.has(studio().modelId ?? '') };
+}
+
+/** The running status after a progress event: its phase, and when its steps arrived. */
+export function advanceRun(p: ProgressEvent, label?: string): RunStatus {
+  const prev = studio().status;
+  const run = prev.kind === 'running' ? prev : startRun(p.total, label);
+  if (p.phase === 'done' || p.phase === 'decode') warmedModels.add(studio().modelId ?? '');
+  return { ...run, step: p.step, total: p.total, phase: p.phase, label, stepTimes: p.phase === 'denoise' ? [...run.stepTimes, performance.now()] : run.stepTimes };
+}
+
 export async function generate() {
   const { loras, set } = studio();
   let job: GenerateJob & { loras: LoraUse[] };
@@ -542,10 +558,10 @@ export async function generate() {
   const scene = currentScene();
   // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
   localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
-  set({ status: { kind: 'running', step: 0, total: job.steps, phase: 'text' }, preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
+  set({ status: startRun(job.steps), preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
   const onProgress = (p: ProgressEvent) => {
     if (studio().status.kind === 'cancelling') return;
-    set({ status: { kind: 'running', step: p.step, total: p.total, phase: p.phase }, progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
+    set({ status: advanceRun(p), progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
   };
   try {
     const result = await withProgress(onProgress, (p) => engine().generate(job, p));
@@ -621,8 +637,10 @@ async function openLinkIn(hash: string) {
   if (!isShareLink(hash)) return;
   try {
     applyScene(await decodeShareLink(hash), 'the link');
+    studio().set({ alert: undefined });
   } catch (e) {
-    fail(e);
+    // the scene, the model and the status stay as they are: only the link is refused
+    studio().set({ alert: (e as Error).message });
   }
 }
 

@@ -9,7 +9,8 @@ import { dataUrlOf, drawScaled, pixelsOf } from '../gallery/images.ts';
 import { updateRecord, type LoraRecord } from '../library/library.ts';
 import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
 import { useStudio, type CompareEntry, type LoraEntry } from '../store/studio.ts';
-import { currentJob, currentScene, engine, isEngineFailure } from './actions.ts';
+import { advanceRun, currentJob, currentScene, engine, isEngineFailure, startRun } from './actions.ts';
+import { METHOD_WORDS } from './words.ts';
 
 const SCORER_KEY = 'lorastudio.scorer';
 const studio = () => useStudio.getState();
@@ -121,13 +122,22 @@ export async function compareMethods(methods: CompositionMethodId[]) {
   const scene = currentScene();
   const entries = methods.map((method) => ({ method }));
   set({ comparison: entries, notice: undefined });
+  // each method once at one step first: its programs compile here, not inside the times compared
+  for (const method of methods) {
+    if (studio().status.kind === 'cancelling') break;
+    set({ status: { ...startRun(1, METHOD_WORDS[method].name), phase: 'warmup' } });
+    await engine()
+      .generate({ ...base, steps: 1, previewEvery: 0, composition: { ...base.composition, method } })
+      .catch(() => {});
+  }
   for (const [i, method] of methods.entries()) {
     if (studio().status.kind === 'cancelling') break;
     const job = { ...base, composition: { ...base.composition, method } };
+    const label = METHOD_WORDS[method].name;
     const onProgress = (p: ProgressEvent) => {
-      if (studio().status.kind !== 'cancelling') set({ status: { kind: 'running', step: p.step, total: p.total, phase: `${method}: ${p.phase}` }, ...(p.preview ? { preview: p.preview } : {}) });
+      if (studio().status.kind !== 'cancelling') set({ status: advanceRun(p, label), ...(p.preview ? { preview: p.preview } : {}) });
     };
-    set({ status: { kind: 'running', step: 0, total: job.steps, phase: `${method}: text` } });
+    set({ status: startRun(job.steps, label) });
     let entry: CompareEntry;
     try {
       const r = await withProgress(onProgress, (p) => engine().generate(job, p));

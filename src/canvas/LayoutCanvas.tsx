@@ -1,6 +1,7 @@
-// The layout canvas: draws the scene the store holds (the frame and its concept boxes) and turns
-// pointer and keyboard input into store edits. Drag on empty space draws a box; drag a box to move
-// it; the handles resize it; Delete, Ctrl+D, Ctrl+Z / Ctrl+Shift+Z, arrows and [ ] edit the selection.
+// The layout canvas: draws the scene the store holds (the frame and its concept boxes) over the
+// picture, and turns pointer (mouse, touch, pen) and keyboard input into store edits. Drag on empty
+// space draws a box; drag a box to move it; the handles resize it; Delete, Ctrl+D, Ctrl+Z /
+// Ctrl+Shift+Z, arrows and [ ] edit the selection.
 import type Konva from 'konva';
 import { useEffect, useRef, useState } from 'react';
 import { Layer, Rect, Stage, Text, Transformer } from 'react-konva';
@@ -10,12 +11,14 @@ import type { createSceneStore } from '../store/scene.ts';
 
 type SceneStore = ReturnType<typeof createSceneStore>;
 
-const VIEW = 384;
-
-export function LayoutCanvas({ store, disabled }: { store: SceneStore; disabled?: boolean }) {
+/**
+ * `width` x `height`: the pixels it takes on the page. `overImage`: a picture lies under it, so the
+ * frame is clear and only the boxes are drawn; `showBoxes` false hides them (the picture alone).
+ */
+export function LayoutCanvas({ store, disabled, width, height, overImage, showBoxes = true }: { store: SceneStore; disabled?: boolean; width: number; height: number; overImage?: boolean; showBoxes?: boolean }) {
   const scene = useStore(store, (s) => s.scene);
   const selected = useStore(store, (s) => s.selected);
-  const scale = Math.min(VIEW / scene.width, VIEW / scene.height);
+  const scale = Math.min(width / scene.width, height / scene.height);
   const [draft, setDraft] = useState<{ from: { x: number; y: number }; to: { x: number; y: number } } | null>(null);
   const transformer = useRef<Konva.Transformer>(null);
   const shapes = useRef(new Map<string, Konva.Rect>());
@@ -52,30 +55,38 @@ export function LayoutCanvas({ store, disabled }: { store: SceneStore; disabled?
 
   const draftRect: Box | null = draft ? rectFromDrag(draft.from, draft.to, scene) : null;
   return (
-    <div className="layout-canvas" tabIndex={0} onKeyDown={disabled ? undefined : onKey} data-testid="layout-canvas" aria-label="Layout: drag to draw a concept box">
+    <div
+      className="layout-canvas"
+      tabIndex={0}
+      role="application"
+      aria-roledescription="layout canvas"
+      onKeyDown={disabled ? undefined : onKey}
+      data-testid="layout-canvas"
+      aria-label={`Layout, ${scene.boxes.length} box${scene.boxes.length === 1 ? '' : 'es'}: drag to draw a concept box; arrows move the selected box, Delete removes it`}
+    >
       <Stage
         width={scene.width * scale}
         height={scene.height * scale}
         listening={!disabled}
-        onMouseDown={(e) => {
+        onPointerDown={(e) => {
           if (e.target !== e.target.getStage() && e.target.name() !== 'frame') return;
           const p = imagePoint(e.target.getStage());
           store.getState().select(null);
           if (p) setDraft({ from: p, to: p });
         }}
-        onMouseMove={(e) => {
+        onPointerMove={(e) => {
           if (!draft) return;
           const p = imagePoint(e.target.getStage());
           if (p) setDraft({ ...draft, to: p });
         }}
-        onMouseUp={() => {
+        onPointerUp={() => {
           if (draftRect) store.getState().addBox(draftRect);
           setDraft(null);
         }}
       >
         <Layer scaleX={scale} scaleY={scale}>
-          <Rect name="frame" x={0} y={0} width={scene.width} height={scene.height} fill="#1d1f24" stroke="#555" strokeWidth={1 / scale} />
-          {scene.boxes.map((b) => (
+          <Rect name="frame" x={0} y={0} width={scene.width} height={scene.height} fill={overImage ? 'rgba(0,0,0,0)' : '#1d1f24'} stroke="#555" strokeWidth={1 / scale} />
+          {showBoxes && scene.boxes.map((b) => (
             <Rect
               key={b.id}
               ref={(node) => {
@@ -86,11 +97,11 @@ export function LayoutCanvas({ store, disabled }: { store: SceneStore; disabled?
               y={b.y}
               width={b.width}
               height={b.height}
-              fill={`${b.color}44`}
+              fill={`${b.color}${overImage ? "30" : "44"}`}
               stroke={b.color}
               strokeWidth={(b.id === selected ? 3 : 2) / scale}
               draggable={!disabled}
-              onMouseDown={() => store.getState().select(b.id)}
+              onPointerDown={() => store.getState().select(b.id)}
               onDragEnd={(e) => {
                 const node = e.target;
                 store.getState().moveBox(b.id, node.x() - b.x, node.y() - b.y);
@@ -107,9 +118,10 @@ export function LayoutCanvas({ store, disabled }: { store: SceneStore; disabled?
               }}
             />
           ))}
-          {scene.boxes.map((b) => (
-            <Text key={`${b.id}-label`} x={b.x + 4 / scale} y={b.y + 4 / scale} text={b.name} fontSize={12 / scale} fill="#fff" listening={false} />
-          ))}
+          {showBoxes &&
+            scene.boxes.map((b) => (
+              <Text key={`${b.id}-label`} x={b.x + 4 / scale} y={b.y + 4 / scale} text={b.name} fontSize={13 / scale} fill="#fff" shadowColor="#000" shadowBlur={3 / scale} shadowOpacity={0.9} listening={false} />
+            ))}
           {draftRect && <Rect {...draftRect} stroke="#fff" dash={[4 / scale, 4 / scale]} strokeWidth={1 / scale} listening={false} />}
           <Transformer ref={transformer} rotateEnabled={false} keepRatio={false} ignoreStroke flipEnabled={false} />
         </Layer>

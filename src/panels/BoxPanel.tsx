@@ -19,8 +19,7 @@ export function BoxPanel({ store, disabled }: { store: SceneStore; disabled: boo
   const box = scene.boxes.find((b) => b.id === selected);
   return (
     <fieldset className="boxes" data-testid="boxes" disabled={disabled}>
-      <legend>Layout</legend>
-      <p className="hint">Drag on the canvas to draw a concept box. Delete, Ctrl+D duplicate, Ctrl+Z undo, arrows move, [ ] reorder.</p>
+      <p className="hint">Drag on the picture to draw a box. Delete removes the selected box, Ctrl+D duplicates it, arrows move it, [ ] reorder.</p>
       {refusal && (
         <p className="error" role="alert" data-testid="layout-refusal">
           {refusal}
@@ -99,35 +98,37 @@ export function BoxPanel({ store, disabled }: { store: SceneStore; disabled: boo
         {(['injection', 'isolation', 'reinit'] as const).map((k) => (
           <label key={k} className="check">
             <input type="checkbox" data-testid={`ablation-${k}`} checked={scene.ablation[k]} onChange={(e) => s.setGlobal({ ablation: { ...scene.ablation, [k]: e.target.checked } })} />
-            {{ injection: 'Region injection', isolation: 'Concept isolation', reinit: 'Latent re-init' }[k]}
+            <span title={{ injection: 'Region injection (LoRA-Composer)', isolation: 'Concept isolation (LoRA-Composer)', reinit: 'Latent re-initialisation (LoRA-Composer)' }[k]}>
+              {{ injection: "Keep each box's prompt and LoRA in it", isolation: 'Keep concepts apart', reinit: 'Start each concept in its box' }[k]}
+            </span>
           </label>
         ))}
       </div>
-      <div className="row" title="Gradient guidance moves the latent so each concept's attention fills its box (about 3x the time of a plain step on the guided steps)">
+      <div className="row" title="Gradient guidance (LoRA-Composer's concept enhancement): about 3x the time of a plain step on the steps it pushes">
         {(['ce', 'fill', 'region'] as const).map((k) => (
           <label key={k} className="check">
             <input type="checkbox" data-testid={`guidance-${k}`} checked={scene.ablation[k] ?? true} onChange={(e) => s.setGlobal({ ablation: { ...scene.ablation, [k]: e.target.checked } })} />
-            {{ ce: 'Concept enhancement', fill: 'Fill the box', region: 'Keep in region' }[k]}
+            <span title={{ ce: 'Concept enhancement: L_ce', fill: 'L_fill', region: 'L_region' }[k]}>{{ ce: 'Push each concept into its box', fill: 'Fill the box', region: 'Stay inside the box' }[k]}</span>
           </label>
         ))}
       </div>
       {(scene.ablation.ce !== false || scene.ablation.fill !== false || scene.ablation.region !== false) && (
         <div className="row">
-          <label>
-            Guidance strength
+          <label title="The guidance scale (LoRA-Composer's phi)">
+            Push strength
             <input type="number" min={0} max={GUIDANCE_MAX_SCALE} step={1} data-testid="guidance-scale" value={guidance.scale} onChange={(e) => s.setGlobal({ guidance: { ...guidance, scale: Math.min(GUIDANCE_MAX_SCALE, Math.max(0, Number(e.target.value) || 0)) } })} />
           </label>
           <label>
-            Guided share of steps
+            Share of steps pushed
             <input type="number" min={0} max={1} step={0.05} data-testid="guidance-share" value={guidance.share} onChange={(e) => s.setGlobal({ guidance: { ...guidance, share: Math.min(1, Math.max(0, Number(e.target.value) || 0)) } })} />
           </label>
-          <label title="The code guides every step up to this one (25), unless L rises first">
-            Guide up to step
+          <label title="The code guides every step up to this one (25), unless the loss rises first">
+            Push until step
             <input type="number" min={0} max={200} step={1} data-testid="guidance-last-step" value={guidance.lastStep ?? 25} onChange={(e) => s.setGlobal({ guidance: { ...guidance, lastStep: Math.min(200, Math.max(0, Math.round(Number(e.target.value) || 0))) } })} />
           </label>
           <label className="check">
             <input type="checkbox" data-testid="guidance-early-stop" checked={guidance.earlyStop} onChange={(e) => s.setGlobal({ guidance: { ...guidance, earlyStop: e.target.checked } })} />
-            Stop when L rises (from step 5)
+            <span title="The code's early stop: when the loss rises, from step 5">Stop when it stops helping</span>
           </label>
         </div>
       )}

@@ -1,45 +1,56 @@
-// The gallery: every image made here, newest first, each with its scene: open the scene again,
-// download the PNG (which carries the scene), or delete it.
+// The gallery: every picture made here, newest first, as a strip; a picture opens enlarged, and each
+// keeps its scene: open the scene again, download the PNG (which carries the scene), or delete it.
 import { useEffect, useMemo } from 'react';
 import { applyScene, downloadPng, removeFromGallery } from '../app/actions.ts';
+import { isBuiltInScorer } from '../app/scoring.ts';
+import { METHOD_WORDS } from '../app/words.ts';
 import type { GalleryItem } from '../gallery/gallery.ts';
 import { useStudio } from '../store/studio.ts';
 
-function Thumb({ item }: { item: GalleryItem }) {
+function Thumb({ item, index }: { item: GalleryItem; index: number }) {
   const url = useMemo(() => URL.createObjectURL(item.png), [item.png]);
   useEffect(() => () => URL.revokeObjectURL(url), [url]);
-  return <img src={url} alt={item.scene.prompt} width={item.width} height={item.height} />;
+  const caption = `${item.scene.prompt || 'Untitled'} (seed ${item.report.seed})`;
+  return (
+    <button className="thumb-button" data-testid={`gallery-open-${index}`} aria-label={`Enlarge picture ${index + 1}: ${caption}`} onClick={() => useStudio.getState().set({ lightbox: { src: item.png, caption } })}>
+      <img src={url} alt="" width={item.width} height={item.height} />
+    </button>
+  );
 }
 
 export function GalleryPanel() {
   const gallery = useStudio((s) => s.gallery);
-  if (!gallery.length) return <p className="hint">Images you make are kept here, with their scenes.</p>;
+  if (!gallery.length) return <p className="hint">Pictures you make are kept here, with their scenes.</p>;
   return (
     <ul className="gallery" data-testid="gallery">
-      {gallery.map((g, i) => (
-        <li key={g.id} data-testid={`gallery-item-${i}`}>
-          <Thumb item={g} />
-          <span className="hint" title={g.scene.prompt}>
-            {g.report.composition.method} · seed {g.report.seed} · {g.scene.boxes.length} boxes
-          </span>
-          {g.score && (
-            <span className="hint" data-testid={`gallery-score-${i}`} title={`text ${g.score.textSimilarity.toFixed(3)}, image ${g.score.imageSimilarity?.toFixed(3) ?? '–'} (${g.score.scorer})`}>
-              CLIPScore {g.score.clipScore.toFixed(1)}
+      {gallery.map((g, i) => {
+        const name = `picture ${i + 1} (seed ${g.report.seed})`;
+        return (
+          <li key={g.id} data-testid={`gallery-item-${i}`}>
+            <Thumb item={g} index={i} />
+            <span className="hint caption" title={g.scene.prompt}>
+              {METHOD_WORDS[g.report.composition.method]?.name ?? g.report.composition.method} · seed {g.report.seed}
+              {g.scene.boxes.length ? ` · ${g.scene.boxes.length} box${g.scene.boxes.length > 1 ? 'es' : ''}` : ''}
             </span>
-          )}
-          <div className="row">
-            <button className="small" data-testid={`gallery-restore-${i}`} onClick={() => applyScene(g.scene, 'the gallery')}>
-              Open scene
-            </button>
-            <button className="small" data-testid={`gallery-download-${i}`} onClick={() => void downloadPng(g.scene, g.report, g.png)}>
-              PNG
-            </button>
-            <button className="small" data-testid={`gallery-delete-${i}`} aria-label="delete" onClick={() => void removeFromGallery(g)}>
-              ✕
-            </button>
-          </div>
-        </li>
-      ))}
+            {g.score && !isBuiltInScorer(g.score.scorer) && (
+              <span className="hint" data-testid={`gallery-score-${i}`} title={`text ${g.score.textSimilarity.toFixed(3)}, image ${g.score.imageSimilarity?.toFixed(3) ?? '–'} (${g.score.scorer})`}>
+                CLIPScore {g.score.clipScore.toFixed(1)}
+              </span>
+            )}
+            <div className="gallery-actions">
+              <button className="small" data-testid={`gallery-restore-${i}`} aria-label={`Open the scene of ${name}`} onClick={() => applyScene(g.scene, 'the gallery')}>
+                Open
+              </button>
+              <button className="small" data-testid={`gallery-download-${i}`} aria-label={`Download ${name} as PNG`} onClick={() => void downloadPng(g.scene, g.report, g.png)}>
+                PNG
+              </button>
+              <button className="small" data-testid={`gallery-delete-${i}`} aria-label={`Delete ${name}`} onClick={() => void removeFromGallery(g)}>
+                ✕
+              </button>
+            </div>
+          </li>
+        );
+      })}
     </ul>
   );
 }

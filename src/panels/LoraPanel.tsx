@@ -177,8 +177,8 @@ export function LoraPanel({ disabled }: { disabled: boolean }) {
           {l.info && (
             <>
               <div className="row">
-                <input type="range" min={-2} max={2} step={0.05} value={l.scale} aria-label="strength" onChange={(e) => updateLora(l.key, { scale: Number(e.target.value) })} />
-                <input type="number" min={-10} max={10} step={0.05} value={l.scale} className="scale" data-testid={`lora-scale-${i}`} onChange={(e) => updateLora(l.key, { scale: Number(e.target.value) })} />
+                <input type="range" min={-2} max={2} step={0.05} value={l.scale} aria-label={`Strength of ${l.file.name}`} onChange={(e) => updateLora(l.key, { scale: Number(e.target.value) })} />
+                <input type="number" min={-10} max={10} step={0.05} value={l.scale} className="scale" aria-label={`Strength of ${l.file.name} (number)`} data-testid={`lora-scale-${i}`} onChange={(e) => updateLora(l.key, { scale: Number(e.target.value) })} />
               </div>
               <p className="hint" data-testid={`lora-info-${i}`}>
                 {describe(l.info)}

@@ -8,8 +8,10 @@ import { compareMethods, fetchHubScorer, isBuiltInScorer, stopScorerFetch, useBu
 import { HUB_SCORER } from '../library/scorer.ts';
 import { compareScores } from '../../workers/eval/stats.ts';
 import { useStudio } from '../store/studio.ts';
+import { METHOD_WORDS } from '../app/words.ts';
 import { formatBytes } from './LibraryPanel.tsx';
 
+/** The methods by their papers' names (the Details drawer, reports). */
 export const METHODS: [CompositionMethodId, string][] = [
   ['merge', 'LoRA merge'],
   ['switch', 'LoRA Switch'],
@@ -17,6 +19,7 @@ export const METHODS: [CompositionMethodId, string][] = [
   ['cmlora', 'CMLoRA'],
   ['none', 'Prompt only'],
 ];
+
 
 const f3 = (v: number | null) => (v === null ? '–' : v.toFixed(3));
 
@@ -98,20 +101,21 @@ export function CompareControls({ disabled }: { disabled: boolean }) {
   const [chosen, setChosen] = useState<CompositionMethodId[]>(['merge', 'switch', 'composite', 'cmlora']);
   const toggle = (m: CompositionMethodId, on: boolean) => setChosen((c) => (on ? METHODS.map(([id]) => id).filter((id) => id === m || c.includes(id)) : c.filter((x) => x !== m)));
   return (
-    <fieldset className="compare" data-testid="compare">
-      <legend>Compare methods</legend>
+    <details className="compare" data-testid="compare">
+      <summary>Compare ways of mixing</summary>
+      <p className="hint">The same scene with each chosen method, side by side; the first run warms the GPU up so the times compare.</p>
       <div className="row wrap">
         {METHODS.map(([id, label]) => (
           <label className="inline" key={id}>
             <input type="checkbox" checked={chosen.includes(id)} data-testid={`compare-${id}`} onChange={(e) => toggle(id, e.target.checked)} />
-            {label}
+            <span title={label}>{METHOD_WORDS[id].name}</span>
           </label>
         ))}
       </div>
       <button data-testid="compare-run" disabled={disabled || chosen.length < 2} onClick={() => void compareMethods(chosen)}>
         Compare {chosen.length}
       </button>
-    </fieldset>
+    </details>
   );
 }
 
@@ -128,7 +132,7 @@ export function ComparisonGrid() {
         <figure key={c.method} data-testid={`comparison-${i}`}>
           {c.image ? <ImageCanvas image={c.image} label={`${c.method} result`} /> : <div className="image pending" />}
           <figcaption>
-            <b>{METHODS.find(([id]) => id === c.method)?.[1] ?? c.method}</b>
+            <b title={METHODS.find(([id]) => id === c.method)?.[1]}>{METHOD_WORDS[c.method].name}</b>
             {c.report && (
               <span className="hint" data-testid={`comparison-${i}-evals`} title={`${(c.report.unetMultiplyAdds / 1e9).toFixed(2)} billion multiply-adds in the UNet`}>
                 {' '}
@@ -138,7 +142,7 @@ export function ComparisonGrid() {
             {c.score && baseline?.score && c !== baseline && (
               <span className="hint" data-testid={`comparison-${i}-versus`}>
                 {' '}
-                · {VERSUS[compareScores(c.score.clipScore, baseline.score.clipScore)]} {METHODS.find(([id]) => id === baseline.method)?.[1]}
+                · {VERSUS[compareScores(c.score.clipScore, baseline.score.clipScore)]} {METHOD_WORDS[baseline.method].name}
               </span>
             )}
             {c.score && <ScoreLine score={c.score} testId={`comparison-${i}-score`} />}

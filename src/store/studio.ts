@@ -1,4 +1,5 @@
 // The page's state: generation settings (plain data) and the run status. Works without React.
+import type { RunPhase } from '../app/words.ts';
 import { create } from 'zustand';
 import type { CompositionMethodId, CompositionStep, EmbeddingInfo, FileRef, GuidanceStep, GenerateJob, GenerationReport, ImageData8, LoraInfo, LoraUse, ModelInfo, ProgressEvent, ScoreReport, ScorerInfo } from '../../workers/api/contract.ts';
 import type { Scene, SceneLora, SceneModel } from '../../workers/layout/scene.ts';
@@ -7,11 +8,26 @@ import type { GalleryItem } from '../gallery/gallery.ts';
 import type { EmbeddingRecord, LoraRecord, ModelRecord } from '../library/library.ts';
 import type { StorageUse } from '../library/opfs.ts';
 
+/** The status while a job runs. */
+export type RunStatus = Extract<Status, { kind: 'running' }>;
+
 export type Status =
   | { kind: 'starting' }
   | { kind: 'loading'; done: number; total: number; label: string }
   | { kind: 'ready' }
-  | { kind: 'running'; step: number; total: number; phase: string }
+  | {
+      kind: 'running';
+      step: number;
+      total: number;
+      phase: RunPhase;
+      /** What runs, where it is one of several (a comparison's method). */
+      label?: string;
+      /** performance.now() at its start, and when each denoising step arrived (for the time left). */
+      startedAt: number;
+      stepTimes: number[];
+      /** The engine has not run this model yet: its first job compiles the GPU programs. */
+      firstRun: boolean;
+    }
   | { kind: 'cancelling' }
   | { kind: 'error'; message: string };
 
@@ -85,6 +101,10 @@ export interface StudioState {
   /** The last comparison of the scene across methods (filled in as each finishes). */
   comparison?: CompareEntry[];
   notice?: string;
+  /** A problem with something the artist opened (a damaged share link): shown beside the status, which it leaves alone. */
+  alert?: string;
+  /** The picture shown enlarged, if any (a result, a gallery picture). */
+  lightbox?: { src: ImageData8 | Blob; caption: string };
   /** The service worker: the studio works offline, a new version is waiting, or it could not install. */
   offline?: 'ready' | 'update' | 'failed';
   /** Reload into the waiting new version. */

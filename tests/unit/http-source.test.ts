@@ -58,6 +58,28 @@ test('a server that sends the whole file (a precache) is read once and kept', as
   assert.deepEqual(Buffer.from(await src.read(12_345, 999)), file.subarray(12_345, 13_344));
 });
 
+test('ranges that come back empty (a precache after a reload) or fail outright: the file is read whole, once, byte-exact', async () => {
+  let ranges = 0;
+  let wholes = 0;
+  const src = await HttpSource.open(
+    await serve((req, res) => {
+      if (!req.headers.range) return wholes++, whole(req, res);
+      // the size probe is answered, every later range with a 206 and no bytes
+      if (ranges++ === 0) return ranged(req, res);
+      res.writeHead(206, { 'Content-Range': `bytes 0-0/${file.length}`, 'Content-Length': 0 }).end();
+    }),
+  );
+  assert.ok(src instanceof HttpSource);
+  assert.deepEqual(Buffer.from(await src.read(8, 100)), file.subarray(8, 108));
+  assert.deepEqual(Buffer.from(await src.read(file.length - 5, 10)), file.subarray(file.length - 5));
+  assert.equal(wholes, 1, 'read whole once, then from memory');
+  // a fetch that refuses ranged requests altogether
+  const url = await serve(whole);
+  const refusing = ((input: string | URL | Request, init?: RequestInit) => (new Headers(init?.headers).has('Range') ? Promise.reject(new TypeError('Failed to fetch')) : fetch(input, init))) as typeof fetch;
+  const m = await HttpSource.open(url, refusing);
+  assert.deepEqual(Buffer.from(await m.read(100, 50)), file.subarray(100, 150));
+});
+
 test('a whole-file answer past the limit is refused with a sentence, without reading it all', async () => {
   await assert.rejects(HttpSource.open(await serve(huge)), /does not support HTTP range requests, and it is larger than 256 MB.*download it into the library instead/);
 });

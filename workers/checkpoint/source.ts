@@ -47,7 +47,13 @@ export class HttpSource implements ByteSource {
    * sends the whole file (200) and the file is at most WHOLE_BODY_LIMIT bytes.
    */
   static async open(url: string, fetchFn: typeof fetch = fetch): Promise<ByteSource> {
-    const res = await fetchFn(url, { headers: { Range: 'bytes=0-0' } });
+    let res: Response;
+    try {
+      res = await fetchFn(url, { headers: { Range: 'bytes=0-0' } });
+    } catch (e) {
+      // a cache in between (a service worker's precache) may refuse ranged requests outright: ask for the whole file
+      res = await fetchFn(url).catch(() => Promise.reject(e));
+    }
     if (!res.ok) throw new EngineError('io', `Could not open ${url}: HTTP ${res.status}.`);
     const name = decodeURIComponent(new URL(url).pathname.split('/').pop() || url);
     if (res.status === 206) {
@@ -70,13 +76,32 @@ export class HttpSource implements ByteSource {
   async read(offset: number, length: number): Promise<Uint8Array> {
     const end = Math.min(offset + length, this.size) - 1;
     if (end < offset) return new Uint8Array(0);
+    if (this.whole) return (await this.whole).subarray(offset, end + 1);
     const fetchFn = this.fetchFn; // called unbound: fetch refuses another `this`
-    const res = await fetchFn(this.url, { headers: { Range: `bytes=${offset}-${end}` } });
-    if (res.status !== 206) throw new EngineError('io', `Range request to ${this.url} failed: HTTP ${res.status}.`);
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    if (bytes.byteLength !== end - offset + 1) throw new EngineError('io', `Range request to ${this.url} returned ${bytes.byteLength} bytes instead of ${end - offset + 1}.`);
-    return bytes;
+    let failure: string;
+    try {
+      const res = await fetchFn(this.url, { headers: { Range: `bytes=${offset}-${end}` } });
+      const bytes = res.status === 206 ? new Uint8Array(await res.arrayBuffer()) : undefined;
+      if (bytes?.byteLength === end - offset + 1) return bytes;
+      failure = bytes ? `returned ${bytes.byteLength} bytes instead of ${end - offset + 1}` : `failed: HTTP ${res.status}`;
+    } catch (e) {
+      failure = `failed: ${(e as Error).message}`;
+    }
+    // a service worker's precache answers the whole file, or nothing, to a ranged request (Chromium,
+    // after a reload): a file small enough is then read whole, once
+    if (this.size > WHOLE_BODY_LIMIT) throw new EngineError('io', `Range request to ${this.url} ${failure}.`);
+    this.whole ??= (async () => {
+      const res = await fetchFn(this.url);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      if (!res.ok || bytes.byteLength !== this.size) throw new EngineError('io', `Range request to ${this.url} ${failure}, and the whole file came back with HTTP ${res.status} and ${bytes.byteLength} of ${this.size} bytes.`);
+      return bytes;
+    })();
+    this.whole.catch(() => (this.whole = undefined));
+    return (await this.whole).subarray(offset, end + 1);
   }
+
+  /** The whole file, once ranged reads have failed (see `read`). */
+  private whole?: Promise<Uint8Array>;
 }
 
 /** A stream read whole, refused (and cancelled) as soon as it passes `cap` bytes. */

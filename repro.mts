@@ -1,17 +1,17 @@
 import { openStudio } from './e2e/harness.ts';
-const s = await openStudio(4874);
-const p = s.page;
-const probe = async (label: string) => console.log(label, await p.evaluate(async () => {
-  const out = [];
-  for (const r of ['bytes=0-0', 'bytes=0-7', 'bytes=8-100']) {
-    const res = await fetch('test-model/tiny-sd15.safetensors', { headers: { Range: r } });
-    const b = await res.arrayBuffer();
-    out.push(`${r}: ${res.status} ${res.headers.get('Content-Range')} len ${b.byteLength}`);
-  }
-  return out.join(' ; ') + ' controlled ' + !!navigator.serviceWorker.controller;
-}));
-await probe('first');
-await p.reload();
-await p.waitForTimeout(2000);
-await probe('reload');
+import { generateAndWait } from './e2e/harness.ts';
+const s = await openStudio(4876);
+const page = s.page;
+for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2']]) await page.getByTestId(id).fill(v);
+await generateAndWait(page);
+console.log('gallery', await page.locator('[data-testid^="gallery-item-"]').count());
+await page.getByTestId('layout-canvas').focus();
+await page.keyboard.press('Enter');
+await page.getByTestId('lightbox').waitFor();
+await page.getByTestId('lightbox-close').click();
+await page.waitForTimeout(300);
+console.log('lightbox', await page.getByTestId('lightbox').count(), 'focus', await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 80)));
+const t0 = Date.now();
+await generateAndWait(page);
+console.log('second run ms', Date.now() - t0, 'gallery', await page.locator('[data-testid^="gallery-item-"]').count(), await page.getByTestId('status').innerText(), (await page.getByTestId('error').count()) ? await page.getByTestId('error').innerText() : '-');
 await s.close();

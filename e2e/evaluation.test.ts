@@ -29,6 +29,8 @@ test("a result's CLIP scores use the LoRA's trigger, class word and reference, m
   await page.getByTestId('lora-references-0').setInputFiles(['dist/test-model/references/fox-1.png']);
   await page.getByTestId('lora-scoring-0').filter({ hasText: '1 references' }).waitFor();
   await generateAndWait(page);
+  // the built-in scorer's numbers are research detail: they sit in the Details drawer, not under the picture
+  await page.getByTestId('details').locator('summary').click();
   await page.getByTestId('result-score').waitFor({ timeout: 60_000 });
   assert.equal(await page.getByTestId('error').count(), 0);
 
@@ -46,7 +48,7 @@ test("a result's CLIP scores use the LoRA's trigger, class word and reference, m
   assert.equal(stored.scorer, 'built-in test scorer');
   assert.deepEqual(stored.loras.map((l) => [l.name, l.references]), [['kohya.safetensors', 1]]);
   assert.match(await page.getByTestId('result-score-clipscore').innerText(), new RegExp(`^${stored.clipScore.toFixed(1)}$`));
-  assert.match(await page.getByTestId('gallery-score-0').innerText(), /CLIPScore \d+\.\d/);
+  assert.equal(await page.getByTestId('gallery-score-0').count(), 0, 'the gallery shows no score from a scorer with random weights');
 
   // Node: the same job, the same scorer files, the same concept.
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
@@ -75,6 +77,7 @@ test('comparing two methods shows both images with their UNet runs and scores; m
   const { page } = studio;
   const result = await resultPixels(page);
   const scoreLine = await page.getByTestId('result-score').innerText();
+  await page.getByTestId('compare').locator('summary').click();
   for (const m of ['switch', 'cmlora']) await page.getByTestId(`compare-${m}`).uncheck();
   await page.getByTestId('compare-run').click();
   await page.getByTestId('comparison-1-score').waitFor({ timeout: 240_000 });
@@ -83,8 +86,8 @@ test('comparing two methods shows both images with their UNet runs and scores; m
   assert.equal(await page.getByTestId('comparison-0-score').innerText(), scoreLine, 'merge again: the same image, the same scores');
   const first = await page.getByTestId('comparison-0').locator('canvas').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));
   assert.deepEqual(first, result);
-  assert.match(await page.getByTestId('comparison-1').innerText(), /LoRA Composite · \d+ UNet runs/);
+  assert.match(await page.getByTestId('comparison-1').innerText(), /Each LoRA separately · \d+ UNet runs/);
   // merge against LoRA Composite, by CMLoRA's rule (a tenth apart or less ties)
-  assert.match(await page.getByTestId('comparison-0-versus').innerText(), /^\s*· (beats|ties with|behind) LoRA Composite\s*$/);
+  assert.match(await page.getByTestId('comparison-0-versus').innerText(), /^\s*· (beats|ties with|behind) Each LoRA separately\s*$/);
   assert.equal(await page.getByTestId('comparison-1-versus').count(), 0);
 });

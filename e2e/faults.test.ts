@@ -48,7 +48,7 @@ async function faultMidRun(page: Page, fault: (w: Worker) => Promise<unknown>) {
   const old = engineWorker(page);
   const closed = new Promise<void>((r) => old.once('close', () => r()));
   await page.getByTestId('generate').click();
-  await page.getByTestId('status').filter({ hasText: /denoise [1-3]\/4/ }).waitFor({ timeout: 120_000 });
+  await page.getByTestId('status').filter({ hasText: /Step [1-3] of 4/ }).waitFor({ timeout: 120_000 });
   await fault(old);
   await closed;
 }

@@ -4,13 +4,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Page } from 'playwright-core';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait, nodeEngine, resultPixels, studioForFile } from './harness.ts';
+import { generateAndWait, nodeEngine, openDetails, resultPixels, studioForFile } from './harness.ts';
 
 const studio = studioForFile(4300);
 
 test('generate with the embedded test model on WebGPU; same seed gives identical pixels', async () => {
   const { page } = studio;
-  assert.match(await page.getByTestId('model-name').innerText(), /tiny-sd15.safetensors \(single-file, fp32, test model/);
+  assert.match(await page.getByTestId('model-name').innerText(), /^tiny-sd15.safetensors · test model/);
+  assert.equal(await page.getByTestId('model-name').getAttribute('title'), 'single-file, fp32', 'the file layout and precision on demand');
   await page.getByTestId('width').fill('64');
   await page.getByTestId('height').fill('64');
   await page.getByTestId('steps').fill('3');
@@ -29,6 +30,7 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   const { diff } = maxAbsDiff(a, node.image.data);
   assert.ok(diff <= 2, `browser and Node images differ by at most 2/255 (got ${diff})`);
   // the memory line: the measured peak, and the plan the job's graphs give (the same in Node)
+  await openDetails(page);
   const memory = await page.getByTestId('result-memory').innerText();
   const plan = node.report.memoryPlan;
   const mb = (b: number) => (b < 2 ** 20 ? `${Math.round(b / 1024)} KB` : `${(b / 2 ** 20).toFixed(1)} MB`);
@@ -66,7 +68,7 @@ test('at 1280x720 nothing scrolls sideways, Generate is reached by keyboard, and
   for (let i = 0; i < 40 && (await page.evaluate(() => document.activeElement?.getAttribute('data-testid'))) !== 'generate'; i++) await page.keyboard.press('Tab');
   assert.equal(await page.evaluate(() => document.activeElement?.getAttribute('data-testid')), 'generate');
   await page.keyboard.press('Enter');
-  await page.getByTestId('status').filter({ hasText: /denoise [1-9]/ }).waitFor({ timeout: 120_000 });
+  await page.getByTestId('status').filter({ hasText: /Step [1-9]/ }).waitFor({ timeout: 120_000 });
   const during = await layoutOf(page);
   await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
   const moved = Object.keys(before).filter((id) => id in during && before[id] !== during[id]).map((id) => `${id}: ${before[id]} -> ${during[id]}`);
@@ -78,7 +80,7 @@ test('cancel stops the run and the next one works', async () => {
   const { page } = studio;
   await page.getByTestId('steps').fill('200');
   await page.getByTestId('generate').click();
-  await page.getByTestId('status').filter({ hasText: /denoise [1-9]/ }).waitFor({ timeout: 120_000 });
+  await page.getByTestId('status').filter({ hasText: /Step [1-9]/ }).waitFor({ timeout: 120_000 });
   await page.getByTestId('cancel').click();
   await page.getByTestId('status').filter({ hasText: 'Cancelled.' }).waitFor({ timeout: 60_000 });
   const shown = await page.getByTestId('status').innerText();

@@ -100,6 +100,12 @@ export async function generateAndWait(page: Page): Promise<void> {
   await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 240_000 });
 }
 
+/** Open the result's Details drawer (research detail: UNet runs, attention shares, memory), once. */
+export async function openDetails(page: Page): Promise<void> {
+  const details = page.getByTestId('details');
+  if ((await details.getAttribute('open')) === null) await details.locator('summary').click();
+}
+
 /** RGBA bytes of the result canvas. */
 export function resultPixels(page: Page): Promise<number[]> {
   return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { dragOnCanvas, generateAndWait, nodeEngine, resultPixels, studioForFile } from './harness.ts';
+import { dragOnCanvas, generateAndWait, nodeEngine, openDetails, resultPixels, studioForFile } from './harness.ts';
 
 const LORAS = ['dist/test-model/loras/kohya.safetensors', 'dist/test-model/loras/loha.safetensors'];
 
@@ -35,6 +35,7 @@ test('draw two boxes, give them prompts and LoRAs, generate as Node does; undo, 
 
   await generateAndWait(page);
   assert.equal(await page.getByTestId('error').count(), 0, 'no error shown');
+  await openDetails(page);
   assert.match(await page.getByTestId('result-boxes').innerText(), /^Attention in box \(used \/ unmasked\): fox 100% \/ \d+%, owl 100% \/ \d+%$/);
   const pixels = await resultPixels(page);
   await page.screenshot({ path: 'e2e/screenshots/layout.png' });

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { concatBytes, encodeSafetensors } from '../workers/checkpoint/safetensors.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait as generate, nodeEngine, resultPixels, studioForFile } from './harness.ts';
+import { generateAndWait as generate, nodeEngine, openDetails, resultPixels, studioForFile } from './harness.ts';
 
 const LORAS = ['dist/test-model/loras/kohya.safetensors', 'dist/test-model/loras/loha.safetensors'];
 
@@ -50,6 +50,7 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   await page.getByTestId('lora-scale-1').fill('0.8');
   const withLoras = await generateAndWait();
   assert.ok(maxDiff(withLoras, base) > 20, 'the LoRAs change the image');
+  await openDetails(page);
   assert.match(await page.getByTestId('result-loras').innerText(), /kohya\.safetensors × 1, loha\.safetensors × 0\.8; \d+ layers merged in \d+ ms/);
 
   // The same job in Node: same LoRA files, same ids in the same order.
@@ -62,6 +63,7 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   // LoRA Composite in the page: each LoRA's own prediction at every step, as in Node
   await page.getByTestId('method').selectOption('composite');
   const composite = await generateAndWait();
+  await openDetails(page);
   assert.match(await page.getByTestId('result-composition').innerText(), /^LoRA Composite: 6 UNet runs$/);
   const nodeComposite = await engine.generate({ ...job, composition: { method: 'composite' } });
   assert.ok(maxDiff(composite, nodeComposite.image.data) <= 2, 'browser and Node composite agree within 2/255');
@@ -73,6 +75,7 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   await page.getByTestId('method').selectOption('cmlora');
   const cmlora = await generateAndWait();
   // 3 steps, 2 LoRAs: both whole at step 0; one refreshed per step after, the other shallow
+  await openDetails(page);
   assert.match(await page.getByTestId('result-composition').innerText(), /^CMLoRA: 6 UNet runs \(2 on reused deep features\); lead order kohya\.safetensors > loha\.safetensors; reused work kohya\.safetensors 33%, loha\.safetensors 33%$/);
   const cmloraJob = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
   assert.deepEqual(cmloraJob.loras.map((l: { category: string }) => l.category), ['character', 'background']);

@@ -41,6 +41,7 @@ test('import a model and a LoRA; generate; the gallery keeps the image; its PNG 
   await small(page, 'a studio test', '5');
   await generateAndWait(page);
   await page.getByTestId('gallery-item-0').waitFor();
+  await page.getByTestId('plots-drawer').locator('summary').click();
   await page.getByTestId('plots').waitFor();
   assert.equal(await page.getByTestId('plot-active').locator('rect[data-state="active"]').count(), 2, 'one LoRA computed at each of two steps');
 
@@ -161,7 +162,7 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
   await page.getByTestId('download-start').click();
   await modelChosen(page, 'model:studio-tests/tiny-sd15');
   await ready(page);
-  assert.match(await page.getByTestId('model-name').innerText(), /diffusers/);
+  assert.match((await page.getByTestId('model-name').getAttribute('title'))!, /^diffusers, /);
 
   await page.getByTestId('download-source').fill('https://huggingface.co/studio-tests/broken');
   await page.getByTestId('download-start').click();
@@ -209,7 +210,7 @@ test('downloads: a hub repository from its file list, checked by sha256; a bad h
 test('a shared scene names its downloaded model and LoRA by address; in a fresh profile one click fetches each', async () => {
   const { page } = studio;
   await page.getByTestId('model-select').selectOption('model:studio-tests/tiny-sd15');
-  await page.getByTestId('model-name').filter({ hasText: 'diffusers' }).waitFor({ timeout: 120_000 });
+  await page.locator('[data-testid="model-name"][title^="diffusers"]').waitFor({ timeout: 120_000 });
   await ready(page);
   await page.getByTestId('share').click();
   const link = await page.getByTestId('share-url').inputValue();

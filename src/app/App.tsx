@@ -82,7 +82,7 @@ function RunLine({ run }: { run: RunStatus }) {
 }
 
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, alert, selfTest, runSteps, runGuidance, loras, shareUrl } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, alert, selfTest, runSteps, runGuidance, loras, shareUrl, adapterNote } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
   const hasBoxes = useStore(sceneStore, (s) => s.scene.boxes.length > 0);
   useEffect(() => {
@@ -220,6 +220,11 @@ export function App() {
             {status.message}
           </p>
         )}
+        {adapterNote && (
+          <p className="hint" data-testid="adapter-note">
+            {adapterNote}
+          </p>
+        )}
         {alert && (
           <p className="error" role="alert" data-testid="alert">
             {alert}{' '}
@@ -276,13 +281,11 @@ export function App() {
           <BoxPanel store={sceneStore} disabled={running} />
         </details>
         <CompareControls disabled={!model || running || status.kind === 'loading'} />
-        {(liveSteps.length > 0 || liveGuidance.length > 0) && (
-          <details className="plot-area">
-            <summary>Per-step plots</summary>
-            {liveSteps.length > 0 && <StepPlots steps={liveSteps} loras={liveLoras} />}
-            <GuidancePlot steps={liveGuidance} total={job.steps} />
-          </details>
-        )}
+        <details className="plot-area" data-testid="plots-drawer">
+          <summary>Per-step plots</summary>
+          {liveSteps.length > 0 ? <StepPlots steps={liveSteps} loras={liveLoras} /> : <p className="hint">How each LoRA took part at each step, drawn during a run.</p>}
+          <GuidancePlot steps={liveGuidance} total={job.steps} />
+        </details>
         <ScorerPanel disabled={running} />
         <details className="hint">
           <summary>Diagnostics</summary>

@@ -7,7 +7,8 @@ import { boxTrigger, layoutSwitches, type Scene, type SceneLora, type SceneModel
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, isEmbeddingFile, testModelRequest } from '../engine/model-files.ts';
 import { dataUrlOf, drawScaled } from '../gallery/images.ts';
-import { deleteResult, listResults, resultPng, saveResult, sceneFromPng, type GalleryItem } from '../gallery/gallery.ts';
+import { deleteResult, listResults, pngContents, resultPng, saveResult, type GalleryItem } from '../gallery/gallery.ts';
+import { loraTags, schedulerOf, type A1111Parameters } from '../../workers/layout/a1111.ts';
 import { DownloadError } from '../library/download.ts';
 import {
   cancelDownload,
@@ -528,7 +529,19 @@ export function applyPaperSettings() {
 export function currentJob(): GenerateJob {
   const { job: settings, loras } = studio();
   const layout = jobLayout();
-  return { ...settings, loras: activeLoras(loras), ...(layout ? { layout } : {}) };
+  // `<lora:name:w>` (or `<lora:name:te:unet>`) in the prompt adds that library LoRA, or sets its strengths
+  const tagged = loraTags(settings.prompt);
+  const uses = activeLoras(loras);
+  const stem = (name: string) => name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '').toLowerCase();
+  for (const t of tagged.loras) {
+    const entry = loras.find((l) => l.info && stem(l.file.name) === stem(t.name));
+    if (!entry) throw new Error(`The prompt asks for <lora:${t.name}>, but the library has no loaded LoRA of that name; add its file, or remove the tag.`);
+    const use = { lora: entry.info!.id, scale: t.unet, textEncoderScale: t.te, category: entry.record.category, ...(entry.record.trigger?.trim() ? { trigger: entry.record.trigger.trim() } : {}) };
+    const at = uses.findIndex((u) => u.lora === use.lora);
+    if (at >= 0) uses[at] = use;
+    else uses.push(use);
+  }
+  return { ...settings, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}) };
 }
 
 /** Models the engine has run a job with since it started (their first job compiles the GPU programs). */
@@ -644,12 +657,52 @@ async function openLinkIn(hash: string) {
   }
 }
 
+/**
+ * Another tool's picture (A1111's `parameters`): its prompt, negative prompt, steps, sampler, CFG,
+ * seed, size and clip skip fill the studio; its `<lora:name:w>` LoRAs are switched on at their
+ * strengths where the library has them (by file name) and listed as missing where it has not.
+ */
+export function applyParameters(p: A1111Parameters, from: string) {
+  const { job, setJob, loras, set } = studio();
+  const notes: string[] = [];
+  const scheduler = schedulerOf(p.sampler, p.scheduleType);
+  if (p.sampler && !scheduler) notes.push(`its sampler "${p.sampler}" is not here, so ${job.scheduler} stays`);
+  // sizes here are multiples of 64: the nearest one
+  const snap = (v: number | undefined, keep: number) => (v === undefined ? keep : Math.min(2048, Math.max(64, Math.round(v / 64) * 64)));
+  const width = snap(p.width, job.width);
+  const height = snap(p.height, job.height);
+  if ((p.width !== undefined && p.width !== width) || (p.height !== undefined && p.height !== height)) notes.push(`its size ${p.width}x${p.height} became ${width}x${height}`);
+  setJob({
+    prompt: p.prompt,
+    negative: p.negative,
+    ...(p.steps ? { steps: Math.min(250, Math.max(1, Math.round(p.steps))) } : {}),
+    ...(scheduler ? { scheduler } : {}),
+    ...(p.cfg ? { cfg: Math.min(30, Math.max(1, p.cfg)) } : {}),
+    ...(p.seed !== undefined && Number.isInteger(p.seed) && p.seed >= 0 && p.seed <= 0xffffffff ? { seed: p.seed } : {}),
+    ...(p.clipSkip ? { clipSkip: Math.max(1, Math.round(p.clipSkip)) } : {}),
+    width,
+    height,
+  });
+  sceneStore.getState().setFrame(width, height);
+  const stem = (name: string) => name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '').toLowerCase();
+  set({
+    loras: loras.map((l) => {
+      const use = p.loras.find((t) => stem(t.name) === stem(l.file.name));
+      return { ...l, enabled: !!use, scale: use?.unet ?? l.scale };
+    }),
+  });
+  const missing = p.loras.filter((t) => !loras.some((l) => stem(l.file.name) === stem(t.name))).map((t) => ({ name: `${t.name}.safetensors`, scale: t.unet }));
+  set({ missing, notice: `Opened the settings of ${from}${p.model ? ` (made with ${p.model})` : ''}.${missing.length ? ` Not in your library: ${missing.map((m) => m.name).join(', ')}.` : ''}${notes.length ? ` Note: ${notes.join('; ')}.` : ''}`, status: studio().status.kind === 'error' ? { kind: 'ready' } : studio().status });
+}
+
 /** Files dropped anywhere on the page: PNGs give their scene back, .safetensors join the library. */
 export async function dropFiles(files: File[]) {
   for (const f of files) {
     if (f.type === 'image/png' || f.name.toLowerCase().endsWith('.png')) {
       try {
-        applyScene(await sceneFromPng(f), `the image ${f.name}`);
+        const got = await pngContents(f);
+        if ('scene' in got) applyScene(got.scene, `the image ${f.name}`);
+        else applyParameters(got.parameters, `the image ${f.name}`);
       } catch (e) {
         fail(e);
       }
@@ -666,8 +719,26 @@ export async function dropFiles(files: File[]) {
 
 // ---------------------------------------------------------------- start
 
+/** A software adapter (SwiftShader, or one the browser marks as a fallback): everything runs on the CPU. */
+export const isSoftwareAdapter = (a: { vendor: string; architecture: string }) => /swiftshader|llvmpipe|software|fallback/i.test(`${a.vendor} ${a.architecture}`);
+
+/** On a software adapter a fresh studio starts small, and says why pictures are slow. */
+const SOFTWARE_DEFAULT = { width: 128, height: 128, steps: 12 };
+
 export async function startStudio() {
+  const fresh = typeof localStorage !== 'undefined' && !localStorage.getItem(SCENE_KEY) && !isShareLink(location.hash);
   syncScene();
+  void engine()
+    .init()
+    .then((adapter) => {
+      if (!isSoftwareAdapter(adapter)) return;
+      studio().set({ adapterNote: `This browser draws with a software GPU (${adapter.vendor} ${adapter.architecture}): the processor does the GPU's work, so pictures take minutes, not seconds.${fresh ? ` The studio starts small (${SOFTWARE_DEFAULT.width}×${SOFTWARE_DEFAULT.height}, ${SOFTWARE_DEFAULT.steps} steps); raise them when you like.` : ''}` });
+      if (fresh && studio().status.kind !== 'running') {
+        studio().setJob(SOFTWARE_DEFAULT);
+        sceneStore.getState().setFrame(SOFTWARE_DEFAULT.width, SOFTWARE_DEFAULT.height);
+      }
+    })
+    .catch(() => {});
   void navigator.storage?.persist?.().catch(() => false);
   let lib;
   try {

@@ -47,7 +47,12 @@ export function PictureStage({ store, image, running, disabled }: { store: Scene
   const enlarge = () => image && useStudio.getState().set({ lightbox: { src: image, caption: running ? 'Live preview' : 'The last picture' } });
   return (
     <div className="stage" ref={wrap}>
-      <div className="picture" style={{ width: size.width, height: size.height }} data-testid="picture" onKeyDown={(e) => e.key === 'Enter' && enlarge()}>
+      <div className="picture" style={{ width: size.width, height: size.height }} data-testid="picture" onKeyDown={(e) => {
+          if (e.key !== 'Enter' || !image) return;
+          // handled here: the Enter must not go on to press the lightbox's close button, focused next
+          e.preventDefault();
+          enlarge();
+        }}>
         <ImageCanvas image={image} label={running ? 'Live preview of the picture being made' : 'The last picture'} testId={running ? 'preview' : 'result'} />
         <LayoutCanvas store={store} disabled={disabled} width={size.width} height={size.height} overImage={!!image} showBoxes={showBoxes} />
         {!image && !scene.boxes.length && (

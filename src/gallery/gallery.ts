@@ -1,6 +1,7 @@
 // The gallery: every result kept in IndexedDB as its PNG (which carries the scene in a text chunk)
 // with the scene and report beside it; a PNG dropped back onto the studio gives its scene back.
 import type { GenerationReport, ImageData8, ScoreReport } from '../../workers/api/contract.ts';
+import { formatA1111, parseA1111, type A1111Parameters } from '../../workers/layout/a1111.ts';
 import { encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from '../../workers/engine/png.ts';
 import { parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
 import { getAll, put, remove } from '../storage/idb.ts';
@@ -21,9 +22,13 @@ export interface GalleryItem {
   score?: ScoreReport;
 }
 
-/** The PNG of a result, with its scene and report as text chunks. */
+/**
+ * The PNG of a result, with its scene and report as text chunks, and the settings as A1111 writes
+ * them (`parameters`), so A1111, ComfyUI, Civitai and the rest read our pictures too.
+ */
 export async function resultPng(image: ImageData8, scene: Scene, report: GenerationReport): Promise<Blob> {
-  const png = await encodePng(image.data, image.width, image.height, { [SCENE_CHUNK]: JSON.stringify(scene), [REPORT_CHUNK]: JSON.stringify(report) });
+  const parameters = formatA1111({ ...report, model: scene.model?.name, loras: report.loras });
+  const png = await encodePng(image.data, image.width, image.height, { parameters, [SCENE_CHUNK]: JSON.stringify(scene), [REPORT_CHUNK]: JSON.stringify(report) });
   return new Blob([png as BlobPart], { type: 'image/png' });
 }
 
@@ -43,6 +48,22 @@ export class PngSceneError extends Error {
   constructor(problem: string) {
     super(`No scene could be taken from this image: ${problem}`);
     this.name = 'PngSceneError';
+  }
+}
+
+/** What a dropped PNG carries: a studio scene, or another tool's settings (A1111's `parameters`). */
+export async function pngContents(file: Blob): Promise<{ scene: Scene } | { parameters: A1111Parameters }> {
+  try {
+    return { scene: await sceneFromPng(file) };
+  } catch (e) {
+    if (!(e instanceof PngSceneError) || !/no scene chunk/.test(e.message)) throw e;
+    const text = readPngText(new Uint8Array(await file.arrayBuffer()), 1 << 20);
+    if (text.parameters === undefined) throw new PngSceneError('it has neither a LoRA Studio scene nor the settings other tools (A1111, ComfyUI, Forge) write into their pictures.');
+    try {
+      return { parameters: parseA1111(text.parameters) };
+    } catch (err) {
+      throw new PngSceneError(`its settings text cannot be read: ${(err as Error).message}.`);
+    }
   }
 }
 

@@ -65,13 +65,34 @@ function Embeddings({ disabled }: { disabled: boolean }) {
   );
 }
 
+/** The built-in test model's own LoRAs (three formats), shipped beside it and cached for offline use. */
+const TEST_LORAS = ['kohya.safetensors', 'loha.safetensors', 'locon.safetensors'];
+
+async function addTestLoras() {
+  const files = await Promise.all(
+    TEST_LORAS.map(async (name) => {
+      const res = await fetch(new URL(`test-model/loras/${name}`, document.baseURI));
+      return new File([await res.blob()], name);
+    }),
+  );
+  await addLoraFiles(files);
+}
+
 export function LoraPanel({ disabled }: { disabled: boolean }) {
-  const { loras, updateLora, loraDownload } = useStudio();
+  const { loras, updateLora, loraDownload, model } = useStudio();
   const [address, setAddress] = useState('');
   return (
     <fieldset className="loras" data-testid="loras">
       <legend>LoRAs</legend>
       <p className="hint">Kept in this browser's storage; drop .safetensors files anywhere on the page.</p>
+      {model?.isTestModel && loras.length === 0 && (
+        <p className="hint" data-testid="test-loras">
+          The test model comes with LoRAs made for it: {TEST_LORAS.join(', ')}.{' '}
+          <button className="small" data-testid="test-loras-add" disabled={disabled} onClick={() => void addTestLoras()}>
+            Add them
+          </button>
+        </p>
+      )}
       <label>
         Add LoRA (.safetensors, or a Mix-of-Show ED-LoRA .pth)
         <input

@@ -109,6 +109,8 @@ export interface StudioState {
   offline?: 'ready' | 'update' | 'failed';
   /** Reload into the waiting new version. */
   applyUpdate?: () => void;
+  /** Why pictures will be slow here (a software adapter), when they will. */
+  adapterNote?: string;
   /** The last GPU self-test's summary. */
   selfTest?: string;
   setJob(patch: Partial<GenerateJob>): void;

@@ -27,6 +27,7 @@ import { prepareLayout, type Context, type Encoded, type PreparedLayout } from '
 import type { Vocabulary } from '../text/embeddings.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { PREVIEW_RGB } from '../graph/step.ts';
+import { applyEmphasis, hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
 import { GpuLatents, type GpuLoopParts } from './gpu-loop.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
@@ -307,11 +308,18 @@ class Denoising {
   private readonly encode = async (text: string, label: string): Promise<Encoded> => {
     const { ort, config, parts, textLen, hidden } = this;
     const vocab = parts.vocabulary;
-    const e = parts.tokenizer.encode(text, vocab?.added);
+    // A1111's emphasis: (word:1.3), (word), [word]; a plain prompt is encoded as it is
+    const emphasis = hasEmphasis(text) ? parseEmphasis(text) : undefined;
+    if (emphasis?.breaks) this.warnings.push(`The ${label} has BREAK; the studio reads one 77-token chunk, so BREAK is read as a space.`);
+    const e = emphasis ? parts.tokenizer.encodeWeighted(emphasis.runs, vocab?.added) : { ...parts.tokenizer.encode(text, vocab?.added), weights: undefined };
+    const weigh = (context: Float32Array) => {
+      if (e.weights) applyEmphasis(context, e.weights, hidden);
+      return context;
+    };
     if (e.truncated) this.warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
     const V = config.textEncoder.vocabSize;
     const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? id : 0)), [1, e.ids.length]);
-    if (!vocab) return { data: (await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array, layers: 1, ids: e.ids, tokenCount: e.tokenCount };
+    if (!vocab) return { data: weigh((await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array), layers: 1, ids: e.ids, tokenCount: e.tokenCount };
     const extraIds = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? 0 : id - V)), [1, e.ids.length]);
     const mask = new ort.Tensor('float32', Float32Array.from(e.ids, (id) => (id < V ? 0 : 1)), [1, e.ids.length, 1]);
     const layers = e.ids.some((id) => vocab.layerwise.has(id)) ? vocab.layers : 1;
@@ -319,7 +327,7 @@ class Denoising {
     for (let l = 0; l < layers; l++) {
       const table = new ort.Tensor('float32', vocab.table(l), [vocab.rows, config.textEncoder.hidden]);
       const out = await parts.textEncoder({ input_ids: ids, extra_ids: extraIds, extra_mask: mask, extra_embeddings: table });
-      data.set(out.last_hidden_state.data as Float32Array, l * textLen * hidden);
+      data.set(weigh((out.last_hidden_state.data as Float32Array).slice()), l * textLen * hidden);
     }
     return { data, layers, ids: e.ids, tokenCount: e.tokenCount };
   };

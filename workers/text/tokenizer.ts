@@ -59,6 +59,29 @@ export class ClipTextTokenizer {
     return { ids, tokenCount: all.length, truncated };
   }
 
+  /**
+   * Runs of text with their weights (workers/text/emphasis.ts): each run tokenized on its own, as A1111
+   * does, and every token given its run's weight (begin, end and padding weigh 1).
+   */
+  encodeWeighted(runs: { text: string; weight: number }[], added: AddedToken[] = []): Encoded & { weights: number[] } {
+    const eos = this.tok.eos_token_id;
+    const [bos] = this.tok.encode('') as number[];
+    const all = [bos];
+    const weights = [1];
+    for (const r of runs) {
+      const ids = added.length ? this.withAdded(r.text, added).slice(1, -1) : (this.tok.encode(r.text, { add_special_tokens: false }) as number[]);
+      all.push(...ids);
+      for (const _ of ids) weights.push(r.weight);
+    }
+    all.push(eos);
+    weights.push(1);
+    const truncated = all.length > this.maxLength;
+    const ids = truncated ? [...all.slice(0, this.maxLength - 1), eos] : all.slice();
+    const w = truncated ? [...weights.slice(0, this.maxLength - 1), 1] : weights.slice();
+    while (ids.length < this.maxLength) ids.push(eos), w.push(1);
+    return { ids, weights: w, tokenCount: all.length, truncated };
+  }
+
   private withAdded(text: string, added: AddedToken[]): number[] {
     const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     const names = [...added].sort((a, b) => b.name.length - a.name.length);

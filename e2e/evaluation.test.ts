@@ -30,7 +30,7 @@ test("a result's CLIP scores use the LoRA's trigger, class word and reference, m
   await page.getByTestId('lora-scoring-0').filter({ hasText: '1 references' }).waitFor();
   await generateAndWait(page);
   // the built-in scorer's numbers are research detail: they sit in the Details drawer, not under the picture
-  await page.getByTestId('details').locator('summary').click();
+  await page.getByTestId('details').locator('summary').first().click();
   await page.getByTestId('result-score').waitFor({ timeout: 60_000 });
   assert.equal(await page.getByTestId('error').count(), 0);
 

@@ -103,7 +103,7 @@ export async function generateAndWait(page: Page): Promise<void> {
 /** Open the result's Details drawer (research detail: UNet runs, attention shares, memory), once. */
 export async function openDetails(page: Page): Promise<void> {
   const details = page.getByTestId('details');
-  if ((await details.getAttribute('open')) === null) await details.locator('summary').click();
+  if ((await details.getAttribute('open')) === null) await details.locator('summary').first().click();
 }
 
 /** RGBA bytes of the result canvas. */

@@ -190,3 +190,23 @@ test("an A1111 picture's settings fill the studio (its LoRA tags too, a missing 
   await page.getByTestId('generate').click();
   assert.match(await page.getByTestId('error').innerText(), /The prompt asks for <lora:nowhere>, but the library has no loaded LoRA of that name/);
 });
+
+test('a batch of three: the seeds one after another, a grid to enlarge from, three pictures in the gallery', async () => {
+  const { page } = studio;
+  await page.getByTestId('prompt').fill('a castle on a hill');
+  await page.getByTestId('steps').fill('2');
+  await page.getByTestId('seed').fill('100');
+  const before = await page.locator('[data-testid^="gallery-item-"]').count();
+  await page.getByTestId('batch-count').fill('3');
+  await generateAndWait(page);
+  await page.getByTestId(`gallery-item-${before + 2}`).waitFor();
+  assert.equal(await page.getByTestId('batch-grid').locator('canvas').count(), 3);
+  const seeds = (await page.locator('.gallery .caption').allInnerTexts()).slice(0, 3).map((t) => /seed (\d+)/.exec(t)![1]);
+  assert.deepEqual(seeds, ['102', '101', '100'], 'newest first');
+  assert.match(await page.getByTestId('result-line').innerText(), /seed 102/);
+  await page.getByTestId('batch-1').click();
+  assert.equal(await page.getByTestId('lightbox').getAttribute('aria-label'), 'Seed 101');
+  await page.keyboard.press('Escape');
+  await page.getByTestId('batch-count').fill('1');
+  await page.screenshot({ path: 'e2e/screenshots/ui-batch.png' });
+});

@@ -8,6 +8,7 @@ import type { CompositionMethodId, GenerateJob, GenerationReport, SchedulerId } 
 import { PictureStage } from '../canvas/PictureStage.tsx';
 import { BoxPanel } from '../panels/BoxPanel.tsx';
 import { GalleryPanel } from '../panels/GalleryPanel.tsx';
+import { ImageCanvas } from '../panels/ImageCanvas.tsx';
 import { Lightbox } from '../panels/Lightbox.tsx';
 import { LibraryPanel } from '../panels/LibraryPanel.tsx';
 import { LoraPanel } from '../panels/LoraPanel.tsx';
@@ -82,7 +83,7 @@ function RunLine({ run }: { run: RunStatus }) {
 }
 
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, alert, selfTest, runSteps, runGuidance, loras, shareUrl, adapterNote } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, alert, selfTest, runSteps, runGuidance, loras, shareUrl, adapterNote, batchCount, batch } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
   const hasBoxes = useStore(sceneStore, (s) => s.scene.boxes.length > 0);
   useEffect(() => {
@@ -135,6 +136,17 @@ export function App() {
       </aside>
       <section className="center">
         <PictureStage store={sceneStore} image={running ? preview : result?.image} running={running} disabled={running} />
+        {batch && batch.images.length > 0 && (
+          <ul className="batch-grid" data-testid="batch-grid" aria-label="The pictures of the last batch">
+            {batch.images.map((image, i) => (
+              <li key={batch.seeds[i]}>
+                <button className="thumb-button" data-testid={`batch-${i}`} aria-label={`Enlarge picture ${i + 1} of the batch (seed ${batch.seeds[i]})`} onClick={() => useStudio.getState().set({ lightbox: { src: image, caption: `Seed ${batch.seeds[i]}` } })}>
+                  <ImageCanvas image={image} label={`Seed ${batch.seeds[i]}`} />
+                </button>
+              </li>
+            ))}
+          </ul>
+        )}
         <MissingPanel />
         {/* the last result's lines stay in place (hidden) during a run: nothing below them moves */}
         <div className="result-info" style={{ visibility: running ? 'hidden' : 'visible' }}>
@@ -200,6 +212,10 @@ export function App() {
           <textarea value={job.negative} data-testid="negative" onChange={(e) => set({ negative: e.target.value })} rows={2} />
         </label>
         <div className="row generate-row">
+          <label className="batch" title="Pictures one Generate makes, each with the next seed">
+            Pictures
+            <input type="number" min={1} max={16} value={batchCount} data-testid="batch-count" onChange={(e) => useStudio.getState().set({ batchCount: Math.max(1, Math.min(16, Math.round(Number(e.target.value)) || 1)) })} />
+          </label>
           <button className="primary" data-testid="generate" disabled={!model || running || status.kind === 'loading'} onClick={() => void generate()}>
             Generate
           </button>

@@ -1,6 +1,6 @@
 // What the page does: the engine worker's life, the library (models, LoRAs, downloads), generating,
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
-import type { GenerateJob, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
+import type { GenerateJob, ImageData8, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
 import { loadScorer, scoreResult } from './scoring.ts';
 import { paperSettings } from '../../workers/composition/presets.ts';
 import { boxTrigger, layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
@@ -561,39 +561,55 @@ export function advanceRun(p: ProgressEvent, label?: string): RunStatus {
 }
 
 export async function generate() {
-  const { loras, set } = studio();
-  let job: GenerateJob & { loras: LoraUse[] };
+  const { loras, set, batchCount } = studio();
+  let first: GenerateJob & { loras: LoraUse[] };
   try {
-    job = currentJob() as typeof job;
+    first = currentJob() as typeof first;
   } catch (e) {
     return fail(e);
   }
-  const scene = currentScene();
-  // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
-  localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
-  set({ status: startRun(job.steps), preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
-  const onProgress = (p: ProgressEvent) => {
-    if (studio().status.kind === 'cancelling') return;
-    set({ status: advanceRun(p), progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
-  };
-  try {
-    const result = await withProgress(onProgress, (p) => engine().generate(job, p));
-    set({ result: { ...result, scene }, status: { kind: 'ready' }, notice: result.report.warnings.join(' ') || undefined });
-    const score = await scoreResult(result.image, scene);
-    if (score) set({ result: { ...result, scene, score } });
+  const count = Math.max(1, Math.min(16, Math.round(batchCount) || 1));
+  const batch: { images: ImageData8[]; seeds: number[] } = { images: [], seeds: [] };
+  set({ batch: count > 1 ? batch : undefined });
+  // a batch: the same scene with the seeds that follow, one picture after another
+  for (let i = 0; i < count; i++) {
+    if (i > 0 && studio().status.kind === 'cancelling') return set({ status: { kind: 'ready' }, notice: `Cancelled after ${i} of ${count} pictures.` });
+    const job = { ...first, seed: (first.seed + i) % 0x100000000 };
+    const scene = { ...currentScene(), seed: job.seed };
+    const label = count > 1 ? `Picture ${i + 1} of ${count}` : undefined;
+    // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
+    localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
+    set({ status: startRun(job.steps, label), preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
+    const onProgress = (p: ProgressEvent) => {
+      if (studio().status.kind === 'cancelling') return;
+      set({ status: advanceRun(p, label), progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
+    };
     try {
-      const item = await saveResult(result.image, scene, result.report, score);
-      set({ gallery: [item, ...studio().gallery] });
-      await thumbnails(item, job.loras.map((u) => loras.find((l) => l.info?.id === u.lora)).filter((l): l is LoraEntry => !!l));
+      const result = await withProgress(onProgress, (p) => engine().generate(job, p));
+      const last = i === count - 1;
+      if (count > 1) {
+        batch.images.push(result.image);
+        batch.seeds.push(job.seed);
+        set({ batch: { ...batch } });
+      }
+      set({ result: { ...result, scene }, ...(last ? { status: { kind: 'ready' as const } } : {}), notice: result.report.warnings.join(' ') || undefined });
+      const score = await scoreResult(result.image, scene);
+      if (score) set({ result: { ...result, scene, score } });
+      try {
+        const item = await saveResult(result.image, scene, result.report, score);
+        set({ gallery: [item, ...studio().gallery] });
+        await thumbnails(item, job.loras.map((u) => loras.find((l) => l.info?.id === u.lora)).filter((l): l is LoraEntry => !!l));
+      } catch (e) {
+        set({ notice: `The image is shown but was not kept in the gallery: ${(e as Error).message}` });
+      }
+      await refreshUsage();
     } catch (e) {
-      set({ notice: `The image is shown but was not kept in the gallery: ${(e as Error).message}` });
+      const err = e as Error & { code?: string };
+      if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: count > 1 && i > 0 ? `Cancelled after ${i} of ${count} pictures.` : 'Cancelled.' });
+      // the engine is being restarted (see recover): its progress is the status now
+      else if (!isEngineFailure(err)) fail(err);
+      return;
     }
-    await refreshUsage();
-  } catch (e) {
-    const err = e as Error & { code?: string };
-    if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: 'Cancelled.' });
-    // the engine is being restarted (see recover): its progress is the status now
-    else if (!isEngineFailure(err)) fail(err);
   }
 }
 

@@ -109,6 +109,9 @@ export interface StudioState {
   offline?: 'ready' | 'update' | 'failed';
   /** Reload into the waiting new version. */
   applyUpdate?: () => void;
+  /** How many pictures one Generate makes (seeds one after another), and the last such batch. */
+  batchCount: number;
+  batch?: { images: ImageData8[]; seeds: number[] };
   /** Why pictures will be slow here (a software adapter), when they will. */
   adapterNote?: string;
   /** The last GPU self-test's summary. */
@@ -146,6 +149,7 @@ export const useStudio = create<StudioState>((set) => ({
   missing: [],
   runSteps: [],
   runGuidance: [],
+  batchCount: 1,
   updateLora: (key, patch) => set((s) => ({ loras: s.loras.map((l) => (l.key === key ? { ...l, ...patch } : l)) })),
   updateEmbedding: (key, patch) => set((s) => ({ embeddings: s.embeddings.map((e) => (e.key === key ? { ...e, ...patch } : e)) })),
   status: { kind: 'starting' },

@@ -532,9 +532,8 @@ export function currentJob(): GenerateJob {
   // `<lora:name:w>` (or `<lora:name:te:unet>`) in the prompt adds that library LoRA, or sets its strengths
   const tagged = loraTags(settings.prompt);
   const uses = activeLoras(loras);
-  const stem = (name: string) => name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '').toLowerCase();
   for (const t of tagged.loras) {
-    const entry = loras.find((l) => l.info && stem(l.file.name) === stem(t.name));
+    const entry = loras.find((l) => l.info && fileStem(l.file.name) === fileStem(t.name));
     if (!entry) throw new Error(`The prompt asks for <lora:${t.name}>, but the library has no loaded LoRA of that name; add its file, or remove the tag.`);
     const use = { lora: entry.info!.id, scale: t.unet, textEncoderScale: t.te, category: entry.record.category, ...(entry.record.trigger?.trim() ? { trigger: entry.record.trigger.trim() } : {}) };
     const at = uses.findIndex((u) => u.lora === use.lora);
@@ -673,6 +672,9 @@ async function openLinkIn(hash: string) {
   }
 }
 
+/** A LoRA's name as prompts and other tools write it: its file name without the extension, any case. */
+const fileStem = (name: string) => name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '').toLowerCase();
+
 /**
  * Another tool's picture (A1111's `parameters`): its prompt, negative prompt, steps, sampler, CFG,
  * seed, size and clip skip fill the studio; its `<lora:name:w>` LoRAs are switched on at their
@@ -700,14 +702,13 @@ export function applyParameters(p: A1111Parameters, from: string) {
     height,
   });
   sceneStore.getState().setFrame(width, height);
-  const stem = (name: string) => name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '').toLowerCase();
   set({
     loras: loras.map((l) => {
-      const use = p.loras.find((t) => stem(t.name) === stem(l.file.name));
+      const use = p.loras.find((t) => fileStem(t.name) === fileStem(l.file.name));
       return { ...l, enabled: !!use, scale: use?.unet ?? l.scale };
     }),
   });
-  const missing = p.loras.filter((t) => !loras.some((l) => stem(l.file.name) === stem(t.name))).map((t) => ({ name: `${t.name}.safetensors`, scale: t.unet }));
+  const missing = p.loras.filter((t) => !loras.some((l) => fileStem(l.file.name) === fileStem(t.name))).map((t) => ({ name: `${t.name}.safetensors`, scale: t.unet }));
   set({ missing, notice: `Opened the settings of ${from}${p.model ? ` (made with ${p.model})` : ''}.${missing.length ? ` Not in your library: ${missing.map((m) => m.name).join(', ')}.` : ''}${notes.length ? ` Note: ${notes.join('; ')}.` : ''}`, status: studio().status.kind === 'error' ? { kind: 'ready' } : studio().status });
 }
 

@@ -79,6 +79,7 @@ test('comparing two methods shows both images with their UNet runs and scores; m
   const scoreLine = await page.getByTestId('result-score').innerText();
   await page.getByTestId('compare').locator('summary').click();
   for (const m of ['switch', 'cmlora']) await page.getByTestId(`compare-${m}`).uncheck();
+  const kept = await page.locator('[data-testid^="gallery-item-"]').count();
   await page.getByTestId('compare-run').click();
   await page.getByTestId('comparison-1-score').waitFor({ timeout: 240_000 });
   await page.getByTestId('generate').and(page.locator(':enabled')).waitFor({ timeout: 60_000 });
@@ -90,4 +91,8 @@ test('comparing two methods shows both images with their UNet runs and scores; m
   // merge against LoRA Composite, by CMLoRA's rule (a tenth apart or less ties)
   assert.match(await page.getByTestId('comparison-0-versus').innerText(), /^\s*· (beats|ties with|behind) Each LoRA separately\s*$/);
   assert.equal(await page.getByTestId('comparison-1-versus').count(), 0);
+  // both pictures are kept in the gallery, newest first, each with its method
+  await page.getByTestId(`gallery-item-${kept + 1}`).waitFor();
+  assert.match(await page.getByTestId('gallery-item-0').innerText(), /Each LoRA separately/);
+  assert.match(await page.getByTestId('gallery-item-1').innerText(), /Blend LoRAs/);
 });

@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import { deflateSync } from 'node:zlib';
 import { encodePng, readPngText } from '../workers/engine/png.ts';
 import { parseA1111 } from '../workers/layout/a1111.ts';
-import { generateAndWait, studioForFile } from './harness.ts';
+import { maxAbsDiff } from '../tests/helpers.ts';
+import { generateAndWait, nodeEngine, resultPixels, studioForFile } from './harness.ts';
 
 const studio = studioForFile(5900, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '7'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
@@ -137,6 +138,8 @@ test('every control has a name of its own: buttons, fields, sliders, the progres
   assert.equal(await page.getByTestId('test-loras').count(), 0, 'offered only while the library has none');
   // a plain script: the test runner's transform would wrap named functions in a helper the page lacks
   const problems = (await page.evaluate(`(() => {
+    // every panel open, so what folds is checked too
+    for (const d of document.querySelectorAll('details')) d.open = true;
     const nameOf = (el) => {
       const label = el.getAttribute('aria-label');
       if (label) return label.trim();
@@ -152,12 +155,15 @@ test('every control has a name of its own: buttons, fields, sliders, the progres
     const sliders = controls.filter((el) => el.tagName === 'INPUT' && (el.type === 'range' || el.type === 'number')).map(nameOf);
     const repeated = sliders.filter((n, i) => sliders.indexOf(n) !== i);
     const roleless = [...document.querySelectorAll('[aria-label]')].filter((el) => visible(el) && el.tagName === 'DIV' && !el.getAttribute('role')).map((el) => el.outerHTML.slice(0, 120));
-    return { count: controls.length, missing, repeated, roleless };
-  })()`)) as { count: number; missing: string[]; repeated: string[]; roleless: string[] };
+    const squeezed = controls.filter((el) => el.tagName === 'INPUT' && (el.type === 'checkbox' || el.type === 'number' || el.type === 'text') && el.getBoundingClientRect().width < (el.type === 'checkbox' ? 8 : 40)).map(nameOf);
+    return { count: controls.length, missing, repeated, roleless, squeezed };
+  })()`)) as { count: number; missing: string[]; repeated: string[]; roleless: string[]; squeezed: string[] };
   assert.ok(problems.count >= 40, `${problems.count} controls checked`);
   assert.deepEqual(problems.missing, [], 'controls without a name');
   assert.deepEqual(problems.repeated, [], 'number fields and sliders that share a name');
   assert.deepEqual(problems.roleless, [], 'labelled elements without a role');
+  assert.deepEqual(problems.squeezed, [], 'checkboxes and fields squeezed too small to use');
+  await page.evaluate(() => document.querySelectorAll('details').forEach((d) => (d.open = false)));
 });
 
 test("an A1111 picture's settings fill the studio (its LoRA tags too, a missing one named); ours carry A1111's parameters, read back the same", async () => {
@@ -192,9 +198,11 @@ test("an A1111 picture's settings fill the studio (its LoRA tags too, a missing 
   assert.match(await page.getByTestId('error').innerText(), /The prompt asks for <lora:nowhere>, but the library has no loaded LoRA of that name/);
 });
 
-test('a batch of three: the seeds one after another, a grid to enlarge from, three pictures in the gallery', async () => {
+test('a batch of three: the seeds one after another, a grid to enlarge from, three pictures in the gallery; a BREAK prompt as Node reads it', async () => {
   const { page } = studio;
-  await page.getByTestId('prompt').fill('a castle on a hill');
+  // BREAK: two 77-token chunks in the context, on the page's WebGPU as in Node
+  await page.getByTestId('prompt').fill('a castle BREAK on a (hill:1.3)');
+  for (const box of await page.locator('[data-testid^="lora-enabled-"]').all()) await box.uncheck();
   await page.getByTestId('steps').fill('2');
   await page.getByTestId('seed').fill('100');
   const before = await page.locator('[data-testid^="gallery-item-"]').count();
@@ -210,4 +218,13 @@ test('a batch of three: the seeds one after another, a grid to enlarge from, thr
   await page.keyboard.press('Escape');
   await page.getByTestId('batch-count').fill('1');
   await page.screenshot({ path: 'e2e/screenshots/ui-batch.png' });
+  assert.equal(await page.getByTestId('error').count(), 0);
+  const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
+  assert.equal(job.seed, 102);
+  assert.deepEqual(job.loras, []);
+  const { engine } = await nodeEngine();
+  const node = await engine.generate(job);
+  engine.unload();
+  assert.deepEqual(node.report.warnings, []);
+  assert.ok(maxAbsDiff(await resultPixels(page), node.image.data).diff <= 2, 'browser and Node agree within 2/255');
 });

@@ -9,6 +9,7 @@ import { dataUrlOf, drawScaled, pixelsOf } from '../gallery/images.ts';
 import { updateRecord, type LoraRecord } from '../library/library.ts';
 import { BUILT_IN_SCORER, builtInScorerRequest, downloadScorer, HUB_SCORER, storedScorerRequest } from '../library/scorer.ts';
 import { useStudio, type CompareEntry, type LoraEntry } from '../store/studio.ts';
+import { saveResult } from '../gallery/gallery.ts';
 import { advanceRun, currentJob, currentScene, engine, isEngineFailure, startRun } from './actions.ts';
 import { METHOD_WORDS } from './words.ts';
 
@@ -141,7 +142,11 @@ export async function compareMethods(methods: CompositionMethodId[]) {
     let entry: CompareEntry;
     try {
       const r = await withProgress(onProgress, (p) => engine().generate(job, p));
-      entry = { method, image: r.image, report: r.report, score: await scoreResult(r.image, { ...scene, composition: job.composition }) };
+      const methodScene = { ...scene, composition: job.composition };
+      entry = { method, image: r.image, report: r.report, score: await scoreResult(r.image, methodScene) };
+      // each method's picture is kept in the gallery, with its scene, like any other
+      const item = await saveResult(r.image, methodScene, r.report, entry.score).catch(() => undefined);
+      if (item) set({ gallery: [item, ...studio().gallery] });
     } catch (e) {
       const err = e as Error & { code?: string };
       if (err.code === 'cancelled') break;

@@ -63,7 +63,7 @@ export function PictureStage({ store, image, running, disabled }: { store: Scene
           </p>
         )}
       </div>
-      <div className="stage-tools" role="toolbar" aria-label="Picture tools">
+      <div className="stage-tools" role="toolbar" aria-label="Picture tools" style={{ maxWidth: Math.max(size.width, 280) }}>
         <button className="small" data-testid="undo" disabled={disabled || !canUndo} onClick={() => store.getState().undo()} title="Undo (Ctrl+Z)">
           ↶ Undo
         </button>

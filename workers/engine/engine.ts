@@ -39,8 +39,12 @@ import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
+import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
 import { sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
 import { WeightSet } from './weights.ts';
+
+/** The most 77-token chunks a prompt is read in (A1111 sets no limit; 8 is 600 tokens). */
+export const MAX_CONTEXT_CHUNKS = 8;
 
 /** The WebGPU EP's layout for every session the engine compiles. */
 export const CONV_LAYOUT: ConvLayout = 'NCHW';
@@ -419,8 +423,11 @@ export class Engine {
       // regions carry theirs as keys and values)
       const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
       const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
-      const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
-      const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}`;
+      // A1111's long prompts and BREAK: the context holds as many 77-token chunks as the longer prompt
+      // needs (a layout's regions and a layer-wise context read one)
+      const contextChunks = layout || contextLayers > 1 ? 1 : Math.min(MAX_CONTEXT_CHUNKS, Math.max(...[job.prompt, job.negative].map((p) => (hasEmphasis(p) || m.tokenizer.encode(p, vocab?.added).truncated ? m.tokenizer.encodeChunks(parseEmphasis(p).runs, vocab?.added).chunks.length : 1))));
+      const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions * contextChunks, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
+      const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}:${contextChunks}`;
       // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
       const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
       const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions), resident ? 'gpu' : 'cpu');
@@ -458,6 +465,7 @@ export class Engine {
           textEncoder: (feeds) => runGraph(te, m.weights.textEncoder, feeds),
           vocabulary: vocab,
           contextLayers,
+          contextChunks,
           loraConcepts: used.map((u) => u.lora.concepts.map((c) => c.name)),
           unet: async (feeds, variant = 'full') => {
             const g = variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : unet;

@@ -43,6 +43,8 @@ export interface PipelineParts {
   vocabulary?: Vocabulary;
   /** The main UNet's context layers: 1, or the cross-attention layer count when a prompt has a layer-wise token (no layout). */
   contextLayers?: number;
+  /** 77-token chunks in the UNet's context (A1111's long prompts and BREAK; no layout): 1 by default. */
+  contextChunks?: number;
   /** The UNet: whole (`full`), whole with its deep features as an output (`record`), or the shallow part on given ones (`reuse`). */
   unet: (feeds: Feeds, variant?: 'full' | 'record' | 'reuse') => Promise<Outputs>;
   /** Multiply-adds of one run of each UNet variant (for the report). */
@@ -305,31 +307,55 @@ class Denoising {
   }
 
   /** A prompt through the text encoder; a prompt with an ED-LoRA token once per cross-attention layer, with that layer's vectors. */
-  private readonly encode = async (text: string, label: string): Promise<Encoded> => {
+  /** One chunk of 77 ids through the text encoder: one context, or one per cross-attention layer (an ED-LoRA token), each weighed by `weights`. */
+  private async encodeIds(idList: number[], weights?: number[]): Promise<{ data: Float32Array; layers: number }> {
     const { ort, config, parts, textLen, hidden } = this;
     const vocab = parts.vocabulary;
-    // A1111's emphasis: (word:1.3), (word), [word]; a plain prompt is encoded as it is
-    const emphasis = hasEmphasis(text) ? parseEmphasis(text) : undefined;
-    if (emphasis?.breaks) this.warnings.push(`The ${label} has BREAK; the studio reads one 77-token chunk, so BREAK is read as a space.`);
-    const e = emphasis ? parts.tokenizer.encodeWeighted(emphasis.runs, vocab?.added) : { ...parts.tokenizer.encode(text, vocab?.added), weights: undefined };
     const weigh = (context: Float32Array) => {
-      if (e.weights) applyEmphasis(context, e.weights, hidden);
+      if (weights) applyEmphasis(context, weights, hidden);
       return context;
     };
-    if (e.truncated) this.warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
     const V = config.textEncoder.vocabSize;
-    const ids = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? id : 0)), [1, e.ids.length]);
-    if (!vocab) return { data: weigh((await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array), layers: 1, ids: e.ids, tokenCount: e.tokenCount };
-    const extraIds = new ort.Tensor('int64', BigInt64Array.from(e.ids, (id) => BigInt(id < V ? 0 : id - V)), [1, e.ids.length]);
-    const mask = new ort.Tensor('float32', Float32Array.from(e.ids, (id) => (id < V ? 0 : 1)), [1, e.ids.length, 1]);
-    const layers = e.ids.some((id) => vocab.layerwise.has(id)) ? vocab.layers : 1;
+    const ids = new ort.Tensor('int64', BigInt64Array.from(idList, (id) => BigInt(id < V ? id : 0)), [1, idList.length]);
+    if (!vocab) return { data: weigh((await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array), layers: 1 };
+    const extraIds = new ort.Tensor('int64', BigInt64Array.from(idList, (id) => BigInt(id < V ? 0 : id - V)), [1, idList.length]);
+    const mask = new ort.Tensor('float32', Float32Array.from(idList, (id) => (id < V ? 0 : 1)), [1, idList.length, 1]);
+    const layers = idList.some((id) => vocab.layerwise.has(id)) ? vocab.layers : 1;
     const data = new Float32Array(layers * textLen * hidden);
     for (let l = 0; l < layers; l++) {
       const table = new ort.Tensor('float32', vocab.table(l), [vocab.rows, config.textEncoder.hidden]);
       const out = await parts.textEncoder({ input_ids: ids, extra_ids: extraIds, extra_mask: mask, extra_embeddings: table });
       data.set(weigh((out.last_hidden_state.data as Float32Array).slice()), l * textLen * hidden);
     }
-    return { data, layers, ids: e.ids, tokenCount: e.tokenCount };
+    return { data, layers };
+  }
+
+  /**
+   * A prompt through the text encoder, with A1111's emphasis ((word:1.3), (word), [word]; a plain
+   * prompt is encoded as it is). Where the job's context holds several chunks (`contextChunks`), the
+   * prompt is read in 75-token chunks as A1111 does (BREAK starts one), each encoded on its own and
+   * put one after another; a prompt with fewer chunks is filled with the empty prompt's encoding.
+   */
+  private readonly encode = async (text: string, label: string): Promise<Encoded> => {
+    const { parts, textLen, hidden } = this;
+    const vocab = parts.vocabulary;
+    const chunks = parts.contextChunks ?? 1;
+    const emphasis = hasEmphasis(text) || chunks > 1 ? parseEmphasis(text) : undefined;
+    if (chunks > 1) {
+      const read = parts.tokenizer.encodeChunks(emphasis!.runs, vocab?.added);
+      if (read.chunks.length > chunks) this.warnings.push(`The ${label} takes ${read.chunks.length} chunks of 75 tokens; only the first ${chunks} are used.`);
+      const data = new Float32Array(chunks * textLen * hidden);
+      const empty = read.chunks.length < chunks ? (await this.encodeIds(parts.tokenizer.encode('').ids)).data : undefined;
+      for (let k = 0; k < chunks; k++) {
+        const c = read.chunks[k];
+        data.set(c ? (await this.encodeIds(c.ids, c.weights)).data.subarray(0, textLen * hidden) : empty!, k * textLen * hidden);
+      }
+      return { data, layers: 1, ids: read.chunks.slice(0, chunks).flatMap((c) => c.ids), tokenCount: read.tokenCount };
+    }
+    if (emphasis?.breaks) this.warnings.push(`The ${label} has BREAK, which needs a second chunk of 75 tokens; a layout reads one, so BREAK is read as a space.`);
+    const e = emphasis ? parts.tokenizer.encodeWeighted(emphasis.runs, vocab?.added) : { ...parts.tokenizer.encode(text, vocab?.added), weights: undefined };
+    if (e.truncated) this.warnings.push(`The ${label} is ${e.tokenCount} tokens long; only the first ${parts.tokenizer.maxLength} are used.`);
+    return { ...(await this.encodeIds(e.ids, e.weights)), ids: e.ids, tokenCount: e.tokenCount };
   };
 
   /** Stage 1: text conditioning, [uncond, cond] when guided, with every LoRA's text-encoder part merged. */
@@ -343,7 +369,8 @@ class Denoising {
     const layers = this.parts.contextLayers ?? 1;
     const asLayers = (c: Context) => (c.layers === layers ? c.data : c.layers === 1 ? repeat(c.data, layers) : c.data.slice(0, textLen * hidden));
     const data = uncond ? concat(asLayers(uncond), asLayers(cond)) : asLayers(cond);
-    this.context = new this.ort.Tensor('float32', data, layers > 1 ? [this.batch, layers, textLen, hidden] : [this.batch, textLen, hidden]);
+    const length = textLen * (this.parts.contextChunks ?? 1);
+    this.context = new this.ort.Tensor('float32', data, layers > 1 ? [this.batch, layers, textLen, hidden] : [this.batch, length, hidden]);
     return { cond, uncond, context: this.context };
   }
 
@@ -451,9 +478,11 @@ class Denoising {
   private async profileLora(lora: number, prompt: string): Promise<number> {
     const { job, textLen, hidden, latentSize, channels, lh, lw, parts } = this;
     await this.merge([lora], 'textEncoder');
-    const c = (await this.encode(prompt, 'profiling prompt')).data.slice(0, textLen * hidden);
-    const u = this.guided ? (await this.encode(job.negative, 'negative prompt')).data.slice(0, textLen * hidden) : undefined;
-    const ctx = new this.ort.Tensor('float32', u ? concat(u, c) : c, [this.batch, textLen, hidden]);
+    // one context whatever the prompt's layers; as many chunks as the job's context
+    const length = textLen * (parts.contextChunks ?? 1);
+    const c = (await this.encode(prompt, 'profiling prompt')).data.slice(0, length * hidden);
+    const u = this.guided ? (await this.encode(job.negative, 'negative prompt')).data.slice(0, length * hidden) : undefined;
+    const ctx = new this.ort.Tensor('float32', u ? concat(u, c) : c, [this.batch, length, hidden]);
     const sched = createScheduler(job.scheduler, this.options.profileSteps);
     const noise = new Rng(PROFILE_SEED);
     let x: Float32Array = noise.normal(latentSize).map((v) => v * sched.initNoiseSigma);

@@ -7,9 +7,11 @@
 export interface Weighted {
   text: string;
   weight: number;
+  /** A1111's `BREAK`: the tokens after it start a new 75-token chunk. */
+  break?: true;
 }
 
-/** A1111's `BREAK`: a chunk boundary (the studio reads one 77-token chunk, so it is dropped with a warning). */
+/** A1111's `BREAK`, with the spaces around it. */
 export const BREAK = /\s*\bBREAK\b\s*/;
 
 const TOKENS = /\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()[\]:]+|:/g;
@@ -34,8 +36,10 @@ export function parseEmphasis(prompt: string): { runs: Weighted[]; breaks: numbe
     else {
       const parts = text.split(BREAK);
       breaks += parts.length - 1;
-      // a run that opened with `:number)` but had no bracket to close stays as written
-      runs.push({ text: parts.join(' '), weight: 1 });
+      parts.forEach((part, i) => {
+        if (i > 0) runs.push({ text: '', weight: 1, break: true });
+        if (part) runs.push({ text: part, weight: 1 });
+      });
     }
   }
   for (const at of round) scale(at, 1.1);
@@ -43,7 +47,7 @@ export function parseEmphasis(prompt: string): { runs: Weighted[]; breaks: numbe
   const joined: Weighted[] = [];
   for (const r of runs) {
     const last = joined[joined.length - 1];
-    if (last && last.weight === r.weight) last.text += r.text;
+    if (last && !last.break && !r.break && last.weight === r.weight) last.text += r.text;
     else joined.push({ ...r });
   }
   return { runs: joined.length ? joined : [{ text: '', weight: 1 }], breaks };
@@ -72,4 +76,52 @@ export function applyEmphasis(context: Float32Array, weights: number[], hidden: 
   }
   const ratio = before / after;
   for (let i = 0; i < context.length; i++) context[i] *= ratio;
+}
+
+/** One chunk's tokens (without begin and end), with their weights. */
+export interface TokenChunk {
+  ids: number[];
+  weights: number[];
+}
+
+/**
+ * Tokens into chunks of `size` (75: the 77 positions less begin and end), by A1111's rules: a `BREAK`
+ * starts a new chunk; a chunk that fills up with a comma among its last `backtrack` tokens ends after
+ * that comma, the rest moving on to the next; every chunk is padded with `pad` (weight 1) to `size`.
+ */
+export function chunkTokens(pieces: { ids: number[]; weight: number; break?: boolean }[], comma: number, pad: number, size = 75, backtrack = 20): TokenChunk[] {
+  const chunks: TokenChunk[] = [];
+  let ids: number[] = [];
+  let weights: number[] = [];
+  let lastComma = -1;
+  const close = () => {
+    while (ids.length < size) ids.push(pad), weights.push(1);
+    chunks.push({ ids, weights });
+    ids = [];
+    weights = [];
+    lastComma = -1;
+  };
+  for (const piece of pieces) {
+    if (piece.break) {
+      close();
+      continue;
+    }
+    for (const id of piece.ids) {
+      if (id === comma) lastComma = ids.length;
+      else if (backtrack > 0 && ids.length === size && lastComma !== -1 && ids.length - lastComma <= backtrack) {
+        const at = lastComma + 1;
+        const [movedIds, movedWeights] = [ids.slice(at), weights.slice(at)];
+        ids = ids.slice(0, at);
+        weights = weights.slice(0, at);
+        close();
+        ids = movedIds;
+        weights = movedWeights;
+      }
+      if (ids.length === size) close();
+      ids.push(id);
+      weights.push(piece.weight);
+    }
+  }
+  if (ids.length || !chunks.length) close();
+  return chunks;
 }

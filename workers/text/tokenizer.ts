@@ -5,6 +5,8 @@ import { CLIPTokenizer } from '@huggingface/transformers';
 import { EngineError } from '../api/errors.ts';
 import { CLIP_TOKENIZER_CONFIG, clipTokenizerJson, parseMergesTxt, type BpeFiles } from './bpe-files.ts';
 
+import { chunkTokens } from './emphasis.ts';
+
 export interface TokenizerFiles {
   /** Either a tokenizer.json document ... */
   tokenizerJson?: string;
@@ -80,6 +82,20 @@ export class ClipTextTokenizer {
     const w = truncated ? [...weights.slice(0, this.maxLength - 1), 1] : weights.slice();
     while (ids.length < this.maxLength) ids.push(eos), w.push(1);
     return { ids, weights: w, tokenCount: all.length, truncated };
+  }
+
+  /**
+   * A prompt longer than one chunk, or with `BREAK`, as A1111 reads it: chunks of 75 tokens
+   * (workers/text/emphasis.ts `chunkTokens`), each with begin and end around it: 77 ids per chunk.
+   */
+  encodeChunks(runs: { text: string; weight: number; break?: true }[], added: AddedToken[] = []): { chunks: { ids: number[]; weights: number[] }[]; tokenCount: number } {
+    const eos = this.tok.eos_token_id;
+    const [bos] = this.tok.encode('') as number[];
+    const [comma] = this.tok.encode(',', { add_special_tokens: false }) as number[];
+    const pieces = runs.map((r) => ({ ids: r.break ? [] : added.length ? this.withAdded(r.text, added).slice(1, -1) : (this.tok.encode(r.text, { add_special_tokens: false }) as number[]), weight: r.weight, break: r.break }));
+    const size = this.maxLength - 2;
+    const chunks = chunkTokens(pieces, comma, eos, size).map((c) => ({ ids: [bos, ...c.ids, eos], weights: [1, ...c.weights, 1] }));
+    return { chunks, tokenCount: pieces.reduce((a, p) => a + p.ids.length, 0) + 2 };
   }
 
   private withAdded(text: string, added: AddedToken[]): number[] {

@@ -1,17 +1,11 @@
 import { openStudio } from './e2e/harness.ts';
-import { generateAndWait } from './e2e/harness.ts';
-const s = await openStudio(4876);
-const page = s.page;
-for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '2']]) await page.getByTestId(id).fill(v);
-await generateAndWait(page);
-console.log('gallery', await page.locator('[data-testid^="gallery-item-"]').count());
-await page.getByTestId('layout-canvas').focus();
-await page.keyboard.press('Enter');
-await page.getByTestId('lightbox').waitFor();
-await page.getByTestId('lightbox-close').click();
-await page.waitForTimeout(300);
-console.log('lightbox', await page.getByTestId('lightbox').count(), 'focus', await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 80)));
-const t0 = Date.now();
-await generateAndWait(page);
-console.log('second run ms', Date.now() - t0, 'gallery', await page.locator('[data-testid^="gallery-item-"]').count(), await page.getByTestId('status').innerText(), (await page.getByTestId('error').count()) ? await page.getByTestId('error').innerText() : '-');
+const s = await openStudio(4877);
+const p = s.page;
+const show = async (label: string) => console.log(label, JSON.stringify(await p.getByTestId('status').innerText()), '|', await p.getByTestId('model-name').innerText(), '| err', (await p.getByTestId('error').count()) ? await p.getByTestId('error').innerText() : '-', '| alert', (await p.getByTestId('alert').count()) ? await p.getByTestId('alert').innerText() : '-', '| sw', await p.evaluate(() => !!navigator.serviceWorker.controller));
+await p.waitForTimeout(3000);
+await show('before');
+await p.evaluate(() => { location.hash = '#scene=1.AAAAAAAA'; });
+await p.waitForTimeout(1000);
+await p.reload();
+for (let i = 0; i < 8; i++) { await p.waitForTimeout(4000); await show(`after ${i}`); }
 await s.close();

@@ -68,6 +68,10 @@ test('add LoRAs, strength 0 is the base image, strength 1 changes it as in Node'
   const nodeComposite = await engine.generate({ ...job, composition: { method: 'composite' } });
   assert.ok(maxDiff(composite, nodeComposite.image.data) <= 2, 'browser and Node composite agree within 2/255');
   assert.ok(maxDiff(composite, withLoras) > 0, 'composite differs from merge');
+  // the frequency plot's axis: the largest amplitude of any LoRA at any step, as Node measured it
+  const largest = Math.max(...nodeComposite.report.composition.steps.flatMap((s) => s.amplitudes.filter((a): a is number => a !== null)));
+  const shown = Number(await page.getByTestId('plot-max').textContent());
+  assert.ok(Math.abs(shown - largest) <= 0.01 * largest, `plot axis ${shown} vs Node ${largest}`);
 
   // CMLoRA as its code runs it: the background LoRA last, deep features reused between refreshes
   await page.getByTestId('lora-category-0').selectOption('character');

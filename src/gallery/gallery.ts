@@ -58,7 +58,7 @@ export async function pngContents(file: Blob): Promise<{ scene: Scene } | { para
   } catch (e) {
     if (!(e instanceof PngSceneError) || !/no scene chunk/.test(e.message)) throw e;
     const text = readPngText(new Uint8Array(await file.arrayBuffer()), 1 << 20);
-    if (text.parameters === undefined) throw new PngSceneError('it has neither a LoRA Studio scene nor the settings other tools (A1111, ComfyUI, Forge) write into their pictures.');
+    if (text.parameters === undefined) throw new PngSceneError('it was not made by LoRA Studio, and it carries none of the settings other tools (A1111, ComfyUI, Forge) write into their pictures.');
     try {
       return { parameters: parseA1111(text.parameters) };
     } catch (err) {

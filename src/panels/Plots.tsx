@@ -7,25 +7,51 @@ const COLORS = ['#e4572e', '#17bebb', '#ffc914', '#76b041', '#7d5ba6', '#2e86ab'
 
 export function StepPlots({ steps, loras }: { steps: CompositionStep[]; loras: string[] }) {
   if (!steps.length || !loras.length) return null;
-  const W = 300;
-  const H = 90;
+  const W = 320;
+  const H = 110;
+  // margins for the axes' numbers
+  const [L, R, T, B] = [38, 8, 8, 24];
   const n = steps.length;
-  const x = (i: number) => (n === 1 ? W / 2 : (i / (n - 1)) * (W - 10) + 5);
+  const x = (i: number) => L + (n === 1 ? (W - L - R) / 2 : (i / (n - 1)) * (W - L - R));
   const values = steps.flatMap((s) => s.amplitudes.filter((a): a is number => a !== null));
   const max = Math.max(1e-9, ...values);
-  const y = (v: number) => H - 5 - (v / max) * (H - 10);
-  const cell = (W - 10) / n;
+  const y = (v: number) => T + (1 - v / max) * (H - T - B);
+  const cell = (W - L - R) / n;
   return (
     <div className="plots" data-testid="plots">
-      <svg viewBox={`0 0 ${W} ${H}`} width={W} height={H} role="img" aria-label="high-frequency amplitude per LoRA per step">
-        <rect x={0} y={0} width={W} height={H} fill="#fff" stroke="#ddd" />
+      {!values.length && <p className="hint">No frequency measures: the latents stayed on the GPU (each LoRA is measured only when the CPU sees its prediction).</p>}
+      <svg viewBox={`0 0 ${W} ${H}`} width={W} height={H} role="img" aria-label="high-frequency amplitude per LoRA per step" data-testid="plot-amplitude" style={values.length ? undefined : { display: 'none' }}>
+        <rect x={0} y={0} width={W} height={H} style={{ fill: 'var(--panel)', stroke: 'var(--line)' }} />
+        <g style={{ stroke: 'var(--muted)' }}>
+          <line x1={L} y1={T} x2={L} y2={H - B} />
+          <line x1={L} y1={H - B} x2={W - R} y2={H - B} />
+        </g>
+        <g style={{ fill: 'var(--muted)', fontSize: 10 }}>
+          <text x={L - 4} y={T + 4} textAnchor="end" data-testid="plot-max">
+            {max.toPrecision(3)}
+          </text>
+          <text x={L - 4} y={H - B} textAnchor="end">
+            0
+          </text>
+          <text x={L} y={H - B + 12} textAnchor="middle">
+            1
+          </text>
+          <text x={W - R} y={H - B + 12} textAnchor="end">
+            {n}
+          </text>
+          <text x={(L + W - R) / 2} y={H - 3} textAnchor="middle">
+            step · high-frequency amplitude of each LoRA's prediction
+          </text>
+        </g>
         {loras.map((name, k) => {
           const pts = steps.flatMap((s, i) => (s.amplitudes[k] == null ? [] : [{ i, cx: x(i), cy: y(s.amplitudes[k]!) }]));
           return (
             <g key={name}>
               <polyline fill="none" stroke={COLORS[k % COLORS.length]} strokeWidth={1.5} points={pts.map((p) => `${p.cx.toFixed(1)},${p.cy.toFixed(1)}`).join(' ')} />
               {pts.map((p) => (
-                <circle key={p.i} cx={p.cx} cy={p.cy} r={1.8} fill={COLORS[k % COLORS.length]} />
+                <circle key={p.i} cx={p.cx} cy={p.cy} r={1.8} fill={COLORS[k % COLORS.length]}>
+                  <title>{`${name}, step ${p.i + 1}: ${steps[p.i].amplitudes[k]!.toPrecision(3)}`}</title>
+                </circle>
               ))}
             </g>
           );
@@ -36,7 +62,7 @@ export function StepPlots({ steps, loras }: { steps: CompositionStep[]; loras: s
           steps.map((s, i) => {
             const state = s.active.includes(k) ? 'active' : s.cached.includes(k) ? 'cached' : 'off';
             return (
-              <rect key={`${k}-${i}`} x={5 + i * cell} y={2 + k * 10} width={Math.max(1, cell - 1)} height={8} fill={state === 'active' ? COLORS[k % COLORS.length] : state === 'cached' ? '#bbb' : '#f0f0ee'} data-state={state}>
+              <rect key={`${k}-${i}`} x={L + i * cell} y={2 + k * 10} width={Math.max(1, cell - 1)} height={8} fill={state === 'active' ? COLORS[k % COLORS.length] : state === 'cached' ? '#bbb' : '#f0f0ee'} data-state={state}>
                 <title>{`${name}, step ${i + 1}: ${state}`}</title>
               </rect>
             );

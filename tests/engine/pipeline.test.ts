@@ -113,8 +113,11 @@ test('cancel stops within one step and the next job runs', async () => {
   const ok = await engine.generate(JOB);
   assert.equal(ok.report.unetEvaluations, 3);
   await assert.rejects(engine.generate({ ...JOB, width: 100 }), /multiples of 64/);
+  // a prompt past 75 tokens is read in chunks of 75, as A1111 does; past 8 chunks the rest is cut
   const long = await engine.generate({ ...JOB, prompt: Array(90).fill('cat').join(' ') });
-  assert.match(long.report.warnings[0], /92 tokens long; only the first 77/);
+  assert.deepEqual(long.report.warnings, []);
+  const endless = await engine.generate({ ...JOB, prompt: Array(700).fill('cat').join(' ') });
+  assert.match(endless.report.warnings[0], /The prompt takes 10 chunks of 75 tokens; only the first 8 are used/);
   engine.unload();
 });
 

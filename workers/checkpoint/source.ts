@@ -38,6 +38,12 @@ export class BlobSource implements ByteSource {
  */
 export const WHOLE_BODY_LIMIT = 256 * 1024 * 1024;
 
+/**
+ * A ranged request that bypasses the HTTP cache: after a reload Chromium answered ranges of a file it
+ * had cached with a stale size and empty bodies.
+ */
+const ranged = (range: string): RequestInit => ({ headers: { Range: range }, cache: 'no-store' });
+
 /** An HTTP(S) URL read with Range requests. The size comes from a first ranged request. */
 export class HttpSource implements ByteSource {
   private constructor(readonly name: string, readonly size: number, private readonly url: string, private readonly fetchFn: typeof fetch) {}
@@ -49,7 +55,7 @@ export class HttpSource implements ByteSource {
   static async open(url: string, fetchFn: typeof fetch = fetch): Promise<ByteSource> {
     let res: Response;
     try {
-      res = await fetchFn(url, { headers: { Range: 'bytes=0-0' } });
+      res = await fetchFn(url, ranged('bytes=0-0'));
     } catch (e) {
       // a cache in between (a service worker's precache) may refuse ranged requests outright: ask for the whole file
       res = await fetchFn(url).catch(() => Promise.reject(e));
@@ -80,7 +86,7 @@ export class HttpSource implements ByteSource {
     const fetchFn = this.fetchFn; // called unbound: fetch refuses another `this`
     let failure: string;
     try {
-      const res = await fetchFn(this.url, { headers: { Range: `bytes=${offset}-${end}` } });
+      const res = await fetchFn(this.url, ranged(`bytes=${offset}-${end}`));
       const bytes = res.status === 206 ? new Uint8Array(await res.arrayBuffer()) : undefined;
       if (bytes?.byteLength === end - offset + 1) return bytes;
       failure = bytes ? `returned ${bytes.byteLength} bytes instead of ${end - offset + 1}` : `failed: HTTP ${res.status}`;

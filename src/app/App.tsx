@@ -24,6 +24,8 @@ import { duration, METHOD_WORDS, phaseWords, timeLeft } from './words.ts';
 const SCHEDULERS: [SchedulerId, string][] = [
   ['dpmpp-2m', 'DPM++ 2M'],
   ['dpmpp-2m-karras', 'DPM++ 2M Karras'],
+  ['euler', 'Euler'],
+  ['lcm', 'LCM (for LCM LoRAs, 4 to 8 steps)'],
   ['euler-a', 'Euler ancestral'],
   ['ddim', 'DDIM'],
 ];

@@ -40,6 +40,7 @@ import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
+import { LCM_ORIGINAL_STEPS } from '../schedulers/lcm.ts';
 import { sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
 import { WeightSet } from './weights.ts';
 
@@ -677,6 +678,7 @@ export function validateJob(job: GenerateJob): void {
   if (job.memoryBudget !== undefined && !(Number.isFinite(job.memoryBudget) && job.memoryBudget > 0)) throw bad(`The memory budget must be a positive number of bytes (got ${job.memoryBudget}).`);
   if (job.previewEvery !== undefined && !(Number.isInteger(job.previewEvery) && job.previewEvery >= 0)) throw bad(`previewEvery must be a whole number of steps, 0 for no preview (got ${job.previewEvery}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
+  if (job.scheduler === 'lcm' && job.steps > LCM_ORIGINAL_STEPS) throw bad(`LCM takes at most ${LCM_ORIGINAL_STEPS} steps (the schedule it was distilled on); got ${job.steps}.`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
   if (job.loras !== undefined && !Array.isArray(job.loras)) throw bad('loras must be a list of {lora, scale}.');
   for (const u of job.loras ?? []) {

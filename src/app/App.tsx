@@ -280,6 +280,11 @@ export function App() {
             </select>
           </label>
         </div>
+        <div className="row">
+          <button className="small" data-testid="preset-fast" title="For an LCM LoRA: the LCM sampler, 4 steps, prompt strength 1.5" onClick={() => set({ scheduler: 'lcm', steps: 4, cfg: 1.5 })}>
+            Fast (4 steps, LCM)
+          </button>
+        </div>
         <label>
           How LoRAs combine
           <select value={method} data-testid="method" onChange={(e) => set({ composition: { ...job.composition, method: e.target.value as CompositionMethodId } })}>

@@ -189,7 +189,7 @@ test("Euler (no noise) moves by (sigma_next - sigma) * eps on Euler ancestral's 
   const x0 = rng.normal(32);
   const n = rng.normal(32);
   // x_T = x0 + sigma_0 n, and the model predicts the true noise: every step stays on the line
-  let x = x0.map((v, k) => v + e.sigmas[0] * n[k]);
+  let x: Float32Array = x0.map((v, k) => v + e.sigmas[0] * n[k]);
   for (let i = 0; i < 10; i++) {
     x = e.step(n, i, x);
     x.forEach((v, k) => assert.ok(Math.abs(v - (x0[k] + e.sigmas[i + 1] * n[k])) < 1e-4));

@@ -89,6 +89,14 @@ test('a box drawn by touch on a phone; undo and redo buttons; progress in named 
   assert.match(seen, /Step [23] of 3 · \d+ s · about \d+ s left/, `the time left, from the measured steps: ${seen}`);
   assert.match(await page.getByTestId('result-line').innerText(), /64×64 · 3 steps · seed 7/);
 
+  // the fast preset for an LCM LoRA: its sampler, 4 steps and a low prompt strength
+  const before = await Promise.all(['scheduler', 'steps', 'cfg'].map((id) => page.getByTestId(id).inputValue()));
+  await page.getByTestId('preset-fast').click();
+  assert.deepEqual(await Promise.all(['scheduler', 'steps', 'cfg'].map((id) => page.getByTestId(id).inputValue())), ['lcm', '4', '1.5']);
+  await page.getByTestId('scheduler').selectOption(before[0]);
+  await page.getByTestId('steps').fill(before[1]);
+  await page.getByTestId('cfg').fill(before[2]);
+
   await page.getByTestId('seed-random').click();
   const random = await page.getByTestId('seed').inputValue();
   assert.notEqual(random, '7', 'the dice give a new seed');

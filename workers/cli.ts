@@ -43,7 +43,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
   make-test-model --out DIR
   inspect --model PATH
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
-           [--width W --height H] [--scheduler ddim|euler-a|dpmpp-2m|dpmpp-2m-karras]
+           [--width W --height H] [--scheduler ddim|euler-a|euler|dpmpp-2m|dpmpp-2m-karras|lcm]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--memory-budget BYTES]
            [--lora FILE[:SCALE]]... [--embedding FILE]... [--method none|merge|switch|composite|cmlora]
            [--preset paper] [--deep-cache-interval N] [--switch-step N]
@@ -99,6 +99,8 @@ async function inspect(args: string[]) {
   const ckpt = await ModelCheckpoint.open(files);
   const dtypes: Record<string, number> = {};
   const params = { unet: 0, textEncoder: 0, vae: 0, other: 0 };
+  // buffers saved beside the weights (CLIP's position_ids) are not parameters
+  const buffers: Record<string, number> = {};
   const seen = new Set<string>();
   for (const c of ['unet', 'textEncoder', 'vae'] as const) {
     const file = ckpt.fileOf(c);
@@ -108,6 +110,10 @@ async function inspect(args: string[]) {
       const info = file.info(key)!;
       dtypes[info.dtype] = (dtypes[info.dtype] ?? 0) + 1;
       const n = info.shape.reduce((a, b) => a * b, 1);
+      if (/(^|\.)position_ids$/.test(key)) {
+        buffers[key] = n;
+        continue;
+      }
       const component =
         ckpt.layout === 'diffusers' ? c : key.startsWith(LDM_UNET_PREFIX) ? 'unet' : key.startsWith(LDM_CLIP_PREFIX) ? 'textEncoder' : key.startsWith(LDM_VAE_PREFIX) ? 'vae' : 'other';
       params[component] += n;
@@ -115,7 +121,7 @@ async function inspect(args: string[]) {
   }
   console.log(
     JSON.stringify(
-      { architecture: 'sd15', layout: ckpt.layout, dtypes, parameters: params, config: ckpt.config, metadata: ckpt.fileOf('unet').metadata },
+      { architecture: 'sd15', layout: ckpt.layout, dtypes, parameters: params, buffers, config: ckpt.config, metadata: ckpt.fileOf('unet').metadata },
       null,
       2,
     ),
@@ -410,6 +416,8 @@ async function runtimeFor(backend: Backend): Promise<Runtime> {
 /** The engine on a model path (a .safetensors file or a diffusers folder), loaded. */
 async function openEngine(modelPath: string, backend: Backend, precision: Precision) {
   const { files, tokenizer } = await openModelPath(modelPath);
+  // a damaged file is reported as such before a missing tokenizer is looked for (or fetched)
+  if (!tokenizer) await ModelCheckpoint.open(files);
   const tok = await resolveTokenizer(tokenizer);
   const engine = new Engine(await runtimeFor(backend));
   // cmlora's LoRA profiles outlive the process (~/.cache/lora-studio/profiles.json, LORA_STUDIO_PROFILES)

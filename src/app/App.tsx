@@ -24,6 +24,8 @@ import { duration, METHOD_WORDS, phaseWords, timeLeft } from './words.ts';
 const SCHEDULERS: [SchedulerId, string][] = [
   ['dpmpp-2m', 'DPM++ 2M'],
   ['dpmpp-2m-karras', 'DPM++ 2M Karras'],
+  ['euler', 'Euler'],
+  ['lcm', 'LCM (for LCM LoRAs, 4 to 8 steps)'],
   ['euler-a', 'Euler ancestral'],
   ['ddim', 'DDIM'],
 ];
@@ -277,6 +279,11 @@ export function App() {
               ))}
             </select>
           </label>
+        </div>
+        <div className="row">
+          <button className="small" data-testid="preset-fast" title="For an LCM LoRA: the LCM sampler, 4 steps, prompt strength 1.5" onClick={() => set({ scheduler: 'lcm', steps: 4, cfg: 1.5 })}>
+            Fast (4 steps, LCM)
+          </button>
         </div>
         <label>
           How LoRAs combine

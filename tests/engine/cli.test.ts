@@ -5,11 +5,15 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { encodeSafetensors, SafetensorsFile, type TensorToWrite } from '../../workers/checkpoint/safetensors.ts';
+import { decodePng } from '../../workers/engine/png.ts';
+import { NodeFileSource, nodeInflate } from '../../workers/node/files.ts';
 
-const cli = (...args: string[]) => {
-  const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'workers/cli.ts', ...args], { encoding: 'utf8', timeout: 240_000 });
+const cliEnv = (env: Record<string, string>, ...args: string[]) => {
+  const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'workers/cli.ts', ...args], { encoding: 'utf8', timeout: 240_000, env: { ...process.env, ...env } });
   return { code: r.status, out: r.stdout, err: r.stderr.split('\n').filter((l) => l && !l.includes('XDG_RUNTIME_DIR')) };
 };
+const cli = (...args: string[]) => cliEnv({}, ...args);
 
 const dir = mkdtempSync(join(tmpdir(), 'lora-studio-cli-'));
 
@@ -158,4 +162,42 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
     assert.equal(b.code, 2, `${bad.join(' ')}: ${b.err.join(' ')}`);
     assert.match(b.err[0], /^error: --(precision|width|architecture)/);
   }
+});
+
+test("a single file as diffusers' conversion script writes it (VAE attention biases [C, 1, 1], CLIP's position_ids) gives the same picture; inspect counts no buffer as a parameter; a truncated file with no tokenizer is called truncated", async () => {
+  const original = join(dir, 'tiny-sd15.safetensors');
+  const src = await SafetensorsFile.open(await NodeFileSource.open(original));
+  const tensors: TensorToWrite[] = [];
+  let reshaped = 0;
+  for (const key of src.keys()) {
+    const info = src.info(key)!;
+    const bias = /^first_stage_model\..*mid\.attn_1\.(q|k|v|proj_out)\.bias$/.test(key);
+    if (bias) reshaped++;
+    tensors.push({ name: key, dtype: info.dtype, shape: bias ? [...info.shape, 1, 1] : info.shape, data: await src.bytes(key) });
+  }
+  assert.equal(reshaped, 4, "the decoder's mid-block attention: q, k, v and proj_out");
+  const positions = 'cond_stage_model.transformer.text_model.embeddings.position_ids';
+  tensors.push({ name: positions, dtype: 'I64', shape: [1, 77], data: new Uint8Array(BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i)).buffer) });
+  const converted = join(dir, 'converted.safetensors');
+  writeFileSync(converted, Buffer.concat(encodeSafetensors(tensors, src.metadata)));
+
+  const a = JSON.parse(cli('inspect', '--model', original).out);
+  const b = JSON.parse(cli('inspect', '--model', converted).out);
+  assert.deepEqual(b.parameters, a.parameters, 'position_ids is a buffer, not a parameter');
+  assert.deepEqual(b.buffers, { [positions]: 77 });
+  const args = ['--prompt', 'a cat', '--steps', '1', '--width', '64', '--height', '64', '--scheduler', 'ddim', '--backend', 'wasm', '--seed', '5'];
+  const pixels = (model: string, out: string) => {
+    const g = cli('generate', '--model', model, ...args, '--out', out);
+    assert.equal(g.code, 0, g.err.join('\n'));
+    return decodePng(new Uint8Array(readFileSync(out)), nodeInflate).data;
+  };
+  assert.deepEqual(pixels(converted, join(dir, 'converted.png')), pixels(original, join(dir, 'original.png')), 'the same picture, pixel for pixel');
+
+  // alone in a folder, with no tokenizer anywhere: the truncation is what is reported (nothing is fetched)
+  const lone = mkdtempSync(join(tmpdir(), 'lora-studio-lone-'));
+  const cut = join(lone, 'cut.safetensors');
+  writeFileSync(cut, readFileSync(original).subarray(0, 100000));
+  const t = cliEnv({ XDG_CACHE_HOME: lone }, 'generate', '--model', cut, ...args, '--out', join(lone, 'o.png'));
+  assert.equal(t.code, 1);
+  assert.match(t.err[0], /^error: cut\.safetensors is truncated/);
 });

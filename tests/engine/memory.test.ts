@@ -18,12 +18,14 @@ import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
 
+/** One engine for the file: its compiled graphs serve every test (the last one bounds them). */
+let shared: ReturnType<typeof openTinyEngine> | undefined;
+const tinyEngine = async () => (shared ??= tinyModelDir().then(async ({ dir }) => openTinyEngine(dir, await runtime('webgpu'))));
+
 const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: 'blurry', steps: 1, cfg: 5, seed: 9, width: 128, height: 128, scheduler: 'dpmpp-2m' };
 
 test('a tight budget: the CFG halves give the same image; a tighter one decodes the VAE in tiles', async () => {
-  const rt = await runtime('webgpu');
-  const { dir } = await tinyModelDir();
-  const { engine } = await openTinyEngine(dir, rt);
+  const { engine } = await tinyEngine();
   const whole = await engine.generate({ ...JOB, previewEvery: 0 });
   const plain = whole.report.memoryPlan;
   assert.equal(plain.cfgHalves, false);
@@ -81,9 +83,7 @@ test('the tiled decode of the decoder graph matches float64 tiles blended the sa
 });
 
 test('the loop on the GPU gives the CPU loop\'s image for every sampler; previews are read only when due', async () => {
-  const rt = await runtime('webgpu');
-  const { dir } = await tinyModelDir();
-  const { engine } = await openTinyEngine(dir, rt);
+  const { engine } = await tinyEngine();
   for (const scheduler of ['euler-a', 'dpmpp-2m'] as const) {
     const job: GenerateJob = { ...JOB, width: 64, height: 64, steps: 3, scheduler, previewEvery: 2 };
     const previews: { gpu: number[]; cpu: number[] } = { gpu: [], cpu: [] };
@@ -120,17 +120,16 @@ test('the loop on the GPU gives the CPU loop\'s image for every sampler; preview
 });
 
 test('compiled graphs past the engine\'s bound are released, least recently used first, never the running job\'s', async () => {
-  const rt = await runtime('webgpu');
-  const { dir } = await tinyModelDir();
-  const { engine } = await openTinyEngine(dir, rt);
+  const { engine } = await tinyEngine();
   engine.sessionsKept = 4;
-  const small: GenerateJob = { ...JOB, width: 64, height: 64, previewEvery: 0 };
+  // sizes no earlier test compiled: every job here compiles its graphs, and the earlier ones go
+  const small: GenerateJob = { ...JOB, width: 192, height: 64, previewEvery: 0 };
   const first = await engine.generate(small);
   assert.equal(engine.compiledGraphs, 4, 'text encoder, UNet, step graph, VAE');
-  // a second size needs three new graphs; the text encoder is shared, the 64x64 ones go
+  // a second size needs three new graphs; the text encoder is shared, the 192x64 ones go
   await engine.generate({ ...small, width: 128 });
   assert.equal(engine.compiledGraphs, 4);
-  // back at 64x64, on the CPU loop: its UNet (CPU outputs) and the released VAE compile again
+  // back at 192x64, on the CPU loop: its UNet (CPU outputs) and the released VAE compile again
   const again = await engine.generate({ ...small, latentsOnGpu: false });
   assert.equal(engine.compiledGraphs, 4);
   const { diff } = maxAbsDiff(again.image.data, first.image.data);

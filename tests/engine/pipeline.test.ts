@@ -54,7 +54,7 @@ test('single-file and diffusers layouts load to the same model and image; same s
 test('every scheduler runs and gives its own image; an fp16 checkpoint gives nearly the same image', async () => {
   const { engine } = await engineFor('wasm');
   const images = [];
-  for (const scheduler of ['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'] as const) {
+  for (const scheduler of ['ddim', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras', 'euler', 'lcm'] as const) {
     const r = await engine.generate({ ...JOB, scheduler });
     assert.equal(r.report.scheduler, scheduler);
     images.push(r.image.data);
@@ -77,6 +77,7 @@ test('every scheduler runs and gives its own image; an fp16 checkpoint gives nea
   const e16 = new Engine(await runtime('wasm'));
   await e16.loadModel({ single: fp16 }, tokenizer!, 'fp32');
   const r16 = await e16.generate({ ...JOB, scheduler: 'dpmpp-2m' });
+  // images[2] is DPM++ 2M (the list above)
   const { diff } = maxAbsDiff(r16.image.data, images[2]);
   assert.ok(diff <= 8, `fp16 weights change pixels by at most 8/255 (got ${diff})`);
   e16.unload();

@@ -4,6 +4,8 @@ import { alphasCumprod, karrasSigmas, trainSigmas } from '../../workers/schedule
 import { DdimScheduler } from '../../workers/schedulers/ddim.ts';
 import { DpmSolverPP2MScheduler } from '../../workers/schedulers/dpmpp-2m.ts';
 import { EulerAncestralScheduler } from '../../workers/schedulers/euler-ancestral.ts';
+import { EulerScheduler } from '../../workers/schedulers/euler.ts';
+import { LcmScheduler, lcmScalings, lcmTimesteps } from '../../workers/schedulers/lcm.ts';
 import { Rng } from '../../workers/engine/random.ts';
 
 const close = (a: number, b: number, tol: number, what: string) => assert.ok(Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);
@@ -127,7 +129,7 @@ const GOLDEN = [0.816168, -0.680445, -0.740097];
 
 test('each sampler as linear maps (the GPU loop\'s form) takes the same steps as its own step()', () => {
   const n = 64;
-  for (const make of [() => new DdimScheduler(7), () => new EulerAncestralScheduler(7), () => new DpmSolverPP2MScheduler(7, false), () => new DpmSolverPP2MScheduler(7, true)]) {
+  for (const make of [() => new DdimScheduler(7), () => new EulerAncestralScheduler(7), () => new EulerScheduler(7), () => new LcmScheduler(7), () => new DpmSolverPP2MScheduler(7, false), () => new DpmSolverPP2MScheduler(7, true)]) {
     const s = make();
     const rng = new Rng(11);
     let x = rng.normal(n);
@@ -149,5 +151,47 @@ test('each sampler as linear maps (the GPU loop\'s form) takes the same steps as
       memory = x0;
       x = expected;
     }
+  }
+});
+
+test("LCM as diffusers schedules it: the 4-step timesteps 999, 759, 499, 259; the boundary scalings; a step by hand", () => {
+  assert.deepEqual(lcmTimesteps(4), [999, 759, 499, 259]);
+  assert.deepEqual(lcmTimesteps(1), [999]);
+  assert.deepEqual(lcmTimesteps(8), [999, 879, 759, 639, 499, 379, 259, 139]);
+  assert.throws(() => lcmTimesteps(51), /at most 50 steps/);
+  // t = 259: scaled 2590; c_skip = 0.25 / (2590^2 + 0.25), c_out = 2590 / sqrt(2590^2 + 0.25)
+  const { cSkip, cOut } = lcmScalings(259);
+  assert.ok(Math.abs(cSkip - 0.25 / (2590 ** 2 + 0.25)) < 1e-18);
+  assert.ok(Math.abs(cOut - 2590 / Math.sqrt(2590 ** 2 + 0.25)) < 1e-15);
+  const ac = alphasCumprod();
+  const s = new LcmScheduler(4);
+  const x = Float32Array.from([0.5, -1.25]);
+  const eps = Float32Array.from([0.1, 0.3]);
+  const z = Float32Array.from([1, -1]);
+  // step 1 (t = 759 -> 499): x0 = (x - sqrt(1 - a) eps) / sqrt(a), d = c_out x0 + c_skip x, next = sqrt(a') d + sqrt(1 - a') z
+  const [a, a2] = [ac[759], ac[499]];
+  const sc = lcmScalings(759);
+  const want = [0, 1].map((k) => Math.sqrt(a2) * (sc.cOut * ((x[k] - Math.sqrt(1 - a) * eps[k]) / Math.sqrt(a)) + sc.cSkip * x[k]) + Math.sqrt(1 - a2) * z[k]);
+  const got = s.step(eps, 1, x, () => z);
+  want.forEach((w, k) => assert.ok(Math.abs(got[k] - w) < 1e-6, `${got[k]} vs ${w}`));
+  // the last step draws no noise and returns the clean estimate
+  const last = s.step(eps, 3, x, () => assert.fail('no noise at the last step'));
+  const l = lcmScalings(259);
+  [0, 1].forEach((k) => assert.ok(Math.abs(last[k] - (l.cOut * ((x[k] - Math.sqrt(1 - ac[259]) * eps[k]) / Math.sqrt(ac[259])) + l.cSkip * x[k])) < 1e-6));
+});
+
+test("Euler (no noise) moves by (sigma_next - sigma) * eps on Euler ancestral's sigmas, and ends at x0 with the oracle noise", () => {
+  const e = new EulerScheduler(10);
+  const ea = new EulerAncestralScheduler(10);
+  assert.deepEqual(e.sigmas, ea.sigmas);
+  assert.equal(e.initNoiseSigma, Math.max(...e.sigmas));
+  const rng = new Rng(4);
+  const x0 = rng.normal(32);
+  const n = rng.normal(32);
+  // x_T = x0 + sigma_0 n, and the model predicts the true noise: every step stays on the line
+  let x: Float32Array = x0.map((v, k) => v + e.sigmas[0] * n[k]);
+  for (let i = 0; i < 10; i++) {
+    x = e.step(n, i, x);
+    x.forEach((v, k) => assert.ok(Math.abs(v - (x0[k] + e.sigmas[i + 1] * n[k])) < 1e-4));
   }
 });

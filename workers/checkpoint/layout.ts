@@ -81,6 +81,14 @@ export function isVaeAttentionProjection(name: string): boolean {
   return /\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$/.test(name);
 }
 
+/**
+ * The same layers' biases: [C] in the original checkpoints, [C, 1, 1] in single files written by
+ * diffusers' `convert_diffusers_to_original_stable_diffusion.py`; either holds the same numbers.
+ */
+export function isVaeAttentionBias(name: string): boolean {
+  return /\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.bias$/.test(name);
+}
+
 /** diffusers text-encoder name -> LDM names to try (with and without the text_model level). */
 export function clipNameToLdm(name: string): string[] {
   const inner = name.replace(/^text_model\./, '');

@@ -5,6 +5,7 @@ import { countNonFinite, FLOAT_DTYPES, toFloat32 } from './dtype.ts';
 import { CONFIG_METADATA_KEY, SD15_CONFIG, type ModelConfig, type TextEncoderConfig, type UNetConfig, type VaeConfig } from './config.ts';
 import {
   clipNameToLdm,
+  isVaeAttentionBias,
   isVaeAttentionProjection,
   LDM_CLIP_PREFIX,
   LDM_UNET_PREFIX,
@@ -90,7 +91,7 @@ export class ModelCheckpoint {
     const got = info.shape.reduce((a, b) => a * b, 1);
     const sameShape = info.shape.join(',') === dims.join(',');
     // 1x1 convolutions and linear layers hold the same numbers; layouts differ only in the shape
-    const reshapeOk = want === got && (isVaeAttentionProjection(name) || /\.proj_(in|out)\.weight$/.test(name));
+    const reshapeOk = want === got && (isVaeAttentionProjection(name) || isVaeAttentionBias(name) || /\.proj_(in|out)\.weight$/.test(name));
     if (!sameShape && !reshapeOk) throw new ShapeMismatchError(info.name, dims, info.shape);
     if (!FLOAT_DTYPES.has(info.dtype)) throw new ShapeMismatchError(`${info.name} (dtype ${info.dtype})`, dims, info.shape);
     const values = toFloat32(await file.bytes(info.name), info.dtype);

@@ -38,8 +38,11 @@ import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
+import { readBuffer } from '../gpu/buffers.ts';
+import type { Fetches } from './gpu-loop.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
+import { LCM_ORIGINAL_STEPS } from '../schedulers/lcm.ts';
 import { sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
 import { WeightSet } from './weights.ts';
 
@@ -475,8 +478,9 @@ export class Engine {
           },
           gpuLoop: stepGraph
             ? {
-                unet: (feeds) => runGraph(unet, m.weights.unet, feeds),
-                step: (feeds) => runGraph(stepGraph, m.weights.unet, feeds),
+                unet: (feeds, fetches) => runGraph(unet, m.weights.unet, feeds, fetches),
+                step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
+                buffer: (dims) => gpuTensor(this.rt, dims),
                 read: async (t) => {
                   readbacks += 1;
                   return (await t.getData()) as Float32Array;
@@ -622,12 +626,25 @@ let readbacks = 0;
  * Run a session on its weights and those of `feeds` that it takes (a pruned graph takes fewer); its
  * outputs come back to the CPU unless it keeps them on the GPU (`outputsOnGpu`).
  */
-async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>) {
+async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<string, OrtNs.Tensor>, fetches?: Fetches) {
   const all = weights.feeds(g.weightNames);
   for (const name of g.session.inputNames) if (feeds[name]) all[name] = feeds[name];
-  const out = await g.session.run(all);
+  const out = fetches ? await g.session.run(all, fetches) : await g.session.run(all);
   if (!g.outputsOnGpu) readbacks += 1;
   return out;
+}
+
+/** A float32 tensor in a GPU buffer the engine owns: disposing it destroys the buffer; reading it maps a copy. */
+function gpuTensor(rt: Runtime, dims: number[]): OrtNs.Tensor {
+  const device = rt.gpu!.device;
+  const bytes = dims.reduce((a, b) => a * b, 1) * 4;
+  const buffer = device.createBuffer({ size: Math.max(4, Math.ceil(bytes / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  return rt.ort.Tensor.fromGpuBuffer(buffer, {
+    dataType: 'float32',
+    dims,
+    download: async () => new Float32Array(await readBuffer(device, buffer, 0, bytes)),
+    dispose: () => buffer.destroy(),
+  });
 }
 
 /** A run's GPU outputs as CPU tensors (one readback); the GPU buffers are released. */
@@ -677,6 +694,7 @@ export function validateJob(job: GenerateJob): void {
   if (job.memoryBudget !== undefined && !(Number.isFinite(job.memoryBudget) && job.memoryBudget > 0)) throw bad(`The memory budget must be a positive number of bytes (got ${job.memoryBudget}).`);
   if (job.previewEvery !== undefined && !(Number.isInteger(job.previewEvery) && job.previewEvery >= 0)) throw bad(`previewEvery must be a whole number of steps, 0 for no preview (got ${job.previewEvery}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
+  if (job.scheduler === 'lcm' && job.steps > LCM_ORIGINAL_STEPS) throw bad(`LCM takes at most ${LCM_ORIGINAL_STEPS} steps (the schedule it was distilled on); got ${job.steps}.`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
   if (job.loras !== undefined && !Array.isArray(job.loras)) throw bad('loras must be a list of {lora, scale}.');
   for (const u of job.loras ?? []) {

@@ -2,20 +2,26 @@
 // (workers/graph/step.ts) directly, whose outputs are the next latent, the sampler's memory and the
 // next UNet input. The CPU uploads only the timestep embedding, the step's nine coefficients and, for
 // ancestral samplers, the step's noise; it reads a preview when the page asks and the latent at the end.
+// The graphs write into buffers the engine made (two sets, used in turn: a graph never writes what it
+// reads), so a cancelled loop gives every byte back at once, and onnxruntime allocates no outputs.
 import type * as OrtNs from 'onnxruntime-web';
 import type { ImageData8 } from '../api/contract.ts';
-import { previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
+import { previewFactor, previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
 import type { LinearStep } from '../schedulers/common.ts';
 import type { Ort } from './runtime.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
+/** Outputs to write into given tensors; `null`: onnxruntime allocates it (on the GPU). */
+export type Fetches = Record<string, OrtNs.Tensor | null>;
 
 export interface GpuLoopParts {
-  /** The UNet with its outputs left in GPU buffers. */
-  unet: (feeds: Feeds) => Promise<Outputs>;
-  /** The step graph, outputs in GPU buffers. */
-  step: (feeds: Feeds) => Promise<Outputs>;
+  /** The UNet with its outputs on the GPU, written into `fetches`. */
+  unet: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
+  /** The step graph, written into `fetches`. */
+  step: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
+  /** A float32 GPU tensor of these dims that the engine owns (disposing it destroys its buffer). */
+  buffer: (dims: number[]) => OrtNs.Tensor;
   /** Read a GPU tensor back (counted as a readback). */
   read: (t: OrtNs.Tensor) => Promise<Float32Array>;
 }
@@ -27,78 +33,101 @@ export interface LatentShape {
   width: number;
 }
 
+interface LatentSet {
+  x: OrtNs.Tensor;
+  memory: OrtNs.Tensor;
+  modelIn: OrtNs.Tensor;
+}
+
 export class GpuLatents {
-  private x: OrtNs.Tensor;
-  private memory: OrtNs.Tensor;
-  private modelIn: OrtNs.Tensor;
-  private last?: Outputs;
-  private previewOut?: OrtNs.Tensor;
+  /** What the next step reads: CPU tensors before the first step, then one of the two sets. */
+  private current: LatentSet;
+  private readonly sets: LatentSet[];
+  private next = 0;
+  private readonly pred: OrtNs.Tensor;
+  private readonly previewOut: OrtNs.Tensor;
+  private extra?: Outputs;
   private readonly zeros: OrtNs.Tensor;
   private readonly dims: number[];
 
   /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale`. */
   constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number) {
     this.dims = [1, shape.channels, shape.height, shape.width];
-    this.x = new ort.Tensor('float32', latent, this.dims);
+    const batched = [shape.batch, shape.channels, shape.height, shape.width];
     this.zeros = new ort.Tensor('float32', new Float32Array(latent.length), this.dims);
-    this.memory = this.zeros;
     const scaled = latent.map((v) => v * inputScale);
     const input = new Float32Array(latent.length * shape.batch);
     for (let b = 0; b < shape.batch; b++) input.set(scaled, b * latent.length);
-    this.modelIn = new ort.Tensor('float32', input, [shape.batch, ...this.dims.slice(1)]);
+    this.current = { x: new ort.Tensor('float32', latent, this.dims), memory: this.zeros, modelIn: new ort.Tensor('float32', input, batched) };
+    const f = previewFactor(shape.height, shape.width);
+    const made: OrtNs.Tensor[] = [];
+    const make = (dims: number[]) => {
+      const t = parts.buffer(dims);
+      made.push(t);
+      return t;
+    };
+    try {
+      this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: make(batched) }));
+      this.pred = make(batched);
+      this.previewOut = make([1, 3, Math.floor(shape.height / f), Math.floor(shape.width / f)]);
+    } catch (e) {
+      for (const t of made) t.dispose();
+      throw e;
+    }
   }
 
-  /** One UNet run on the current input; its outputs stay on the GPU until the next run. */
-  async predict(feeds: Feeds): Promise<void> {
-    const out = await this.parts.unet({ ...feeds, sample: this.modelIn });
-    this.releaseLast();
-    this.last = out;
+  /** One UNet run on the current input; `outputs` besides the prediction come back as onnxruntime's GPU tensors (kept until the next run). */
+  async predict(feeds: Feeds, outputs: string[] = []): Promise<void> {
+    this.releaseExtra();
+    const out = await this.parts.unet({ ...feeds, sample: this.current.modelIn }, { noise_pred: this.pred, ...Object.fromEntries(outputs.map((n) => [n, null])) });
+    this.extra = Object.fromEntries(outputs.map((n) => [n, out[n]]));
   }
 
   /** The sampler's step on the last prediction; the next UNet input is scaled by `scaleNext`. */
   async step(k: LinearStep, cfg: number, scaleNext: number, noise?: Float32Array): Promise<void> {
-    if (!this.last) throw new Error('step before a prediction');
     const coefficients: Record<(typeof STEP_COEFFICIENTS)[number], number> = { cfg, p: k.p, q: k.q, a: k.a, b: k.b, c: k.c, d: k.d, e: k.e, scaleNext };
-    const out = await this.parts.step({
-      pred: this.last.noise_pred,
-      x: this.x,
-      memory: this.memory,
-      z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zeros,
-      k: new this.ort.Tensor('float32', Float32Array.from(STEP_COEFFICIENTS, (name) => coefficients[name]), [STEP_COEFFICIENTS.length]),
-    });
-    for (const t of [this.x, this.memory, this.modelIn, this.previewOut]) if (t && t !== this.zeros) t.dispose();
-    this.x = out.x_next;
-    this.memory = out.x0;
-    this.modelIn = out.model_in;
-    this.previewOut = out.preview;
+    const into = this.sets[this.next];
+    await this.parts.step(
+      {
+        pred: this.pred,
+        x: this.current.x,
+        memory: this.current.memory,
+        z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zeros,
+        k: new this.ort.Tensor('float32', Float32Array.from(STEP_COEFFICIENTS, (name) => coefficients[name]), [STEP_COEFFICIENTS.length]),
+      },
+      { x_next: into.x, x0: into.memory, model_in: into.modelIn, preview: this.previewOut },
+    );
+    this.current = into;
+    this.next ^= 1;
   }
 
   /** The latest latent's preview, read back (a few KB). */
   async preview(): Promise<ImageData8> {
-    const t = this.previewOut!;
-    const [, , h, w] = t.dims;
-    return previewImage(await this.parts.read(t), h, w);
+    const [, , h, w] = this.previewOut.dims;
+    return previewImage(await this.parts.read(this.previewOut), h, w);
   }
 
   /** The latent, read back once at the end. */
   async latent(): Promise<Float32Array> {
-    return (await this.parts.read(this.x)).slice();
+    return (await this.parts.read(this.current.x)).slice();
   }
 
-  /** Outputs of the last UNet run, read back (the layout's attention maps of the last step). */
+  /** The extra outputs of the last UNet run, read back (the layout's attention maps of the last step). */
   async lastOutputs(names: string[]): Promise<Record<string, OrtNs.Tensor>> {
     const out: Record<string, OrtNs.Tensor> = {};
-    for (const n of names) out[n] = new this.ort.Tensor('float32', (await this.parts.read(this.last![n])).slice(), this.last![n].dims);
+    for (const n of names) out[n] = new this.ort.Tensor('float32', (await this.parts.read(this.extra![n])).slice(), this.extra![n].dims);
     return out;
   }
 
   dispose(): void {
-    this.releaseLast();
-    for (const t of [this.x, this.memory, this.modelIn, this.previewOut]) if (t && t !== this.zeros) t.dispose();
+    this.releaseExtra();
+    for (const s of this.sets) for (const t of [s.x, s.memory, s.modelIn]) t.dispose();
+    this.pred.dispose();
+    this.previewOut.dispose();
   }
 
-  private releaseLast(): void {
-    if (this.last) for (const t of Object.values(this.last)) t.dispose();
-    this.last = undefined;
+  private releaseExtra(): void {
+    if (this.extra) for (const t of Object.values(this.extra)) t.dispose();
+    this.extra = undefined;
   }
 }

@@ -557,7 +557,9 @@ class Denoising {
         this.stepMergeMs += await this.merge(loras, 'unet');
         this.check();
         const emb = timestepEmbedding(scheduler.timesteps[i], c0);
-        await gpu.predict({ timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [this.batch, c0]), encoder_hidden_states: this.context!, ...this.layoutTensors });
+        // a layout's attention maps come back from the last step only
+        const maps = layout && i === job.steps - 1 ? layout.prepared.graph.mapLayers.map(unetMapOutputName) : [];
+        await gpu.predict({ timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [this.batch, c0]), encoder_hidden_states: this.context!, ...this.layoutTensors }, maps);
         this.unetEvaluations += 1;
         this.unetMacs += this.parts.unetMultiplyAdds?.full ?? 0;
         const k = scheduler.linear(i);

@@ -4,6 +4,7 @@ import { testScene } from '../layout/scene.ts';
 import { TINY_CONFIG, CONFIG_METADATA_KEY, type ModelConfig } from '../checkpoint/config.ts';
 import { isVaeAttentionProjection, LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, unetNameToLdm, vaeNameToLdm } from '../checkpoint/layout.ts';
 import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
+import { MODEL_INDEX_JSON, SCHEDULER_CONFIG_JSON, textEncoderConfigJson, unetConfigJson, vaeConfigJson } from '../checkpoint/diffusers-config.ts';
 import type { WeightSpec } from '../graph/builder.ts';
 import { graphSpecs } from '../graph/specs.ts';
 import { clipTokenizerJson, makeTinyVocabulary, mergesTxt, TINY_WORDS, CLIP_TOKENIZER_CONFIG, type BpeFiles } from '../text/bpe-files.ts';
@@ -54,6 +55,8 @@ export function makeTinyModel(seed = 1234): TinyModel {
 }
 
 /** Every file of the test model, relative to its output folder. */
+const json = (path: string, value: unknown): GeneratedFile => ({ path, parts: [new TextEncoder().encode(`${JSON.stringify(value, null, 2)}\n`)] });
+
 export function tinyModelFiles(model: TinyModel): GeneratedFile[] {
   const { config, specs, weights, vocab } = model;
   const metadata = { [CONFIG_METADATA_KEY]: JSON.stringify(config), format: 'pt', 'lorastudio.note': 'tiny test model: random weights, images are noise patterns' };
@@ -85,6 +88,12 @@ export function tinyModelFiles(model: TinyModel): GeneratedFile[] {
     ...tinyLoras(model).map((l) => ({ path: l.file, parts: l.parts })),
     (({ file, parts }) => ({ path: file, parts }))(tinyTextualInversion(model)),
     { path: 'scene.json', parts: [new TextEncoder().encode(JSON.stringify(testScene(), null, 2))] },
-    { path: 'diffusers/model_index.json', parts: [new TextEncoder().encode(JSON.stringify({ _class_name: 'StableDiffusionPipeline', _note: 'LoRA Studio tiny test model' }, null, 2))] },
+    // the JSON diffusers writes beside the weights (its VAE is decoder-only here: the encoder's
+    // weights are not made yet, so diffusers itself would still refuse the VAE)
+    json('diffusers/model_index.json', MODEL_INDEX_JSON),
+    json('diffusers/unet/config.json', unetConfigJson(config.unet, 64)),
+    json('diffusers/vae/config.json', vaeConfigJson(config.vae, 512)),
+    json('diffusers/text_encoder/config.json', textEncoderConfigJson(config.textEncoder, vocab.vocab['<|startoftext|>'], vocab.vocab['<|endoftext|>'])),
+    json('diffusers/scheduler/scheduler_config.json', SCHEDULER_CONFIG_JSON),
   ];
 }

@@ -104,6 +104,8 @@ export function schedulerOf(sampler: string | undefined, scheduleType?: string):
   const base = sampler.replace(/\s*karras\s*/i, '').trim().toLowerCase();
   if (base === 'dpm++ 2m') return karras ? 'dpmpp-2m-karras' : 'dpmpp-2m';
   if (base === 'euler a') return 'euler-a';
+  if (base === 'euler') return 'euler';
+  if (base === 'lcm') return 'lcm';
   if (base === 'ddim') return 'ddim';
   return undefined;
 }
@@ -113,6 +115,8 @@ const SAMPLER_NAMES: Record<SchedulerId, [string, string]> = {
   'dpmpp-2m-karras': ['DPM++ 2M', 'Karras'],
   'euler-a': ['Euler a', 'Automatic'],
   ddim: ['DDIM', 'Automatic'],
+  euler: ['Euler', 'Automatic'],
+  lcm: ['LCM', 'Automatic'],
 };
 
 const quote = (v: string) => (/[,"\n]/.test(v) ? JSON.stringify(v) : v);

@@ -3,12 +3,16 @@ import type { Scheduler } from './common.ts';
 import { DdimScheduler } from './ddim.ts';
 import { DpmSolverPP2MScheduler } from './dpmpp-2m.ts';
 import { EulerAncestralScheduler } from './euler-ancestral.ts';
+import { EulerScheduler } from './euler.ts';
+import { LcmScheduler } from './lcm.ts';
 
 export const SCHEDULERS = {
   ddim: { label: 'DDIM', create: (steps: number) => new DdimScheduler(steps) },
   'euler-a': { label: 'Euler ancestral', create: (steps: number) => new EulerAncestralScheduler(steps) },
   'dpmpp-2m': { label: 'DPM++ 2M', create: (steps: number) => new DpmSolverPP2MScheduler(steps, false) },
   'dpmpp-2m-karras': { label: 'DPM++ 2M Karras', create: (steps: number) => new DpmSolverPP2MScheduler(steps, true) },
+  euler: { label: 'Euler', create: (steps: number) => new EulerScheduler(steps) },
+  lcm: { label: 'LCM', create: (steps: number) => new LcmScheduler(steps) },
 } as const satisfies Record<string, { label: string; create: (steps: number) => Scheduler }>;
 
 export type SchedulerName = keyof typeof SCHEDULERS;

@@ -58,7 +58,6 @@ test('a tight budget: the CFG halves give the same image; a tighter one decodes 
   for (let i = 0; i < whole.image.data.length; i++) sum += Math.abs(whole.image.data[i] - tiled.image.data[i]);
   const mean = sum / whole.image.data.length;
   assert.ok(mean > 0 && mean < 40, `mean difference from the whole decode ${mean.toFixed(2)}/255`);
-  engine.unload();
 });
 
 test('the tiled decode of the decoder graph matches float64 tiles blended the same way', async () => {

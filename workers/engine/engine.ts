@@ -38,7 +38,7 @@ import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
-import { readBuffer } from '../gpu/buffers.ts';
+import { readBuffer, writePadded } from '../gpu/buffers.ts';
 import type { Fetches } from './gpu-loop.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
@@ -481,6 +481,7 @@ export class Engine {
                 unet: (feeds, fetches) => runGraph(unet, m.weights.unet, feeds, fetches),
                 step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
                 buffer: (dims) => gpuTensor(this.rt, dims),
+                write: (t, data) => writePadded(this.rt.gpu!.device, t.gpuBuffer as GPUBuffer, data),
                 read: async (t) => {
                   readbacks += 1;
                   return (await t.getData()) as Float32Array;

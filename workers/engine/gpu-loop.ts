@@ -6,7 +6,7 @@
 // reads), so a cancelled loop gives every byte back at once, and onnxruntime allocates no outputs.
 import type * as OrtNs from 'onnxruntime-web';
 import type { ImageData8 } from '../api/contract.ts';
-import { previewFactor, previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
+import { PREVIEW_RGB, previewFactor, STEP_COEFFICIENTS } from '../graph/step.ts';
 import type { LinearStep } from '../schedulers/common.ts';
 import type { Ort } from './runtime.ts';
 
@@ -22,6 +22,8 @@ export interface GpuLoopParts {
   step: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
   /** A float32 GPU tensor of these dims that the engine owns (disposing it destroys its buffer). */
   buffer: (dims: number[]) => OrtNs.Tensor;
+  /** Fill such a tensor from the CPU. */
+  write: (t: OrtNs.Tensor, data: Float32Array) => void;
   /** Read a GPU tensor back (counted as a readback). */
   read: (t: OrtNs.Tensor) => Promise<Float32Array>;
 }
@@ -47,18 +49,16 @@ export class GpuLatents {
   private readonly pred: OrtNs.Tensor;
   private readonly previewOut: OrtNs.Tensor;
   private extra?: Outputs;
-  private readonly zeros: OrtNs.Tensor;
+  private readonly zerosGpu: OrtNs.Tensor;
   private readonly dims: number[];
 
   /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale`. */
   constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number) {
     this.dims = [1, shape.channels, shape.height, shape.width];
     const batched = [shape.batch, shape.channels, shape.height, shape.width];
-    this.zeros = new ort.Tensor('float32', new Float32Array(latent.length), this.dims);
     const scaled = latent.map((v) => v * inputScale);
     const input = new Float32Array(latent.length * shape.batch);
     for (let b = 0; b < shape.batch; b++) input.set(scaled, b * latent.length);
-    this.current = { x: new ort.Tensor('float32', latent, this.dims), memory: this.zeros, modelIn: new ort.Tensor('float32', input, batched) };
     const f = previewFactor(shape.height, shape.width);
     const made: OrtNs.Tensor[] = [];
     const make = (dims: number[]) => {
@@ -70,10 +70,18 @@ export class GpuLatents {
       this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: make(batched) }));
       this.pred = make(batched);
       this.previewOut = make([1, 3, Math.floor(shape.height / f), Math.floor(shape.width / f)]);
+      this.zerosGpu = make(this.dims);
     } catch (e) {
       for (const t of made) t.dispose();
       throw e;
     }
+    // the first step reads the second set (filled here), so onnxruntime uploads nothing of its own
+    const start = this.sets[1];
+    parts.write(start.x, latent);
+    parts.write(start.memory, new Float32Array(latent.length));
+    parts.write(start.modelIn, input);
+    parts.write(this.zerosGpu, new Float32Array(latent.length));
+    this.current = start;
   }
 
   /** One UNet run on the current input; `outputs` besides the prediction come back as onnxruntime's GPU tensors (kept until the next run). */
@@ -92,7 +100,7 @@ export class GpuLatents {
         pred: this.pred,
         x: this.current.x,
         memory: this.current.memory,
-        z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zeros,
+        z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zerosGpu,
         k: new this.ort.Tensor('float32', Float32Array.from(STEP_COEFFICIENTS, (name) => coefficients[name]), [STEP_COEFFICIENTS.length]),
       },
       { x_next: into.x, x0: into.memory, model_in: into.modelIn, preview: this.previewOut },
@@ -101,10 +109,14 @@ export class GpuLatents {
     this.next ^= 1;
   }
 
-  /** The latest latent's preview, read back (a few KB). */
+  /**
+   * The latest latent's preview: the latent read back (64 KB at 512x512) and projected to RGB on the
+   * CPU. (The step graph's own GPU preview, read from a buffer of ours, lagged behind on SwiftShader;
+   * until that is understood the latent itself is read.)
+   */
   async preview(): Promise<ImageData8> {
-    const [, , h, w] = this.previewOut.dims;
-    return previewImage(await this.parts.read(this.previewOut), h, w);
+    const [, channels, h, w] = this.dims;
+    return latentPreview(await this.parts.read(this.current.x), h, w, channels);
   }
 
   /** The latent, read back once at the end. */
@@ -124,10 +136,26 @@ export class GpuLatents {
     for (const s of this.sets) for (const t of [s.x, s.memory, s.modelIn]) t.dispose();
     this.pred.dispose();
     this.previewOut.dispose();
+    this.zerosGpu.dispose();
   }
 
   private releaseExtra(): void {
     if (this.extra) for (const t of Object.values(this.extra)) t.dispose();
     this.extra = undefined;
   }
+}
+
+/** A rough RGB view of a latent [channels, h, w] (SD 1.5 latent space), as bytes. */
+export function latentPreview(latent: Float32Array, h: number, w: number, channels = 4): ImageData8 {
+  const data = new Uint8ClampedArray(h * w * 4);
+  const n = h * w;
+  for (let p = 0; p < n; p++) {
+    for (let c = 0; c < 3; c++) {
+      let v = 0;
+      for (let k = 0; k < Math.min(channels, PREVIEW_RGB.length); k++) v += latent[k * n + p] * PREVIEW_RGB[k][c];
+      data[p * 4 + c] = Math.round((v + 1) * 127.5);
+    }
+    data[p * 4 + 3] = 255;
+  }
+  return { width: w, height: h, data };
 }

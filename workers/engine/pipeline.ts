@@ -26,9 +26,9 @@ import { LatentGuide, type GuideParts } from './guide.ts';
 import { prepareLayout, type Context, type Encoded, type PreparedLayout } from './layout-prep.ts';
 import type { Vocabulary } from '../text/embeddings.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
-import { PREVIEW_RGB } from '../graph/step.ts';
 import { applyEmphasis, hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
-import { GpuLatents, type GpuLoopParts } from './gpu-loop.ts';
+import { GpuLatents, latentPreview, type GpuLoopParts } from './gpu-loop.ts';
+export { latentPreview };
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
@@ -114,20 +114,6 @@ export function timestepEmbedding(t: number, dim: number): Float32Array {
     out[half + i] = Math.sin(arg);
   }
   return out;
-}
-
-export function latentPreview(latent: Float32Array, h: number, w: number): ImageData8 {
-  const data = new Uint8ClampedArray(h * w * 4);
-  const n = h * w;
-  for (let p = 0; p < n; p++) {
-    for (let c = 0; c < 3; c++) {
-      let v = 0;
-      for (let k = 0; k < 4; k++) v += latent[k * n + p] * PREVIEW_RGB[k][c];
-      data[p * 4 + c] = Math.round((v + 1) * 127.5);
-    }
-    data[p * 4 + 3] = 255;
-  }
-  return { width: w, height: h, data };
 }
 
 /** VAE output in [-1, 1], NCHW -> RGBA bytes. */

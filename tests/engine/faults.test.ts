@@ -26,6 +26,17 @@ const studio = () => (setup ??= tinyModelDir().then(async ({ dir }) => openTinyE
 
 const gpuLive = async () => (await runtime('webgpu')).gpu!.memory.live;
 
+/**
+ * onnxruntime keeps freed buffers in a cache of its own on the shared device, and from one run to the
+ * next it may hold one small input-sized buffer more or less (2 KB here). Anything of the engine's
+ * that a cancel left behind is larger: one set of the GPU loop's buffers is 12 KB at this size.
+ */
+const ORT_CACHE_SLACK = 4096;
+const sameBytes = async (idle: number, what: string) => {
+  const live = await gpuLive();
+  assert.ok(Math.abs(live - idle) <= ORT_CACHE_SLACK, `${what}: ${live} bytes live, ${idle} before`);
+};
+
 test('a cancel in every phase (text, profiling, a step, decode) gives back the GPU bytes and the next job makes the same image', async () => {
   const { engine, loras } = await studio();
   const jobs: GenerateJob[] = [
@@ -60,11 +71,11 @@ test('a cancel in every phase (text, profiling, a step, decode) gives back the G
       });
       await assert.rejects(run, (e: EngineError) => e.code === 'cancelled', `cancel during ${phase}`);
       assert.ok(!seen.includes('done'), `cancelled in ${phase}, yet the job finished`);
-      assert.equal(await gpuLive(), idle, `GPU bytes after a cancel during ${phase}`);
+      await sameBytes(idle, `GPU bytes after a cancel during ${phase}`);
     }
     const again = await engine.generate(job);
     assert.deepEqual(again.image.data, reference.image.data, 'the job after the cancels gives the same image');
-    assert.equal(await gpuLive(), idle);
+    await sameBytes(idle, 'GPU bytes after the job that follows the cancels');
   }
 });
 

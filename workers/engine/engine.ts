@@ -5,7 +5,7 @@ import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, LoraInfo,
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
-import type { GraphBuilder } from '../graph/builder.ts';
+import { GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
@@ -482,9 +482,13 @@ export class Engine {
                 step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
                 buffer: (dims) => gpuTensor(this.rt, dims),
                 write: (t, data) => writePadded(this.rt.gpu!.device, t.gpuBuffer as GPUBuffer, data),
+                // read through onnxruntime (a copy into a tensor of its own, then its download): its
+                // queued GPU work is flushed first, which a read of our buffer alone does not wait for
                 read: async (t) => {
                   readbacks += 1;
-                  return (await t.getData()) as Float32Array;
+                  const copy = await this.graph(`copy:${t.dims.join('x')}`, () => copyGraph(t.dims), 'gpu');
+                  const out = await copy.session.run({ x: t });
+                  return (await out.y.getData(true)) as Float32Array;
                 },
               }
             : undefined,
@@ -633,6 +637,13 @@ async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<stri
   const out = fetches ? await g.session.run(all, fetches) : await g.session.run(all);
   if (!g.outputsOnGpu) readbacks += 1;
   return out;
+}
+
+/** y = x + 0: a graph that copies a GPU tensor into one of onnxruntime's own. */
+function copyGraph(dims: readonly number[]): GraphBuilder {
+  const g = new GraphBuilder('float32');
+  g.output(g.op('Add', [g.input('x', 'float32', [...dims]), g.scalar(0)]), 'y', 'float32', [...dims]);
+  return g;
 }
 
 /** A float32 tensor in a GPU buffer the engine owns: disposing it destroys the buffer; reading it maps a copy. */

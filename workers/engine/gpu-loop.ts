@@ -111,8 +111,7 @@ export class GpuLatents {
 
   /**
    * The latest latent's preview: the latent read back (64 KB at 512x512) and projected to RGB on the
-   * CPU. (The step graph's own GPU preview, read from a buffer of ours, lagged behind on SwiftShader;
-   * until that is understood the latent itself is read.)
+   * CPU (the step graph's own downsampled preview is written too, not yet read).
    */
   async preview(): Promise<ImageData8> {
     const [, channels, h, w] = this.dims;

@@ -5,7 +5,7 @@ import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, LoraInfo,
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
-import { GraphBuilder } from '../graph/builder.ts';
+import type { GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
@@ -38,7 +38,7 @@ import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise } from './pipeline.ts';
-import { readBuffer, writePadded } from '../gpu/buffers.ts';
+import { writePadded } from '../gpu/buffers.ts';
 import type { Fetches } from './gpu-loop.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
@@ -482,13 +482,9 @@ export class Engine {
                 step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
                 buffer: (dims) => gpuTensor(this.rt, dims),
                 write: (t, data) => writePadded(this.rt.gpu!.device, t.gpuBuffer as GPUBuffer, data),
-                // read through onnxruntime (a copy into a tensor of its own, then its download): its
-                // queued GPU work is flushed first, which a read of our buffer alone does not wait for
                 read: async (t) => {
                   readbacks += 1;
-                  const copy = await this.graph(`copy:${t.dims.join('x')}`, () => copyGraph(t.dims), 'gpu');
-                  const out = await copy.session.run({ x: t });
-                  return (await out.y.getData(true)) as Float32Array;
+                  return (await t.getData()) as Float32Array;
                 },
               }
             : undefined,
@@ -639,24 +635,15 @@ async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<stri
   return out;
 }
 
-/** y = x + 0: a graph that copies a GPU tensor into one of onnxruntime's own. */
-function copyGraph(dims: readonly number[]): GraphBuilder {
-  const g = new GraphBuilder('float32');
-  g.output(g.op('Add', [g.input('x', 'float32', [...dims]), g.scalar(0)]), 'y', 'float32', [...dims]);
-  return g;
-}
-
-/** A float32 tensor in a GPU buffer the engine owns: disposing it destroys the buffer; reading it maps a copy. */
+/**
+ * A float32 tensor in a GPU buffer the engine owns (zero-filled, as WebGPU makes every buffer):
+ * disposing it destroys the buffer. It has no download: a read of it would not wait for the work
+ * onnxruntime has queued, so what the CPU reads comes from outputs onnxruntime allocates.
+ */
 function gpuTensor(rt: Runtime, dims: number[]): OrtNs.Tensor {
-  const device = rt.gpu!.device;
   const bytes = dims.reduce((a, b) => a * b, 1) * 4;
-  const buffer = device.createBuffer({ size: Math.max(4, Math.ceil(bytes / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-  return rt.ort.Tensor.fromGpuBuffer(buffer, {
-    dataType: 'float32',
-    dims,
-    download: async () => new Float32Array(await readBuffer(device, buffer, 0, bytes)),
-    dispose: () => buffer.destroy(),
-  });
+  const buffer = rt.gpu!.device.createBuffer({ size: Math.max(4, Math.ceil(bytes / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  return rt.ort.Tensor.fromGpuBuffer(buffer, { dataType: 'float32', dims, dispose: () => buffer.destroy() });
 }
 
 /** A run's GPU outputs as CPU tensors (one readback); the GPU buffers are released. */

@@ -3,10 +3,12 @@
 // next UNet input. The CPU uploads only the timestep embedding, the step's nine coefficients and, for
 // ancestral samplers, the step's noise; it reads a preview when the page asks and the latent at the end.
 // The graphs write into buffers the engine made (two sets, used in turn: a graph never writes what it
-// reads), so a cancelled loop gives every byte back at once, and onnxruntime allocates no outputs.
+// reads), so a cancelled loop gives every byte back at once. What the CPU reads (a preview, the last
+// latent, a layout's maps) is an output onnxruntime allocates for that run: its download waits for
+// the work onnxruntime has queued, which a read of our own buffer would not.
 import type * as OrtNs from 'onnxruntime-web';
 import type { ImageData8 } from '../api/contract.ts';
-import { PREVIEW_RGB, previewFactor, STEP_COEFFICIENTS } from '../graph/step.ts';
+import { previewFactor, previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
 import type { LinearStep } from '../schedulers/common.ts';
 import type { Ort } from './runtime.ts';
 
@@ -20,11 +22,11 @@ export interface GpuLoopParts {
   unet: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
   /** The step graph, written into `fetches`. */
   step: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
-  /** A float32 GPU tensor of these dims that the engine owns (disposing it destroys its buffer). */
+  /** A float32 GPU tensor of these dims that the engine owns, zero-filled (disposing it destroys its buffer). */
   buffer: (dims: number[]) => OrtNs.Tensor;
   /** Fill such a tensor from the CPU. */
   write: (t: OrtNs.Tensor, data: Float32Array) => void;
-  /** Read a GPU tensor back (counted as a readback). */
+  /** Read back an output onnxruntime allocated (counted as a readback). */
   read: (t: OrtNs.Tensor) => Promise<Float32Array>;
 }
 
@@ -47,9 +49,13 @@ export class GpuLatents {
   private readonly sets: LatentSet[];
   private next = 0;
   private readonly pred: OrtNs.Tensor;
+  /** Where the step graph writes the preview on the steps nobody reads it. */
   private readonly previewOut: OrtNs.Tensor;
+  /** The last UNet run's outputs asked for by name, and the last step's outputs to be read. */
   private extra?: Outputs;
-  private readonly zerosGpu: OrtNs.Tensor;
+  private readable?: Outputs;
+  /** Zero noise for the samplers that draw none (a new buffer is zero-filled). */
+  private readonly zeros: OrtNs.Tensor;
   private readonly dims: number[];
 
   /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale`. */
@@ -70,17 +76,16 @@ export class GpuLatents {
       this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: make(batched) }));
       this.pred = make(batched);
       this.previewOut = make([1, 3, Math.floor(shape.height / f), Math.floor(shape.width / f)]);
-      this.zerosGpu = make(this.dims);
+      this.zeros = make(this.dims);
     } catch (e) {
       for (const t of made) t.dispose();
       throw e;
     }
-    // the first step reads the second set (filled here), so onnxruntime uploads nothing of its own
+    // the first step reads the second set (filled here; its memory stays zero), so onnxruntime
+    // uploads nothing of its own
     const start = this.sets[1];
     parts.write(start.x, latent);
-    parts.write(start.memory, new Float32Array(latent.length));
     parts.write(start.modelIn, input);
-    parts.write(this.zerosGpu, new Float32Array(latent.length));
     this.current = start;
   }
 
@@ -91,36 +96,42 @@ export class GpuLatents {
     this.extra = Object.fromEntries(outputs.map((n) => [n, out[n]]));
   }
 
-  /** The sampler's step on the last prediction; the next UNet input is scaled by `scaleNext`. */
-  async step(k: LinearStep, cfg: number, scaleNext: number, noise?: Float32Array): Promise<void> {
+  /**
+   * The sampler's step on the last prediction; the next UNet input is scaled by `scaleNext`. `read`:
+   * what the CPU will read of this step (its preview, its latent), allocated by onnxruntime.
+   */
+  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }): Promise<void> {
     const coefficients: Record<(typeof STEP_COEFFICIENTS)[number], number> = { cfg, p: k.p, q: k.q, a: k.a, b: k.b, c: k.c, d: k.d, e: k.e, scaleNext };
     const into = this.sets[this.next];
-    await this.parts.step(
+    this.releaseReadable();
+    const out = await this.parts.step(
       {
         pred: this.pred,
         x: this.current.x,
         memory: this.current.memory,
-        z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zerosGpu,
+        z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zeros,
         k: new this.ort.Tensor('float32', Float32Array.from(STEP_COEFFICIENTS, (name) => coefficients[name]), [STEP_COEFFICIENTS.length]),
       },
-      { x_next: into.x, x0: into.memory, model_in: into.modelIn, preview: this.previewOut },
+      { x_next: read.latent ? null : into.x, x0: into.memory, model_in: into.modelIn, preview: read.preview ? null : this.previewOut },
     );
+    this.readable = { ...(read.latent ? { x_next: out.x_next } : {}), ...(read.preview ? { preview: out.preview } : {}) };
     this.current = into;
     this.next ^= 1;
   }
 
-  /**
-   * The latest latent's preview: the latent read back (64 KB at 512x512) and projected to RGB on the
-   * CPU (the step graph's own downsampled preview is written too, not yet read).
-   */
+  /** The last step's preview, downsampled on the GPU (at most 64 cells on the long side), read back. */
   async preview(): Promise<ImageData8> {
-    const [, channels, h, w] = this.dims;
-    return latentPreview(await this.parts.read(this.current.x), h, w, channels);
+    const t = this.readable?.preview;
+    if (!t) throw new Error('the last step was not asked for its preview');
+    const [, , h, w] = t.dims;
+    return previewImage(await this.parts.read(t), h, w);
   }
 
-  /** The latent, read back once at the end. */
+  /** The last step's latent, read back once at the end. */
   async latent(): Promise<Float32Array> {
-    return (await this.parts.read(this.current.x)).slice();
+    const t = this.readable?.x_next;
+    if (!t) throw new Error('the last step was not asked for its latent');
+    return (await this.parts.read(t)).slice();
   }
 
   /** The extra outputs of the last UNet run, read back (the layout's attention maps of the last step). */
@@ -132,10 +143,16 @@ export class GpuLatents {
 
   dispose(): void {
     this.releaseExtra();
+    this.releaseReadable();
     for (const s of this.sets) for (const t of [s.x, s.memory, s.modelIn]) t.dispose();
     this.pred.dispose();
     this.previewOut.dispose();
-    this.zerosGpu.dispose();
+    this.zeros.dispose();
+  }
+
+  private releaseReadable(): void {
+    if (this.readable) for (const t of Object.values(this.readable)) t.dispose();
+    this.readable = undefined;
   }
 
   private releaseExtra(): void {
@@ -144,17 +161,3 @@ export class GpuLatents {
   }
 }
 
-/** A rough RGB view of a latent [channels, h, w] (SD 1.5 latent space), as bytes. */
-export function latentPreview(latent: Float32Array, h: number, w: number, channels = 4): ImageData8 {
-  const data = new Uint8ClampedArray(h * w * 4);
-  const n = h * w;
-  for (let p = 0; p < n; p++) {
-    for (let c = 0; c < 3; c++) {
-      let v = 0;
-      for (let k = 0; k < Math.min(channels, PREVIEW_RGB.length); k++) v += latent[k * n + p] * PREVIEW_RGB[k][c];
-      data[p * 4 + c] = Math.round((v + 1) * 127.5);
-    }
-    data[p * 4 + 3] = 255;
-  }
-  return { width: w, height: h, data };
-}

@@ -27,8 +27,8 @@ import { prepareLayout, type Context, type Encoded, type PreparedLayout } from '
 import type { Vocabulary } from '../text/embeddings.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { applyEmphasis, hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
-import { GpuLatents, latentPreview, type GpuLoopParts } from './gpu-loop.ts';
-export { latentPreview };
+import { GpuLatents, type GpuLoopParts } from './gpu-loop.ts';
+import { latentPreview } from '../graph/step.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
 type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
@@ -549,7 +549,8 @@ class Denoising {
         this.unetEvaluations += 1;
         this.unetMacs += this.parts.unetMultiplyAdds?.full ?? 0;
         const k = scheduler.linear(i);
-        await gpu.step(k, job.cfg, i + 1 < job.steps ? scheduler.inputScale(i + 1) : 1, k.noise ? this.rng.normal(this.latentSize) : undefined);
+        const last = i === job.steps - 1;
+        await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last });
         for (const l of loras) took[l].fresh++;
         const record: CompositionStep = {
           step: i,

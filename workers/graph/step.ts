@@ -76,3 +76,18 @@ export function previewImage(rgb: Float32Array, height: number, width: number): 
   }
   return { width, height, data };
 }
+
+/** The same projection of a latent [channels, h, w] on the CPU (the loop that stays on the CPU), as bytes. */
+export function latentPreview(latent: Float32Array, h: number, w: number, channels = 4): { width: number; height: number; data: Uint8ClampedArray } {
+  const data = new Uint8ClampedArray(h * w * 4);
+  const n = h * w;
+  for (let p = 0; p < n; p++) {
+    for (let c = 0; c < 3; c++) {
+      let v = 0;
+      for (let k = 0; k < Math.min(channels, PREVIEW_RGB.length); k++) v += latent[k * n + p] * PREVIEW_RGB[k][c];
+      data[p * 4 + c] = Math.round((v + 1) * 127.5);
+    }
+    data[p * 4 + 3] = 255;
+  }
+  return { width: w, height: h, data };
+}

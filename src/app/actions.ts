@@ -8,7 +8,7 @@ import { startEngine, withProgress, type EngineClient } from '../engine/client.t
 import { isCheckpointFile, isEmbeddingFile, testModelRequest } from '../engine/model-files.ts';
 import { dataUrlOf, drawScaled } from '../gallery/images.ts';
 import { deleteResult, listResults, pngContents, resultPng, saveResult, type GalleryItem } from '../gallery/gallery.ts';
-import { loraTags, schedulerOf, type A1111Parameters } from '../../workers/layout/a1111.ts';
+import { loraTagName, loraTags, schedulerOf, type A1111Parameters } from '../../workers/layout/a1111.ts';
 import { DownloadError } from '../library/download.ts';
 import {
   cancelDownload,
@@ -673,7 +673,7 @@ async function openLinkIn(hash: string) {
 }
 
 /** A LoRA's name as prompts and other tools write it: its file name without the extension, any case. */
-const fileStem = (name: string) => name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '').toLowerCase();
+const fileStem = (name: string) => loraTagName(name).toLowerCase();
 
 /**
  * Another tool's picture (A1111's `parameters`): its prompt, negative prompt, steps, sampler, CFG,

@@ -46,6 +46,11 @@ function pairs(line: string): [string, string][] {
 
 const LORA_TAG = /<lora:([^:>]+)((?::[^:>]*)*)>/gi;
 
+/** A LoRA as prompts and other tools name it: its file name without the extension. */
+export function loraTagName(fileName: string): string {
+  return fileName.replace(/\.(safetensors|pth|pt|ckpt)$/i, '');
+}
+
 /** `<lora:...>` tags out of a prompt: the prompt without them, and the LoRAs with their strengths. */
 export function loraTags(prompt: string): { prompt: string; loras: A1111Lora[] } {
   const loras: A1111Lora[] = [];
@@ -136,7 +141,7 @@ export function formatA1111(p: {
   loras: { name: string; scale: number; textEncoderScale?: number }[];
 }): string {
   const tags = p.loras.map((l) => {
-    const name = l.name.replace(/\.(safetensors|pth|pt|ckpt)$/i, '');
+    const name = loraTagName(l.name);
     const te = l.textEncoderScale ?? l.scale;
     return te === l.scale ? `<lora:${name}:${l.scale}>` : `<lora:${name}:${te}:${l.scale}>`;
   });

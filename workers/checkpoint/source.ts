@@ -93,8 +93,9 @@ export class HttpSource implements ByteSource {
     } catch (e) {
       failure = `failed: ${(e as Error).message}`;
     }
-    // a service worker's precache answers the whole file, or nothing, to a ranged request (Chromium,
-    // after a reload): a file small enough is then read whole, once
+    // a cache between us and the server (a service worker's precache; Chromium's HTTP cache, before
+    // these reads bypassed it) may answer a range with the whole file or nothing: a file small enough
+    // is then read whole, once
     if (this.size > WHOLE_BODY_LIMIT) throw new EngineError('io', `Range request to ${this.url} ${failure}.`);
     this.whole ??= (async () => {
       const res = await fetchFn(this.url);

@@ -226,6 +226,12 @@ test('a batch of three: the seeds one after another, a grid to enlarge from, thr
   await page.keyboard.press('Escape');
   await page.getByTestId('batch-count').fill('1');
   await page.screenshot({ path: 'e2e/screenshots/ui-batch.png' });
+  // the same studio with its pictures on a phone: nothing sideways, the picture first
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(300);
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling on a phone with pictures');
+  await page.screenshot({ path: 'e2e/screenshots/ui-390x844-pictures.png' });
+  await page.setViewportSize({ width: 1280, height: 800 });
   assert.equal(await page.getByTestId('error').count(), 0);
   const job = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.lastJob') ?? 'null'));
   assert.equal(job.seed, 102);

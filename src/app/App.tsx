@@ -263,12 +263,17 @@ export function App() {
               Random
             </button>
           </div>
+        </div>
+        <div className="row">
           <NumberField label="Steps" value={job.steps} min={1} max={250} onChange={(steps) => set({ steps })} testId="steps" title="More steps: finer, slower" />
           <NumberField label="Prompt strength" value={job.cfg} min={1} max={30} step={0.5} onChange={(cfg) => set({ cfg })} testId="cfg" title="How closely the picture follows the prompt (classifier-free guidance); 7 is usual" />
         </div>
         <div className="row">
           <NumberField label="Width" value={job.width} min={64} max={2048} step={64} onChange={(width) => setSize(width, job.height)} testId="width" />
           <NumberField label="Height" value={job.height} min={64} max={2048} step={64} onChange={(height) => setSize(job.width, height)} testId="height" />
+        </div>
+        {/* the sampler gets a row of its own: its names are too long to share one */}
+        <div className="row sampler-row">
           <label title="The sampler: how each step moves towards the picture">
             Sampler
             <select value={job.scheduler} data-testid="scheduler" onChange={(e) => set({ scheduler: e.target.value as SchedulerId })}>
@@ -279,8 +284,6 @@ export function App() {
               ))}
             </select>
           </label>
-        </div>
-        <div className="row">
           <button className="small" data-testid="preset-fast" title="For an LCM LoRA: the LCM sampler, 4 steps, prompt strength 1.5" onClick={() => set({ scheduler: 'lcm', steps: 4, cfg: 1.5 })}>
             Fast (4 steps, LCM)
           </button>

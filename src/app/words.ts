@@ -14,8 +14,12 @@ export function phaseWords(phase: RunPhase, step: number, total: number, firstRu
       return 'Reading the prompt';
     case 'profile':
       return `Measuring each LoRA's detail (first use only), ${step + 1} of ${total}`;
+    case 'encode':
+      return 'Reading your picture';
     case 'denoise':
       return `Step ${step} of ${total}`;
+    case 'hires':
+      return `Hires fix: step ${step} of ${total}`;
     case 'decode':
       return 'Decoding the picture';
     case 'done':

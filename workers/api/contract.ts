@@ -33,6 +33,44 @@ export interface GenerateJob {
   previewEvery?: number;
   /** false: the denoising loop brings every step back to the CPU even where it could stay on the GPU (a reference for tests). */
   latentsOnGpu?: boolean;
+  /** Image to image and inpainting: the picture the job starts from. */
+  init?: InitImage;
+  /** Hires fix: after the image, a second pass at a larger size. */
+  hires?: HiresFix;
+}
+
+/** The picture an image-to-image or inpainting job starts from. */
+export interface InitImage {
+  /** RGBA at the job's width and height (the studio and the CLI resize it first). */
+  image: ImageData8;
+  /**
+   * How much is repainted (diffusers' `strength`): the run starts at step steps - floor(steps x
+   * strength). 0 keeps the picture (its VAE round trip); 1 starts from pure noise, which is text to
+   * image with the same seed (diffusers' inpainting pipeline does so at 1; its img2img pipeline noises the picture).
+   */
+  strength: number;
+  /** Inpainting: one byte per pixel at the image's size; 255 repaints, 0 keeps (A1111 and diffusers: white repaints). */
+  mask?: Uint8Array;
+  /** The mask's blur radius in pixels (A1111's default 4). */
+  maskBlur?: number;
+  /**
+   * Inpaint only the masked area at the job's full resolution (A1111's "only masked"): the mask's
+   * bounds plus this padding in pixels are cut out, scaled to the job's size, inpainted and pasted back.
+   * Unset: the whole picture is inpainted.
+   */
+  onlyMaskedPadding?: number;
+}
+
+/** A1111's hires fix: generate, upscale, and denoise again at the larger size. */
+export interface HiresFix {
+  /** Final size over the job's, above 1 and at most 4; each side is rounded to a multiple of 64 (at most 2048). */
+  scale: number;
+  /** Denoising strength of the second pass (A1111's default 0.7). */
+  strength: number;
+  /** Steps of the second pass's schedule (default: the job's); it runs floor(steps x strength) of them. */
+  steps?: number;
+  /** `latent`: the latent is upscaled bilinearly (A1111's "Latent", the default); `image`: the picture is decoded, upscaled bicubically and encoded again. */
+  upscaler?: 'latent' | 'image';
 }
 
 /** A concept box in image pixels, with its local prompt and LoRAs. */
@@ -298,7 +336,8 @@ export interface Timings {
 }
 
 export interface ProgressEvent {
-  phase: 'text' | 'profile' | 'denoise' | 'decode' | 'done';
+  /** `encode`: the init picture through the VAE encoder; `hires`: the hires fix's second pass (its steps count from 1 again). */
+  phase: 'text' | 'profile' | 'encode' | 'denoise' | 'hires' | 'decode' | 'done';
   step: number;
   total: number;
   /** A cheap RGB view of the current latent (latent resolution). */
@@ -388,7 +427,35 @@ export interface GenerationReport {
   layout?: LayoutReport;
   /** Gradient guidance, when the layout asked for it. */
   guidance?: GuidanceReport;
+  /** Image to image and inpainting: what the job started from. */
+  init?: InitReport;
+  /** Hires fix: the second pass (the report's own size, steps and timings are the first pass's). */
+  hires?: HiresReport;
   warnings: string[];
+}
+
+export interface InitReport {
+  strength: number;
+  /** The schedule's step the run started at, and the steps it ran (steps - start). */
+  startStep: number;
+  stepsRun: number;
+  /** `img2img`, `inpaint` (masked blending with a 4-channel UNet) or `inpaint-model` (a 9-channel inpainting UNet). */
+  mode: 'img2img' | 'inpaint' | 'inpaint-model';
+  /** "Only masked": the area cut out and inpainted at full resolution, in the picture's pixels. */
+  region?: { x: number; y: number; width: number; height: number };
+  encodeMs: number;
+}
+
+export interface HiresReport {
+  width: number;
+  height: number;
+  upscaler: 'latent' | 'image';
+  strength: number;
+  steps: number;
+  stepsRun: number;
+  /** VAE tiles of the final decode (1: whole). */
+  decodeTiles: number;
+  ms: number;
 }
 
 /** A LoRA as the scorer needs it: the words that name its concept and pictures of that concept. */
@@ -486,6 +553,12 @@ export interface ModelInfo {
   weightBytes: number;
   adapter: AdapterInfo;
   isTestModel: boolean;
+  /** The VAE has its encoder: image to image, inpainting and the hires fix's image upscaler work. */
+  vaeEncoder: boolean;
+  /** An inpainting checkpoint: its UNet takes 9 channels (latent, mask, masked picture's latent). */
+  inpainting: boolean;
+  /** The separate VAE file in use (loadVae), or undefined for the checkpoint's own. */
+  vaeFile?: string;
 }
 
 /** A file handed to the worker: a browser File/Blob, or a URL read with range requests. */
@@ -512,6 +585,8 @@ export interface EngineApi {
   /** A textual-inversion embedding (.safetensors or .pt); prompts use it by its name. */
   loadEmbedding(file: FileRef): Promise<EmbeddingInfo>;
   unloadEmbedding(id: string): Promise<void>;
+  /** A separate VAE (e.g. sd-vae-ft-mse) in place of the checkpoint's own; null goes back to the checkpoint's. */
+  loadVae(file: FileRef | null): Promise<ModelInfo>;
   /** The LoRA merge kernel against its float64 reference on this GPU. */
   selfTest(): Promise<MergeSelfTestResult[]>;
   /** Loads the CLIP model that scores results (replacing the one loaded before). */

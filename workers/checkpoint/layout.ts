@@ -65,7 +65,19 @@ export function vaeNameToLdm(name: string, cfg: VaeConfig): string {
   if ((m = name.match(/^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$/))) {
     return `decoder.up.${levels - 1 - +m[1]}.upsample.conv.${m[2]}`;
   }
-  return name; // post_quant_conv, decoder.conv_in, decoder.conv_out keep their names
+  if ((m = name.match(/^encoder\.conv_norm_out\.(.+)$/))) return `encoder.norm_out.${m[1]}`;
+  if ((m = name.match(/^encoder\.mid_block\.resnets\.([01])\.(\w+)\.(.+)$/))) {
+    return `encoder.mid.block_${+m[1] + 1}.${VAE_RESNET[m[2]] ?? m[2]}.${m[3]}`;
+  }
+  if ((m = name.match(/^encoder\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)$/))) {
+    return `encoder.mid.attn_1.${VAE_ATTN[m[1]]}.${m[2]}`;
+  }
+  // the encoder's levels run the same way in both layouts (level 0 at full resolution)
+  if ((m = name.match(/^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)$/))) {
+    return `encoder.down.${m[1]}.block.${m[2]}.${VAE_RESNET[m[3]] ?? m[3]}.${m[4]}`;
+  }
+  if ((m = name.match(/^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$/))) return `encoder.down.${m[1]}.downsample.conv.${m[2]}`;
+  return name; // post_quant_conv, quant_conv, {en,de}coder.conv_in and conv_out keep their names
 }
 
 /** Older diffusers VAE folders name the attention projections query/key/value/proj_attn. */

@@ -86,19 +86,71 @@ export class ModelCheckpoint {
   async readFloat32(component: Component, name: string, dims: number[]): Promise<Float32Array> {
     const at = this.locate(component, name);
     if (!at) throw new MissingTensorError(componentLabel(component), name);
-    const { info, file } = at;
-    const want = dims.reduce((a, b) => a * b, 1);
-    const got = info.shape.reduce((a, b) => a * b, 1);
-    const sameShape = info.shape.join(',') === dims.join(',');
-    // 1x1 convolutions and linear layers hold the same numbers; layouts differ only in the shape
-    const reshapeOk = want === got && (isVaeAttentionProjection(name) || isVaeAttentionBias(name) || /\.proj_(in|out)\.weight$/.test(name));
-    if (!sameShape && !reshapeOk) throw new ShapeMismatchError(info.name, dims, info.shape);
-    if (!FLOAT_DTYPES.has(info.dtype)) throw new ShapeMismatchError(`${info.name} (dtype ${info.dtype})`, dims, info.shape);
-    const values = toFloat32(await file.bytes(info.name), info.dtype);
-    const bad = countNonFinite(values);
-    if (bad) throw new NonFiniteWeightsError(file.name, info.name, bad);
-    return values;
+    return readChecked(at, name, dims);
   }
+}
+
+/** A VAE on its own (sd-vae-ft-mse and the like), in diffusers' layout or the original one, with or without `first_stage_model.`. */
+export class VaeFile {
+  private constructor(
+    private readonly file: SafetensorsFile,
+    private readonly keyOf: (name: string) => string[],
+    readonly config: VaeConfig,
+  ) {}
+
+  get name(): string {
+    return this.file.name;
+  }
+
+  /** Open it for a model whose VAE has `expected`'s shape; anything else is refused with what it is. */
+  static async open(src: ByteSource, expected: VaeConfig): Promise<VaeFile> {
+    const file = await SafetensorsFile.open(src);
+    const keys = file.keys();
+    const name = file.name;
+    if (loraLike(keys)) throw new NotAModelError(name, 'a LoRA', 'Add it as a LoRA; a VAE file holds encoder.* and decoder.* weights.');
+    if (keys.some((k) => k.startsWith(LDM_UNET_PREFIX) || k.startsWith('down_blocks.'))) {
+      throw new NotAModelError(name, 'a whole checkpoint or a UNet, not a VAE', 'Open it as the model; a VAE file holds encoder.* and decoder.* weights only.');
+    }
+    const prefix = keys.some((k) => k.startsWith(`${LDM_VAE_PREFIX}decoder.`)) ? LDM_VAE_PREFIX : '';
+    const diffusers = keys.some((k) => k.startsWith('decoder.up_blocks.'));
+    const ldm = keys.some((k) => k.startsWith(`${prefix}decoder.up.`));
+    if (!diffusers && !ldm) {
+      throw new NotAModelError(name, `not a VAE (first keys: ${keys.slice(0, 3).join(', ') || 'none'})`, 'Choose a VAE .safetensors file such as sd-vae-ft-mse.');
+    }
+    const config = inferVae((k) => file.info(prefix + k)?.shape, file, !diffusers, expected, prefix);
+    const same = config.latentChannels === expected.latentChannels && config.layersPerBlock === expected.layersPerBlock && config.blockOutChannels.join() === expected.blockOutChannels.join();
+    if (!same) {
+      throw new UnsupportedArchitectureError(name, 'VAE of another shape', `channels [${config.blockOutChannels}] and ${config.latentChannels} latent channels, where the model's VAE has [${expected.blockOutChannels}] and ${expected.latentChannels}`, 'checkpoint');
+    }
+    const keyOf = diffusers ? (n: string) => [n, vaeLegacyDiffusersName(n) ?? n] : (n: string) => [prefix + vaeNameToLdm(n, expected)];
+    return new VaeFile(file, keyOf, { ...config, scalingFactor: expected.scalingFactor, normGroups: expected.normGroups });
+  }
+
+  has(name: string): boolean {
+    return this.keyOf(name).some((k) => this.file.info(k));
+  }
+
+  async readFloat32(name: string, dims: number[]): Promise<Float32Array> {
+    const key = this.keyOf(name).find((k) => this.file.info(k));
+    if (!key) throw new MissingTensorError('VAE', name);
+    return readChecked({ file: this.file, info: this.file.info(key)! }, name, dims);
+  }
+}
+
+/** A located weight's float32 values, checked against the shape the graph expects and for NaN and infinity. */
+async function readChecked(at: Located, name: string, dims: number[]): Promise<Float32Array> {
+  const { info, file } = at;
+  const want = dims.reduce((a, b) => a * b, 1);
+  const got = info.shape.reduce((a, b) => a * b, 1);
+  const sameShape = info.shape.join(',') === dims.join(',');
+  // 1x1 convolutions and linear layers hold the same numbers; layouts differ only in the shape
+  const reshapeOk = want === got && (isVaeAttentionProjection(name) || isVaeAttentionBias(name) || /\.proj_(in|out)\.weight$/.test(name));
+  if (!sameShape && !reshapeOk) throw new ShapeMismatchError(info.name, dims, info.shape);
+  if (!FLOAT_DTYPES.has(info.dtype)) throw new ShapeMismatchError(`${info.name} (dtype ${info.dtype})`, dims, info.shape);
+  const values = toFloat32(await file.bytes(info.name), info.dtype);
+  const bad = countNonFinite(values);
+  if (bad) throw new NonFiniteWeightsError(file.name, info.name, bad);
+  return values;
 }
 
 function componentLabel(c: Component): string {
@@ -240,8 +292,8 @@ function inferTextEncoder(file: SafetensorsFile, single: boolean, declared?: Par
   return { vocabSize: tok[0], hidden, layers, heads: declared?.heads ?? hidden / 64, intermediate: fc1[0], maxPositions: pos[0] };
 }
 
-function inferVae(shape: ShapeOf, file: SafetensorsFile, single: boolean, declared?: Partial<VaeConfig>): VaeConfig {
-  const keys = single ? file.keys().filter((k) => k.startsWith(LDM_VAE_PREFIX)).map((k) => k.slice(LDM_VAE_PREFIX.length)) : file.keys();
+function inferVae(shape: ShapeOf, file: SafetensorsFile, single: boolean, declared?: Partial<VaeConfig>, prefix = LDM_VAE_PREFIX): VaeConfig {
+  const keys = single ? file.keys().filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length)) : file.keys();
   const levels = countIndices(keys, single ? /^decoder\.up\.(\d+)\./ : /^decoder\.up_blocks\.(\d+)\./);
   const blockOutChannels: number[] = [];
   for (let i = 0; i < levels; i++) {

@@ -4,7 +4,7 @@ import type * as OrtNs from 'onnxruntime-web';
 import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
-import { ModelCheckpoint, type Component, type ModelFiles } from '../checkpoint/model.ts';
+import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
@@ -162,7 +162,10 @@ export class Engine {
       textEncoder: new WeightSet(this.rt, dtype),
       vae: new WeightSet(this.rt, dtype),
     } as Record<Component, WeightSet>;
-    const total = specs.unet.length + specs.textEncoder.length + specs.vae.length;
+    // the VAE encoder (image to image, inpainting) is loaded where the file has it
+    const vaeEncoder = specs.vaeEncoder.every((w) => ckpt.locate('vae', w.name));
+    const lists = { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+    const total = lists.unet.length + lists.textEncoder.length + lists.vae.length;
     let done = 0;
     const tick = () => {
       if (this.cancelRequested) throw new CancelledError();
@@ -171,7 +174,7 @@ export class Engine {
     };
     try {
       for (const c of ['textEncoder', 'unet', 'vae'] as Component[]) {
-        await weights[c].load(specs[c], { read: (s) => ckpt.readFloat32(c, s.name, s.dims) }, tick);
+        await weights[c].load(lists[c], { read: (s) => ckpt.readFloat32(c, s.name, s.dims) }, tick);
       }
     } catch (e) {
       for (const w of Object.values(weights)) w.dispose();
@@ -184,13 +187,58 @@ export class Engine {
       layout: ckpt.layout,
       config: ckpt.config,
       precision: resolved,
-      parameters: { unet: count(specs.unet), textEncoder: count(specs.textEncoder), vae: count(specs.vae) },
+      parameters: { unet: count(lists.unet), textEncoder: count(lists.textEncoder), vae: count(lists.vae) },
       weightBytes: weights.unet.bytes + weights.textEncoder.bytes + weights.vae.bytes,
       adapter: this.adapter,
       isTestModel: CONFIG_METADATA_KEY in ckpt.fileOf('unet').metadata,
+      vaeEncoder,
+      inpainting: ckpt.config.unet.inChannels === 9,
     };
     this.model = { ckpt, tokenizer, weights, precision: resolved, info };
     return info;
+  }
+
+  /**
+   * A separate VAE file in place of the checkpoint's own (null: the checkpoint's again). The file is
+   * checked whole before the VAE in use is let go; the compiled VAE graphs stay (weights are inputs).
+   */
+  async loadVae(source: ByteSource | null): Promise<ModelInfo> {
+    const m = this.model;
+    if (!m) throw new BadArgumentError('Load a model before choosing a VAE.');
+    if (this.busy) throw new EngineError('busy', 'A model load or a generation is running; choose the VAE when it has finished.');
+    this.checkDevice();
+    this.busy = true;
+    const next = new WeightSet(this.rt, m.weights.vae.dtype);
+    try {
+      const specs = graphSpecs(m.ckpt.config);
+      let encoder: boolean;
+      if (source) {
+        const file = await VaeFile.open(source, m.ckpt.config.vae);
+        encoder = specs.vaeEncoder.every((w) => file.has(w.name));
+        await next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => file.readFloat32(w.name, w.dims) });
+      } else {
+        encoder = specs.vaeEncoder.every((w) => m.ckpt.locate('vae', w.name));
+        await next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => m.ckpt.readFloat32('vae', w.name, w.dims) });
+      }
+      m.weights.vae.dispose();
+      m.weights.vae = next;
+      const count = (list: { dims: number[] }[]) => list.reduce((a, w) => a + w.dims.reduce((x, y) => x * y, 1), 0);
+      const { vaeFile: _, ...rest } = m.info;
+      m.info = {
+        ...rest,
+        vaeEncoder: encoder,
+        parameters: { ...m.info.parameters, vae: count(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae) },
+        weightBytes: m.weights.unet.bytes + m.weights.textEncoder.bytes + next.bytes,
+        ...(source ? { vaeFile: source.name } : {}),
+      };
+      return m.info;
+    } catch (e) {
+      next.dispose();
+      if (this.lostReason) throw new DeviceLostError(this.lostReason);
+      throw e;
+    } finally {
+      this.busy = false;
+    }
   }
 
   unload(): void {

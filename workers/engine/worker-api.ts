@@ -75,6 +75,7 @@ export function createWorkerApi(): EngineApi {
     async unloadEmbedding(id: string) {
       (await ready()).unloadEmbedding(id);
     },
+    loadVae: (file) => exclusive(async () => (await ready()).loadVae(file ? await source(file) : null)),
     async unloadLora(id: string) {
       (await ready()).unloadLora(id);
     },

@@ -3,12 +3,14 @@
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { buildTextEncoder } from './clip.ts';
 import { buildUNet } from './unet.ts';
-import { buildVaeDecoder } from './vae.ts';
+import { buildVaeDecoder, buildVaeEncoder } from './vae.ts';
 
 export function graphSpecs(config: ModelConfig) {
   const textLen = config.textEncoder.maxPositions;
   const unet = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype: 'float32' });
   const te = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: textLen, dtype: 'float32', clipSkip: 1 });
   const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
-  return { unet: [...unet.weights.values()], textEncoder: [...te.weights.values()], vae: [...vae.weights.values()] };
+  const encoder = buildVaeEncoder(config.vae, { batch: 1, latentH: 1, latentW: 1, dtype: 'float32' });
+  // `vae` is the decoder (what every checkpoint has); `vaeEncoder` lives in the same file when present
+  return { unet: [...unet.weights.values()], textEncoder: [...te.weights.values()], vae: [...vae.weights.values()], vaeEncoder: [...encoder.weights.values()] };
 }

@@ -127,6 +127,37 @@ export function vaeDecode(W: Weights, cfg: VaeConfig, latent: T): T {
   return conv2d(h, W('decoder.conv_out.weight'), W('decoder.conv_out.bias'), 3, 3);
 }
 
+/** diffusers' AutoencoderKL.encode, then latent_dist.mode() (the mean) times the scaling factor. */
+export function vaeEncode(W: Weights, cfg: VaeConfig, image: T): T {
+  const L = cfg.blockOutChannels.length;
+  const g = cfg.normGroups;
+  let h = conv2d(image, W('encoder.conv_in.weight'), W('encoder.conv_in.bias'), cfg.blockOutChannels[0], 3);
+  for (let i = 0; i < L; i++) {
+    const cout = cfg.blockOutChannels[i];
+    for (let j = 0; j < cfg.layersPerBlock; j++) h = resnet(W, h, `encoder.down_blocks.${i}.resnets.${j}`, cout, g, 1e-6);
+    if (i < L - 1) h = conv2d(padEnd(h), W(`encoder.down_blocks.${i}.downsamplers.0.conv.weight`), W(`encoder.down_blocks.${i}.downsamplers.0.conv.bias`), cout, 3, 2, 0);
+  }
+  h = resnet(W, h, 'encoder.mid_block.resnets.0', h.shape[1], g, 1e-6);
+  h = vaeAttention(W, h, 'encoder.mid_block.attentions.0', g);
+  h = resnet(W, h, 'encoder.mid_block.resnets.1', h.shape[1], g, 1e-6);
+  h = silu(groupNorm(h, g, W('encoder.conv_norm_out.weight'), W('encoder.conv_norm_out.bias'), 1e-6));
+  h = conv2d(h, W('encoder.conv_out.weight'), W('encoder.conv_out.bias'), 2 * cfg.latentChannels, 3);
+  h = conv2d(h, W('quant_conv.weight'), W('quant_conv.bias'), 2 * cfg.latentChannels, 1);
+  const [B, , H, Wd] = h.shape;
+  const C = cfg.latentChannels;
+  const out = new Float64Array(B * C * H * Wd);
+  for (let n = 0; n < B; n++) for (let i = 0; i < C * H * Wd; i++) out[n * C * H * Wd + i] = h.data[n * 2 * C * H * Wd + i] * cfg.scalingFactor;
+  return { data: out, shape: [B, C, H, Wd] };
+}
+
+/** One row of zeros below and one column on the right (torch.nn.functional.pad(x, (0, 1, 0, 1))). */
+function padEnd(x: T): T {
+  const [B, C, H, W] = x.shape;
+  const out = new Float64Array(B * C * (H + 1) * (W + 1));
+  for (let p = 0; p < B * C; p++) for (let y = 0; y < H; y++) for (let xx = 0; xx < W; xx++) out[(p * (H + 1) + y) * (W + 1) + xx] = x.data[(p * H + y) * W + xx];
+  return { data: out, shape: [B, C, H + 1, W + 1] };
+}
+
 export function clipLayer(W: Weights, x: T, name: string, cfg: Pick<TextEncoderConfig, 'hidden' | 'heads' | 'intermediate'>, b: number, causal = true): T {
   const H = cfg.hidden;
   const n = x.shape[0] / b;

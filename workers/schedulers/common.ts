@@ -15,6 +15,20 @@ export interface Scheduler {
   linear(i: number): LinearStep;
   /** The factor `scaleModelInput` multiplies the sample by at step i. */
   inputScale(i: number): number;
+  /** A clean latent noised to step i's noise level, as diffusers' `add_noise` (image to image's start, inpainting's blend). */
+  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array;
+  /**
+   * The step a run starts at (diffusers' `set_begin_index`; image to image starts part-way): a
+   * multistep sampler's memory is empty there, so its first step is first order. 0 by default.
+   */
+  begin: number;
+}
+
+/** x0 noised the DDPM way at alphā: sqrt(alphā) x0 + sqrt(1 - alphā) noise. */
+export function noiseToAlpha(x0: Float32Array, noise: Float32Array, alphaBar: number): Float32Array {
+  const a = Math.sqrt(alphaBar);
+  const b = Math.sqrt(1 - alphaBar);
+  return x0.map((v, k) => a * v + b * noise[k]);
 }
 
 /**

@@ -29,6 +29,7 @@ export class DpmSolverPP2MScheduler implements Scheduler {
   readonly timesteps: number[];
   readonly sigmas: number[];
   readonly initNoiseSigma = 1;
+  begin = 0;
   /** x0 predicted at the previous step: the multistep memory. */
   private prevX0: Float64Array | undefined;
 
@@ -58,6 +59,13 @@ export class DpmSolverPP2MScheduler implements Scheduler {
     return 1;
   }
 
+  /** Its samples are variance preserving: alpha_t x0 + sigma_t noise, with alpha_t = 1 / sqrt(sigma^2 + 1). */
+  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
+    const s = this.sigmas[i];
+    const alpha = 1 / Math.sqrt(s * s + 1);
+    return x0.map((v, k) => alpha * v + alpha * s * noise[k]);
+  }
+
   linear(i: number): LinearStep {
     const vp = (s: number) => ({ alpha: 1 / Math.sqrt(s * s + 1), sigma: s / Math.sqrt(s * s + 1) });
     const lambda = (c: { alpha: number; sigma: number }) => Math.log(c.alpha) - Math.log(c.sigma);
@@ -68,14 +76,14 @@ export class DpmSolverPP2MScheduler implements Scheduler {
     const h = lambda(next) - lambda(cur);
     const ratio = next.sigma / cur.sigma;
     const c = next.alpha * (Math.exp(-h) - 1);
-    if (i === 0 || i === this.steps - 1) return { ...x0, a: ratio, b: 0, c: -c, d: 0, e: 0, noise: false };
+    if (i === this.begin || i === this.steps - 1) return { ...x0, a: ratio, b: 0, c: -c, d: 0, e: 0, noise: false };
     // x0 - 0.5·c·(x0 - x0') / r, with r the previous log-SNR step over this one
     const r = (lambda(cur) - lambda(vp(this.sigmas[i - 1]))) / h;
     return { ...x0, a: ratio, b: 0, c: -c - (0.5 * c) / r, d: (0.5 * c) / r, e: 0, noise: false };
   }
 
   step(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
-    if (i === 0) this.prevX0 = undefined;
+    if (i === this.begin) this.prevX0 = undefined;
     // 1. VP coefficients alpha_t, sigma_t of this and the next sigma; lambda = log(alpha / sigma)
     const vp = (s: number) => ({ alpha: 1 / Math.sqrt(s * s + 1), sigma: s / Math.sqrt(s * s + 1) });
     const cur = vp(this.sigmas[i]);

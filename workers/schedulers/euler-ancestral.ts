@@ -14,6 +14,7 @@ export class EulerAncestralScheduler implements Scheduler {
   /** sigma per step, plus a final 0. */
   readonly sigmas: number[];
   readonly initNoiseSigma: number;
+  begin = 0;
 
   constructor(readonly steps: number, spacing: Spacing = 'linspace') {
     const train = trainSigmas(alphasCumprod());
@@ -31,6 +32,12 @@ export class EulerAncestralScheduler implements Scheduler {
   predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
     const sigma = this.sigmas[i];
     return sample.map((x, k) => x - sigma * eps[k]);
+  }
+
+  /** diffusers' Euler samplers noise by sigma alone: x0 + sigma_i noise. */
+  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
+    const s = this.sigmas[i];
+    return x0.map((v, k) => v + s * noise[k]);
   }
 
   inputScale(i: number): number {

@@ -1,7 +1,7 @@
 // The Latent Consistency Model sampler (Luo et al. 2023), as diffusers' LCMScheduler: timesteps from
 // the 50-step schedule it was distilled on, the consistency function's boundary scalings, and fresh
 // noise between steps. For LCM-LoRA and other consistency-distilled weights (4 to 8 steps, low CFG).
-import { alphasCumprod, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler } from './common.ts';
+import { alphasCumprod, noiseToAlpha, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler } from './common.ts';
 
 /** The schedule the consistency model was distilled on, and its boundary condition's constants. */
 export const LCM_ORIGINAL_STEPS = 50;
@@ -26,6 +26,7 @@ export function lcmScalings(t: number): { cSkip: number; cOut: number } {
 export class LcmScheduler implements Scheduler {
   readonly timesteps: number[];
   readonly initNoiseSigma = 1;
+  begin = 0;
   private readonly ac = alphasCumprod();
 
   constructor(readonly steps: number) {
@@ -34,6 +35,10 @@ export class LcmScheduler implements Scheduler {
 
   inputScale(): number {
     return 1;
+  }
+
+  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
+    return noiseToAlpha(x0, noise, this.ac[this.timesteps[i]]);
   }
 
   scaleModelInput(sample: Float32Array): Float32Array {

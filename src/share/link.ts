@@ -2,9 +2,15 @@
 // payload is the scene's JSON, deflated (raw) and base64url-encoded; the version number sits before
 // it so a link from a newer studio is recognised without decoding anything. Decoding is bounded at
 // every stage (link length, inflated size) and ends in parseScene, so a damaged or hostile link gets
-// a sentence and nothing else.
+// a sentence and nothing else. The scene's picture settings travel too, its painted mask included
+// while the link stays within MAX_LINK (a larger mask is left out, and the caller is told); a start
+// picture never does.
+import { fromBase64UrlChecked, toBase64Url } from './base64url.ts';
 import { readCapped } from '../../workers/checkpoint/source.ts';
-import { parseScene, parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
+import { parseJson } from '../../workers/api/json.ts';
+import { SceneError } from '../../workers/layout/scene.ts';
+import { decodeMask, MaskCodecError } from '../picture/mask-codec.ts';
+import { parseStudioScene, type StudioScene } from '../picture/scene-picture.ts';
 
 export const LINK_VERSION = 1;
 export const LINK_PREFIX = '#scene=';
@@ -20,38 +26,12 @@ export class ShareLinkError extends Error {
   }
 }
 
-const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-const B64_INDEX = new Int16Array(128).fill(-1);
-for (let i = 0; i < B64.length; i++) B64_INDEX[B64.charCodeAt(i)] = i;
-
-export function toBase64Url(bytes: Uint8Array): string {
-  let out = '';
-  for (let i = 0; i < bytes.length; i += 3) {
-    const n = (bytes[i] << 16) | ((bytes[i + 1] ?? 0) << 8) | (bytes[i + 2] ?? 0);
-    const left = bytes.length - i;
-    out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63] + (left > 1 ? B64[(n >> 6) & 63] : '') + (left > 2 ? B64[n & 63] : '');
-  }
-  return out;
-}
+export { toBase64Url };
 
 export function fromBase64Url(text: string): Uint8Array {
-  if (text.length % 4 === 1) throw new ShareLinkError('it was cut short (its data has an impossible length).');
-  const out = new Uint8Array(Math.floor((text.length * 3) / 4));
-  let bits = 0;
-  let acc = 0;
-  let o = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    const v = c < 128 ? B64_INDEX[c] : -1;
-    if (v < 0) throw new ShareLinkError(`it contains the character ${JSON.stringify(text[i])}, which no share link has.`);
-    acc = (acc << 6) | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (acc >> bits) & 0xff;
-    }
-  }
-  return out.subarray(0, o);
+  const got = fromBase64UrlChecked(text);
+  if (typeof got === 'string') throw new ShareLinkError(got);
+  return got;
 }
 
 async function pump(stream: CompressionStream | DecompressionStream, input: Uint8Array, limit: number): Promise<Uint8Array> {
@@ -62,18 +42,34 @@ async function pump(stream: CompressionStream | DecompressionStream, input: Uint
   return readCapped(stream.readable, limit, () => new ShareLinkError(`its scene unpacks to more than ${limit} bytes, which no scene needs.`));
 }
 
-/** The fragment (with its leading '#') that carries a scene. */
-export async function encodeShareLink(scene: Scene): Promise<string> {
-  const json = new TextEncoder().encode(JSON.stringify(parseScene(scene)));
+async function pack(scene: StudioScene): Promise<string> {
+  const json = new TextEncoder().encode(JSON.stringify(parseStudioScene(scene)));
   const packed = await pump(new CompressionStream('deflate-raw'), json, Number.MAX_SAFE_INTEGER);
   return `${LINK_PREFIX}${LINK_VERSION}.${toBase64Url(packed)}`;
+}
+
+/** The fragment (with its leading '#') that carries a scene. */
+export async function encodeShareLink(scene: StudioScene): Promise<string> {
+  return (await shareLinkOf(scene)).link;
+}
+
+/**
+ * The fragment, and `dropped` when the scene's mask was left out because the link would have been
+ * longer than a link may be (the rest of the scene is still there: never a broken link).
+ */
+export async function shareLinkOf(scene: StudioScene): Promise<{ link: string; dropped?: string }> {
+  const link = await pack(scene);
+  if (link.length <= MAX_LINK || !scene.picture?.mask) return { link };
+  const { mask: _, ...picture } = scene.picture;
+  const shorter = await pack({ ...scene, picture });
+  return { link: shorter, dropped: `The painted mask was left out of the link: with it the link would be ${link.length} characters long, and a link holds at most ${MAX_LINK}. Simpler strokes (or a smaller frame) make a shorter mask; the scene file or the PNG keeps it whole.` };
 }
 
 /** Whether a fragment is meant as a share link (it may still be broken). */
 export const isShareLink = (hash: string) => hash.startsWith(LINK_PREFIX);
 
 /** The scene a fragment carries, checked; a ShareLinkError saying what is wrong otherwise. */
-export async function decodeShareLink(hash: string): Promise<Scene> {
+export async function decodeShareLink(hash: string): Promise<StudioScene> {
   if (!isShareLink(hash)) throw new ShareLinkError('it does not hold a LoRA Studio scene.');
   if (hash.length > MAX_LINK) throw new ShareLinkError(`it is ${hash.length} characters long; a scene link is at most ${MAX_LINK}.`);
   const body = hash.slice(LINK_PREFIX.length);
@@ -98,9 +94,12 @@ export async function decodeShareLink(hash: string): Promise<Scene> {
     throw new ShareLinkError('its data is damaged (it is not a scene).');
   }
   try {
-    return parseSceneText(text);
+    const scene = parseStudioScene(parseJson(text, (problem) => new SceneError(problem)), MAX_LINK);
+    // the mask's runs are checked now, so a bad one fails the link here and not later on the canvas
+    if (scene.picture?.mask) await decodeMask(scene.picture.mask, scene, MAX_LINK);
+    return scene;
   } catch (e) {
-    if (e instanceof SceneError) throw new ShareLinkError(`${e.problem}.`);
+    if (e instanceof SceneError || e instanceof MaskCodecError) throw new ShareLinkError(`${e.problem}${e.problem.endsWith('.') ? '' : '.'}`);
     throw e;
   }
 }

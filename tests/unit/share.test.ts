@@ -101,3 +101,45 @@ function chunkTypes(png: Uint8Array): string[] {
   for (let at = 8; at < png.length; at += 12 + v.getUint32(at)) out.push(String.fromCharCode(...png.subarray(at + 4, at + 8)));
   return out;
 }
+
+test('a link carries the picture settings and the painted mask byte for byte; a mask too long for a link is left out with a sentence, never a broken link', async () => {
+  const { encodeMask, decodeMask } = await import('../../src/picture/mask-codec.ts');
+  const { stampSegment } = await import('../../src/picture/mask.ts');
+  const { shareLinkOf } = await import('../../src/share/link.ts');
+  const scene = { ...testScene(), width: 512, height: 512, boxes: [] };
+  const mask = new Uint8Array(512 * 512);
+  stampSegment(mask, 512, 512, { x: 100, y: 100 }, { x: 400, y: 300 }, 40, 255);
+  stampSegment(mask, 512, 512, { x: 50, y: 450 }, { x: 480, y: 470 }, 12, 255);
+  const picture = { strength: 0.6, maskBlur: 8, onlyMasked: true, padding: 48, hires: { enabled: true, scale: 1.5, strength: 0.55, upscaler: 'image' as const, steps: 12 }, mask: await encodeMask(mask, 512, 512) };
+  const { link, dropped } = await shareLinkOf({ ...scene, picture });
+  assert.equal(dropped, undefined);
+  assert.ok(link.length <= MAX_LINK);
+  const back = await decodeShareLink(link);
+  assert.deepEqual(back.picture, picture);
+  assert.deepEqual(await decodeMask(back.picture!.mask!, back), mask, 'the mask, byte for byte');
+  // noise at 1024 x 1024 cannot fit: the link keeps everything else
+  const rand = seeded(9);
+  const noise = Uint8Array.from({ length: 1024 * 1024 }, () => (rand() < 0 ? 0 : 255));
+  const big = { ...scene, width: 1024, height: 1024, picture: { ...picture, mask: await encodeMask(noise, 1024, 1024) } };
+  const out = await shareLinkOf(big);
+  assert.match(out.dropped ?? '', /The painted mask was left out of the link: with it the link would be \d+ characters long, and a link holds at most 32000/);
+  assert.ok(out.link.length <= MAX_LINK);
+  const { mask: _, ...rest } = big.picture;
+  assert.deepEqual((await decodeShareLink(out.link)).picture, rest);
+});
+
+test('hostile picture settings in a link: each named, the mask checked before the scene opens', async () => {
+  const pack = (v: unknown) => `${LINK_PREFIX}1.${toBase64Url(deflateRawSync(Buffer.from(JSON.stringify(v))))}`;
+  const picture = { strength: 0.5, maskBlur: 4, onlyMasked: false, padding: 32, hires: { enabled: false, scale: 2, strength: 0.7, upscaler: 'latent' } };
+  const fails = async (v: unknown, pattern: RegExp) => assert.rejects(decodeShareLink(pack(v)), (e: Error) => e instanceof ShareLinkError && pattern.test(e.message), pattern.source);
+  await fails({ ...testScene(), picture: { ...picture, strength: 7 } }, /picture\.strength must be a number from 0 to 1/);
+  await fails({ ...testScene(), picture: { ...picture, hires: { ...picture.hires, upscaler: 'magic' } } }, /upscaler must be "latent" or "image"/);
+  await fails({ ...testScene(), picture: { ...picture, mask: { width: 32, height: 32, data: 'rAA' } } }, /picture\.mask is 32x32 but the frame is 64x64/);
+  await fails({ ...testScene(), picture: { ...picture, mask: { width: 64, height: 64, data: 'r<b>' } } }, /r or z, then base64url/);
+  // runs that do not cover the frame, and a bomb of runs
+  await fails({ ...testScene(), picture: { ...picture, mask: { width: 64, height: 64, data: `r${Buffer.from([255, 10]).toString('base64url')}` } } }, /cover 10 of the 4096 pixels/);
+  await fails({ ...testScene(), picture: { ...picture, mask: { width: 64, height: 64, data: `z${deflateRawSync(Buffer.alloc(5_000_000, 1)).toString('base64url')}` } } }, /unpacks to more than 8192 bytes/);
+  // unknown extra fields are dropped, not kept
+  const ok = await decodeShareLink(pack({ ...testScene(), picture: { ...picture, evil: '<script>' } }));
+  assert.deepEqual(ok.picture, picture);
+});

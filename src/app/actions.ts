@@ -3,7 +3,9 @@
 import type { GenerateJob, ImageData8, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
 import { loadScorer, scoreResult } from './scoring.ts';
 import { paperSettings } from '../../workers/composition/presets.ts';
-import { boxTrigger, layoutSwitches, type Scene, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
+import { boxTrigger, layoutSwitches, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
+import type { StudioScene as Scene } from '../picture/scene-picture.ts';
+import { jobJson, pictureJob, pictureStore, syncPicture, vaeRef } from './picture-actions.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, isEmbeddingFile, testModelRequest } from '../engine/model-files.ts';
 import { dataUrlOf, drawScaled } from '../gallery/images.ts';
@@ -33,7 +35,7 @@ import {
 } from '../library/library.ts';
 import { storageUse } from '../library/opfs.ts';
 import { registerOffline } from './offline.ts';
-import { decodeShareLink, encodeShareLink, isShareLink } from '../share/link.ts';
+import { decodeShareLink, isShareLink, shareLinkOf } from '../share/link.ts';
 import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
 import { activeLoras, DEFAULT_JOB, useStudio, type EmbeddingEntry, type LoraEntry, type RunStatus } from '../store/studio.ts';
 
@@ -183,6 +185,15 @@ async function loadModelRequest(req: ModelRequest, label: string, id: string) {
     const model = await withProgress((done: number, total: number) => studio().status.kind !== 'cancelling' && set({ status: { kind: 'loading', done, total, label } }), (p) => engine().loadModel(req, p));
     set({ model, modelId: id, status: { kind: 'loading', done: 0, total: 1, label: `the LoRAs for ${label}` } });
     localStorage.setItem(MODEL_KEY, id);
+    // the VAE chosen in place of the model's own goes with every model, as A1111's setting does
+    const vae = studio().vae;
+    if (vae) {
+      try {
+        set({ model: await engine().loadVae(vaeRef(vae)) });
+      } catch (e) {
+        set({ vae: undefined, alert: `The VAE ${vae.name} does not fit ${label}, so its own is in use: ${(e as Error).message}` });
+      }
+    }
     // LoRAs and embeddings belong to a model: load the library's again for this one
     for (const l of studio().loras) await loadLora(l);
     for (const e of studio().embeddings) await loadEmbedding(e);
@@ -540,7 +551,8 @@ export function currentJob(): GenerateJob {
     if (at >= 0) uses[at] = use;
     else uses.push(use);
   }
-  return { ...settings, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}) };
+  const { init: _i, hires: _h, ...plain } = settings;
+  return { ...plain, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}), ...pictureJob(settings, studio().model) };
 }
 
 /** Models the engine has run a job with since it started (their first job compiles the GPU programs). */
@@ -577,7 +589,11 @@ export async function generate() {
     const scene = { ...currentScene(), seed: job.seed };
     const label = count > 1 ? `Picture ${i + 1} of ${count}` : undefined;
     // the exact job, for a reviewer (and the e2e tests) to rerun it elsewhere
-    localStorage.setItem('lorastudio.lastJob', JSON.stringify(job));
+    try {
+      localStorage.setItem('lorastudio.lastJob', jobJson(job));
+    } catch {
+      localStorage.removeItem('lorastudio.lastJob'); // too large for the quota: it is only a record
+    }
     set({ status: startRun(job.steps, label), preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
     const onProgress = (p: ProgressEvent) => {
       if (studio().status.kind === 'cancelling') return;
@@ -592,6 +608,8 @@ export async function generate() {
         set({ batch: { ...batch } });
       }
       set({ result: { ...result, scene }, ...(last ? { status: { kind: 'ready' as const } } : {}), notice: result.report.warnings.join(' ') || undefined });
+      // the result is what the frame shows now, not the start picture being painted on
+      if (last) pictureStore.getState().set({ mode: 'boxes' });
       const score = await scoreResult(result.image, scene);
       if (score) set({ result: { ...result, scene, score } });
       try {
@@ -650,13 +668,15 @@ export async function removeFromGallery(item: GalleryItem) {
 
 /** The current scene as a link; copied to the clipboard where the browser allows. */
 export async function shareLink(): Promise<string> {
-  const url = `${location.href.split('#')[0]}${await encodeShareLink(currentScene())}`;
+  const { link, dropped } = await shareLinkOf(currentScene());
+  const url = `${location.href.split('#')[0]}${link}`;
   studio().set({ shareUrl: url });
+  const notes = [dropped, pictureStore.getState().start ? 'The start picture is not in the link (too large for one); send the picture itself alongside.' : ''].filter(Boolean).join(' ');
   try {
     await navigator.clipboard.writeText(url);
-    studio().set({ notice: 'Share link copied.' });
+    studio().set({ notice: `Share link copied.${notes ? ` ${notes}` : ''}` });
   } catch {
-    studio().set({ notice: 'Share link ready: copy it from the field.' });
+    studio().set({ notice: `Share link ready: copy it from the field.${notes ? ` ${notes}` : ''}` });
   }
   return url;
 }
@@ -745,6 +765,7 @@ const SOFTWARE_DEFAULT = { width: 128, height: 128, steps: 12 };
 export async function startStudio() {
   const fresh = typeof localStorage !== 'undefined' && !localStorage.getItem(SCENE_KEY) && !isShareLink(location.hash);
   syncScene();
+  syncPicture();
   void engine()
     .init()
     .then((adapter) => {

@@ -3,7 +3,9 @@
 import type { GenerationReport, ImageData8, ScoreReport } from '../../workers/api/contract.ts';
 import { formatA1111, parseA1111, type A1111Parameters } from '../../workers/layout/a1111.ts';
 import { encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from '../../workers/engine/png.ts';
-import { parseSceneText, SceneError, type Scene } from '../../workers/layout/scene.ts';
+import { parseJson } from '../../workers/api/json.ts';
+import { SceneError } from '../../workers/layout/scene.ts';
+import { parseStudioSceneLenient, type StudioScene as Scene } from '../picture/scene-picture.ts';
 import { getAll, put, remove } from '../storage/idb.ts';
 
 export { SCENE_CHUNK, REPORT_CHUNK };
@@ -80,7 +82,8 @@ export async function sceneFromPng(file: Blob): Promise<Scene> {
   const json = text[SCENE_CHUNK];
   if (json === undefined) throw new PngSceneError('it was not made by LoRA Studio (it has no scene chunk).');
   try {
-    return parseSceneText(json);
+    // its picture settings and mask come along where they check; a damaged mask alone is left out
+    return parseStudioSceneLenient(parseJson(json, (problem) => new SceneError(problem))).scene;
   } catch (e) {
     if (e instanceof SceneError) throw new PngSceneError(`its scene chunk: ${e.problem}.`);
     throw e;

@@ -1,7 +1,8 @@
 // The layout scene the canvas draws: plain data (workers/layout/scene.ts's format) with undo and
 // redo of every edit, and a copy in localStorage so a reload restores it. Works without React.
 import { createStore } from 'zustand/vanilla';
-import { parseScene, SCENE_VERSION, type Scene, type SceneBox, type SceneLora } from '../../workers/layout/scene.ts';
+import { SCENE_VERSION, type SceneBox, type SceneLora } from '../../workers/layout/scene.ts';
+import { parseStudioSceneLenient, type StudioScene as Scene } from '../picture/scene-picture.ts';
 import { fitToFrame, moveRect, resizeRect, type Rect } from '../canvas/geometry.ts';
 
 export const SCENE_KEY = 'lorastudio.scene';
@@ -53,9 +54,9 @@ export interface SceneState {
   redo(): void;
 }
 
-export type SettingKey = 'prompt' | 'negative' | 'loras' | 'composition' | 'seed' | 'steps' | 'cfg' | 'scheduler' | 'model';
+export type SettingKey = 'prompt' | 'negative' | 'loras' | 'composition' | 'seed' | 'steps' | 'cfg' | 'scheduler' | 'model' | 'picture';
 
-const SETTING_KEYS: SettingKey[] = ['prompt', 'negative', 'loras', 'composition', 'seed', 'steps', 'cfg', 'scheduler', 'model'];
+const SETTING_KEYS: SettingKey[] = ['prompt', 'negative', 'loras', 'composition', 'seed', 'steps', 'cfg', 'scheduler', 'model', 'picture'];
 /** Undo and redo step through layout edits; the settings typed since stay as they are. */
 function withSettings(layout: Scene, current: Scene): Scene {
   const out: Record<string, unknown> = { ...layout };
@@ -72,7 +73,8 @@ export function createSceneStore(storage?: Pick<Storage, 'getItem' | 'setItem'>,
   let initial = emptyScene();
   try {
     const saved = storage?.getItem(SCENE_KEY);
-    if (saved) initial = parseScene(JSON.parse(saved));
+    // picture settings that do not check (a damaged mask) are dropped; the scene itself still opens
+    if (saved) initial = parseStudioSceneLenient(JSON.parse(saved)).scene;
   } catch {
     // an unreadable saved scene is replaced by a fresh one rather than breaking the page
   }
@@ -149,7 +151,7 @@ export function createSceneStore(storage?: Pick<Storage, 'getItem' | 'setItem'>,
         set({ scene });
         save(scene);
       },
-      replace: (scene) => edit(parseScene(scene), null),
+      replace: (scene) => edit(parseStudioSceneLenient(scene).scene, null),
       undo: () => {
         const { past, scene, future } = get();
         if (!past.length) return;

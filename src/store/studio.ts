@@ -114,6 +114,8 @@ export interface StudioState {
   batch?: { images: ImageData8[]; seeds: number[] };
   /** Why pictures will be slow here (a software adapter), when they will. */
   adapterNote?: string;
+  /** The VAE file chosen in place of the model's own (loaded again with each model). */
+  vae?: File;
   /** The last GPU self-test's summary. */
   selfTest?: string;
   setJob(patch: Partial<GenerateJob>): void;

@@ -16,6 +16,8 @@ import { MissingPanel } from '../panels/MissingPanel.tsx';
 import { GuidancePlot, StepPlots } from '../panels/Plots.tsx';
 import { CompareControls, ComparisonGrid, METHODS, ScoreLine, ScorerPanel } from '../panels/ScorePanel.tsx';
 import { CompositionSettings } from '../panels/CompositionSettings.tsx';
+import { HiresPanel, StartPicturePanel } from '../panels/PicturePanel.tsx';
+import { pictureStore, startFromResult, startPictureProblem } from './picture-actions.ts';
 import { useStudio, type RunStatus } from '../store/studio.ts';
 import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
 import { isBuiltInScorer } from './scoring.ts';
@@ -106,6 +108,7 @@ export function App() {
   const liveLoras = running ? loras.filter((l) => l.enabled && l.info).map((l) => l.file.name) : (result?.report.composition.loras ?? []);
   const method = job.composition?.method ?? 'merge';
   const testScorer = result?.score && isBuiltInScorer(result.score.scorer);
+  const hasStart = useStore(pictureStore, (s) => !!s.start);
   return (
     <main
       onDragOver={(e) => {
@@ -131,6 +134,11 @@ export function App() {
           Share link
         </button>
         {shareUrl && <input className="share-url" readOnly value={shareUrl} aria-label="Share link" data-testid="share-url" onFocus={(e) => e.target.select()} />}
+        {hasStart && (
+          <span className="hint share-note" data-testid="share-note">
+            Links carry the mask and settings, not the start picture.
+          </span>
+        )}
       </header>
       <aside className="left">
         <LibraryPanel disabled={running} />
@@ -160,6 +168,9 @@ export function App() {
               </button>{' '}
               <button className="small" data-testid="download-png" onClick={() => void downloadPng(result.scene, result.report)}>
                 Download PNG
+              </button>{' '}
+              <button className="small" data-testid="use-as-start" disabled={!!startPictureProblem(model)} title={startPictureProblem(model) ?? 'Start the next picture from this one (image to image, inpainting)'} onClick={startFromResult}>
+                Use as start picture
               </button>
             </p>
           )}
@@ -272,6 +283,8 @@ export function App() {
           <NumberField label="Width" value={job.width} min={64} max={2048} step={64} onChange={(width) => setSize(width, job.height)} testId="width" />
           <NumberField label="Height" value={job.height} min={64} max={2048} step={64} onChange={(height) => setSize(job.width, height)} testId="height" />
         </div>
+        <StartPicturePanel disabled={running} />
+        <HiresPanel disabled={running} />
         {/* the sampler gets a row of its own: its names are too long to share one */}
         <div className="row sampler-row">
           <label title="The sampler: how each step moves towards the picture">

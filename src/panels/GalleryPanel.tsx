@@ -2,6 +2,7 @@
 // keeps its scene: open the scene again, download the PNG (which carries the scene), or delete it.
 import { useEffect, useMemo } from 'react';
 import { applyScene, downloadPng, removeFromGallery } from '../app/actions.ts';
+import { startFromGallery, startPictureProblem } from '../app/picture-actions.ts';
 import { isBuiltInScorer } from '../app/scoring.ts';
 import { METHOD_WORDS } from '../app/words.ts';
 import type { GalleryItem } from '../gallery/gallery.ts';
@@ -20,6 +21,7 @@ function Thumb({ item, index }: { item: GalleryItem; index: number }) {
 
 export function GalleryPanel() {
   const gallery = useStudio((s) => s.gallery);
+  const noStart = useStudio((s) => startPictureProblem(s.model));
   if (!gallery.length) return <p className="hint">Pictures you make are kept here, with their scenes.</p>;
   return (
     <ul className="gallery" data-testid="gallery">
@@ -40,6 +42,9 @@ export function GalleryPanel() {
             <div className="gallery-actions">
               <button className="small" data-testid={`gallery-restore-${i}`} aria-label={`Open the scene of ${name}`} onClick={() => applyScene(g.scene, 'the gallery')}>
                 Open
+              </button>
+              <button className="small" data-testid={`gallery-start-${i}`} aria-label={`Use ${name} as the start picture`} title={noStart ?? 'Use as start picture'} disabled={!!noStart} onClick={() => void startFromGallery(g, i)}>
+                Start
               </button>
               <button className="small" data-testid={`gallery-download-${i}`} aria-label={`Download ${name} as PNG`} onClick={() => void downloadPng(g.scene, g.report, g.png)}>
                 PNG

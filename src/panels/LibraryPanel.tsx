@@ -4,6 +4,7 @@
 import { useState } from 'react';
 import { DEFAULT_REPO } from '../library/hub.ts';
 import { deleteModel, discardDownload, importModelFiles, pauseDownload, runDownload, startDownload, TEST_MODEL_ID, useModel } from '../app/actions.ts';
+import { chooseVae } from '../app/picture-actions.ts';
 import { useStudio } from '../store/studio.ts';
 
 export function formatBytes(n: number): string {
@@ -21,7 +22,7 @@ export function formatBytes(n: number): string {
 const formatTime = (s: number) => (s < 90 ? `${Math.ceil(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
 
 export function LibraryPanel({ disabled }: { disabled: boolean }) {
-  const { library, downloads, usage, modelId, status, offline, applyUpdate } = useStudio();
+  const { library, downloads, usage, modelId, status, offline, applyUpdate, model } = useStudio();
   const [source, setSource] = useState(DEFAULT_REPO);
   const busy = disabled || status.kind === 'loading';
   const current = library.models.find((m) => m.id === modelId);
@@ -44,6 +45,30 @@ export function LibraryPanel({ disabled }: { disabled: boolean }) {
           Delete {current.name} from the library
         </button>
       )}
+      <div className="vae" data-testid="vae">
+        <label title="The VAE turns latents into pictures (and pictures into latents). Some checkpoints want a separate one, e.g. sd-vae-ft-mse">
+          VAE
+          <select value={model?.vaeFile ? 'file' : 'own'} data-testid="vae-select" disabled={busy || !model} onChange={(e) => e.target.value === 'own' && void chooseVae(null)}>
+            <option value="own">The model's own</option>
+            {model?.vaeFile && <option value="file">{model.vaeFile}</option>}
+          </select>
+        </label>
+        <label>
+          or choose a VAE file (.safetensors)
+          <input type="file" accept=".safetensors" data-testid="vae-file" disabled={busy || !model} onChange={(e) => {
+            const f = e.target.files?.[0];
+            e.target.value = '';
+            if (f) void chooseVae(f);
+          }} />
+        </label>
+        {model && (
+          <p className="hint" data-testid="vae-line">
+            In use: {model.vaeFile ?? "the model's own VAE"}
+            {model.vaeEncoder ? '' : ' (decoder only: no start pictures)'}
+            {model.inpainting ? '. Inpainting model.' : ''}
+          </p>
+        )}
+      </div>
       <label>
         Import a checkpoint (.safetensors)
         <input type="file" accept=".safetensors" data-testid="model-file" disabled={busy} onChange={(e) => void importModelFiles([...(e.target.files ?? [])])} />

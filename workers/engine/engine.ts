@@ -1,7 +1,7 @@
 // The engine: a loaded model (weights on the GPU, one ORT session per graph and shape) and the
 // denoising loop. The same class runs in the browser's worker and in Node.
 import type * as OrtNs from 'onnxruntime-web';
-import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
+import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, HiresReport, InitReport, LayoutOptions, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
@@ -15,7 +15,7 @@ import { checkGuidance, resolveLayout } from '../layout/options.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { regionOutInputName } from '../graph/unet.ts';
 import { MAX_BOXES, MAX_STEPS } from '../layout/scene.ts';
-import { buildVaeDecoder } from '../graph/vae.ts';
+import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
 import { graphSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
@@ -28,7 +28,8 @@ import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
 import { planMemory, vaeTileOverlap, type MemoryPlan } from './memory-plan.ts';
-import { decodeTiled } from './vae-tiles.ts';
+import { decodeTiled, tileStarts } from './vae-tiles.ts';
+import { blurMask, cropMask, latentMask, maskedPlanes, onlyMaskedRegion, overlay, paste, pictureToPlanes, resizeBicubic, resizeBilinear } from './picture.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
 import { multiplyAdds } from '../graph/cost.ts';
 import { guessCategory, isLoraCategory } from '../lora/category.ts';
@@ -37,7 +38,7 @@ import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
-import { denoise } from './pipeline.ts';
+import { denoise, type PipelineParts } from './pipeline.ts';
 import { writePadded } from '../gpu/buffers.ts';
 import type { Fetches } from './gpu-loop.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
@@ -437,6 +438,13 @@ export class Engine {
     for (const u of [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])]) {
       if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
     }
+    const info = this.model.info;
+    const needsEncoder = job.init ? 'a start picture' : job.hires?.upscaler === 'image' ? "the hires fix's picture upscaler" : info.inpainting ? 'an inpainting model' : undefined;
+    if (needsEncoder && !info.vaeEncoder) throw new BadArgumentError(`This model's VAE has no encoder, which ${needsEncoder} needs; choose a VAE file that has one (e.g. sd-vae-ft-mse).`);
+    if (info.inpainting && job.layout?.boxes.length) {
+      const l = resolveLayout(job.layout);
+      if (l.guidance || l.reinit) throw new BadArgumentError('Gradient guidance and latent re-initialisation work on a 4-channel UNet; turn them off for an inpainting model.');
+    }
     // busy before the first await: a second job sent meanwhile is refused, not run alongside
     this.busy = true;
     let attention: AttentionChoice;
@@ -451,63 +459,76 @@ export class Engine {
     this.jobGraphs.clear();
     this.rt.gpu?.memory.resetPeak();
     try {
-      const m = this.model;
-      const cfg = m.ckpt.config;
-      const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
-      const batch = job.cfg > 1 ? 2 : 1;
-      const lh = job.height / 8;
-      const lw = job.width / 8;
-      const clipSkip = job.clipSkip ?? 1;
-      if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
-      const t0 = performance.now();
-      const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
-      const loraCount = (job.loras?.length ?? 0) + (job.layout?.boxes.reduce((a, b) => a + b.loras.length, 0) ?? 0);
-      const plan = this.plan(job, loraCount, attention);
-      // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
-      const unetBatch = plan.cfgHalves ? 1 : batch;
-      const vocab = this.vocabulary();
-      const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows, ...forms }));
-      const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
-      const layout = resolved ? layoutGraphOptions(cfg.unet, lh, lw, job.layout!.boxes.length, resolved) : undefined;
-      const layoutKey = layout ? `${layout.regions}:${layout.isolation}:${layout.regionOutputs}` : '';
-      // a prompt with an ED-LoRA token gives each cross-attention layer its own context (a layout's
-      // regions carry theirs as keys and values)
-      const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
-      const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
-      // A1111's long prompts and BREAK: the context holds as many 77-token chunks as the longer prompt
-      // needs (a layout's regions and a layer-wise context read one)
-      const contextChunks = layout || contextLayers > 1 ? 1 : Math.min(MAX_CONTEXT_CHUNKS, Math.max(...[job.prompt, job.negative].map((p) => (hasEmphasis(p) || m.tokenizer.encode(p, vocab?.added).truncated ? m.tokenizer.encodeChunks(parseEmphasis(p).runs, vocab?.added).chunks.length : 1))));
-      const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions * contextChunks, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
-      const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}:${contextChunks}`;
-      // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
-      const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
-      const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions), resident ? 'gpu' : 'cpu');
-      const stepGraph = resident ? await this.graph(`step:${batch}:${cfg.unet.inChannels}:${lh}x${lw}`, () => buildStepGraph({ batch, channels: cfg.unet.inChannels, height: lh, width: lw, previewFactor: previewFactor(lh, lw) }), 'gpu') : undefined;
-      // the deep-feature cache's two graphs, when the job's composition can use them
-      const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
-      const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
-      const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' })) : undefined;
-      const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' })) : undefined;
-      // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
-      const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
-      const guideKey = `${lh}x${lw}:${layoutKey}`;
-      // guidance differentiates through its attention: never fused (no gradient rule), chunked under the limit
-      const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs, attention: 'chunked', bufferLimit: forms.bufferLimit } as const;
-      const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
-      const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
-      const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
-      const vaeH = plan.vaeTile ? Math.min(plan.vaeTile, lh) : lh;
-      const vaeW = plan.vaeTile ? Math.min(plan.vaeTile, lw) : lw;
-      const vae = await this.graph(`vae:${vaeH}x${vaeW}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: vaeH, latentW: vaeW, dtype, ...forms }));
-      const sessionCreateMs = performance.now() - t0;
-      // the job's LoRAs, then each box's (the pipeline refers to them by this order)
-      const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
-      const used = uses.map((u) => ({ use: u, ...this.loras.get(u.lora)! }));
-      // a LoRA's profile depends on it, the model and the settings of its profiling image, not on the set
-      const profileKey = (i: number, p: { prompt: string; negative: string; steps: number; cutoff: number }) =>
-        JSON.stringify([1, used[i].info.fingerprint, used[i].use.scale, used[i].use.textEncoderScale ?? used[i].use.scale, m.info.name, m.precision, job.width, job.height, job.scheduler, job.cfg, clipSkip, p.prompt, p.negative, p.steps, p.cutoff]);
-      const regionOut = new RegionOutputs(this.rt, m.weights.unet, crossAttentionLayers(cfg.unet).map((l) => l.name));
-      try {
+      return await this.run(job, attention, onProgress);
+    } catch (e) {
+      if (this.lostReason) throw new DeviceLostError(this.lostReason);
+      throw e;
+    } finally {
+      this.busy = false;
+      this.cancelRequested = false;
+    }
+  }
+
+  /** One pass of the pipeline at the job's size, with its graphs: text to image, or from `extra.init`. */
+  private async pass(job: GenerateJob, attention: AttentionChoice, onProgress: ((e: ProgressEvent) => void) | undefined, extra: Pick<PipelineParts, 'init' | 'inpaintInput' | 'loopPhase'> = {}) {
+    const m = this.model!;
+    const cfg = m.ckpt.config;
+    const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
+    const batch = job.cfg > 1 ? 2 : 1;
+    const lh = job.height / 8;
+    const lw = job.width / 8;
+    const clipSkip = job.clipSkip ?? 1;
+    if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
+    const t0 = performance.now();
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
+    const loraCount = jobLoraCount(job);
+    const plan = this.plan(job, loraCount, attention);
+    // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
+    const unetBatch = plan.cfgHalves ? 1 : batch;
+    const vocab = this.vocabulary();
+    const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows, ...forms }));
+    const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
+    const layout = resolved ? layoutGraphOptions(cfg.unet, lh, lw, job.layout!.boxes.length, resolved) : undefined;
+    const layoutKey = layout ? `${layout.regions}:${layout.isolation}:${layout.regionOutputs}` : '';
+    // a prompt with an ED-LoRA token gives each cross-attention layer its own context (a layout's
+    // regions carry theirs as keys and values)
+    const prompts = [job.prompt, job.negative, ...(job.layout && !resolved?.injection ? job.layout.boxes.map((b) => b.prompt) : [])];
+    const contextLayers = !layout && vocab && prompts.some((p) => m.tokenizer.encode(p, vocab.added).ids.some((id) => vocab.layerwise.has(id))) ? vocab.layers : 1;
+    // A1111's long prompts and BREAK: the context holds as many 77-token chunks as the longer prompt
+    // needs (a layout's regions and a layer-wise context read one)
+    const contextChunks = layout || contextLayers > 1 ? 1 : Math.min(MAX_CONTEXT_CHUNKS, Math.max(...[job.prompt, job.negative].map((p) => (hasEmphasis(p) || m.tokenizer.encode(p, vocab?.added).truncated ? m.tokenizer.encodeChunks(parseEmphasis(p).runs, vocab?.added).chunks.length : 1))));
+    const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions * contextChunks, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
+    const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}:${contextChunks}`;
+    // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
+    // (inpainting's per-step blend and extra channels are CPU work: the pipeline says why, below)
+    const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false && !extra.init?.blend && !extra.inpaintInput;
+    const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions), resident ? 'gpu' : 'cpu');
+    const stepGraph = resident ? await this.graph(`step:${batch}:${cfg.unet.outChannels}:${lh}x${lw}`, () => buildStepGraph({ batch, channels: cfg.unet.outChannels, height: lh, width: lw, previewFactor: previewFactor(lh, lw) }), 'gpu') : undefined;
+    // the deep-feature cache's two graphs, when the job's composition can use them
+    const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
+    const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
+    const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' })) : undefined;
+    const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' })) : undefined;
+    // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
+    const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
+    const guideKey = `${lh}x${lw}:${layoutKey}`;
+    // guidance differentiates through its attention: never fused (no gradient rule), chunked under the limit
+    const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs, attention: 'chunked', bufferLimit: forms.bufferLimit } as const;
+    const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
+    const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
+    const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
+    const vaeH = plan.vaeTile ? Math.min(plan.vaeTile, lh) : lh;
+    const vaeW = plan.vaeTile ? Math.min(plan.vaeTile, lw) : lw;
+    const vae = await this.graph(`vae:${vaeH}x${vaeW}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: vaeH, latentW: vaeW, dtype, ...forms }));
+    const sessionCreateMs = performance.now() - t0;
+    // the job's LoRAs, then each box's (the pipeline refers to them by this order)
+    const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
+    const used = uses.map((u) => ({ use: u, ...this.loras.get(u.lora)! }));
+    // a LoRA's profile depends on it, the model and the settings of its profiling image, not on the set
+    const profileKey = (i: number, p: { prompt: string; negative: string; steps: number; cutoff: number }) =>
+      JSON.stringify([1, used[i].info.fingerprint, used[i].use.scale, used[i].use.textEncoderScale ?? used[i].use.scale, m.info.name, m.precision, job.width, job.height, job.scheduler, job.cfg, clipSkip, p.prompt, p.negative, p.steps, p.cutoff]);
+    const regionOut = new RegionOutputs(this.rt, m.weights.unet, crossAttentionLayers(cfg.unet).map((l) => l.name));
+    try {
       const result = await denoise(
         {
           ort: this.rt.ort,
@@ -571,58 +592,157 @@ export class Engine {
           loraTriggers: used.map((u) => u.use.trigger),
           profileStore: this.profileStore,
           profileKey,
+          ...extra,
         },
         job,
         onProgress,
       );
-      const timings = { ...result.timings, sessionCreateMs, totalMs: performance.now() - t0 };
-      return {
-        image: result.image,
-        report: {
-          steps: job.steps,
-          unetEvaluations: result.unetEvaluations,
-          unetMultiplyAdds: result.unetMultiplyAdds,
-          seed: job.seed,
-          scheduler: job.scheduler,
-          width: job.width,
-          height: job.height,
-          cfg: job.cfg,
-          prompt: job.prompt,
-          negative: job.negative,
-          precision: m.precision,
-          adapter: this.adapter,
-          timingsMs: timings,
-          gpuBytesAllocated: this.rt.gpu?.memory.peak ?? 0,
-          gpuLargestBufferBytes: this.rt.gpu?.memory.largest ?? 0,
-          memoryPlan: {
-            ...plan,
-            attention: attention.form,
-            attentionReason: attention.reason,
-          },
-          readbacksPerStep: result.loopReadbacks / job.steps,
-          latentsOnGpu: result.latentsOnGpu,
-          ...(result.latentsOnGpuReason ? { latentsOnGpuReason: result.latentsOnGpuReason } : {}),
-          warnings: result.warnings,
-          loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
-          loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
-          loraKeysUnmatched: used.flatMap((u) => u.info.keysUnmatched.map((k) => `${u.info.name}: ${k.key} (${k.reason})`)),
-          mergeMs: result.mergeMs,
-          composition: result.composition,
-          boxes: result.boxes,
-          ...(result.layout ? { layout: result.layout } : {}),
-          ...(result.guidance ? { guidance: result.guidance } : {}),
-        },
-      };
-      } finally {
-        regionOut.dispose();
-      }
-    } catch (e) {
-      if (this.lostReason) throw new DeviceLostError(this.lostReason);
-      throw e;
+      return { result, plan, sessionCreateMs, used };
     } finally {
-      this.busy = false;
-      this.cancelRequested = false;
+      regionOut.dispose();
     }
+  }
+
+  /** The job: its start picture prepared, the first pass, the inpainting overlay, and the hires fix's second pass. */
+  private async run(job: GenerateJob, attention: AttentionChoice, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult> {
+    const m = this.model!;
+    const t0 = performance.now();
+    const init = job.init;
+    const W = job.width;
+    const H = job.height;
+    const blur = init?.maskBlur ?? DEFAULT_MASK_BLUR;
+    // A1111's "only masked": the mask's surroundings cut out, inpainted at the job's size, pasted back
+    if (init?.mask && init.onlyMaskedPadding !== undefined) {
+      const region = onlyMaskedRegion(init.mask, W, H, init.onlyMaskedPadding);
+      if (region && (region.width < W || region.height < H)) {
+        const image = resizeBicubic(init.image, W, H, region);
+        const mask = cropMask(init.mask, W, region, W, H);
+        const inner = await this.run({ ...job, init: { ...init, image, mask, onlyMaskedPadding: undefined } }, attention, onProgress);
+        const back = resizeBicubic(inner.image, region.width, region.height);
+        const image2 = overlay(init.image, paste(init.image, back, region), blurMask(init.mask, W, H, blur));
+        return { image: image2, report: { ...inner.report, init: { ...inner.report.init!, region } } };
+      }
+    }
+    const inpaintingModel = m.ckpt.config.unet.inChannels === 9;
+    const lh = H / 8;
+    const lw = W / 8;
+    let encodeMs = 0;
+    const extra: Pick<PipelineParts, 'init' | 'inpaintInput'> = {};
+    if (init || inpaintingModel) {
+      const e0 = performance.now();
+      onProgress?.({ phase: 'encode', step: 0, total: job.steps, elapsedMs: 0 });
+      // text to image with an inpainting model: everything repaints, over a mid-grey picture (as A1111)
+      const planes = init ? pictureToPlanes(init.image) : new Float32Array(3 * W * H);
+      const blurred = init?.mask ? blurMask(init.mask, W, H, blur) : undefined;
+      if (init) {
+        const latent = await this.encodePicture(planes, job, attention);
+        extra.init = { latent, strength: init.strength, ...(blurred && !inpaintingModel ? { blend: latentMask(blurred, W, H) } : {}) };
+      }
+      if (inpaintingModel) {
+        const mask = init?.mask ?? new Uint8Array(W * H).fill(255);
+        const masked = await this.encodePicture(maskedPlanes(planes, mask), job, attention);
+        extra.inpaintInput = { mask: latentMask(blurred ?? blurMask(mask, W, H, 0), W, H), masked };
+      }
+      encodeMs = performance.now() - e0;
+    }
+    const { result, plan, sessionCreateMs, used } = await this.pass(job, attention, onProgress, extra);
+    let image = result.image;
+    // the kept pixels back exactly, the blurred mask's edge blended (A1111's overlay)
+    if (init?.mask) image = overlay(init.image, image, blurMask(init.mask, W, H, blur));
+    const warnings = [...result.warnings];
+    let hires: HiresReport | undefined;
+    if (job.hires) {
+      const h0 = performance.now();
+      const fix = job.hires;
+      const size = hiresSize(job);
+      const job2: GenerateJob = { ...job, width: size.width, height: size.height, steps: fix.steps ?? job.steps, hires: undefined, init: undefined, layout: scaleLayout(job.layout, size.width / W, size.height / H) };
+      if (this.rt.gpu) checkJobFits(m.ckpt.config, job2.width, job2.height, job2.cfg > 1 ? 2 : 1, m.precision, this.rt.gpu.adapter, attention.form);
+      const upscaler = fix.upscaler ?? 'latent';
+      const C = m.ckpt.config.unet.outChannels;
+      const latent =
+        upscaler === 'latent'
+          ? resizeBilinear(result.latent, C, lh, lw, size.height / 8, size.width / 8)
+          : await this.encodePicture(pictureToPlanes(resizeBicubic(image, size.width, size.height)), job2, attention);
+      const extra2: Pick<PipelineParts, 'init' | 'inpaintInput' | 'loopPhase'> = { init: { latent, strength: fix.strength }, loopPhase: 'hires' };
+      if (inpaintingModel) {
+        const grey = new Float32Array(3 * size.width * size.height);
+        extra2.inpaintInput = { mask: new Float32Array((size.width / 8) * (size.height / 8)).fill(1), masked: await this.encodePicture(grey, job2, attention) };
+      }
+      const second = await this.pass(job2, attention, onProgress, extra2);
+      image = second.result.image;
+      warnings.push(...second.result.warnings.filter((w) => !warnings.includes(w)));
+      hires = {
+        width: size.width,
+        height: size.height,
+        upscaler,
+        strength: fix.strength,
+        steps: job2.steps,
+        stepsRun: second.result.stepsRun,
+        decodeTiles: second.plan.vaeTile ? tileCount(size, second.plan.vaeTile) : 1,
+        ms: performance.now() - h0,
+      };
+    }
+    const timings = { ...result.timings, sessionCreateMs, totalMs: performance.now() - t0 };
+    return {
+      image,
+      report: {
+        steps: job.steps,
+        unetEvaluations: result.unetEvaluations,
+        unetMultiplyAdds: result.unetMultiplyAdds,
+        seed: job.seed,
+        scheduler: job.scheduler,
+        width: job.width,
+        height: job.height,
+        cfg: job.cfg,
+        prompt: job.prompt,
+        negative: job.negative,
+        precision: m.precision,
+        adapter: this.adapter,
+        timingsMs: timings,
+        gpuBytesAllocated: this.rt.gpu?.memory.peak ?? 0,
+        gpuLargestBufferBytes: this.rt.gpu?.memory.largest ?? 0,
+        memoryPlan: {
+          ...plan,
+          attention: attention.form,
+          attentionReason: attention.reason,
+        },
+        readbacksPerStep: result.loopReadbacks / Math.max(1, result.stepsRun),
+        latentsOnGpu: result.latentsOnGpu,
+        ...(result.latentsOnGpuReason ? { latentsOnGpuReason: result.latentsOnGpuReason } : {}),
+        warnings,
+        loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
+        loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
+        loraKeysUnmatched: used.flatMap((u) => u.info.keysUnmatched.map((k) => `${u.info.name}: ${k.key} (${k.reason})`)),
+        mergeMs: result.mergeMs,
+        composition: result.composition,
+        boxes: result.boxes,
+        ...(result.layout ? { layout: result.layout } : {}),
+        ...(result.guidance ? { guidance: result.guidance } : {}),
+        ...(init ? { init: { strength: init.strength, startStep: result.startStep, stepsRun: result.stepsRun, mode: inpaintingModel && init.mask ? 'inpaint-model' : init.mask ? 'inpaint' : 'img2img', encodeMs } as InitReport } : {}),
+        ...(hires ? { hires } : {}),
+      },
+    };
+  }
+
+  /**
+   * A picture [3, H, W] in [-1, 1] through the VAE encoder: the scaled latent [C, H/8, W/8], in the
+   * memory plan's tiles (the decoder's, in pixels) where the whole would not fit.
+   */
+  private async encodePicture(planes: Float32Array, job: GenerateJob, attention: AttentionChoice): Promise<Float32Array> {
+    const m = this.model!;
+    const cfg = m.ckpt.config;
+    const lh = job.height / 8;
+    const lw = job.width / 8;
+    const tile = this.plan(job, jobLoraCount(job), attention).vaeTile;
+    const th = tile ? Math.min(tile, lh) : lh;
+    const tw = tile ? Math.min(tile, lw) : lw;
+    const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
+    const enc = await this.graph(`vae-enc:${th}x${tw}`, () => buildVaeEncoder(cfg.vae, { batch: 1, latentH: th, latentW: tw, dtype, ...forms }));
+    const run = async (pixels: Float32Array, h: number, w: number) => (await runGraph(enc, m.weights.vae, { image: new this.rt.ort.Tensor('float32', pixels, [1, 3, h, w]) })).latent.data as Float32Array;
+    if (!tile || (th === lh && tw === lw)) return run(planes, job.height, job.width);
+    const C = cfg.vae.latentChannels;
+    return decodeTiled(planes, { channels: 3, lh: job.height, lw: job.width }, { tile: tile * 8, overlap: vaeTileOverlap(tile) * 8 }, run, 1 / 8, C);
   }
 }
 
@@ -666,6 +786,31 @@ class RegionOutputs {
     for (const b of this.buffers) b.destroy();
     this.buffers.length = 0;
   }
+}
+
+/** A1111's default mask blur, in pixels. */
+export const DEFAULT_MASK_BLUR = 4;
+
+/** The LoRAs a job uses: its own and its boxes'. */
+function jobLoraCount(job: GenerateJob): number {
+  return (job.loras?.length ?? 0) + (job.layout?.boxes.reduce((a, b) => a + b.loras.length, 0) ?? 0);
+}
+
+/** The hires fix's final size: the job's times its scale, each side rounded to a multiple of 64 (the UNet's), at most 2048. */
+export function hiresSize(job: GenerateJob): { width: number; height: number } {
+  const side = (v: number) => Math.min(2048, Math.max(64, Math.round((v * job.hires!.scale) / 64) * 64));
+  return { width: side(job.width), height: side(job.height) };
+}
+
+/** A layout's boxes scaled with the picture (the hires fix's second pass), kept inside the frame. */
+function scaleLayout(layout: LayoutOptions | undefined, sx: number, sy: number): LayoutOptions | undefined {
+  if (!layout) return undefined;
+  return { ...layout, boxes: layout.boxes.map((b) => ({ ...b, x: Math.floor(b.x * sx), y: Math.floor(b.y * sy), width: Math.floor(b.width * sx), height: Math.floor(b.height * sy) })) };
+}
+
+function tileCount(size: { width: number; height: number }, tile: number): number {
+  const [lh, lw] = [size.height / 8, size.width / 8];
+  return tileStarts(lh, Math.min(tile, lh), vaeTileOverlap(tile)).length * tileStarts(lw, Math.min(tile, lw), vaeTileOverlap(tile)).length;
 }
 
 /** Reads of GPU results by the CPU: a run whose outputs come back, a download, a preview. */
@@ -769,6 +914,31 @@ export function validateJob(job: GenerateJob): void {
     resolveLayout(l);
   }
   resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
+  if (job.init !== undefined) {
+    const i = job.init;
+    if (typeof i !== 'object' || i === null || typeof i.image !== 'object' || i.image === null) throw bad('init must be {image, strength, mask?}.');
+    const img = i.image;
+    if (img.width !== job.width || img.height !== job.height || !((img.data as unknown) instanceof Uint8ClampedArray || (img.data as unknown) instanceof Uint8Array) || img.data.length !== job.width * job.height * 4) {
+      throw bad(`The start picture must be RGBA at the job's size, ${job.width}x${job.height} (got ${img.width}x${img.height}); resize it first.`);
+    }
+    if (typeof i.strength !== 'number' || !(i.strength >= 0 && i.strength <= 1)) throw bad(`Strength must be from 0 (keep the picture) to 1 (repaint it wholly); got ${i.strength}.`);
+    if (i.mask !== undefined && (!(i.mask instanceof Uint8Array) || i.mask.length !== job.width * job.height)) throw bad(`The inpainting mask must hold one byte per pixel of the ${job.width}x${job.height} picture.`);
+    if (i.maskBlur !== undefined && !(Number.isFinite(i.maskBlur) && i.maskBlur >= 0 && i.maskBlur <= 64)) throw bad(`Mask blur must be from 0 to 64 pixels (got ${i.maskBlur}).`);
+    if (i.onlyMaskedPadding !== undefined && !(Number.isInteger(i.onlyMaskedPadding) && i.onlyMaskedPadding >= 0 && i.onlyMaskedPadding <= 2048)) throw bad(`The padding around the masked area must be a whole number of pixels from 0 to 2048 (got ${i.onlyMaskedPadding}).`);
+    if (i.onlyMaskedPadding !== undefined && !i.mask) throw bad('"Only the masked area" needs a mask.');
+  }
+  if (job.hires !== undefined) {
+    const h = job.hires;
+    if (typeof h !== 'object' || h === null) throw bad('hires must be {scale, strength}.');
+    if (job.init) throw bad('The hires fix follows text to image; with a start picture, raise the size of the job instead.');
+    if (typeof h.scale !== 'number' || !(h.scale > 1 && h.scale <= 4)) throw bad(`The hires fix's scale must be above 1 and at most 4 (got ${h.scale}).`);
+    if (typeof h.strength !== 'number' || !(h.strength >= 0 && h.strength <= 1)) throw bad(`The hires fix's strength must be from 0 to 1 (got ${h.strength}).`);
+    if (h.steps !== undefined && !(Number.isInteger(h.steps) && h.steps >= 1 && h.steps <= MAX_STEPS)) throw bad(`The hires fix's steps must be a whole number from 1 to ${MAX_STEPS} (got ${h.steps}).`);
+    if (h.upscaler !== undefined && h.upscaler !== 'latent' && h.upscaler !== 'image') throw bad(`The hires fix's upscaler is "latent" or "image" (got ${JSON.stringify(h.upscaler).slice(0, 40)}).`);
+    if (job.scheduler === 'lcm' && (h.steps ?? job.steps) > LCM_ORIGINAL_STEPS) throw bad(`LCM takes at most ${LCM_ORIGINAL_STEPS} steps; the hires fix asks for ${h.steps}.`);
+    const { width, height } = hiresSize(job);
+    if (width <= job.width && height <= job.height) throw bad(`A hires scale of ${h.scale} leaves ${job.width}x${job.height} as it is (sides round to multiples of 64, at most 2048).`);
+  }
 }
 
 export { CancelledError };

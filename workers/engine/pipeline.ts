@@ -82,6 +82,21 @@ export interface PipelineParts {
   profileStore?: ProfileStore;
   /** The store's key for LoRA `lora` profiled with these settings (the engine adds the LoRA's fingerprint and the model). */
   profileKey?: (lora: number, settings: { prompt: string; negative: string; steps: number; cutoff: number }) => string;
+  /** Image to image and inpainting (the engine prepares the picture): where the run starts from. */
+  init?: PipelineInit;
+  /** A 9-channel inpainting UNet's extra input: the mask on the latent grid [lh*lw] (1 repaints) and the masked picture's latent [C, lh, lw]. */
+  inpaintInput?: { mask: Float32Array; masked: Float32Array };
+  /** The phase the loop's progress events carry (`hires` for the hires fix's second pass). */
+  loopPhase?: 'denoise' | 'hires';
+}
+
+export interface PipelineInit {
+  /** The clean latent [C, lh, lw]: the picture encoded, or the first pass's latent upscaled. */
+  latent: Float32Array;
+  /** diffusers' strength: the run starts at step steps - floor(steps x strength); 1 starts from pure noise. */
+  strength: number;
+  /** 4-channel inpainting: the mask on the latent grid [lh*lw] (1 repaints); every step puts the picture's latent, noised to the next step, back where it is 0. */
+  blend?: Float32Array;
 }
 
 export interface PipelineResult {
@@ -94,6 +109,11 @@ export interface PipelineResult {
   layout?: LayoutReport;
   guidance?: GuidanceReport;
   timings: { textEncodeMs: number; denoiseMs: number; perStepMs: number; decodeMs: number };
+  /** The final latent, before the decode (the hires fix starts from it). */
+  latent: Float32Array;
+  /** The schedule's step the loop started at and the steps it ran (all of them without an init picture). */
+  startStep: number;
+  stepsRun: number;
   warnings: string[];
   /** Reads of GPU results during the denoising loop (previews included). */
   loopReadbacks: number;
@@ -153,7 +173,10 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     boxes: layout ? run.boxReports(layout, loop.lastOutputs, start.windows) : [],
     ...(layout ? { layout: run.layoutReport(layout) } : {}),
     ...(layout?.guide && layout.prepared.options.guidance ? { guidance: layout.guide.report() } : {}),
-    timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / job.steps, decodeMs: decoded.ms },
+    timings: { textEncodeMs, denoiseMs, perStepMs: denoiseMs / Math.max(1, run.stepsRun), decodeMs: decoded.ms },
+    latent: loop.latent,
+    startStep: run.start,
+    stepsRun: run.stepsRun,
     warnings: run.warnings,
     loopReadbacks: loop.readbacks,
     latentsOnGpu: loop.onGpu,
@@ -234,6 +257,14 @@ class Denoising {
   private readonly scheduler: Scheduler;
   private readonly rng: Rng;
   private readonly cutoffLatent: number;
+  /** The schedule's step the loop starts at (image to image starts part-way), the end of the schedule, and the steps between. */
+  readonly start: number;
+  private readonly end: number;
+  readonly stepsRun: number;
+  /** The noise the start latent was made with (inpainting noises the picture's latent with it again at every step). */
+  private startNoise?: Float32Array;
+  /** Channels of the UNet's input: the latent's, or 9 for an inpainting UNet. */
+  private readonly unetChannels: number;
   private context?: OrtNs.Tensor;
   private layoutTensors: Record<string, OrtNs.Tensor> = {};
 
@@ -247,7 +278,8 @@ class Denoising {
     this.config = config;
     this.lh = job.height / 8;
     this.lw = job.width / 8;
-    this.channels = config.unet.inChannels;
+    this.channels = config.unet.outChannels;
+    this.unetChannels = config.unet.inChannels;
     this.latentSize = this.channels * this.lh * this.lw;
     this.guided = job.cfg > 1;
     this.batch = this.guided ? 2 : 1;
@@ -270,6 +302,12 @@ class Denoising {
     this.all = Array.from({ length: this.options.method === 'none' ? 0 : globalCount }, (_, i) => i);
     if (this.options.method === 'none' && globalCount) this.warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
     this.scheduler = createScheduler(job.scheduler, job.steps);
+    this.end = this.scheduler.timesteps.length;
+    // diffusers' get_timesteps: strength s runs the last floor(steps x s) steps of the schedule
+    const init = parts.init;
+    this.start = init ? this.end - Math.min(this.end, Math.floor(this.end * init.strength)) : 0;
+    this.stepsRun = this.end - this.start;
+    this.scheduler.begin = this.start;
     this.rng = new Rng(job.seed);
     this.cutoffLatent = Math.round((this.options.cutoff * Math.min(this.lh, this.lw)) / 512);
     if (this.options.method === 'cmlora' && Number.isNaN(this.options.threshold)) {
@@ -401,12 +439,12 @@ class Denoising {
    */
   private async predict(loras: number[], x: Float32Array, t: number, variant: 'full' | 'record' | 'reuse' = 'full', feature?: Float32Array, ctx = this.context!): Promise<Prediction> {
     this.check();
-    const { ort, guided, batch, channels, lh, lw, c0, latentSize, parts } = this;
+    const { ort, guided, batch, lh, lw, c0, latentSize, parts } = this;
     this.stepMergeMs += await this.merge(loras, 'unet');
     const emb = timestepEmbedding(t, c0);
     const out = await parts.unet(
       {
-        sample: new ort.Tensor('float32', guided ? concat(x, x) : x, [batch, channels, lh, lw]),
+        sample: new ort.Tensor('float32', guided ? concat(this.unetSample(x), this.unetSample(x)) : this.unetSample(x), [batch, this.unetChannels, lh, lw]),
         timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [batch, c0]),
         encoder_hidden_states: ctx,
         ...this.layoutTensors,
@@ -489,9 +527,18 @@ class Denoising {
    * guidance grid and its window of the noise moves into its box.
    */
   async initialLatent(layout?: LayoutStage): Promise<{ latent: Float32Array; windows: ({ row: number; col: number } | null)[] }> {
-    const { scheduler, boxes } = this;
-    const latent = this.rng.normal(this.latentSize).map((v) => v * scheduler.initNoiseSigma);
+    const { scheduler, boxes, parts } = this;
+    // the same draw as text to image, so strength 1 is text to image with the same seed
+    const drawn = this.rng.normal(this.latentSize);
+    this.startNoise = drawn;
     const windows: ({ row: number; col: number } | null)[] = boxes.map(() => null);
+    const init = parts.init;
+    if (init && this.stepsRun === 0) return { latent: init.latent.slice(), windows };
+    if (init && init.strength < 1) {
+      if (layout?.prepared.options.reinit) this.warnings.push('Latent re-initialisation moves the starting noise; a start picture (strength below 1) keeps its layout, so it was skipped.');
+      return { latent: scheduler.addNoise(init.latent, drawn, this.start), windows };
+    }
+    const latent = drawn.map((v) => v * scheduler.initNoiseSigma);
     if (!(layout?.prepared.options.reinit && layout.guide)) return { latent, windows };
     await this.merge(this.all, 'unet');
     const { rows, cols } = this.parts.guidance!.layers;
@@ -513,6 +560,8 @@ class Denoising {
    */
   gpuLoopRefusal(layout?: LayoutStage): string | undefined {
     const { parts, options } = this;
+    if (parts.init?.blend) return 'inpainting puts the picture back into the latent on the CPU at every step';
+    if (parts.inpaintInput) return "the inpainting UNet's mask and picture channels are joined to the latent on the CPU";
     if (!parts.gpuLoop) return parts.gpuLoopUnavailable ?? 'this engine has no GPU loop';
     if (!['none', 'merge', 'switch'].includes(options.method)) return `"${options.method}" mixes several predictions and measures each on the CPU`;
     if (options.deepCacheInterval > 1 || options.research) return 'the deep-feature cache is read on the CPU';
@@ -522,7 +571,39 @@ class Denoising {
 
   private previewDue(i: number): boolean {
     const every = this.job.previewEvery ?? 1;
-    return every > 0 && ((i + 1) % every === 0 || i === this.job.steps - 1);
+    return every > 0 && ((i - this.start + 1) % every === 0 || i === this.end - 1);
+  }
+
+  /** A loop step's progress event: steps count from 1 over the steps the run takes. */
+  private progress(i: number, more: Partial<ProgressEvent>): void {
+    this.onProgress?.({ phase: this.parts.loopPhase ?? 'denoise', step: i - this.start + 1, total: this.stepsRun, elapsedMs: this.elapsed(), ...more });
+  }
+
+  /**
+   * 4-channel inpainting (diffusers' StableDiffusionInpaintPipeline): after step i, where the mask
+   * keeps, the picture's latent noised to the next step's level (clean after the last step).
+   */
+  private blend(next: Float32Array, i: number): Float32Array {
+    const init = this.parts.init;
+    if (!init?.blend) return next;
+    const proper = i < this.end - 1 ? this.scheduler.addNoise(init.latent, this.startNoise!, i + 1) : init.latent;
+    const cells = this.lh * this.lw;
+    return next.map((v, k) => {
+      const m = init.blend![k % cells];
+      return m * v + (1 - m) * proper[k];
+    });
+  }
+
+  /** The UNet's input: the scaled latent, with an inpainting UNet's mask and masked-picture channels after it. */
+  private unetSample(x: Float32Array): Float32Array {
+    const extra = this.parts.inpaintInput;
+    if (!extra) return x;
+    const cells = this.lh * this.lw;
+    const out = new Float32Array(this.unetChannels * cells);
+    out.set(x);
+    out.set(extra.mask, this.channels * cells);
+    out.set(extra.masked, (this.channels + 1) * cells);
+    return out;
   }
 
   /** Stage 5 on the GPU (`GpuLatents`): the UNet's prediction goes straight into the step graph. */
@@ -532,9 +613,10 @@ class Denoising {
     const cache = new ContributionCache(all.length);
     const took = all.map(() => ({ fresh: 0, cached: 0 }));
     const steps: CompositionStep[] = [];
-    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(0));
+    if (this.stepsRun === 0) return { latent, steps, took, readbacks: 0, onGpu: true };
+    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(this.start));
     try {
-      for (let i = 0; i < scheduler.timesteps.length; i++) {
+      for (let i = this.start; i < this.end; i++) {
         this.check();
         this.stepMergeMs = 0;
         const macsBefore = this.unetMacs;
@@ -544,12 +626,12 @@ class Denoising {
         this.check();
         const emb = timestepEmbedding(scheduler.timesteps[i], c0);
         // a layout's attention maps come back from the last step only
-        const maps = layout && i === job.steps - 1 ? layout.prepared.graph.mapLayers.map(unetMapOutputName) : [];
+        const maps = layout && i === this.end - 1 ? layout.prepared.graph.mapLayers.map(unetMapOutputName) : [];
         await gpu.predict({ timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [this.batch, c0]), encoder_hidden_states: this.context!, ...this.layoutTensors }, maps);
         this.unetEvaluations += 1;
         this.unetMacs += this.parts.unetMultiplyAdds?.full ?? 0;
         const k = scheduler.linear(i);
-        const last = i === job.steps - 1;
+        const last = i === this.end - 1;
         await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last });
         for (const l of loras) took[l].fresh++;
         const record: CompositionStep = {
@@ -571,7 +653,7 @@ class Denoising {
           mergeMs: this.stepMergeMs,
         };
         steps.push(record);
-        this.onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), elapsedMs: this.elapsed(), composition: record });
+        this.progress(i, { ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), composition: record });
       }
       const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
       const lastOutputs = layout ? await gpu.lastOutputs(layout.prepared.graph.mapLayers.map(unetMapOutputName)) : undefined;
@@ -604,7 +686,7 @@ class Denoising {
     let latent = start;
     // the code's online measure starts at 1 (the high phase at step 0)
     let latentAmplitude = Infinity;
-    for (let i = 0; i < scheduler.timesteps.length; i++) {
+    for (let i = this.start; i < this.end; i++) {
       this.check();
       const t = scheduler.timesteps[i];
       this.stepMergeMs = 0;
@@ -657,7 +739,7 @@ class Denoising {
       }
       if (plan.dominant !== null && alone.has(plan.dominant)) cache.update(alone, plan.dominant, i);
       // 5c. the scheduler step, and what the step looked like in the frequency domain
-      const next = scheduler.step(eps, i, latent, () => this.rng.normal(latentSize));
+      const next = this.blend(scheduler.step(eps, i, latent, () => this.rng.normal(latentSize)), i);
       const fresh = [...alone.keys()].sort((a, b) => a - b);
       const amps = latentBand([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
       const weights = all.map(() => 0);
@@ -689,7 +771,7 @@ class Denoising {
       steps.push(record);
       latent = next;
       latentAmplitude = amps[fresh.length + 1];
-      this.onProgress?.({ phase: 'denoise', step: i + 1, total: job.steps, ...(this.previewDue(i) ? { preview: latentPreview(latent, lh, lw) } : {}), elapsedMs: this.elapsed(), composition: record, ...(guidance ? { guidance } : {}) });
+      this.progress(i, { ...(this.previewDue(i) ? { preview: latentPreview(latent, lh, lw) } : {}), composition: record, ...(guidance ? { guidance } : {}) });
     }
     const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
     return { latent, steps, took, lastOutputs: this.lastOutputs, readbacks, onGpu: false, ...(onGpuRefused ? { onGpuRefused } : {}) };

@@ -45,7 +45,9 @@ function ramp(p: number, start: number, size: number, before: number | undefined
 
 /**
  * Decode `latent` [C, lh, lw] tile by tile; `decode` turns one latent tile [C, th, tw] into its pixels
- * [3, th*8, tw*8]. Returns [3, lh*8, lw*8].
+ * [3, th*8, tw*8]. Returns [3, lh*8, lw*8]. The encoder runs the same way the other way round: the
+ * picture's planes as `latent`, tiles and overlap in pixels (multiples of 8), `scale` 1/8 and
+ * `outChannels` the latent's.
  */
 export async function decodeTiled(
   latent: Float32Array,
@@ -53,6 +55,7 @@ export async function decodeTiled(
   tiling: VaeTiling,
   decode: (tile: Float32Array, th: number, tw: number) => Promise<Float32Array>,
   scale = 8,
+  outChannels = 3,
 ): Promise<Float32Array> {
   const { channels, lh, lw } = dims;
   const th = Math.min(tiling.tile, lh);
@@ -61,7 +64,7 @@ export async function decodeTiled(
   const cols = tileStarts(lw, tw, tiling.overlap);
   const H = lh * scale;
   const W = lw * scale;
-  const sum = new Float64Array(3 * H * W);
+  const sum = new Float64Array(outChannels * H * W);
   const weight = new Float64Array(H * W);
   const tile = new Float32Array(channels * th * tw);
   for (let ri = 0; ri < rows.length; ri++) {
@@ -83,12 +86,12 @@ export async function decodeTiled(
           const w = wy * wx[x];
           const at = (y0 + y) * W + x0 + x;
           weight[at] += w;
-          for (let k = 0; k < 3; k++) sum[k * H * W + at] += w * px[(k * ph + y) * pw + x];
+          for (let k = 0; k < outChannels; k++) sum[k * H * W + at] += w * px[(k * ph + y) * pw + x];
         }
       }
     }
   }
-  const out = new Float32Array(3 * H * W);
-  for (let k = 0; k < 3; k++) for (let i = 0; i < H * W; i++) out[k * H * W + i] = sum[k * H * W + i] / weight[i];
+  const out = new Float32Array(outChannels * H * W);
+  for (let k = 0; k < outChannels; k++) for (let i = 0; i < H * W; i++) out[k * H * W + i] = sum[k * H * W + i] / weight[i];
   return out;
 }

@@ -4,7 +4,7 @@
 // Details drawer under the picture. Files dropped anywhere are imported or opened (studio PNGs).
 import { useEffect, useState } from 'react';
 import { useStore } from 'zustand';
-import type { CompositionMethodId, GenerateJob, GenerationReport, SchedulerId } from '../../workers/api/contract.ts';
+import type { CompositionMethodId, GenerateJob, GenerationReport, InitReport, SchedulerId } from '../../workers/api/contract.ts';
 import { PictureStage } from '../canvas/PictureStage.tsx';
 import { BoxPanel } from '../panels/BoxPanel.tsx';
 import { GalleryPanel } from '../panels/GalleryPanel.tsx';
@@ -162,7 +162,9 @@ export function App() {
         <div className="result-info" style={{ visibility: running ? 'hidden' : 'visible' }}>
           {result && (
             <p className="hint" data-testid="result-line">
-              {result.report.width}×{result.report.height} · {result.report.steps} steps · seed {result.report.seed} · {duration(result.report.timingsMs.totalMs)}{' '}
+              {result.image.width}×{result.image.height}
+              {result.report.hires ? ` (hires fix from ${result.report.width}×${result.report.height})` : ''}
+              {result.report.init ? ` · ${INIT_WORDS[result.report.init.mode]}` : ''} · {result.report.steps} steps · seed {result.report.seed} · {duration(result.report.timingsMs.totalMs)}{' '}
               <button className="small" data-testid="reuse-seed" onClick={() => set({ seed: result.report.seed })} title="Use this picture's seed again">
                 Reuse seed
               </button>{' '}
@@ -193,6 +195,17 @@ export function App() {
               {result.report.loras.length > 0 && (
                 <p className="hint" data-testid="result-composition">
                   {compositionSummary(result.report)}
+                </p>
+              )}
+              {result.report.init && (
+                <p className="hint" data-testid="result-init">
+                  {initSummary(result.report.init, result.report.steps)}
+                </p>
+              )}
+              {result.report.hires && (
+                <p className="hint" data-testid="result-hires">
+                  Hires fix: {result.report.hires.width}×{result.report.hires.height}, enlarged as {result.report.hires.upscaler === 'latent' ? 'latent' : 'picture'}, change {result.report.hires.strength}, {result.report.hires.stepsRun} of {result.report.hires.steps} steps
+                  {result.report.hires.decodeTiles > 1 ? `, decoded in ${result.report.hires.decodeTiles} tiles` : ''}, {duration(result.report.hires.ms)}
                 </p>
               )}
               {result.report.memoryPlan && (
@@ -341,6 +354,14 @@ export function App() {
       <Lightbox />
     </main>
   );
+}
+
+const INIT_WORDS: Record<InitReport['mode'], string> = { img2img: 'from a start picture', inpaint: 'inpainted', 'inpaint-model': 'inpainted (inpainting model)' };
+
+/** What a job that started from a picture did, for the Details drawer. */
+function initSummary(init: InitReport, steps: number): string {
+  const r = init.region;
+  return `Started from a picture (${init.mode}): change ${init.strength}, ${init.stepsRun} of ${steps} steps run (from step ${init.startStep})${r ? `; the masked area ${r.width}×${r.height} at (${r.x}, ${r.y}) repainted at full size` : ''}; reading the picture took ${Math.round(init.encodeMs)} ms`;
 }
 
 const mb = (bytes: number) => (bytes < 2 ** 20 ? `${Math.round(bytes / 1024)} KB` : `${(bytes / 2 ** 20).toFixed(1)} MB`);

@@ -182,7 +182,7 @@ test('hires fix of a result: the picture comes back at twice the size', async ()
 test('a mask painted by touch; the new controls at 390x844, 820x1180 and 1440x900: nothing cut off, covered or scrolling sideways', async () => {
   const { page } = studio;
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.getByTestId('start-from-result').click();
+  await page.getByTestId('use-as-start').click();
   await page.getByTestId('mode-mask').check();
   await page.getByTestId('mask-clear').click();
   await page.waitForFunction(() => !JSON.parse(localStorage.getItem('lorastudio.scene')!).picture?.mask);

@@ -116,14 +116,13 @@ export function redoMask() {
 export function syncPicture() {
   sceneStore.subscribe((s, prev) => {
     const { width, height } = s.scene;
-    if (width !== prev.scene.width || height !== prev.scene.height) {
-      const { start, mask, maskWidth, maskHeight } = pictureStore.getState();
-      if (start) pictureStore.getState().set({ start: { ...start, ...fitPicture(start.source, width, height) } });
-      if (mask) void commitMask(resizeMask(mask, { width: maskWidth, height: maskHeight }, { width, height }), false);
-      return;
-    }
-    const text = s.scene.picture?.mask?.data;
-    if (text !== keptText) void loadSceneMask();
+    const resized = width !== prev.scene.width || height !== prev.scene.height;
+    const { start, mask, maskWidth, maskHeight } = pictureStore.getState();
+    if (resized && start) pictureStore.getState().set({ start: { ...start, ...fitPicture(start.source, width, height) } });
+    // another scene's mask (a link, a PNG, the gallery) replaces ours; our own follows a resized frame
+    if (s.scene.picture?.mask?.data !== keptText) void loadSceneMask();
+    else if (resized && mask) void commitMask(resizeMask(mask, { width: maskWidth, height: maskHeight }, { width, height }), false);
+    else if (resized) pictureStore.getState().setMask(undefined, width, height, false);
   });
   void loadSceneMask();
 }

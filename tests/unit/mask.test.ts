@@ -159,3 +159,27 @@ test('hostile masks: each gets a MaskCodecError with its sentence, nothing large
     }
   }
 });
+
+test('the picture store: each finished mask an undo step; undo and redo give the same bytes back; a new frame size starts a new history', async () => {
+  const { createPictureStore } = await import('../../src/store/picture.ts');
+  const store = createPictureStore();
+  const s = () => store.getState();
+  const a = new Uint8Array(16).fill(255);
+  const b = a.slice();
+  b[3] = 0;
+  s().setMask(a, 4, 4);
+  s().setMask(b, 4, 4);
+  assert.equal(s().past.length, 2, 'empty, then a');
+  s().undo();
+  assert.deepEqual(s().mask, a);
+  s().undo();
+  assert.deepEqual(s().mask, new Uint8Array(16), 'before the first stroke: nothing painted');
+  s().redo();
+  s().redo();
+  assert.deepEqual(s().mask, b);
+  assert.equal(s().future.length, 0);
+  const v = s().maskVersion;
+  s().setMask(new Uint8Array(64), 8, 8, false);
+  assert.equal(s().past.length, 0, 'masks of the old size cannot come back');
+  assert.ok(s().maskVersion > v);
+});

@@ -65,7 +65,8 @@ export function createPictureStore() {
     set: (patch) => set(patch),
     setMask: (mask, width, height, history = true) => {
       const { mask: before, maskWidth, maskHeight, past, maskVersion } = get();
-      const sameFrame = maskWidth === width && maskHeight === height;
+      // nothing painted and nothing to undo: any frame is this one (the store starts without a size)
+      const sameFrame = (maskWidth === width && maskHeight === height) || (!before && !past.length);
       const empty = new Uint8Array(width * height);
       set({
         mask,

@@ -52,6 +52,9 @@ const trim = (list: Uint8Array[]) => {
   return out;
 };
 
+/** An all-zero mask is no mask (undo back to before the first stroke). */
+const painted = (m: Uint8Array | undefined) => (m && m.some((v) => v) ? m : undefined);
+
 export function createPictureStore() {
   return createStore<PictureState>((set, get) => ({
     maskWidth: 0,
@@ -82,12 +85,12 @@ export function createPictureStore() {
     undo: () => {
       const { past, mask, maskWidth, maskHeight, future, maskVersion } = get();
       if (!past.length) return;
-      set({ mask: past[past.length - 1], past: past.slice(0, -1), future: [mask ?? new Uint8Array(maskWidth * maskHeight), ...future], maskVersion: maskVersion + 1 });
+      set({ mask: painted(past[past.length - 1]), past: past.slice(0, -1), future: [mask ?? new Uint8Array(maskWidth * maskHeight), ...future], maskVersion: maskVersion + 1 });
     },
     redo: () => {
       const { past, mask, maskWidth, maskHeight, future, maskVersion } = get();
       if (!future.length) return;
-      set({ mask: future[0], future: future.slice(1), past: [...past, mask ?? new Uint8Array(maskWidth * maskHeight)], maskVersion: maskVersion + 1 });
+      set({ mask: painted(future[0]), future: future.slice(1), past: [...past, mask ?? new Uint8Array(maskWidth * maskHeight)], maskVersion: maskVersion + 1 });
     },
   }));
 }

@@ -36,20 +36,21 @@ export function StartPicturePanel({ disabled }: { disabled: boolean }) {
   return (
     <details className="picture-panel" data-testid="picture-section" open={!!start || undefined}>
       <summary>Start picture</summary>
-      <p className="hint">Start from a picture instead of noise: image to image, or repaint a part of it (inpainting).</p>
-      {problem && model && (
-        <p className="hint" data-testid="picture-problem">
-          {problem}
-        </p>
-      )}
-      <div className="picture-sources">
-        <label className="file-button">
-          Choose a picture file
-          <input type="file" accept="image/png,image/jpeg,image/webp" data-testid="start-file" disabled={off} onChange={(e) => e.target.files?.[0] && void startFromFile(e.target.files[0])} />
-        </label>
-        <button className="small" data-testid="start-from-result" disabled={off || !result} onClick={startFromResult} title="The picture in the frame becomes the start picture">
-          Use the last picture
-        </button>
+      <div className="panel-body">
+        <p className="hint">Start from a picture instead of noise: image to image, or repaint a part of it (inpainting).</p>
+        {problem && model && (
+          <p className="hint" data-testid="picture-problem">
+            {problem}
+          </p>
+        )}
+        <div className="picture-sources">
+          <label className="file-button">
+            Choose a picture file
+            <input type="file" accept="image/png,image/jpeg,image/webp" data-testid="start-file" disabled={off} onChange={(e) => e.target.files?.[0] && void startFromFile(e.target.files[0])} />
+          </label>
+          <button className="small" data-testid="start-from-result" disabled={off || !result} onClick={startFromResult} title="The picture in the frame becomes the start picture">
+            Use the last picture
+          </button>
       </div>
       {!start && <p className="hint">Or press "Start" under a picture in the gallery.</p>}
       {start && (
@@ -107,6 +108,7 @@ export function StartPicturePanel({ disabled }: { disabled: boolean }) {
           )}
         </>
       )}
+      </div>
     </details>
   );
 }
@@ -122,30 +124,31 @@ export function HiresPanel({ disabled }: { disabled: boolean }) {
   return (
     <details className="hires-panel" data-testid="hires-section" open={h.enabled || undefined}>
       <summary>Hires fix</summary>
-      <label className="inline" title="Make the picture, enlarge it, then paint the detail again at the larger size">
-        <input type="checkbox" checked={h.enabled} data-testid="hires" disabled={disabled} onChange={(e) => set({ enabled: e.target.checked })} />
-        Make it larger, then refine the detail
-      </label>
-      <p className="hint" data-testid="hires-size">
-        {h.enabled ? `Final size: ${final.width}×${final.height}` : `Off: the picture stays ${frame.width}×${frame.height}`}
-      </p>
-      <div className="row">
-        <label>
-          Enlarge by
-          <select value={String(h.scale)} data-testid="hires-scale" disabled={disabled} onChange={(e) => set({ scale: Number(e.target.value) })}>
-            <option value="1.5">1.5×</option>
-            <option value="2">2×</option>
-          </select>
+      <div className="panel-body">
+        <label className="inline" title="Make the picture, enlarge it, then paint the detail again at the larger size">
+          <input type="checkbox" checked={h.enabled} data-testid="hires" disabled={disabled} onChange={(e) => set({ enabled: e.target.checked })} />
+          Make it larger, then refine the detail
         </label>
-        <label title="Latent: fast, softer; Picture: decoded, enlarged smoothly and read again (needs the VAE's encoder)">
-          Enlarge as
-          <select value={h.upscaler} data-testid="hires-upscaler" disabled={disabled} onChange={(e) => set({ upscaler: e.target.value as 'latent' | 'image' })}>
-            <option value="latent">Latent</option>
-            <option value="image" disabled={!!model && !model.vaeEncoder}>
-              Picture
-            </option>
-          </select>
-        </label>
+        <p className="hint" data-testid="hires-size">
+          {h.enabled ? `Final size: ${final.width}×${final.height}` : `Off: the picture stays ${frame.width}×${frame.height}`}
+        </p>
+        <div className="row">
+          <label>
+            Enlarge by
+            <select value={String(h.scale)} data-testid="hires-scale" disabled={disabled} onChange={(e) => set({ scale: Number(e.target.value) })}>
+              <option value="1.5">1.5×</option>
+              <option value="2">2×</option>
+            </select>
+          </label>
+          <label title="Latent: fast, softer; Picture: decoded, enlarged smoothly and read again (needs the VAE's encoder)">
+            Enlarge as
+            <select value={h.upscaler} data-testid="hires-upscaler" disabled={disabled} onChange={(e) => set({ upscaler: e.target.value as 'latent' | 'image' })}>
+              <option value="latent">Latent</option>
+              <option value="image" disabled={!!model && !model.vaeEncoder}>
+                Picture
+              </option>
+            </select>
+          </label>
       </div>
       <Slider label="How much the second pass changes" value={h.strength} min={0} max={1} step={0.05} testId="hires-strength" disabled={disabled} hint="0.7 is usual; lower keeps the first picture closer." onChange={(strength) => set({ strength })} />
       <label title="Steps of the second pass's schedule; it runs that many times the strength">
@@ -156,6 +159,7 @@ export function HiresPanel({ disabled }: { disabled: boolean }) {
           setPictureSettings({ hires: e.target.value === '' || !(v >= 1) ? rest : { ...rest, steps: Math.min(250, v) } });
         }} />
       </label>
+      </div>
     </details>
   );
 }

@@ -222,3 +222,23 @@ test('a mask painted by touch; the new controls at 390x844, 820x1180 and 1440x90
   }
   await page.getByTestId('only-masked').uncheck();
 });
+
+test("a VAE file in place of the model's own: named in the library, used for the next picture, and the model's own again", async () => {
+  const { page } = studio;
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.getByTestId('start-clear').click();
+  await page.getByTestId('seed').fill('9');
+  await generateAndWait(page);
+  const own = await resultPixels(page);
+  await page.getByTestId('vae-file').setInputFiles('dist/test-model/tiny-vae-ft.safetensors');
+  await page.getByTestId('vae-line').filter({ hasText: 'In use: tiny-vae-ft.safetensors' }).waitFor({ timeout: 60_000 });
+  assert.equal(await page.getByTestId('vae-select').inputValue(), 'file');
+  await generateAndWait(page);
+  assert.equal(await page.getByTestId('error').count(), 0);
+  const other = await resultPixels(page);
+  assert.ok(maxAbsDiff(own, other).diff > 8, `another VAE decodes the same latent differently (${maxAbsDiff(own, other).diff})`);
+  await page.getByTestId('vae-select').selectOption('own');
+  await page.getByTestId('vae-line').filter({ hasText: "In use: the model's own VAE" }).waitFor({ timeout: 60_000 });
+  await generateAndWait(page);
+  assert.deepEqual(await resultPixels(page), own, "the model's own VAE again gives the first picture back exactly");
+});

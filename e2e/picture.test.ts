@@ -166,16 +166,21 @@ test('hires fix of a result: the picture comes back at twice the size', async ()
   await page.getByTestId('hires').check();
   assert.equal(await page.getByTestId('hires-size').innerText(), 'Final size: 128×128');
   await page.getByTestId('hires-strength').fill('0.5');
+  await page.getByTestId('hires-steps').fill('4');
+  const phases = new Set<string>();
+  const watch = setInterval(() => void page.getByTestId('status').innerText().then((t) => phases.add(t), () => {}), 100);
   await generateAndWait(page);
+  clearInterval(watch);
+  assert.match([...phases].join(' | '), /Hires fix: step [12] of 2 · \d+ s/, 'the second pass in words');
   assert.equal(await page.getByTestId('error').count(), 0);
   const job = await lastJob(page);
   assert.equal(job.init, undefined);
-  assert.deepEqual(job.hires, { scale: 2, strength: 0.5, upscaler: 'latent' });
+  assert.deepEqual(job.hires, { scale: 2, strength: 0.5, upscaler: 'latent', steps: 4 });
   const size = await page.getByTestId('result').evaluate((c: HTMLCanvasElement) => [c.width, c.height]);
   assert.deepEqual(size, [128, 128]);
   assert.match(await page.getByTestId('result-line').innerText(), /^128×128 \(hires fix from 64×64\) · 3 steps/);
   await openDetails(page);
-  assert.match(await page.getByTestId('result-hires').innerText(), /^Hires fix: 128×128, enlarged as latent, change 0\.5, 1 of 3 steps/);
+  assert.match(await page.getByTestId('result-hires').innerText(), /^Hires fix: 128×128, enlarged as latent, change 0\.5, 2 of 4 steps/);
   await page.getByTestId('hires').uncheck();
 });
 
@@ -241,4 +246,36 @@ test("a VAE file in place of the model's own: named in the library, used for the
   await page.getByTestId('vae-line').filter({ hasText: "In use: the model's own VAE" }).waitFor({ timeout: 60_000 });
   await generateAndWait(page);
   assert.deepEqual(await resultPixels(page), own, "the model's own VAE again gives the first picture back exactly");
+});
+
+test('an inpainting checkpoint: named as such, and its 9-channel UNet repaints the mask while the kept pixels stay exact', async () => {
+  const { page } = studio;
+  await page.getByTestId('model-file').setInputFiles('dist/test-model/tiny-sd15-inpainting.safetensors');
+  await page.waitForFunction(() => (document.querySelector('[data-testid="model-select"]') as HTMLSelectElement | null)?.value === 'model:tiny-sd15-inpainting.safetensors', null, { timeout: 120_000, polling: 250 });
+  await ready(page);
+  await page.getByTestId('vae-line').filter({ hasText: 'Inpainting model.' }).waitFor();
+  await page.getByTestId('use-as-start').click();
+  await page.getByTestId('inpainting-model').waitFor();
+  assert.equal(await page.getByTestId('inpainting-model').innerText(), 'Inpainting model: it repaints the masked part knowing what is around it.');
+  const start = await canvasPixels(page, 'start-thumb');
+  await page.getByTestId('mode-mask').check();
+  await page.getByTestId('mask-clear').click();
+  await page.waitForFunction(() => !JSON.parse(localStorage.getItem('lorastudio.scene')!).picture?.mask);
+  await page.getByTestId('brush-size').fill('12');
+  await paintStroke(page, [[8, 40], [56, 44]]);
+  const { mask } = await sceneMask(page);
+  await generateAndWait(page);
+  assert.equal(await page.getByTestId('error').count(), 0);
+  await openDetails(page);
+  assert.match(await page.getByTestId('result-init').innerText(), /^Started from a picture \(inpaint-model\)/);
+  const result = await resultPixels(page);
+  const alpha = blurMask(mask, 64, 64, 4);
+  let kept = 0;
+  for (let p = 0; p < 64 * 64; p++) {
+    if (alpha[p] !== 0) continue;
+    kept++;
+    for (let c = 0; c < 3; c++) assert.equal(result[p * 4 + c], start[p * 4 + c], `pixel (${p % 64}, ${Math.floor(p / 64)}) is kept`);
+  }
+  assert.ok(kept > 1500, `${kept} pixels kept exactly`);
+  assert.ok(maxAbsDiff(result, start).diff > 8, 'and the masked band was repainted');
 });

@@ -76,7 +76,7 @@ function RunLine({ run }: { run: RunStatus }) {
     const t = setInterval(() => tick((n) => n + 1), 1000);
     return () => clearInterval(t);
   }, []);
-  const left = run.phase === 'denoise' ? timeLeft(run.stepTimes, run.step, run.total) : undefined;
+  const left = run.phase === 'denoise' || run.phase === 'hires' ? timeLeft(run.stepTimes, run.step, run.total) : undefined;
   return (
     <>
       {run.label ? `${run.label}: ` : ''}

@@ -568,7 +568,10 @@ export function advanceRun(p: ProgressEvent, label?: string): RunStatus {
   const prev = studio().status;
   const run = prev.kind === 'running' ? prev : startRun(p.total, label);
   if (p.phase === 'done' || p.phase === 'decode') warmedModels.add(studio().modelId ?? '');
-  return { ...run, step: p.step, total: p.total, phase: p.phase, label, stepTimes: p.phase === 'denoise' ? [...run.stepTimes, performance.now()] : run.stepTimes };
+  // the hires fix's second pass times its own steps (larger, so slower): its time left starts afresh
+  const stepping = p.phase === 'denoise' || p.phase === 'hires';
+  const stepTimes = !stepping ? run.stepTimes : run.phase === p.phase ? [...run.stepTimes, performance.now()] : [performance.now()];
+  return { ...run, step: p.step, total: p.total, phase: p.phase, label, stepTimes };
 }
 
 export async function generate() {

@@ -43,7 +43,7 @@ const USAGE = `usage: npm run cli -- <command> [options]
   make-test-model --out DIR
   inspect --model PATH
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
-           [--width W --height H] [--scheduler ddim|euler-a|euler|dpmpp-2m|dpmpp-2m-karras|lcm]
+           [--width W --height H] [--scheduler ddim|euler-a|euler|dpmpp-2m|dpmpp-2m-karras|lcm|tcd|heun]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--memory-budget BYTES]
            [--lora FILE[:SCALE]]... [--embedding FILE]... [--method none|merge|switch|composite|cmlora]
            [--preset paper] [--deep-cache-interval N] [--switch-step N]

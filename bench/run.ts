@@ -1,6 +1,6 @@
 // `npm run bench`: every benchmark, measured side by side in one process, written to
 // bench/results.json. Compare ratios, not absolute numbers, on shared machines.
-// BENCH_ONLY=stages,unet-step,lora-merge,composition,layout,guidance (a comma list) runs those;
+// BENCH_ONLY=stages,unet-step,lora-merge,composition,layout,guidance,picture (a comma list) runs those;
 // the table at the end is printed from every entry in the file.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRuntime } from '../workers/engine/runtime.ts';
@@ -9,6 +9,7 @@ import { benchComposition } from './composition.ts';
 import { benchGuidance } from './guidance.ts';
 import { benchLayout } from './layout.ts';
 import { benchLoraMerge } from './lora-merge.ts';
+import { benchPicture } from './picture.ts';
 import { benchStages } from './stages.ts';
 import { benchTable, type BenchEntry } from './table.ts';
 import { benchUnetStep } from './unet-step.ts';
@@ -29,6 +30,7 @@ async function main() {
     composition: () => benchComposition(runtimes.webgpu),
     layout: () => benchLayout(runtimes.webgpu),
     guidance: () => benchGuidance(runtimes.webgpu),
+    picture: () => benchPicture(runtimes.webgpu),
   };
   const unknown = only?.filter((n) => !(n in all) && n !== 'unet-step');
   if (unknown?.length) throw new Error(`BENCH_ONLY names no benchmark: ${unknown.join(', ')} (there are ${Object.keys(all).join(', ')})`);

@@ -41,6 +41,9 @@ function figures(name: string, r: Any): Row[] {
       add('guided step vs unguided (SD 1.5 512, multiply-adds)', f(r.sd15.recomputeAbove.guidedStepVsUnguided));
       add('SD 1.5 backward keeps (fp32 / fp16)', `${f(r.sd15.recomputeAbove.backwardKeepsMB.fp32, 0)} / ${f(r.sd15.recomputeAbove.backwardKeepsMB.fp16, 0)} MB`);
       break;
+    case 'picture':
+      for (const x of r.rows) add(`${x.case}: time per image vs text to image (tiny, ${r.steps} steps)`, `${f(x.vsTextToImage)} (${f(x.totalMs, 0)} ms, ${x.unetEvaluations} UNet runs)`);
+      break;
     default:
       add('(no table form)', JSON.stringify(r).slice(0, 60));
   }

@@ -20,6 +20,7 @@ import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/l
 import { ModelCheckpoint } from './checkpoint/model.ts';
 import { Engine, validateJob } from './engine/engine.ts';
 import { decodePng, encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from './engine/png.ts';
+import { resizeBicubic } from './engine/picture.ts';
 import { createRuntime, type Backend, type Runtime } from './engine/runtime.ts';
 import { ClipScorer } from './eval/scorer.ts';
 import { sceneScoreRequest } from './eval/scores.ts';
@@ -43,13 +44,15 @@ const USAGE = `usage: npm run cli -- <command> [options]
   make-test-model --out DIR
   inspect --model PATH
   generate --model PATH --prompt TEXT [--negative TEXT] [--steps N] [--cfg X] [--seed N]
-           [--width W --height H] [--scheduler ddim|euler-a|euler|dpmpp-2m|dpmpp-2m-karras|lcm]
+           [--width W --height H] [--scheduler ddim|euler-a|euler|dpmpp-2m|dpmpp-2m-karras|lcm|tcd|heun]
            [--clip-skip N] [--backend webgpu|wasm] [--precision auto|fp32|fp16] [--memory-budget BYTES]
            [--lora FILE[:SCALE]]... [--embedding FILE]... [--method none|merge|switch|composite|cmlora]
            [--preset paper] [--deep-cache-interval N] [--switch-step N]
            [cmlora: --partition category|profile] [--cache deep|prediction|off] [--cache-interval N]
            [--profiling offline|online] [--profile-steps N] [--cutoff X] [--threshold X]
            [--high-phase X] [--cache-high N] [--cache-low N] [--dom-coeff X] [--sync] [--research]]
+           [--init-image FILE.png [--strength X] [--mask MASK.png [--mask-blur PX] [--only-masked PADDING]]]
+           [--hires-scale X [--hires-strength Y] [--hires-steps N] [--hires-upscaler latent|image]] [--vae FILE]
            --out FILE.png [--report FILE.json]
   generate --model PATH --scene scene.json --out FILE.png [--report FILE.json]   (a layout scene)
            [--guidance off|ce,fill,region] [--guidance-scale X] [--guidance-share X] [--guidance-last-step N]
@@ -164,6 +167,7 @@ async function generate(args: string[]) {
       ['method', 'switch-step', 'profiling', 'profile-steps', 'cutoff', 'threshold', 'high-phase', 'cache-high', 'cache-low', 'dom-coeff'],
       ['cache', 'cache-interval', 'partition', 'deep-cache-interval', 'preset'],
       ['scene', 'guidance', 'guidance-scale', 'guidance-share', 'guidance-last-step'],
+      ['init-image', 'strength', 'mask', 'mask-blur', 'only-masked', 'hires-scale', 'hires-strength', 'hires-steps', 'hires-upscaler', 'vae'],
       LAYOUT_FLAGS.map((f) => f.flag),
     ),
     { lora: { type: 'string', multiple: true }, embedding: { type: 'string', multiple: true }, sync: { type: 'boolean' }, research: { type: 'boolean' }, 'no-early-stop': { type: 'boolean' } },
@@ -185,14 +189,17 @@ async function generate(args: string[]) {
   if (preset !== undefined && !(PRESETS as string[]).includes(preset)) throw new UsageError(`--preset must be one of ${PRESETS.join(', ')}, got "${preset}"`);
   const read = o.scene ? guidanceArgs(await readScene(o.scene), o) : undefined;
   const scene = read && preset ? { ...read, preset: preset as PresetName } : read;
+  const initPicture = o['init-image'] ? await readPicture(o['init-image'], 'init-image') : undefined;
+  // without --width/--height, a start picture sets the size (its sides down to multiples of 64)
+  const side = (v: number) => Math.max(64, Math.min(2048, Math.floor(v / 64) * 64));
   let job: GenerateJob = scene ? sceneJob(scene) : {
     prompt: o.prompt!,
     negative: o.negative ?? '',
     steps: num(o.steps, 'steps', 20),
     cfg: num(o.cfg, 'cfg', 7.5, false),
     seed: num(o.seed, 'seed', 0),
-    width: num(o.width, 'width', 512),
-    height: num(o.height, 'height', 512),
+    width: num(o.width, 'width', initPicture ? side(initPicture.width) : 512),
+    height: num(o.height, 'height', initPicture ? side(initPicture.height) : 512),
     scheduler: (o.scheduler ?? 'dpmpp-2m') as SchedulerId,
     clipSkip: num(o['clip-skip'], 'clip-skip', 1),
     composition: compositionArgs(o, loraArgs.length),
@@ -201,6 +208,7 @@ async function generate(args: string[]) {
   // nothing shows a live preview here: the latent stays on the GPU until the end
   job.previewEvery = 0;
   if (o['memory-budget'] !== undefined) job.memoryBudget = num(o['memory-budget'], 'memory-budget', 0, false);
+  job = await pictureArgs(job, o, initPicture);
   // the authors' settings, but for those given as flags
   const presetSettings = preset && !scene ? paperSettings(job.composition?.method ?? (loraArgs.length ? 'merge' : 'none'), false) : undefined;
   if (presetSettings) job = applyPreset(job, presetSettings, new Set(['steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'scale'].filter((k) => o[k] !== undefined)));
@@ -210,6 +218,10 @@ async function generate(args: string[]) {
     throw new UsageError((e as Error).message);
   }
   const { engine } = await openEngine(o.model, backend, precision);
+  if (o.vae) {
+    const info = await engine.loadVae(await NodeFileSource.open(o.vae));
+    console.error(`VAE: ${info.vaeFile}`);
+  }
   job.loras = [];
   for (const l of loraArgs) {
     const info = await engine.loadLora(await NodeFileSource.open(l.path));
@@ -264,6 +276,61 @@ async function generate(args: string[]) {
     }),
   );
   engine.unload();
+}
+
+/** A PNG as RGBA, with what went wrong said in the flag's name. */
+async function readPicture(path: string, flag: string): Promise<ImageData8> {
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await readFile(path));
+  } catch (e) {
+    throw new UsageError(`--${flag}: cannot read ${path} (${(e as Error).message})`);
+  }
+  try {
+    return decodePng(bytes, nodeInflate);
+  } catch (e) {
+    throw new UsageError(`--${flag}: ${path} is not a PNG we can read (${(e as Error).message})`);
+  }
+}
+
+/** Image to image, inpainting and hires fix flags: pictures resized to the job's size (A1111's "just resize"). */
+async function pictureArgs(job: GenerateJob, o: Record<string, string | boolean | string[] | undefined>, picture: ImageData8 | undefined): Promise<GenerateJob> {
+  const str = (k: string) => o[k] as string | undefined;
+  const fit = (img: ImageData8, what: string) => {
+    if (img.width === job.width && img.height === job.height) return img;
+    console.error(`${what} is ${img.width}x${img.height}: resized to ${job.width}x${job.height}`);
+    return resizeBicubic(img, job.width, job.height);
+  };
+  for (const k of ['strength', 'mask', 'mask-blur', 'only-masked']) if (str(k) !== undefined && !picture) throw new UsageError(`--${k} needs --init-image FILE.png`);
+  for (const k of ['mask-blur', 'only-masked']) if (str(k) !== undefined && !str('mask')) throw new UsageError(`--${k} needs --mask MASK.png`);
+  for (const k of ['hires-strength', 'hires-steps', 'hires-upscaler']) if (str(k) !== undefined && !str('hires-scale')) throw new UsageError(`--${k} needs --hires-scale X`);
+  let out = job;
+  if (picture) {
+    const image = fit(picture, 'the start picture');
+    const init: NonNullable<GenerateJob['init']> = { image, strength: num(str('strength'), 'strength', 0.75, false) };
+    if (str('mask')) {
+      // white repaints, black keeps: the mask's brightness (alpha over black)
+      const m = fit(await readPicture(str('mask')!, 'mask'), 'the mask');
+      init.mask = Uint8Array.from({ length: m.width * m.height }, (_, p) => Math.round(((m.data[p * 4] + m.data[p * 4 + 1] + m.data[p * 4 + 2]) / 3) * (m.data[p * 4 + 3] / 255)));
+      if (str('mask-blur') !== undefined) init.maskBlur = num(str('mask-blur'), 'mask-blur', 4, false);
+      if (str('only-masked') !== undefined) init.onlyMaskedPadding = num(str('only-masked'), 'only-masked', 32);
+    }
+    out = { ...out, init };
+  }
+  if (str('hires-scale') !== undefined) {
+    const upscaler = str('hires-upscaler') ?? 'latent';
+    if (upscaler !== 'latent' && upscaler !== 'image') throw new UsageError(`--hires-upscaler takes latent or image (got "${upscaler}")`);
+    out = {
+      ...out,
+      hires: {
+        scale: num(str('hires-scale'), 'hires-scale', 2, false),
+        strength: num(str('hires-strength'), 'hires-strength', 0.7, false),
+        ...(str('hires-steps') !== undefined ? { steps: num(str('hires-steps'), 'hires-steps', 20) } : {}),
+        upscaler,
+      },
+    };
+  }
+  return out;
 }
 
 /** --guidance and its settings over the scene file's (the flags win). */

@@ -1,12 +1,13 @@
 // The CLI as a user runs it: exit codes, one-line errors, files written.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { encodeSafetensors, SafetensorsFile, type TensorToWrite } from '../../workers/checkpoint/safetensors.ts';
-import { decodePng } from '../../workers/engine/png.ts';
+import { deflateSync } from 'node:zlib';
+import { decodePng, encodePng } from '../../workers/engine/png.ts';
 import { NodeFileSource, nodeInflate } from '../../workers/node/files.ts';
 
 const cliEnv = (env: Record<string, string>, ...args: string[]) => {
@@ -24,7 +25,7 @@ test('make-test-model, inspect and generate write what they promise', () => {
   const info = JSON.parse(inspect.out);
   assert.equal(info.layout, 'single-file');
   assert.equal(info.architecture, 'sd15');
-  assert.deepEqual(info.dtypes, { F32: 582 });
+  assert.deepEqual(info.dtypes, { F32: 656 }, 'the 582 tensors and the VAE encoder 74');
   assert.equal(info.parameters.unet, 549060);
   const diff = JSON.parse(cli('inspect', '--model', join(dir, 'diffusers')).out);
   assert.equal(diff.layout, 'diffusers');
@@ -175,7 +176,7 @@ test("a single file as diffusers' conversion script writes it (VAE attention bia
     if (bias) reshaped++;
     tensors.push({ name: key, dtype: info.dtype, shape: bias ? [...info.shape, 1, 1] : info.shape, data: await src.bytes(key) });
   }
-  assert.equal(reshaped, 4, "the decoder's mid-block attention: q, k, v and proj_out");
+  assert.equal(reshaped, 8, "the encoder's and the decoder's mid-block attention: q, k, v and proj_out");
   const positions = 'cond_stage_model.transformer.text_model.embeddings.position_ids';
   tensors.push({ name: positions, dtype: 'I64', shape: [1, 77], data: new Uint8Array(BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i)).buffer) });
   const converted = join(dir, 'converted.safetensors');
@@ -200,4 +201,57 @@ test("a single file as diffusers' conversion script writes it (VAE attention bia
   const t = cliEnv({ XDG_CACHE_HOME: lone }, 'generate', '--model', cut, ...args, '--out', join(lone, 'o.png'));
   assert.equal(t.code, 1);
   assert.match(t.err[0], /^error: cut\.safetensors is truncated/);
+});
+
+test('generate from a picture: --init-image, --strength, --mask, --hires-scale, --vae; their misuse exits 2', async () => {
+  if (!existsSync(join(dir, 'tiny-sd15.safetensors'))) assert.equal(cli('make-test-model', '--out', dir).code, 0);
+  const base = ['generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--prompt', 'a cat', '--steps', '4', '--scheduler', 'ddim', '--backend', 'wasm', '--seed', '3'];
+  const start = join(dir, 'start.png');
+  assert.equal(cli(...base, '--width', '64', '--height', '64', '--out', start).code, 0);
+  const startPixels = decodePng(readFileSync(start), nodeInflate);
+  // the mask: white (repaint) on the right half, black on the left
+  const maskRgba = new Uint8ClampedArray(64 * 64 * 4);
+  for (let p = 0; p < 64 * 64; p++) maskRgba.fill(p % 64 >= 32 ? 255 : 0, p * 4, p * 4 + 3), (maskRgba[p * 4 + 3] = 255);
+  const mask = join(dir, 'mask.png');
+  writeFileSync(mask, await encodePng(maskRgba, 64, 64, {}, (d) => deflateSync(d)));
+  const out = join(dir, 'inpaint.png');
+  const report = join(dir, 'inpaint.json');
+  const r = cli(...base, '--init-image', start, '--strength', '0.75', '--mask', mask, '--mask-blur', '0', '--out', out, '--report', report);
+  assert.equal(r.code, 0, r.err.join('\n'));
+  const rep = JSON.parse(readFileSync(report, 'utf8'));
+  assert.deepEqual([rep.width, rep.init.mode, rep.init.startStep, rep.init.stepsRun], [64, 'inpaint', 1, 3], 'the size comes from the picture; 0.75 of 4 steps');
+  const got = decodePng(readFileSync(out), nodeInflate);
+  let keptDiff = 0;
+  let paintedDiff = 0;
+  for (let i = 0; i < got.data.length; i++) {
+    if (i % 4 === 3) continue;
+    const d = Math.abs(got.data[i] - startPixels.data[i]);
+    if ((i >> 2) % 64 < 32) keptDiff = Math.max(keptDiff, d);
+    else paintedDiff = Math.max(paintedDiff, d);
+  }
+  assert.equal(keptDiff, 0, 'black keeps');
+  assert.ok(paintedDiff > 10, 'white repaints');
+
+  const hires = cli(...base, '--width', '64', '--height', '64', '--hires-scale', '2', '--hires-strength', '0.5', '--out', out, '--report', report);
+  assert.equal(hires.code, 0, hires.err.join('\n'));
+  assert.equal(decodePng(readFileSync(out), nodeInflate).width, 128);
+  assert.deepEqual(JSON.parse(readFileSync(report, 'utf8')).hires.stepsRun, 2);
+
+  const own = cli(...base, '--init-image', start, '--strength', '0', '--out', out);
+  assert.equal(own.code, 0, own.err.join('\n'));
+  const ownPixels = readFileSync(out);
+  const vae = cli(...base, '--init-image', start, '--strength', '0', '--vae', join(dir, 'tiny-vae-ft.safetensors'), '--out', out);
+  assert.equal(vae.code, 0, vae.err.join('\n'));
+  assert.ok(vae.err.some((l) => /VAE: tiny-vae-ft\.safetensors/.test(l)));
+  assert.notDeepEqual(readFileSync(out), ownPixels, 'another VAE, another round trip');
+
+  const noPicture = cli(...base, '--mask', mask, '--out', out);
+  assert.equal(noPicture.code, 2);
+  assert.match(noPicture.err[0], /--mask needs --init-image FILE\.png/);
+  const badStrength = cli(...base, '--init-image', start, '--strength', '2', '--out', out);
+  assert.equal(badStrength.code, 2);
+  assert.match(badStrength.err[0], /Strength must be from 0/);
+  const notPng = cli(...base, '--init-image', join(dir, 'tiny-sd15.safetensors'), '--out', out);
+  assert.equal(notPng.code, 2);
+  assert.match(notPng.err[0], /--init-image: .*tiny-sd15\.safetensors is not a PNG/);
 });

@@ -10,7 +10,7 @@ import { sessionOptions } from '../../workers/engine/runtime.ts';
 import { makeTinyModel } from '../../workers/engine/test-model.ts';
 import { decodeTiled } from '../../workers/engine/vae-tiles.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
-import { buildVaeDecoder } from '../../workers/graph/vae.ts';
+import { buildVaeDecoder, buildVaeEncoder } from '../../workers/graph/vae.ts';
 import { openTinyEngine } from '../../workers/node/tiny.ts';
 import * as nn from '../../workers/reference/nn.ts';
 import * as ref from '../../workers/reference/sd15.ts';
@@ -77,6 +77,34 @@ test('the tiled decode of the decoder graph matches float64 tiles blended the sa
   const cpu = await decodeTiled(latent, dims, { tile: 8, overlap: 2 }, async (tile, th, tw) => Float32Array.from(ref.vaeDecode(W, config.vae, nn.tensor(tile, [1, 4, th, tw])).data));
   const { diff, scale } = maxAbsDiff(gpu, cpu);
   assert.ok(diff <= 2e-4 * Math.max(1, scale), `max |diff| ${diff.toExponential(2)}`);
+  await session.release();
+  ws.dispose();
+});
+
+test('the tiled encode of the encoder graph matches float64 tiles blended the same way (pixels in, latent cells out)', async () => {
+  const rt = await runtime('webgpu');
+  const { config, weights } = makeTinyModel(1234);
+  const g = buildVaeEncoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
+  const ws = new WeightSet(rt, 'float32');
+  for (const spec of g.weights.values()) ws.add(spec, weights.vae.get(spec.name)!);
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: 'NCHW' }));
+  const picture = new Rng(22).normal(3 * 96 * 96).map((v) => Math.tanh(v));
+  const dims = { channels: 3, lh: 96, lw: 96 };
+  // 64-pixel tiles (8 latent cells) overlapping by 16 pixels: 2 x 2 tiles
+  const gpu = await decodeTiled(picture, dims, { tile: 64, overlap: 16 }, async (tile, th, tw) => {
+    const out = await session.run({ ...ws.feeds(g.weights.keys()), image: new rt.ort.Tensor('float32', tile, [1, 3, th, tw]) });
+    return out.latent.data as Float32Array;
+  }, 1 / 8, 4);
+  assert.equal(gpu.length, 4 * 12 * 12);
+  const W = (name: string) => Float64Array.from(weights.vae.get(name)!);
+  const cpu = await decodeTiled(picture, dims, { tile: 64, overlap: 16 }, async (tile, th, tw) => Float32Array.from(ref.vaeEncode(W, config.vae, nn.tensor(tile, [1, 3, th, tw])).data), 1 / 8, 4);
+  const { diff, scale } = maxAbsDiff(gpu, cpu);
+  assert.ok(diff <= 2e-4 * Math.max(1, scale), `max |diff| ${diff.toExponential(2)}`);
+  // outside the overlap a tile's latent is used as it is: the top-left 4 x 4 cells are the first tile's alone
+  const first = new Float32Array(3 * 64 * 64);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < 64; y++) first.set(picture.subarray((c * 96 + y) * 96, (c * 96 + y) * 96 + 64), (c * 64 + y) * 64);
+  const alone = ref.vaeEncode(W, config.vae, nn.tensor(first, [1, 3, 64, 64])).data;
+  for (let c = 0; c < 4; c++) for (let y = 0; y < 4; y++) for (let x = 0; x < 4; x++) assert.ok(Math.abs(gpu[(c * 12 + y) * 12 + x] - alone[(c * 8 + y) * 8 + x]) <= 2e-4 * Math.max(1, scale));
   await session.release();
   ws.dispose();
 });

@@ -200,3 +200,13 @@ test('an inpainting UNet gets latent, mask and masked picture latent as its 9 in
     assert.deepEqual(u.subarray(N + CELLS), masked, 'channels 5-8: the masked picture latent');
   }
 });
+
+test('Heun from part-way starts on a predictor, at evaluation tStart x 2 of its interleaved schedule', async () => {
+  const ort = await loadOrt();
+  const seen: Seen = { samples: [] };
+  const r = await denoise({ ...standIn(seen), ort, init: { latent: picture, strength: 0.5 } }, { ...JOB, scheduler: 'heun' });
+  // 4 steps are 7 evaluations; strength 0.5 runs the last 2 steps: evaluations 4, 5, 6
+  assert.equal(r.startStep, 4);
+  assert.equal(r.stepsRun, 3);
+  assert.equal(seen.samples.length, 3);
+});

@@ -195,3 +195,32 @@ test("Euler (no noise) moves by (sigma_next - sigma) * eps on Euler ancestral's 
     x.forEach((v, k) => assert.ok(Math.abs(v - (x0[k] + e.sigmas[i + 1] * n[k])) < 1e-4));
   }
 });
+
+test('add_noise of every sampler is its own forward process: predictOriginal on the noise that made it returns x0', () => {
+  const ac = alphasCumprod();
+  const x0 = Float32Array.from({ length: 16 }, (_, k) => Math.sin(k));
+  const n = new Rng(4).normal(16);
+  // closed forms worked by hand from diffusers' add_noise at step index 2 of 5
+  const ddim = new DdimScheduler(5);
+  const a = ac[ddim.timesteps[2]];
+  assert.ok(maxDiff(ddim.addNoise(x0, n, 2), x0.map((v, k) => Math.sqrt(a) * v + Math.sqrt(1 - a) * n[k])) < 1e-6);
+  const euler = new EulerScheduler(5);
+  assert.ok(maxDiff(euler.addNoise(x0, n, 2), x0.map((v, k) => v + euler.sigmas[2] * n[k])) < 1e-6);
+  const dpm = new DpmSolverPP2MScheduler(5, true);
+  const s = dpm.sigmas[2];
+  assert.ok(maxDiff(dpm.addNoise(x0, n, 2), x0.map((v, k) => (v + s * n[k]) / Math.sqrt(s * s + 1))) < 1e-6);
+  const lcm = new LcmScheduler(4);
+  const al = ac[lcm.timesteps[2]];
+  assert.ok(maxDiff(lcm.addNoise(x0, n, 2), x0.map((v, k) => Math.sqrt(al) * v + Math.sqrt(1 - al) * n[k])) < 1e-6);
+  // and each sampler's x0 from (its noised sample, the noise as the prediction) is x0 again
+  for (const sch of [ddim, euler, new EulerAncestralScheduler(5), dpm, new DpmSolverPP2MScheduler(5), lcm]) {
+    const x = sch.addNoise(x0, n, 1);
+    assert.ok(maxDiff(sch.predictOriginal(n, 1, x), x0) < 1e-5, sch.constructor.name);
+  }
+});
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}

@@ -3,7 +3,7 @@ import type { ModelConfig } from '../checkpoint/config.ts';
 import type { LoraFormat, LoraMetadata } from '../lora/formats.ts';
 import type { ErrorInfo } from './errors.ts';
 
-export type SchedulerId = 'ddim' | 'euler-a' | 'euler' | 'dpmpp-2m' | 'dpmpp-2m-karras' | 'lcm';
+export type SchedulerId = 'ddim' | 'euler-a' | 'euler' | 'dpmpp-2m' | 'dpmpp-2m-karras' | 'lcm' | 'tcd' | 'heun';
 export type Precision = 'auto' | 'fp32' | 'fp16';
 
 export interface GenerateJob {

@@ -886,7 +886,7 @@ export function validateJob(job: GenerateJob): void {
   if (job.memoryBudget !== undefined && !(Number.isFinite(job.memoryBudget) && job.memoryBudget > 0)) throw bad(`The memory budget must be a positive number of bytes (got ${job.memoryBudget}).`);
   if (job.previewEvery !== undefined && !(Number.isInteger(job.previewEvery) && job.previewEvery >= 0)) throw bad(`previewEvery must be a whole number of steps, 0 for no preview (got ${job.previewEvery}).`);
   if (!isSchedulerName(job.scheduler)) throw bad(`Unknown scheduler "${job.scheduler}".`);
-  if (job.scheduler === 'lcm' && job.steps > LCM_ORIGINAL_STEPS) throw bad(`LCM takes at most ${LCM_ORIGINAL_STEPS} steps (the schedule it was distilled on); got ${job.steps}.`);
+  if ((job.scheduler === 'lcm' || job.scheduler === 'tcd') && job.steps > LCM_ORIGINAL_STEPS) throw bad(`${job.scheduler.toUpperCase()} takes at most ${LCM_ORIGINAL_STEPS} steps (the schedule it was distilled on); got ${job.steps}.`);
   if (typeof job.prompt !== 'string' || typeof job.negative !== 'string') throw bad('Prompts must be text.');
   if (job.loras !== undefined && !Array.isArray(job.loras)) throw bad('loras must be a list of {lora, scale}.');
   for (const u of job.loras ?? []) {
@@ -935,7 +935,7 @@ export function validateJob(job: GenerateJob): void {
     if (typeof h.strength !== 'number' || !(h.strength >= 0 && h.strength <= 1)) throw bad(`The hires fix's strength must be from 0 to 1 (got ${h.strength}).`);
     if (h.steps !== undefined && !(Number.isInteger(h.steps) && h.steps >= 1 && h.steps <= MAX_STEPS)) throw bad(`The hires fix's steps must be a whole number from 1 to ${MAX_STEPS} (got ${h.steps}).`);
     if (h.upscaler !== undefined && h.upscaler !== 'latent' && h.upscaler !== 'image') throw bad(`The hires fix's upscaler is "latent" or "image" (got ${JSON.stringify(h.upscaler).slice(0, 40)}).`);
-    if (job.scheduler === 'lcm' && (h.steps ?? job.steps) > LCM_ORIGINAL_STEPS) throw bad(`LCM takes at most ${LCM_ORIGINAL_STEPS} steps; the hires fix asks for ${h.steps}.`);
+    if ((job.scheduler === 'lcm' || job.scheduler === 'tcd') && (h.steps ?? job.steps) > LCM_ORIGINAL_STEPS) throw bad(`LCM takes at most ${LCM_ORIGINAL_STEPS} steps; the hires fix asks for ${h.steps}.`);
     const { width, height } = hiresSize(job);
     if (width <= job.width && height <= job.height) throw bad(`A hires scale of ${h.scale} leaves ${job.width}x${job.height} as it is (sides round to multiples of 64, at most 2048).`);
   }

@@ -303,15 +303,16 @@ class Denoising {
     if (this.options.method === 'none' && globalCount) this.warnings.push(`Prompt only: the job's ${globalCount} LoRA(s) are not used.`);
     this.scheduler = createScheduler(job.scheduler, job.steps);
     this.end = this.scheduler.timesteps.length;
-    // diffusers' get_timesteps: strength s runs the last floor(steps x s) steps of the schedule
+    // diffusers' get_timesteps: strength s runs the last floor(steps x s) steps of the schedule, from
+    // evaluation tStart x order (Heun evaluates twice per step)
     const init = parts.init;
-    this.start = init ? this.end - Math.min(this.end, Math.floor(this.end * init.strength)) : 0;
+    this.start = init ? (this.scheduler.order ?? 1) * (job.steps - Math.min(job.steps, Math.floor(job.steps * init.strength))) : 0;
     this.stepsRun = this.end - this.start;
     this.scheduler.begin = this.start;
     this.rng = new Rng(job.seed);
     this.cutoffLatent = Math.round((this.options.cutoff * Math.min(this.lh, this.lw)) / 512);
     if (this.options.method === 'cmlora' && Number.isNaN(this.options.threshold)) {
-      this.options.threshold = derivedThreshold(this.scheduler.timesteps[Math.min(job.steps - 1, Math.round(this.options.highPhase * job.steps))], { height: this.lh, width: this.lw }, this.cutoffLatent);
+      this.options.threshold = derivedThreshold(this.scheduler.timesteps[Math.min(this.end - 1, Math.round(this.options.highPhase * this.end))], { height: this.lh, width: this.lw }, this.cutoffLatent);
     }
   }
 
@@ -426,7 +427,7 @@ class Denoising {
       regions: boxes.length + 1,
       textLen: this.textLen,
       concepts: prepared.concepts.map((c) => ({ region: c.region, tokens: c.tokens.positions })),
-      steps: job.steps,
+      steps: this.end,
       latent: { channels: this.channels, height: this.lh, width: this.lw },
       fixed: prepared.condFeeds,
     });
@@ -620,7 +621,7 @@ class Denoising {
         this.check();
         this.stepMergeMs = 0;
         const macsBefore = this.unetMacs;
-        const plan = this.method.plan({ step: i, steps: job.steps, count: all.length, options, order: composition.order, partition: composition.partition, latentAmplitude: Infinity, cache: cache.view(i), features: all.map(() => false) });
+        const plan = this.method.plan({ step: i, steps: this.end, count: all.length, options, order: composition.order, partition: composition.partition, latentAmplitude: Infinity, cache: cache.view(i), features: all.map(() => false) });
         const [{ loras }] = plan.evaluations;
         this.stepMergeMs += await this.merge(loras, 'unet');
         this.check();
@@ -669,7 +670,7 @@ class Denoising {
    * for skipped work, and every step is measured in the frequency domain.
    */
   async loopOnCpu(start: Float32Array, composition: CompositionStage, layout?: LayoutStage): Promise<LoopStage> {
-    const { job, scheduler, all, options, ort, c0, latentSize, channels, lh, lw } = this;
+    const { scheduler, all, options, ort, c0, latentSize, channels, lh, lw } = this;
     const onGpuRefused = this.gpuLoopRefusal(layout);
     const { order, partition } = composition;
     const readbacksBefore = this.parts.readbacks?.() ?? 0;
@@ -702,7 +703,7 @@ class Denoising {
         this.check();
       }
       const x = scheduler.scaleModelInput(latent, i);
-      const plan = this.method.plan({ step: i, steps: job.steps, count: all.length, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
+      const plan = this.method.plan({ step: i, steps: this.end, count: all.length, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
       // DeepCache on its own: the whole UNet every deepCacheInterval steps (and at a set's first run)
       const interval = options.deepCacheInterval;
       const runsPlanned = plan.evaluations.map((e) => {

@@ -111,6 +111,8 @@ export function schedulerOf(sampler: string | undefined, scheduleType?: string):
   if (base === 'euler a') return 'euler-a';
   if (base === 'euler') return 'euler';
   if (base === 'lcm') return 'lcm';
+  if (base === 'tcd') return 'tcd';
+  if (base === 'heun') return 'heun';
   if (base === 'ddim') return 'ddim';
   return undefined;
 }
@@ -122,6 +124,8 @@ const SAMPLER_NAMES: Record<SchedulerId, [string, string]> = {
   ddim: ['DDIM', 'Automatic'],
   euler: ['Euler', 'Automatic'],
   lcm: ['LCM', 'Automatic'],
+  tcd: ['TCD', 'Automatic'],
+  heun: ['Heun', 'Automatic'],
 };
 
 const quote = (v: string) => (/[,"\n]/.test(v) ? JSON.stringify(v) : v);

@@ -177,7 +177,7 @@ export class SceneError extends BadArgumentError {
   }
 }
 
-const SCHEDULER_IDS: SchedulerId[] = ['ddim', 'euler-a', 'euler', 'dpmpp-2m', 'dpmpp-2m-karras', 'lcm'];
+const SCHEDULER_IDS: SchedulerId[] = ['ddim', 'euler-a', 'euler', 'dpmpp-2m', 'dpmpp-2m-karras', 'lcm', 'tcd', 'heun'];
 const COLOR = /^#[0-9a-f]{6}$/i;
 
 function text(o: Obj, key: string, where: string, max = MAX_PROMPT): string {

@@ -22,6 +22,8 @@ export interface Scheduler {
    * multistep sampler's memory is empty there, so its first step is first order. 0 by default.
    */
   begin: number;
+  /** UNet evaluations per step of the user's (diffusers' `order`): 2 for Heun, whose `timesteps` interleave predictor and corrector; 1 when absent. */
+  readonly order?: number;
 }
 
 /** x0 noised the DDPM way at alphā: sqrt(alphā) x0 + sqrt(1 - alphā) noise. */

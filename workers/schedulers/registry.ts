@@ -4,7 +4,9 @@ import { DdimScheduler } from './ddim.ts';
 import { DpmSolverPP2MScheduler } from './dpmpp-2m.ts';
 import { EulerAncestralScheduler } from './euler-ancestral.ts';
 import { EulerScheduler } from './euler.ts';
+import { HeunScheduler } from './heun.ts';
 import { LcmScheduler } from './lcm.ts';
+import { TcdScheduler } from './tcd.ts';
 
 export const SCHEDULERS = {
   ddim: { label: 'DDIM', create: (steps: number) => new DdimScheduler(steps) },
@@ -13,6 +15,8 @@ export const SCHEDULERS = {
   'dpmpp-2m-karras': { label: 'DPM++ 2M Karras', create: (steps: number) => new DpmSolverPP2MScheduler(steps, true) },
   euler: { label: 'Euler', create: (steps: number) => new EulerScheduler(steps) },
   lcm: { label: 'LCM', create: (steps: number) => new LcmScheduler(steps) },
+  tcd: { label: 'TCD', create: (steps: number) => new TcdScheduler(steps) },
+  heun: { label: 'Heun', create: (steps: number) => new HeunScheduler(steps) },
 } as const satisfies Record<string, { label: string; create: (steps: number) => Scheduler }>;
 
 export type SchedulerName = keyof typeof SCHEDULERS;

@@ -28,6 +28,8 @@ const SCHEDULERS: [SchedulerId, string][] = [
   ['dpmpp-2m-karras', 'DPM++ 2M Karras'],
   ['euler', 'Euler'],
   ['lcm', 'LCM (for LCM LoRAs, 4 to 8 steps)'],
+  ['tcd', 'TCD (for TCD LoRAs, 4 to 8 steps)'],
+  ['heun', 'Heun (two model runs a step)'],
   ['euler-a', 'Euler ancestral'],
   ['ddim', 'DDIM'],
 ];

@@ -209,6 +209,9 @@ test('a mask painted by touch; the new controls at 390x844, 820x1180 and 1440x90
   await page.getByTestId('picture-section').evaluate((d) => ((d as HTMLDetailsElement).open = true));
   await page.getByTestId('only-masked').check();
   await page.getByTestId('hires-section').evaluate((d) => ((d as HTMLDetailsElement).open = true));
+  // the engine runs the hires fix after text to image only: with a start picture it is off, and says why
+  assert.equal(await page.getByTestId('hires').isDisabled(), true);
+  assert.match(await page.getByTestId('hires-size').innerText(), /^Not with a start picture: the hires fix follows text to image\./);
   for (const [width, height] of [[390, 844], [820, 1180], [1440, 900]] as const) {
     await page.setViewportSize({ width, height });
     await page.waitForTimeout(300);

@@ -161,7 +161,8 @@ export function pictureJob(job: GenerateJob, model: ModelInfo | undefined): Pick
       ...(painted ? { mask: mask.slice(), maskBlur: pic.maskBlur, ...(pic.onlyMasked ? { onlyMaskedPadding: pic.padding } : {}) } : {}),
     };
   }
-  if (pic.hires.enabled) {
+  // the engine runs the hires fix after text to image only; the Hires fix panel says so while a start picture is set
+  if (pic.hires.enabled && !start) {
     const h = pic.hires;
     if (h.upscaler === 'image' && model && !model.vaeEncoder) throw new Error(`The Picture upscaler needs the VAE's encoder. ${startPictureProblem(model)}`);
     out.hires = { scale: h.scale, strength: h.strength, upscaler: h.upscaler, ...(h.steps ? { steps: h.steps } : {}) };

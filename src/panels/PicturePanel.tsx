@@ -113,8 +113,13 @@ export function StartPicturePanel({ disabled }: { disabled: boolean }) {
   );
 }
 
-export function HiresPanel({ disabled }: { disabled: boolean }) {
+/** Why the hires fix does not apply now (the engine runs it after text to image only). */
+export const HIRES_WITH_START = 'Not with a start picture: the hires fix follows text to image. To work larger from a picture, raise Width and Height instead.';
+
+export function HiresPanel({ disabled: busy }: { disabled: boolean }) {
   useStore(sceneStore, (s) => s.scene.picture);
+  const hasStart = useStore(pictureStore, (s) => !!s.start);
+  const disabled = busy || hasStart;
   const frame = { width: useStore(sceneStore, (s) => s.scene.width), height: useStore(sceneStore, (s) => s.scene.height) };
   const model = useStudio((s) => s.model);
   const steps = useStudio((s) => s.job.steps);
@@ -126,11 +131,11 @@ export function HiresPanel({ disabled }: { disabled: boolean }) {
       <summary>Hires fix</summary>
       <div className="panel-body">
         <label className="inline" title="Make the picture, enlarge it, then paint the detail again at the larger size">
-          <input type="checkbox" checked={h.enabled} data-testid="hires" disabled={disabled} onChange={(e) => set({ enabled: e.target.checked })} />
+          <input type="checkbox" checked={h.enabled && !hasStart} data-testid="hires" disabled={disabled} onChange={(e) => set({ enabled: e.target.checked })} />
           Make it larger, then refine the detail
         </label>
         <p className="hint" data-testid="hires-size">
-          {h.enabled ? `Final size: ${final.width}×${final.height}` : `Off: the picture stays ${frame.width}×${frame.height}`}
+          {hasStart ? HIRES_WITH_START : h.enabled ? `Final size: ${final.width}×${final.height}` : `Off: the picture stays ${frame.width}×${frame.height}`}
         </p>
         <div className="row">
           <label>

@@ -8,8 +8,8 @@ import { brushDown, brushMove, brushUp, IDLE, type BrushState } from './brush-to
 import type { PixelRect } from '../picture/mask.ts';
 import type { PictureStore } from '../store/picture.ts';
 
-/** The mask's colour: a magenta that reads over photos and over the test model's noise alike. */
-const TINT = [255, 0, 170, 120] as const;
+/** The mask's colour: magenta, see-through; the page's CSS stripes it so it never reads as the picture's own. */
+const TINT = [255, 0, 170, 190] as const;
 
 function paint(ctx: CanvasRenderingContext2D, mask: Uint8Array | undefined, width: number, r: PixelRect) {
   const img = ctx.createImageData(r.width, r.height);

@@ -10,7 +10,7 @@ import type { GenerateJob } from '../workers/api/contract.ts';
 import { blurMask } from '../workers/engine/picture.ts';
 import { decodeMask, type EncodedMask } from '../src/picture/mask-codec.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait, nodeEngine, openDetails, ready, resultPixels, studioForFile } from './harness.ts';
+import { dragOnCanvas, generateAndWait, nodeEngine, openDetails, ready, resultPixels, studioForFile } from './harness.ts';
 
 const studio = studioForFile(6400, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '7'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
@@ -281,4 +281,31 @@ test('an inpainting checkpoint: named as such, and its 9-channel UNet repaints t
   }
   assert.ok(kept > 1500, `${kept} pixels kept exactly`);
   assert.ok(maxAbsDiff(result, start).diff > 8, 'and the masked band was repainted');
+});
+
+test('with a mask on the picture, Boxes mode still draws and selects boxes (handles on top); Paint mask mode paints and draws no box', async () => {
+  const { page } = studio;
+  const before = (await sceneMask(page)).mask;
+  await page.getByTestId('mode-boxes').check();
+  await dragOnCanvas(page, [8.5, 8.5], [40, 56.5]);
+  await page.getByTestId('box-select-0').waitFor();
+  const scene = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!));
+  assert.deepEqual(scene.boxes.map((b: { x: number; y: number; width: number; height: number }) => [b.x, b.y, b.width, b.height]), [[8, 8, 32, 48]], 'the box drawn over the mask');
+  assert.deepEqual((await sceneMask(page)).mask, before, 'and the mask untouched');
+  // the selected box's handles are drawn above the mask: the layout canvas is the top layer
+  const top = await page.evaluate(() => {
+    const r = document.querySelector('[data-testid="layout-canvas"]')!.getBoundingClientRect();
+    return (document.elementFromPoint(r.x + r.width * 0.5, r.y + r.height * 0.5) as HTMLElement).closest('[data-testid]')?.getAttribute('data-testid');
+  });
+  assert.equal(top, 'layout-canvas');
+  await page.getByTestId('mode-mask').check();
+  await paintStroke(page, [[50, 10], [58, 12]]);
+  await page.waitForFunction((n) => {
+    const m = JSON.parse(localStorage.getItem('lorastudio.scene')!).picture?.mask?.data;
+    return m && m !== n;
+  }, (await sceneMask(page)).encoded.data);
+  assert.equal(await page.locator('[data-testid^="box-select-"]').count(), 1, 'painting draws no box');
+  const after = (await sceneMask(page)).mask;
+  assert.equal(after[11 * 64 + 54], 255, 'the new stroke is in the mask');
+  await page.getByTestId('box-delete-0').click();
 });

@@ -32,7 +32,7 @@ export function startPictureProblem(model: ModelInfo | undefined): string | unde
 // ---------------------------------------------------------------- the start picture
 
 /** Use these pixels as the start picture, fitted to the frame. */
-export function useStartPicture(source: ImageData8, name: string) {
+export function chooseStartPicture(source: ImageData8, name: string) {
   const { width, height } = currentScene();
   const fitted = fitPicture(source, width, height);
   pictureStore.getState().set({ start: { ...fitted, name, source } });
@@ -41,7 +41,7 @@ export function useStartPicture(source: ImageData8, name: string) {
 
 export async function startFromFile(file: File) {
   try {
-    useStartPicture(await picturePixels(file), file.name);
+    chooseStartPicture(await picturePixels(file), file.name);
   } catch (e) {
     studio().set({ alert: (e as Error).message });
   }
@@ -49,12 +49,12 @@ export async function startFromFile(file: File) {
 
 export function startFromResult() {
   const r = studio().result;
-  if (r) useStartPicture(r.image, 'The last picture');
+  if (r) chooseStartPicture(r.image, 'The last picture');
 }
 
 export async function startFromGallery(item: GalleryItem, index: number) {
   try {
-    useStartPicture(await picturePixels(item.png), `Gallery picture ${index + 1} (seed ${item.report.seed})`);
+    chooseStartPicture(await picturePixels(item.png), `Gallery picture ${index + 1} (seed ${item.report.seed})`);
   } catch (e) {
     studio().set({ alert: (e as Error).message });
   }

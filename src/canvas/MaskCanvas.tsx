@@ -26,12 +26,12 @@ function paint(ctx: CanvasRenderingContext2D, mask: Uint8Array | undefined, widt
   ctx.putImageData(img, r.x, r.y);
 }
 
-export function MaskCanvas({ store, frame, active, onStroke }: { store: PictureStore; frame: { width: number; height: number }; active: boolean; onStroke: (mask: Uint8Array) => void }) {
+/** `shown` false hides the mask (no start picture to apply it to, or "Show mask" off); `active` paints. */
+export function MaskCanvas({ store, frame, active, shown, onStroke }: { store: PictureStore; frame: { width: number; height: number }; active: boolean; shown: boolean; onStroke: (mask: Uint8Array) => void }) {
   const ref = useRef<HTMLCanvasElement>(null);
   const mask = useStore(store, (s) => s.mask);
   const version = useStore(store, (s) => s.maskVersion);
   const brush = useStore(store, (s) => s.brush);
-  const show = useStore(store, (s) => s.showMask);
   const stroke = useRef<{ state: BrushState; buffer: Uint8Array } | null>(null);
   const [cursor, setCursor] = useState<{ x: number; y: number; k: number } | null>(null);
 
@@ -68,7 +68,7 @@ export function MaskCanvas({ store, frame, active, onStroke }: { store: PictureS
         data-testid="mask-canvas"
         aria-label={active ? 'Mask: drag on the picture to paint where it should change' : 'The painted mask'}
         role="img"
-        style={{ visibility: show || active ? 'visible' : 'hidden' }}
+        style={{ visibility: shown || active ? 'visible' : 'hidden' }}
         onPointerDown={(e) => {
           if (!active || stroke.current) return;
           const p = at(e);

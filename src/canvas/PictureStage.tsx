@@ -69,7 +69,7 @@ export function PictureStage({ store, image, running, disabled }: { store: Scene
           enlarge();
         }}>
         <ImageCanvas image={shown} label={running ? 'Live preview of the picture being made' : showStart ? 'The start picture' : 'The last picture'} testId={running ? 'preview' : showStart ? 'start-picture' : 'result'} />
-        <MaskCanvas store={pictureStore} frame={scene} active={painting && !disabled} onStroke={(mask) => void commitMask(mask)} />
+        <MaskCanvas store={pictureStore} frame={scene} active={painting && !disabled} shown={!!picture.start && picture.showMask} onStroke={(mask) => void commitMask(mask)} />
         <LayoutCanvas store={store} disabled={disabled || painting} width={size.width} height={size.height} overImage={!!shown} showBoxes={showBoxes} />
         {!shown && !scene.boxes.length && (
           <p className="empty-frame" data-testid="empty-frame">
@@ -100,7 +100,7 @@ export function PictureStage({ store, image, running, disabled }: { store: Scene
           <input type="checkbox" checked={showBoxes} data-testid="show-boxes" onChange={(e) => setShowBoxes(e.target.checked)} />
           Show boxes
         </label>
-        {picture.mask && (
+        {picture.mask && picture.start && (
           <label className="inline">
             <input type="checkbox" checked={picture.showMask} data-testid="show-mask" onChange={(e) => pictureStore.getState().set({ showMask: e.target.checked })} />
             Show mask

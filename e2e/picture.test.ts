@@ -299,11 +299,12 @@ test('with a mask on the picture, Boxes mode still draws and selects boxes (hand
   });
   assert.equal(top, 'layout-canvas');
   await page.getByTestId('mode-mask').check();
+  const kept = (await sceneMask(page)).encoded.data;
   await paintStroke(page, [[50, 10], [58, 12]]);
   await page.waitForFunction((n) => {
     const m = JSON.parse(localStorage.getItem('lorastudio.scene')!).picture?.mask?.data;
     return m && m !== n;
-  }, (await sceneMask(page)).encoded.data);
+  }, kept);
   assert.equal(await page.locator('[data-testid^="box-select-"]').count(), 1, 'painting draws no box');
   const after = (await sceneMask(page)).mask;
   assert.equal(after[11 * 64 + 54], 255, 'the new stroke is in the mask');

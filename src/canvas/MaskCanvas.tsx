@@ -8,11 +8,17 @@ import { brushDown, brushMove, brushUp, IDLE, type BrushState } from './brush-to
 import type { PixelRect } from '../picture/mask.ts';
 import type { PictureStore } from '../store/picture.ts';
 
-/** The mask's colour: magenta, see-through; the page's CSS stripes it so it never reads as the picture's own. */
-const TINT = [255, 0, 170, 190] as const;
+/**
+ * The mask's colour: see-through magenta in diagonal stripes of two strengths, so it never reads as
+ * the picture's own colour and the picture shows through. Stripes are about frame/128 pixels wide
+ * (a few screen pixels at any frame size).
+ */
+const TINT = [255, 0, 170] as const;
+const ALPHA = [200, 100] as const;
 
 function paint(ctx: CanvasRenderingContext2D, mask: Uint8Array | undefined, width: number, r: PixelRect) {
   const img = ctx.createImageData(r.width, r.height);
+  const stripe = Math.max(1, Math.round(width / 128));
   for (let y = 0; y < r.height; y++) {
     for (let x = 0; x < r.width; x++) {
       const v = mask ? mask[(r.y + y) * width + r.x + x] : 0;
@@ -20,7 +26,7 @@ function paint(ctx: CanvasRenderingContext2D, mask: Uint8Array | undefined, widt
       img.data[o] = TINT[0];
       img.data[o + 1] = TINT[1];
       img.data[o + 2] = TINT[2];
-      img.data[o + 3] = (TINT[3] * v) / 255;
+      img.data[o + 3] = v ? Math.max(1, Math.round((ALPHA[Math.floor((r.x + x + r.y + y) / stripe) % 2] * v) / 255)) : 0;
     }
   }
   ctx.putImageData(img, r.x, r.y);

@@ -61,12 +61,12 @@ export function channelGains(base: ArrayLike<number>, delta: ArrayLike<number>, 
   return Float32Array.from(sums, (s, i) => (s > 0 ? magnitude[i] / Math.sqrt(s) : 1));
 }
 
-/** Adds `scale` times the layer's change to `out` (DoRA: `scale` is the multiplier, `gains` its gains). */
+/** Adds the layer's change to `out` as a merge term does: `scale` times the delta (the multiplier
+ * times alpha / rank); DoRA: the multiplier times g * (W + alpha * delta) - W, `gains` its g. */
 export function addModuleDelta(out: Float32Array, base: Float32Array, m: LoraModule, scale: number, gains?: Float32Array): void {
   const d = moduleDelta(m);
   if (!m.dora) {
-    const s = scale * m.alphaScale;
-    for (let i = 0; i < out.length; i++) out[i] += s * d[i];
+    for (let i = 0; i < out.length; i++) out[i] += scale * d[i];
     return;
   }
   const { cols } = m.target;

@@ -194,6 +194,7 @@ async function readLokr(m: ModuleTensors, target: LoraTarget, read: Reader, mism
     factors = await lowRankOf(read, r.k2a!, r.k2b!, r.kt2, { ...target, rows: b, cols: w2Cols }, bad);
   }
   const dim = r.k2b?.shape[0] ?? r.k1b?.shape[0];
+  if (dim === 0 || (!r.k2 && factors.rank === 0)) bad();
   const alphaScale = alpha === undefined || dim === undefined ? 1 : alpha / dim;
   return { key: m.name, target, alphaScale, factors, kron: { w1, rows: a, cols: c } };
 }

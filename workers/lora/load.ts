@@ -202,9 +202,9 @@ async function readLokr(m: ModuleTensors, target: LoraTarget, read: Reader, mism
 /**
  * The DoRA magnitude's axis, from its shape as ComfyUI's and Forge's weight_decompose tell it:
  * PEFT's lora_magnitude_vector is per output feature ([out], or [1, out, 1, 1] for a convolution);
- * a dora_scale whose first dimension is the output width is per output channel (LyCORIS with
- * wd_on_out, its default since 3.1.1), one shaped [1, in, 1, 1] per input channel (older LyCORIS,
- * and the axis A1111 always takes).
+ * a dora_scale whose first dimension is the output width is per output channel (LyCORIS's
+ * wd_on_out, an option since 3.1.1 and the default since 3.2.0), one shaped [1, in, 1, 1] per input
+ * channel (older LyCORIS, and the axis A1111 always takes).
  */
 async function readMagnitude(t: TensorInfo, target: LoraTarget, read: Reader, mismatch: Mismatch): Promise<LoraModule['dora']> {
   const n = prod(t.shape);

@@ -120,7 +120,7 @@ async function readModule(file: SafetensorsFile, m: ModuleTensors, target: LoraT
 
   const mod = await readDelta(m, target, read, mismatch, alpha);
   if (typeof mod === 'string' || !r.magnitude) return mod;
-  return { ...mod, dora: await readMagnitude(r.magnitude, target, read, mismatch) };
+  return { ...mod, dora: await readMagnitude(r.magnitude, m.name, target, read, mismatch) };
 }
 
 type Reader = (t: TensorInfo) => Promise<Float32Array>;
@@ -206,13 +206,13 @@ async function readLokr(m: ModuleTensors, target: LoraTarget, read: Reader, mism
  * wd_on_out, an option since 3.1.1 and the default since 3.2.0), one shaped [1, in, 1, 1] per input
  * channel (older LyCORIS, and the axis A1111 always takes).
  */
-async function readMagnitude(t: TensorInfo, target: LoraTarget, read: Reader, mismatch: Mismatch): Promise<LoraModule['dora']> {
+async function readMagnitude(t: TensorInfo, module: string, target: LoraTarget, read: Reader, mismatch: Mismatch): Promise<LoraModule['dora']> {
   const n = prod(t.shape);
   const inC = target.dims[1];
   const peft = /lora_magnitude_vector/.test(t.name);
   if (n === target.rows && (peft || t.shape[0] === target.rows)) return { magnitude: await read(t), perInput: false };
   if (!peft && n === inC && t.shape.length > 1 && t.shape[0] === 1) return { magnitude: await read(t), perInput: true };
-  return mismatch(`${t.name.slice(t.name.lastIndexOf('.') + 1)} ${shapeText(t)}`);
+  return mismatch(`${t.name.slice(module.length + 1)} ${shapeText(t)}`);
 }
 
 /** a [n, k] @ b [k, m], summed in float64. */

@@ -718,7 +718,7 @@ export class Engine {
         boxes: result.boxes,
         ...(result.layout ? { layout: result.layout } : {}),
         ...(result.guidance ? { guidance: result.guidance } : {}),
-        ...(init ? { init: { strength: init.strength, startStep: result.startStep, stepsRun: result.stepsRun, mode: inpaintingModel && init.mask ? 'inpaint-model' : init.mask ? 'inpaint' : 'img2img', encodeMs } as InitReport } : {}),
+        ...(init ? { init: { strength: init.strength, startStep: result.startStep, stepsRun: result.stepsRun, mode: inpaintingModel && init.mask ? 'inpaint-model' : init.mask ? 'inpaint' : 'img2img', ...(init.mask ? { maskBlur: blur } : {}), encodeMs } as InitReport } : {}),
         ...(hires ? { hires } : {}),
       },
     };

@@ -92,15 +92,17 @@ test('image to image at 0.5: two of four steps, on the GPU as on the CPU, betwee
   assert.ok(dist(gpu.image.data, keep) < dist(t2i, keep), 'half strength stays nearer the picture than text to image does');
 });
 
-test('inpainting: kept pixels come back exactly, the masked half is repainted, the blend runs on the CPU', async () => {
+test('inpainting: kept pixels come back exactly, the masked half is repainted; the blend on the GPU as on the CPU', async () => {
   const { engine } = await tiny();
   const picture = testPicture(64, 64);
   // repaint the left half
   const mask = Uint8Array.from({ length: 64 * 64 }, (_, p) => (p % 64 < 32 ? 255 : 0));
   const r = await engine.generate({ ...JOB, init: { image: picture, strength: 1, mask, maskBlur: 2 } });
   assert.equal(r.report.init?.mode, 'inpaint');
-  assert.equal(r.report.latentsOnGpu, false);
-  assert.match(r.report.latentsOnGpuReason ?? '', /inpainting/);
+  assert.equal(r.report.latentsOnGpu, true, 'the step graph blends the picture back in');
+  assert.equal(r.report.readbacksPerStep, 0, 'nothing comes back to the CPU during the loop');
+  const cpu = await engine.generate({ ...JOB, latentsOnGpu: false, init: { image: picture, strength: 1, mask, maskBlur: 2 } });
+  assert.ok(maxByteDiff(r.image.data, cpu.image.data) <= 1, `GPU and CPU blends agree (${maxByteDiff(r.image.data, cpu.image.data)})`);
   // beyond the blur's reach (2.5 sigma = 5 px) of the edge, the kept half is the picture itself
   assert.equal(maxByteDiff(r.image.data, picture.data, (p) => p % 64 >= 38), 0);
   assert.ok(maxByteDiff(r.image.data, picture.data, (p) => p % 64 < 26) > 40, 'the masked half changed');
@@ -145,7 +147,9 @@ test('an inpainting checkpoint (9-channel UNet) loads, runs with a mask, and kee
   const mask = Uint8Array.from({ length: 64 * 64 }, (_, p) => (p >> 6 < 32 ? 255 : 0));
   const r = await engine.generate({ ...JOB, init: { image: picture, strength: 1, mask, maskBlur: 0 } });
   assert.equal(r.report.init?.mode, 'inpaint-model');
-  assert.match(r.report.latentsOnGpuReason ?? '', /inpainting UNet/);
+  assert.equal(r.report.latentsOnGpu, true, "the step graph joins the mask and picture channels to the UNet's input");
+  const cpu = await engine.generate({ ...JOB, latentsOnGpu: false, init: { image: picture, strength: 1, mask, maskBlur: 0 } });
+  assert.ok(maxByteDiff(r.image.data, cpu.image.data) <= 1, `GPU and CPU loops agree (${maxByteDiff(r.image.data, cpu.image.data)})`);
   assert.equal(maxByteDiff(r.image.data, picture.data, (p) => p >> 6 >= 32), 0);
   assert.ok(maxByteDiff(r.image.data, picture.data, (p) => p >> 6 < 32) > 40);
   // text to image with it: a grey picture, everything repainted

@@ -137,7 +137,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
     const out = await session.run({ ...feeds, sample });
     if (stepSession) {
       const k = sched.linear(0);
-      const next = await stepSession.run({ pred: out.noise_pred, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1]), [9]) });
+      const next = await stepSession.run({ pred: out.noise_pred, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]) });
       out.noise_pred.dispose();
       next.x0.dispose();
       next.preview.dispose();

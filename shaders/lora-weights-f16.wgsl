@@ -4,6 +4,10 @@
 
 alias WeightWord = u32;
 
+fn basePair(b: u32, n: u32) -> vec2<f32> {
+  return unpack2x16float(base[b / 2u]);
+}
+
 fn mergePair(b: u32, o: u32, n: u32, delta: vec2<f32>, hasDelta: bool) {
   if (hasDelta) {
     merged[o / 2u] = pack2x16float(unpack2x16float(base[b / 2u]) + delta);

@@ -1,6 +1,8 @@
 // LoRAs in the engine: merged weights against float64 (base + sum of scale x delta) on the GPU and
-// on the CPU path, exact un-apply, and whole generations with LoRAs on WebGPU and wasm.
+// on the CPU path for every kind (LoRA, LoCon with CP cores, LoHa, LoKr, DoRA, an LCM-style LoRA),
+// exact un-apply, and whole generations with LoRAs on WebGPU and wasm.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -50,6 +52,10 @@ for (const backend of ['batched', 'direct', 'cpu'] as MergeBackend[]) {
       { l: pick('kohya'), unet: 0.7, te: 1.3 },
       { l: pick('locon'), unet: -0.4, te: 0 },
       { l: pick('loha'), unet: 1.5, te: 0 },
+      { l: pick('lokr'), unet: 0.9, te: 0 },
+      // DoRA's delta is its whole change W' - W at multiplier 1, which the multiplier scales
+      { l: pick('dora'), unet: 0.6, te: -0.8 },
+      { l: pick('lcm-lora'), unet: 0.5, te: 0 },
     ];
     for (const [i, u] of used.entries()) await merger.add(`l${i}`, await openLora(new MemorySource(u.l.file, concatBytes(u.l.parts)), model.config, table));
     const stats = await merger.apply(used.map((u, i) => ({ id: `l${i}`, unet: u.unet, textEncoder: u.te })));
@@ -58,6 +64,7 @@ for (const backend of ['batched', 'direct', 'cpu'] as MergeBackend[]) {
     if (backend === 'direct') assert.equal(stats.dispatches, stats.weights);
 
     const keys = new Set(used.flatMap((u) => [...u.l.deltas.keys()]));
+    assert.equal(stats.weights, keys.size, 'every weight some LoRA trains, once');
     let worst = 0;
     for (const key of keys) {
       const [component, name] = key.split(':') as ['unet' | 'textEncoder', string];
@@ -140,4 +147,35 @@ test('generate with LoRAs: scale 0 is the base image pixel for pixel, a nonzero 
   engine.unload();
   const empty = new Engine(await runtime('webgpu'));
   await assert.rejects(empty.loadLora(new MemorySource('x.safetensors', new Uint8Array(8))), (e: EngineError) => e.code === 'bad-argument' && /model/.test(e.message));
+});
+
+test('LoKr, DoRA and LCM-style files in the engine and in inspect-lora: their format, every layer matched, strength 0 gives the base image', async () => {
+  const { engine, dir } = await engineFor('webgpu');
+  const { model } = await tinyModelDir();
+  const files = tinyLoras(model);
+  const base = await engine.generate(JOB);
+  const want = { lokr: 'lokr', dora: 'dora', 'lcm-lora': 'locon' };
+  const infos = [];
+  for (const [name, format] of Object.entries(want)) {
+    const info = await engine.loadLora(await NodeFileSource.open(join(dir, `loras/${name}.safetensors`)));
+    assert.equal(info.format, format, name);
+    assert.deepEqual(info.keysUnmatched, [], name);
+    assert.equal(info.keysMatched, files.find((f) => f.file === `loras/${name}.safetensors`)!.deltas.size, name);
+    infos.push(info);
+  }
+  const zero = await engine.generate({ ...JOB, loras: infos.map((i) => ({ lora: i.id, scale: 0 })) });
+  assert.deepEqual(zero.image.data, base.image.data, 'strength 0 gives the base image');
+  const one = await engine.generate({ ...JOB, loras: infos.map((i) => ({ lora: i.id, scale: 0.5 })) });
+  assert.equal(one.report.loraKeysMatched, infos.reduce((a, i) => a + i.keysMatched, 0));
+  assert.deepEqual(one.report.loraKeysUnmatched, []);
+  assert.ok(maxAbsDiff(one.image.data, base.image.data).diff > 20, 'the LoRAs change the image');
+  assert.deepEqual((await engine.generate(JOB)).image.data, base.image.data, 'switched off: the base image exactly');
+  engine.unload();
+
+  for (const [name, format] of Object.entries(want)) {
+    const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'workers/cli.ts', 'inspect-lora', '--lora', join(dir, `loras/${name}.safetensors`), '--model', join(dir, 'tiny-sd15.safetensors')], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    assert.deepEqual([out.format, out.keysUnmatched, out.keysMatched], [format, [], infos[Object.keys(want).indexOf(name)].keysMatched], name);
+  }
 });

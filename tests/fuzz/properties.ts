@@ -325,8 +325,8 @@ const loraEdit: fc.Arbitrary<LoraEdit> = fc.oneof(
   fc.record({ kind: fc.constant('non-finite' as const), which: fc.nat(), value: fc.constantFrom(NaN, Infinity, -Infinity) }),
 );
 
-const UP = /(lora_up|lora_B|lora\.up|hada_w1_a|hada_w2_a)/;
-const DOWN = /(lora_down|lora_A|lora\.down|hada_w1_b|hada_w2_b)/;
+const UP = /(lora_up|lora_B|lora\.up|hada_w1_a|hada_w2_a|lokr_w1_a|lokr_w2_a)/
+const DOWN = /(lora_down|lora_A|lora\.down|hada_w1_b|hada_w2_b|lokr_w1_b|lokr_w2_b)/
 
 /** Re-write a LoRA with a structural fault: the tensors are decoded, changed and encoded again. */
 async function editLora(bytes: Uint8Array, edit: LoraEdit): Promise<Uint8Array> {
@@ -397,7 +397,12 @@ export function fuzzLora(runs: number, seed: number): Promise<FuzzReport> {
     const lora = await openLora(src, model.config);
     for (const m of lora.modules) {
       const { up, down, rank } = m.factors;
-      if (up.length !== m.target.rows * rank || down.length !== rank * m.target.cols) throw new Error(`${m.key}: factors of the wrong size were let through`);
+      // LoKr: the product is the second Kronecker factor (rank 0: up holds it whole)
+      const [rows, cols] = m.kron ? [m.target.rows / m.kron.rows, m.target.cols / m.kron.cols] : [m.target.rows, m.target.cols];
+      const sizes = rank === 0 ? m.kron && up.length === rows * cols && down.length === 0 : up.length === rows * rank && down.length === rank * cols;
+      const kronOk = !m.kron || (Number.isInteger(rows) && Number.isInteger(cols) && m.kron.w1.length === m.kron.rows * m.kron.cols && !countNonFinite(m.kron.w1));
+      const doraOk = !m.dora || (m.dora.magnitude.length === (m.dora.perInput ? m.target.dims[1] : m.target.rows) && !countNonFinite(m.dora.magnitude));
+      if (!sizes || !kronOk || !doraOk) throw new Error(`${m.key}: factors of the wrong size were let through`);
       if (countNonFinite(up) || countNonFinite(down) || !Number.isFinite(m.alphaScale) || m.alphaScale === 0) throw new Error(`${m.key}: a non-finite or zero strength was let through`);
     }
     return { ok: true, largestRead: src.largest, size: bytes.length };

@@ -50,3 +50,17 @@ test('a studio picture\'s parameters read back as they were written', () => {
   assert.deepEqual(p.loras, [{ name: 'kohya', te: 0.8, unet: 0.8 }, { name: 'loha', te: 0.5, unet: 1 }]);
   assert.deepEqual([p.steps, schedulerOf(p.sampler, p.scheduleType), p.cfg, p.seed, p.width, p.height, p.clipSkip, p.model], [20, 'euler-a', 7.5, 42, 640, 512, 2, 'tiny-sd15.safetensors']);
 });
+
+test('a picture from a start picture or with the hires fix says so as A1111 does, and reads back', () => {
+  const base = { prompt: 'a fox', negative: '', steps: 20, scheduler: 'heun' as const, cfg: 5, seed: 1, width: 512, height: 512, loras: [] };
+  const inpainted = formatA1111({ ...base, init: { strength: 0.6, mode: 'inpaint', maskBlur: 4 } });
+  assert.match(inpainted, /Sampler: Heun, .*Denoising strength: 0\.6, Mask blur: 4, Version/);
+  assert.equal(parseA1111(inpainted).denoisingStrength, 0.6);
+  assert.equal(schedulerOf(parseA1111(inpainted).sampler), 'heun');
+  const fixed = formatA1111({ ...base, hires: { width: 1024, strength: 0.7, steps: 10, upscaler: 'latent' } });
+  assert.match(fixed, /Size: 512x512, Denoising strength: 0\.7, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent/);
+  const p = parseA1111(fixed);
+  assert.deepEqual([p.denoisingStrength, p.hires], [0.7, { scale: 2, steps: 10, upscaler: 'latent' }]);
+  // A1111's own picture upscalers are ours `image`
+  assert.deepEqual(parseA1111('a cat\nSteps: 20, Sampler: Euler, Size: 512x512, Denoising strength: 0.5, Hires upscale: 1.5, Hires upscaler: R-ESRGAN 4x+').hires, { scale: 1.5, upscaler: 'image' });
+});

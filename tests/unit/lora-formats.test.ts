@@ -17,10 +17,13 @@ const model = makeTinyModel(1234);
 const loras = tinyLoras(model);
 const source = (name: string, parts: Uint8Array[]) => new MemorySource(name, concatBytes(parts));
 
+/** What a loaded layer adds at multiplier 1, by the float64 reference (DoRA: against the model's weight). */
 function moduleDelta(m: LoraModule): Float64Array {
   const { rows, cols } = m.target;
-  const zero = new Float64Array(rows * cols);
-  return mergeReference(zero, rows, cols, [{ ...m.factors, scale: m.alphaScale, hadamard: m.hadamard }]);
+  if (!m.dora) return mergeReference(new Float64Array(rows * cols), rows, cols, [{ ...m.factors, scale: m.alphaScale, hadamard: m.hadamard, kron: m.kron }]);
+  const base = (m.target.component === 'unet' ? model.weights.unet : model.weights.textEncoder).get(m.target.weight)!;
+  const dora = { ...m.dora, kernel: cols / m.target.dims[1], alpha: m.alphaScale };
+  return mergeReference(base, rows, cols, [{ ...m.factors, scale: 1, hadamard: m.hadamard, kron: m.kron, dora }]).map((x, i) => x - base[i]);
 }
 
 test('every test LoRA format loads and means the deltas its factors define', async () => {
@@ -46,6 +49,10 @@ test('every test LoRA format loads and means the deltas its factors define', asy
     'loras/kohya-2.safetensors': 'kohya',
     'loras/kohya-3.safetensors': 'kohya',
     'loras/kohya-4.safetensors': 'kohya',
+    'loras/lokr.safetensors': 'lokr',
+    'loras/dora.safetensors': 'dora',
+    // kohya naming with 3x3 convolution factors: LoCon's layout, as the real LCM-LoRA file is
+    'loras/lcm-lora.safetensors': 'locon',
     'loras/edlora.safetensors': 'edlora',
   });
 });
@@ -69,6 +76,7 @@ const f32 = (shape: number[], fill = 0.01): TensorToWrite => {
 const t = (name: string, shape: number[]) => ({ ...f32(shape), name });
 const Q = 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q';
 const K2 = 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k';
+const V2 = 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v';
 const C = model.config.unet.blockOutChannels[0];
 
 async function loadError(tensors: TensorToWrite[], name = 'bad.safetensors'): Promise<EngineError> {
@@ -89,13 +97,73 @@ test('unknown and unsupported layers are reported with a reason, never dropped s
       t('lora_unet_no_such_block_to_q.lora_down.weight', [2, C]),
       t('lora_unet_no_such_block_to_q.lora_up.weight', [C, 2]),
       t(`${K2}.lokr_w1`, [2, 2]),
+      t(`${V2}.diff`, [C, C]),
       t('some_random_tensor', [3]),
     ])),
     model.config,
   );
   assert.equal(lora.modules.length, 1);
-  assert.deepEqual(lora.unmatched.map((u) => u.key).sort(), [K2, 'lora_unet_no_such_block_to_q', 'some_random_tensor'].sort());
-  assert.match(lora.unmatched.find((u) => u.key === K2)!.reason, /LoKr/);
+  assert.deepEqual(lora.unmatched.map((u) => u.key).sort(), [K2, V2, 'lora_unet_no_such_block_to_q', 'some_random_tensor'].sort());
+  assert.match(lora.unmatched.find((u) => u.key === K2)!.reason, /LoKr layer without lokr_w2/);
+  assert.match(lora.unmatched.find((u) => u.key === V2)!.reason, /full weight difference layers are not supported/);
+});
+
+const lokr = loras.find((l) => l.file === 'loras/lokr.safetensors')!;
+const moduleOf = (lora: { modules: LoraModule[] }, re: RegExp) => lora.modules.find((m) => re.test(m.key))!;
+
+test('LoKr: alpha / rank where a factor is factorised, 1 where both are whole; every factor form, convolutions too', async () => {
+  const lora = await openLora(source(lokr.file, lokr.parts), model.config);
+  assert.equal(lora.format, 'lokr');
+  const q = moduleOf(lora, /down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q$/);
+  const k = moduleOf(lora, /down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k$/);
+  const v = moduleOf(lora, /down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v$/);
+  const tucker = moduleOf(lora, /down_blocks_0_resnets_0_conv1$/);
+  const wholeConv = moduleOf(lora, /up_blocks_0_resnets_0_conv2$/);
+  // the file's alpha is 1 and its rank 2 (A1111: dim from lokr_w2_b, else lokr_w1_b)
+  assert.deepEqual([q, k, v, tucker, wholeConv].map((m) => m.alphaScale), [1, 0.5, 0.5, 0.5, 1]);
+  assert.deepEqual([q, k, v, tucker, wholeConv].map((m) => m.factors.rank), [0, 2, 2, 2, 0]);
+  // w1 is [out_a, in_c] with out = a*b, in = c*d: 16 = 4*4; 32x32x3x3 splits as (4, 8) x (4, 8)
+  assert.deepEqual([q.kron!.rows, q.kron!.cols, wholeConv.kron!.rows, wholeConv.kron!.cols], [4, 4, 4, 4]);
+  assert.equal(wholeConv.factors.up.length, 8 * 8 * 9);
+});
+
+test('DoRA: magnitudes per output channel or per input channel (dora_scale), PEFT lora_magnitude_vector per output', async () => {
+  const l = loras.find((x) => x.file === 'loras/dora.safetensors')!;
+  const lora = await openLora(source(l.file, l.parts), model.config);
+  assert.equal(lora.format, 'dora');
+  for (const m of lora.modules) {
+    assert.ok(m.dora, m.key);
+    assert.equal(m.dora.perInput, /attn2|up_blocks_0_resnets_0_conv1/.test(m.key), m.key);
+    assert.equal(m.dora.magnitude.length, m.dora.perInput ? m.target.dims[1] : m.target.rows, m.key);
+  }
+
+  const Q1 = 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q';
+  const CONV = 'unet.down_blocks.0.resnets.0.conv1';
+  const peft = await openLora(
+    source('peft-dora.safetensors', encodeSafetensors([
+      t(`${Q1}.lora_A.weight`, [2, C]),
+      t(`${Q1}.lora_B.weight`, [C, 2]),
+      t(`${Q1}.lora_magnitude_vector`, [C]),
+      t(`${CONV}.lora_A.weight`, [2, C, 3, 3]),
+      t(`${CONV}.lora_B.weight`, [C, 2, 1, 1]),
+      // PEFT's convolution magnitude: [1, out, 1, 1], still per output channel
+      t(`${CONV}.lora_magnitude_vector.weight`, [1, C, 1, 1]),
+    ])),
+    model.config,
+  );
+  assert.equal(peft.format, 'dora');
+  assert.deepEqual(peft.unmatched, []);
+  assert.deepEqual(peft.modules.map((m) => [m.target.weight, m.dora?.perInput]), [
+    ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight', false],
+    ['down_blocks.0.resnets.0.conv1.weight', false],
+  ]);
+  // a magnitude that fits neither axis, a LoKr factor that does not divide the weight
+  const badMagnitude = await loadError([t(`${Q}.lora_down.weight`, [2, C]), t(`${Q}.lora_up.weight`, [C, 2]), t(`${Q}.dora_scale`, [C + 1, 1])]);
+  assert.equal(badMagnitude.code, 'lora-shape-mismatch');
+  assert.match(badMagnitude.message, /dora_scale \[17, 1\]/);
+  const badKron = await loadError([t(`${Q}.lokr_w1`, [3, 4]), t(`${Q}.lokr_w2`, [5, 4])]);
+  assert.equal(badKron.code, 'lora-shape-mismatch');
+  assert.match(badKron.message, /lokr_w1 \[3, 4\], lokr_w2 \[5, 4\]/);
 });
 
 test('a LoRA for another architecture, a wrong shape, a checkpoint and a cut file get named errors', async () => {

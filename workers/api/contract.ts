@@ -441,6 +441,8 @@ export interface InitReport {
   stepsRun: number;
   /** `img2img`, `inpaint` (masked blending with a 4-channel UNet) or `inpaint-model` (a 9-channel inpainting UNet). */
   mode: 'img2img' | 'inpaint' | 'inpaint-model';
+  /** Inpainting: the mask's blur radius in pixels. */
+  maskBlur?: number;
   /** "Only masked": the area cut out and inpainted at full resolution, in the picture's pixels. */
   region?: { x: number; y: number; width: number; height: number };
   encodeMs: number;

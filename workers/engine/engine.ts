@@ -500,10 +500,11 @@ export class Engine {
     const unetOptions = { batch: unetBatch, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions * contextChunks, dtype, ...layout, ...(contextLayers > 1 ? { contextLayers } : {}), ...forms } as const;
     const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}:${contextChunks}`;
     // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
-    // (inpainting's per-step blend and extra channels are CPU work: the pipeline says why, below)
-    const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false && !extra.init?.blend && !extra.inpaintInput;
+    const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
     const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions), resident ? 'gpu' : 'cpu');
-    const stepGraph = resident ? await this.graph(`step:${batch}:${cfg.unet.outChannels}:${lh}x${lw}`, () => buildStepGraph({ batch, channels: cfg.unet.outChannels, height: lh, width: lw, previewFactor: previewFactor(lh, lw) }), 'gpu') : undefined;
+    // inpainting: the step graph blends the picture back in (4 channels) or joins the UNet's extra channels (9)
+    const stepOptions = { batch, channels: cfg.unet.outChannels, height: lh, width: lw, previewFactor: previewFactor(lh, lw), blend: !!extra.init?.blend, extraChannels: cfg.unet.inChannels - cfg.unet.outChannels } as const;
+    const stepGraph = resident ? await this.graph(`step:${JSON.stringify(stepOptions)}`, () => buildStepGraph(stepOptions), 'gpu') : undefined;
     // the deep-feature cache's two graphs, when the job's composition can use them
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
@@ -718,7 +719,7 @@ export class Engine {
         boxes: result.boxes,
         ...(result.layout ? { layout: result.layout } : {}),
         ...(result.guidance ? { guidance: result.guidance } : {}),
-        ...(init ? { init: { strength: init.strength, startStep: result.startStep, stepsRun: result.stepsRun, mode: inpaintingModel && init.mask ? 'inpaint-model' : init.mask ? 'inpaint' : 'img2img', encodeMs } as InitReport } : {}),
+        ...(init ? { init: { strength: init.strength, startStep: result.startStep, stepsRun: result.stepsRun, mode: inpaintingModel && init.mask ? 'inpaint-model' : init.mask ? 'inpaint' : 'img2img', ...(init.mask ? { maskBlur: blur } : {}), encodeMs } as InitReport } : {}),
         ...(hires ? { hires } : {}),
       },
     };

@@ -9,7 +9,7 @@
 import type * as OrtNs from 'onnxruntime-web';
 import type { ImageData8 } from '../api/contract.ts';
 import { previewFactor, previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
-import type { LinearStep } from '../schedulers/common.ts';
+import type { LinearStep, NoiseLevel } from '../schedulers/common.ts';
 import type { Ort } from './runtime.ts';
 
 type Feeds = Record<string, OrtNs.Tensor>;
@@ -37,6 +37,12 @@ export interface LatentShape {
   width: number;
 }
 
+/** Inpainting's inputs, uploaded once: the step graph's blend (`init`, `noise0`, `mask` on the latent grid) and an inpainting UNet's extra channels (`cond`). */
+export interface GpuInpainting {
+  blend?: { init: Float32Array; noise: Float32Array; mask: Float32Array };
+  cond?: { data: Float32Array; channels: number };
+}
+
 interface LatentSet {
   x: OrtNs.Tensor;
   memory: OrtNs.Tensor;
@@ -57,14 +63,20 @@ export class GpuLatents {
   /** Zero noise for the samplers that draw none (a new buffer is zero-filled). */
   private readonly zeros: OrtNs.Tensor;
   private readonly dims: number[];
+  /** Inpainting's fixed inputs of the step graph, on the GPU. */
+  private readonly fixed: Record<string, OrtNs.Tensor> = {};
 
-  /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale`. */
-  constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number) {
+  /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale` (with an inpainting UNet's extra channels after it). */
+  constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number, inpainting: GpuInpainting = {}) {
     this.dims = [1, shape.channels, shape.height, shape.width];
-    const batched = [shape.batch, shape.channels, shape.height, shape.width];
-    const scaled = latent.map((v) => v * inputScale);
-    const input = new Float32Array(latent.length * shape.batch);
-    for (let b = 0; b < shape.batch; b++) input.set(scaled, b * latent.length);
+    const extra = inpainting.cond?.channels ?? 0;
+    const batched = [shape.batch, shape.channels + extra, shape.height, shape.width];
+    const one = (shape.channels + extra) * shape.height * shape.width;
+    const first = new Float32Array(one);
+    first.set(latent.map((v) => v * inputScale));
+    if (inpainting.cond) first.set(inpainting.cond.data, latent.length);
+    const input = new Float32Array(one * shape.batch);
+    for (let b = 0; b < shape.batch; b++) input.set(first, b * one);
     const f = previewFactor(shape.height, shape.width);
     const made: OrtNs.Tensor[] = [];
     const make = (dims: number[]) => {
@@ -74,9 +86,19 @@ export class GpuLatents {
     };
     try {
       this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: make(batched) }));
-      this.pred = make(batched);
+      this.pred = make([shape.batch, shape.channels, shape.height, shape.width]);
       this.previewOut = make([1, 3, Math.floor(shape.height / f), Math.floor(shape.width / f)]);
       this.zeros = make(this.dims);
+      const upload = (name: string, dims: number[], data: Float32Array) => {
+        this.fixed[name] = make(dims);
+        parts.write(this.fixed[name], data);
+      };
+      if (inpainting.blend) {
+        upload('init', this.dims, inpainting.blend.init);
+        upload('noise0', this.dims, inpainting.blend.noise);
+        upload('mask', [1, 1, shape.height, shape.width], inpainting.blend.mask);
+      }
+      if (inpainting.cond) upload('cond', [1, extra, shape.height, shape.width], inpainting.cond.data);
     } catch (e) {
       for (const t of made) t.dispose();
       throw e;
@@ -100,8 +122,8 @@ export class GpuLatents {
    * The sampler's step on the last prediction; the next UNet input is scaled by `scaleNext`. `read`:
    * what the CPU will read of this step (its preview, its latent), allocated by onnxruntime.
    */
-  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }): Promise<void> {
-    const coefficients: Record<(typeof STEP_COEFFICIENTS)[number], number> = { cfg, p: k.p, q: k.q, a: k.a, b: k.b, c: k.c, d: k.d, e: k.e, scaleNext };
+  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }, level: NoiseLevel = { signal: 0, noise: 0 }): Promise<void> {
+    const coefficients: Record<(typeof STEP_COEFFICIENTS)[number], number> = { cfg, p: k.p, q: k.q, a: k.a, b: k.b, c: k.c, d: k.d, e: k.e, scaleNext, signal: level.signal, noise: level.noise };
     const into = this.sets[this.next];
     this.releaseReadable();
     const out = await this.parts.step(
@@ -111,6 +133,7 @@ export class GpuLatents {
         memory: this.current.memory,
         z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zeros,
         k: new this.ort.Tensor('float32', Float32Array.from(STEP_COEFFICIENTS, (name) => coefficients[name]), [STEP_COEFFICIENTS.length]),
+        ...this.fixed,
       },
       { x_next: read.latent ? null : into.x, x0: into.memory, model_in: into.modelIn, preview: read.preview ? null : this.previewOut },
     );
@@ -148,6 +171,7 @@ export class GpuLatents {
     this.pred.dispose();
     this.previewOut.dispose();
     this.zeros.dispose();
+    for (const t of Object.values(this.fixed)) t.dispose();
   }
 
   private releaseReadable(): void {

@@ -561,8 +561,8 @@ class Denoising {
    */
   gpuLoopRefusal(layout?: LayoutStage): string | undefined {
     const { parts, options } = this;
-    if (parts.init?.blend) return 'inpainting puts the picture back into the latent on the CPU at every step';
-    if (parts.inpaintInput) return "the inpainting UNet's mask and picture channels are joined to the latent on the CPU";
+    // Heun's corrector restarts from its predictor's sample as it was before the blend, which the GPU form does not keep
+    if (parts.init?.blend && (this.scheduler.order ?? 1) > 1) return "inpainting with Heun: the corrector reads its predictor's sample from before the blend";
     if (!parts.gpuLoop) return parts.gpuLoopUnavailable ?? 'this engine has no GPU loop';
     if (!['none', 'merge', 'switch'].includes(options.method)) return `"${options.method}" mixes several predictions and measures each on the CPU`;
     if (options.deepCacheInterval > 1 || options.research) return 'the deep-feature cache is read on the CPU';
@@ -615,7 +615,13 @@ class Denoising {
     const took = all.map(() => ({ fresh: 0, cached: 0 }));
     const steps: CompositionStep[] = [];
     if (this.stepsRun === 0) return { latent, steps, took, readbacks: 0, onGpu: true };
-    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(this.start));
+    const init = this.parts.init;
+    const extra = this.parts.inpaintInput;
+    const inpainting = {
+      ...(init?.blend ? { blend: { init: init.latent, noise: this.startNoise!, mask: init.blend } } : {}),
+      ...(extra ? { cond: { data: concat(extra.mask, extra.masked), channels: this.unetChannels - this.channels } } : {}),
+    };
+    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(this.start), inpainting);
     try {
       for (let i = this.start; i < this.end; i++) {
         this.check();
@@ -633,7 +639,9 @@ class Denoising {
         this.unetMacs += this.parts.unetMultiplyAdds?.full ?? 0;
         const k = scheduler.linear(i);
         const last = i === this.end - 1;
-        await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last });
+        // inpainting: the picture's level after this step (clean after the last), as blend() on the CPU
+        const level = init?.blend ? (last ? { signal: 1, noise: 0 } : scheduler.noiseLevel(i + 1)) : undefined;
+        await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last }, level);
         for (const l of loras) took[l].fresh++;
         const record: CompositionStep = {
           step: i,

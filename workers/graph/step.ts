@@ -3,8 +3,8 @@
 // UNet input, and a small RGB preview of the new latent that the CPU reads only when the page asks.
 import { GraphBuilder } from './builder.ts';
 
-/** The order of the step's coefficient vector `k`. */
-export const STEP_COEFFICIENTS = ['cfg', 'p', 'q', 'a', 'b', 'c', 'd', 'e', 'scaleNext'] as const;
+/** The order of the step's coefficient vector `k` (`signal` and `noise`: inpainting's blend, the picture's noise level after the step). */
+export const STEP_COEFFICIENTS = ['cfg', 'p', 'q', 'a', 'b', 'c', 'd', 'e', 'scaleNext', 'signal', 'noise'] as const;
 
 /** A rough latent -> RGB projection for live previews (SD 1.5 latent space), rows by latent channel. */
 export const PREVIEW_RGB = [
@@ -22,6 +22,13 @@ export interface StepGraphOptions {
   width: number;
   /** The preview's reduction: each preview pixel is the mean of a factor x factor block of latent cells. */
   previewFactor: number;
+  /**
+   * Inpainting with a 4-channel UNet: after the step, where `mask` [1, 1, H, W] is 0 the latent is the
+   * picture's `init` noised by `noise0` to the next level (signal x init + noise x noise0).
+   */
+  blend?: boolean;
+  /** An inpainting UNet's extra input channels (`cond` [1, extra, H, W]: mask, masked picture latent), joined after the latent in `model_in`. */
+  extraChannels?: number;
 }
 
 /**
@@ -38,7 +45,7 @@ export function buildStepGraph(o: StepGraphOptions): GraphBuilder {
   const memory = g.input('memory', 'float32', one);
   const z = g.input('z', 'float32', one);
   const k = g.input('k', 'float32', [STEP_COEFFICIENTS.length]);
-  const [cfg, p, q, a, b, c, d, e, scaleNext] = g.opMulti('Split', [k, g.ints(STEP_COEFFICIENTS.map(() => 1))], STEP_COEFFICIENTS.length, { axis: 0 });
+  const [cfg, p, q, a, b, c, d, e, scaleNext, signal, level] = g.opMulti('Split', [k, g.ints(STEP_COEFFICIENTS.map(() => 1))], STEP_COEFFICIENTS.length, { axis: 0 });
   let eps = pred;
   if (o.batch === 2) {
     const [uncond, cond] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });
@@ -46,12 +53,21 @@ export function buildStepGraph(o: StepGraphOptions): GraphBuilder {
   }
   const x0 = g.op('Add', [g.op('Mul', [p, x]), g.op('Mul', [q, eps])]);
   const terms = [g.op('Mul', [a, x]), g.op('Mul', [b, eps]), g.op('Mul', [c, x0]), g.op('Mul', [d, memory]), g.op('Mul', [e, z])];
-  const next = terms.reduce((sum, t) => g.op('Add', [sum, t]));
-  const scaled = g.op('Mul', [scaleNext, next]);
+  let next = terms.reduce((sum, t) => g.op('Add', [sum, t]));
+  if (o.blend) {
+    const init = g.input('init', 'float32', one);
+    const noise0 = g.input('noise0', 'float32', one);
+    const mask = g.input('mask', 'float32', [1, 1, o.height, o.width]);
+    const proper = g.op('Add', [g.op('Mul', [signal, init]), g.op('Mul', [level, noise0])]);
+    next = g.op('Add', [g.op('Mul', [mask, next]), g.op('Mul', [g.op('Sub', [g.scalar(1), mask]), proper])]);
+  }
+  const extra = o.extraChannels ?? 0;
+  let scaled = g.op('Mul', [scaleNext, next]);
+  if (extra) scaled = g.op('Concat', [scaled, g.input('cond', 'float32', [1, extra, o.height, o.width])], { axis: 1 });
   const modelIn = o.batch === 2 ? g.op('Concat', [scaled, scaled], { axis: 0 }) : scaled;
   g.output(next, 'x_next', 'float32', one);
   g.output(x0, 'x0', 'float32', one);
-  g.output(modelIn, 'model_in', 'float32', [o.batch, o.channels, o.height, o.width]);
+  g.output(modelIn, 'model_in', 'float32', [o.batch, o.channels + extra, o.height, o.width]);
   // the preview: (v + 1) * 127.5 of the projection, averaged over f x f blocks, as one strided convolution
   const f = o.previewFactor;
   const w = new Float32Array(3 * o.channels * f * f);

@@ -28,6 +28,10 @@ export interface A1111Parameters {
   height?: number;
   clipSkip?: number;
   model?: string;
+  /** Image to image, inpainting or the hires fix's second pass: "Denoising strength". */
+  denoisingStrength?: number;
+  /** The hires fix: "Hires upscale", "Hires steps", "Hires upscaler" (A1111's "Latent" family is ours `latent`, any other ours `image`). */
+  hires?: { scale: number; steps?: number; upscaler: 'latent' | 'image' };
   /** Every key of the settings line, as written. */
   settings: Record<string, string>;
 }
@@ -98,6 +102,10 @@ export function parseA1111(text: string): A1111Parameters {
     ...(size ? { width: Number(size[1]), height: Number(size[2]) } : {}),
     clipSkip: num('Clip skip'),
     model: settings.Model,
+    ...(num('Denoising strength') !== undefined ? { denoisingStrength: num('Denoising strength') } : {}),
+    ...(num('Hires upscale') !== undefined
+      ? { hires: { scale: num('Hires upscale')!, ...(num('Hires steps') ? { steps: num('Hires steps') } : {}), upscaler: /^latent/i.test(settings['Hires upscaler'] ?? 'Latent') ? ('latent' as const) : ('image' as const) } }
+      : {}),
     settings,
   };
 }
@@ -143,6 +151,10 @@ export function formatA1111(p: {
   clipSkip?: number;
   model?: string;
   loras: { name: string; scale: number; textEncoderScale?: number }[];
+  /** From a start picture: its strength, and the mask blur when it was inpainted. */
+  init?: { strength: number; mode?: string; maskBlur?: number };
+  /** The hires fix's second pass (its size gives the scale over `width`). */
+  hires?: { width: number; strength: number; steps: number; upscaler: 'latent' | 'image' };
 }): string {
   const tags = p.loras.map((l) => {
     const name = loraTagName(l.name);
@@ -159,6 +171,16 @@ export function formatA1111(p: {
     ['Size', `${p.width}x${p.height}`],
     ...(p.model ? ([['Model', p.model]] as [string, string][]) : []),
     ...((p.clipSkip ?? 1) > 1 ? ([['Clip skip', p.clipSkip!]] as [string, number][]) : []),
+    ...(p.init ? ([['Denoising strength', p.init.strength]] as [string, number][]) : []),
+    ...(p.init?.maskBlur !== undefined ? ([['Mask blur', p.init.maskBlur]] as [string, number][]) : []),
+    ...(p.hires
+      ? ([
+          ['Denoising strength', p.hires.strength],
+          ['Hires upscale', Math.round((p.hires.width / p.width) * 1000) / 1000],
+          ...(p.hires.steps !== p.steps ? [['Hires steps', p.hires.steps]] : []),
+          ['Hires upscaler', p.hires.upscaler === 'latent' ? 'Latent' : 'None'],
+        ] as [string, string | number][])
+      : []),
     ['Version', 'LoRA Studio'],
   ];
   const prompt = [p.prompt.replace(/\n/g, ' '), ...tags].filter(Boolean).join(' ');

@@ -2,6 +2,8 @@
 // belongs to and its role there. The trainers' naming schemes, in the order they are tried:
 //   kohya-ss sd-scripts and LyCORIS LoCon: <module>.lora_down.weight / .lora_up.weight / .lora_mid.weight / .alpha
 //   LyCORIS LoHa:                         <module>.hada_w1_a / hada_w1_b / hada_w2_a / hada_w2_b (/ hada_t1 / hada_t2)
+//   LyCORIS LoKr:                         <module>.lokr_w1 or lokr_w1_a / lokr_w1_b, and lokr_w2 or lokr_w2_a / lokr_w2_b (/ lokr_t2)
+//   DoRA magnitudes, beside any of these: <module>.dora_scale (LyCORIS), <module>.lora_magnitude_vector (PEFT)
 //   PEFT and current diffusers:           <module>.lora_A.weight / .lora_B.weight (optionally .lora_A.<adapter>.weight)
 //   older diffusers:                      <module>.lora.down.weight / .lora.up.weight, <module>.lora_linear_layer.down.weight,
 //                                         <attn>.processor.to_q_lora.down.weight (attention processors)
@@ -10,16 +12,20 @@
 // Module names are kept as written; keys.ts maps them to model weights.
 import type { TensorInfo } from '../checkpoint/safetensors.ts';
 
-export type LoraFormat = 'kohya' | 'locon' | 'loha' | 'peft' | 'diffusers-old' | 'edlora';
+export type LoraFormat = 'kohya' | 'locon' | 'loha' | 'lokr' | 'dora' | 'peft' | 'diffusers-old' | 'edlora';
 
-export type Role = 'down' | 'up' | 'mid' | 'alpha' | 'w1a' | 'w1b' | 'w2a' | 'w2b' | 't1' | 't2';
+export type Role =
+  | 'down' | 'up' | 'mid' | 'alpha'
+  | 'w1a' | 'w1b' | 'w2a' | 'w2b' | 't1' | 't2'
+  | 'k1' | 'k1a' | 'k1b' | 'k2' | 'k2a' | 'k2b' | 'kt2'
+  | 'magnitude';
 
 export interface ModuleTensors {
   /** The module name as written in the file, e.g. lora_unet_down_blocks_0_resnets_0_conv1. */
   name: string;
   naming: 'kohya' | 'dotted';
   roles: Partial<Record<Role, TensorInfo>>;
-  /** Tensors of kinds the studio does not apply (LoKr, DoRA, full differences), by role name. */
+  /** Tensors of kinds the studio does not apply (full differences, norms ...), by role name. */
   unsupported: string[];
 }
 
@@ -42,13 +48,14 @@ const rule = (re: RegExp, role: (m: RegExpMatchArray) => Role | string, supporte
 const RULES: Rule[] = [
   rule(/^(.+)\.lora_(down|up|mid)\.weight$/, (m) => m[2] as Role),
   rule(/^(.+)\.hada_(w1_a|w1_b|w2_a|w2_b|t1|t2)$/, (m) => ({ w1_a: 'w1a', w1_b: 'w1b', w2_a: 'w2a', w2_b: 'w2b', t1: 't1', t2: 't2' })[m[2]] as Role),
+  rule(/^(.+)\.lokr_(w1|w1_a|w1_b|w2|w2_a|w2_b|t2)$/, (m) => ({ w1: 'k1', w1_a: 'k1a', w1_b: 'k1b', w2: 'k2', w2_a: 'k2a', w2_b: 'k2b', t2: 'kt2' })[m[2]] as Role),
+  rule(/^(.+)\.(?:dora_scale|lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?)$/, () => 'magnitude'),
   rule(/^(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight$/, (m) => (m[2] === 'A' ? 'down' : 'up')),
   rule(/^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/, (m) => m[3] as Role, true, (m) => `${m[1]}.processor.${m[2]}_lora`),
   rule(/^(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$/, (m) => m[2] as Role),
   rule(/^(.+)_lora\.(down|up)\.weight$/, (m) => m[2] as Role),
   rule(/^(.+)\.alpha$/, () => 'alpha'),
-  rule(/^(.+)\.(lokr_w1|lokr_w2|lokr_w1_a|lokr_w1_b|lokr_w2_a|lokr_w2_b|lokr_t2)$/, () => 'LoKr', false),
-  rule(/^(.+)\.dora_scale$/, () => 'DoRA', false),
+  rule(/^(.+)\.lokr_t1$/, () => 'LoKr first-factor Tucker core', false),
   rule(/^(.+)\.(diff|diff_b)$/, () => 'full weight difference', false),
   rule(/^(.+)\.(w_norm|b_norm)$/, () => 'norm weights', false),
   rule(/^(.+)\.(lora_embedding_[AB])$/, () => 'embedding LoRA', false),
@@ -96,6 +103,8 @@ export function parseLoraTensors(tensors: Iterable<TensorInfo>): ParsedLora {
 function detectFormat(modules: ModuleTensors[]): LoraFormat | undefined {
   const has = (f: (m: ModuleTensors) => boolean) => modules.some(f);
   if (has((m) => !!m.roles.w1a)) return 'loha';
+  if (has((m) => !!(m.roles.k1 || m.roles.k1a))) return 'lokr';
+  if (has((m) => !!m.roles.magnitude)) return 'dora';
   const tensorNames = modules.flatMap((m) => Object.values(m.roles).map((t) => t!.name));
   if (tensorNames.some((n) => /\.lora_down\.weight$/.test(n))) {
     // LoCon: kohya naming plus convolution factors (4-d with a spatial kernel, or a mid tensor)

@@ -15,6 +15,11 @@ export interface MergeTermSpec {
   rank: number;
   scale: number;
   hadamard?: { up: number; down: number; rank: number };
+  /** LoKr: kron(w1, up @ down); w1 [rows, cols] at f32 offset `w1`; rank 0: up is the second factor whole. */
+  kron?: { w1: number; rows: number; cols: number };
+  /** DoRA: the gains' f32 offset, one per row or per input channel (`kernel` columns each); `scale`
+   * is the multiplier and `alpha` the alpha / rank inside the norm. */
+  dora?: { gains: number; perInput: boolean; kernel: number; alpha: number };
 }
 
 export interface MergeSegmentSpec {
@@ -58,7 +63,7 @@ export interface MergePlan {
 export const TILE_ROWS = 16;
 export const TILE_COLS = 32;
 export const SEGMENT_WORDS = 8;
-export const TERM_WORDS = 8;
+export const TERM_WORDS = 12;
 /** Uniform entries are bound with a dynamic offset, which must be a multiple of 256 bytes. */
 export const PASS_STRIDE_WORDS = 64;
 /** Element alignment of everything packed (keeps f16 pairs whole and copies 4-byte aligned). */
@@ -111,8 +116,13 @@ export function planMerge(specs: MergeSegmentSpec[], opts: { mode: MergeMode; el
     segments.set([s.baseOffset, outAt, s.rows, s.cols, termAt, s.terms.length, p.tiles, tileCols], w);
     for (const t of s.terms) {
       const o = termAt * TERM_WORDS;
-      termU32.set([t.up, t.down, t.rank, t.hadamard ? 1 : 0, t.hadamard?.up ?? 0, t.hadamard?.down ?? 0, t.hadamard?.rank ?? 0], o);
+      const kind = t.kron ? [2, t.kron.w1, t.kron.rows, t.kron.cols] : t.hadamard ? [1, t.hadamard.up, t.hadamard.down, t.hadamard.rank] : [0, 0, 0, 0];
+      termU32.set([t.up, t.down, t.rank, ...kind], o);
       termF32[o + 7] = t.scale;
+      if (t.dora) {
+        termU32.set([t.dora.gains, t.dora.perInput ? 2 : 1, t.dora.kernel], o + 8);
+        termF32[o + 11] = t.dora.alpha;
+      }
       termAt++;
     }
     if (mode === 'batched') p.copies.push({ target: s.target, srcByte: outAt * elementBytes, bytes: bytesOf(s.rows * s.cols) });

@@ -10,6 +10,7 @@ import type { WeightSet } from '../engine/weights.ts';
 import { readBuffer } from '../gpu/buffers.ts';
 import { LoraMergeKernel } from '../gpu/lora-merge.ts';
 import type { LoraComponent, LoraTarget } from './keys.ts';
+import { addModuleDelta, doraGains, kernelSize } from './dense.ts';
 import type { LoadedLora, LoraModule } from './load.ts';
 import { alignUp, PACK_ALIGN, planMerge, type MergeMode, type MergeSegmentSpec, type MergeTermSpec } from './merge-plan.ts';
 
@@ -37,13 +38,28 @@ interface PristineSlot {
 }
 
 interface FactorSlot {
-  /** f32 offset of each module's up, down (and LoHa up2, down2) in the arena. */
-  modules: { up: number; down: number; up2?: number; down2?: number }[];
+  /** f32 offset of each module's up, down (LoHa up2, down2; LoKr w1; DoRA gains) in the arena. */
+  modules: ModuleOffsets[];
   start: number;
   floats: number;
 }
 
+interface ModuleOffsets {
+  up: number;
+  down: number;
+  up2?: number;
+  down2?: number;
+  w1?: number;
+  gains?: number;
+}
+
 const keyOf = (t: LoraTarget) => `${t.component}:${t.weight}`;
+
+interface TermEntry {
+  term: MergeTermSpec;
+  module: LoraModule;
+  gains?: Float32Array;
+}
 
 export class LoraWeights {
   private readonly loras = new Map<string, LoadedLora>();
@@ -52,6 +68,8 @@ export class LoraWeights {
   private readonly slots = new Map<string, FactorSlot>();
   private readonly pristine = new Map<string, PristineSlot>();
   private readonly cpuPristine = new Map<string, Float32Array>();
+  /** DoRA gains of each LoRA's modules (undefined for the others), worked out when it was added. */
+  private readonly gains = new Map<string, (Float32Array | undefined)[]>();
   private chunks: { buffer: GPUBuffer; used: number }[] = [];
   private factors?: GPUBuffer;
   private factorFloats = 0;
@@ -91,12 +109,16 @@ export class LoraWeights {
   async add(id: string, lora: LoadedLora): Promise<void> {
     if (this.loras.has(id)) throw new BadArgumentError(`A LoRA with id "${id}" is already loaded.`);
     await this.keepPristine(lora.modules.map((m) => m.target));
-    if (this.backend !== 'cpu') this.uploadFactors(id, lora);
+    const gains: (Float32Array | undefined)[] = [];
+    for (const m of lora.modules) gains.push(m.dora ? doraGains(m, await this.pristineValues(keyOf(m.target))) : undefined);
+    if (this.backend !== 'cpu') this.uploadFactors(id, lora, gains);
+    this.gains.set(id, gains);
     this.loras.set(id, lora);
   }
 
   remove(id: string): void {
     if (!this.loras.delete(id)) return;
+    this.gains.delete(id);
     this.applied = { unet: '', textEncoder: '' };
     if (this.backend === 'cpu') return;
     // Compact the arena: copy the remaining LoRAs' factors to a new buffer, on the GPU.
@@ -110,7 +132,7 @@ export class LoraWeights {
     for (const slot of this.slots.values()) {
       if (slot.floats) enc.copyBufferToBuffer(old, slot.start * 4, next, at * 4, slot.floats * 4);
       const shift = at - slot.start;
-      slot.modules = slot.modules.map((m) => ({ up: m.up + shift, down: m.down + shift, up2: m.up2 === undefined ? undefined : m.up2 + shift, down2: m.down2 === undefined ? undefined : m.down2 + shift }));
+      slot.modules = slot.modules.map((m) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, v === undefined ? undefined : v + shift])) as unknown as ModuleOffsets);
       slot.start = at;
       at += slot.floats;
     }
@@ -120,7 +142,7 @@ export class LoraWeights {
     this.factorFloats = at;
   }
 
-  private uploadFactors(id: string, lora: LoadedLora): void {
+  private uploadFactors(id: string, lora: LoadedLora, gains: (Float32Array | undefined)[]): void {
     const device = this.rt.gpu!.device;
     const limit = device.limits.maxStorageBufferBindingSize;
     const need = (this.factorFloats + lora.factorFloats) * 4;
@@ -148,12 +170,15 @@ export class LoraWeights {
       at += v.length;
       return o;
     };
-    for (const m of lora.modules) {
+    // a DoRA layer's gains take its magnitude's place (same length)
+    lora.modules.forEach((m, i) => {
       const up = put(m.factors.up);
       const down = put(m.factors.down);
       const had = m.hadamard && { up2: put(m.hadamard.up), down2: put(m.hadamard.down) };
-      slot.modules.push({ up, down, ...had });
-    }
+      const w1 = m.kron && put(m.kron.w1);
+      const g = gains[i] && put(gains[i]!);
+      slot.modules.push({ up, down, ...had, w1, gains: g });
+    });
     this.factorFloats = at;
     this.slots.set(id, slot);
   }
@@ -195,6 +220,16 @@ export class LoraWeights {
     await device.queue.onSubmittedWorkDone();
   }
 
+  /** A touched weight's values before any LoRA, as float32. */
+  private async pristineValues(key: string): Promise<Float32Array> {
+    if (this.backend === 'cpu') return this.cpuPristine.get(key)!;
+    const { rows, cols } = this.targets.get(key)!;
+    const p = this.pristine.get(key)!;
+    const eb = this.elementBytes;
+    const raw = await readBuffer(this.rt.gpu!.device, this.chunks[p.chunk].buffer, p.offset * eb, alignUp(rows * cols * eb, 4));
+    return eb === 2 ? halvesToFloat(new Uint16Array(raw, 0, rows * cols)) : new Float32Array(raw, 0, rows * cols);
+  }
+
   private async readWeight(t: LoraTarget): Promise<Float32Array> {
     const set = this.weights[t.component];
     const elements = t.rows * t.cols;
@@ -218,13 +253,17 @@ export class LoraWeights {
     components = components.filter((c) => signatures.get(c) !== this.applied[c]);
     if (!components.length) return undefined;
     const t0 = performance.now();
-    const terms = new Map<string, { term: MergeTermSpec; module: LoraModule }[]>();
+    const terms = new Map<string, TermEntry[]>();
     for (const s of scales) {
       const lora = this.loras.get(s.id)!;
       const slot = this.slots.get(s.id);
+      const gains = this.gains.get(s.id)!;
       lora.modules.forEach((m, i) => {
         if (!components.includes(m.target.component)) return;
-        const scale = (m.target.component === 'unet' ? s.unet : s.textEncoder) * m.alphaScale;
+        const multiplier = m.target.component === 'unet' ? s.unet : s.textEncoder;
+        // DoRA: the multiplier scales the layer's whole change W' - W, as A1111 and ComfyUI apply
+        // it; alpha / rank acts inside the norm
+        const scale = m.dora ? multiplier : multiplier * m.alphaScale;
         if (scale === 0) return; // scale 0 must leave the base bit for bit
         const at = slot?.modules[i];
         const term: MergeTermSpec = {
@@ -233,11 +272,14 @@ export class LoraWeights {
           rank: m.factors.rank,
           scale,
           hadamard: m.hadamard && { up: at?.up2 ?? 0, down: at?.down2 ?? 0, rank: m.hadamard.rank },
+          kron: m.kron && { w1: at?.w1 ?? 0, rows: m.kron.rows, cols: m.kron.cols },
+          dora: m.dora && { gains: at?.gains ?? 0, perInput: m.dora.perInput, kernel: kernelSize(m), alpha: m.alphaScale },
         };
         const k = keyOf(m.target);
+        const entry = { term, module: m, gains: gains[i] };
         const list = terms.get(k);
-        if (list) list.push({ term, module: m });
-        else terms.set(k, [{ term, module: m }]);
+        if (list) list.push(entry);
+        else terms.set(k, [entry]);
       });
     }
     const touched = new Set([...terms.keys(), ...[...this.dirty].filter((k) => components.includes(this.targets.get(k)!.component))]);
@@ -252,7 +294,7 @@ export class LoraWeights {
     return { ms: performance.now() - t0, weights: touched.size, dispatches };
   }
 
-  private async applyGpu(touched: Set<string>, terms: Map<string, { term: MergeTermSpec; module: LoraModule }[]>): Promise<number> {
+  private async applyGpu(touched: Set<string>, terms: Map<string, TermEntry[]>): Promise<number> {
     const specs: MergeSegmentSpec[] = [];
     let largest = 0;
     for (const key of touched) {
@@ -279,7 +321,7 @@ export class LoraWeights {
   }
 
   /** The same merge on the CPU: float32 arithmetic, then one upload per weight. */
-  private async applyCpu(touched: Set<string>, terms: Map<string, { term: MergeTermSpec; module: LoraModule }[]>): Promise<void> {
+  private async applyCpu(touched: Set<string>, terms: Map<string, TermEntry[]>): Promise<void> {
     for (const key of touched) {
       const base = this.cpuPristine.get(key)!;
       const list = terms.get(key) ?? [];
@@ -287,7 +329,7 @@ export class LoraWeights {
       if (list.length) {
         const { rows, cols } = this.targets.get(key)!;
         const delta = new Float32Array(rows * cols);
-        for (const { term, module } of list) addLowRank(delta, module, term.scale, rows, cols);
+        for (const { term, module, gains } of list) addModuleDelta(delta, base, module, term.scale, gains);
         for (let i = 0; i < out.length; i++) out[i] = base[i] + delta[i];
       }
       const t = this.targets.get(key)!;
@@ -303,28 +345,11 @@ export class LoraWeights {
     this.factors = this.scratch = undefined;
     this.pristine.clear();
     this.cpuPristine.clear();
+    this.gains.clear();
     this.loras.clear();
     this.slots.clear();
     this.targets.clear();
     this.dirty.clear();
     this.kernel?.dispose();
   }
-}
-
-function addLowRank(delta: Float32Array, m: LoraModule, scale: number, rows: number, cols: number): void {
-  const product = (up: Float32Array, down: Float32Array, rank: number) => {
-    const p = new Float32Array(rows * cols);
-    for (let r = 0; r < rows; r++)
-      for (let k = 0; k < rank; k++) {
-        const a = up[r * rank + k];
-        if (a === 0) continue;
-        const row = r * cols;
-        const dk = k * cols;
-        for (let c = 0; c < cols; c++) p[row + c] += a * down[dk + c];
-      }
-    return p;
-  };
-  const p = product(m.factors.up, m.factors.down, m.factors.rank);
-  const q = m.hadamard ? product(m.hadamard.up, m.hadamard.down, m.hadamard.rank) : undefined;
-  for (let i = 0; i < p.length; i++) delta[i] += scale * p[i] * (q ? q[i] : 1);
 }

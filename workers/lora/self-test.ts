@@ -1,11 +1,13 @@
 // The merge kernel checked against the float64 reference on seeded random shapes (sizes that are
-// not multiples of the tile, several terms, LoHa products, a restore), for both weight storages and
+// not multiples of the tile, several terms, LoHa and LoKr products, DoRA terms on either axis, a
+// restore), for both weight storages and
 // both plan forms. The Node tests and the studio's GPU self-test (run in the browser) share it.
 import { floatsToHalf, halvesToFloat } from '../checkpoint/dtype.ts';
 import { Rng } from '../engine/random.ts';
 import { LoraMergeKernel, type WeightStorage } from '../gpu/lora-merge.ts';
 import { readBuffer, uploadBuffer } from '../gpu/buffers.ts';
 import { mergeReference, type ReferenceTerm } from '../reference/lora.ts';
+import { channelGains } from './dense.ts';
 import { alignUp, PACK_ALIGN, planMerge, type MergeMode, type MergeSegmentSpec } from './merge-plan.ts';
 
 export interface MergeCaseResult {
@@ -24,7 +26,17 @@ export interface MergeCaseResult {
 interface CaseSegment {
   rows: number;
   cols: number;
-  terms: { rank: number; scale: number; hadamardRank?: number }[];
+  terms: CaseTerm[];
+}
+
+interface CaseTerm {
+  rank: number;
+  scale: number;
+  hadamardRank?: number;
+  /** LoKr: w1's [rows, cols]; the product (rank 0: a whole matrix) is the second factor. */
+  kron?: [number, number];
+  /** DoRA: per row, or per input channel of `kernel` columns; alpha inside the norm. */
+  dora?: { perInput: boolean; kernel: number; alpha: number };
 }
 
 // Shapes chosen to hit partial tiles in both directions, ranks above and below the 16-wide step,
@@ -38,6 +50,12 @@ export const MERGE_CASES: CaseSegment[] = [
   { rows: 33, cols: 18, terms: [{ rank: 5, scale: 0.6, hadamardRank: 7 }, { rank: 2, scale: 1 }] },
   { rows: 24, cols: 46, terms: [] },
   { rows: 3, cols: 100, terms: [{ rank: 33, scale: 0.3 }, { rank: 1, scale: 2 }, { rank: 8, scale: -1 }] },
+  { rows: 24, cols: 36, terms: [{ rank: 3, scale: 0.7, kron: [4, 6] }] },
+  // odd second-factor width: a thread's two columns fall in different w1 columns
+  { rows: 20, cols: 50, terms: [{ rank: 0, scale: -0.9, kron: [5, 10] }, { rank: 2, scale: 0.5 }] },
+  { rows: 18, cols: 40, terms: [{ rank: 4, scale: 0.8, dora: { perInput: false, kernel: 1, alpha: 0.5 } }, { rank: 2, scale: 0.3 }] },
+  { rows: 8, cols: 36, terms: [{ rank: 3, scale: 1.1, dora: { perInput: true, kernel: 9, alpha: 2 } }] },
+  { rows: 16, cols: 18, terms: [{ rank: 2, scale: 0.6, kron: [4, 3], dora: { perInput: false, kernel: 1, alpha: 1 } }] },
 ];
 
 function toStorage(values: Float32Array, storage: WeightStorage): Float32Array | Uint16Array {
@@ -62,6 +80,12 @@ export async function runMergeCase(device: GPUDevice, kernel: LoraMergeKernel, m
     factorAt += n;
     return { at, v };
   };
+  const addGains = (v: Float32Array) => {
+    factorParts.push(v);
+    const at = factorAt;
+    factorAt += v.length;
+    return { at };
+  };
   const specs: MergeSegmentSpec[] = [];
   const refs: { base: Float32Array; rows: number; cols: number; terms: ReferenceTerm[] }[] = [];
   let chunkAt = 0;
@@ -72,17 +96,32 @@ export async function runMergeCase(device: GPUDevice, kernel: LoraMergeKernel, m
     const spec: MergeSegmentSpec = { target: `w${i}`, rows: c.rows, cols: c.cols, chunk: 0, baseOffset: chunkAt, terms: [] };
     const ref: ReferenceTerm[] = [];
     for (const t of c.terms) {
-      const up = addFactor(c.rows * t.rank, 0.5);
-      const down = addFactor(t.rank * c.cols, 0.5);
+      // LoKr: up @ down is the second factor, [rows / w1Rows, cols / w1Cols]
+      const [pr, pc] = t.kron ? [c.rows / t.kron[0], c.cols / t.kron[1]] : [c.rows, c.cols];
+      const up = addFactor(pr * (t.rank || pc), 0.5);
+      const down = addFactor(t.rank * pc, 0.5);
       const had = t.hadamardRank ? { up: addFactor(c.rows * t.hadamardRank, 0.5), down: addFactor(t.hadamardRank * c.cols, 0.5) } : undefined;
+      const w1 = t.kron && addFactor(t.kron[0] * t.kron[1], 1);
+      const kron = t.kron && { rows: t.kron[0], cols: t.kron[1] };
+      const term: ReferenceTerm = { up: up.v, down: down.v, rank: t.rank, scale: t.scale, hadamard: had && { up: had.up.v, down: had.down.v, rank: t.hadamardRank! }, kron: kron && { ...kron, w1: w1!.v } };
+      let gains: { at: number } | undefined;
+      if (t.dora) {
+        const channels = t.dora.perInput ? c.cols / t.dora.kernel : c.rows;
+        const magnitude = rng.normal(channels).map((x) => Math.abs(x) + 0.5);
+        term.dora = { ...t.dora, magnitude };
+        const delta = mergeReference(new Float64Array(c.rows * c.cols), c.rows, c.cols, [{ ...term, scale: 1, dora: undefined }]);
+        gains = addGains(channelGains(base, delta, c.cols, t.dora.alpha, magnitude, t.dora.perInput, t.dora.kernel));
+      }
       spec.terms.push({
         up: up.at,
         down: down.at,
         rank: t.rank,
         scale: t.scale,
         hadamard: had && { up: had.up.at, down: had.down.at, rank: t.hadamardRank! },
+        kron: kron && { ...kron, w1: w1!.at },
+        dora: t.dora && { ...t.dora, gains: gains!.at },
       });
-      ref.push({ up: up.v, down: down.v, rank: t.rank, scale: t.scale, hadamard: had && { up: had.up.v, down: had.down.v, rank: t.hadamardRank! } });
+      ref.push(term);
     }
     specs.push(spec);
     refs.push({ base, rows: c.rows, cols: c.cols, terms: ref });

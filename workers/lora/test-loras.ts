@@ -7,7 +7,7 @@ import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors
 import type { WeightSpec } from '../graph/builder.ts';
 import { Rng } from '../engine/random.ts';
 import type { TinyModel } from '../engine/test-model.ts';
-import { cpDeltaReference, mergeReference, tuckerReference } from '../reference/lora.ts';
+import { cpDeltaReference, doraReference, kronReference, mergeReference, tuckerReference } from '../reference/lora.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 
 export interface TestLora {
@@ -28,13 +28,21 @@ interface Plan {
   alpha?: number;
   /** Which weights it trains. */
   select: (component: 'unet' | 'te', name: string, dims: number[]) => boolean;
-  kind?: (name: string, dims: number[]) => 'lora' | 'cp' | 'loha' | 'loha-tucker';
+  kind?: (name: string, dims: number[]) => Kind;
+  /** DoRA: each layer's magnitude axis (a dora_scale per output or per input channel). */
+  dora?: (name: string) => 'out' | 'in';
   metadata?: Record<string, string>;
 }
+
+/** lokr: w1 whole, w2 = w2_a @ w2_b; lokr-both: w1 = w1_a @ w1_b too; lokr-full: both whole (scale 1
+ * whatever the alpha); lokr-tucker: w2 from the Tucker core lokr_t2. */
+type Kind = 'lora' | 'cp' | 'loha' | 'loha-tucker' | 'lokr' | 'lokr-both' | 'lokr-full' | 'lokr-tucker';
 
 const isAttention = (n: string) => /\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)|proj_in|proj_out)\.weight$/.test(n);
 const isClip = (n: string) => /\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$/.test(n);
 const isConv = (dims: number[]) => dims.length === 4;
+// the modules latent-consistency's LCM-LoRA trainers target (diffusers' train_lcm_distill_lora_sd*.py)
+const isLcmTarget = (n: string) => isAttention(n) || /\.(resnets\.\d\.(conv[12]|conv_shortcut|time_emb_proj)|downsamplers\.0\.conv|upsamplers\.0\.conv)\.weight$/.test(n);
 
 function kohyaMeta(dim: number, alpha: number, tags: Record<string, number>): Record<string, string> {
   return {
@@ -82,6 +90,29 @@ const PLANS: Plan[] = [
     select: (c, n) => c === 'unet' && /attn2\.(to_k|to_v)\.weight$/.test(n),
     metadata: kohyaMeta(4, 4, { 'old castle': 2 }),
   },
+  // LyCORIS LoKr (kohya naming): every form of both Kronecker factors, on linear layers and convolutions
+  {
+    file: 'lokr', seed: 16, dtype: 'F32', naming: 'kohya', rank: 2, alpha: 1,
+    select: (c, n, d) => c === 'unet' && (isAttention(n) || (isConv(d) && /resnets\.0\.conv[12]\.weight$/.test(n))),
+    kind: (n) =>
+      /attn1\.to_q\.|up_blocks\.0\.resnets\.0\.conv2/.test(n) ? 'lokr-full'
+      : /attn1\.to_k\.|down_blocks\.1\.resnets\.0\.conv1/.test(n) ? 'lokr-both'
+      : /down_blocks\.0\.resnets\.0\.conv1/.test(n) ? 'lokr-tucker'
+      : 'lokr',
+    metadata: { ...kohyaMeta(2, 1, { 'glass bottle': 3 }), ss_network_module: 'lycoris.kohya', ss_network_args: '{"algo": "lokr", "factor": -1, "use_tucker": true}' },
+  },
+  // DoRA (LyCORIS LoCon with weight decomposition): a dora_scale per output channel, and per input
+  // channel (older LyCORIS files) on the cross-attention layers
+  {
+    file: 'dora', seed: 17, dtype: 'F16', naming: 'kohya', rank: 4, alpha: 2,
+    select: (c, n, d) => (c === 'unet' ? isAttention(n) || (isConv(d) && /resnets\.0\.conv1\.weight$/.test(n)) : isClip(n)),
+    dora: (n) => (/attn2\.|up_blocks\.0\.resnets\.0\.conv1/.test(n) ? 'in' : 'out'),
+    metadata: { ...kohyaMeta(4, 2, { 'paper lantern': 4 }), ss_network_module: 'lycoris.kohya', ss_network_args: '{"algo": "locon", "dora_wd": true}' },
+  },
+  // an LCM-LoRA as latent-consistency/lcm-lora-sdv1-5 comes: kohya names over diffusers module paths,
+  // the UNet's attention, feed-forward, projection, resnet (convolutions, time embedding) and
+  // resampler layers, no text encoder, no metadata
+  { file: 'lcm-lora', seed: 18, dtype: 'F16', naming: 'kohya', rank: 4, alpha: 8, select: (c, n) => c === 'unet' && isLcmTarget(n) },
   // Mix-of-Show's ED-LoRA (LoRA-Composer's concepts): the LoRA of every attention, feed-forward and
   // projection layer and of the text encoder, no alpha (scale 1), and the concept tokens <tiny1>
   // <tiny2> with one embedding per cross-attention layer; the .pth's tensors, keys joined with '.'
@@ -166,6 +197,8 @@ function makeLora(plan: Plan, model: TinyModel): TestLora {
           put(`${mod}.${mid}.up.weight`, conv4(rows, r), up);
         }
       }
+    } else if (kind.startsWith('lokr')) {
+      delta = lokrLayer(kind, mod, d, r, plan.alpha, factor, put);
     } else if (kind === 'cp') {
       const up = factor([rows, r], 1 / Math.sqrt(r));
       const mid = factor([r, r, d[2], d[3]], 1 / Math.sqrt(r * k));
@@ -196,6 +229,7 @@ function makeLora(plan: Plan, model: TinyModel): TestLora {
       const w2 = pair(2);
       delta = w1.map((x, i) => x * w2[i] * scale);
     }
+    if (plan.dora) delta = doraLayer(plan.dora(spec.name), mod, d, (component === 'unet' ? model.weights.unet : model.weights.textEncoder).get(spec.name)!, delta, rng, plan.dtype, put);
     if (plan.alpha !== undefined && plan.naming === 'kohya') tensors.push({ name: `${mod}.alpha`, dtype: 'F32', shape: [], data: new Uint8Array(new Float32Array([plan.alpha]).buffer) });
     deltas.set(key, delta);
   }
@@ -205,6 +239,75 @@ function makeLora(plan: Plan, model: TinyModel): TestLora {
     for (const name of TEST_CONCEPT_TOKENS) put(`params.new_concept_embedding.${name}`, [layers, hidden], factor([layers, hidden], 0.5));
   }
   return { file: `loras/${plan.file}.safetensors`, parts: encodeSafetensors(tensors, plan.metadata), deltas };
+}
+
+type Put = (name: string, shape: number[], v: Float32Array) => void;
+type Factor = (shape: number[], s: number) => Float32Array;
+
+/** Splits n into (m, n / m), m the largest divisor not above the square root (LyCORIS's
+ * factorization with factor -1 picks such a pair); the smaller side goes to w1. */
+function split(n: number): [number, number] {
+  let m = Math.floor(Math.sqrt(n));
+  while (n % m) m--;
+  return [m, n / m];
+}
+
+/** A LoKr layer's tensors and its delta at multiplier 1: kron(w1, w2) x (alpha / rank when a factor
+ * is factorised, else 1), from the raw factors in float64. */
+function lokrLayer(kind: Kind, mod: string, d: number[], r: number, alpha: number | undefined, factor: Factor, put: Put): Float64Array {
+  const [a, b] = split(d[0]);
+  const [c, dd] = split(d[1]);
+  const spatial = d.slice(2);
+  const k = spatial.reduce((x, y) => x * y, 1);
+  let w1: ArrayLike<number>;
+  if (kind === 'lokr-both') {
+    const w1a = factor([a, r], 1 / Math.sqrt(r));
+    const w1b = factor([r, c], 1 / Math.sqrt(c));
+    put(`${mod}.lokr_w1_a`, [a, r], w1a);
+    put(`${mod}.lokr_w1_b`, [r, c], w1b);
+    w1 = mergeReference(new Float64Array(a * c), a, c, [{ up: w1a, down: w1b, rank: r, scale: 1 }]);
+  } else {
+    w1 = factor([a, c], 1 / Math.sqrt(c));
+    put(`${mod}.lokr_w1`, [a, c], w1 as Float32Array);
+  }
+  let w2: ArrayLike<number>;
+  if (kind === 'lokr-full') {
+    w2 = factor([b, dd * k], 1 / Math.sqrt(dd * k));
+    put(`${mod}.lokr_w2`, [b, dd, ...spatial], w2 as Float32Array);
+  } else if (kind === 'lokr-tucker') {
+    const t = factor([r, r, ...spatial], 1 / Math.sqrt(r * k));
+    const wa = factor([r, b], 1 / Math.sqrt(r));
+    const wb = factor([r, dd], 1 / Math.sqrt(dd));
+    put(`${mod}.lokr_t2`, [r, r, ...spatial], t);
+    put(`${mod}.lokr_w2_a`, [r, b], wa);
+    put(`${mod}.lokr_w2_b`, [r, dd], wb);
+    w2 = tuckerReference(t, wa, wb, b, dd, r, spatial[0], spatial[1]);
+  } else {
+    // the LyCORIS module's layout: w2_b [rank, d * kh * kw] for a convolution too
+    const wa = factor([b, r], 1 / Math.sqrt(r));
+    const wb = factor([r, dd * k], 1 / Math.sqrt(dd * k));
+    put(`${mod}.lokr_w2_a`, [b, r], wa);
+    put(`${mod}.lokr_w2_b`, [r, dd * k], wb);
+    w2 = mergeReference(new Float64Array(b * dd * k), b, dd * k, [{ up: wa, down: wb, rank: r, scale: 1 }]);
+  }
+  const scale = kind === 'lokr-full' || alpha === undefined ? 1 : alpha / r;
+  return kronReference(w1, a, c, w2, b, dd * k, k).map((x) => x * scale);
+}
+
+/** A DoRA magnitude for a layer (its channels' norms after the LoRA, perturbed) and the layer's
+ * change at multiplier 1 against the model's base weight, in float64. */
+function doraLayer(axis: 'out' | 'in', mod: string, d: number[], base: Float32Array, delta: Float64Array, rng: Rng, dtype: StDtype, put: Put): Float64Array {
+  const rows = d[0];
+  const cols = delta.length / rows;
+  const k = cols / d[1];
+  const perInput = axis === 'in';
+  const norms = new Float64Array(perInput ? d[1] : rows);
+  for (let i = 0; i < delta.length; i++) norms[perInput ? Math.floor((i % cols) / k) : Math.floor(i / cols)] += (base[i] + delta[i]) ** 2;
+  const noise = rng.normal(norms.length);
+  const magnitude = stored(Float32Array.from(norms, (n, i) => Math.sqrt(n) * (1 + 0.2 * noise[i])), dtype);
+  const unit = d.slice(2).map(() => 1);
+  put(`${mod}.dora_scale`, perInput ? [1, d[1], ...unit] : [rows, 1, ...unit], magnitude);
+  return doraReference(base, delta, rows, cols, 1, magnitude, perInput, k);
 }
 
 export const TEST_LORA_NAMES = PLANS.map((p) => p.file);

@@ -17,6 +17,8 @@ export interface Scheduler {
   inputScale(i: number): number;
   /** A clean latent noised to step i's noise level, as diffusers' `add_noise` (image to image's start, inpainting's blend). */
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array;
+  /** `addNoise` at step i as its two factors: signal x x0 + noise x n (what the GPU loop's inpainting blend computes). */
+  noiseLevel(i: number): NoiseLevel;
   /**
    * The step a run starts at (diffusers' `set_begin_index`; image to image starts part-way): a
    * multistep sampler's memory is empty there, so its first step is first order. 0 by default.
@@ -26,11 +28,19 @@ export interface Scheduler {
   readonly order?: number;
 }
 
-/** x0 noised the DDPM way at alphā: sqrt(alphā) x0 + sqrt(1 - alphā) noise. */
-export function noiseToAlpha(x0: Float32Array, noise: Float32Array, alphaBar: number): Float32Array {
-  const a = Math.sqrt(alphaBar);
-  const b = Math.sqrt(1 - alphaBar);
-  return x0.map((v, k) => a * v + b * noise[k]);
+export interface NoiseLevel {
+  signal: number;
+  noise: number;
+}
+
+/** The DDPM forward process at alphā: sqrt(alphā) x0 + sqrt(1 - alphā) noise. */
+export function alphaLevel(alphaBar: number): NoiseLevel {
+  return { signal: Math.sqrt(alphaBar), noise: Math.sqrt(1 - alphaBar) };
+}
+
+/** signal x x0 + noise x n, element by element. */
+export function withNoise(x0: Float32Array, noise: Float32Array, level: NoiseLevel): Float32Array {
+  return x0.map((v, k) => level.signal * v + level.noise * noise[k]);
 }
 
 /**

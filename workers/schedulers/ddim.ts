@@ -1,6 +1,6 @@
 // DDIM (Song et al. 2021), eta = 0, with SD 1.5's scheduler settings: "leading" spacing,
 // steps_offset = 1, set_alpha_to_one = false.
-import { alphasCumprod, leadingTimesteps, noiseToAlpha, roundHalfEven, trailingTimesteps, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, leadingTimesteps, alphaLevel, withNoise, type NoiseLevel, roundHalfEven, trailingTimesteps, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 export function ddimTimesteps(steps: number, spacing: Spacing = 'leading', stepsOffset = 1): number[] {
   validateSteps(steps);
@@ -35,7 +35,11 @@ export class DdimScheduler implements Scheduler {
   }
 
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    return noiseToAlpha(x0, noise, this.ac[this.timesteps[i]]);
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
+    return alphaLevel(this.ac[this.timesteps[i]]);
   }
 
   linear(i: number): LinearStep {

@@ -3,6 +3,8 @@
 // With `karras`, sigmas follow the Karras ramp and timesteps are their rounded inverse.
 import {
   alphasCumprod,
+  withNoise,
+  type NoiseLevel,
   roundHalfEven,
   interpIndex,
   karrasSigmas,
@@ -61,9 +63,13 @@ export class DpmSolverPP2MScheduler implements Scheduler {
 
   /** Its samples are variance preserving: alpha_t x0 + sigma_t noise, with alpha_t = 1 / sqrt(sigma^2 + 1). */
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
     const s = this.sigmas[i];
     const alpha = 1 / Math.sqrt(s * s + 1);
-    return x0.map((v, k) => alpha * v + alpha * s * noise[k]);
+    return { signal: alpha, noise: alpha * s };
   }
 
   linear(i: number): LinearStep {

@@ -1,6 +1,6 @@
 // Euler ancestral (k-diffusion's sample_euler_ancestral), in diffusers' discrete form with
 // "linspace" spacing: timesteps may be fractional and sigmas are interpolated between them.
-import { alphasCumprod, interpIndex, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, withNoise, type NoiseLevel, interpIndex, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 export function eulerTimesteps(steps: number, spacing: Spacing = 'linspace', stepsOffset = 0): number[] {
   validateSteps(steps);
@@ -36,8 +36,11 @@ export class EulerAncestralScheduler implements Scheduler {
 
   /** diffusers' Euler samplers noise by sigma alone: x0 + sigma_i noise. */
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    const s = this.sigmas[i];
-    return x0.map((v, k) => v + s * noise[k]);
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
+    return { signal: 1, noise: this.sigmas[i] };
   }
 
   inputScale(i: number): number {

@@ -4,7 +4,7 @@
 // again from sigma with the mean of the two derivatives. The last step, whose sigma_next is 0, is the
 // predictor alone. So `timesteps` is diffusers' interleaved list, [t0, t1, t1, ..., tN-1, tN-1]
 // (2N - 1 evaluations), and evaluation i is a predictor when i is even and a corrector when odd.
-import { alphasCumprod, interpIndex, leadingTimesteps, linspace, roundHalfEven, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, interpIndex, withNoise, type NoiseLevel, leadingTimesteps, linspace, roundHalfEven, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 /** The user's N timesteps before interleaving, for a schedule trained over `trainSteps`. */
 export function heunTimesteps(steps: number, spacing: Spacing = 'linspace', trainSteps = TRAIN_STEPS, stepsOffset = 0): number[] {
@@ -79,8 +79,11 @@ export class HeunScheduler implements Scheduler {
 
   /** x0 + sigma_i * noise, for starting part-way (image to image) at evaluation i = tStart * order. */
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    const sigma = this.sigmas[i];
-    return x0.map((v, k) => v + sigma * noise[k]);
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
+    return { signal: 1, noise: this.sigmas[i] };
   }
 
   /**

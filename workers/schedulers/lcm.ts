@@ -1,7 +1,7 @@
 // The Latent Consistency Model sampler (Luo et al. 2023), as diffusers' LCMScheduler: timesteps from
 // the 50-step schedule it was distilled on, the consistency function's boundary scalings, and fresh
 // noise between steps. For LCM-LoRA and other consistency-distilled weights (4 to 8 steps, low CFG).
-import { alphasCumprod, noiseToAlpha, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler } from './common.ts';
+import { alphasCumprod, alphaLevel, withNoise, type NoiseLevel, TRAIN_STEPS, validateSteps, type LinearStep, type Scheduler } from './common.ts';
 
 /** The schedule the consistency model was distilled on, and its boundary condition's constants. */
 export const LCM_ORIGINAL_STEPS = 50;
@@ -38,7 +38,11 @@ export class LcmScheduler implements Scheduler {
   }
 
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    return noiseToAlpha(x0, noise, this.ac[this.timesteps[i]]);
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
+    return alphaLevel(this.ac[this.timesteps[i]]);
   }
 
   scaleModelInput(sample: Float32Array): Float32Array {

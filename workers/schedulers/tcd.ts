@@ -6,7 +6,7 @@
 //
 // Unlike LCM, diffusers' TCD step applies no c_skip / c_out boundary scaling: its config carries
 // `timestep_scaling` but `step` never reads it. We follow the step.
-import { alphasCumprod, noiseToAlpha, validateSteps, type LinearStep, type Scheduler } from './common.ts';
+import { alphasCumprod, alphaLevel, withNoise, type NoiseLevel, validateSteps, type LinearStep, type Scheduler } from './common.ts';
 import { LCM_ORIGINAL_STEPS, lcmTimesteps } from './lcm.ts';
 
 /** diffusers' default gamma (its `step`'s `eta`). */
@@ -55,7 +55,11 @@ export class TcdScheduler implements Scheduler {
 
   /** The forward process at step i's timestep, for starting part-way (image to image). */
   addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    return noiseToAlpha(x0, noise, this.ac[this.timesteps[i]]);
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
+    return alphaLevel(this.ac[this.timesteps[i]]);
   }
 
   /** alphā at step i's timestep, at the intermediate s, and at the next timestep (t = 0 after the last). */

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { Page } from 'playwright-core';
 import type { GenerateJob } from '../workers/api/contract.ts';
 import { blurMask } from '../workers/engine/picture.ts';
-import { decodeMask, type EncodedMask } from '../src/picture/mask-codec.ts';
+import { decodeMask, type EncodedMask } from '../workers/layout/mask-codec.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
 import { dragOnCanvas, generateAndWait, nodeEngine, openDetails, ready, resultPixels, studioForFile } from './harness.ts';
 

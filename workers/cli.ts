@@ -12,6 +12,8 @@ import { isLoraCategory, type LoraCategory } from './lora/category.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
 import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
+import { parsePicture, type ScenePicture, type StudioScene } from './layout/scene-picture.ts';
+import { decodeMask } from './layout/mask-codec.ts';
 import { EngineError } from './api/errors.ts';
 import { SD15_CONFIG, TINY_CONFIG, type ModelConfig } from './checkpoint/config.ts';
 import { planMemory } from './engine/memory-plan.ts';
@@ -187,7 +189,8 @@ async function generate(args: string[]) {
   const precision = precisionArg(o.precision);
   const preset = o.preset;
   if (preset !== undefined && !(PRESETS as string[]).includes(preset)) throw new UsageError(`--preset must be one of ${PRESETS.join(', ')}, got "${preset}"`);
-  const read = o.scene ? guidanceArgs(await readScene(o.scene), o) : undefined;
+  const sceneFile = o.scene ? await readScene(o.scene) : undefined;
+  const read = sceneFile ? guidanceArgs(sceneFile, o) : undefined;
   const scene = read && preset ? { ...read, preset: preset as PresetName } : read;
   const initPicture = o['init-image'] ? await readPicture(o['init-image'], 'init-image') : undefined;
   // without --width/--height, a start picture sets the size (its sides down to multiples of 64)
@@ -208,7 +211,7 @@ async function generate(args: string[]) {
   // nothing shows a live preview here: the latent stays on the GPU until the end
   job.previewEvery = 0;
   if (o['memory-budget'] !== undefined) job.memoryBudget = num(o['memory-budget'], 'memory-budget', 0, false);
-  job = await pictureArgs(job, o, initPicture);
+  job = await pictureArgs(job, o, initPicture, sceneFile?.picture);
   // the authors' settings, but for those given as flags
   const presetSettings = preset && !scene ? paperSettings(job.composition?.method ?? (loraArgs.length ? 'merge' : 'none'), false) : undefined;
   if (presetSettings) job = applyPreset(job, presetSettings, new Set(['steps', 'cfg', 'seed', 'width', 'height', 'scheduler', 'scale'].filter((k) => o[k] !== undefined)));
@@ -293,8 +296,12 @@ async function readPicture(path: string, flag: string): Promise<ImageData8> {
   }
 }
 
-/** Image to image, inpainting and hires fix flags: pictures resized to the job's size (A1111's "just resize"). */
-async function pictureArgs(job: GenerateJob, o: Record<string, string | boolean | string[] | undefined>, picture: ImageData8 | undefined): Promise<GenerateJob> {
+/**
+ * Image to image, inpainting and hires fix flags over a scene's picture settings (the flags win):
+ * pictures resized to the job's size (A1111's "just resize"). A scene holds no picture, so its
+ * strength and mask act with --init-image; its hires fix acts alone.
+ */
+async function pictureArgs(job: GenerateJob, o: Record<string, string | boolean | string[] | undefined>, picture: ImageData8 | undefined, fromScene?: ScenePicture): Promise<GenerateJob> {
   const str = (k: string) => o[k] as string | undefined;
   const fit = (img: ImageData8, what: string) => {
     if (img.width === job.width && img.height === job.height) return img;
@@ -305,9 +312,19 @@ async function pictureArgs(job: GenerateJob, o: Record<string, string | boolean 
   for (const k of ['mask-blur', 'only-masked']) if (str(k) !== undefined && !str('mask')) throw new UsageError(`--${k} needs --mask MASK.png`);
   for (const k of ['hires-strength', 'hires-steps', 'hires-upscaler']) if (str(k) !== undefined && !str('hires-scale')) throw new UsageError(`--${k} needs --hires-scale X`);
   let out = job;
+  if (fromScene?.mask && !picture) console.error('warning: the scene has an inpainting mask, which needs --init-image FILE.png; it is not used');
   if (picture) {
     const image = fit(picture, 'the start picture');
-    const init: NonNullable<GenerateJob['init']> = { image, strength: num(str('strength'), 'strength', 0.75, false) };
+    const init: NonNullable<GenerateJob['init']> = { image, strength: num(str('strength'), 'strength', fromScene?.strength ?? 0.75, false) };
+    if (fromScene?.mask && !str('mask')) {
+      try {
+        init.mask = await decodeMask(fromScene.mask, { width: job.width, height: job.height });
+      } catch (e) {
+        throw new UsageError(`the scene's mask: ${(e as Error).message}`);
+      }
+      init.maskBlur = fromScene.maskBlur;
+      if (fromScene.onlyMasked) init.onlyMaskedPadding = fromScene.padding;
+    }
     if (str('mask')) {
       // white repaints, black keeps: the mask's brightness (alpha over black)
       const m = fit(await readPicture(str('mask')!, 'mask'), 'the mask');
@@ -317,6 +334,8 @@ async function pictureArgs(job: GenerateJob, o: Record<string, string | boolean 
     }
     out = { ...out, init };
   }
+  const sceneHires = fromScene?.hires.enabled && !picture && str('hires-scale') === undefined ? fromScene.hires : undefined;
+  if (sceneHires) out = { ...out, hires: { scale: sceneHires.scale, strength: sceneHires.strength, upscaler: sceneHires.upscaler, ...(sceneHires.steps ? { steps: sceneHires.steps } : {}) } };
   if (str('hires-scale') !== undefined) {
     const upscaler = str('hires-upscaler') ?? 'latent';
     if (upscaler !== 'latent' && upscaler !== 'image') throw new UsageError(`--hires-upscaler takes latent or image (got "${upscaler}")`);
@@ -378,8 +397,12 @@ async function readInput(path: string): Promise<Buffer> {
   }
 }
 
-async function readScene(path: string): Promise<Scene> {
-  return parseSceneText((await readInput(path)).toString('utf8'));
+/** A scene file, with the studio's picture settings (strength, mask, hires fix) when it has them. */
+async function readScene(path: string): Promise<StudioScene> {
+  const text = (await readInput(path)).toString('utf8');
+  const scene = parseSceneText(text);
+  const raw = JSON.parse(text) as { picture?: unknown };
+  return raw.picture === undefined ? scene : { ...scene, picture: parsePicture(raw.picture, scene) };
 }
 
 /** --method and its options; options another method does not use are refused, not ignored. */

@@ -4,7 +4,7 @@ import type { GenerateJob, ImageData8, LayoutOptions, LoraUse, ModelRequest, Pro
 import { loadScorer, scoreResult } from './scoring.ts';
 import { paperSettings } from '../../workers/composition/presets.ts';
 import { boxTrigger, layoutSwitches, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
-import type { StudioScene as Scene } from '../picture/scene-picture.ts';
+import type { StudioScene as Scene } from '../../workers/layout/scene-picture.ts';
 import { jobJson, pictureJob, pictureStore, syncPicture, vaeRef } from './picture-actions.ts';
 import { startEngine, withProgress, type EngineClient } from '../engine/client.ts';
 import { isCheckpointFile, isEmbeddingFile, testModelRequest } from '../engine/model-files.ts';

@@ -5,8 +5,8 @@ import type { FileRef, GenerateJob, ImageData8, ModelInfo } from '../../workers/
 import type { GalleryItem } from '../gallery/gallery.ts';
 import { fitPicture, picturePixels } from '../picture/fit.ts';
 import { invertMask, resizeMask } from '../picture/mask.ts';
-import { decodeMask, encodeMask } from '../picture/mask-codec.ts';
-import { PICTURE_DEFAULTS, type ScenePicture } from '../picture/scene-picture.ts';
+import { decodeMask, encodeMask } from '../../workers/layout/mask-codec.ts';
+import { PICTURE_DEFAULTS, type ScenePicture } from '../../workers/layout/scene-picture.ts';
 import { createPictureStore } from '../store/picture.ts';
 import { useStudio } from '../store/studio.ts';
 import { currentScene, engine, sceneStore } from './actions.ts';

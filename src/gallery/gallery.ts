@@ -5,7 +5,7 @@ import { formatA1111, parseA1111, type A1111Parameters } from '../../workers/lay
 import { encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from '../../workers/engine/png.ts';
 import { parseJson } from '../../workers/api/json.ts';
 import { SceneError } from '../../workers/layout/scene.ts';
-import { parseStudioSceneLenient, type StudioScene as Scene } from '../picture/scene-picture.ts';
+import { parseStudioSceneLenient, type StudioScene as Scene } from '../../workers/layout/scene-picture.ts';
 import { getAll, put, remove } from '../storage/idb.ts';
 
 export { SCENE_CHUNK, REPORT_CHUNK };

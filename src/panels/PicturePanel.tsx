@@ -5,7 +5,7 @@ import { useStore } from 'zustand';
 import { clearStartPicture, pictureSettings, pictureStore, setPictureSettings, startFromFile, startFromResult, startPictureProblem } from '../app/picture-actions.ts';
 import { sceneStore } from '../app/actions.ts';
 import { hiresSize, maskCoverage } from '../picture/mask.ts';
-import { MAX_MASK_BLUR, MAX_PADDING } from '../picture/scene-picture.ts';
+import { MAX_MASK_BLUR, MAX_PADDING } from '../../workers/layout/scene-picture.ts';
 import { useStudio } from '../store/studio.ts';
 import { ImageCanvas } from './ImageCanvas.tsx';
 

@@ -5,12 +5,12 @@
 // a sentence and nothing else. The scene's picture settings travel too, its painted mask included
 // while the link stays within MAX_LINK (a larger mask is left out, and the caller is told); a start
 // picture never does.
-import { fromBase64UrlChecked, toBase64Url } from './base64url.ts';
+import { fromBase64UrlChecked, toBase64Url } from '../../workers/api/base64url.ts';
 import { readCapped } from '../../workers/checkpoint/source.ts';
 import { parseJson } from '../../workers/api/json.ts';
 import { SceneError } from '../../workers/layout/scene.ts';
-import { decodeMask, MaskCodecError } from '../picture/mask-codec.ts';
-import { parseStudioScene, type StudioScene } from '../picture/scene-picture.ts';
+import { decodeMask, MaskCodecError } from '../../workers/layout/mask-codec.ts';
+import { parseStudioScene, type StudioScene } from '../../workers/layout/scene-picture.ts';
 
 export const LINK_VERSION = 1;
 export const LINK_PREFIX = '#scene=';

@@ -2,7 +2,7 @@
 // redo of every edit, and a copy in localStorage so a reload restores it. Works without React.
 import { createStore } from 'zustand/vanilla';
 import { SCENE_VERSION, type SceneBox, type SceneLora } from '../../workers/layout/scene.ts';
-import { parseStudioSceneLenient, type StudioScene as Scene } from '../picture/scene-picture.ts';
+import { parseStudioSceneLenient, type StudioScene as Scene } from '../../workers/layout/scene-picture.ts';
 import { fitToFrame, moveRect, resizeRect, type Rect } from '../canvas/geometry.ts';
 
 export const SCENE_KEY = 'lorastudio.scene';

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { encodeSafetensors, SafetensorsFile, type TensorToWrite } from '../../workers/checkpoint/safetensors.ts';
 import { deflateSync } from 'node:zlib';
 import { decodePng, encodePng } from '../../workers/engine/png.ts';
+import { encodeMask } from '../../workers/layout/mask-codec.ts';
 import { NodeFileSource, nodeInflate } from '../../workers/node/files.ts';
 
 const cliEnv = (env: Record<string, string>, ...args: string[]) => {
@@ -244,6 +245,23 @@ test('generate from a picture: --init-image, --strength, --mask, --hires-scale, 
   assert.equal(vae.code, 0, vae.err.join('\n'));
   assert.ok(vae.err.some((l) => /VAE: tiny-vae-ft\.safetensors/.test(l)));
   assert.notDeepEqual(readFileSync(out), ownPixels, 'another VAE, another round trip');
+
+  // a studio scene's picture settings: its mask and strength act with --init-image, its hires fix alone
+  const scene = JSON.parse(readFileSync(join(dir, 'scene.json'), 'utf8'));
+  const maskBytes = Uint8Array.from({ length: 64 * 64 }, (_, p) => (p % 64 >= 32 ? 255 : 0));
+  const picture = { strength: 0.5, maskBlur: 0, onlyMasked: false, padding: 32, mask: await encodeMask(maskBytes, 64, 64), hires: { enabled: true, scale: 2, strength: 0.5, upscaler: 'latent' } };
+  const studioScene = join(dir, 'studio-scene.json');
+  writeFileSync(studioScene, JSON.stringify({ ...scene, picture }));
+  const fromScene = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', studioScene, '--backend', 'wasm', '--init-image', start, '--out', out, '--report', report);
+  assert.equal(fromScene.code, 0, fromScene.err.join('\n'));
+  const sr = JSON.parse(readFileSync(report, 'utf8'));
+  assert.deepEqual([sr.init.mode, sr.init.strength, sr.init.maskBlur, sr.hires], ['inpaint', 0.5, 0, undefined], "the scene's mask and strength; no hires fix with a start picture");
+  const kept = decodePng(readFileSync(out), nodeInflate);
+  for (let p = 0; p < 64 * 64; p++) if (p % 64 < 32) assert.equal(kept.data[p * 4], startPixels.data[p * 4], `kept pixel ${p}`);
+  const hiresScene = cli('generate', '--model', join(dir, 'tiny-sd15.safetensors'), '--scene', studioScene, '--backend', 'wasm', '--out', out, '--report', report);
+  assert.equal(hiresScene.code, 0, hiresScene.err.join('\n'));
+  assert.ok(hiresScene.err.some((l) => /the scene has an inpainting mask, which needs --init-image/.test(l)));
+  assert.equal(decodePng(readFileSync(out), nodeInflate).width, 128, "the scene's hires fix");
 
   const noPicture = cli(...base, '--mask', mask, '--out', out);
   assert.equal(noPicture.code, 2);

@@ -7,8 +7,8 @@ import { test } from 'node:test';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { brushDown, brushMove, brushUp, IDLE } from '../../src/canvas/brush-tool.ts';
 import { coverCrop, hiresSize, invertMask, maskBounds, maskCoverage, resizeMask, stampSegment } from '../../src/picture/mask.ts';
-import { decodeMask, encodeMask, fromRunLengths, MaskCodecError, runLengths } from '../../src/picture/mask-codec.ts';
-import { toBase64Url } from '../../src/share/base64url.ts';
+import { decodeMask, encodeMask, fromRunLengths, MaskCodecError, runLengths } from '../../workers/layout/mask-codec.ts';
+import { toBase64Url } from '../../workers/api/base64url.ts';
 import { seeded } from '../helpers.ts';
 
 const count = (m: Uint8Array, v: number) => m.reduce((a, x) => a + (x === v ? 1 : 0), 0);

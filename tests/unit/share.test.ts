@@ -103,7 +103,7 @@ function chunkTypes(png: Uint8Array): string[] {
 }
 
 test('a link carries the picture settings and the painted mask byte for byte; a mask too long for a link is left out with a sentence, never a broken link', async () => {
-  const { encodeMask, decodeMask } = await import('../../src/picture/mask-codec.ts');
+  const { encodeMask, decodeMask } = await import('../../workers/layout/mask-codec.ts');
   const { stampSegment } = await import('../../src/picture/mask.ts');
   const { shareLinkOf } = await import('../../src/share/link.ts');
   const scene = { ...testScene(), width: 512, height: 512, boxes: [] };

@@ -2,8 +2,8 @@
 // see mask-codec.ts) and its options, and the hires fix. The start picture itself is never in a
 // scene or a link (too large); the artist chooses it again. The field is `picture`; scene readers
 // that do not know it (parseScene, older studios) drop it, so scenes stay readable both ways.
-import { isObj, type Obj } from '../../workers/api/json.ts';
-import { parseScene, SceneError, type Scene } from '../../workers/layout/scene.ts';
+import { isObj, type Obj } from '../api/json.ts';
+import { parseScene, SceneError, type Scene } from './scene.ts';
 import type { EncodedMask } from './mask-codec.ts';
 
 export interface SceneHires {

@@ -3,8 +3,8 @@
 // CompressionStream, then base64url. `r` before the data marks runs only, `z` runs deflated. Round
 // trips are byte-exact for any bytes, not only 0 and 255. Decoding trusts nothing: the size, the text,
 // the inflated length and every run are bounded, and a bad mask gets a sentence (MaskCodecError).
-import { readCapped } from '../../workers/checkpoint/source.ts';
-import { fromBase64UrlChecked, toBase64Url } from '../share/base64url.ts';
+import { readCapped } from '../checkpoint/source.ts';
+import { fromBase64UrlChecked, toBase64Url } from '../api/base64url.ts';
 
 /** The largest frame a scene has (parseScene's 2048 a side). */
 export const MAX_MASK_SIDE = 2048;

@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { after, before } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { createRuntime, type Runtime } from '../workers/engine/runtime.ts';
 import { openTinyEngine } from '../workers/node/tiny.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
@@ -112,6 +112,20 @@ export function resultPixels(page: Page): Promise<number[]> {
 }
 
 /** Drag on the layout canvas between two points given in image pixels of a `frame`-wide image. */
+/** A one-finger touch stroke (CDP touch events) over a canvas showing `frame` pixels across, through points in frame pixels. */
+export async function touchStroke(page: Page, canvas: Locator, points: [number, number][], frame = 64): Promise<void> {
+  await canvas.scrollIntoViewIfNeeded();
+  const box = (await canvas.boundingBox())!;
+  const k = box.width / frame;
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: true, maxTouchPoints: 1 });
+  const at = ([x, y]: [number, number]) => [{ x: box.x + x * k, y: box.y + y * k }];
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: at(points[0]) });
+  for (const p of points.slice(1)) await cdp.send('Input.dispatchTouchEvent', { type: 'touchMove', touchPoints: at(p) });
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
+  await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: false });
+}
+
 export async function dragOnCanvas(page: Page, from: [number, number], to: [number, number], frame = 64): Promise<void> {
   const canvas = page.getByTestId('layout-canvas').locator('canvas').first();
   await canvas.scrollIntoViewIfNeeded();

@@ -10,7 +10,7 @@ import type { GenerateJob } from '../workers/api/contract.ts';
 import { blurMask } from '../workers/engine/picture.ts';
 import { decodeMask, type EncodedMask } from '../workers/layout/mask-codec.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { dragOnCanvas, generateAndWait, nodeEngine, openDetails, ready, resultPixels, studioForFile } from './harness.ts';
+import { dragOnCanvas, generateAndWait, nodeEngine, openDetails, ready, resultPixels, studioForFile, touchStroke } from './harness.ts';
 
 const studio = studioForFile(6400, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '7'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
@@ -191,17 +191,7 @@ test('a mask painted by touch; the new controls at 390x844, 820x1180 and 1440x90
   await page.getByTestId('mode-mask').check();
   await page.getByTestId('mask-clear').click();
   await page.waitForFunction(() => !JSON.parse(localStorage.getItem('lorastudio.scene')!).picture?.mask);
-  const canvas = page.getByTestId('mask-canvas');
-  await canvas.scrollIntoViewIfNeeded();
-  const box = (await canvas.boundingBox())!;
-  const k = box.width / 64;
-  const cdp = await page.context().newCDPSession(page);
-  await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: true, maxTouchPoints: 1 });
-  const at = (x: number, y: number) => [{ x: box.x + x * k, y: box.y + y * k }];
-  await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: at(40, 10) });
-  for (const [x, y] of [[44, 20], [48, 30], [52, 44]]) await cdp.send('Input.dispatchTouchEvent', { type: 'touchMove', touchPoints: at(x, y) });
-  await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
-  await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: false });
+  await touchStroke(page, page.getByTestId('mask-canvas'), [[40, 10], [44, 20], [48, 30], [52, 44]]);
   const { mask } = await sceneMask(page);
   assert.equal(mask[30 * 64 + 48], 255, 'the touch stroke passes through (48, 30)');
   assert.equal(mask[60 * 64 + 5], 0);

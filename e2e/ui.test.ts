@@ -10,7 +10,7 @@ import { deflateSync } from 'node:zlib';
 import { encodePng, readPngText } from '../workers/engine/png.ts';
 import { parseA1111 } from '../workers/layout/a1111.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait, nodeEngine, resultPixels, studioForFile } from './harness.ts';
+import { generateAndWait, nodeEngine, resultPixels, studioForFile, touchStroke } from './harness.ts';
 
 const studio = studioForFile(5900, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '7'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
@@ -59,16 +59,7 @@ test('at 390x844, 768x1024, 1280x800 and 1920x1080 nothing overlaps, is cut off 
 test('a box drawn by touch on a phone; undo and redo buttons; progress in named phases with the time left; random and reused seeds', async () => {
   const { page } = studio;
   await page.setViewportSize({ width: 390, height: 844 });
-  const canvas = page.getByTestId('layout-canvas').locator('canvas').first();
-  await canvas.scrollIntoViewIfNeeded();
-  const box = (await canvas.boundingBox())!;
-  const k = box.width / 64;
-  const cdp = await page.context().newCDPSession(page);
-  await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: true, maxTouchPoints: 1 });
-  const at = (x: number, y: number) => [{ x: box.x + x * k, y: box.y + y * k }];
-  await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: at(8.5, 8.5) });
-  for (const [x, y] of [[16, 20], [30, 40], [40, 56.5]]) await cdp.send('Input.dispatchTouchEvent', { type: 'touchMove', touchPoints: at(x, y) });
-  await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
+  await touchStroke(page, page.getByTestId('layout-canvas').locator('canvas').first(), [[8.5, 8.5], [16, 20], [30, 40], [40, 56.5]]);
   await page.getByTestId('box-select-0').waitFor();
   const scene = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!));
   assert.deepEqual(scene.boxes.map((b: Rect) => [b.x, b.y, b.width, b.height]), [[8, 8, 32, 48]], 'the touch-drawn box, on the 8 px grid');

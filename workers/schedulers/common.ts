@@ -38,6 +38,38 @@ export function alphaLevel(alphaBar: number): NoiseLevel {
   return { signal: Math.sqrt(alphaBar), noise: Math.sqrt(1 - alphaBar) };
 }
 
+/**
+ * What the samplers on sigmas share (Euler, Euler ancestral, Heun): a sample is x0 + sigma eps, the
+ * UNet reads it scaled by 1 / sqrt(sigma^2 + 1), and diffusers' add_noise is x0 + sigma noise.
+ */
+export abstract class SigmaSamples {
+  /** Sigma per UNet evaluation, plus a final 0. */
+  abstract readonly sigmas: number[];
+
+  inputScale(i: number): number {
+    return 1 / Math.sqrt(this.sigmas[i] ** 2 + 1);
+  }
+
+  scaleModelInput(sample: Float32Array, i: number): Float32Array {
+    const s = this.inputScale(i);
+    return sample.map((v) => v * s);
+  }
+
+  /** x0 = x - sigma eps, with the sigma the UNet saw. */
+  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
+    const sigma = this.sigmas[i];
+    return sample.map((x, k) => x - sigma * eps[k]);
+  }
+
+  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
+    return withNoise(x0, noise, this.noiseLevel(i));
+  }
+
+  noiseLevel(i: number): NoiseLevel {
+    return { signal: 1, noise: this.sigmas[i] };
+  }
+}
+
 /** signal x x0 + noise x n, element by element. */
 export function withNoise(x0: Float32Array, noise: Float32Array, level: NoiseLevel): Float32Array {
   return x0.map((v, k) => level.signal * v + level.noise * noise[k]);

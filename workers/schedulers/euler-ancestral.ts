@@ -1,6 +1,6 @@
 // Euler ancestral (k-diffusion's sample_euler_ancestral), in diffusers' discrete form with
 // "linspace" spacing: timesteps may be fractional and sigmas are interpolated between them.
-import { alphasCumprod, withNoise, type NoiseLevel, interpIndex, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, interpIndex, SigmaSamples, leadingTimesteps, linspace, trailingTimesteps, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 export function eulerTimesteps(steps: number, spacing: Spacing = 'linspace', stepsOffset = 0): number[] {
   validateSteps(steps);
@@ -9,7 +9,7 @@ export function eulerTimesteps(steps: number, spacing: Spacing = 'linspace', ste
   return trailingTimesteps(steps);
 }
 
-export class EulerAncestralScheduler implements Scheduler {
+export class EulerAncestralScheduler extends SigmaSamples implements Scheduler {
   readonly timesteps: number[];
   /** sigma per step, plus a final 0. */
   readonly sigmas: number[];
@@ -17,34 +17,12 @@ export class EulerAncestralScheduler implements Scheduler {
   begin = 0;
 
   constructor(readonly steps: number, spacing: Spacing = 'linspace') {
+    super();
     const train = trainSigmas(alphasCumprod());
     this.timesteps = eulerTimesteps(steps, spacing);
     this.sigmas = [...this.timesteps.map((t) => interpIndex(train, t)), 0];
     const max = Math.max(...this.sigmas);
     this.initNoiseSigma = spacing === 'leading' ? Math.sqrt(max * max + 1) : max;
-  }
-
-  scaleModelInput(sample: Float32Array, i: number): Float32Array {
-    const s = 1 / Math.sqrt(this.sigmas[i] ** 2 + 1);
-    return sample.map((v) => v * s);
-  }
-
-  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
-    const sigma = this.sigmas[i];
-    return sample.map((x, k) => x - sigma * eps[k]);
-  }
-
-  /** diffusers' Euler samplers noise by sigma alone: x0 + sigma_i noise. */
-  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    return withNoise(x0, noise, this.noiseLevel(i));
-  }
-
-  noiseLevel(i: number): NoiseLevel {
-    return { signal: 1, noise: this.sigmas[i] };
-  }
-
-  inputScale(i: number): number {
-    return 1 / Math.sqrt(this.sigmas[i] ** 2 + 1);
   }
 
   linear(i: number): LinearStep {

@@ -4,7 +4,7 @@
 // again from sigma with the mean of the two derivatives. The last step, whose sigma_next is 0, is the
 // predictor alone. So `timesteps` is diffusers' interleaved list, [t0, t1, t1, ..., tN-1, tN-1]
 // (2N - 1 evaluations), and evaluation i is a predictor when i is even and a corrector when odd.
-import { alphasCumprod, interpIndex, withNoise, type NoiseLevel, leadingTimesteps, linspace, roundHalfEven, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
+import { alphasCumprod, interpIndex, SigmaSamples, leadingTimesteps, linspace, roundHalfEven, TRAIN_STEPS, trainSigmas, validateSteps, type LinearStep, type Scheduler, type Spacing } from './common.ts';
 
 /** The user's N timesteps before interleaving, for a schedule trained over `trainSteps`. */
 export function heunTimesteps(steps: number, spacing: Spacing = 'linspace', trainSteps = TRAIN_STEPS, stepsOffset = 0): number[] {
@@ -22,7 +22,7 @@ interface Predicted {
   dt: number;
 }
 
-export class HeunScheduler implements Scheduler {
+export class HeunScheduler extends SigmaSamples implements Scheduler {
   /** One entry per UNet evaluation: [t0, t1, t1, ..., tN-1, tN-1]. */
   readonly timesteps: number[];
   /** Sigma per evaluation, plus a final 0: [s0, s1, s1, ..., sN-1, sN-1, 0]. */
@@ -38,6 +38,7 @@ export class HeunScheduler implements Scheduler {
 
   /** `train`: the training sigmas, SD 1.5's by default. */
   constructor(readonly steps: number, spacing: Spacing = 'linspace', train: Float64Array = trainSigmas(alphasCumprod())) {
+    super();
     const ts = heunTimesteps(steps, spacing, train.length);
     const sig = ts.map((t) => interpIndex(train, t));
     this.timesteps = [ts[0], ...ts.slice(1).flatMap((t) => [t, t])];
@@ -60,30 +61,6 @@ export class HeunScheduler implements Scheduler {
   /** Whether evaluation i completes a user step: its sample then sits on the user's sigma schedule. */
   endsStep(i: number): boolean {
     return this.isCorrector(i) || i === this.evaluations - 1;
-  }
-
-  inputScale(i: number): number {
-    return 1 / Math.sqrt(this.sigmas[i] ** 2 + 1);
-  }
-
-  scaleModelInput(sample: Float32Array, i: number): Float32Array {
-    const s = this.inputScale(i);
-    return sample.map((v) => v * s);
-  }
-
-  /** x0 = x - sigma * eps with the sigma the UNet saw: the predictor's sigma, or the corrector's (its sigma_next). */
-  predictOriginal(eps: Float32Array, i: number, sample: Float32Array): Float32Array {
-    const sigma = this.sigmas[i];
-    return sample.map((x, k) => x - sigma * eps[k]);
-  }
-
-  /** x0 + sigma_i * noise, for starting part-way (image to image) at evaluation i = tStart * order. */
-  addNoise(x0: Float32Array, noise: Float32Array, i: number): Float32Array {
-    return withNoise(x0, noise, this.noiseLevel(i));
-  }
-
-  noiseLevel(i: number): NoiseLevel {
-    return { signal: 1, noise: this.sigmas[i] };
   }
 
   /**

@@ -45,7 +45,9 @@ export function buildStepGraph(o: StepGraphOptions): GraphBuilder {
   const memory = g.input('memory', 'float32', one);
   const z = g.input('z', 'float32', one);
   const k = g.input('k', 'float32', [STEP_COEFFICIENTS.length]);
-  const [cfg, p, q, a, b, c, d, e, scaleNext, signal, level] = g.opMulti('Split', [k, g.ints(STEP_COEFFICIENTS.map(() => 1))], STEP_COEFFICIENTS.length, { axis: 0 });
+  // one Gather per coefficient: onnxruntime-web binds every output of a Split to one shader, and a
+  // browser's shader binds few storage buffers (8 by WebGPU's default, 10 in Chromium on SwiftShader)
+  const [cfg, p, q, a, b, c, d, e, scaleNext, signal, level] = STEP_COEFFICIENTS.map((_, i) => g.op('Gather', [k, g.ints([i])], { axis: 0 }));
   let eps = pred;
   if (o.batch === 2) {
     const [uncond, cond] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });

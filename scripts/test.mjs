@@ -21,6 +21,7 @@ if (which === 'all' || which === 'unit') {
 if (which === 'all' || which === 'e2e') {
   const build = spawnSync('npm', ['run', 'build', '--silent'], { stdio: 'inherit' }).status;
   if (build !== 0) failed += 1;
-  else failed += node(['--test', '--test-concurrency=1', ...files('e2e')]) ? 1 : 0;
+  // two files at a time as well: each has its own server port, browser and profile
+  else failed += node(['--test', '--test-concurrency=2', ...files('e2e')]) ? 1 : 0;
 }
 process.exit(failed ? 1 : 0);

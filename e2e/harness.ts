@@ -76,7 +76,8 @@ export type OpenStudio = Awaited<ReturnType<typeof openStudio>>;
 export function studioForFile(basePort: number, setup?: (page: Page) => Promise<void>): OpenStudio {
   const studio = {} as OpenStudio;
   before(async () => {
-    Object.assign(studio, await openStudio(basePort + Math.floor(Math.random() * 500)));
+    // within 100 of the base: the files' ranges never overlap, so two files can run at once
+    Object.assign(studio, await openStudio(basePort + Math.floor(Math.random() * 100)));
     await setup?.(studio.page);
   });
   after(async () => {

@@ -22,7 +22,7 @@ import { LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX } from './checkpoint/l
 import { ModelCheckpoint } from './checkpoint/model.ts';
 import { Engine, validateJob } from './engine/engine.ts';
 import { decodePng, encodePng, PngError, readPngText, REPORT_CHUNK, SCENE_CHUNK } from './engine/png.ts';
-import { resizeBicubic } from './engine/picture.ts';
+import { resizeBicubic } from './eval/preprocess.ts';
 import { createRuntime, type Backend, type Runtime } from './engine/runtime.ts';
 import { ClipScorer } from './eval/scorer.ts';
 import { sceneScoreRequest } from './eval/scores.ts';

@@ -29,7 +29,8 @@ import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
 import { planMemory, vaeTileOverlap, type MemoryPlan } from './memory-plan.ts';
 import { decodeTiled, tileStarts } from './vae-tiles.ts';
-import { blurMask, cropMask, latentMask, maskedPlanes, onlyMaskedRegion, overlay, paste, pictureToPlanes, resizeBicubic, resizeBilinear } from './picture.ts';
+import { blurMask, cropMask, latentMask, maskedPlanes, onlyMaskedRegion, overlay, paste, pictureToPlanes, resizeBilinear } from './picture.ts';
+import { resizeBicubic } from '../eval/preprocess.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
 import { multiplyAdds } from '../graph/cost.ts';
 import { guessCategory, isLoraCategory } from '../lora/category.ts';
@@ -629,12 +630,13 @@ export class Engine {
     const lw = W / 8;
     let encodeMs = 0;
     const extra: Pick<PipelineParts, 'init' | 'inpaintInput'> = {};
+    // the blurred mask: the latent grid's mask and the final overlay both read it
+    const blurred = init?.mask ? blurMask(init.mask, W, H, blur) : undefined;
     if (init || inpaintingModel) {
       const e0 = performance.now();
       onProgress?.({ phase: 'encode', step: 0, total: job.steps, elapsedMs: 0 });
       // text to image with an inpainting model: everything repaints, over a mid-grey picture (as A1111)
       const planes = init ? pictureToPlanes(init.image) : new Float32Array(3 * W * H);
-      const blurred = init?.mask ? blurMask(init.mask, W, H, blur) : undefined;
       if (init) {
         const latent = await this.encodePicture(planes, job, attention);
         extra.init = { latent, strength: init.strength, ...(blurred && !inpaintingModel ? { blend: latentMask(blurred, W, H) } : {}) };
@@ -649,7 +651,7 @@ export class Engine {
     const { result, plan, sessionCreateMs, used } = await this.pass(job, attention, onProgress, extra);
     let image = result.image;
     // the kept pixels back exactly, the blurred mask's edge blended (A1111's overlay)
-    if (init?.mask) image = overlay(init.image, image, blurMask(init.mask, W, H, blur));
+    if (init && blurred) image = overlay(init.image, image, blurred);
     const warnings = [...result.warnings];
     let hires: HiresReport | undefined;
     if (job.hires) {

@@ -2,6 +2,8 @@
 // [-1, 1] planes, resampling, the mask's blur and its latent form, A1111's "only masked" crop, and the
 // overlay that puts the kept pixels back. All arithmetic is float64 where it accumulates.
 import type { ImageData8 } from '../api/contract.ts';
+import { resizeBicubic } from '../eval/preprocess.ts';
+import { maskExtent } from '../layout/masks.ts';
 
 /** RGBA bytes -> [3, H, W] in [-1, 1] (what the VAE encoder reads). */
 export function pictureToPlanes(img: ImageData8): Float32Array {
@@ -38,62 +40,6 @@ export function resizeBilinear(src: Float32Array, channels: number, H: number, W
     }
   }
   return out;
-}
-
-/** Keys' cubic (a = -0.5, PIL's bicubic). */
-function cubic(x: number): number {
-  const a = -0.5;
-  const t = Math.abs(x);
-  if (t < 1) return ((a + 2) * t - (a + 3)) * t * t + 1;
-  if (t < 2) return (((t - 5) * t + 8) * t - 4) * a;
-  return 0;
-}
-
-/** Per output index along one axis: the source taps and their normalised weights (the kernel widened when shrinking, as PIL antialiases). */
-function taps(n: number, N: number, from: number, span: number): { start: number; weights: Float64Array }[] {
-  const scale = span / n;
-  const support = 2 * Math.max(1, scale);
-  return Array.from({ length: n }, (_, i) => {
-    const centre = from + (i + 0.5) * scale;
-    const start = Math.max(0, Math.floor(centre - support));
-    const end = Math.min(N, Math.ceil(centre + support));
-    const weights = new Float64Array(end - start);
-    let sum = 0;
-    for (let j = start; j < end; j++) sum += weights[j - start] = cubic((j + 0.5 - centre) / Math.max(1, scale));
-    for (let k = 0; k < weights.length; k++) weights[k] /= sum;
-    return { start, weights };
-  });
-}
-
-/**
- * The rectangle `region` of a picture (default: all of it) resampled bicubically to w x h: the
- * hires fix's picture upscale and "only masked"'s cut out and paste back.
- */
-export function resizeBicubic(img: ImageData8, w: number, h: number, region = { x: 0, y: 0, width: img.width, height: img.height }): ImageData8 {
-  const xs = taps(w, img.width, region.x, region.width);
-  const ys = taps(h, img.height, region.y, region.height);
-  // rows first, into float64, then columns
-  const mid = new Float64Array(img.height * w * 4);
-  for (let y = 0; y < img.height; y++)
-    for (let x = 0; x < w; x++) {
-      const { start, weights } = xs[x];
-      for (let c = 0; c < 4; c++) {
-        let s = 0;
-        for (let k = 0; k < weights.length; k++) s += weights[k] * img.data[(y * img.width + start + k) * 4 + c];
-        mid[(y * w + x) * 4 + c] = s;
-      }
-    }
-  const data = new Uint8ClampedArray(w * h * 4);
-  for (let y = 0; y < h; y++) {
-    const { start, weights } = ys[y];
-    for (let x = 0; x < w; x++)
-      for (let c = 0; c < 4; c++) {
-        let s = 0;
-        for (let k = 0; k < weights.length; k++) s += weights[k] * mid[((start + k) * w + x) * 4 + c];
-        data[(y * w + x) * 4 + c] = Math.round(s);
-      }
-  }
-  return { width: w, height: h, data };
 }
 
 /**
@@ -158,23 +104,12 @@ export interface Rect {
  * (around its centre, kept inside the picture) to the job's aspect ratio. Undefined for an empty mask.
  */
 export function onlyMaskedRegion(mask: Uint8Array, width: number, height: number, padding: number): Rect | undefined {
-  let x0 = width;
-  let y0 = height;
-  let x1 = -1;
-  let y1 = -1;
-  for (let y = 0; y < height; y++)
-    for (let x = 0; x < width; x++)
-      if (mask[y * width + x]) {
-        x0 = Math.min(x0, x);
-        y0 = Math.min(y0, y);
-        x1 = Math.max(x1, x);
-        y1 = Math.max(y1, y);
-      }
-  if (x1 < 0) return undefined;
-  let left = Math.max(0, x0 - padding);
-  let top = Math.max(0, y0 - padding);
-  let right = Math.min(width, x1 + 1 + padding);
-  let bottom = Math.min(height, y1 + 1 + padding);
+  const e = maskExtent(mask, height, width);
+  if (!e) return undefined;
+  let left = Math.max(0, e.col - padding);
+  let top = Math.max(0, e.row - padding);
+  let right = Math.min(width, e.col + e.cols + padding);
+  let bottom = Math.min(height, e.row + e.rows + padding);
   // the job's aspect ratio is the picture's (both are the job's size): grow the short side
   const grow = (lo: number, hi: number, want: number, limit: number): [number, number] => {
     const extra = Math.min(want, limit) - (hi - lo);

@@ -63,14 +63,14 @@ function cubic(x: number): number {
   return 0;
 }
 
-/** Per output index: the first input index and the normalised weights (the filter widens when shrinking). */
-function resampleTable(inSize: number, outSize: number): { first: number; w: Float64Array }[] {
-  const scale = inSize / outSize;
+/** Per output index: the first input index and the normalised weights (the filter widens when shrinking); `span` input pixels from `from` fill the output. */
+function resampleTable(inSize: number, outSize: number, from = 0, span = inSize): { first: number; w: Float64Array }[] {
+  const scale = span / outSize;
   const filterScale = Math.max(scale, 1);
   const support = 2 * filterScale;
   const out: { first: number; w: Float64Array }[] = [];
   for (let i = 0; i < outSize; i++) {
-    const center = (i + 0.5) * scale;
+    const center = from + (i + 0.5) * scale;
     const lo = Math.max(0, Math.trunc(center - support + 0.5));
     const hi = Math.min(inSize, Math.trunc(center + support + 0.5));
     const w = new Float64Array(hi - lo);
@@ -82,10 +82,13 @@ function resampleTable(inSize: number, outSize: number): { first: number; w: Flo
   return out;
 }
 
-/** Antialiased bicubic resize (Keys a = -0.5), rows then columns, rounded to 8 bits at the end. */
-export function resizeBicubic(img: ImageData8, width: number, height: number): ImageData8 {
-  const rows = resampleTable(img.width, width);
-  const cols = resampleTable(img.height, height);
+/**
+ * Antialiased bicubic resize (Keys a = -0.5), rows then columns, rounded to 8 bits at the end; of the
+ * rectangle `region` when given (the hires fix's and "only masked"'s cut outs), else the whole picture.
+ */
+export function resizeBicubic(img: ImageData8, width: number, height: number, region?: { x: number; y: number; width: number; height: number }): ImageData8 {
+  const rows = resampleTable(img.width, width, region?.x, region?.width);
+  const cols = resampleTable(img.height, height, region?.y, region?.height);
   const mid = new Float64Array(width * img.height * 3);
   for (let y = 0; y < img.height; y++) {
     for (let x = 0; x < width; x++) {

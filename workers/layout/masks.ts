@@ -67,8 +67,8 @@ function centreMask(box: Rect, frameW: number, frameH: number, rows: number, col
   return mask;
 }
 
-/** The rectangle of a mask's cells (masks from either rule are rectangles). */
-function maskExtent(mask: Uint8Array, rows: number, cols: number): CellBox | null {
+/** The rectangle of a mask's nonzero cells (masks from either rule are rectangles), or null when it has none. */
+export function maskExtent(mask: Uint8Array, rows: number, cols: number): CellBox | null {
   let r0 = rows;
   let r1 = -1;
   let c0 = cols;

@@ -11,6 +11,7 @@ import { buildTextEncoder } from '../../workers/graph/clip.ts';
 import { buildStepGraph } from '../../workers/graph/step.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../../workers/graph/vae.ts';
+import { stagedGraphs } from '../../workers/engine/vae-tiles.ts';
 
 /** The WebGPU default limit: what every adapter grants. */
 const STORAGE_BUFFERS = 8;
@@ -35,6 +36,7 @@ test("no node of the engine's graphs binds more tensors than a browser shader ma
     // SD 1.5 at 512 with attention in query chunks under 128 MiB: the chunks' Split and Concat
     ['SD 1.5 unet, chunked', buildUNet(SD15_CONFIG.unet, { batch: 2, latentH: 64, latentW: 64, textLen: 77, dtype: 'float16', attention: 'chunked', bufferLimit: 128 * 2 ** 20 })],
   ];
+  for (const which of ['decode', 'encode'] as const) stagedGraphs(SD15_CONFIG.vae, 64, 64, { dtype: 'float16', tile: 32 }, which).forEach((g, i) => graphs.push([`SD 1.5 staged vae ${which} ${i}`, g]));
   for (const blend of [false, true]) for (const extraChannels of [0, 5]) for (const batch of [1, 2] as const) graphs.push([`step ${JSON.stringify({ blend, extraChannels, batch })}`, buildStepGraph({ batch, channels: 4, height: 8, width: 8, previewFactor: 1, blend, extraChannels })]);
   for (const [name, g] of graphs) {
     const w = widest(g);

@@ -1,7 +1,10 @@
-// The tiled VAE decode's arithmetic: tile placement and the feathered blend, against closed forms.
+// The staged VAE's arithmetic: tile placement, the windows a stage reads, the group statistics and
+// the zero padding outside the map, against closed forms.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decodeTiled, tileStarts } from '../../workers/engine/vae-tiles.ts';
+import type { VaeStage } from '../../workers/graph/vae-stages.ts';
+import { decoderStages, encoderStages, stageWindow } from '../../workers/graph/vae-stages.ts';
+import { groupStats, tileStarts, window } from '../../workers/engine/vae-tiles.ts';
 
 test('tiles: equal sizes, the stride of size minus overlap, the last one flush with the end', () => {
   assert.deepEqual(tileStarts(10, 6, 2), [0, 4]);
@@ -9,45 +12,48 @@ test('tiles: equal sizes, the stride of size minus overlap, the last one flush w
   assert.deepEqual(tileStarts(64, 32, 8), [0, 24, 32]);
   assert.deepEqual(tileStarts(8, 8, 2), [0]);
   assert.deepEqual(tileStarts(5, 8, 2), [0]);
+  assert.deepEqual(tileStarts(12, 5), [0, 5, 7]);
   assert.throws(() => tileStarts(10, 4, 4), /overlap/);
 });
 
-test('one tile is the whole decode, value for value', async () => {
-  const latent = Float32Array.from({ length: 2 * 4 * 4 }, (_, i) => i);
-  const whole = Float32Array.from({ length: 3 * 8 * 8 }, (_, i) => Math.sin(i));
-  const out = await decodeTiled(latent, { channels: 2, lh: 4, lw: 4 }, { tile: 4, overlap: 1 }, async (tile) => {
-    assert.deepEqual(tile, latent);
-    return whole;
-  }, 2);
-  assert.deepEqual(out, whole);
+test('windows: a 3x3 convolution reads one pixel around its tile; upsampling writes twice its grid; a stride-2 one reads 2n+1 rows', () => {
+  const conv: VaeStage = { kind: 'norm-conv', input: 'a', norm: 'n', conv: 'c', cin: 8, cout: 8, output: 'b' };
+  const up: VaeStage = { kind: 'up', input: 'a', conv: 'c', c: 8, output: 'a' };
+  const down: VaeStage = { kind: 'down', input: 'a', conv: 'c', c: 8, output: 'a' };
+  assert.deepEqual(stageWindow(conv, 5, 4), { from: 4, length: 6, at: 5, outSize: 4 });
+  assert.deepEqual(stageWindow(up, 5, 4), { from: 4, length: 6, at: 10, outSize: 8 });
+  // output rows 5..8 of a stride-2 convolution read input rows 10..18
+  assert.deepEqual(stageWindow(down, 5, 4), { from: 10, length: 9, at: 5, outSize: 4 });
 });
 
-test('four tiles: each gets its own latent cells; overlaps ramp linearly and the weights sum to one', async () => {
-  // a 10x10 latent of one channel (value 100y + x), tiles of 6 overlapping by 2 at starts 0 and 4,
-  // and a decoder (scale 1) that paints tile k with the constant k + 1 in all three channels
-  const latent = Float32Array.from({ length: 100 }, (_, i) => 100 * Math.floor(i / 10) + (i % 10));
-  const seen: number[][] = [];
-  let k = 0;
-  const out = await decodeTiled(latent, { channels: 1, lh: 10, lw: 10 }, { tile: 6, overlap: 2 }, async (tile, th, tw) => {
-    assert.equal(th, 6);
-    assert.equal(tw, 6);
-    seen.push([tile[0], tile[35]]);
-    k += 1;
-    return new Float32Array(3 * 36).fill(k);
-  }, 1);
-  // row-major tiles: (0,0), (0,4), (4,0), (4,4): first and last cell of each
-  assert.deepEqual(seen, [[0, 505], [4, 509], [400, 905], [404, 909]]);
-  const at = (c: number, y: number, x: number) => out[c * 100 + y * 10 + x];
-  // outside every overlap: the tile's own value
-  assert.equal(at(0, 0, 0), 1);
-  assert.equal(at(1, 0, 9), 2);
-  assert.equal(at(2, 9, 0), 3);
-  assert.equal(at(0, 9, 9), 4);
-  // the overlap rows 4 and 5: the upper tile's weight falls 0.75, 0.25 and the lower one's rises 0.25, 0.75
-  assert.equal(at(0, 4, 0), 0.75 * 1 + 0.25 * 3);
-  assert.equal(at(0, 5, 0), 0.25 * 1 + 0.75 * 3);
-  assert.equal(at(0, 0, 4), 0.75 * 1 + 0.25 * 2);
-  // where four tiles meet, the product of the two ramps
-  assert.equal(at(0, 4, 4), 0.75 * 0.75 * 1 + 0.75 * 0.25 * 2 + 0.25 * 0.75 * 3 + 0.25 * 0.25 * 4);
-  assert.equal(at(2, 5, 5), 0.25 * 0.25 * 1 + 0.25 * 0.75 * 2 + 0.75 * 0.25 * 3 + 0.75 * 0.75 * 4);
+test('the stage lists: two norm-conv stages per resnet, the upsamplers and downsamplers between levels', () => {
+  const cfg = { blockOutChannels: [8, 16], layersPerBlock: 1, normGroups: 4, latentChannels: 4, scalingFactor: 0.18215 } as Parameters<typeof decoderStages>[0];
+  const dec = decoderStages(cfg);
+  // 2 levels x 2 resnets x 2 stages, one upsampler, conv_norm_out + conv_out
+  assert.equal(dec.length, 2 * 2 * 2 + 1 + 1);
+  assert.deepEqual(dec.map((s) => s.kind).slice(3, 6), ['norm-conv', 'up', 'norm-conv']);
+  const last = dec[dec.length - 1];
+  assert.ok(last.kind === 'norm-conv' && last.cout === 3 && last.output === 'image');
+  // the first resnet of the second level changes 16 -> 8 channels: a 1x1 shortcut
+  const change = dec[6];
+  assert.ok(change.kind === 'norm-conv' && change.skip?.conv === 'decoder.up_blocks.1.resnets.0.conv_shortcut' && change.skip.cin === 16);
+  const enc = encoderStages(cfg);
+  assert.deepEqual(enc.map((s) => s.kind), ['conv', 'norm-conv', 'norm-conv', 'down', 'norm-conv', 'norm-conv']);
+});
+
+test('group statistics over a whole map: float64 sums, the biased variance, per channel', () => {
+  // 4 channels of 2 x 2 in 2 groups: group 0 holds 0..7, group 1 holds eight 3s
+  const data = Float32Array.from([0, 1, 2, 3, 4, 5, 6, 7, 3, 3, 3, 3, 3, 3, 3, 3]);
+  const { mean, invstd } = groupStats({ data, c: 4, h: 2, w: 2 }, 2, 1e-6);
+  assert.deepEqual([...mean], [3.5, 3.5, 3, 3]);
+  // the variance of 0..7 is (64 - 1) / 12 = 5.25
+  assert.ok(Math.abs(invstd[1] - 1 / Math.sqrt(5.25 + 1e-6)) < 1e-6);
+  assert.ok(Math.abs(invstd[3] - 1 / Math.sqrt(1e-6)) < 1e-2);
+});
+
+test('a window past the map\'s edge reads zeros there', () => {
+  // one channel, 3 x 3, values 1..9
+  const map = { data: Float32Array.from({ length: 9 }, (_, i) => i + 1), c: 1, h: 3, w: 3 };
+  assert.deepEqual([...window(map, -1, 3, -1, 3)], [0, 0, 0, 0, 1, 2, 0, 4, 5]);
+  assert.deepEqual([...window(map, 2, 2, 1, 3)], [8, 9, 0, 0, 0, 0]);
 });

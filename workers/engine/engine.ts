@@ -27,8 +27,8 @@ import { uploadBuffer } from '../gpu/buffers.ts';
 import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
-import { planMemory, vaeTileOverlap, type MemoryPlan } from './memory-plan.ts';
-import { decodeTiled, tileStarts } from './vae-tiles.ts';
+import { planMemory, type MemoryPlan } from './memory-plan.ts';
+import { decodeStaged, encodeStaged, tileStarts, type RunGraph } from './vae-tiles.ts';
 import { blurMask, cropMask, latentMask, maskedPlanes, onlyMaskedRegion, overlay, paste, pictureToPlanes, resizeBilinear } from './picture.ts';
 import { resizeBicubic } from '../eval/preprocess.ts';
 import { SpectrumKernel } from '../gpu/spectrum.ts';
@@ -519,9 +519,8 @@ export class Engine {
     const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
     const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
     const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
-    const vaeH = plan.vaeTile ? Math.min(plan.vaeTile, lh) : lh;
-    const vaeW = plan.vaeTile ? Math.min(plan.vaeTile, lw) : lw;
-    const vae = await this.graph(`vae:${vaeH}x${vaeW}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: vaeH, latentW: vaeW, dtype, ...forms }));
+    // the whole decoder, or (where it does not fit) the staged one in tiles, its graphs made as it runs
+    const vae = plan.vaeTile ? undefined : await this.graph(`vae:${lh}x${lw}`, () => buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
     const sessionCreateMs = performance.now() - t0;
     // the job's LoRAs, then each box's (the pipeline refers to them by this order)
     const uses = [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])];
@@ -564,17 +563,13 @@ export class Engine {
           readbacks: () => readbacks,
           unetMultiplyAdds: { full: unet.macs, record: unetRecord?.macs ?? unet.macs, reuse: unetReuse?.macs ?? 0 },
           guidanceMultiplyAdds: { maps: guideMaps?.macs ?? 0, grad: guideGrad?.macs ?? 0 },
-          vae: plan.vaeTile
-            ? async (feeds) => {
-                const latent = feeds.latent;
-                const channels = latent.dims[1];
-                const pixels = await decodeTiled(latent.data as Float32Array, { channels, lh, lw }, { tile: plan.vaeTile!, overlap: vaeTileOverlap(plan.vaeTile!) }, async (tile, th, tw) => {
-                  const out = await runGraph(vae, m.weights.vae, { latent: new this.rt.ort.Tensor('float32', tile, [1, channels, th, tw]) });
-                  return out.image.data as Float32Array;
-                });
-                return { image: new this.rt.ort.Tensor('float32', pixels, [1, 3, lh * 8, lw * 8]) };
-              }
-            : (feeds) => runGraph(vae, m.weights.vae, feeds),
+          vae: vae
+            ? (feeds) => runGraph(vae, m.weights.vae, feeds)
+            : async (feeds) => {
+                const latent = { data: feeds.latent.data as Float32Array, c: feeds.latent.dims[1], h: lh, w: lw };
+                const picture = await decodeStaged(cfg.vae, latent, { dtype, ...forms, tile: plan.vaeTile! }, this.stagedRunner(m.weights.vae));
+                return { image: new this.rt.ort.Tensor('float32', picture.data, [1, 3, picture.h, picture.w]) };
+              },
           isCancelled: () => this.cancelRequested,
           checkDevice: () => this.checkDevice(),
           crossKV: kv
@@ -737,15 +732,21 @@ export class Engine {
     const lh = job.height / 8;
     const lw = job.width / 8;
     const tile = this.plan(job, jobLoraCount(job), attention).vaeTile;
-    const th = tile ? Math.min(tile, lh) : lh;
-    const tw = tile ? Math.min(tile, lw) : lw;
     const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
     const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
-    const enc = await this.graph(`vae-enc:${th}x${tw}`, () => buildVaeEncoder(cfg.vae, { batch: 1, latentH: th, latentW: tw, dtype, ...forms }));
-    const run = async (pixels: Float32Array, h: number, w: number) => (await runGraph(enc, m.weights.vae, { image: new this.rt.ort.Tensor('float32', pixels, [1, 3, h, w]) })).latent.data as Float32Array;
-    if (!tile || (th === lh && tw === lw)) return run(planes, job.height, job.width);
-    const C = cfg.vae.latentChannels;
-    return decodeTiled(planes, { channels: 3, lh: job.height, lw: job.width }, { tile: tile * 8, overlap: vaeTileOverlap(tile) * 8 }, run, 1 / 8, C);
+    if (tile) return (await encodeStaged(cfg.vae, { data: planes, c: 3, h: job.height, w: job.width }, { dtype, ...forms, tile }, this.stagedRunner(m.weights.vae))).data;
+    const enc = await this.graph(`vae-enc:${lh}x${lw}`, () => buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
+    return (await runGraph(enc, m.weights.vae, { image: new this.rt.ort.Tensor('float32', planes, [1, 3, job.height, job.width]) })).latent.data as Float32Array;
+  }
+
+  /** Runs the staged VAE's graphs (compiled once, kept with the job's others) on CPU maps. */
+  private stagedRunner(weights: WeightSet): RunGraph {
+    return async (key, build, feeds) => {
+      const g = await this.graph(key, build);
+      const tensors = Object.fromEntries(Object.entries(feeds).map(([name, f]) => [name, new this.rt.ort.Tensor('float32', f.data, f.dims)]));
+      const out = await runGraph(g, weights, tensors);
+      return out[g.session.outputNames[0]].data as Float32Array;
+    };
   }
 }
 
@@ -813,7 +814,7 @@ function scaleLayout(layout: LayoutOptions | undefined, sx: number, sy: number):
 
 function tileCount(size: { width: number; height: number }, tile: number): number {
   const [lh, lw] = [size.height / 8, size.width / 8];
-  return tileStarts(lh, Math.min(tile, lh), vaeTileOverlap(tile)).length * tileStarts(lw, Math.min(tile, lw), vaeTileOverlap(tile)).length;
+  return tileStarts(lh, Math.min(tile, lh)).length * tileStarts(lw, Math.min(tile, lw)).length;
 }
 
 /** Reads of GPU results by the CPU: a run whose outputs come back, a download, a preview. */

@@ -11,10 +11,28 @@ import { buildTextEncoder } from '../graph/clip.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
+import { stagedGraphs } from './vae-tiles.ts';
 
-/** Tile sides tried for a tiled VAE decode, largest first (latent cells); tiles overlap by a quarter. */
+/** Tile sides tried for the staged VAE decode, largest first (latent cells). */
 export const VAE_TILES = [48, 32, 24, 16, 8];
-export const vaeTileOverlap = (tile: number) => tile / 4;
+
+/**
+ * The staged decode's memory (vae-tiles.ts): the decoder's weights, and the largest of its graphs'
+ * activations (the head at the latent's size, every stage at its tile's); the maps kept between
+ * stages live in CPU memory.
+ */
+function stagedMemory(whole: GraphMemory, graphs: GraphBuilder[], options: Parameters<typeof graphMemory>[1]): GraphMemory {
+  const parts = graphs.map((g) => graphMemory(g, options));
+  const largest = parts.reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
+  return {
+    weightBytes: whole.weightBytes,
+    activationPeakBytes: Math.max(...parts.map((m) => m.activationPeakBytes)),
+    largestBufferBytes: largest.largestBufferBytes,
+    largestBuffer: largest.largestBuffer,
+    weightTransposeBytes: Math.max(...parts.map((m) => m.weightTransposeBytes)),
+    weightTransposes: Math.max(...parts.map((m) => m.weightTransposes)),
+  };
+}
 
 export interface PlanRequest {
   width: number;
@@ -66,7 +84,8 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit }), memOptions);
   const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit });
   const text = graphMemory(textGraph);
-  let vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
+  const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
+  let vae = wholeVae;
 
   const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
   const targets = [...loraTargets(unetGraph), ...loraTargets(textGraph)];
@@ -94,7 +113,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     const vaeSets = vae.activationPeakBytes >= unet.activationPeakBytes || vae.largestBufferBytes > limit;
     if (vaeSets && next < tiles.length) {
       vaeTile = tiles[next++];
-      vae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: Math.min(vaeTile, lh), latentW: Math.min(vaeTile, lw), dtype, attention, bufferLimit: limit }), memOptions);
+      vae = stagedMemory(wholeVae, stagedGraphs(cfg.vae, lh, lw, { dtype, attention, bufferLimit: limit, tile: vaeTile }, 'decode'), memOptions);
       continue;
     }
     if (req.cfg && !cfgHalves) {
@@ -107,7 +126,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     }
     break;
   }
-  if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles: the whole image's decode does not fit`);
+  if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles, stage by stage: the whole image's decode does not fit`);
   if (cfgHalves) notes.push('the two CFG halves run one after the other: the batch of two does not fit');
   const largest = [unet, text, vae].reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
   const peakBytes = total(unet);

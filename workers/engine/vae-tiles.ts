@@ -1,20 +1,34 @@
-// A VAE decode in overlapping tiles, for when the whole image's decode does not fit the memory plan
-// (at 512x512 the decoder's full-resolution feature maps, not the UNet, set the peak). Every tile has
-// the same latent size, so one compiled graph decodes them all; tiles overlap by `overlap` latent
-// cells and are feathered together: inside an overlap each tile's weight ramps linearly from its
-// edge, and every pixel is the weighted mean of the tiles that cover it (weights sum to one).
-// Like any tiled decode (diffusers' `enable_vae_tiling` too) the result differs slightly from the
-// whole decode, because each tile's group norms and mid-block attention see only that tile.
+// The VAE decode and encode in tiles, for when the whole picture's does not fit the memory plan (at
+// 512x512 the decoder's full-resolution feature maps, not the UNet, set the peak). The network runs
+// stage by stage (workers/graph/vae-stages.ts): the parts at the latent's size run whole; between
+// group norms the maps stay here, in CPU memory, every norm's statistics come from the whole map,
+// and each stage runs in tiles that read one pixel past their edges. So the tiled result equals the
+// whole one (to float rounding), which a blend of independently decoded tiles (diffusers'
+// `enable_vae_tiling`, A1111's hires tiles) does not: each of those tiles normalises by itself.
+import type { VaeConfig } from '../checkpoint/config.ts';
+import type { GraphBuilder, GraphOptions } from '../graph/builder.ts';
+import { buildVaeStage, decoderStages, encoderStages, stageScale, stageWindow, VAE_NORM_EPS, type VaeStage } from '../graph/vae-stages.ts';
+import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
 
-export interface VaeTiling {
-  /** Tile side in latent cells (clamped to the latent's own size per axis). */
+/** A [C, H, W] map. */
+export interface FeatureMap {
+  data: Float32Array;
+  c: number;
+  h: number;
+  w: number;
+}
+
+/** Run one graph (`key` names it for the engine's session cache) on float32 feeds; its one output. */
+export type RunGraph = (key: string, build: () => GraphBuilder, feeds: Record<string, { data: Float32Array; dims: number[] }>) => Promise<Float32Array>;
+
+export interface StagedOptions extends GraphOptions {
+  dtype: 'float32' | 'float16';
+  /** The tile's side in latent cells; stages at 2^k times the latent's size use tiles 2^k times larger. */
   tile: number;
-  /** Overlap between neighbouring tiles, in latent cells. */
-  overlap: number;
 }
 
 /** Tile starts along one axis of `n` cells: equal tiles of `size`, the last one flush with the end. */
-export function tileStarts(n: number, size: number, overlap: number): number[] {
+export function tileStarts(n: number, size: number, overlap = 0): number[] {
   if (size >= n) return [0];
   if (overlap >= size) throw new RangeError(`a tile's overlap (${overlap}) must be below its size (${size})`);
   const stride = size - overlap;
@@ -25,73 +39,131 @@ export function tileStarts(n: number, size: number, overlap: number): number[] {
 }
 
 /**
- * The weight of pixel p (0-based, in a tile of `size` pixels starting at `start`) along one axis:
- * a linear ramp over the part the tile shares with its neighbour on each side, 1 elsewhere.
+ * A group norm's statistics over a whole map, as per-channel mean and 1/sqrt(var + eps): the groups
+ * are runs of C/groups channels; sums in float64, the variance biased (PyTorch's GroupNorm).
  */
-function ramp(p: number, start: number, size: number, before: number | undefined, after: number | undefined): number {
-  let w = 1;
-  // the overlap with the previous tile: [start, prevEnd)
-  if (before !== undefined && before > start) {
-    const width = before - start;
-    if (p - start < width) w = Math.min(w, (p - start + 0.5) / width);
+export function groupStats(map: FeatureMap, groups: number, eps = VAE_NORM_EPS): { mean: Float32Array; invstd: Float32Array } {
+  const per = map.c / groups;
+  const n = per * map.h * map.w;
+  const mean = new Float32Array(map.c);
+  const invstd = new Float32Array(map.c);
+  for (let g = 0; g < groups; g++) {
+    let sum = 0;
+    let sq = 0;
+    for (let i = g * n; i < (g + 1) * n; i++) {
+      const v = map.data[i];
+      sum += v;
+      sq += v * v;
+    }
+    const m = sum / n;
+    const inv = 1 / Math.sqrt(Math.max(0, sq / n - m * m) + eps);
+    mean.fill(m, g * per, (g + 1) * per);
+    invstd.fill(inv, g * per, (g + 1) * per);
   }
-  // the overlap with the next tile: [nextStart, start + size)
-  if (after !== undefined && after < start + size) {
-    const width = start + size - after;
-    if (p >= after) w = Math.min(w, (start + size - p - 0.5) / width);
-  }
-  return w;
+  return { mean, invstd };
 }
 
-/**
- * Decode `latent` [C, lh, lw] tile by tile; `decode` turns one latent tile [C, th, tw] into its pixels
- * [3, th*8, tw*8]. Returns [3, lh*8, lw*8]. The encoder runs the same way the other way round: the
- * picture's planes as `latent`, tiles and overlap in pixels (multiples of 8), `scale` 1/8 and
- * `outChannels` the latent's.
- */
-export async function decodeTiled(
-  latent: Float32Array,
-  dims: { channels: number; lh: number; lw: number },
-  tiling: VaeTiling,
-  decode: (tile: Float32Array, th: number, tw: number) => Promise<Float32Array>,
-  scale = 8,
-  outChannels = 3,
-): Promise<Float32Array> {
-  const { channels, lh, lw } = dims;
-  const th = Math.min(tiling.tile, lh);
-  const tw = Math.min(tiling.tile, lw);
-  const rows = tileStarts(lh, th, tiling.overlap);
-  const cols = tileStarts(lw, tw, tiling.overlap);
-  const H = lh * scale;
-  const W = lw * scale;
-  const sum = new Float64Array(outChannels * H * W);
-  const weight = new Float64Array(H * W);
-  const tile = new Float32Array(channels * th * tw);
-  for (let ri = 0; ri < rows.length; ri++) {
-    for (let ci = 0; ci < cols.length; ci++) {
-      const r0 = rows[ri];
-      const c0 = cols[ci];
-      for (let c = 0; c < channels; c++)
-        for (let y = 0; y < th; y++) tile.set(latent.subarray((c * lh + r0 + y) * lw + c0, (c * lh + r0 + y) * lw + c0 + tw), (c * th + y) * tw);
-      const px = await decode(tile, th, tw);
-      const [y0, x0, ph, pw] = [r0 * scale, c0 * scale, th * scale, tw * scale];
-      const prevRowEnd = ri > 0 ? (rows[ri - 1] + th) * scale : undefined;
-      const nextRow = ri < rows.length - 1 ? rows[ri + 1] * scale : undefined;
-      const prevColEnd = ci > 0 ? (cols[ci - 1] + tw) * scale : undefined;
-      const nextCol = ci < cols.length - 1 ? cols[ci + 1] * scale : undefined;
-      const wx = Array.from({ length: pw }, (_, x) => ramp(x0 + x, x0, pw, prevColEnd, nextCol));
-      for (let y = 0; y < ph; y++) {
-        const wy = ramp(y0 + y, y0, ph, prevRowEnd, nextRow);
-        for (let x = 0; x < pw; x++) {
-          const w = wy * wx[x];
-          const at = (y0 + y) * W + x0 + x;
-          weight[at] += w;
-          for (let k = 0; k < outChannels; k++) sum[k * H * W + at] += w * px[(k * ph + y) * pw + x];
-        }
-      }
+/** Rows [y0, y0 + h) and columns [x0, x0 + w) of a map, zero outside it. */
+export function window(map: FeatureMap, y0: number, h: number, x0: number, w: number): Float32Array {
+  const out = new Float32Array(map.c * h * w);
+  const xa = Math.max(0, x0);
+  const xb = Math.min(map.w, x0 + w);
+  if (xb <= xa) return out;
+  for (let c = 0; c < map.c; c++) {
+    for (let y = Math.max(0, y0); y < Math.min(map.h, y0 + h); y++) {
+      const src = (c * map.h + y) * map.w;
+      out.set(map.data.subarray(src + xa, src + xb), (c * h + y - y0) * w + xa - x0);
     }
   }
-  const out = new Float32Array(outChannels * H * W);
-  for (let k = 0; k < outChannels; k++) for (let i = 0; i < H * W; i++) out[k * H * W + i] = sum[k * H * W + i] / weight[i];
   return out;
+}
+
+/** 1 where a window's pixel lies inside an h x w map, 0 outside. */
+function validMask(H: number, W: number, y0: number, h: number, x0: number, w: number): Float32Array {
+  const out = new Float32Array(h * w);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) if (y0 + y >= 0 && y0 + y < H && x0 + x >= 0 && x0 + x < W) out[y * w + x] = 1;
+  return out;
+}
+
+/** One stage over a whole map, tile by tile. */
+async function runStage(s: VaeStage, maps: Map<string, FeatureMap>, latentH: number, groups: number, opt: StagedOptions, run: RunGraph): Promise<void> {
+  const input = maps.get(s.input)!;
+  const scale = stageScale(s);
+  const outH = input.h * scale;
+  const outW = input.w * scale;
+  const cout = s.kind === 'up' || s.kind === 'down' ? s.c : s.cout;
+  // the grid the tiles cover: the input map when upsampling, the output map otherwise
+  const [gridH, gridW] = s.kind === 'up' ? [input.h, input.w] : [outH, outW];
+  const side = opt.tile * (gridH / latentH);
+  const th = Math.min(side, gridH);
+  const tw = Math.min(side, gridW);
+  const stats = s.kind === 'norm-conv' ? groupStats(input, groups) : undefined;
+  const skip = s.kind === 'norm-conv' && s.skip ? maps.get(s.skip.input)! : undefined;
+  const key = `vae-stage:${s.conv}:${th}x${tw}:${opt.dtype}`;
+  const out = new Float32Array(cout * outH * outW);
+  for (const r of tileStarts(gridH, th)) {
+    for (const c of tileStarts(gridW, tw)) {
+      const wy = stageWindow(s, r, th);
+      const wx = stageWindow(s, c, tw);
+      const feeds: Record<string, { data: Float32Array; dims: number[] }> = { x: { data: window(input, wy.from, wy.length, wx.from, wx.length), dims: [1, input.c, wy.length, wx.length] } };
+      if (stats) {
+        feeds.mean = { data: stats.mean, dims: [1, input.c, 1, 1] };
+        feeds.invstd = { data: stats.invstd, dims: [1, input.c, 1, 1] };
+        feeds.valid = { data: validMask(input.h, input.w, wy.from, wy.length, wx.from, wx.length), dims: [1, 1, wy.length, wx.length] };
+      }
+      if (skip) feeds.skip = { data: window(skip, wy.at, wy.outSize, wx.at, wx.outSize), dims: [1, skip.c, wy.outSize, wx.outSize] };
+      const y = await run(key, () => buildVaeStage(s, th, tw, opt), feeds);
+      for (let k = 0; k < cout; k++)
+        for (let row = 0; row < wy.outSize; row++) out.set(y.subarray((k * wy.outSize + row) * wx.outSize, (k * wy.outSize + row + 1) * wx.outSize), (k * outH + wy.at + row) * outW + wx.at);
+    }
+  }
+  maps.set(s.output, { data: out, c: cout, h: outH, w: outW });
+}
+
+/** The latent [C, h, w] (scaled, as the UNet makes it) -> the picture [3, 8h, 8w] in [-1, 1]. */
+export async function decodeStaged(cfg: VaeConfig, latent: FeatureMap, opt: StagedOptions, run: RunGraph): Promise<FeatureMap> {
+  const { h, w } = latent;
+  const graphOpt = { attention: opt.attention, bufferLimit: opt.bufferLimit };
+  const head = await run(`vae-head:${h}x${w}:${opt.dtype}`, () => buildVaeDecoder(cfg, { batch: 1, latentH: h, latentW: w, dtype: opt.dtype, part: 'head', ...graphOpt }), {
+    latent: { data: latent.data, dims: [1, latent.c, h, w] },
+  });
+  const maps = new Map<string, FeatureMap>([['a', { data: head, c: cfg.blockOutChannels[cfg.blockOutChannels.length - 1], h, w }]]);
+  for (const s of decoderStages(cfg)) await runStage(s, maps, h, cfg.normGroups, opt, run);
+  return maps.get('image')!;
+}
+
+/** The picture [3, H, W] in [-1, 1] -> the scaled latent [C, H/8, W/8] (the mean, as the whole encoder gives). */
+export async function encodeStaged(cfg: VaeConfig, picture: FeatureMap, opt: StagedOptions, run: RunGraph): Promise<FeatureMap> {
+  const down = 2 ** (cfg.blockOutChannels.length - 1);
+  const lh = picture.h / down;
+  const lw = picture.w / down;
+  const maps = new Map<string, FeatureMap>([['image', picture]]);
+  for (const s of encoderStages(cfg)) await runStage(s, maps, lh, cfg.normGroups, opt, run);
+  const a = maps.get('a')!;
+  const graphOpt = { attention: opt.attention, bufferLimit: opt.bufferLimit };
+  const latent = await run(`vae-tail:${lh}x${lw}:${opt.dtype}`, () => buildVaeEncoder(cfg, { batch: 1, latentH: lh, latentW: lw, dtype: opt.dtype, part: 'tail', ...graphOpt }), {
+    features: { data: a.data, dims: [1, a.c, lh, lw] },
+  });
+  return { data: latent, c: cfg.latentChannels, h: lh, w: lw };
+}
+
+/** The graphs a staged decode (or encode) runs, for the memory plan: the whole part and one per stage. */
+export function stagedGraphs(cfg: VaeConfig, latentH: number, latentW: number, opt: StagedOptions, which: 'decode' | 'encode'): GraphBuilder[] {
+  const graphOpt = { attention: opt.attention, bufferLimit: opt.bufferLimit };
+  const whole = which === 'decode'
+    ? buildVaeDecoder(cfg, { batch: 1, latentH, latentW, dtype: opt.dtype, part: 'head', ...graphOpt })
+    : buildVaeEncoder(cfg, { batch: 1, latentH, latentW, dtype: opt.dtype, part: 'tail', ...graphOpt });
+  const stages = which === 'decode' ? decoderStages(cfg) : encoderStages(cfg);
+  const graphs = [whole];
+  let h = which === 'decode' ? latentH : latentH * 2 ** (cfg.blockOutChannels.length - 1);
+  let w = which === 'decode' ? latentW : latentW * 2 ** (cfg.blockOutChannels.length - 1);
+  for (const s of stages) {
+    const scale = stageScale(s);
+    const [gh, gw] = s.kind === 'up' ? [h, w] : [h * scale, w * scale];
+    const side = opt.tile * (gh / latentH);
+    graphs.push(buildVaeStage(s, Math.min(side, gh), Math.min(side, gw), opt));
+    h *= scale;
+    w *= scale;
+  }
+  return graphs;
 }

@@ -11,6 +11,12 @@ export interface VaeGraphOptions extends GraphOptions {
   latentH: number;
   latentW: number;
   dtype: 'float32' | 'float16';
+  /**
+   * The part to build (default all): the decoder's `head` ends after its mid block and outputs
+   * `features`; the encoder's `tail` starts at its mid block from `features` (the down blocks' output,
+   * at the latent's size). The staged decode and encode (vae-stages.ts) run the rest in tiles.
+   */
+  part?: 'all' | 'head' | 'tail';
 }
 
 /** Single-head self-attention over all pixels, as in the VAE's mid block. */
@@ -43,6 +49,10 @@ export function buildVaeDecoder(cfg: VaeConfig, opt: VaeGraphOptions): GraphBuil
   h = resnetBlock(g, h, 'decoder.mid_block.resnets.0', h.c, groups, eps);
   h = vaeAttention(g, h, 'decoder.mid_block.attentions.0', groups);
   h = resnetBlock(g, h, 'decoder.mid_block.resnets.1', h.c, groups, eps);
+  if (opt.part === 'head') {
+    g.output(opt.dtype === 'float16' ? g.op('Cast', [h.v], { to: 1 }) : h.v, 'features', 'float32', [opt.batch, h.c, h.h, h.w]);
+    return g;
+  }
   for (let i = 0; i < levels; i++) {
     const cout = cfg.blockOutChannels[levels - 1 - i];
     for (let j = 0; j <= cfg.layersPerBlock; j++) h = resnetBlock(g, h, `decoder.up_blocks.${i}.resnets.${j}`, cout, groups, eps);
@@ -68,15 +78,20 @@ export function buildVaeEncoder(cfg: VaeConfig, opt: VaeGraphOptions): GraphBuil
   const eps = 1e-6;
   const H = opt.latentH * 2 ** (levels - 1);
   const W = opt.latentW * 2 ** (levels - 1);
-  let x = g.input('image', 'float32', [opt.batch, 3, H, W]);
-  if (opt.dtype === 'float16') x = g.op('Cast', [x], { to: 10 });
-  let h: Feat = { v: x, b: opt.batch, c: 3, h: H, w: W };
-  h = conv2d(g, h, 'encoder.conv_in', cfg.blockOutChannels[0], 3);
-  for (let i = 0; i < levels; i++) {
-    const cout = cfg.blockOutChannels[i];
-    for (let j = 0; j < cfg.layersPerBlock; j++) h = resnetBlock(g, h, `encoder.down_blocks.${i}.resnets.${j}`, cout, groups, eps);
-    if (i < levels - 1) {
-      h = downsample(g, h, `encoder.down_blocks.${i}.downsamplers.0.conv`);
+  let h: Feat;
+  if (opt.part === 'tail') {
+    const c = cfg.blockOutChannels[levels - 1];
+    let x = g.input('features', 'float32', [opt.batch, c, opt.latentH, opt.latentW]);
+    if (opt.dtype === 'float16') x = g.op('Cast', [x], { to: 10 });
+    h = { v: x, b: opt.batch, c, h: opt.latentH, w: opt.latentW };
+  } else {
+    let x = g.input('image', 'float32', [opt.batch, 3, H, W]);
+    if (opt.dtype === 'float16') x = g.op('Cast', [x], { to: 10 });
+    h = conv2d(g, { v: x, b: opt.batch, c: 3, h: H, w: W }, 'encoder.conv_in', cfg.blockOutChannels[0], 3);
+    for (let i = 0; i < levels; i++) {
+      const cout = cfg.blockOutChannels[i];
+      for (let j = 0; j < cfg.layersPerBlock; j++) h = resnetBlock(g, h, `encoder.down_blocks.${i}.resnets.${j}`, cout, groups, eps);
+      if (i < levels - 1) h = downsample(g, h, `encoder.down_blocks.${i}.downsamplers.0.conv`);
     }
   }
   h = resnetBlock(g, h, 'encoder.mid_block.resnets.0', h.c, groups, eps);

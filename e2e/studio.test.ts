@@ -213,6 +213,8 @@ test('a shared scene names its downloaded model and LoRA by address; in a fresh 
   await page.getByTestId('model-select').selectOption('model:studio-tests/tiny-sd15');
   await page.locator('[data-testid="model-name"][title^="diffusers"]').waitFor({ timeout: 120_000 });
   await ready(page);
+  // the scene is saved a moment after a change: wait for the model just chosen to be in it
+  await page.waitForFunction(() => JSON.parse(localStorage.getItem('lorastudio.scene') ?? '{}').model?.name === 'studio-tests/tiny-sd15', undefined, { timeout: 30_000 });
   await page.getByTestId('share').click();
   const link = await page.getByTestId('share-url').inputValue();
   const scene = await page.evaluate(() => JSON.parse(localStorage.getItem('lorastudio.scene')!));

@@ -1,0 +1,13 @@
+import { openTinyEngine } from './workers/node/tiny.ts';
+import { installNodeWebGpu } from './workers/node/webgpu.ts';
+import { createRuntime } from './workers/engine/runtime.ts';
+await installNodeWebGpu();
+const rt = await createRuntime('webgpu');
+const { engine } = await openTinyEngine('dist/test-model', rt, []);
+const job = { prompt: 'a fox', negative: '', steps: 2, cfg: 4, seed: 1, width: 64, height: 64, scheduler: 'euler-a' as const };
+await engine.generate(job);
+const c0 = process.cpuUsage(); const t0 = performance.now();
+const r = await engine.generate({ ...job, steps: 6 });
+const c1 = process.cpuUsage(c0);
+console.log('wall', (performance.now() - t0).toFixed(0), 'user', (c1.user / 1000).toFixed(0), 'sys', (c1.system / 1000).toFixed(0), JSON.stringify(r.report.timings));
+process.exit(0);

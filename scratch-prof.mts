@@ -1,0 +1,16 @@
+import { openStudio, generateAndWait } from './e2e/harness.ts';
+const t0 = performance.now();
+const lap = (s: string) => console.log(s, ((performance.now() - t0) / 1000).toFixed(1));
+const { CHROMIUM_ARGS } = await import('./e2e/harness.ts'); if (process.env.FLAGS) CHROMIUM_ARGS.push(...process.env.FLAGS.split(' '));
+const s = await openStudio(4990);
+lap('ready');
+const { page } = s;
+for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '11'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
+await generateAndWait(page); lap('gen1');
+await generateAndWait(page); lap('gen2');
+await page.getByTestId('seed').fill('12');
+await generateAndWait(page); lap('gen3 seed');
+await page.getByTestId('steps').fill('6');
+await generateAndWait(page); lap('gen4 6 steps');
+await s.close();
+process.exit(0);

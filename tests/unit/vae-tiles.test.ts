@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { VaeStage } from '../../workers/graph/vae-stages.ts';
 import { decoderStages, encoderStages, stageWindow } from '../../workers/graph/vae-stages.ts';
-import { groupStats, tileStarts, window } from '../../workers/engine/vae-tiles.ts';
+import { groupStats, readWindow, tileStarts } from '../../workers/engine/vae-tiles.ts';
 
 test('tiles: equal sizes, the stride of size minus overlap, the last one flush with the end', () => {
   assert.deepEqual(tileStarts(10, 6, 2), [0, 4]);
@@ -54,6 +54,6 @@ test('group statistics over a whole map: float64 sums, the biased variance, per 
 test('a window past the map\'s edge reads zeros there', () => {
   // one channel, 3 x 3, values 1..9
   const map = { data: Float32Array.from({ length: 9 }, (_, i) => i + 1), c: 1, h: 3, w: 3 };
-  assert.deepEqual([...window(map, -1, 3, -1, 3)], [0, 0, 0, 0, 1, 2, 0, 4, 5]);
-  assert.deepEqual([...window(map, 2, 2, 1, 3)], [8, 9, 0, 0, 0, 0]);
+  assert.deepEqual([...readWindow(map, -1, 3, -1, 3)], [0, 0, 0, 0, 1, 2, 0, 4, 5]);
+  assert.deepEqual([...readWindow(map, 2, 2, 1, 3)], [8, 9, 0, 0, 0, 0]);
 });

@@ -7,7 +7,7 @@
 // `enable_vae_tiling`, A1111's hires tiles) does not: each of those tiles normalises by itself.
 import type { VaeConfig } from '../checkpoint/config.ts';
 import type { GraphBuilder, GraphOptions } from '../graph/builder.ts';
-import { buildVaeStage, decoderStages, encoderStages, stageScale, stageWindow, VAE_NORM_EPS, type VaeStage } from '../graph/vae-stages.ts';
+import { buildVaeStage, decoderStages, encoderStages, stageChannels, stageTiling, stageWindow, VAE_NORM_EPS, type VaeStage } from '../graph/vae-stages.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
 
 /** A [C, H, W] map. */
@@ -64,7 +64,7 @@ export function groupStats(map: FeatureMap, groups: number, eps = VAE_NORM_EPS):
 }
 
 /** Rows [y0, y0 + h) and columns [x0, x0 + w) of a map, zero outside it. */
-export function window(map: FeatureMap, y0: number, h: number, x0: number, w: number): Float32Array {
+export function readWindow(map: FeatureMap, y0: number, h: number, x0: number, w: number): Float32Array {
   const out = new Float32Array(map.c * h * w);
   const xa = Math.max(0, x0);
   const xb = Math.min(map.w, x0 + w);
@@ -88,31 +88,24 @@ function validMask(H: number, W: number, y0: number, h: number, x0: number, w: n
 /** One stage over a whole map, tile by tile. */
 async function runStage(s: VaeStage, maps: Map<string, FeatureMap>, latentH: number, groups: number, opt: StagedOptions, run: RunGraph): Promise<void> {
   const input = maps.get(s.input)!;
-  const scale = stageScale(s);
-  const outH = input.h * scale;
-  const outW = input.w * scale;
-  const cout = s.kind === 'up' || s.kind === 'down' ? s.c : s.cout;
-  // the grid the tiles cover: the input map when upsampling, the output map otherwise
-  const [gridH, gridW] = s.kind === 'up' ? [input.h, input.w] : [outH, outW];
-  const side = opt.tile * (gridH / latentH);
-  const th = Math.min(side, gridH);
-  const tw = Math.min(side, gridW);
+  const { outH, outW, gridH, gridW, th, tw } = stageTiling(s, input.h, input.w, opt.tile, latentH);
+  const { cout } = stageChannels(s);
   const stats = s.kind === 'norm-conv' ? groupStats(input, groups) : undefined;
   const skip = s.kind === 'norm-conv' && s.skip ? maps.get(s.skip.input)! : undefined;
-  const key = `vae-stage:${s.conv}:${th}x${tw}:${opt.dtype}`;
+  const graph = stageGraph(s, th, tw, opt);
   const out = new Float32Array(cout * outH * outW);
   for (const r of tileStarts(gridH, th)) {
     for (const c of tileStarts(gridW, tw)) {
       const wy = stageWindow(s, r, th);
       const wx = stageWindow(s, c, tw);
-      const feeds: Record<string, { data: Float32Array; dims: number[] }> = { x: { data: window(input, wy.from, wy.length, wx.from, wx.length), dims: [1, input.c, wy.length, wx.length] } };
+      const feeds: Record<string, { data: Float32Array; dims: number[] }> = { x: { data: readWindow(input, wy.from, wy.length, wx.from, wx.length), dims: [1, input.c, wy.length, wx.length] } };
       if (stats) {
         feeds.mean = { data: stats.mean, dims: [1, input.c, 1, 1] };
         feeds.invstd = { data: stats.invstd, dims: [1, input.c, 1, 1] };
         feeds.valid = { data: validMask(input.h, input.w, wy.from, wy.length, wx.from, wx.length), dims: [1, 1, wy.length, wx.length] };
       }
-      if (skip) feeds.skip = { data: window(skip, wy.at, wy.outSize, wx.at, wx.outSize), dims: [1, skip.c, wy.outSize, wx.outSize] };
-      const y = await run(key, () => buildVaeStage(s, th, tw, opt), feeds);
+      if (skip) feeds.skip = { data: readWindow(skip, wy.at, wy.outSize, wx.at, wx.outSize), dims: [1, skip.c, wy.outSize, wx.outSize] };
+      const y = await run(graph.key, graph.build, feeds);
       for (let k = 0; k < cout; k++)
         for (let row = 0; row < wy.outSize; row++) out.set(y.subarray((k * wy.outSize + row) * wx.outSize, (k * wy.outSize + row + 1) * wx.outSize), (k * outH + wy.at + row) * outW + wx.at);
     }
@@ -120,14 +113,30 @@ async function runStage(s: VaeStage, maps: Map<string, FeatureMap>, latentH: num
   maps.set(s.output, { data: out, c: cout, h: outH, w: outW });
 }
 
+/** A graph the staged VAE runs: the key the engine caches its session by, and its builder. */
+interface StagedGraph {
+  key: string;
+  build: () => GraphBuilder;
+}
+
+function stageGraph(s: VaeStage, th: number, tw: number, opt: StagedOptions): StagedGraph {
+  return { key: `vae-stage:${s.conv}:${th}x${tw}:${opt.dtype}`, build: () => buildVaeStage(s, th, tw, opt) };
+}
+
+/** The part that runs whole at the latent's size: the decoder's head (to its mid block's output), the encoder's tail (from its mid block). */
+function wholePart(cfg: VaeConfig, which: 'decode' | 'encode', lh: number, lw: number, opt: StagedOptions): StagedGraph {
+  const o = { batch: 1, latentH: lh, latentW: lw, dtype: opt.dtype, attention: opt.attention, bufferLimit: opt.bufferLimit };
+  return which === 'decode'
+    ? { key: `vae-head:${lh}x${lw}:${opt.dtype}`, build: () => buildVaeDecoder(cfg, { ...o, part: 'head' }) }
+    : { key: `vae-tail:${lh}x${lw}:${opt.dtype}`, build: () => buildVaeEncoder(cfg, { ...o, part: 'tail' }) };
+}
+
 /** The latent [C, h, w] (scaled, as the UNet makes it) -> the picture [3, 8h, 8w] in [-1, 1]. */
 export async function decodeStaged(cfg: VaeConfig, latent: FeatureMap, opt: StagedOptions, run: RunGraph): Promise<FeatureMap> {
   const { h, w } = latent;
-  const graphOpt = { attention: opt.attention, bufferLimit: opt.bufferLimit };
-  const head = await run(`vae-head:${h}x${w}:${opt.dtype}`, () => buildVaeDecoder(cfg, { batch: 1, latentH: h, latentW: w, dtype: opt.dtype, part: 'head', ...graphOpt }), {
-    latent: { data: latent.data, dims: [1, latent.c, h, w] },
-  });
-  const maps = new Map<string, FeatureMap>([['a', { data: head, c: cfg.blockOutChannels[cfg.blockOutChannels.length - 1], h, w }]]);
+  const head = wholePart(cfg, 'decode', h, w, opt);
+  const features = await run(head.key, head.build, { latent: { data: latent.data, dims: [1, latent.c, h, w] } });
+  const maps = new Map<string, FeatureMap>([['a', { data: features, c: cfg.blockOutChannels[cfg.blockOutChannels.length - 1], h, w }]]);
   for (const s of decoderStages(cfg)) await runStage(s, maps, h, cfg.normGroups, opt, run);
   return maps.get('image')!;
 }
@@ -140,30 +149,20 @@ export async function encodeStaged(cfg: VaeConfig, picture: FeatureMap, opt: Sta
   const maps = new Map<string, FeatureMap>([['image', picture]]);
   for (const s of encoderStages(cfg)) await runStage(s, maps, lh, cfg.normGroups, opt, run);
   const a = maps.get('a')!;
-  const graphOpt = { attention: opt.attention, bufferLimit: opt.bufferLimit };
-  const latent = await run(`vae-tail:${lh}x${lw}:${opt.dtype}`, () => buildVaeEncoder(cfg, { batch: 1, latentH: lh, latentW: lw, dtype: opt.dtype, part: 'tail', ...graphOpt }), {
-    features: { data: a.data, dims: [1, a.c, lh, lw] },
-  });
+  const tail = wholePart(cfg, 'encode', lh, lw, opt);
+  const latent = await run(tail.key, tail.build, { features: { data: a.data, dims: [1, a.c, lh, lw] } });
   return { data: latent, c: cfg.latentChannels, h: lh, w: lw };
 }
 
 /** The graphs a staged decode (or encode) runs, for the memory plan: the whole part and one per stage. */
 export function stagedGraphs(cfg: VaeConfig, latentH: number, latentW: number, opt: StagedOptions, which: 'decode' | 'encode'): GraphBuilder[] {
-  const graphOpt = { attention: opt.attention, bufferLimit: opt.bufferLimit };
-  const whole = which === 'decode'
-    ? buildVaeDecoder(cfg, { batch: 1, latentH, latentW, dtype: opt.dtype, part: 'head', ...graphOpt })
-    : buildVaeEncoder(cfg, { batch: 1, latentH, latentW, dtype: opt.dtype, part: 'tail', ...graphOpt });
-  const stages = which === 'decode' ? decoderStages(cfg) : encoderStages(cfg);
-  const graphs = [whole];
-  let h = which === 'decode' ? latentH : latentH * 2 ** (cfg.blockOutChannels.length - 1);
-  let w = which === 'decode' ? latentW : latentW * 2 ** (cfg.blockOutChannels.length - 1);
-  for (const s of stages) {
-    const scale = stageScale(s);
-    const [gh, gw] = s.kind === 'up' ? [h, w] : [h * scale, w * scale];
-    const side = opt.tile * (gh / latentH);
-    graphs.push(buildVaeStage(s, Math.min(side, gh), Math.min(side, gw), opt));
-    h *= scale;
-    w *= scale;
+  const graphs = [wholePart(cfg, which, latentH, latentW, opt).build()];
+  const down = which === 'decode' ? 1 : 2 ** (cfg.blockOutChannels.length - 1);
+  let [h, w] = [latentH * down, latentW * down];
+  for (const s of which === 'decode' ? decoderStages(cfg) : encoderStages(cfg)) {
+    const t = stageTiling(s, h, w, opt.tile, latentH);
+    graphs.push(stageGraph(s, t.th, t.tw, opt).build());
+    [h, w] = [t.outH, t.outW];
   }
   return graphs;
 }

@@ -66,6 +66,24 @@ export function stageScale(s: VaeStage): number {
   return s.kind === 'up' ? 2 : s.kind === 'down' ? 0.5 : 1;
 }
 
+/** A stage's input and output channels. */
+export function stageChannels(s: VaeStage): { cin: number; cout: number } {
+  return s.kind === 'up' || s.kind === 'down' ? { cin: s.c, cout: s.c } : { cin: s.cin, cout: s.cout };
+}
+
+/**
+ * A stage over an `inH` x `inW` map: its output's size, the grid its tiles cover (the input map for
+ * `up`, the output map otherwise) and the tile on that grid, `tile` latent cells scaled by the grid's
+ * size over the latent's (`latentH`), at most the grid.
+ */
+export function stageTiling(s: VaeStage, inH: number, inW: number, tile: number, latentH: number) {
+  const scale = stageScale(s);
+  const [outH, outW] = [inH * scale, inW * scale];
+  const [gridH, gridW] = s.kind === 'up' ? [inH, inW] : [outH, outW];
+  const side = tile * (gridH / latentH);
+  return { outH, outW, gridH, gridW, th: Math.min(side, gridH), tw: Math.min(side, gridW) };
+}
+
 /**
  * Where a tile reads and writes. A stage is tiled over its `grid`: the input map for `up`, the output
  * map otherwise. A grid tile [start, start + size) along one axis reads input [from, from + length)
@@ -84,7 +102,9 @@ export const VAE_NORM_EPS = 1e-6;
  * One stage for a grid tile of `th` x `tw`. Inputs: `x` (the input window), for `norm-conv` also
  * `mean` and `invstd` [1, cin, 1, 1] (the group's statistics, per channel), `valid` [1, 1, h, w] (1
  * inside the map: the convolution's zero padding applies after the norm and SiLU) and `skip` (the
- * residual, the output's own window); output `y`.
+ * residual, the output's own window); output `y`. The norm is applied as a per-channel scale and
+ * shift made from the statistics and its weight and bias (two passes over the tile, not four), as
+ * onnxruntime's InstanceNormalization applies it in the whole graph.
  */
 export function buildVaeStage(s: VaeStage, th: number, tw: number, opt: GraphOptions & { dtype: 'float32' | 'float16' }): GraphBuilder {
   const g = new GraphBuilder(opt.dtype, opt);
@@ -95,15 +115,15 @@ export function buildVaeStage(s: VaeStage, th: number, tw: number, opt: GraphOpt
   };
   const wy = stageWindow(s, 0, th);
   const wx = stageWindow(s, 0, tw);
-  const cin = s.kind === 'up' || s.kind === 'down' ? s.c : s.cin;
-  const cout = s.kind === 'up' || s.kind === 'down' ? s.c : s.cout;
+  const { cin, cout } = stageChannels(s);
   let x = inF('x', [1, cin, wy.length, wx.length]);
   if (s.kind === 'norm-conv') {
-    const mean = inF('mean', [1, cin, 1, 1]);
-    const invstd = inF('invstd', [1, cin, 1, 1]);
     const gamma = g.op('Reshape', [g.weight(`${s.norm}.weight`, [cin]), g.ints([1, cin, 1, 1])]);
     const beta = g.op('Reshape', [g.weight(`${s.norm}.bias`, [cin]), g.ints([1, cin, 1, 1])]);
-    const normed = g.op('Add', [g.op('Mul', [g.op('Mul', [g.op('Sub', [x, mean]), invstd]), gamma]), beta]);
+    // y = (x - mean) * invstd * gamma + beta = x * scale + (beta - mean * scale)
+    const scale = g.op('Mul', [inF('invstd', [1, cin, 1, 1]), gamma]);
+    const shift = g.op('Sub', [beta, g.op('Mul', [inF('mean', [1, cin, 1, 1]), scale])]);
+    const normed = g.op('Add', [g.op('Mul', [x, scale]), shift]);
     x = g.op('Mul', [silu(g, normed), inF('valid', [1, 1, wy.length, wx.length])]);
   }
   if (s.kind === 'up') x = g.op('Resize', [x, '', g.floatsF32([1, 1, 2, 2])], { mode: 'nearest', coordinate_transformation_mode: 'asymmetric', nearest_mode: 'floor' });

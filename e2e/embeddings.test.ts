@@ -26,7 +26,8 @@ test('an ED-LoRA .pth and a textual inversion from the pickers: a prompt with th
   await page.getByTestId('lora-info-0').waitFor({ timeout: 60_000 });
   assert.match(await page.getByTestId('lora-info-0').innerText(), /edlora · rank 4 .* concept <tiny1> <tiny2>/);
   await page.getByTestId('embedding-file').setInputFiles('dist/test-model/embeddings/tiny-ti.safetensors');
-  await page.getByTestId('embedding-0').filter({ hasText: 'tiny-ti' }).waitFor({ timeout: 60_000 });
+  // the row shows the file's name at once and what the engine read once it is loaded: wait for that
+  await page.getByTestId('embedding-0').filter({ hasText: /write tiny-ti in a prompt/ }).waitFor({ timeout: 60_000 });
   assert.match(await page.getByTestId('embedding-0').innerText(), /write tiny-ti in a prompt \(2 tokens\)/);
   await page.getByTestId('prompt').fill('a <tiny1> <tiny2> cat in a forest, tiny-ti');
   await generateAndWait(page);

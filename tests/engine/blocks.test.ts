@@ -9,7 +9,7 @@ import { makeTinyInpaintingModel, makeTinyModel, randomWeight } from '../../work
 import { timestepEmbedding } from '../../workers/engine/pipeline.ts';
 import { Rng } from '../../workers/engine/random.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
-import { GraphBuilder } from '../../workers/graph/builder.ts';
+import { GraphBuilder, type NormForm } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, causalMask, clipLayer } from '../../workers/graph/clip.ts';
 import { conv2d, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
 import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
@@ -21,6 +21,7 @@ import * as ref from '../../workers/reference/sd15.ts';
 import { maxAbsDiff, runtime } from '../helpers.ts';
 
 const BACKENDS: Backend[] = ['wasm', 'webgpu'];
+const NORM_FORMS: NormForm[] = ['instance', 'reductions'];
 const TOL: Record<Backend, number> = { wasm: 2e-5, webgpu: 2e-4 };
 
 interface Input {
@@ -69,18 +70,20 @@ function check(backend: Backend, got: Float32Array, want: nn.T | Float64Array, w
 const feat = (g: GraphBuilder, name: string, dims: number[]): Feat => ({ v: g.input(name, 'float32', dims), b: dims[0], c: dims[1], h: dims[2], w: dims[3] });
 
 for (const backend of BACKENDS) {
-  test(`resnet block with time embedding and shortcut (${backend})`, async () => {
-    const g = new GraphBuilder();
-    const x = feat(g, 'x', [2, 8, 6, 5]);
-    const temb = g.input('temb', 'float32', [2, 12]);
-    const y = resnetBlock(g, x, 'blk', 16, 4, 1e-5, { v: temb, dim: 12 });
-    g.output(y.v, 'y', 'float32', [2, 16, 6, 5]);
-    const w = randomWeights(g, 1);
-    const xs = randomInput(2 * 8 * 30, 2);
-    const ts = randomInput(24, 3);
-    const out = await run(backend, g, { x: { data: xs, dims: [2, 8, 6, 5] }, temb: { data: ts, dims: [2, 12] } }, w);
-    const want = ref.resnet(W(w), nn.tensor(xs, [2, 8, 6, 5]), 'blk', 16, 4, 1e-5, nn.tensor(ts, [2, 12]));
-    check(backend, out.y, want, 'resnet');
+  test(`resnet block with time embedding and shortcut, group norms in both forms (${backend})`, async () => {
+    for (const norm of NORM_FORMS) {
+      const g = new GraphBuilder('float32', { norm });
+      const x = feat(g, 'x', [2, 8, 6, 5]);
+      const temb = g.input('temb', 'float32', [2, 12]);
+      const y = resnetBlock(g, x, 'blk', 16, 4, 1e-5, { v: temb, dim: 12 });
+      g.output(y.v, 'y', 'float32', [2, 16, 6, 5]);
+      const w = randomWeights(g, 1);
+      const xs = randomInput(2 * 8 * 30, 2);
+      const ts = randomInput(24, 3);
+      const out = await run(backend, g, { x: { data: xs, dims: [2, 8, 6, 5] }, temb: { data: ts, dims: [2, 12] } }, w);
+      const want = ref.resnet(W(w), nn.tensor(xs, [2, 8, 6, 5]), 'blk', 16, 4, 1e-5, nn.tensor(ts, [2, 12]));
+      check(backend, out.y, want, `resnet, ${norm} norms`);
+    }
   });
 
   test(`spatial transformer: self-attention, cross-attention, GEGLU (${backend})`, async () => {
@@ -143,15 +146,17 @@ for (const backend of BACKENDS) {
     const sample = randomInput(4 * 64, 13);
     const emb = timestepEmbedding(500, config.unet.blockOutChannels[0]);
     const ctx = randomInput(77 * config.unet.crossAttentionDim, 14);
-    const ug = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32' });
-    const u = await run(
-      backend,
-      ug,
-      { sample: { data: sample, dims: [1, 4, 8, 8] }, timestep_embedding: { data: emb, dims: [1, 16] }, encoder_hidden_states: { data: ctx, dims: [1, 77, 32] } },
-      weights.unet,
-    );
     const wantU = ref.unetForward(W(weights.unet), config.unet, nn.tensor(sample, [1, 4, 8, 8]), nn.tensor(emb, [1, 16]), nn.tensor(ctx, [77, 32]));
-    check(backend, u.noise_pred, wantU, 'unet');
+    for (const norm of NORM_FORMS) {
+      const ug = buildUNet(config.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32', norm });
+      const u = await run(
+        backend,
+        ug,
+        { sample: { data: sample, dims: [1, 4, 8, 8] }, timestep_embedding: { data: emb, dims: [1, 16] }, encoder_hidden_states: { data: ctx, dims: [1, 77, 32] } },
+        weights.unet,
+      );
+      check(backend, u.noise_pred, wantU, `unet, ${norm} norms`);
+    }
 
     const ids = Array.from({ length: 77 }, (_, i) => (i * 37) % config.textEncoder.vocabSize);
     for (const clipSkip of [1, 2]) {
@@ -160,10 +165,13 @@ for (const backend of BACKENDS) {
       check(backend, t.last_hidden_state, ref.textEncode(W(weights.textEncoder), config.textEncoder, ids, clipSkip), `text encoder clip-skip ${clipSkip}`);
     }
 
-    const vg = buildVaeDecoder(config.vae, { batch: 1, latentH: 4, latentW: 4, dtype: 'float32' });
     const lat = randomInput(64, 15);
-    const v = await run(backend, vg, { latent: { data: lat, dims: [1, 4, 4, 4] } }, weights.vae);
-    check(backend, v.image, ref.vaeDecode(W(weights.vae), config.vae, nn.tensor(lat, [1, 4, 4, 4])), 'vae');
+    const wantV = ref.vaeDecode(W(weights.vae), config.vae, nn.tensor(lat, [1, 4, 4, 4]));
+    for (const norm of NORM_FORMS) {
+      const vg = buildVaeDecoder(config.vae, { batch: 1, latentH: 4, latentW: 4, dtype: 'float32', norm });
+      const v = await run(backend, vg, { latent: { data: lat, dims: [1, 4, 4, 4] } }, weights.vae);
+      check(backend, v.image, wantV, `vae, ${norm} norms`);
+    }
   });
 
   test(`region-aware cross-attention: each region's keys and values, kept by the region masks (${backend})`, async () => {

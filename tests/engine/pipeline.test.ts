@@ -95,6 +95,9 @@ test('WebGPU and wasm give the same image within 2/255; report fields are presen
   assert.deepEqual(rg2.image.data, rg.image.data, 'WebGPU is deterministic');
   const r = rg.report;
   assert.equal(r.adapter.backend, 'webgpu');
+  // the group norms: reductions on a CPU adapter (SwiftShader), one InstanceNormalization elsewhere and on wasm
+  assert.equal(r.groupNorm, (await runtime('webgpu')).gpu!.adapter.cpu ? 'reductions' : 'instance');
+  assert.equal(rw.report.groupNorm, 'instance');
   assert.ok(r.gpuBytesAllocated >= g.info.weightBytes, `peak GPU bytes ${r.gpuBytesAllocated} hold the weights ${g.info.weightBytes}`);
   for (const k of ['textEncodeMs', 'denoiseMs', 'perStepMs', 'decodeMs', 'totalMs'] as const) assert.ok(r.timingsMs[k] > 0, k);
   g.engine.unload();

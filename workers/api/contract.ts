@@ -413,6 +413,8 @@ export interface GenerationReport {
   /** The denoising loop kept its latents on the GPU (CFG and the sampler's step as GPU work); false: each step came back to the CPU, with `latentsOnGpuReason`. */
   latentsOnGpu: boolean;
   latentsOnGpuReason?: string;
+  /** How the graphs built their group norms: one InstanceNormalization each, or ReduceMean ops (on a CPU adapter, where they are faster). */
+  groupNorm: 'instance' | 'reductions';
   loras: { name: string; format: LoraFormat; scale: number; textEncoderScale: number }[];
   /** LoRA layers applied, summed over the job's LoRAs. */
   loraKeysMatched: number;

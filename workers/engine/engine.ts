@@ -481,7 +481,7 @@ export class Engine {
     const clipSkip = job.clipSkip ?? 1;
     if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
     const t0 = performance.now();
-    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm };
     const loraCount = jobLoraCount(job);
     const plan = this.plan(job, loraCount, attention);
     // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
@@ -515,7 +515,7 @@ export class Engine {
     const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
     const guideKey = `${lh}x${lw}:${layoutKey}`;
     // guidance differentiates through its attention: never fused (no gradient rule), chunked under the limit
-    const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs, attention: 'chunked', bufferLimit: forms.bufferLimit } as const;
+    const guideOptions = { batch: 1, latentH: lh, latentW: lw, textLen: cfg.textEncoder.maxPositions, dtype, regions: layout?.regions, isolation: layout?.isolation, regionOutputs: layout?.regionOutputs, attention: 'chunked', bufferLimit: forms.bufferLimit, norm: forms.norm } as const;
     const guideMaps = guideLayers ? await this.graph(`guide-maps:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, false)) : undefined;
     const guideGrad = guideLayers && resolved?.guidance ? await this.graph(`guide-grad:${guideKey}`, () => buildGuidanceGraph(cfg.unet, guideOptions, guideLayers, true)) : undefined;
     const kv = layout ? await this.graph('cross-kv', () => buildCrossKV(cfg.unet, { batch: 1, textLen: cfg.textEncoder.maxPositions, dtype })) : undefined;
@@ -707,6 +707,7 @@ export class Engine {
         readbacksPerStep: result.loopReadbacks / Math.max(1, result.stepsRun),
         latentsOnGpu: result.latentsOnGpu,
         ...(result.latentsOnGpuReason ? { latentsOnGpuReason: result.latentsOnGpuReason } : {}),
+        groupNorm: this.rt.norm,
         warnings,
         loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),
         loraKeysMatched: used.reduce((a, u) => a + u.info.keysMatched, 0),
@@ -733,7 +734,7 @@ export class Engine {
     const lw = job.width / 8;
     const tile = this.plan(job, jobLoraCount(job), attention).vaeTile;
     const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
-    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit() };
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm };
     if (tile) return (await encodeStaged(cfg.vae, { data: planes, c: 3, h: job.height, w: job.width }, { dtype, ...forms, tile }, this.stagedRunner(m.weights.vae))).data;
     const enc = await this.graph(`vae-enc:${lh}x${lw}`, () => buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
     return (await runGraph(enc, m.weights.vae, { image: new this.rt.ort.Tensor('float32', planes, [1, 3, job.height, job.width]) })).latent.data as Float32Array;

@@ -2,7 +2,7 @@
 // (the CPU reference backend used by tests and benchmarks).
 import type * as OrtNs from 'onnxruntime-web';
 import { adoptGpu, hasWebGpu, noWebGpuError, type GpuContext } from '../gpu/device.ts';
-import { GraphBuilder } from '../graph/builder.ts';
+import { GraphBuilder, type NormForm } from '../graph/builder.ts';
 
 export type Ort = typeof OrtNs;
 export type Backend = 'webgpu' | 'wasm';
@@ -13,6 +13,8 @@ export interface Runtime {
   gpu?: GpuContext;
   /** Keeps ORT's WebGPU device alive. */
   anchor?: OrtNs.InferenceSession;
+  /** How this runtime's graphs build group norms: `reductions` on a CPU adapter, where it is much faster (see NormForm). */
+  norm: NormForm;
 }
 
 let ortModule: Promise<Ort> | undefined;
@@ -22,14 +24,15 @@ export function loadOrt(): Promise<Ort> {
   return ortModule;
 }
 
-export async function createRuntime(backend: Backend, options: { wasmPaths?: string; threads?: number } = {}): Promise<Runtime> {
+/** `norm` overrides the form the adapter would get (tests check both forms on one device). */
+export async function createRuntime(backend: Backend, options: { wasmPaths?: string; threads?: number; norm?: NormForm } = {}): Promise<Runtime> {
   const ort = await loadOrt();
   ort.env.wasm.numThreads = options.threads ?? 1;
   // @huggingface/transformers points ORT at a CDN when it loads; the studio works offline, so ORT
   // must use the wasm file bundled with the app (found next to its module when no path is set).
   ort.env.wasm.wasmPaths = options.wasmPaths;
   ort.env.logLevel = 'error';
-  if (backend === 'wasm') return { ort, backend };
+  if (backend === 'wasm') return { ort, backend, norm: options.norm ?? 'instance' };
   if (!hasWebGpu()) throw noWebGpuError();
   // A one-node session makes ORT create its WebGPU device, which we then share.
   const g = new GraphBuilder('float32');
@@ -39,7 +42,7 @@ export async function createRuntime(backend: Backend, options: { wasmPaths?: str
   const device = (await ort.env.webgpu.device) as GPUDevice;
   if (!device) throw noWebGpuError();
   const gpu = await adoptGpu(device);
-  return { ort, backend, gpu, anchor: boot };
+  return { ort, backend, gpu, anchor: boot, norm: options.norm ?? (gpu.adapter.cpu ? 'reductions' : 'instance') };
 }
 
 /** The WebGPU EP's tensor layout for convolutions: NHWC is its default; NCHW reads 1x1 weights as they are. */

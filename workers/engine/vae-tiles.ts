@@ -125,7 +125,7 @@ function stageGraph(s: VaeStage, th: number, tw: number, opt: StagedOptions): St
 
 /** The part that runs whole at the latent's size: the decoder's head (to its mid block's output), the encoder's tail (from its mid block). */
 function wholePart(cfg: VaeConfig, which: 'decode' | 'encode', lh: number, lw: number, opt: StagedOptions): StagedGraph {
-  const o = { batch: 1, latentH: lh, latentW: lw, dtype: opt.dtype, attention: opt.attention, bufferLimit: opt.bufferLimit };
+  const o = { batch: 1, latentH: lh, latentW: lw, dtype: opt.dtype, attention: opt.attention, bufferLimit: opt.bufferLimit, norm: opt.norm };
   return which === 'decode'
     ? { key: `vae-head:${lh}x${lw}:${opt.dtype}`, build: () => buildVaeDecoder(cfg, { ...o, part: 'head' }) }
     : { key: `vae-tail:${lh}x${lw}:${opt.dtype}`, build: () => buildVaeEncoder(cfg, { ...o, part: 'tail' }) };

@@ -7,6 +7,8 @@ export interface AdapterSummary {
   architecture: string;
   description: string;
   shaderF16: boolean;
+  /** A CPU implementation of WebGPU (SwiftShader, a fallback adapter), not a GPU. */
+  cpu: boolean;
   maxBufferSize: number;
   maxStorageBufferBindingSize: number;
 }
@@ -73,8 +75,9 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter): void {
 export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
   const memory = new GpuMemoryCounter();
   instrument(device, memory);
-  const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+  const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo & { isFallbackAdapter?: boolean } }).adapterInfo;
   const L = device.limits;
+  const cpu = info?.isFallbackAdapter === true || /swiftshader|llvmpipe|lavapipe|warp/i.test(`${info?.architecture} ${info?.description}`);
   return {
     device,
     memory,
@@ -83,6 +86,7 @@ export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
       architecture: info?.architecture ?? 'unknown',
       description: info?.description ?? '',
       shaderF16: device.features.has('shader-f16'),
+      cpu,
       maxBufferSize: L.maxBufferSize,
       maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
     },

@@ -26,12 +26,19 @@ export function silu(g: GraphBuilder, v: string): string {
   return g.op('Mul', [v, g.op('Sigmoid', [v])]);
 }
 
-/** GroupNorm as InstanceNormalization over [B, groups, C/groups*H*W], then the per-channel affine. */
+/** GroupNorm over [B, groups, C/groups*H*W] in the builder's `norm` form, then the per-channel affine. */
 export function groupNorm(g: GraphBuilder, x: Feat, name: string, groups: number, eps: number): Feat {
   const grouped = g.op('Reshape', [x.v, g.ints([x.b, groups, -1])]);
-  const ones = g.floats(new Array(groups).fill(1), [groups]);
-  const zeros = g.floats(new Array(groups).fill(0), [groups]);
-  const normed = g.op('InstanceNormalization', [grouped, ones, zeros], { epsilon: { float: eps } });
+  let normed: string;
+  if (g.norm === 'reductions') {
+    const centred = g.op('Sub', [grouped, g.op('ReduceMean', [grouped], { axes: [2], keepdims: 1 })]);
+    const variance = g.op('ReduceMean', [g.op('Mul', [centred, centred])], { axes: [2], keepdims: 1 });
+    normed = g.op('Div', [centred, g.op('Sqrt', [g.op('Add', [variance, g.scalar(eps)])])]);
+  } else {
+    const ones = g.floats(new Array(groups).fill(1), [groups]);
+    const zeros = g.floats(new Array(groups).fill(0), [groups]);
+    normed = g.op('InstanceNormalization', [grouped, ones, zeros], { epsilon: { float: eps } });
+  }
   const back = g.op('Reshape', [normed, g.ints([x.b, x.c, x.h, x.w])]);
   const gamma = g.op('Reshape', [g.weight(`${name}.weight`, [x.c]), g.ints([x.c, 1, 1])]);
   const beta = g.op('Reshape', [g.weight(`${name}.bias`, [x.c]), g.ints([x.c, 1, 1])]);

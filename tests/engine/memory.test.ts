@@ -161,6 +161,43 @@ test('the loop on the GPU gives the CPU loop\'s image for every sampler; preview
   }
 });
 
+test('graph capture: the loop\'s UNet replays its recorded run, giving the plain loop\'s image exactly, job after job, with LoRAs switched between replays, and after a cancel', async () => {
+  const { dir } = await tinyModelDir();
+  const { engine, loras } = await openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha']);
+  const base: GenerateJob = { ...JOB, width: 64, height: 64, steps: 3, scheduler: 'euler-a', previewEvery: 2 };
+  const jobs: GenerateJob[] = [
+    base,
+    // the same buffers with other contents: another seed, prompt and sampler
+    { ...base, seed: 10, prompt: 'a grey owl', scheduler: 'dpmpp-2m' },
+    // LoRA Switch rewrites the weights in place between two replays
+    { ...base, steps: 4, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'switch', switchStep: 1 } },
+  ];
+  let first: Uint8ClampedArray | undefined;
+  for (const job of jobs) {
+    const captured = await engine.generate(job);
+    const plain = await engine.generate({ ...job, graphCapture: false });
+    assert.equal(captured.report.graphCaptured, true, job.prompt);
+    assert.equal(plain.report.graphCaptured, false);
+    assert.equal(captured.report.latentsOnGpu, true);
+    assert.equal(captured.report.readbacksPerStep, plain.report.readbacksPerStep, 'the previews alone come back');
+    assert.deepEqual(captured.image.data, plain.image.data, `${job.scheduler}, ${job.composition?.method ?? 'plain'}: the replayed loop's image is the plain loop's`);
+    first ??= captured.image.data;
+  }
+  // a cancel in the loop can leave step-graph work queued that writes the captured UNet's input
+  let seen = 0;
+  await assert.rejects(
+    engine.generate(base, (e) => {
+      if (e.phase === 'denoise' && ++seen === 2) engine.cancel();
+    }),
+    (e: Error & { code?: string }) => e.code === 'cancelled',
+  );
+  assert.deepEqual((await engine.generate(base)).image.data, first, 'the job after a cancel');
+  // several predictions mixed per step are not replayed
+  const composite = await engine.generate({ ...base, steps: 1, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'composite' } });
+  assert.equal(composite.report.graphCaptured, false);
+  engine.unload();
+});
+
 test('compiled graphs past the engine\'s bound are released, least recently used first, never the running job\'s', async () => {
   const { engine } = await tinyEngine();
   engine.sessionsKept = 4;

@@ -33,6 +33,8 @@ export interface GenerateJob {
   previewEvery?: number;
   /** false: the denoising loop brings every step back to the CPU even where it could stay on the GPU (a reference for tests). */
   latentsOnGpu?: boolean;
+  /** false: the UNet of a GPU-resident loop runs as usual instead of replaying a captured graph (a reference for tests). */
+  graphCapture?: boolean;
   /** Image to image and inpainting: the picture the job starts from. */
   init?: InitImage;
   /** Hires fix: after the image, a second pass at a larger size. */
@@ -413,6 +415,8 @@ export interface GenerationReport {
   /** The denoising loop kept its latents on the GPU (CFG and the sampler's step as GPU work); false: each step came back to the CPU, with `latentsOnGpuReason`. */
   latentsOnGpu: boolean;
   latentsOnGpuReason?: string;
+  /** The loop's UNet runs replayed the GPU work its first run recorded (onnxruntime's graph capture): plain, merged and switched jobs without a layout on WebGPU. */
+  graphCaptured: boolean;
   /** How the graphs built their group norms: one InstanceNormalization each, or ReduceMean ops (on a CPU adapter, where they are faster). */
   groupNorm: 'instance' | 'reductions';
   loras: { name: string; format: LoraFormat; scale: number; textEncoderScale: number }[];

@@ -41,7 +41,7 @@ import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { denoise, type PipelineParts } from './pipeline.ts';
 import { writePadded } from '../gpu/buffers.ts';
-import type { Fetches } from './gpu-loop.ts';
+import type { CapturedUnet, Fetches } from './gpu-loop.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
 import { LCM_ORIGINAL_STEPS } from '../schedulers/lcm.ts';
@@ -63,6 +63,16 @@ interface CompiledGraph {
   macs: number;
   /** Its outputs stay in GPU buffers (the denoising loop's UNet and step graphs on WebGPU). */
   outputsOnGpu: boolean;
+  /**
+   * Compiled with graph capture: every run replays the first one's dispatches, bound to these buffers
+   * (its inputs other than weights, and its outputs), which live and die with the session.
+   */
+  captured?: { inputs: Record<string, OrtNs.Tensor>; outputs: Record<string, OrtNs.Tensor>; recorded: boolean };
+}
+
+function releaseGraph(g: CompiledGraph): Promise<void> {
+  for (const t of [...Object.values(g.captured?.inputs ?? {}), ...Object.values(g.captured?.outputs ?? {})]) t.dispose();
+  return g.session.release();
 }
 
 export class Engine {
@@ -244,7 +254,7 @@ export class Engine {
   }
 
   unload(): void {
-    for (const s of this.sessions.values()) void s.session.release();
+    for (const s of this.sessions.values()) void releaseGraph(s);
     this.sessions.clear();
     this.loraWeights?.dispose();
     this.loraWeights = undefined;
@@ -405,9 +415,11 @@ export class Engine {
     return p;
   }
 
-  private async graph(key: string, build: () => GraphBuilder, outputs: 'cpu' | 'gpu' = 'cpu'): Promise<CompiledGraph> {
-    const outputsOnGpu = outputs === 'gpu' && this.rt.backend === 'webgpu';
-    if (outputsOnGpu) key += ':gpu-out';
+  /** `captured`: outputs on the GPU and graph capture, with buffers of its own for its inputs and outputs (WebGPU). */
+  private async graph(key: string, build: () => GraphBuilder, outputs: 'cpu' | 'gpu' | 'captured' = 'cpu'): Promise<CompiledGraph> {
+    const outputsOnGpu = outputs !== 'cpu' && this.rt.backend === 'webgpu';
+    const capture = outputs === 'captured' && outputsOnGpu;
+    if (outputsOnGpu) key += capture ? ':captured' : ':gpu-out';
     this.jobGraphs.add(key);
     const hit = this.sessions.get(key);
     if (hit) {
@@ -417,18 +429,45 @@ export class Engine {
       return hit;
     }
     const g = build();
+    for (const v of capture ? [...g.inputs, ...g.outputs] : []) if (v.type !== 'float32') throw new Error(`a captured graph's ${v.name} is ${v.type}, not float32`);
     // NCHW: the WebGPU EP then reads 1x1 convolution weights as they are and inserts no layout
     // transposes around convolutions (bench:gpu counts them: 894 -> 763 dispatches per tiny UNet run)
-    const session = await this.rt.ort.InferenceSession.create(g.encode(), sessionOptions(this.rt, { layout: CONV_LAYOUT, outputsOnGpu }));
-    const compiled = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g), outputsOnGpu };
+    const session = await this.rt.ort.InferenceSession.create(g.encode(), { ...sessionOptions(this.rt, { layout: CONV_LAYOUT, outputsOnGpu }), ...(capture ? { enableGraphCapture: true } : {}) });
+    const compiled: CompiledGraph = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g), outputsOnGpu };
+    if (capture) {
+      const buffers = (values: { name: string; dims: number[] }[]) => Object.fromEntries(values.map((v) => [v.name, gpuTensor(this.rt, v.dims)]));
+      compiled.captured = { inputs: buffers(g.inputs), outputs: buffers(g.outputs), recorded: false };
+    }
     this.sessions.set(key, compiled);
     for (const [k, s] of this.sessions) {
       if (this.sessions.size <= this.sessionsKept) break;
       if (this.jobGraphs.has(k)) continue;
       this.sessions.delete(k);
-      await s.session.release();
+      await releaseGraph(s);
     }
     return compiled;
+  }
+
+  /** The loop's view of a captured UNet: its first run records (then the work is submitted), later runs replay. */
+  private capturedUnet(g: CompiledGraph, weights: WeightSet): CapturedUnet {
+    const io = g.captured!;
+    return {
+      inputs: io.inputs,
+      outputs: io.outputs,
+      run: async () => {
+        await runGraph(g, weights, io.inputs, io.outputs);
+        if (io.recorded) return;
+        io.recorded = true;
+        // a replay submits its work as it ends; the recording run may leave it queued
+        await this.flushGpu();
+      },
+      flush: () => this.flushGpu(),
+    };
+  }
+
+  /** onnxruntime submits what it has queued before it reads a result back: a one-value run makes it. */
+  private async flushGpu(): Promise<void> {
+    if (this.rt.anchor) await this.rt.anchor.run({ x: new this.rt.ort.Tensor('float32', new Float32Array(1), [1]) });
   }
 
   async generate(job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult> {
@@ -502,12 +541,18 @@ export class Engine {
     const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}:${contextChunks}`;
     // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
     const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
-    const unet = await this.graph(unetKey, () => buildUNet(cfg.unet, unetOptions), resident ? 'gpu' : 'cpu');
+    const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
+    // graph capture where the loop runs on the GPU with nothing but the UNet's three inputs changing:
+    // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no blend
+    const capture = resident && !layout && !extra.init?.blend && job.graphCapture !== false && ['none', 'merge', 'switch'].includes(comp.method) && !(comp.deepCacheInterval > 1 || comp.research);
+    const buildMain = () => buildUNet(cfg.unet, unetOptions);
+    const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');
+    // a captured UNet runs only on its own buffers: any other run (none is expected) takes the plain one
+    const plainUnet = async () => (unet.captured ? this.graph(unetKey, buildMain, 'gpu') : unet);
     // inpainting: the step graph blends the picture back in (4 channels) or joins the UNet's extra channels (9)
     const stepOptions = { batch, channels: cfg.unet.outChannels, height: lh, width: lw, previewFactor: previewFactor(lh, lw), blend: !!extra.init?.blend, extraChannels: cfg.unet.inChannels - cfg.unet.outChannels } as const;
     const stepGraph = resident ? await this.graph(`step:${JSON.stringify(stepOptions)}`, () => buildStepGraph(stepOptions), 'gpu') : undefined;
     // the deep-feature cache's two graphs, when the job's composition can use them
-    const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
     const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' })) : undefined;
     const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' })) : undefined;
@@ -541,14 +586,15 @@ export class Engine {
           contextChunks,
           loraConcepts: used.map((u) => u.lora.concepts.map((c) => c.name)),
           unet: async (feeds, variant = 'full') => {
-            const g = variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : unet;
+            const g = variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : await plainUnet();
             if (unetBatch < batch) return runHalves(this.rt.ort, g, m.weights.unet, feeds);
             const out = await runGraph(g, m.weights.unet, feeds);
             return g.outputsOnGpu ? download(this.rt.ort, out) : out;
           },
           gpuLoop: stepGraph
             ? {
-                unet: (feeds, fetches) => runGraph(unet, m.weights.unet, feeds, fetches),
+                unet: async (feeds, fetches) => runGraph(await plainUnet(), m.weights.unet, feeds, fetches),
+                ...(unet.captured ? { captured: this.capturedUnet(unet, m.weights.unet) } : {}),
                 step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
                 buffer: (dims) => gpuTensor(this.rt, dims),
                 write: (t, data) => writePadded(this.rt.gpu!.device, t.gpuBuffer as GPUBuffer, data),
@@ -707,6 +753,7 @@ export class Engine {
         readbacksPerStep: result.loopReadbacks / Math.max(1, result.stepsRun),
         latentsOnGpu: result.latentsOnGpu,
         ...(result.latentsOnGpuReason ? { latentsOnGpuReason: result.latentsOnGpuReason } : {}),
+        graphCaptured: result.graphCaptured,
         groupNorm: this.rt.norm,
         warnings,
         loras: used.map((u) => ({ name: u.info.name, format: u.info.format, scale: u.use.scale, textEncoderScale: u.use.textEncoderScale ?? u.use.scale })),

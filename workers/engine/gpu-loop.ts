@@ -6,6 +6,9 @@
 // reads), so a cancelled loop gives every byte back at once. What the CPU reads (a preview, the last
 // latent, a layout's maps) is an output onnxruntime allocates for that run: its download waits for
 // the work onnxruntime has queued, which a read of our own buffer would not.
+// Where the engine compiled the UNet with graph capture (`captured`), its runs replay the GPU work of
+// its first run on fixed buffers: the UNet input is then one buffer the step graph writes, and the
+// timestep embedding and the context are written into the UNet's own input buffers before a run.
 import type * as OrtNs from 'onnxruntime-web';
 import type { ImageData8 } from '../api/contract.ts';
 import { previewFactor, previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
@@ -28,6 +31,23 @@ export interface GpuLoopParts {
   write: (t: OrtNs.Tensor, data: Float32Array) => void;
   /** Read back an output onnxruntime allocated (counted as a readback). */
   read: (t: OrtNs.Tensor) => Promise<Float32Array>;
+  /** The UNet compiled with graph capture, where the job's loop can replay it. */
+  captured?: CapturedUnet;
+}
+
+/**
+ * A UNet session compiled with graph capture (onnxruntime's `enableGraphCapture`): every run replays
+ * the dispatches its first run recorded, bound to these buffers, which the engine keeps with the
+ * session. A replay ends with its work submitted, so a write from the CPU after it lands after it.
+ */
+export interface CapturedUnet {
+  /** Its inputs other than weights (`sample`, `timestep_embedding`, `encoder_hidden_states`, ...). */
+  inputs: Record<string, OrtNs.Tensor>;
+  /** Its outputs (`noise_pred`). */
+  outputs: Record<string, OrtNs.Tensor>;
+  run: () => Promise<void>;
+  /** Have onnxruntime submit what it has queued (a write from the CPU then lands after it). */
+  flush: () => Promise<void>;
 }
 
 export interface LatentShape {
@@ -65,6 +85,12 @@ export class GpuLatents {
   private readonly dims: number[];
   /** Inpainting's fixed inputs of the step graph, on the GPU. */
   private readonly fixed: Record<string, OrtNs.Tensor> = {};
+  /** The buffers this loop made (the captured UNet's belong to the engine). */
+  private readonly owned: OrtNs.Tensor[] = [];
+  /** Captured: the first UNet input, written once onnxruntime has submitted what it queued before. */
+  private startInput?: Float32Array;
+  /** Captured: the CPU tensor last written into each UNet input (the context is written once). */
+  private readonly written = new Map<string, OrtNs.Tensor>();
 
   /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale` (with an inpainting UNet's extra channels after it). */
   constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number, inpainting: GpuInpainting = {}) {
@@ -78,15 +104,18 @@ export class GpuLatents {
     const input = new Float32Array(one * shape.batch);
     for (let b = 0; b < shape.batch; b++) input.set(first, b * one);
     const f = previewFactor(shape.height, shape.width);
-    const made: OrtNs.Tensor[] = [];
+    const made = this.owned;
     const make = (dims: number[]) => {
       const t = parts.buffer(dims);
       made.push(t);
       return t;
     };
+    const cap = parts.captured;
     try {
-      this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: make(batched) }));
-      this.pred = make([shape.batch, shape.channels, shape.height, shape.width]);
+      // captured: one UNet input for both sets (the step graph never reads it), the UNet's own
+      const modelIn = cap ? cap.inputs.sample : undefined;
+      this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: modelIn ?? make(batched) }));
+      this.pred = cap ? cap.outputs.noise_pred : make([shape.batch, shape.channels, shape.height, shape.width]);
       this.previewOut = make([1, 3, Math.floor(shape.height / f), Math.floor(shape.width / f)]);
       this.zeros = make(this.dims);
       const upload = (name: string, dims: number[], data: Float32Array) => {
@@ -107,13 +136,38 @@ export class GpuLatents {
     // uploads nothing of its own
     const start = this.sets[1];
     parts.write(start.x, latent);
-    parts.write(start.modelIn, input);
+    if (cap) this.startInput = input;
+    else parts.write(start.modelIn, input);
     this.current = start;
+  }
+
+  /** Whether the UNet runs replay a captured graph. */
+  get captured(): boolean {
+    return !!this.parts.captured;
   }
 
   /** One UNet run on the current input; `outputs` besides the prediction come back as onnxruntime's GPU tensors (kept until the next run). */
   async predict(feeds: Feeds, outputs: string[] = []): Promise<void> {
     this.releaseExtra();
+    const cap = this.parts.captured;
+    if (cap) {
+      if (outputs.length) throw new Error('a captured UNet has no outputs besides its prediction');
+      if (this.startInput) {
+        // a cancelled loop may have left step-graph work queued that writes this buffer
+        await cap.flush();
+        this.parts.write(cap.inputs.sample, this.startInput);
+        this.startInput = undefined;
+      }
+      for (const [name, t] of Object.entries(feeds)) {
+        const into = cap.inputs[name];
+        if (!into) throw new Error(`the captured UNet has no input "${name}"`);
+        if (this.written.get(name) === t) continue;
+        this.parts.write(into, t.data as Float32Array);
+        this.written.set(name, t);
+      }
+      await cap.run();
+      return;
+    }
     const out = await this.parts.unet({ ...feeds, sample: this.current.modelIn }, { noise_pred: this.pred, ...Object.fromEntries(outputs.map((n) => [n, null])) });
     this.extra = Object.fromEntries(outputs.map((n) => [n, out[n]]));
   }
@@ -167,11 +221,7 @@ export class GpuLatents {
   dispose(): void {
     this.releaseExtra();
     this.releaseReadable();
-    for (const s of this.sets) for (const t of [s.x, s.memory, s.modelIn]) t.dispose();
-    this.pred.dispose();
-    this.previewOut.dispose();
-    this.zeros.dispose();
-    for (const t of Object.values(this.fixed)) t.dispose();
+    for (const t of this.owned) t.dispose();
   }
 
   private releaseReadable(): void {

@@ -119,6 +119,8 @@ export interface PipelineResult {
   loopReadbacks: number;
   latentsOnGpu: boolean;
   latentsOnGpuReason?: string;
+  /** The loop's UNet runs replayed a captured graph. */
+  graphCaptured: boolean;
 }
 
 /** The seed of every LoRA's profiling image: a profile belongs to the LoRA, not to a job. */
@@ -180,6 +182,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     warnings: run.warnings,
     loopReadbacks: loop.readbacks,
     latentsOnGpu: loop.onGpu,
+    graphCaptured: loop.captured ?? false,
     ...(loop.onGpuRefused ? { latentsOnGpuReason: loop.onGpuRefused } : {}),
   };
 }
@@ -216,6 +219,7 @@ interface LoopStage {
   readbacks: number;
   onGpu: boolean;
   onGpuRefused?: string;
+  captured?: boolean;
 }
 
 /** The noise prediction of one UNet run (guided), and its deep features when it recorded them. */
@@ -666,7 +670,7 @@ class Denoising {
       }
       const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
       const lastOutputs = layout ? await gpu.lastOutputs(layout.prepared.graph.mapLayers.map(unetMapOutputName)) : undefined;
-      return { latent: await gpu.latent(), steps, took, lastOutputs, readbacks, onGpu: true };
+      return { latent: await gpu.latent(), steps, took, lastOutputs, readbacks, onGpu: true, captured: gpu.captured };
     } finally {
       gpu.dispose();
     }

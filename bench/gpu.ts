@@ -105,7 +105,7 @@ async function profileOnly(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) 
 function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm) {
   const lh = SIZE / 8;
   const dtype = precision === 'fp16' ? 'float16' : 'float32';
-  const g = buildUNet(CONFIG.unet, { batch: 2, latentH: lh, latentW: lh, textLen: 77, dtype, attention, bufferLimit: DEFAULT_BUFFER_LIMIT });
+  const g = buildUNet(CONFIG.unet, { batch: 2, latentH: lh, latentW: lh, textLen: 77, dtype, attention, bufferLimit: DEFAULT_BUFFER_LIMIT, norm: rt.norm });
   const ws = weightsFor(rt, g, precision);
   const rng = new Rng(1);
   const c0 = CONFIG.unet.blockOutChannels[0];
@@ -161,6 +161,52 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
   return ms;
 }
 
+/**
+ * ms per step of the GPU loop with the UNet compiled for graph capture (as the engine runs plain,
+ * merged and switched jobs): the first run records, every later run replays on the same buffers; the
+ * step graph writes the next input into the UNet's own, and the CPU writes the timestep embedding.
+ */
+async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, weights: Record<string, OrtNs.Tensor>, feeds: Record<string, OrtNs.Tensor>): Promise<number> {
+  const lh = SIZE / 8;
+  const device = rt.gpu!.device;
+  const made: GPUBuffer[] = [];
+  const gpu = (dims: number[], data?: Float32Array) => {
+    const buffer = device.createBuffer({ size: dims.reduce((a, b) => a * b, 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    made.push(buffer);
+    if (data) device.queue.writeBuffer(buffer, 0, new Float32Array(data));
+    return rt.ort.Tensor.fromGpuBuffer(buffer, { dataType: 'float32', dims });
+  };
+  const io = Object.fromEntries(['sample', 'timestep_embedding', 'encoder_hidden_states'].map((name) => [name, gpu([...feeds[name].dims], feeds[name].data as Float32Array)]));
+  const pred = gpu([2, 4, lh, lh]);
+  const f = previewFactor(lh, lh);
+  const xs = [gpu([1, 4, lh, lh], new Rng(3).normal(4 * lh * lh)), gpu([1, 4, lh, lh])];
+  const [memory, x0, preview] = [gpu([1, 4, lh, lh]), gpu([1, 4, lh, lh]), gpu([1, 3, Math.floor(lh / f), Math.floor(lh / f)])];
+  const session = await rt.ort.InferenceSession.create(g.encode(), { ...sessionOptions(rt, { layout, outputsOnGpu: true }), enableGraphCapture: true });
+  const stepSession = await rt.ort.InferenceSession.create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: f }).encode(), sessionOptions(rt, { outputsOnGpu: true }));
+  const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
+  const k = sched.linear(0);
+  const coefficients = new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]);
+  const embedding = new Float32Array(feeds.timestep_embedding.data as Float32Array);
+  // the recording run, then a read that makes onnxruntime submit it
+  await session.run({ ...weights, ...io }, { noise_pred: pred });
+  await (await stepSession.run({ pred, x: xs[0], memory, z: memory, k: coefficients }, { x0, model_in: io.sample, preview })).x_next.getData(true);
+  const start = performance.now();
+  let last: OrtNs.Tensor | undefined;
+  for (let i = 0; i < REPEATS; i++) {
+    device.queue.writeBuffer(io.timestep_embedding.gpuBuffer as GPUBuffer, 0, embedding);
+    await session.run({ ...weights, ...io }, { noise_pred: pred });
+    const final = i === REPEATS - 1;
+    const out = await stepSession.run({ pred, x: xs[i % 2], memory, z: memory, k: coefficients }, { ...(final ? {} : { x_next: xs[(i + 1) % 2] }), x0, model_in: io.sample, preview });
+    last = final ? out.x_next : undefined;
+  }
+  await last!.getData(true);
+  const ms = (performance.now() - start) / REPEATS;
+  await stepSession.release();
+  await session.release();
+  for (const b of made) b.destroy();
+  return ms;
+}
+
 interface Variant {
   name: string;
   attention: AttentionForm;
@@ -194,7 +240,10 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     out.noise_pred.dispose();
   }
   const unetMs = median(times);
-  const loops = v.name === 'before' ? { cpu: await loopMs(rt, session, feeds, 'cpu') } : { cpu: await loopMs(rt, session, feeds, 'cpu'), gpu: await loopMs(rt, session, feeds, 'gpu') };
+  const loops =
+    v.name === 'before'
+      ? { cpu: await loopMs(rt, session, feeds, 'cpu') }
+      : { cpu: await loopMs(rt, session, feeds, 'cpu'), gpu: await loopMs(rt, session, feeds, 'gpu'), captured: await capturedLoopMs(rt, g, v.layout, ws.feeds(g.weights.keys()), feeds) };
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
   await session.release();
@@ -239,6 +288,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     readbacksPerStep: loops.gpu === undefined ? 1 : 0,
     loopMsPerStepCpu: loops.cpu,
     loopMsPerStepGpu: loops.gpu ?? null,
+    loopMsPerStepCaptured: loops.captured ?? null,
     ...profile,
     weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * (precision === 'fp16' ? 2 : 4),
     layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * (precision === 'fp16' ? 2 : 4),
@@ -280,7 +330,7 @@ async function main() {
         const row = JSON.parse(line.slice(4));
         console.log(
           `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
-            `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
+            `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU, ${row.loopMsPerStepCaptured!.toFixed(0)} replayed`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
         );
         rows.push(row);
       } catch (e) {

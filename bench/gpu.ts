@@ -189,14 +189,14 @@ async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, 
   const embedding = new Float32Array(feeds.timestep_embedding.data as Float32Array);
   // the recording run, then a read that makes onnxruntime submit it
   await session.run({ ...weights, ...io }, { noise_pred: pred });
-  await (await stepSession.run({ pred, x: xs[0], memory, z: memory, k: coefficients }, { x0, model_in: io.sample, preview })).x_next.getData(true);
+  await (await stepSession.run({ pred, x: xs[0], memory, z: memory, k: coefficients }, { x_next: null, x0, model_in: io.sample, preview })).x_next.getData(true);
   const start = performance.now();
   let last: OrtNs.Tensor | undefined;
   for (let i = 0; i < REPEATS; i++) {
     device.queue.writeBuffer(io.timestep_embedding.gpuBuffer as GPUBuffer, 0, embedding);
     await session.run({ ...weights, ...io }, { noise_pred: pred });
     const final = i === REPEATS - 1;
-    const out = await stepSession.run({ pred, x: xs[i % 2], memory, z: memory, k: coefficients }, { ...(final ? {} : { x_next: xs[(i + 1) % 2] }), x0, model_in: io.sample, preview });
+    const out = await stepSession.run({ pred, x: xs[i % 2], memory, z: memory, k: coefficients }, { x_next: final ? null : xs[(i + 1) % 2], x0, model_in: io.sample, preview });
     last = final ? out.x_next : undefined;
   }
   await last!.getData(true);

@@ -594,7 +594,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
 
 /** The memory plan of a job as JSON, from the graphs alone: no checkpoint, nothing allocated. */
 async function planCommand(args: string[]) {
-  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features']);
+  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features'], { 'graph-capture': { type: 'boolean' } });
+  if (o['graph-capture'] && o.budget !== undefined) throw new UsageError('--graph-capture and --budget: a job with a budget does not replay a captured graph');
   const architecture = o.architecture ?? 'sd15';
   const configs: Record<string, ModelConfig> = { sd15: SD15_CONFIG, tiny: TINY_CONFIG };
   const config = configs[architecture];
@@ -617,6 +618,7 @@ async function planCommand(args: string[]) {
     loras: { count: num(o.loras, 'loras', 0), rank: num(o.rank, 'rank', 32) },
     cachedFeatures: num(o['cached-features'], 'cached-features', 0),
     transposesConvWeights: false,
+    capturedUnet: !!o['graph-capture'],
   });
   console.log(JSON.stringify({ architecture, ...plan }, null, 2));
 }

@@ -159,11 +159,15 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
   const fp32 = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked').out);
   assert.equal(fp32.parts.weightBytes.unet, 859_520_964 * 4);
   assert.equal(fp32.attention, 'chunked');
-  for (const bad of [['--precision', 'fp8'], ['--width', '500'], ['--architecture', 'sdxl']]) {
+  for (const bad of [['--precision', 'fp8'], ['--width', '500'], ['--architecture', 'sdxl'], ['--graph-capture', '--budget', '3e9']]) {
     const b = cli('plan', ...bad);
     assert.equal(b.code, 2, `${bad.join(' ')}: ${b.err.join(' ')}`);
-    assert.match(b.err[0], /^error: --(precision|width|architecture)/);
+    assert.match(b.err[0], /^error: --(precision|width|architecture|graph-capture)/);
   }
+  // a replayed loop keeps the UNet's activations beside the text encoder's or the decode's
+  const captured = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked', '--graph-capture').out);
+  const a = captured.parts.activationBytes;
+  assert.equal(captured.peakBytes - fp32.peakBytes, a.unet + Math.max(a.textEncoder, a.vae) - Math.max(a.unet, a.textEncoder, a.vae));
 });
 
 test("a single file as diffusers' conversion script writes it (VAE attention biases [C, 1, 1], CLIP's position_ids) gives the same picture; inspect counts no buffer as a parameter; a truncated file with no tokenizer is called truncated", async () => {

@@ -25,7 +25,8 @@ const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: 'blurry', st
 
 test('a tight budget: the CFG halves give the same image; a tighter one decodes the VAE in tiles', async () => {
   const { engine } = await tinyEngine();
-  const whole = await engine.generate({ ...JOB, previewEvery: 0 });
+  // not captured: a budgeted job is not, and its plan is the one to compare with
+  const whole = await engine.generate({ ...JOB, previewEvery: 0, graphCapture: false });
   const plain = whole.report.memoryPlan;
   assert.equal(plain.cfgHalves, false);
   assert.equal(plain.vaeTile, null);
@@ -181,6 +182,9 @@ test('graph capture: the loop\'s UNet replays its recorded run, giving the plain
     assert.equal(captured.report.latentsOnGpu, true);
     assert.equal(captured.report.readbacksPerStep, plain.report.readbacksPerStep, 'the previews alone come back');
     assert.deepEqual(captured.image.data, plain.image.data, `${job.scheduler}, ${job.composition?.method ?? 'plain'}: the replayed loop's image is the plain loop's`);
+    // its plan counts the UNet's activations as kept beside the decode's
+    const a = captured.report.memoryPlan.parts.activationBytes;
+    assert.equal(captured.report.memoryPlan.peakBytes - plain.report.memoryPlan.peakBytes, a.unet + Math.max(a.textEncoder, a.vae) - Math.max(a.unet, a.textEncoder, a.vae));
     first ??= captured.image.data;
   }
   // a cancel in the loop can leave step-graph work queued that writes the captured UNet's input
@@ -195,6 +199,8 @@ test('graph capture: the loop\'s UNet replays its recorded run, giving the plain
   // several predictions mixed per step are not replayed
   const composite = await engine.generate({ ...base, steps: 1, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'composite' } });
   assert.equal(composite.report.graphCaptured, false);
+  // nor is a job with a memory budget
+  assert.equal((await engine.generate({ ...base, steps: 1, memoryBudget: 2 ** 40 })).report.graphCaptured, false);
   engine.unload();
 });
 

@@ -75,6 +75,14 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
   const five = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, loras: { count: 5, rank: 32 } });
   assert.equal(five.parts.loraArenaBytes, 5 * one.parts.loraArenaBytes);
   assert.equal(five.parts.pristineBytes, one.parts.pristineBytes);
+  // a captured UNet keeps its activations: they add to the text encoder's or the decode's, whichever is larger
+  const captured = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, capturedUnet: true });
+  const a = captured.parts.activationBytes;
+  const w = captured.parts.weightBytes;
+  assert.equal(captured.peakBytes, w.unet + w.textEncoder + w.vae + a.unet + Math.max(a.textEncoder, a.vae) + captured.parts.latentBytes);
+  const fusedPlain = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true });
+  assert.equal(fusedPlain.peakBytes, w.unet + w.textEncoder + w.vae + Math.max(a.unet, a.textEncoder, a.vae) + fusedPlain.parts.latentBytes);
+  assert.equal(captured.vaeTile, fusedPlain.vaeTile);
   const nhwc = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, transposesConvWeights: true });
   const convs = [...buildUNet(SD15_CONFIG.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float16' }).records].filter((r) => r.type === 'Conv').length;
   assert.equal(nhwc.weightTransposesPerStep, convs);

@@ -389,12 +389,13 @@ export class Engine {
   private readonly plans = new Map<string, MemoryPlan>();
 
   /** The job's memory plan, from its graphs (kept per size, precision and LoRA count). */
-  private plan(job: GenerateJob, loras: number, attention: AttentionChoice): MemoryPlan {
+  /** `captured`: the UNet runs as a captured graph (its activations stay). */
+  private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false): MemoryPlan {
     const m = this.model!;
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? Math.max(1, job.loras?.length ?? 0) : comp.deepCacheInterval > 1 ? 1 : 0;
-    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, job.memoryBudget ?? null]);
+    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, job.memoryBudget ?? null, captured]);
     let p = this.plans.get(key);
     if (!p) {
       p = planMemory(m.ckpt.config, {
@@ -409,6 +410,7 @@ export class Engine {
         cachedFeatures: cached,
         transposesConvWeights: this.rt.backend === 'webgpu',
         pointwiseAsIs: CONV_LAYOUT === 'NCHW',
+        capturedUnet: captured,
       });
       this.plans.set(key, p);
     }
@@ -543,8 +545,11 @@ export class Engine {
     const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     // graph capture where the loop runs on the GPU with nothing but the UNet's three inputs changing:
-    // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no blend
-    const capture = resident && !layout && !extra.init?.blend && job.graphCapture !== false && ['none', 'merge', 'switch'].includes(comp.method) && !(comp.deepCacheInterval > 1 || comp.research);
+    // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no
+    // blend; and without a budget, as its session keeps the UNet's activations (with none, the plan's
+    // choices do not depend on it: only a buffer above the limit changes them)
+    const capture = resident && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && ['none', 'merge', 'switch'].includes(comp.method) && !(comp.deepCacheInterval > 1 || comp.research);
+    const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');
     // a captured UNet runs only on its own buffers: any other run (none is expected) takes the plain one
@@ -640,7 +645,7 @@ export class Engine {
         job,
         onProgress,
       );
-      return { result, plan, sessionCreateMs, used };
+      return { result, plan: reportedPlan, sessionCreateMs, used };
     } finally {
       regionOut.dispose();
     }

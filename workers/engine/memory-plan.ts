@@ -54,6 +54,8 @@ export interface PlanRequest {
   transposesConvWeights?: boolean;
   /** ...except 1x1 convolutions (the WebGPU EP in NCHW). */
   pointwiseAsIs?: boolean;
+  /** The UNet runs as a captured graph, whose session keeps its activations between runs (so through the text encoder and the decode too). */
+  capturedUnet?: boolean;
 }
 
 /** The plan as the report carries it (workers/api/contract.ts), less the device check's words. */
@@ -99,7 +101,8 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
 
   const total = (u: GraphMemory) => {
     const weights = u.weightBytes + text.weightBytes + vae.weightBytes;
-    return weights + Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes) + loraArenaBytes + pristineBytes + cacheBytes + latentBytes;
+    const activations = req.capturedUnet ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes) : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes);
+    return weights + activations + loraArenaBytes + pristineBytes + cacheBytes + latentBytes;
   };
   let unet = unetAt(req.cfg ? 2 : 1);
   let cfgHalves = false;
@@ -128,6 +131,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   }
   if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles, stage by stage: the whole image's decode does not fit`);
   if (cfgHalves) notes.push('the two CFG halves run one after the other: the batch of two does not fit');
+  if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
   const largest = [unet, text, vae].reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
   const peakBytes = total(unet);
   const fits = largest.largestBufferBytes <= limit && (req.budgetBytes === undefined || peakBytes <= req.budgetBytes);

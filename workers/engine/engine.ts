@@ -547,8 +547,10 @@ export class Engine {
     // graph capture where the loop runs on the GPU with nothing but the UNet's three inputs changing:
     // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no
     // blend; and without a budget, as its session keeps the UNet's activations (with none, the plan's
-    // choices do not depend on it: only a buffer above the limit changes them)
-    const capture = resident && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && ['none', 'merge', 'switch'].includes(comp.method) && !(comp.deepCacheInterval > 1 || comp.research);
+    // choices do not depend on it: only a buffer above the limit changes them). With CFG only: a
+    // batch-1 UNet's replays (CFG 1) came back from onnxruntime 1.30 with an output it cannot find
+    // ("Cannot set properties of undefined" in its webgpuRegisterBuffer), on its second run
+    const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && ['none', 'merge', 'switch'].includes(comp.method) && !(comp.deepCacheInterval > 1 || comp.research);
     const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');

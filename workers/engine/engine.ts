@@ -39,7 +39,7 @@ import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
-import { denoise, type PipelineParts } from './pipeline.ts';
+import { compositionNeedsCpu, denoise, type PipelineParts } from './pipeline.ts';
 import { writePadded } from '../gpu/buffers.ts';
 import type { CapturedUnet, Fetches } from './gpu-loop.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
@@ -388,8 +388,7 @@ export class Engine {
 
   private readonly plans = new Map<string, MemoryPlan>();
 
-  /** The job's memory plan, from its graphs (kept per size, precision and LoRA count). */
-  /** `captured`: the UNet runs as a captured graph (its activations stay). */
+  /** The job's memory plan, from its graphs (kept per size, precision and LoRA count); `captured`: the UNet replays a captured graph (its activations stay). */
   private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false): MemoryPlan {
     const m = this.model!;
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
@@ -550,7 +549,7 @@ export class Engine {
     // choices do not depend on it: only a buffer above the limit changes them). With CFG only: a
     // batch-1 UNet's replays (CFG 1) came back from onnxruntime 1.30 with an output it cannot find
     // ("Cannot set properties of undefined" in its webgpuRegisterBuffer), on its second run
-    const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && ['none', 'merge', 'switch'].includes(comp.method) && !(comp.deepCacheInterval > 1 || comp.research);
+    const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionNeedsCpu(comp);
     const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');

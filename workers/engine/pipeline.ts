@@ -123,6 +123,13 @@ export interface PipelineResult {
   graphCaptured: boolean;
 }
 
+/** Why a composition's loop must come back to the CPU each step (several predictions mixed and measured, or the deep-feature cache), or undefined. */
+export function compositionNeedsCpu(options: Pick<ResolvedComposition, 'method' | 'deepCacheInterval' | 'research'>): string | undefined {
+  if (!['none', 'merge', 'switch'].includes(options.method)) return `"${options.method}" mixes several predictions and measures each on the CPU`;
+  if (options.deepCacheInterval > 1 || options.research) return 'the deep-feature cache is read on the CPU';
+  return undefined;
+}
+
 /** The seed of every LoRA's profiling image: a profile belongs to the LoRA, not to a job. */
 export const PROFILE_SEED = 0;
 
@@ -568,8 +575,8 @@ class Denoising {
     // Heun's corrector restarts from its predictor's sample as it was before the blend, which the GPU form does not keep
     if (parts.init?.blend && (this.scheduler.order ?? 1) > 1) return "inpainting with Heun: the corrector reads its predictor's sample from before the blend";
     if (!parts.gpuLoop) return parts.gpuLoopUnavailable ?? 'this engine has no GPU loop';
-    if (!['none', 'merge', 'switch'].includes(options.method)) return `"${options.method}" mixes several predictions and measures each on the CPU`;
-    if (options.deepCacheInterval > 1 || options.research) return 'the deep-feature cache is read on the CPU';
+    const composition = compositionNeedsCpu(options);
+    if (composition) return composition;
     if (layout?.guide) return 'guidance and latent re-initialisation move the latent on the CPU';
     return undefined;
   }

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { SD15_CONFIG, TINY_CONFIG } from '../../workers/checkpoint/config.ts';
 import type { GraphBuilder } from '../../workers/graph/builder.ts';
 import { buildTextEncoder } from '../../workers/graph/clip.ts';
+import { buildCombineGraph, buildMeasureGraph } from '../../workers/graph/mix.ts';
 import { buildStepGraph } from '../../workers/graph/step.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../../workers/graph/vae.ts';
@@ -38,6 +39,8 @@ test("no node of the engine's graphs binds more tensors than a browser shader ma
   ];
   for (const which of ['decode', 'encode'] as const) stagedGraphs(SD15_CONFIG.vae, 64, 64, { dtype: 'float16', tile: 32 }, which).forEach((g, i) => graphs.push([`SD 1.5 staged vae ${which} ${i}`, g]));
   for (const blend of [false, true]) for (const extraChannels of [0, 5]) for (const batch of [1, 2] as const) graphs.push([`step ${JSON.stringify({ blend, extraChannels, batch })}`, buildStepGraph({ batch, channels: 4, height: 8, width: 8, previewFactor: 1, blend, extraChannels })]);
+  for (const count of [1, 4, 9]) graphs.push([`weighted sum of ${count}`, buildCombineGraph(count, [2, 4, 8, 8])]);
+  for (const predictions of [0, 3, 9]) graphs.push([`measures of ${predictions}`, buildMeasureGraph({ batch: 2, channels: 4, height: 12, width: 8, predictions, cutoff: 2 })]);
   for (const [name, g] of graphs) {
     const w = widest(g);
     assert.ok(w.tensors <= STORAGE_BUFFERS, `${name}: a ${w.type} node binds ${w.tensors} tensors`);

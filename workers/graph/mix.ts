@@ -1,0 +1,120 @@
+// The graphs that let several predictions a step stay on the GPU (LoRA Composite, CMLoRA, the deep-
+// feature cache): a weighted sum of whole tensors, which mixes the step's predictions and keeps
+// CMLoRA's cached offsets, and the step's frequency measures, computed where the predictions are so
+// that the CPU reads a handful of numbers a step instead of every prediction.
+//
+// Classifier-free guidance is linear, so the engine mixes the UNet's raw batch of two and guides the
+// mix (in the step graph): sum w_i (u_i + s (c_i - u_i)) = U + s (C - U) with U = sum w_i u_i, C = sum w_i c_i.
+import { GraphBuilder } from './builder.ts';
+import { pow2Window } from '../composition/frequency.ts';
+
+/** Inputs `in0`..`in{count-1}` of `dims` and `w` [count]; output `out` = sum of w[j] * in_j. */
+export function buildCombineGraph(count: number, dims: number[]): GraphBuilder {
+  if (count < 1) throw new Error('a weighted sum needs at least one input');
+  const g = new GraphBuilder('float32');
+  const w = g.input('w', 'float32', [count]);
+  let sum = '';
+  for (let j = 0; j < count; j++) {
+    const term = g.op('Mul', [g.op('Gather', [w, g.ints([j])], { axis: 0 }), g.input(`in${j}`, 'float32', dims)]);
+    sum = j ? g.op('Add', [sum, term]) : term;
+  }
+  g.output(sum, 'out', 'float32', dims);
+  return g;
+}
+
+export interface MeasureGraphOptions {
+  batch: 1 | 2;
+  channels: number;
+  height: number;
+  width: number;
+  /** The predictions measured on their own this step (the LoRAs that ran alone). */
+  predictions: number;
+  /** The high band's first radius, in latent cells. */
+  cutoff: number;
+}
+
+/**
+ * A step's measures, as the CPU loop takes them (workers/composition/frequency.ts): the latent high
+ * band (`latentHighBand`: channel mean over the centred power-of-two window, |DFT|, the radial profile
+ * over its largest bin, the mean from `cutoff` on) of each prediction's clean estimate
+ * x0 = p x + q eps (eps guided by `cfg`), of the mix's, of the next latent and of this one, then the
+ * cosine of the next latent with this one.
+ *
+ * Inputs `x`, `next` [1, C, H, W], `pred0`..`pred{n-1}` and `mix` [batch, C, H, W] (raw: guided here),
+ * `k` [3] = cfg, p, q; output `measures` [n + 4]: n amplitudes, the mix's, the next latent's, this
+ * latent's, the cosine.
+ *
+ * The DFT is four MatMuls with cosine and sine tables, the radial profile one MatMul with the bins'
+ * averaging weights; all in float32 (the CPU's are float64).
+ */
+export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
+  const g = new GraphBuilder('float32');
+  const one = [1, o.channels, o.height, o.width];
+  const batched = [o.batch, o.channels, o.height, o.width];
+  const x = g.input('x', 'float32', one);
+  const next = g.input('next', 'float32', one);
+  const k = g.input('k', 'float32', [3]);
+  const [cfg, p, q] = [0, 1, 2].map((i) => g.op('Gather', [k, g.ints([i])], { axis: 0 }));
+  const guided = (pred: string) => {
+    if (o.batch === 1) return pred;
+    const [u, c] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });
+    return g.op('Add', [u, g.op('Mul', [cfg, g.op('Sub', [c, u])])]);
+  };
+  const clean = (pred: string) => g.op('Add', [g.op('Mul', [p, x]), g.op('Mul', [q, guided(pred)])]);
+  const preds = Array.from({ length: o.predictions }, (_, j) => g.input(`pred${j}`, 'float32', batched));
+  const mix = g.input('mix', 'float32', batched);
+  const images = [...preds.map(clean), clean(mix), next, x];
+  const count = images.length;
+  const stacked = concat(g, images);
+  // the channel mean over the centred power-of-two window
+  const h = pow2Window(o.height);
+  const w = pow2Window(o.width);
+  const y0 = (o.height - h) >> 1;
+  const x0 = (o.width - w) >> 1;
+  const cropped = h === o.height && w === o.width ? stacked : g.op('Slice', [stacked, g.ints([y0, x0]), g.ints([y0 + h, x0 + w]), g.ints([2, 3])]);
+  const plane = g.op('ReduceMean', [cropped], { axes: [1], keepdims: 0 });
+  // F = Ch M Cw - Sh M Sw - i (Sh M Cw + Ch M Sw), with C[u, y] = cos(2 pi u y / n), S likewise
+  const table = (n: number, f: (a: number) => number) => {
+    const t = new Float32Array(n * n);
+    for (let u = 0; u < n; u++) for (let y = 0; y < n; y++) t[u * n + y] = f((2 * Math.PI * ((u * y) % n)) / n);
+    return g.floats(t, [n, n]);
+  };
+  const [ch, sh, cw, sw] = [table(h, Math.cos), table(h, Math.sin), table(w, Math.cos), table(w, Math.sin)];
+  const cm = g.op('MatMul', [ch, plane]);
+  const sm = g.op('MatMul', [sh, plane]);
+  const re = g.op('Sub', [g.op('MatMul', [cm, cw]), g.op('MatMul', [sm, sw])]);
+  const im = g.op('Add', [g.op('MatMul', [sm, cw]), g.op('MatMul', [cm, sw])]);
+  const magnitude = g.op('Sqrt', [g.op('Add', [g.op('Mul', [re, re]), g.op('Mul', [im, im])])]);
+  // the radial profile: each integer radius's mean, the radii the window has
+  const maxR = Math.floor(Math.hypot(h >> 1, w >> 1));
+  const radius = (u: number, v: number) => Math.floor(Math.hypot(Math.min(u, h - u), Math.min(v, w - v)));
+  const sizes = new Float64Array(maxR + 1);
+  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) sizes[radius(u, v)]++;
+  const bins = [...sizes.keys()].filter((r) => sizes[r] > 0);
+  const weights = new Float32Array(h * w * bins.length);
+  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) {
+    const r = radius(u, v);
+    weights[(u * w + v) * bins.length + bins.indexOf(r)] = 1 / sizes[r];
+  }
+  const profile = g.op('MatMul', [g.op('Reshape', [magnitude, g.ints([count, h * w])]), g.floats(weights, [h * w, bins.length])]);
+  // the high band's mean over the largest bin
+  const high = bins.filter((r) => r >= Math.max(0, o.cutoff));
+  const band = new Float32Array(bins.length);
+  bins.forEach((r, i) => (band[i] = high.includes(r) ? 1 / high.length : 0));
+  const top = g.op('ReduceMax', [profile], { axes: [1], keepdims: 0 });
+  const amplitudes = g.op('Div', [g.op('Reshape', [g.op('MatMul', [profile, g.floats(band, [bins.length, 1])]), g.ints([count])]), top]);
+  // the cosine of the next latent with this one
+  const dot = (a: string, b: string) => g.op('ReduceSum', [g.op('Mul', [a, b]), g.ints([0, 1, 2, 3])], { keepdims: 0 });
+  const cosine = g.op('Div', [dot(next, x), g.op('Sqrt', [g.op('Mul', [dot(next, next), dot(x, x)])])]);
+  g.output(g.op('Concat', [amplitudes, g.op('Reshape', [cosine, g.ints([1])])], { axis: 0 }), 'measures', 'float32', [count + 1]);
+  return g;
+}
+
+/** Concat on axis 0 in pieces of at most six (a shader binds each input and the output: 8 at most by WebGPU's default). */
+function concat(g: GraphBuilder, values: string[]): string {
+  if (values.length === 1) return values[0];
+  if (values.length <= 6) return g.op('Concat', values, { axis: 0 });
+  const pieces: string[] = [];
+  for (let i = 0; i < values.length; i += 6) pieces.push(concat(g, values.slice(i, i + 6)));
+  return concat(g, pieces);
+}

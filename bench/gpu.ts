@@ -24,6 +24,8 @@ import { graphMemory } from '../workers/graph/memory.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
 import { buildVaeDecoder } from '../workers/graph/vae.ts';
 import { buildStepGraph, previewFactor } from '../workers/graph/step.ts';
+import { buildCombineGraph, buildMeasureGraph } from '../workers/graph/mix.ts';
+import { cosineSimilarity, latentHighBand, profileCutoff } from '../workers/composition/frequency.ts';
 import { DpmSolverPP2MScheduler } from '../workers/schedulers/dpmpp-2m.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { benchLoraMerge, filled } from './lora-merge.ts';
@@ -162,6 +164,70 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
 }
 
 /**
+ * ms per step of a loop mixing three predictions a step (LoRA Composite's shape, without the LoRA
+ * switches): `cpu` reads each prediction back and mixes, guides, steps and measures in JavaScript (the
+ * CPU loop); `gpu` keeps each in its own GPU output, mixes them with the weighted-sum graph, steps
+ * with the step graph and reads back only the measures graph's few numbers.
+ */
+async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu', predictions = 3): Promise<number> {
+  const lh = SIZE / 8;
+  const n = 4 * lh * lh;
+  const dims = [2, 4, lh, lh];
+  const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
+  const gpuOut = sessionOptions(rt, { outputsOnGpu: true });
+  const [stepSession, combineSession, measureSession] =
+    where === 'gpu'
+      ? await Promise.all([
+          rt.ort.InferenceSession.create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: previewFactor(lh, lh) }).encode(), gpuOut),
+          rt.ort.InferenceSession.create(buildCombineGraph(predictions, dims).encode(), gpuOut),
+          rt.ort.InferenceSession.create(buildMeasureGraph({ batch: 2, channels: 4, height: lh, width: lh, predictions, cutoff: profileCutoff(lh) }).encode(), sessionOptions(rt)),
+        ])
+      : [];
+  let x: OrtNs.Tensor = new rt.ort.Tensor('float32', new Rng(3).normal(n), [1, 4, lh, lh]);
+  let sample = feeds.sample;
+  const memory = new rt.ort.Tensor('float32', new Float32Array(n), [1, 4, lh, lh]);
+  const w = new rt.ort.Tensor('float32', new Float32Array(predictions).fill(1 / predictions), [predictions]);
+  const start = performance.now();
+  for (let i = 0; i < REPEATS; i++) {
+    const k = sched.linear(0);
+    if (stepSession) {
+      const preds: OrtNs.Tensor[] = [];
+      for (let j = 0; j < predictions; j++) preds.push((await session.run({ ...feeds, sample })).noise_pred);
+      const { out: mix } = await combineSession!.run({ w, ...Object.fromEntries(preds.map((t, j) => [`in${j}`, t])) });
+      const next = await stepSession.run({ pred: mix, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]) });
+      await measureSession!.run({ x, next: next.x_next, mix, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q]), [3]), ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])) });
+      for (const t of [...preds, mix, next.x0, next.preview]) t.dispose();
+      if (x !== feeds.sample) x.dispose();
+      x = next.x_next;
+      sample = next.model_in;
+    } else {
+      const eps = new Float32Array(n);
+      const alone: Float32Array[] = [];
+      for (let j = 0; j < predictions; j++) {
+        const pred = (await (await session.run({ ...feeds, sample })).noise_pred.getData(true)) as Float32Array;
+        const guided = new Float32Array(n);
+        for (let e = 0; e < n; e++) (guided[e] = pred[e] + 7.5 * (pred[n + e] - pred[e])), (eps[e] += guided[e] / predictions);
+        alone.push(guided);
+      }
+      const latent = x.data as Float32Array;
+      const next = sched.step(eps, 0, latent);
+      const clean = (e: Float32Array) => e.map((v, c) => k.p * latent[c] + k.q * v);
+      for (const l of [...alone.map(clean), clean(eps), next, latent]) latentHighBand(l, 4, lh, lh, profileCutoff(lh));
+      cosineSimilarity(next, latent);
+      x = new rt.ort.Tensor('float32', next, [1, 4, lh, lh]);
+      const both = new Float32Array(2 * n);
+      both.set(next);
+      both.set(next, n);
+      sample = new rt.ort.Tensor('float32', both, [2, 4, lh, lh]);
+    }
+  }
+  if (stepSession) await x.getData(true);
+  const ms = (performance.now() - start) / REPEATS;
+  for (const s of [stepSession, combineSession, measureSession]) await s?.release();
+  return ms;
+}
+
+/**
  * ms per step of the GPU loop with the UNet compiled for graph capture (as the engine runs plain,
  * merged and switched jobs): the first run records, every later run replays on the same buffers; the
  * step graph writes the next input into the UNet's own, and the CPU writes the timestep embedding.
@@ -243,7 +309,13 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const loops =
     v.name === 'before'
       ? { cpu: await loopMs(rt, session, feeds, 'cpu') }
-      : { cpu: await loopMs(rt, session, feeds, 'cpu'), gpu: await loopMs(rt, session, feeds, 'gpu'), captured: await capturedLoopMs(rt, g, v.layout, ws.feeds(g.weights.keys()), feeds) };
+      : {
+          cpu: await loopMs(rt, session, feeds, 'cpu'),
+          gpu: await loopMs(rt, session, feeds, 'gpu'),
+          captured: await capturedLoopMs(rt, g, v.layout, ws.feeds(g.weights.keys()), feeds),
+          mixedCpu: await mixedLoopMs(rt, session, feeds, 'cpu'),
+          mixedGpu: await mixedLoopMs(rt, session, feeds, 'gpu'),
+        };
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
   await session.release();
@@ -289,6 +361,8 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     loopMsPerStepCpu: loops.cpu,
     loopMsPerStepGpu: loops.gpu ?? null,
     loopMsPerStepCaptured: loops.captured ?? null,
+    mixedLoopMsPerStepCpu: loops.mixedCpu ?? null,
+    mixedLoopMsPerStepGpu: loops.mixedGpu ?? null,
     ...profile,
     weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * (precision === 'fp16' ? 2 : 4),
     layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * (precision === 'fp16' ? 2 : 4),
@@ -330,7 +404,7 @@ async function main() {
         const row = JSON.parse(line.slice(4));
         console.log(
           `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
-            `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU, ${row.loopMsPerStepCaptured!.toFixed(0)} replayed`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
+            `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU, ${row.loopMsPerStepCaptured!.toFixed(0)} replayed; three predictions mixed: ${row.mixedLoopMsPerStepCpu!.toFixed(0)} ms/step read back, ${row.mixedLoopMsPerStepGpu!.toFixed(0)} on the GPU`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
         );
         rows.push(row);
       } catch (e) {

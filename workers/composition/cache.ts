@@ -8,14 +8,15 @@
 // in time and stops at a LoRA that ran this step (a LoRA without an entry always runs).
 import type { CacheEntry } from './plan.ts';
 
-interface Stored {
-  offset: Float32Array;
+interface Stored<T> {
+  offset: T;
   at: number;
   anchor: number;
 }
 
-export class ContributionCache {
-  private readonly entries: (Stored | null)[];
+/** Offsets are `T`: Float32Array on the CPU, a GPU tensor in the loop that stays on the GPU (which does the arithmetic itself). */
+export class ContributionCache<T = Float32Array> {
+  private readonly entries: (Stored<T> | null)[];
 
   constructor(count: number) {
     this.entries = Array.from({ length: count }, () => null);
@@ -26,30 +27,46 @@ export class ContributionCache {
     return this.entries.map((e) => (e ? { age: step - e.at } : null));
   }
 
-  /** A cached LoRA's prediction at this step, from the predictions of the LoRAs that ran. */
-  contribution(lora: number, fresh: Map<number, Float32Array>): Float32Array {
-    const offsets: Float32Array[] = [];
+  /** A cached LoRA's prediction at this step: the fresh prediction of `anchor` (a LoRA that ran) plus `offsets`. */
+  chain(lora: number, ran: { has(l: number): boolean }): { anchor: number; offsets: T[] } {
+    const offsets: T[] = [];
     let at = lora;
-    while (!fresh.has(at)) {
+    while (!ran.has(at)) {
       const e = this.entries[at];
       if (!e || offsets.length > this.entries.length) throw new Error(`LoRA ${lora}: its cached contribution does not lead to a LoRA that ran`);
       offsets.push(e.offset);
       at = e.anchor;
     }
-    const out = Float32Array.from(fresh.get(at)!);
+    return { anchor: at, offsets };
+  }
+
+  /** Keep `offset` as this LoRA's, taken at `step` against `anchor` (the dominant then). */
+  store(lora: number, offset: T, step: number, anchor: number): void {
+    this.entries[lora] = { offset, at: step, anchor };
+  }
+
+  /** The dominant keeps no entry. */
+  drop(lora: number): void {
+    this.entries[lora] = null;
+  }
+
+  /** A cached LoRA's prediction at this step, from the predictions of the LoRAs that ran. */
+  contribution(this: ContributionCache<Float32Array>, lora: number, fresh: Map<number, Float32Array>): Float32Array {
+    const { anchor, offsets } = this.chain(lora, fresh);
+    const out = Float32Array.from(fresh.get(anchor)!);
     for (const o of offsets) for (let k = 0; k < out.length; k++) out[k] += o[k];
     return out;
   }
 
   /** After a step: LoRAs that ran keep their offset from the dominant; the dominant keeps none. */
-  update(fresh: Map<number, Float32Array>, dominant: number, step: number): void {
+  update(this: ContributionCache<Float32Array>, fresh: Map<number, Float32Array>, dominant: number, step: number): void {
     const base = fresh.get(dominant)!;
     for (const [lora, eps] of fresh) {
       if (lora === dominant) continue;
       const offset = new Float32Array(eps.length);
       for (let k = 0; k < eps.length; k++) offset[k] = eps[k] - base[k];
-      this.entries[lora] = { offset, at: step, anchor: dominant };
+      this.store(lora, offset, step, dominant);
     }
-    this.entries[dominant] = null;
+    this.drop(dominant);
   }
 }

@@ -39,9 +39,10 @@ import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
-import { compositionNeedsCpu, denoise, type PipelineParts } from './pipeline.ts';
+import { compositionMixes, compositionNeedsCpu, denoise, type PipelineParts } from './pipeline.ts';
 import { writePadded } from '../gpu/buffers.ts';
 import type { CapturedUnet, Fetches } from './gpu-loop.ts';
+import { buildCombineGraph, buildMeasureGraph } from '../graph/mix.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
 import { LCM_ORIGINAL_STEPS } from '../schedulers/lcm.ts';
@@ -549,7 +550,7 @@ export class Engine {
     // choices do not depend on it: only a buffer above the limit changes them). With CFG only: a
     // batch-1 UNet's replays (CFG 1) came back from onnxruntime 1.30 with an output it cannot find
     // ("Cannot set properties of undefined" in its webgpuRegisterBuffer), on its second run
-    const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionNeedsCpu(comp);
+    const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionMixes(comp);
     const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');
@@ -560,8 +561,10 @@ export class Engine {
     const stepGraph = resident ? await this.graph(`step:${JSON.stringify(stepOptions)}`, () => buildStepGraph(stepOptions), 'gpu') : undefined;
     // the deep-feature cache's two graphs, when the job's composition can use them
     const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
-    const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' })) : undefined;
-    const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' })) : undefined;
+    // (their outputs on the GPU where the loop keeps the kept features there)
+    const deepOutputs = resident && !compositionNeedsCpu(comp) ? 'gpu' : 'cpu';
+    const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' }), deepOutputs) : undefined;
+    const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' }), deepOutputs) : undefined;
     // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance
     const guideLayers = resolved && (resolved.guidance || resolved.reinit) ? guidanceLayers(cfg.unet, lh, lw) : undefined;
     const guideKey = `${lh}x${lw}:${layoutKey}`;
@@ -599,7 +602,9 @@ export class Engine {
           },
           gpuLoop: stepGraph
             ? {
-                unet: async (feeds, fetches) => runGraph(await plainUnet(), m.weights.unet, feeds, fetches),
+                unet: async (feeds, fetches, variant = 'full') => runGraph(variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : await plainUnet(), m.weights.unet, feeds, fetches),
+                combine: async (count, dims, feeds, fetches) => runGraph(await this.graph(`combine:${count}:${dims.join('x')}`, () => buildCombineGraph(count, dims), 'gpu'), m.weights.unet, feeds, fetches),
+                measure: async (o, feeds) => (await runGraph(await this.graph(`measure:${JSON.stringify(o)}`, () => buildMeasureGraph(o)), m.weights.unet, feeds)).measures.data as Float32Array,
                 ...(unet.captured ? { captured: this.capturedUnet(unet, m.weights.unet) } : {}),
                 step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
                 buffer: (dims) => gpuTensor(this.rt, dims),

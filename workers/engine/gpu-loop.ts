@@ -11,7 +11,9 @@
 // timestep embedding and the context are written into the UNet's own input buffers before a run.
 import type * as OrtNs from 'onnxruntime-web';
 import type { ImageData8 } from '../api/contract.ts';
+import type { MeasureGraphOptions } from '../graph/mix.ts';
 import { previewFactor, previewImage, STEP_COEFFICIENTS } from '../graph/step.ts';
+import { DEEP_FEATURE } from '../graph/unet.ts';
 import type { LinearStep, NoiseLevel } from '../schedulers/common.ts';
 import type { Ort } from './runtime.ts';
 
@@ -20,9 +22,16 @@ type Outputs = OrtNs.InferenceSession.OnnxValueMapType;
 /** Outputs to write into given tensors; `null`: onnxruntime allocates it (on the GPU). */
 export type Fetches = Record<string, OrtNs.Tensor | null>;
 
+/** Which UNet graph a run takes: whole, whole keeping its deep features (`deep_feature`), or its shallow part on kept ones. */
+export type UnetVariant = 'full' | 'record' | 'reuse';
+
 export interface GpuLoopParts {
   /** The UNet with its outputs on the GPU, written into `fetches`. */
-  unet: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
+  unet: (feeds: Feeds, fetches: Fetches, variant?: UnetVariant) => Promise<Outputs>;
+  /** `out` = the weighted sum of `in0`.. (workers/graph/mix.ts), written into `fetches`. */
+  combine: (count: number, dims: number[], feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
+  /** A step's measures (workers/graph/mix.ts), read back. */
+  measure: (o: MeasureGraphOptions, feeds: Feeds) => Promise<Float32Array>;
   /** The step graph, written into `fetches`. */
   step: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
   /** A float32 GPU tensor of these dims that the engine owns, zero-filled (disposing it destroys its buffer). */
@@ -72,6 +81,8 @@ interface LatentSet {
 export class GpuLatents {
   /** What the next step reads: CPU tensors before the first step, then one of the two sets. */
   private current: LatentSet;
+  /** What the last step read (its latent is measured against the new one). */
+  private previous?: LatentSet;
   private readonly sets: LatentSet[];
   private next = 0;
   private readonly pred: OrtNs.Tensor;
@@ -176,13 +187,13 @@ export class GpuLatents {
    * The sampler's step on the last prediction; the next UNet input is scaled by `scaleNext`. `read`:
    * what the CPU will read of this step (its preview, its latent), allocated by onnxruntime.
    */
-  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }, level: NoiseLevel = { signal: 0, noise: 0 }): Promise<void> {
+  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }, level: NoiseLevel = { signal: 0, noise: 0 }, pred = this.pred): Promise<void> {
     const coefficients: Record<(typeof STEP_COEFFICIENTS)[number], number> = { cfg, p: k.p, q: k.q, a: k.a, b: k.b, c: k.c, d: k.d, e: k.e, scaleNext, signal: level.signal, noise: level.noise };
     const into = this.sets[this.next];
     this.releaseReadable();
     const out = await this.parts.step(
       {
-        pred: this.pred,
+        pred,
         x: this.current.x,
         memory: this.current.memory,
         z: noise ? new this.ort.Tensor('float32', noise, this.dims) : this.zeros,
@@ -192,8 +203,65 @@ export class GpuLatents {
       { x_next: read.latent ? null : into.x, x0: into.memory, model_in: into.modelIn, preview: read.preview ? null : this.previewOut },
     );
     this.readable = { ...(read.latent ? { x_next: out.x_next } : {}), ...(read.preview ? { preview: out.preview } : {}) };
+    this.previous = this.current;
     this.current = into;
     this.next ^= 1;
+  }
+
+  /** A float32 buffer of these dims for this loop (zero-filled; released with it). */
+  allocate(dims: number[]): OrtNs.Tensor {
+    const t = this.parts.buffer(dims);
+    this.owned.push(t);
+    return t;
+  }
+
+  /** The dims of a UNet prediction (the batch of two with CFG). */
+  get predictionDims(): number[] {
+    return this.pred.dims.slice();
+  }
+
+  /**
+   * One UNet run on the current input, its prediction written into `into` (a loop mixing several a
+   * step keeps each). `record` writes the run's deep features into `feature`, `reuse` reads them from it.
+   */
+  async predictInto(feeds: Feeds, into: OrtNs.Tensor, o: { variant?: UnetVariant; feature?: OrtNs.Tensor; outputs?: string[] } = {}): Promise<void> {
+    if (this.parts.captured) throw new Error('a captured UNet writes its prediction into its own buffer');
+    this.releaseExtra();
+    const variant = o.variant ?? 'full';
+    if (variant !== 'full' && !o.feature) throw new Error(`a "${variant}" run needs its deep-feature buffer`);
+    const outputs = o.outputs ?? [];
+    const fetches: Fetches = { noise_pred: into, ...Object.fromEntries(outputs.map((n) => [n, null])), ...(variant === 'record' ? { [DEEP_FEATURE]: o.feature! } : {}) };
+    const out = await this.parts.unet({ ...feeds, sample: this.current.modelIn, ...(variant === 'reuse' ? { [DEEP_FEATURE]: o.feature! } : {}) }, fetches, variant);
+    this.extra = Object.fromEntries(outputs.map((n) => [n, out[n]]));
+  }
+
+  /** `into` = sum of weights[j] * inputs[j] (an input given twice counts once with its weights added). */
+  async combine(inputs: OrtNs.Tensor[], weights: number[], into: OrtNs.Tensor): Promise<void> {
+    const terms = new Map<OrtNs.Tensor, number>();
+    inputs.forEach((t, j) => terms.set(t, (terms.get(t) ?? 0) + weights[j]));
+    if (terms.has(into)) throw new Error('a weighted sum cannot write one of its inputs');
+    const list = [...terms];
+    const feeds: Feeds = { w: new this.ort.Tensor('float32', Float32Array.from(list, ([, w]) => w), [list.length]) };
+    list.forEach(([t], j) => (feeds[`in${j}`] = t));
+    await this.parts.combine(list.length, into.dims.slice(), feeds, { out: into });
+  }
+
+  /**
+   * The last step's measures (workers/graph/mix.ts), read back: the high band of each of `preds`'
+   * clean estimates, of the mix's, of the new latent and of the one before, then their cosine.
+   */
+  async measure(preds: OrtNs.Tensor[], mix: OrtNs.Tensor, k: { cfg: number; p: number; q: number }, cutoff: number): Promise<Float32Array> {
+    const next = this.readable?.x_next ?? this.current.x;
+    if (!this.previous) throw new Error('no step to measure');
+    const [batch, channels, height, width] = mix.dims;
+    const feeds: Feeds = {
+      x: this.previous.x,
+      next,
+      mix,
+      k: new this.ort.Tensor('float32', Float32Array.from([k.cfg, k.p, k.q]), [3]),
+      ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])),
+    };
+    return this.parts.measure({ batch: batch as 1 | 2, channels, height, width, predictions: preds.length, cutoff }, feeds);
   }
 
   /** The last step's preview, downsampled on the GPU (at most 64 cells on the long side), read back. */

@@ -10,7 +10,7 @@ import { ContributionCache } from '../composition/cache.ts';
 import { centredCrop, cosineSimilarity, derivedThreshold, greyscale, highBand, latentHighBand, profileCutoff, radialProfile } from '../composition/frequency.ts';
 import { categoryOrder, profileOrder } from '../composition/order.ts';
 import { METHODS } from '../composition/methods.ts';
-import { resolveComposition, type Partition } from '../composition/plan.ts';
+import { resolveComposition, type Evaluation, type Partition, type StepPlan } from '../composition/plan.ts';
 import { DEEP_FEATURE, deepFeatureDims, unetMapOutputName } from '../graph/unet.ts';
 import type { ProfileStore } from './profile-store.ts';
 import { shareInside, tokensMap } from '../layout/regional.ts';
@@ -123,11 +123,15 @@ export interface PipelineResult {
   graphCaptured: boolean;
 }
 
-/** Why a composition's loop must come back to the CPU each step (several predictions mixed and measured, or the deep-feature cache), or undefined. */
-export function compositionNeedsCpu(options: Pick<ResolvedComposition, 'method' | 'deepCacheInterval' | 'research'>): string | undefined {
-  if (!['none', 'merge', 'switch'].includes(options.method)) return `"${options.method}" mixes several predictions and measures each on the CPU`;
-  if (options.deepCacheInterval > 1 || options.research) return 'the deep-feature cache is read on the CPU';
+/** Why a composition's loop must come back to the CPU each step (the research series reads every LoRA's deep features), or undefined. */
+export function compositionNeedsCpu(options: Pick<ResolvedComposition, 'research'>): string | undefined {
+  if (options.research) return "the research series compares each LoRA's deep features on the CPU";
   return undefined;
+}
+
+/** Whether a step may run more than one UNet pass (Composite, CMLoRA) or a part of one (the deep-feature cache): the GPU loop then mixes and measures its predictions. */
+export function compositionMixes(options: Pick<ResolvedComposition, 'method' | 'deepCacheInterval' | 'cache' | 'cacheInterval' | 'research'>): boolean {
+  return !['none', 'merge', 'switch'].includes(options.method) || options.deepCacheInterval > 1 || options.research;
 }
 
 /** The seed of every LoRA's profiling image: a profile belongs to the LoRA, not to a job. */
@@ -169,7 +173,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const composition = await run.compositionOrder();
   const start = await run.initialLatent(layout);
   const loopStart = performance.now();
-  const loop = run.gpuLoopRefusal(layout) ? await run.loopOnCpu(start.latent, composition, layout) : await run.loopOnGpu(start.latent, composition, layout);
+  const loop = run.gpuLoopRefusal(layout) ? await run.loopOnCpu(start.latent, composition, layout) : run.mixes ? await run.loopOnGpuMixed(start.latent, composition, layout) : await run.loopOnGpu(start.latent, composition, layout);
   const denoiseMs = performance.now() - loopStart;
   run.check();
   const decoded = await run.decode(loop.latent);
@@ -683,6 +687,150 @@ class Denoising {
     }
   }
 
+  /** Whether the loop mixes several predictions a step (or runs part of the UNet): `loopOnGpuMixed` on the GPU. */
+  get mixes(): boolean {
+    return compositionMixes(this.options);
+  }
+
+  /**
+   * A step's UNet runs: the plan's, with DeepCache on its own (the whole UNet every
+   * `deepCacheInterval` steps and at a set's first run, its shallow part between), ordered so the
+   * set merged now (`current`) runs first.
+   */
+  private runs(plan: StepPlan, i: number, hasFeatures: (key: string) => boolean, current: string): Evaluation[] {
+    const { options } = this;
+    const interval = options.deepCacheInterval;
+    const planned = plan.evaluations.map((e) => {
+      if (e.deep || interval <= 1) return options.research && options.method === 'cmlora' && !e.deep ? { ...e, deep: 'record' as const } : e;
+      return { ...e, deep: i % interval === 0 || !hasFeatures(setKey(e.loras)) ? ('record' as const) : ('reuse' as const) };
+    });
+    return planned.sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
+  }
+
+  /**
+   * Stage 5 on the GPU for several predictions a step (LoRA Composite, CMLoRA, the deep-feature
+   * cache), as `loopOnCpu` computes it: each planned run writes its raw prediction into its own
+   * buffer, cached LoRAs are their anchor's prediction plus kept offsets (GPU buffers), one weighted
+   * sum mixes them all, and the step graph guides the mix and steps (CFG is linear, so guiding the
+   * mix is mixing the guided predictions). A LoRA's deep features stay in a GPU buffer between its
+   * runs. The step's frequency measures are computed on the GPU and read back: a handful of numbers
+   * a step (the online measure needs the last one to plan the next step).
+   */
+  async loopOnGpuMixed(latent: Float32Array, composition: CompositionStage, layout?: LayoutStage): Promise<LoopStage> {
+    const { job, scheduler, all, options, ort, guided, c0 } = this;
+    const { order, partition } = composition;
+    const readbacksBefore = this.parts.readbacks?.() ?? 0;
+    const cache = new ContributionCache<OrtNs.Tensor>(all.length);
+    const features = new Map<string, OrtNs.Tensor>();
+    const took = all.map(() => ({ fresh: 0, cached: 0 }));
+    const steps: CompositionStep[] = [];
+    if (this.stepsRun === 0) return { latent, steps, took, readbacks: 0, onGpu: true };
+    const init = this.parts.init;
+    const extra = this.parts.inpaintInput;
+    const inpainting = {
+      ...(init?.blend ? { blend: { init: init.latent, noise: this.startNoise!, mask: init.blend } } : {}),
+      ...(extra ? { cond: { data: concat(extra.mask, extra.masked), channels: this.unetChannels - this.channels } } : {}),
+    };
+    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(this.start), inpainting);
+    try {
+      const dims = gpu.predictionDims;
+      const slots: OrtNs.Tensor[] = [];
+      const slot = (n: number) => (slots[n] ??= gpu.allocate(dims));
+      const mix = gpu.allocate(dims);
+      // the buffer each LoRA's offset is written into (only its own entry points at it)
+      const offsetBuffers = new Map<number, OrtNs.Tensor>();
+      const offsetBuffer = (l: number) => offsetBuffers.get(l) ?? offsetBuffers.set(l, gpu.allocate(dims)).get(l)!;
+      let current = '';
+      let latentAmplitude = Infinity;
+      for (let i = this.start; i < this.end; i++) {
+        this.check();
+        this.stepMergeMs = 0;
+        const macsBefore = this.unetMacs;
+        const plan = this.method.plan({ step: i, steps: this.end, count: all.length, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
+        const runs = this.runs(plan, i, (key) => features.has(key), current);
+        const emb = timestepEmbedding(scheduler.timesteps[i], c0);
+        const feeds = { timestep_embedding: new ort.Tensor('float32', guided ? concat(emb, emb) : emb, [this.batch, c0]), encoder_hidden_states: this.context!, ...this.layoutTensors };
+        const before = this.unetEvaluations;
+        const alone = new Map<number, OrtNs.Tensor>();
+        const shallow: number[] = [];
+        const terms: { t: OrtNs.Tensor; w: number }[] = [];
+        for (const [n, r] of runs.entries()) {
+          const key = setKey(r.loras);
+          const reuse = r.deep === 'reuse' && features.has(key);
+          const variant = reuse ? 'reuse' : r.deep === 'record' ? 'record' : 'full';
+          this.stepMergeMs += await this.merge(r.loras, 'unet');
+          this.check();
+          if (variant === 'record' && !features.has(key)) features.set(key, gpu.allocate(deepFeatureDims(this.config.unet, this.batch, this.lh, this.lw)));
+          // a layout's attention maps come back from the last run of the last step only
+          const maps = layout && i === this.end - 1 && n === runs.length - 1 ? layout.prepared.graph.mapLayers.map(unetMapOutputName) : [];
+          await gpu.predictInto(feeds, slot(n), { variant, feature: features.get(key), outputs: maps });
+          this.unetEvaluations += 1;
+          this.unetMacs += this.parts.unetMultiplyAdds?.[variant] ?? 0;
+          current = key;
+          if (reuse) shallow.push(...r.loras);
+          if (r.loras.length === 1) alone.set(r.loras[0], slot(n));
+          terms.push({ t: slot(n), w: r.weight });
+        }
+        // cached LoRAs: their anchor's prediction now plus the offsets kept along the way
+        for (const c of plan.cached) {
+          const { anchor, offsets } = cache.chain(c.lora, alone);
+          terms.push({ t: alone.get(anchor)!, w: c.weight }, ...offsets.map((t) => ({ t, w: c.weight })));
+        }
+        await gpu.combine(terms.map((x) => x.t), terms.map((x) => x.w), mix);
+        if (plan.dominant !== null && alone.has(plan.dominant)) {
+          const base = alone.get(plan.dominant)!;
+          for (const [l, t] of alone) {
+            if (l === plan.dominant) continue;
+            const into = offsetBuffer(l);
+            await gpu.combine([t, base], [1, -1], into);
+            cache.store(l, into, i, plan.dominant);
+          }
+          cache.drop(plan.dominant);
+        }
+        const k = scheduler.linear(i);
+        const last = i === this.end - 1;
+        const level = init?.blend ? (last ? { signal: 1, noise: 0 } : scheduler.noiseLevel(i + 1)) : undefined;
+        await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last }, level, mix);
+        const fresh = [...alone.keys()].sort((a, b) => a - b);
+        const m = await gpu.measure(fresh.map((l) => alone.get(l)!), mix, { cfg: job.cfg, p: k.p, q: k.q }, this.cutoffLatent);
+        const weights = all.map(() => 0);
+        for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
+        for (const c of plan.cached) weights[c.lora] += c.weight;
+        for (const l of all) {
+          if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
+          else if (weights[l] !== 0) took[l].fresh++;
+        }
+        const nf = fresh.length;
+        const record: CompositionStep = {
+          step: i,
+          active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
+          shallow: [...new Set(shallow)].sort((a, b) => a - b),
+          refreshed: plan.refreshed ?? null,
+          cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
+          dominant: plan.dominant,
+          weights,
+          amplitudes: all.map((l) => (alone.has(l) ? m[fresh.indexOf(l)] : null)),
+          mixAmplitude: m[nf],
+          latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : m[nf + 2],
+          latentSimilarity: m[nf + 3],
+          phase: plan.phase,
+          partition: options.method === 'cmlora' && all.length ? { high: partition.high.slice(), low: partition.low.slice() } : null,
+          unetEvaluations: this.unetEvaluations - before,
+          unetMultiplyAdds: this.unetMacs - macsBefore,
+          mergeMs: this.stepMergeMs,
+        };
+        steps.push(record);
+        latentAmplitude = m[nf + 1];
+        this.progress(i, { ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), composition: record });
+      }
+      const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
+      const lastOutputs = layout ? await gpu.lastOutputs(layout.prepared.graph.mapLayers.map(unetMapOutputName)) : undefined;
+      return { latent: await gpu.latent(), steps, took, lastOutputs, readbacks, onGpu: true };
+    } finally {
+      gpu.dispose();
+    }
+  }
+
   /**
    * Stage 5 on the CPU: the method plans each step, the UNet runs what it asks for, and the guided
    * predictions are mixed by the plan's weights; guidance moves the latent first, the cache stands in
@@ -700,8 +848,6 @@ class Denoising {
     const history = new Map<number, Float32Array[]>();
     const took = all.map(() => ({ fresh: 0, cached: 0 }));
     const steps: CompositionStep[] = [];
-    // the LoRA set merged now, as a key that ignores order
-    const setKey = (loras: number[]) => [...loras].sort((a, b) => a - b).join(',');
     let current = '';
     let latent = start;
     // the code's online measure starts at 1 (the high phase at step 0)
@@ -723,14 +869,8 @@ class Denoising {
       }
       const x = scheduler.scaleModelInput(latent, i);
       const plan = this.method.plan({ step: i, steps: this.end, count: all.length, options, order, partition, latentAmplitude, cache: cache.view(i), features: all.map((l) => features.has(setKey([l]))) });
-      // DeepCache on its own: the whole UNet every deepCacheInterval steps (and at a set's first run)
-      const interval = options.deepCacheInterval;
-      const runsPlanned = plan.evaluations.map((e) => {
-        if (e.deep || interval <= 1) return options.research && options.method === 'cmlora' && !e.deep ? { ...e, deep: 'record' as const } : e;
-        return { ...e, deep: i % interval === 0 || !features.has(setKey(e.loras)) ? ('record' as const) : ('reuse' as const) };
-      });
       // 5a. run the UNet for each planned LoRA set, starting with the set already merged
-      const runs = [...runsPlanned].sort((a, b) => Number(setKey(b.loras) === current) - Number(setKey(a.loras) === current));
+      const runs = this.runs(plan, i, (key) => features.has(key), current);
       const before = this.unetEvaluations;
       const alone = new Map<number, Float32Array>();
       const shallow: number[] = [];
@@ -882,6 +1022,11 @@ export function featureReuse(list: Float32Array[] | undefined): number | null {
   let alike = 0;
   for (let j = 0; j < list.length - 1; j++) if (cosineSimilarity(last, list[j]) >= 0.9) alike++;
   return alike / (list.length - 1);
+}
+
+/** A LoRA set as a key that ignores order. */
+function setKey(loras: number[]): string {
+  return [...loras].sort((a, b) => a - b).join(',');
 }
 
 function repeat(a: Float32Array, times: number): Float32Array {

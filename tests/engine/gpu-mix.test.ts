@@ -1,0 +1,90 @@
+// Several predictions a step with the latents on the GPU (tiny model, WebGPU): LoRA Composite, CMLoRA
+// as its code runs it (the deep-feature cache), with its prediction cache (offsets kept on the GPU and
+// chained) and online, and DeepCache under LoRA Merge give the CPU loop's image, its plan step by
+// step, and its frequency measures, while only the measures and the previews come back.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type { CompositionOptions, GenerateJob, GenerateResult, LoraInfo } from '../../workers/api/contract.ts';
+import { ContributionCache } from '../../workers/composition/cache.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
+import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
+
+after(() => setTimeout(() => process.exit(0), 10).unref());
+
+const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: 'blurry', steps: 4, cfg: 5, seed: 21, width: 64, height: 64, scheduler: 'euler-a', previewEvery: 0 };
+const use = (loras: LoraInfo[], n: number) => loras.slice(0, n).map((l, i) => ({ lora: l.id, scale: 1 - 0.2 * i }));
+
+/** The same plan, step by step, and the same measures (float32 on the GPU against float64 on the CPU). */
+function samePlan(gpu: GenerateResult, cpu: GenerateResult, what: string) {
+  const [g, c] = [gpu.report.composition, cpu.report.composition];
+  assert.equal(g.steps.length, c.steps.length);
+  const close = (a: number | null, b: number | null, name: string) => {
+    if (a === null || b === null) return assert.equal(a, b, `${what}: ${name}`);
+    assert.ok(Math.abs(a - b) <= 1e-5 + 2e-4 * Math.abs(b), `${what}: ${name} ${a} vs ${b}`);
+  };
+  g.steps.forEach((s, i) => {
+    const t = c.steps[i];
+    for (const k of ['active', 'shallow', 'cached', 'dominant', 'refreshed', 'phase', 'weights', 'unetEvaluations', 'unetMultiplyAdds'] as const) assert.deepEqual(s[k], t[k], `${what}, step ${i}: ${k}`);
+    s.amplitudes.forEach((a, l) => close(a, t.amplitudes[l], `step ${i}, LoRA ${l}'s amplitude`));
+    close(s.mixAmplitude, t.mixAmplitude, `step ${i}, the mix's amplitude`);
+    close(s.latentAmplitude, t.latentAmplitude, `step ${i}, the latent's amplitude`);
+    close(s.latentSimilarity, t.latentSimilarity, `step ${i}, the cosine`);
+  });
+  assert.deepEqual(g.cacheHitRate, c.cacheHitRate, `${what}: cache hit rates`);
+  assert.deepEqual(gpu.report.unetEvaluations, cpu.report.unetEvaluations);
+}
+
+test('several predictions a step stay on the GPU: the CPU loop\'s image, plan and measures, with one read of the measures a step', async () => {
+  const { dir } = await tinyModelDir();
+  const { engine, loras } = await openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha', 'locon']);
+  const cases: [string, Partial<GenerateJob> & { composition: CompositionOptions }][] = [
+    ['composite', { loras: use(loras, 2), composition: { method: 'composite' } }],
+    // the code's CMLoRA: every LoRA every step, the shallow UNet on kept deep features between refreshes
+    ['cmlora, deep cache', { loras: use(loras, 3), composition: { method: 'cmlora', switchStep: 1 } }],
+    // our prediction cache: offsets from the dominant kept on the GPU and chained as the dominant moves
+    ['cmlora, prediction cache', { steps: 5, loras: use(loras, 3), composition: { method: 'cmlora', cache: 'prediction', switchStep: 2, cacheHigh: 4, cacheLow: 4 } }],
+    // online: the next step's phase from this step's measure, read back
+    ['cmlora online', { scheduler: 'dpmpp-2m', loras: use(loras, 2), composition: { method: 'cmlora', async: false, profiling: 'online', cache: 'off' } }],
+    // DeepCache on its own under one merged set
+    ['merge, deep-feature cache', { loras: use(loras, 2), composition: { method: 'merge', deepCacheInterval: 2 } }],
+  ];
+  for (const [what, c] of cases) {
+    const job = { ...JOB, ...c };
+    const gpu = await engine.generate(job);
+    const cpu = await engine.generate({ ...job, latentsOnGpu: false });
+    assert.equal(gpu.report.latentsOnGpu, true, `${what}: ${gpu.report.latentsOnGpuReason}`);
+    assert.equal(cpu.report.latentsOnGpu, false);
+    assert.equal(gpu.report.graphCaptured, false);
+    const { diff } = maxAbsDiff(gpu.image.data, cpu.image.data);
+    assert.ok(diff <= 1, `${what}: GPU and CPU loops within 1/255 (${diff})`);
+    samePlan(gpu, cpu, what);
+    assert.equal(gpu.report.readbacksPerStep, 1, `${what}: the measures alone come back`);
+    const runs = cpu.report.composition.unetEvaluations.denoise;
+    assert.ok(Math.abs(cpu.report.readbacksPerStep * job.steps - runs) < 1e-9 && runs >= job.steps, `${what}: each of the CPU loop's ${runs} runs comes back (${cpu.report.readbacksPerStep} a step)`);
+    const steps = gpu.report.composition.steps;
+    if (what === 'cmlora, deep cache') assert.ok(steps.some((s) => s.shallow.length), 'some runs reused kept deep features');
+    if (what === 'cmlora, prediction cache') {
+      // the plan replayed on the cache: some LoRA was cached while the dominant that anchored it was
+      // cached too, so its prediction took two offsets
+      const replay = new ContributionCache<number>(3);
+      let longest = 0;
+      for (const s of steps) {
+        const ran = new Set(s.active);
+        for (const l of s.cached) longest = Math.max(longest, replay.chain(l, ran).offsets.length);
+        if (s.dominant !== null && ran.has(s.dominant)) {
+          for (const l of ran) if (l !== s.dominant) replay.store(l, 0, s.step, s.dominant);
+          replay.drop(s.dominant);
+        }
+      }
+      assert.equal(longest, 2, 'a chain of two offsets');
+    }
+  }
+  // previews: read when due, alike on both loops
+  const job: GenerateJob = { ...JOB, steps: 3, previewEvery: 1, loras: use(loras, 2), composition: { method: 'composite' } };
+  let [lastGpu, lastCpu]: (Uint8ClampedArray | undefined)[] = [];
+  const gpu = await engine.generate(job, (p) => p.preview && (lastGpu = p.preview.data));
+  await engine.generate({ ...job, latentsOnGpu: false }, (p) => p.preview && (lastCpu = p.preview.data));
+  assert.equal(gpu.report.readbacksPerStep, 2, 'the measures and the preview');
+  assert.ok(maxAbsDiff(lastGpu!, lastCpu!).diff <= 1);
+  engine.unload();
+});

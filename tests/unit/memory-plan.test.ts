@@ -75,6 +75,11 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
   const five = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, loras: { count: 5, rank: 32 } });
   assert.equal(five.parts.loraArenaBytes, 5 * one.parts.loraArenaBytes);
   assert.equal(five.parts.pristineBytes, one.parts.pristineBytes);
+  // a loop mixing predictions on the GPU keeps each (the batch of two, 4 channels, f32) beside its own four latents
+  const mixing = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, loras: { count: 5, rank: 32 }, keptPredictions: 11 });
+  assert.equal(five.parts.latentBytes, 4 * 4 * 4 * 64 * 64 * 2);
+  assert.equal(mixing.parts.latentBytes - five.parts.latentBytes, 11 * 2 * 4 * 64 * 64 * 4);
+  assert.equal(mixing.peakBytes - five.peakBytes, 11 * 2 * 4 * 64 * 64 * 4);
   // a captured UNet keeps its activations: they add to the text encoder's or the decode's, whichever is larger
   const captured = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, capturedUnet: true });
   const a = captured.parts.activationBytes;

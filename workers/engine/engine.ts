@@ -395,7 +395,10 @@ export class Engine {
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? Math.max(1, job.loras?.length ?? 0) : comp.deepCacheInterval > 1 ? 1 : 0;
-    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, job.memoryBudget ?? null, captured]);
+    // a loop mixing several predictions keeps one per run, the mix, and CMLoRA's cached offsets
+    const runs = Math.max(1, job.loras?.length ?? 0);
+    const kept = compositionMixes(comp) && this.rt.backend === 'webgpu' ? runs + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
+    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured]);
     let p = this.plans.get(key);
     if (!p) {
       p = planMemory(m.ckpt.config, {
@@ -408,6 +411,7 @@ export class Engine {
         budgetBytes: job.memoryBudget,
         loras: { count: loras, rank },
         cachedFeatures: cached,
+        keptPredictions: kept,
         transposesConvWeights: this.rt.backend === 'webgpu',
         pointwiseAsIs: CONV_LAYOUT === 'NCHW',
         capturedUnet: captured,

@@ -50,6 +50,8 @@ export interface PlanRequest {
   loras?: { count: number; rank: number };
   /** CMLoRA's deep-feature cache: one feature per LoRA. */
   cachedFeatures?: number;
+  /** Predictions the loop keeps on the GPU besides its own (several a step: each run's, the mix, CMLoRA's cached offsets). */
+  keptPredictions?: number;
   /** The executor transposes convolution weights every run (weights as inputs; see graph/memory.ts). */
   transposesConvWeights?: boolean;
   /** ...except 1x1 convolutions (the WebGPU EP in NCHW). */
@@ -96,8 +98,9 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const pristineBytes = loras.count ? targets.reduce((a, t) => a + count(t.dims), 0) * bytes : 0;
   const deepChannels = cfg.unet.blockOutChannels[Math.min(1, cfg.unet.blockOutChannels.length - 1)];
   const cacheBytes = (req.cachedFeatures ?? 0) * (req.cfg ? 2 : 1) * deepChannels * lh * lw * 4;
-  // the latent, the noise prediction and the scheduler's history (two steps), in f32
-  const latentBytes = 4 * 4 * cfg.unet.inChannels * lh * lw * (req.cfg ? 2 : 1);
+  // the latent, the noise prediction and the scheduler's history (two steps), in f32, and the
+  // predictions a loop mixing several keeps
+  const latentBytes = (4 * cfg.unet.inChannels + (req.keptPredictions ?? 0) * cfg.unet.outChannels) * 4 * lh * lw * (req.cfg ? 2 : 1);
 
   const total = (u: GraphMemory) => {
     const weights = u.weightBytes + text.weightBytes + vae.weightBytes;

@@ -175,14 +175,11 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
   const dims = [2, 4, lh, lh];
   const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
   const gpuOut = sessionOptions(rt, { outputsOnGpu: true });
-  const [stepSession, combineSession, measureSession] =
-    where === 'gpu'
-      ? await Promise.all([
-          rt.ort.InferenceSession.create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: previewFactor(lh, lh) }).encode(), gpuOut),
-          rt.ort.InferenceSession.create(buildCombineGraph(predictions, dims).encode(), gpuOut),
-          rt.ort.InferenceSession.create(buildMeasureGraph({ batch: 2, channels: 4, height: lh, width: lh, predictions, cutoff: profileCutoff(lh) }).encode(), sessionOptions(rt)),
-        ])
-      : [];
+  // one after the other: onnxruntime's WebGPU EP creates one session at a time
+  const create = (g: GraphBuilder, o: OrtNs.InferenceSession.SessionOptions) => rt.ort.InferenceSession.create(g.encode(), o);
+  const stepSession = where === 'gpu' ? await create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: previewFactor(lh, lh) }), gpuOut) : undefined;
+  const combineSession = where === 'gpu' ? await create(buildCombineGraph(predictions, dims), gpuOut) : undefined;
+  const measureSession = where === 'gpu' ? await create(buildMeasureGraph({ batch: 2, channels: 4, height: lh, width: lh, predictions, cutoff: profileCutoff(lh) }), sessionOptions(rt)) : undefined;
   let x: OrtNs.Tensor = new rt.ort.Tensor('float32', new Rng(3).normal(n), [1, 4, lh, lh]);
   let sample = feeds.sample;
   const memory = new rt.ort.Tensor('float32', new Float32Array(n), [1, 4, lh, lh]);
@@ -197,7 +194,7 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
       const next = await stepSession.run({ pred: mix, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]) });
       await measureSession!.run({ x, next: next.x_next, mix, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q]), [3]), ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])) });
       for (const t of [...preds, mix, next.x0, next.preview]) t.dispose();
-      if (x !== feeds.sample) x.dispose();
+      if (i > 0) x.dispose(), sample.dispose();
       x = next.x_next;
       sample = next.model_in;
     } else {

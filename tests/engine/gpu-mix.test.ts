@@ -47,6 +47,8 @@ test('several predictions a step stay on the GPU: the CPU loop\'s image, plan an
     ['cmlora online', { scheduler: 'dpmpp-2m', loras: use(loras, 2), composition: { method: 'cmlora', async: false, profiling: 'online', cache: 'off' } }],
     // DeepCache on its own under one merged set
     ['merge, deep-feature cache', { loras: use(loras, 2), composition: { method: 'merge', deepCacheInterval: 2 } }],
+    // without CFG (a batch of one), DeepCache under Composite: a feature buffer per LoRA
+    ['composite, deep-feature cache, no CFG', { steps: 3, cfg: 1, loras: use(loras, 2), composition: { method: 'composite', deepCacheInterval: 2 } }],
   ];
   for (const [what, c] of cases) {
     const job = { ...JOB, ...c };
@@ -62,6 +64,15 @@ test('several predictions a step stay on the GPU: the CPU loop\'s image, plan an
     const runs = cpu.report.composition.unetEvaluations.denoise;
     assert.ok(Math.abs(cpu.report.readbacksPerStep * job.steps - runs) < 1e-9 && runs >= job.steps, `${what}: each of the CPU loop's ${runs} runs comes back (${cpu.report.readbacksPerStep} a step)`);
     const steps = gpu.report.composition.steps;
+    // the plan counts what the loop keeps: each run's prediction and the mix (and CMLoRA's cached offsets), beside its own four latents
+    const n = job.loras!.length;
+    const kept = (c.composition.method === 'merge' ? 1 : n) + 1 + (c.composition.cache === 'prediction' ? n : 0);
+    assert.equal(gpu.report.memoryPlan.parts.latentBytes, (4 + kept) * 4 * 8 * 8 * 4 * (job.cfg > 1 ? 2 : 1), `${what}: kept predictions`);
+    if (what === 'cmlora online') {
+      const phases = new Set(steps.map((s) => s.phase));
+      assert.ok(phases.has('high') && phases.has('low'), `both phases, each step's from the last step's measure read back (${[...phases]})`);
+    }
+    if (what.startsWith('composite, deep')) assert.ok(steps.some((s) => s.shallow.length === 2), 'both LoRAs ran shallow on their own kept features');
     if (what === 'cmlora, deep cache') assert.ok(steps.some((s) => s.shallow.length), 'some runs reused kept deep features');
     if (what === 'cmlora, prediction cache') {
       // the plan replayed on the cache: some LoRA was cached while the dominant that anchored it was

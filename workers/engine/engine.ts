@@ -394,10 +394,14 @@ export class Engine {
     const m = this.model!;
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
-    const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? Math.max(1, job.loras?.length ?? 0) : comp.deepCacheInterval > 1 ? 1 : 0;
-    // a loop mixing several predictions keeps one per run, the mix, and CMLoRA's cached offsets
-    const runs = Math.max(1, job.loras?.length ?? 0);
-    const kept = compositionMixes(comp) && this.rt.backend === 'webgpu' ? runs + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
+    // LoRA sets a step runs or a job keeps deep features for: one merged set, or each LoRA alone
+    // (Composite, Switch, CMLoRA)
+    const runs = Math.max(1, loras);
+    const sets = ['none', 'merge'].includes(comp.method) ? 1 : runs;
+    const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? runs : comp.deepCacheInterval > 1 ? sets : 0;
+    // a loop mixing several predictions on the GPU keeps one per run, the mix, and CMLoRA's cached offsets
+    const mixesOnGpu = compositionMixes(comp) && !compositionNeedsCpu(comp) && this.rt.backend === 'webgpu' && job.latentsOnGpu !== false;
+    const kept = mixesOnGpu ? sets + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
     const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured]);
     let p = this.plans.get(key);
     if (!p) {
@@ -566,7 +570,7 @@ export class Engine {
     // the deep-feature cache's two graphs, when the job's composition can use them
     const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
     // (their outputs on the GPU where the loop keeps the kept features there)
-    const deepOutputs = resident && !compositionNeedsCpu(comp) ? 'gpu' : 'cpu';
+    const deepOutputs = resident && !compositionNeedsCpu(comp) && !resolved?.guidance && !resolved?.reinit ? 'gpu' : 'cpu';
     const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' }), deepOutputs) : undefined;
     const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' }), deepOutputs) : undefined;
     // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance

@@ -130,7 +130,7 @@ export function compositionNeedsCpu(options: Pick<ResolvedComposition, 'research
 }
 
 /** Whether a step may run more than one UNet pass (Composite, CMLoRA) or a part of one (the deep-feature cache): the GPU loop then mixes and measures its predictions. */
-export function compositionMixes(options: Pick<ResolvedComposition, 'method' | 'deepCacheInterval' | 'cache' | 'cacheInterval' | 'research'>): boolean {
+export function compositionMixes(options: Pick<ResolvedComposition, 'method' | 'deepCacheInterval' | 'research'>): boolean {
   return !['none', 'merge', 'switch'].includes(options.method) || options.deepCacheInterval > 1 || options.research;
 }
 
@@ -740,6 +740,7 @@ class Denoising {
       // the buffer each LoRA's offset is written into (only its own entry points at it)
       const offsetBuffers = new Map<number, OrtNs.Tensor>();
       const offsetBuffer = (l: number) => offsetBuffers.get(l) ?? offsetBuffers.set(l, gpu.allocate(dims)).get(l)!;
+      const keepsOffsets = options.method === 'cmlora' && options.cache === 'prediction';
       let current = '';
       let latentAmplitude = Infinity;
       for (let i = this.start; i < this.end; i++) {
@@ -777,7 +778,8 @@ class Denoising {
           terms.push({ t: alone.get(anchor)!, w: c.weight }, ...offsets.map((t) => ({ t, w: c.weight })));
         }
         await gpu.combine(terms.map((x) => x.t), terms.map((x) => x.w), mix);
-        if (plan.dominant !== null && alone.has(plan.dominant)) {
+        // offsets only where a plan reads them (CMLoRA's prediction cache; the CPU loop keeps them all)
+        if (keepsOffsets && plan.dominant !== null && alone.has(plan.dominant)) {
           const base = alone.get(plan.dominant)!;
           for (const [l, t] of alone) {
             if (l === plan.dominant) continue;
@@ -791,8 +793,8 @@ class Denoising {
         const last = i === this.end - 1;
         const level = init?.blend ? (last ? { signal: 1, noise: 0 } : scheduler.noiseLevel(i + 1)) : undefined;
         await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last }, level, mix);
-        const fresh = [...alone.keys()].sort((a, b) => a - b);
-        const m = await gpu.measure(fresh.map((l) => alone.get(l)!), mix, { cfg: job.cfg, p: k.p, q: k.q }, this.cutoffLatent);
+        // one measure graph a job: a slot per LoRA, those that did not run alone this step filled with the mix (and ignored)
+        const m = await gpu.measure(all.map((l) => alone.get(l) ?? mix), mix, { cfg: job.cfg, p: k.p, q: k.q }, this.cutoffLatent);
         const weights = all.map(() => 0);
         for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
         for (const c of plan.cached) weights[c.lora] += c.weight;
@@ -800,7 +802,7 @@ class Denoising {
           if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
           else if (weights[l] !== 0) took[l].fresh++;
         }
-        const nf = fresh.length;
+        const nf = all.length;
         const record: CompositionStep = {
           step: i,
           active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
@@ -809,7 +811,7 @@ class Denoising {
           cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
           dominant: plan.dominant,
           weights,
-          amplitudes: all.map((l) => (alone.has(l) ? m[fresh.indexOf(l)] : null)),
+          amplitudes: all.map((l, n) => (alone.has(l) ? m[n] : null)),
           mixAmplitude: m[nf],
           latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : m[nf + 2],
           latentSimilarity: m[nf + 3],

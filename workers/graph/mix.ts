@@ -101,11 +101,13 @@ export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
   const high = bins.filter((r) => r >= Math.max(0, o.cutoff));
   const band = new Float32Array(bins.length);
   bins.forEach((r, i) => (band[i] = high.includes(r) ? 1 / high.length : 0));
-  const top = g.op('ReduceMax', [profile], { axes: [1], keepdims: 0 });
+  // an all-zero image has no largest bin: its band is 0, as on the CPU (whose bins are then NaN and skipped)
+  const top = g.op('Max', [g.op('ReduceMax', [profile], { axes: [1], keepdims: 0 }), g.scalar(1e-30)]);
   const amplitudes = g.op('Div', [g.op('Reshape', [g.op('MatMul', [profile, g.floats(band, [bins.length, 1])]), g.ints([count])]), top]);
   // the cosine of the next latent with this one
   const dot = (a: string, b: string) => g.op('ReduceSum', [g.op('Mul', [a, b]), g.ints([0, 1, 2, 3])], { keepdims: 0 });
-  const cosine = g.op('Div', [dot(next, x), g.op('Sqrt', [g.op('Mul', [dot(next, next), dot(x, x)])])]);
+  // (0 where either is zero, as on the CPU)
+  const cosine = g.op('Div', [dot(next, x), g.op('Max', [g.op('Sqrt', [g.op('Mul', [dot(next, next), dot(x, x)])]), g.scalar(1e-30)])]);
   g.output(g.op('Concat', [amplitudes, g.op('Reshape', [cosine, g.ints([1])])], { axis: 0 }), 'measures', 'float32', [count + 1]);
   return g;
 }

@@ -44,8 +44,8 @@ export interface MeasureGraphOptions {
  * `k` [3] = cfg, p, q; output `measures` [n + 4]: n amplitudes, the mix's, the next latent's, this
  * latent's, the cosine.
  *
- * The DFT is four MatMuls with cosine and sine tables, the radial profile one MatMul with the bins'
- * averaging weights; all in float32 (the CPU's are float64).
+ * The DFT is four MatMuls with cosine and sine tables, the radial profile each ring's cells gathered
+ * and averaged; all in float32 (the CPU's are float64).
  */
 export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
   const g = new GraphBuilder('float32');
@@ -91,12 +91,16 @@ export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
   const sizes = new Float64Array(maxR + 1);
   for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) sizes[radius(u, v)]++;
   const bins = [...sizes.keys()].filter((r) => sizes[r] > 0);
-  const weights = new Float32Array(h * w * bins.length);
-  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) {
-    const r = radius(u, v);
-    weights[(u * w + v) * bins.length + bins.indexOf(r)] = 1 / sizes[r];
-  }
-  const profile = g.op('MatMul', [g.op('Reshape', [magnitude, g.ints([count, h * w])]), g.floats(weights, [h * w, bins.length])]);
+  // each bin's cells gathered into a row (padded with a zero cell past the image), summed, averaged:
+  // an index table of bins x the largest ring, not a bins x cells matrix
+  const members: number[][] = bins.map(() => []);
+  const slot = new Map(bins.map((r, i) => [r, i]));
+  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) members[slot.get(radius(u, v))!].push(u * w + v);
+  const widest = Math.max(...members.map((m) => m.length));
+  const index = members.flatMap((m) => [...m, ...new Array<number>(widest - m.length).fill(h * w)]);
+  const padded = g.op('Concat', [g.op('Reshape', [magnitude, g.ints([count, h * w])]), g.floats(new Float32Array(count), [count, 1])], { axis: 1 });
+  const rings = g.op('Gather', [padded, g.op('Reshape', [g.ints(index), g.ints([bins.length, widest])])], { axis: 1 });
+  const profile = g.op('Mul', [g.op('ReduceSum', [rings, g.ints([2])], { keepdims: 0 }), g.floats(bins.map((r) => 1 / sizes[r]), [bins.length])]);
   // the high band's mean over the largest bin
   const high = bins.filter((r) => r >= Math.max(0, o.cutoff));
   const band = new Float32Array(bins.length);

@@ -217,7 +217,13 @@ function serial<T>(task: () => Promise<T>): Promise<T> {
   return run;
 }
 
-export const useModel = (id: string) => serial(() => useModelNow(id));
+/** Counts the models asked for, so a download that finishes later does not undo a choice made meanwhile. */
+let modelChoices = 0;
+
+export const useModel = (id: string) => {
+  modelChoices++;
+  return serial(() => useModelNow(id));
+};
 
 async function useModelNow(id: string) {
   try {
@@ -277,11 +283,14 @@ export async function runDownload(record: DownloadRecord) {
   controllers.set(record.id, ctrl);
   const patch = (p: Partial<DownloadView>) => set({ downloads: upsert(studio().downloads, { ...(studio().downloads.find((d) => d.record.id === record.id) ?? { record, done: 0 }), ...p }) });
   patch({ running: true, error: undefined });
+  const choices = modelChoices;
   try {
     const model = await downloadModel(record.plan, (p) => patch({ done: p.done, total: p.total ?? undefined, bytesPerSecond: p.bytesPerSecond, secondsLeft: p.secondsLeft, file: p.file, resumedFrom: p.resumedFrom }), ctrl.signal);
-    set({ downloads: studio().downloads.filter((d) => d.record.id !== record.id), notice: `Downloaded ${model.name}.` });
     await refreshLibrary();
-    await useModel(model.id);
+    // the downloaded model is used unless another was chosen while it downloaded
+    const chosenMeanwhile = modelChoices !== choices;
+    set({ downloads: studio().downloads.filter((d) => d.record.id !== record.id), notice: chosenMeanwhile ? `Downloaded ${model.name}; it is in the library, and the model you chose meanwhile stays.` : `Downloaded ${model.name}.` });
+    if (!chosenMeanwhile) await useModel(model.id);
   } catch (e) {
     patch({ running: false, error: e instanceof DownloadError && e.message === 'Paused.' ? undefined : (e as Error).message, done: await downloadedBytes(record.plan) });
   } finally {

@@ -622,6 +622,47 @@ class Denoising {
     return out;
   }
 
+  /** The loop's latents on the GPU from `latent`, with inpainting's fixed inputs. */
+  private gpuLatents(latent: Float32Array): GpuLatents {
+    const init = this.parts.init;
+    const extra = this.parts.inpaintInput;
+    const inpainting = {
+      ...(init?.blend ? { blend: { init: init.latent, noise: this.startNoise!, mask: init.blend } } : {}),
+      ...(extra ? { cond: { data: concat(extra.mask, extra.masked), channels: this.unetChannels - this.channels } } : {}),
+    };
+    return new GpuLatents(this.ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, this.scheduler.inputScale(this.start), inpainting);
+  }
+
+  /**
+   * A mixing step's record (and each LoRA's fresh or cached count in `took`): what the plan ran, kept
+   * and weighed, with the step's measures.
+   */
+  private mixedRecord(i: number, plan: StepPlan, shallow: number[], partition: Partition, took: { fresh: number; cached: number }[], counts: { evaluations: number; macs: number }, measures: Pick<CompositionStep, 'amplitudes' | 'mixAmplitude' | 'latentAmplitude' | 'latentSimilarity' | 'featureReuse'>): CompositionStep {
+    const { all, options } = this;
+    const weights = all.map(() => 0);
+    for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
+    for (const c of plan.cached) weights[c.lora] += c.weight;
+    for (const l of all) {
+      if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
+      else if (weights[l] !== 0) took[l].fresh++;
+    }
+    return {
+      step: i,
+      active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
+      shallow: [...new Set(shallow)].sort((a, b) => a - b),
+      refreshed: plan.refreshed ?? null,
+      cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
+      dominant: plan.dominant,
+      weights,
+      ...measures,
+      phase: plan.phase,
+      partition: options.method === 'cmlora' && all.length ? { high: partition.high.slice(), low: partition.low.slice() } : null,
+      unetEvaluations: counts.evaluations,
+      unetMultiplyAdds: counts.macs,
+      mergeMs: this.stepMergeMs,
+    };
+  }
+
   /** Stage 5 on the GPU (`GpuLatents`): the UNet's prediction goes straight into the step graph. */
   async loopOnGpu(latent: Float32Array, composition: CompositionStage, layout?: LayoutStage): Promise<LoopStage> {
     const { job, scheduler, all, options, ort, guided, c0 } = this;
@@ -631,12 +672,7 @@ class Denoising {
     const steps: CompositionStep[] = [];
     if (this.stepsRun === 0) return { latent, steps, took, readbacks: 0, onGpu: true };
     const init = this.parts.init;
-    const extra = this.parts.inpaintInput;
-    const inpainting = {
-      ...(init?.blend ? { blend: { init: init.latent, noise: this.startNoise!, mask: init.blend } } : {}),
-      ...(extra ? { cond: { data: concat(extra.mask, extra.masked), channels: this.unetChannels - this.channels } } : {}),
-    };
-    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(this.start), inpainting);
+    const gpu = this.gpuLatents(latent);
     try {
       for (let i = this.start; i < this.end; i++) {
         this.check();
@@ -726,12 +762,7 @@ class Denoising {
     const steps: CompositionStep[] = [];
     if (this.stepsRun === 0) return { latent, steps, took, readbacks: 0, onGpu: true };
     const init = this.parts.init;
-    const extra = this.parts.inpaintInput;
-    const inpainting = {
-      ...(init?.blend ? { blend: { init: init.latent, noise: this.startNoise!, mask: init.blend } } : {}),
-      ...(extra ? { cond: { data: concat(extra.mask, extra.masked), channels: this.unetChannels - this.channels } } : {}),
-    };
-    const gpu = new GpuLatents(ort, this.parts.gpuLoop!, { batch: this.batch, channels: this.channels, height: this.lh, width: this.lw }, latent, scheduler.inputScale(this.start), inpainting);
+    const gpu = this.gpuLatents(latent);
     try {
       const dims = gpu.predictionDims;
       const slots: OrtNs.Tensor[] = [];
@@ -795,32 +826,13 @@ class Denoising {
         await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last }, level, mix);
         // one measure graph a job: a slot per LoRA, those that did not run alone this step filled with the mix (and ignored)
         const m = await gpu.measure(all.map((l) => alone.get(l) ?? mix), mix, { cfg: job.cfg, p: k.p, q: k.q }, this.cutoffLatent);
-        const weights = all.map(() => 0);
-        for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
-        for (const c of plan.cached) weights[c.lora] += c.weight;
-        for (const l of all) {
-          if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
-          else if (weights[l] !== 0) took[l].fresh++;
-        }
         const nf = all.length;
-        const record: CompositionStep = {
-          step: i,
-          active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
-          shallow: [...new Set(shallow)].sort((a, b) => a - b),
-          refreshed: plan.refreshed ?? null,
-          cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
-          dominant: plan.dominant,
-          weights,
+        const record = this.mixedRecord(i, plan, shallow, partition, took, { evaluations: this.unetEvaluations - before, macs: this.unetMacs - macsBefore }, {
           amplitudes: all.map((l, n) => (alone.has(l) ? m[n] : null)),
           mixAmplitude: m[nf],
           latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : m[nf + 2],
           latentSimilarity: m[nf + 3],
-          phase: plan.phase,
-          partition: options.method === 'cmlora' && all.length ? { high: partition.high.slice(), low: partition.low.slice() } : null,
-          unetEvaluations: this.unetEvaluations - before,
-          unetMultiplyAdds: this.unetMacs - macsBefore,
-          mergeMs: this.stepMergeMs,
-        };
+        });
         steps.push(record);
         latentAmplitude = m[nf + 1];
         this.progress(i, { ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), composition: record });
@@ -904,32 +916,13 @@ class Denoising {
       const next = this.blend(scheduler.step(eps, i, latent, () => this.rng.normal(latentSize)), i);
       const fresh = [...alone.keys()].sort((a, b) => a - b);
       const amps = latentBand([...fresh.map((l) => scheduler.predictOriginal(alone.get(l)!, i, latent)), scheduler.predictOriginal(eps, i, latent), next]);
-      const weights = all.map(() => 0);
-      for (const r of plan.evaluations) for (const l of r.loras) weights[l] += r.weight;
-      for (const c of plan.cached) weights[c.lora] += c.weight;
-      for (const l of all) {
-        if (plan.cached.some((c) => c.lora === l) || shallow.includes(l)) took[l].cached++;
-        else if (weights[l] !== 0) took[l].fresh++;
-      }
-      const record: CompositionStep = {
-        step: i,
-        active: [...new Set(plan.evaluations.flatMap((r) => r.loras))].sort((a, b) => a - b),
-        shallow: [...new Set(shallow)].sort((a, b) => a - b),
-        refreshed: plan.refreshed ?? null,
-        cached: plan.cached.map((c) => c.lora).sort((a, b) => a - b),
-        dominant: plan.dominant,
-        weights,
+      const record = this.mixedRecord(i, plan, shallow, partition, took, { evaluations: this.unetEvaluations - before, macs: this.unetMacs - macsBefore }, {
         amplitudes: all.map((l) => (alone.has(l) ? amps[fresh.indexOf(l)] : null)),
         mixAmplitude: amps[fresh.length],
         latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : latentBand([latent])[0],
         latentSimilarity: cosineSimilarity(next, latent),
         ...(options.research ? { featureReuse: all.map((l) => featureReuse(history.get(l))) } : {}),
-        phase: plan.phase,
-        partition: options.method === 'cmlora' && all.length ? { high: partition.high.slice(), low: partition.low.slice() } : null,
-        unetEvaluations: this.unetEvaluations - before,
-        unetMultiplyAdds: this.unetMacs - macsBefore,
-        mergeMs: this.stepMergeMs,
-      };
+      });
       steps.push(record);
       latent = next;
       latentAmplitude = amps[fresh.length + 1];

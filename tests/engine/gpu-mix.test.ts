@@ -1,7 +1,7 @@
 // Several predictions a step with the latents on the GPU (tiny model, WebGPU): LoRA Composite, CMLoRA
 // as its code runs it (the deep-feature cache), with its prediction cache (offsets kept on the GPU and
-// chained) and online, and DeepCache under LoRA Merge give the CPU loop's image, its plan step by
-// step, and its frequency measures, while only the measures and the previews come back.
+// chained) and online, and DeepCache under Composite without CFG give the CPU loop's image, its plan
+// step by step, its frequency measures and its previews, while only the measures and the previews come back.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import type { CompositionOptions, GenerateJob, GenerateResult, LoraInfo } from '../../workers/api/contract.ts';
@@ -38,35 +38,36 @@ test('several predictions a step stay on the GPU: the CPU loop\'s image, plan an
   const { dir } = await tinyModelDir();
   const { engine, loras } = await openTinyEngine(dir, await runtime('webgpu'), ['kohya', 'loha', 'locon']);
   const cases: [string, Partial<GenerateJob> & { composition: CompositionOptions }][] = [
-    ['composite', { loras: use(loras, 2), composition: { method: 'composite' } }],
     // the code's CMLoRA: every LoRA every step, the shallow UNet on kept deep features between refreshes
-    ['cmlora, deep cache', { loras: use(loras, 3), composition: { method: 'cmlora', switchStep: 1 } }],
+    ['cmlora, deep cache', { steps: 3, loras: use(loras, 3), composition: { method: 'cmlora', switchStep: 1 } }],
     // our prediction cache: offsets from the dominant kept on the GPU and chained as the dominant moves
     ['cmlora, prediction cache', { steps: 5, loras: use(loras, 3), composition: { method: 'cmlora', cache: 'prediction', switchStep: 2, cacheHigh: 4, cacheLow: 4 } }],
     // online: the next step's phase from this step's measure, read back
     ['cmlora online', { scheduler: 'dpmpp-2m', loras: use(loras, 2), composition: { method: 'cmlora', async: false, profiling: 'online', cache: 'off' } }],
-    // DeepCache on its own under one merged set
-    ['merge, deep-feature cache', { loras: use(loras, 2), composition: { method: 'merge', deepCacheInterval: 2 } }],
-    // without CFG (a batch of one), DeepCache under Composite: a feature buffer per LoRA
-    ['composite, deep-feature cache, no CFG', { steps: 3, cfg: 1, loras: use(loras, 2), composition: { method: 'composite', deepCacheInterval: 2 } }],
+    // without CFG (a batch of one), DeepCache under Composite (a kept feature per LoRA), a preview every step
+    ['composite, deep-feature cache, no CFG', { steps: 3, cfg: 1, previewEvery: 1, loras: use(loras, 2), composition: { method: 'composite', deepCacheInterval: 2 } }],
   ];
   for (const [what, c] of cases) {
     const job = { ...JOB, ...c };
-    const gpu = await engine.generate(job);
-    const cpu = await engine.generate({ ...job, latentsOnGpu: false });
+    const previews: Uint8ClampedArray[][] = [[], []];
+    const gpu = await engine.generate(job, (p) => p.preview && previews[0].push(p.preview.data));
+    const cpu = await engine.generate({ ...job, latentsOnGpu: false }, (p) => p.preview && previews[1].push(p.preview.data));
     assert.equal(gpu.report.latentsOnGpu, true, `${what}: ${gpu.report.latentsOnGpuReason}`);
     assert.equal(cpu.report.latentsOnGpu, false);
     assert.equal(gpu.report.graphCaptured, false);
     const { diff } = maxAbsDiff(gpu.image.data, cpu.image.data);
     assert.ok(diff <= 1, `${what}: GPU and CPU loops within 1/255 (${diff})`);
     samePlan(gpu, cpu, what);
-    assert.equal(gpu.report.readbacksPerStep, 1, `${what}: the measures alone come back`);
+    const previewed = job.previewEvery === 1;
+    assert.equal(gpu.report.readbacksPerStep, previewed ? 2 : 1, `${what}: the measures${previewed ? ' and the preview' : ''} alone come back`);
+    assert.equal(previews[0].length, previewed ? job.steps : 0);
+    previews[0].forEach((p, i) => assert.ok(maxAbsDiff(p, previews[1][i]).diff <= 1, `${what}: preview ${i} as the CPU loop's`));
     const runs = cpu.report.composition.unetEvaluations.denoise;
     assert.ok(Math.abs(cpu.report.readbacksPerStep * job.steps - runs) < 1e-9 && runs >= job.steps, `${what}: each of the CPU loop's ${runs} runs comes back (${cpu.report.readbacksPerStep} a step)`);
     const steps = gpu.report.composition.steps;
     // the plan counts what the loop keeps: each run's prediction and the mix (and CMLoRA's cached offsets), beside its own four latents
     const n = job.loras!.length;
-    const kept = (c.composition.method === 'merge' ? 1 : n) + 1 + (c.composition.cache === 'prediction' ? n : 0);
+    const kept = n + 1 + (c.composition.cache === 'prediction' ? n : 0);
     assert.equal(gpu.report.memoryPlan.parts.latentBytes, (4 + kept) * 4 * 8 * 8 * 4 * (job.cfg > 1 ? 2 : 1), `${what}: kept predictions`);
     if (what === 'cmlora online') {
       const phases = new Set(steps.map((s) => s.phase));
@@ -90,12 +91,5 @@ test('several predictions a step stay on the GPU: the CPU loop\'s image, plan an
       assert.equal(longest, 2, 'a chain of two offsets');
     }
   }
-  // previews: read when due, alike on both loops
-  const job: GenerateJob = { ...JOB, steps: 3, previewEvery: 1, loras: use(loras, 2), composition: { method: 'composite' } };
-  let [lastGpu, lastCpu]: (Uint8ClampedArray | undefined)[] = [];
-  const gpu = await engine.generate(job, (p) => p.preview && (lastGpu = p.preview.data));
-  await engine.generate({ ...job, latentsOnGpu: false }, (p) => p.preview && (lastCpu = p.preview.data));
-  assert.equal(gpu.report.readbacksPerStep, 2, 'the measures and the preview');
-  assert.ok(maxAbsDiff(lastGpu!, lastCpu!).diff <= 1);
   engine.unload();
 });

@@ -83,10 +83,7 @@ test('several predictions a step stay on the GPU: the CPU loop\'s image, plan an
       for (const s of steps) {
         const ran = new Set(s.active);
         for (const l of s.cached) longest = Math.max(longest, replay.chain(l, ran).offsets.length);
-        if (s.dominant !== null && ran.has(s.dominant)) {
-          for (const l of ran) if (l !== s.dominant) replay.store(l, 0, s.step, s.dominant);
-          replay.drop(s.dominant);
-        }
+        if (s.dominant !== null && ran.has(s.dominant)) replay.update(new Map([...ran].map((l) => [l, 0])), s.dominant, s.step, () => 0);
       }
       assert.equal(longest, 2, 'a chain of two offsets');
     }

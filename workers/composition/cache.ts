@@ -40,16 +40,6 @@ export class ContributionCache<T = Float32Array> {
     return { anchor: at, offsets };
   }
 
-  /** Keep `offset` as this LoRA's, taken at `step` against `anchor` (the dominant then). */
-  store(lora: number, offset: T, step: number, anchor: number): void {
-    this.entries[lora] = { offset, at: step, anchor };
-  }
-
-  /** The dominant keeps no entry. */
-  drop(lora: number): void {
-    this.entries[lora] = null;
-  }
-
   /** A cached LoRA's prediction at this step, from the predictions of the LoRAs that ran. */
   contribution(this: ContributionCache<Float32Array>, lora: number, fresh: Map<number, Float32Array>): Float32Array {
     const { anchor, offsets } = this.chain(lora, fresh);
@@ -58,15 +48,19 @@ export class ContributionCache<T = Float32Array> {
     return out;
   }
 
-  /** After a step: LoRAs that ran keep their offset from the dominant; the dominant keeps none. */
-  update(this: ContributionCache<Float32Array>, fresh: Map<number, Float32Array>, dominant: number, step: number): void {
+  /**
+   * After a step: LoRAs that ran keep their offset from the dominant; the dominant keeps none.
+   * `offset(lora, eps, base)` makes eps - base (on the CPU by default; the GPU loop queues it on the GPU).
+   */
+  update(fresh: Map<number, T>, dominant: number, step: number, offset: (lora: number, eps: T, base: T) => T = subtract as unknown as (lora: number, eps: T, base: T) => T): void {
     const base = fresh.get(dominant)!;
-    for (const [lora, eps] of fresh) {
-      if (lora === dominant) continue;
-      const offset = new Float32Array(eps.length);
-      for (let k = 0; k < eps.length; k++) offset[k] = eps[k] - base[k];
-      this.store(lora, offset, step, dominant);
-    }
-    this.drop(dominant);
+    for (const [lora, eps] of fresh) if (lora !== dominant) this.entries[lora] = { offset: offset(lora, eps, base), at: step, anchor: dominant };
+    this.entries[dominant] = null;
   }
+}
+
+function subtract(_lora: number, eps: Float32Array, base: Float32Array): Float32Array {
+  const out = new Float32Array(eps.length);
+  for (let k = 0; k < eps.length; k++) out[k] = eps[k] - base[k];
+  return out;
 }

@@ -34,6 +34,11 @@ export function profileImages(latents: Float32Array[], channels: number, height:
   return { data, height: h, width: w };
 }
 
+/** The profile's bin of frequency (u, v) of an [h, w] spectrum in FFT order: the integer radius of the centred frequency, 0 to floor(hypot(h/2, w/2)). */
+export function ringOf(u: number, v: number, h: number, w: number): number {
+  return Math.floor(Math.hypot(Math.min(u, h - u), Math.min(v, w - v)));
+}
+
 /**
  * The radial profile of CMLoRA's code (fft_analysis.ipynb, pipeline_online.py ~63-91): the spectrum's
  * amplitude (or its log, as the notebook takes for images) averaged over each integer radius of the
@@ -46,7 +51,7 @@ export function radialProfile(magnitudes: ArrayLike<number>, h: number, w: numbe
   const count = new Float64Array(maxR + 1);
   for (let u = 0; u < h; u++)
     for (let v = 0; v < w; v++) {
-      const r = Math.floor(Math.hypot(Math.min(u, h - u), Math.min(v, w - v)));
+      const r = ringOf(u, v, h, w);
       const a = magnitudes[u * w + v];
       sum[r] += log ? Math.log(a + 1e-8) : a;
       count[r]++;
@@ -64,13 +69,16 @@ export function radialProfile(magnitudes: ArrayLike<number>, h: number, w: numbe
 export function highBand(profile: Float64Array, cutoff: number): number {
   let s = 0;
   let n = 0;
-  for (let r = Math.max(0, cutoff); r < profile.length; r++) {
+  for (let r = highBandStart(cutoff); r < profile.length; r++) {
     if (Number.isNaN(profile[r])) continue;
     s += profile[r];
     n++;
   }
   return n ? s / n : 0;
 }
+
+/** The first radius of the high band. */
+export const highBandStart = (cutoff: number): number => Math.max(0, cutoff);
 
 /** The notebook's cutoff, radius 72 on 512 pixels, at another size (9 on a 64-cell latent). */
 export const profileCutoff = (side: number): number => Math.round((72 * side) / 512);

@@ -1,7 +1,7 @@
 // The engine: a loaded model (weights on the GPU, one ORT session per graph and shape) and the
 // denoising loop. The same class runs in the browser's worker and in Node.
 import type * as OrtNs from 'onnxruntime-web';
-import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, HiresReport, InitReport, LayoutOptions, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent } from '../api/contract.ts';
+import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, HiresReport, InitReport, LayoutOptions, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent, ResolvedComposition } from '../api/contract.ts';
 import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
@@ -389,6 +389,16 @@ export class Engine {
 
   private readonly plans = new Map<string, MemoryPlan>();
 
+  /**
+   * Whether the job's denoising loop can keep its latents on the GPU, as far as the job says (the
+   * pipeline's `gpuLoopRefusal` has the last word; the CFG halves of a tight plan also bring it back):
+   * WebGPU, not refused by the job, nothing in its composition or layout that the CPU must read.
+   */
+  private loopMayStayOnGpu(job: GenerateJob, comp: ResolvedComposition): boolean {
+    const layout = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
+    return this.rt.backend === 'webgpu' && job.latentsOnGpu !== false && !compositionNeedsCpu(comp) && !layout?.guidance && !layout?.reinit;
+  }
+
   /** The job's memory plan, from its graphs (kept per size, precision and LoRA count); `captured`: the UNet replays a captured graph (its activations stay). */
   private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false): MemoryPlan {
     const m = this.model!;
@@ -400,8 +410,7 @@ export class Engine {
     const sets = ['none', 'merge'].includes(comp.method) ? 1 : runs;
     const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? runs : comp.deepCacheInterval > 1 ? sets : 0;
     // a loop mixing several predictions on the GPU keeps one per run, the mix, and CMLoRA's cached offsets
-    const mixesOnGpu = compositionMixes(comp) && !compositionNeedsCpu(comp) && this.rt.backend === 'webgpu' && job.latentsOnGpu !== false;
-    const kept = mixesOnGpu ? sets + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
+    const kept = compositionMixes(comp) && this.loopMayStayOnGpu(job, comp) ? sets + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
     const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured]);
     let p = this.plans.get(key);
     if (!p) {
@@ -570,7 +579,7 @@ export class Engine {
     // the deep-feature cache's two graphs, when the job's composition can use them
     const deep = comp.deepCacheInterval > 1 || (comp.method === 'cmlora' && ((comp.cache === 'deep' && comp.cacheInterval !== 1) || comp.research));
     // (their outputs on the GPU where the loop keeps the kept features there)
-    const deepOutputs = resident && !compositionNeedsCpu(comp) && !resolved?.guidance && !resolved?.reinit ? 'gpu' : 'cpu';
+    const deepOutputs = resident && this.loopMayStayOnGpu(job, comp) ? 'gpu' : 'cpu';
     const unetRecord = deep ? await this.graph(`${unetKey}:deep-full`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'full' }), deepOutputs) : undefined;
     const unetReuse = deep ? await this.graph(`${unetKey}:deep-shallow`, () => buildUNet(cfg.unet, { ...unetOptions, deepCache: 'shallow' }), deepOutputs) : undefined;
     // the cut UNet: its maps for guidance and the re-initialisation probe, its backward pass for guidance

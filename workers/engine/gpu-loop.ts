@@ -85,7 +85,10 @@ export class GpuLatents {
   private previous?: LatentSet;
   private readonly sets: LatentSet[];
   private next = 0;
-  private readonly pred: OrtNs.Tensor;
+  /** Where `predict` writes the prediction (made at its first run: a mixing loop gives each run its own). */
+  private predBuffer?: OrtNs.Tensor;
+  /** The dims of a UNet prediction (the batch of two with CFG). */
+  readonly predictionDims: number[];
   /** Where the step graph writes the preview on the steps nobody reads it. */
   private readonly previewOut: OrtNs.Tensor;
   /** The last UNet run's outputs asked for by name, and the last step's outputs to be read. */
@@ -106,6 +109,7 @@ export class GpuLatents {
   /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale` (with an inpainting UNet's extra channels after it). */
   constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number, inpainting: GpuInpainting = {}) {
     this.dims = [1, shape.channels, shape.height, shape.width];
+    this.predictionDims = [shape.batch, shape.channels, shape.height, shape.width];
     const extra = inpainting.cond?.channels ?? 0;
     const batched = [shape.batch, shape.channels + extra, shape.height, shape.width];
     const one = (shape.channels + extra) * shape.height * shape.width;
@@ -126,7 +130,7 @@ export class GpuLatents {
       // captured: one UNet input for both sets (the step graph never reads it), the UNet's own
       const modelIn = cap ? cap.inputs.sample : undefined;
       this.sets = [0, 1].map(() => ({ x: make(this.dims), memory: make(this.dims), modelIn: modelIn ?? make(batched) }));
-      this.pred = cap ? cap.outputs.noise_pred : make([shape.batch, shape.channels, shape.height, shape.width]);
+      this.predBuffer = cap?.outputs.noise_pred;
       this.previewOut = make([1, 3, Math.floor(shape.height / f), Math.floor(shape.width / f)]);
       this.zeros = make(this.dims);
       const upload = (name: string, dims: number[], data: Float32Array) => {
@@ -179,7 +183,7 @@ export class GpuLatents {
       await cap.run();
       return;
     }
-    const out = await this.parts.unet({ ...feeds, sample: this.current.modelIn }, { noise_pred: this.pred, ...Object.fromEntries(outputs.map((n) => [n, null])) });
+    const out = await this.parts.unet({ ...feeds, sample: this.current.modelIn }, { noise_pred: this.pred(), ...Object.fromEntries(outputs.map((n) => [n, null])) });
     this.extra = Object.fromEntries(outputs.map((n) => [n, out[n]]));
   }
 
@@ -187,7 +191,7 @@ export class GpuLatents {
    * The sampler's step on the last prediction; the next UNet input is scaled by `scaleNext`. `read`:
    * what the CPU will read of this step (its preview, its latent), allocated by onnxruntime.
    */
-  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }, level: NoiseLevel = { signal: 0, noise: 0 }, pred = this.pred): Promise<void> {
+  async step(k: LinearStep, cfg: number, scaleNext: number, noise: Float32Array | undefined, read: { preview: boolean; latent: boolean }, level: NoiseLevel = { signal: 0, noise: 0 }, pred = this.pred()): Promise<void> {
     const coefficients: Record<(typeof STEP_COEFFICIENTS)[number], number> = { cfg, p: k.p, q: k.q, a: k.a, b: k.b, c: k.c, d: k.d, e: k.e, scaleNext, signal: level.signal, noise: level.noise };
     const into = this.sets[this.next];
     this.releaseReadable();
@@ -215,9 +219,8 @@ export class GpuLatents {
     return t;
   }
 
-  /** The dims of a UNet prediction (the batch of two with CFG). */
-  get predictionDims(): number[] {
-    return this.pred.dims.slice();
+  private pred(): OrtNs.Tensor {
+    return (this.predBuffer ??= this.allocate(this.predictionDims));
   }
 
   /**

@@ -768,7 +768,6 @@ class Denoising {
       const slots: OrtNs.Tensor[] = [];
       const slot = (n: number) => (slots[n] ??= gpu.allocate(dims));
       const mix = gpu.allocate(dims);
-      // the buffer each LoRA's offset is written into (only its own entry points at it)
       const offsetBuffers = new Map<number, OrtNs.Tensor>();
       const offsetBuffer = (l: number) => offsetBuffers.get(l) ?? offsetBuffers.set(l, gpu.allocate(dims)).get(l)!;
       const keepsOffsets = options.method === 'cmlora' && options.cache === 'prediction';
@@ -811,14 +810,14 @@ class Denoising {
         await gpu.combine(terms.map((x) => x.t), terms.map((x) => x.w), mix);
         // offsets only where a plan reads them (CMLoRA's prediction cache; the CPU loop keeps them all)
         if (keepsOffsets && plan.dominant !== null && alone.has(plan.dominant)) {
-          const base = alone.get(plan.dominant)!;
-          for (const [l, t] of alone) {
-            if (l === plan.dominant) continue;
+          // each offset into its LoRA's own buffer (only its own entry points at it), one after another
+          const writes: (() => Promise<void>)[] = [];
+          cache.update(alone, plan.dominant, i, (l, eps, base) => {
             const into = offsetBuffer(l);
-            await gpu.combine([t, base], [1, -1], into);
-            cache.store(l, into, i, plan.dominant);
-          }
-          cache.drop(plan.dominant);
+            writes.push(() => gpu.combine([eps, base], [1, -1], into));
+            return into;
+          });
+          for (const write of writes) await write();
         }
         const k = scheduler.linear(i);
         const last = i === this.end - 1;

@@ -6,7 +6,8 @@
 // Classifier-free guidance is linear, so the engine mixes the UNet's raw batch of two and guides the
 // mix (in the step graph): sum w_i (u_i + s (c_i - u_i)) = U + s (C - U) with U = sum w_i u_i, C = sum w_i c_i.
 import { GraphBuilder } from './builder.ts';
-import { pow2Window } from '../composition/frequency.ts';
+import { highBandStart, pow2Window, ringOf } from '../composition/frequency.ts';
+import { cleanEstimate, guidedPrediction } from './step.ts';
 
 /** Inputs `in0`..`in{count-1}` of `dims` and `w` [count]; output `out` = sum of w[j] * in_j. */
 export function buildCombineGraph(count: number, dims: number[]): GraphBuilder {
@@ -55,12 +56,7 @@ export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
   const next = g.input('next', 'float32', one);
   const k = g.input('k', 'float32', [3]);
   const [cfg, p, q] = [0, 1, 2].map((i) => g.op('Gather', [k, g.ints([i])], { axis: 0 }));
-  const guided = (pred: string) => {
-    if (o.batch === 1) return pred;
-    const [u, c] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });
-    return g.op('Add', [u, g.op('Mul', [cfg, g.op('Sub', [c, u])])]);
-  };
-  const clean = (pred: string) => g.op('Add', [g.op('Mul', [p, x]), g.op('Mul', [q, guided(pred)])]);
+  const clean = (pred: string) => cleanEstimate(g, x, guidedPrediction(g, pred, cfg, o.batch), p, q);
   const preds = Array.from({ length: o.predictions }, (_, j) => g.input(`pred${j}`, 'float32', batched));
   const mix = g.input('mix', 'float32', batched);
   const images = [...preds.map(clean), clean(mix), next, x];
@@ -85,24 +81,22 @@ export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
   const re = g.op('Sub', [g.op('MatMul', [cm, cw]), g.op('MatMul', [sm, sw])]);
   const im = g.op('Add', [g.op('MatMul', [sm, cw]), g.op('MatMul', [cm, sw])]);
   const magnitude = g.op('Sqrt', [g.op('Add', [g.op('Mul', [re, re]), g.op('Mul', [im, im])])]);
-  // the radial profile: each integer radius's mean, the radii the window has
-  const maxR = Math.floor(Math.hypot(h >> 1, w >> 1));
-  const radius = (u: number, v: number) => Math.floor(Math.hypot(Math.min(u, h - u), Math.min(v, w - v)));
-  const sizes = new Float64Array(maxR + 1);
-  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) sizes[radius(u, v)]++;
+  // the radial profile (`radialProfile`'s rings): each ring's mean, the rings the window has
+  const sizes = new Float64Array(ringOf(h >> 1, w >> 1, h, w) + 1);
+  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) sizes[ringOf(u, v, h, w)]++;
   const bins = [...sizes.keys()].filter((r) => sizes[r] > 0);
   // each bin's cells gathered into a row (padded with a zero cell past the image), summed, averaged:
   // an index table of bins x the largest ring, not a bins x cells matrix
   const members: number[][] = bins.map(() => []);
   const slot = new Map(bins.map((r, i) => [r, i]));
-  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) members[slot.get(radius(u, v))!].push(u * w + v);
+  for (let u = 0; u < h; u++) for (let v = 0; v < w; v++) members[slot.get(ringOf(u, v, h, w))!].push(u * w + v);
   const widest = Math.max(...members.map((m) => m.length));
   const index = members.flatMap((m) => [...m, ...new Array<number>(widest - m.length).fill(h * w)]);
   const padded = g.op('Concat', [g.op('Reshape', [magnitude, g.ints([count, h * w])]), g.floats(new Float32Array(count), [count, 1])], { axis: 1 });
   const rings = g.op('Gather', [padded, g.op('Reshape', [g.ints(index), g.ints([bins.length, widest])])], { axis: 1 });
   const profile = g.op('Mul', [g.op('ReduceSum', [rings, g.ints([2])], { keepdims: 0 }), g.floats(bins.map((r) => 1 / sizes[r]), [bins.length])]);
   // the high band's mean over the largest bin
-  const high = bins.filter((r) => r >= Math.max(0, o.cutoff));
+  const high = bins.filter((r) => r >= highBandStart(o.cutoff));
   const band = new Float32Array(bins.length);
   bins.forEach((r, i) => (band[i] = high.includes(r) ? 1 / high.length : 0));
   // an all-zero image has no largest bin: its band is 0, as on the CPU (whose bins are then NaN and skipped)

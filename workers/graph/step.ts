@@ -48,12 +48,8 @@ export function buildStepGraph(o: StepGraphOptions): GraphBuilder {
   // one Gather per coefficient: onnxruntime-web binds every output of a Split to one shader, and a
   // browser's shader binds few storage buffers (8 by WebGPU's default, 10 in Chromium on SwiftShader)
   const [cfg, p, q, a, b, c, d, e, scaleNext, signal, level] = STEP_COEFFICIENTS.map((_, i) => g.op('Gather', [k, g.ints([i])], { axis: 0 }));
-  let eps = pred;
-  if (o.batch === 2) {
-    const [uncond, cond] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });
-    eps = g.op('Add', [uncond, g.op('Mul', [cfg, g.op('Sub', [cond, uncond])])]);
-  }
-  const x0 = g.op('Add', [g.op('Mul', [p, x]), g.op('Mul', [q, eps])]);
+  const eps = guidedPrediction(g, pred, cfg, o.batch);
+  const x0 = cleanEstimate(g, x, eps, p, q);
   const terms = [g.op('Mul', [a, x]), g.op('Mul', [b, eps]), g.op('Mul', [c, x0]), g.op('Mul', [d, memory]), g.op('Mul', [e, z])];
   let next = terms.reduce((sum, t) => g.op('Add', [sum, t]));
   if (o.blend) {
@@ -77,6 +73,18 @@ export function buildStepGraph(o: StepGraphOptions): GraphBuilder {
   const preview = g.op('Conv', [next, g.floats(w, [3, o.channels, f, f]), g.floats([127.5, 127.5, 127.5], [3])], { kernel_shape: [f, f], strides: [f, f] });
   g.output(preview, 'preview', 'float32', [1, 3, Math.floor(o.height / f), Math.floor(o.width / f)]);
   return g;
+}
+
+/** Classifier-free guidance of a UNet prediction: uncond + cfg (cond - uncond) for a batch of two [uncond, cond]; a batch of one as it is. */
+export function guidedPrediction(g: GraphBuilder, pred: string, cfg: string, batch: 1 | 2): string {
+  if (batch === 1) return pred;
+  const [uncond, cond] = g.opMulti('Split', [pred, g.ints([1, 1])], 2, { axis: 0 });
+  return g.op('Add', [uncond, g.op('Mul', [cfg, g.op('Sub', [cond, uncond])])]);
+}
+
+/** The sampler's clean estimate in its linear form, x0 = p x + q eps. */
+export function cleanEstimate(g: GraphBuilder, x: string, eps: string, p: string, q: string): string {
+  return g.op('Add', [g.op('Mul', [p, x]), g.op('Mul', [q, eps])]);
 }
 
 /** The preview's reduction for a latent: blocks that bring its longer side to at most 64 cells. */

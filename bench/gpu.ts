@@ -26,6 +26,7 @@ import { buildVaeDecoder } from '../workers/graph/vae.ts';
 import { buildStepGraph, previewFactor } from '../workers/graph/step.ts';
 import { buildCombineGraph, buildMeasureGraph } from '../workers/graph/mix.ts';
 import { cosineSimilarity, latentHighBand, profileCutoff } from '../workers/composition/frequency.ts';
+import type { LinearStep } from '../workers/schedulers/common.ts';
 import { DpmSolverPP2MScheduler } from '../workers/schedulers/dpmpp-2m.ts';
 import { installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { benchLoraMerge, filled } from './lora-merge.ts';
@@ -121,6 +122,28 @@ function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: Attenti
   return { g, ws, feeds };
 }
 
+/** The loops' CFG scale. */
+const CFG = 7.5;
+
+/** A batch of two's prediction [uncond, cond], guided on the CPU. */
+function guide(pred: Float32Array): Float32Array {
+  const n = pred.length / 2;
+  return Float32Array.from({ length: n }, (_, j) => pred[j] + CFG * (pred[n + j] - pred[j]));
+}
+
+/** The step graph's coefficients for a step of this linear form (no blend, the next input unscaled). */
+function stepCoefficients(rt: Runtime, k: LinearStep): OrtNs.Tensor {
+  return new rt.ort.Tensor('float32', Float32Array.from([CFG, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]);
+}
+
+/** The CPU loop's next latent and UNet input (the latent twice, for CFG's batch of two). */
+function cpuInputs(rt: Runtime, latent: Float32Array, lh: number): { x: OrtNs.Tensor; sample: OrtNs.Tensor } {
+  const both = new Float32Array(2 * latent.length);
+  both.set(latent);
+  both.set(latent, latent.length);
+  return { x: new rt.ort.Tensor('float32', latent, [1, 4, lh, lh]), sample: new rt.ort.Tensor('float32', both, [2, 4, lh, lh]) };
+}
+
 /**
  * ms per step of the denoising loop around the UNet, over `REPEATS` steps: `cpu` reads the prediction
  * back, applies CFG and a DPM++ first-order step in JavaScript and uploads the next input (the loop
@@ -139,7 +162,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
     const out = await session.run({ ...feeds, sample });
     if (stepSession) {
       const k = sched.linear(0);
-      const next = await stepSession.run({ pred: out.noise_pred, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]) });
+      const next = await stepSession.run({ pred: out.noise_pred, x, memory, z: memory, k: stepCoefficients(rt, k) });
       out.noise_pred.dispose();
       next.x0.dispose();
       next.preview.dispose();
@@ -147,14 +170,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
       sample = next.model_in;
     } else {
       const pred = (await out.noise_pred.getData(true)) as Float32Array;
-      const eps = new Float32Array(n);
-      for (let j = 0; j < n; j++) eps[j] = pred[j] + 7.5 * (pred[n + j] - pred[j]);
-      const latent = sched.step(eps, 0, x.data as Float32Array);
-      x = new rt.ort.Tensor('float32', latent, [1, 4, lh, lh]);
-      const both = new Float32Array(2 * n);
-      both.set(latent);
-      both.set(latent, n);
-      sample = new rt.ort.Tensor('float32', both, [2, 4, lh, lh]);
+      ({ x, sample } = cpuInputs(rt, sched.step(guide(pred), 0, x.data as Float32Array), lh));
     }
   }
   if (stepSession) await x.getData(true);
@@ -191,8 +207,8 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
       const preds: OrtNs.Tensor[] = [];
       for (let j = 0; j < predictions; j++) preds.push((await session.run({ ...feeds, sample })).noise_pred);
       const { out: mix } = await combineSession!.run({ w, ...Object.fromEntries(preds.map((t, j) => [`in${j}`, t])) });
-      const next = await stepSession.run({ pred: mix, x, memory, z: memory, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]) });
-      await measureSession!.run({ x, next: next.x_next, mix, k: new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q]), [3]), ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])) });
+      const next = await stepSession.run({ pred: mix, x, memory, z: memory, k: stepCoefficients(rt, k) });
+      await measureSession!.run({ x, next: next.x_next, mix, k: new rt.ort.Tensor('float32', Float32Array.from([CFG, k.p, k.q]), [3]), ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])) });
       for (const t of [...preds, mix, next.x0, next.preview]) t.dispose();
       if (i > 0) x.dispose(), sample.dispose();
       x = next.x_next;
@@ -202,8 +218,8 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
       const alone: Float32Array[] = [];
       for (let j = 0; j < predictions; j++) {
         const pred = (await (await session.run({ ...feeds, sample })).noise_pred.getData(true)) as Float32Array;
-        const guided = new Float32Array(n);
-        for (let e = 0; e < n; e++) (guided[e] = pred[e] + 7.5 * (pred[n + e] - pred[e])), (eps[e] += guided[e] / predictions);
+        const guided = guide(pred);
+        for (let e = 0; e < n; e++) eps[e] += guided[e] / predictions;
         alone.push(guided);
       }
       const latent = x.data as Float32Array;
@@ -211,11 +227,7 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
       const clean = (e: Float32Array) => e.map((v, c) => k.p * latent[c] + k.q * v);
       for (const l of [...alone.map(clean), clean(eps), next, latent]) latentHighBand(l, 4, lh, lh, profileCutoff(lh));
       cosineSimilarity(next, latent);
-      x = new rt.ort.Tensor('float32', next, [1, 4, lh, lh]);
-      const both = new Float32Array(2 * n);
-      both.set(next);
-      both.set(next, n);
-      sample = new rt.ort.Tensor('float32', both, [2, 4, lh, lh]);
+      ({ x, sample } = cpuInputs(rt, next, lh));
     }
   }
   if (stepSession) await x.getData(true);
@@ -248,7 +260,7 @@ async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, 
   const stepSession = await rt.ort.InferenceSession.create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: f }).encode(), sessionOptions(rt, { outputsOnGpu: true }));
   const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
   const k = sched.linear(0);
-  const coefficients = new rt.ort.Tensor('float32', Float32Array.from([7.5, k.p, k.q, k.a, k.b, k.c, k.d, k.e, 1, 0, 0]), [11]);
+  const coefficients = stepCoefficients(rt, k);
   const embedding = new Float32Array(feeds.timestep_embedding.data as Float32Array);
   // the recording run, then a read that makes onnxruntime submit it
   await session.run({ ...weights, ...io }, { noise_pred: pred });

@@ -1,6 +1,8 @@
 // Faults in Chromium, and what the studio lets out: the GPU device destroyed in the middle of a run
 // and the engine worker dying (an uncaught error) are both reported, the worker is restarted, the
-// model is loaded again, the scene is untouched and the job runs again to the same image; a model
+// model is loaded again, the scene is untouched and the job runs again to the same image; the GPU
+// running out of memory mid-run is said in plain words, sets a memory limit the next run is planned
+// under, and restarts the engine the same way; a model
 // download that fills the storage quota keeps its bytes, lists nothing half-made and resumes once
 // there is room. The built page carries its Content-Security-Policy, nothing it does trips it, and
 // nothing leaves the page but what it asks of its own origin.
@@ -9,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import type { Page, Worker } from 'playwright-core';
-import { dragOnCanvas, generateAndWait, ready, resultPixels, storedSha256, studioForFile } from './harness.ts';
+import { dragOnCanvas, generateAndWait, openDetails, ready, resultPixels, storedSha256, studioForFile } from './harness.ts';
 
 const MODEL = 'dist/test-model/tiny-sd15.safetensors';
 const requests: string[] = [];
@@ -77,6 +79,47 @@ test('the engine worker dying mid-run (an uncaught error): reported, restarted, 
     throw new Error('simulated crash');
   })));
   await recoveredAndSame(page, /The engine stopped unexpectedly \(.*simulated crash.*\)\. The engine was restarted and the model reloaded; your scene is kept/);
+});
+
+test('the GPU out of memory mid-run: said with the step and the plan, a memory limit set for the next jobs, the engine restarted, the scene kept, the job re-runs under the limit', async () => {
+  const { page } = studio;
+  await setUp(page);
+  // the largest buffer the device allows, which SwiftShader cannot allocate in one piece: an
+  // out-of-memory on the engine's device, as onnxruntime meets it when a job does not fit
+  await faultMidRun(page, (w) =>
+    w.evaluate(() => {
+      const device = (globalThis as unknown as Record<symbol, GPUDevice>)[Symbol.for('lora-studio.gpu-device')];
+      device.createBuffer({ size: Math.floor(device.limits.maxBufferSize / 4) * 4, usage: GPUBufferUsage.STORAGE });
+    }),
+  );
+  const notice = /^The GPU ran out of memory after step [1-4] of 4 \(([\d.]+) MB were in use; the job planned ([\d.]+) MB at peak, largest buffer [\d.]+ MB\)\. Jobs are now planned to stay under ([\d.]+) MB of GPU memory \(Diagnostics, GPU memory limit\)\. The engine was restarted and the model reloaded; your scene is kept/;
+  const status = page.getByTestId('status').filter({ hasText: notice });
+  await status.waitFor({ timeout: 180_000 });
+  const [, used, planned, kept] = notice.exec(await status.innerText())!.map(Number);
+  await ready(page);
+  const limit = Number(await page.evaluate(() => localStorage.getItem('lorastudio.memoryLimit')));
+  assert.ok(Math.abs(limit / 2 ** 20 - kept) < 0.05, `${limit} bytes kept, ${kept} MB said`);
+  assert.ok(Math.abs(limit / 2 ** 20 - 0.75 * Math.min(used, planned)) < 0.2, `${limit} bytes: three quarters of the least of ${used} MB in use and ${planned} MB planned`);
+  await page.getByTestId('diagnostics').locator('summary').click();
+  assert.equal(Number(await page.getByTestId('memory-limit').inputValue()), +(limit / 2 ** 30).toFixed(2));
+  assert.equal(await page.evaluate(() => localStorage.getItem('lorastudio.scene')), scene, 'the scene is untouched');
+  // the job again, with the limit: the tiny model's weights and UNet alone are above three quarters
+  // of its plan, so the plan cannot meet it and the notice says so (a job the plan can fit under a
+  // budget, by tiles or CFG halves, is in tests/engine/memory.test.ts); the picture is the same
+  await generateAndWait(page);
+  const job = JSON.parse((await page.evaluate(() => localStorage.getItem('lorastudio.lastJob')))!) as { memoryBudget?: number };
+  assert.equal(job.memoryBudget, limit);
+  const pixels = await resultPixels(page);
+  const worst = pixels.reduce((m, v, i) => Math.max(m, Math.abs(v - reference![i])), 0);
+  assert.ok(worst <= 1, `within 1/255 of the image before (${worst})`);
+  const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MB`;
+  assert.match(await page.getByTestId('status').innerText(), new RegExp(`^The GPU memory limit is ${mb(limit).replace('.', '\\.')}, but this job needs at least [\\d.]+ MB \\(the model's weights and the UNet's work at this size\\); it ran anyway\\. A smaller picture or fewer LoRAs need less\\.`));
+  await openDetails(page);
+  const line = await page.getByTestId('result-memory').innerText();
+  assert.ok(Number(/\(planned ([\d.]+) MB\)/.exec(line)![1]) * 2 ** 20 > limit, line);
+  // cleared, the next job has none
+  await page.getByTestId('memory-limit').fill('');
+  assert.equal(await page.evaluate(() => localStorage.getItem('lorastudio.memoryLimit')), null);
 });
 
 test('a model download that fills the storage quota keeps its bytes, lists no half model, and resumes once there is room', async () => {

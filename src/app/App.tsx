@@ -19,7 +19,7 @@ import { CompositionSettings } from '../panels/CompositionSettings.tsx';
 import { HiresPanel, StartPicturePanel } from '../panels/PicturePanel.tsx';
 import { pictureStore, startFromResult, startPictureProblem } from './picture-actions.ts';
 import { useStudio, type RunStatus } from '../store/studio.ts';
-import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, shareLink, startStudio } from './actions.ts';
+import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, setMemoryLimit, shareLink, startStudio } from './actions.ts';
 import { isBuiltInScorer } from './scoring.ts';
 import { duration, METHOD_WORDS, phaseWords, timeLeft } from './words.ts';
 
@@ -341,8 +341,9 @@ export function App() {
           <GuidancePlot steps={liveGuidance} total={job.steps} />
         </details>
         <ScorerPanel disabled={running} />
-        <details className="hint">
+        <details className="hint" data-testid="diagnostics">
           <summary>Diagnostics</summary>
+          <MemoryLimitField />
           <button data-testid="self-test" onClick={runSelfTest} disabled={running}>
             Check the GPU kernels
           </button>
@@ -355,6 +356,37 @@ export function App() {
       </section>
       <Lightbox />
     </main>
+  );
+}
+
+/**
+ * The GPU memory limit in GB: blank for none. Kept as typed while it is edited (a number input
+ * holding "1." is not yet a number), set when it is a positive number or cleared.
+ */
+function MemoryLimitField() {
+  const limit = useStudio((s) => s.memoryLimit);
+  const shown = limit ? String(+(limit / 2 ** 30).toFixed(2)) : '';
+  const [text, setText] = useState(shown);
+  // the studio set it (after an out-of-memory): show its value, unless it is what was typed
+  useEffect(() => setText((t) => (t === '' ? !limit : Math.abs(Number(t) * 2 ** 30 - (limit ?? 0)) < 1) ? t : shown), [limit, shown]);
+  return (
+    <label title="Jobs are planned to stay under it: the picture is decoded in tiles and guidance's two halves run one after the other where that is needed. The studio sets it after the GPU runs out of memory.">
+      GPU memory limit (GB)
+      <input
+        type="number"
+        min={0.05}
+        step={0.25}
+        placeholder="none"
+        value={text}
+        data-testid="memory-limit"
+        onChange={(e) => {
+          setText(e.target.value);
+          const gb = Number(e.target.value);
+          if (e.target.value === '') setMemoryLimit(undefined);
+          else if (Number.isFinite(gb) && gb > 0) setMemoryLimit(gb * 2 ** 30);
+        }}
+      />
+    </label>
   );
 }
 

@@ -1,6 +1,7 @@
 // What the page does: the engine worker's life, the library (models, LoRAs, downloads), generating,
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
 import type { GenerateJob, ImageData8, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
+import { RESTART_ADVICE } from '../../workers/api/errors.ts';
 import { loadScorer, scoreResult } from './scoring.ts';
 import { paperSettings } from '../../workers/composition/presets.ts';
 import { boxTrigger, layoutSwitches, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
@@ -37,7 +38,7 @@ import { storageUse } from '../library/opfs.ts';
 import { registerOffline } from './offline.ts';
 import { decodeShareLink, isShareLink, shareLinkOf } from '../share/link.ts';
 import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
-import { activeLoras, DEFAULT_JOB, useStudio, type EmbeddingEntry, type LoraEntry, type RunStatus } from '../store/studio.ts';
+import { activeLoras, DEFAULT_JOB, MEMORY_LIMIT_KEY, useStudio, type EmbeddingEntry, type LoraEntry, type RunStatus } from '../store/studio.ts';
 
 export const TEST_MODEL_ID = 'test-model';
 /** How scenes name the embedded test model. */
@@ -58,6 +59,33 @@ export function engine() {
 }
 
 let restarts: number[] = [];
+
+/** The GPU memory limit jobs are planned under (bytes), or none. */
+export function setMemoryLimit(bytes: number | undefined) {
+  const limit = bytes && Number.isFinite(bytes) && bytes > 0 ? Math.round(bytes) : undefined;
+  if (limit) localStorage.setItem(MEMORY_LIMIT_KEY, String(limit));
+  else localStorage.removeItem(MEMORY_LIMIT_KEY);
+  studio().set({ memoryLimit: limit });
+}
+
+const gigabytes = (bytes: number) => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GB` : `${(bytes / 2 ** 20).toFixed(1)} MB`);
+
+/**
+ * The GPU ran out of memory. onnxruntime may keep the buffer it could not allocate, so the engine
+ * refuses all further work: its worker is replaced. After a job the studio also sets a limit for the
+ * next ones, three quarters of the least of what was in use when it failed, what the job planned and
+ * the limit before, so that their plans (the picture decoded in tiles, guidance's halves one after the
+ * other) stay under it. Returns the words for the notice.
+ */
+function outOfMemory(err: Error & { data?: Record<string, number> }, job: boolean): string {
+  const what = err.message.split(RESTART_ADVICE)[0];
+  if (!job) return `${what} The engine was restarted. Next, ${err.message.split(RESTART_ADVICE)[1] ?? ''}`;
+  const known = [err.data?.liveBytes, err.data?.plannedPeakBytes, studio().memoryLimit].filter((n): n is number => !!n && n > 0);
+  if (!known.length) return what;
+  const limit = Math.floor(Math.min(...known) * 0.75);
+  setMemoryLimit(limit);
+  return `${what} Jobs are now planned to stay under ${gigabytes(limit)} of GPU memory (Diagnostics, GPU memory limit).`;
+}
 
 /** Failures the page answers by restarting the engine, not by showing an error. */
 export const isEngineFailure = (e: unknown) => ['device-lost', 'worker-crashed'].includes((e as { code?: string })?.code ?? '');
@@ -232,7 +260,12 @@ async function useModelNow(id: string) {
     if (!record) throw new Error('That model is no longer in the library.');
     await loadModelRequest(await modelRequest(record), record.name, id);
   } catch (e) {
-    fail(e);
+    const err = e as Error & { code?: string };
+    if (err.code !== 'gpu-out-of-memory') return fail(e);
+    // a fresh worker for the next load; loading this one again would fail the same way
+    client?.terminate();
+    client = undefined;
+    fail(new Error(outOfMemory(err, false)));
   }
 }
 
@@ -561,7 +594,8 @@ export function currentJob(): GenerateJob {
     else uses.push(use);
   }
   const { init: _i, hires: _h, ...plain } = settings;
-  return { ...plain, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}), ...pictureJob(settings, studio().model) };
+  const limit = studio().memoryLimit;
+  return { ...plain, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}), ...pictureJob(settings, studio().model), ...(limit ? { memoryBudget: limit } : {}) };
 }
 
 /** Models the engine has run a job with since it started (their first job compiles the GPU programs). */
@@ -635,6 +669,9 @@ export async function generate() {
     } catch (e) {
       const err = e as Error & { code?: string };
       if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: count > 1 && i > 0 ? `Cancelled after ${i} of ${count} pictures.` : 'Cancelled.' });
+      else if (err.code === 'gpu-out-of-memory') {
+        if (client) await recover(client, new Error(outOfMemory(err, true)));
+      }
       // the engine is being restarted (see recover): its progress is the status now
       else if (!isEngineFailure(err)) fail(err);
       return;

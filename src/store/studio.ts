@@ -118,8 +118,21 @@ export interface StudioState {
   vae?: File;
   /** The last GPU self-test's summary. */
   selfTest?: string;
+  /**
+   * A GPU memory limit in bytes, set by the artist or learned from an out-of-memory: jobs are planned
+   * to stay under it (the picture decoded in tiles, guidance's halves one after the other).
+   */
+  memoryLimit?: number;
   setJob(patch: Partial<GenerateJob>): void;
   set(patch: Partial<Omit<StudioState, 'setJob' | 'set' | 'updateLora'>>): void;
+}
+
+/** Where the studio keeps its GPU memory limit (this device's, so not part of a scene or a link). */
+export const MEMORY_LIMIT_KEY = 'lorastudio.memoryLimit';
+
+function storedMemoryLimit(): number | undefined {
+  const n = typeof localStorage === 'undefined' ? NaN : Number(localStorage.getItem(MEMORY_LIMIT_KEY));
+  return Number.isFinite(n) && n > 0 ? n : undefined;
 }
 
 export const DEFAULT_JOB: GenerateJob = {
@@ -152,6 +165,7 @@ export const useStudio = create<StudioState>((set) => ({
   runSteps: [],
   runGuidance: [],
   batchCount: 1,
+  memoryLimit: storedMemoryLimit(),
   updateLora: (key, patch) => set((s) => ({ loras: s.loras.map((l) => (l.key === key ? { ...l, ...patch } : l)) })),
   updateEmbedding: (key, patch) => set((s) => ({ embeddings: s.embeddings.map((e) => (e.key === key ? { ...e, ...patch } : e)) })),
   status: { kind: 'starting' },

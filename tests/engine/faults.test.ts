@@ -1,13 +1,14 @@
 // Faults on the real engine (tiny model, WebGPU): a cancel at every phase gives back every GPU byte
 // the job took, buffers past the adapter's limits are refused before anything is allocated, and two
-// jobs sent at once run one after the other. (A lost device is in device-lost.test.ts: it ends the
-// device for the rest of its process.)
+// jobs sent at once run one after the other; the GPU running out of memory mid-job or mid-load ends
+// it with the named error and stops the engine until a new one is made. (A lost device is in
+// device-lost.test.ts: it ends the device for the rest of its process.)
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { GenerateJob, LoraInfo, ProgressEvent } from '../../workers/api/contract.ts';
-import { EngineError } from '../../workers/api/errors.ts';
+import { EngineError, GpuOutOfMemoryError } from '../../workers/api/errors.ts';
 import { chooseAttention } from '../../workers/engine/attention-check.ts';
 import { Engine } from '../../workers/engine/engine.ts';
 import { MemoryProfileStore } from '../../workers/engine/profile-store.ts';
@@ -162,4 +163,72 @@ test('two jobs sent at once through the worker interface run one after the other
   const first = engine.generate(JOB);
   await assert.rejects(engine.generate(JOB), (e: EngineError) => e.code === 'busy' && /already running/.test(e.message));
   await first;
+});
+
+/**
+ * SwiftShader allocates one piece of at most just under 1 GiB: a 1 GiB buffer (within its
+ * maxBufferSize, so no validation error) fails as an out-of-memory, as any allocation past a GPU's
+ * memory does; made on the engine's device outside an error scope, it is what onnxruntime meets when
+ * a job does not fit. It holds nothing, so the device is as it was.
+ */
+const allocateTooMuch = (device: GPUDevice) => device.createBuffer({ size: 2 ** 30, usage: GPUBufferUsage.STORAGE });
+const mbText = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
+
+test('the GPU out of memory mid-job: the named error with the step and the plan, the engine refuses until a new one; a new engine makes the same image; out of memory while loading says so', async () => {
+  const { dir } = await tinyModelDir();
+  const rt = await runtime('webgpu');
+  const { engine, loras } = await studio();
+  const job = { ...JOB, loras: [{ lora: loras[0].id, scale: 0.8 }] };
+  const before = await engine.generate(job);
+  const steps: number[] = [];
+  let failure: GpuOutOfMemoryError | undefined;
+  await assert.rejects(
+    engine.generate(job, (e) => {
+      if (e.phase !== 'denoise') return;
+      steps.push(e.step);
+      if (e.step === 1) allocateTooMuch(rt.gpu!.device);
+    }),
+    (e: Error) => {
+      failure = e as GpuOutOfMemoryError;
+      return e instanceof GpuOutOfMemoryError && e.code === 'gpu-out-of-memory';
+    },
+  );
+  const data = failure!.data!;
+  assert.equal(data.plannedPeakBytes, before.report.memoryPlan.peakBytes);
+  // what was in use when it failed (the failed buffer not counted): at least the model's weights, at
+  // most what the same job held at its peak
+  const weights = Object.values(before.report.memoryPlan.parts.weightBytes).reduce((a, b) => a + b, 0);
+  const peak = before.report.gpuBytesAllocated;
+  assert.ok(data.liveBytes >= weights && data.liveBytes <= peak + ORT_CACHE_SLACK, `${data.liveBytes} in use; weights ${weights}, the job's peak ${peak}`);
+  assert.ok(Math.abs(rt.gpu!.memory.live - data.liveBytes) <= ORT_CACHE_SLACK + 2 ** 20, `the failed buffer left the count: ${rt.gpu!.memory.live} live`);
+  assert.equal(
+    failure!.message,
+    `The GPU ran out of memory after step ${steps.at(-1)} of 3 (${mbText(data.liveBytes)} were in use; the job planned ${mbText(before.report.memoryPlan.peakBytes)} at peak, largest buffer ${mbText(before.report.memoryPlan.largestBufferBytes)}). ` +
+      'Restart the engine, then use a smaller picture, fewer LoRAs or a GPU memory limit; your scene is kept.',
+  );
+  // the error comes as an event: by the next step's check at the latest
+  assert.ok(steps.length <= 2 && steps[0] === 1, `the job ended at the step after it: ${steps}`);
+  // onnxruntime may keep a failed buffer in its pool: nothing more runs on this engine
+  await assert.rejects(engine.generate(JOB), (e: EngineError) => e === failure);
+  await assert.rejects(engine.applyLoras([]), (e: EngineError) => e === failure);
+
+  const { files, tokenizer } = await openModelPath(join(dir, 'tiny-sd15.safetensors'));
+  const loading = new Engine(rt);
+  let parts = 0;
+  await assert.rejects(
+    loading.loadModel(files, tokenizer!, 'fp32', (done) => {
+      parts = done;
+      if (done === 3) allocateTooMuch(rt.gpu!.device);
+    }),
+    (e: EngineError) =>
+      e.code === 'gpu-out-of-memory' &&
+      /^The GPU ran out of memory while loading the model \(\d+\.\d MB were in use\)\. Restart the engine, then close other programs that use the GPU; your scene is kept\.$/.test(e.message),
+  );
+  assert.ok(parts < 10, `the load stopped at the next part (${parts})`);
+  await assert.rejects(loading.generate(JOB), (e: EngineError) => e.code === 'gpu-out-of-memory');
+
+  // a restart: a new engine (the failed allocations held nothing) makes the same image
+  const fresh = await openTinyEngine(dir, rt, ['kohya']);
+  const again = await fresh.engine.generate({ ...job, loras: [{ lora: fresh.loras[0].id, scale: 0.8 }] });
+  assert.deepEqual(again.image.data, before.image.data, 'a new engine makes the same image');
 });

@@ -13,6 +13,7 @@ export type EngineErrorCode =
   | 'lora-shape-mismatch'
   | 'non-finite-weights'
   | 'gpu-limit'
+  | 'gpu-out-of-memory'
   | 'worker-crashed'
   | 'tokenizer'
   | 'bad-argument'
@@ -25,6 +26,8 @@ export type EngineErrorCode =
 
 export class EngineError extends Error {
   readonly code: EngineErrorCode;
+  /** Numbers the page can act on (e.g. a GPU's bytes), carried across the worker boundary. */
+  data?: Record<string, number>;
   constructor(code: EngineErrorCode, message: string) {
     super(message);
     this.code = code;
@@ -118,6 +121,28 @@ export class DeviceLostError extends EngineError {
   }
 }
 
+/** Where an out-of-memory message turns from what happened to what to do (the studio words its own). */
+export const RESTART_ADVICE = ' Restart the engine, then ';
+
+/**
+ * The GPU could not allocate a buffer (an uncaptured GPUOutOfMemoryError). What it computed since is
+ * not to be trusted, and onnxruntime may keep the failed buffer in its pool, so the engine refuses
+ * further work until it is restarted. `data`: `liveBytes` held on the device when it failed, and the
+ * job's `plannedPeakBytes` where there was a plan.
+ */
+export class GpuOutOfMemoryError extends EngineError {
+  constructor(during: string, liveBytes: number, plan?: { peakBytes: number; largestBufferBytes: number }, fix = 'use a smaller picture, fewer LoRAs or a GPU memory limit') {
+    const gb = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GB` : `${(b / 2 ** 20).toFixed(1)} MB`);
+    super(
+      'gpu-out-of-memory',
+      `The GPU ran out of memory ${during} (${gb(liveBytes)} were in use${plan ? `; the job planned ${gb(plan.peakBytes)} at peak, largest buffer ${gb(plan.largestBufferBytes)}` : ''}). ` +
+        `${RESTART_ADVICE.trimStart()}${fix}; your scene is kept.`,
+    );
+    this.name = 'GpuOutOfMemoryError';
+    this.data = { liveBytes, ...(plan ? { plannedPeakBytes: plan.peakBytes } : {}) };
+  }
+}
+
 /** The file holds no LoRA tensors in any format the studio reads. */
 export class NotALoraError extends EngineError {
   constructor(file: string, found: string) {
@@ -155,10 +180,11 @@ export interface ErrorInfo {
   code: EngineErrorCode | 'internal';
   name: string;
   message: string;
+  data?: Record<string, number>;
 }
 
 export function toErrorInfo(err: unknown): ErrorInfo {
-  if (err instanceof EngineError) return { code: err.code, name: err.name, message: err.message };
+  if (err instanceof EngineError) return { code: err.code, name: err.name, message: err.message, ...(err.data ? { data: { ...err.data } } : {}) };
   const e = err as { name?: string; message?: string };
   return { code: 'internal', name: e?.name ?? 'Error', message: e?.message ?? String(err) };
 }
@@ -171,5 +197,6 @@ export function fromErrorInfo(info: ErrorInfo): Error {
   }
   const e = new EngineError(info.code, info.message);
   e.name = info.name;
+  if (info.data) e.data = { ...info.data };
   return e;
 }

@@ -2,7 +2,7 @@
 // denoising loop. The same class runs in the browser's worker and in Node.
 import type * as OrtNs from 'onnxruntime-web';
 import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, HiresReport, InitReport, LayoutOptions, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent, ResolvedComposition } from '../api/contract.ts';
-import { BadArgumentError, CancelledError, DeviceLostError, EngineError } from '../api/errors.ts';
+import { BadArgumentError, CancelledError, DeviceLostError, EngineError, GpuOutOfMemoryError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
@@ -97,12 +97,19 @@ export class Engine {
   private cancelRequested = false;
   private busy = false;
   private lostReason?: string;
+  /** The device's uncaptured errors this engine has looked at (those before it are another's). */
+  private faultsSeen: number;
+  /** Set when the GPU ran out of memory: every later call refuses with it until a restart. */
+  private outOfMemory?: GpuOutOfMemoryError;
+  /** What is running, for an out-of-memory message: its words, its plan, and what to try. */
+  private activity: { during: string; plan?: MemoryPlan; fix?: string } = { during: 'between jobs' };
 
   /** `mergeBackend`: how LoRAs are merged (the batched GPU form unless a benchmark asks otherwise). */
   constructor(readonly rt: Runtime, readonly mergeBackend: MergeBackend = 'batched') {
     rt.gpu?.lost.then((reason) => {
       this.lostReason = reason;
     });
+    this.faultsSeen = rt.gpu?.faults.length ?? 0;
   }
 
   get adapter(): AdapterInfo {
@@ -134,6 +141,26 @@ export class Engine {
 
   private checkDevice(): void {
     if (this.lostReason) throw new DeviceLostError(this.lostReason);
+    if (this.outOfMemory) throw this.outOfMemory;
+    const faults = this.rt.gpu?.faults ?? [];
+    const oom = faults.slice(this.faultsSeen).find((f) => f.kind === 'out-of-memory');
+    this.faultsSeen = faults.length;
+    if (!oom) return;
+    const a = this.activity;
+    this.outOfMemory = new GpuOutOfMemoryError(a.during, oom.liveBytes, a.plan, a.fix);
+    throw this.outOfMemory;
+  }
+
+  /**
+   * After the GPU's queued work and one turn of the event loop, so that an error WebGPU reports for
+   * that work has arrived: throws what checkDevice throws.
+   */
+  private async settleDevice(): Promise<void> {
+    if (this.rt.gpu && !this.lostReason) {
+      await this.rt.gpu.device.queue.onSubmittedWorkDone();
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    this.checkDevice();
   }
 
   async loadModel(files: ModelFiles, tokenizerFiles: TokenizerFiles, precision: Precision = 'auto', onProgress?: (done: number, total: number) => void): Promise<ModelInfo> {
@@ -141,9 +168,16 @@ export class Engine {
     this.checkDevice();
     this.busy = true;
     this.cancelRequested = false;
+    this.activity = { during: 'while loading the model', fix: this.rt.gpu?.adapter.shaderF16 && precision === 'fp32' ? 'load it in fp16 (half the memory) or close other programs that use the GPU' : 'close other programs that use the GPU' };
     try {
-      return await this.loadModelNow(files, tokenizerFiles, precision, onProgress);
+      const info = await this.loadModelNow(files, tokenizerFiles, precision, onProgress);
+      await this.settleDevice();
+      return info;
+    } catch (e) {
+      await this.settleDevice();
+      throw e;
     } finally {
+      this.activity = { during: 'between jobs' };
       this.busy = false;
       this.cancelRequested = false;
     }
@@ -491,8 +525,8 @@ export class Engine {
 
   async generate(job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult> {
     if (this.busy) throw new EngineError('busy', 'A generation is already running; wait for it or cancel it first.');
-    if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     this.checkDevice();
+    if (!this.model) throw new BadArgumentError('No model is loaded; choose a checkpoint first.');
     validateJob(job);
     for (const u of [...(job.loras ?? []), ...(job.layout?.boxes.flatMap((b) => b.loras) ?? [])]) {
       if (!this.loras.has(u.lora)) throw new BadArgumentError(`No LoRA with id "${u.lora}" is loaded; add it first.`);
@@ -517,12 +551,23 @@ export class Engine {
     this.cancelRequested = false;
     this.jobGraphs.clear();
     this.rt.gpu?.memory.resetPeak();
+    this.activity = { during: 'while this job started' };
+    // the step or phase a GPU error came in, for its message
+    const watch = (e: ProgressEvent) => {
+      this.activity.during = e.phase === 'denoise' || e.phase === 'hires' ? `after step ${e.step} of ${e.total}${e.phase === 'hires' ? " of the hires fix's pass" : ''}` : e.phase === 'decode' ? 'while decoding the picture' : e.phase === 'done' ? 'at the end of this job' : `while this job prepared (${e.phase})`;
+      onProgress?.(e);
+    };
     try {
-      return await this.run(job, attention, onProgress);
+      const result = await this.run(job, attention, watch);
+      // a buffer onnxruntime could not allocate leaves no error in its results: only the device says
+      await this.settleDevice();
+      return result;
     } catch (e) {
       if (this.lostReason) throw new DeviceLostError(this.lostReason);
+      await this.settleDevice();
       throw e;
     } finally {
+      this.activity = { during: 'between jobs' };
       this.busy = false;
       this.cancelRequested = false;
     }
@@ -569,6 +614,7 @@ export class Engine {
     // ("Cannot set properties of undefined" in its webgpuRegisterBuffer), on its second run
     const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionMixes(comp);
     const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
+    this.activity.plan = reportedPlan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');
     // a captured UNet runs only on its own buffers: any other run (none is expected) takes the plain one
@@ -722,6 +768,10 @@ export class Engine {
     // the kept pixels back exactly, the blurred mask's edge blended (A1111's overlay)
     if (init && blurred) image = overlay(init.image, image, blurred);
     const warnings = [...result.warnings];
+    if (job.memoryBudget !== undefined && plan.peakBytes > job.memoryBudget) {
+      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MB`;
+      warnings.push(`The GPU memory limit is ${mb(job.memoryBudget)}, but this job needs at least ${mb(plan.peakBytes)} (${plan.vaeTile ? 'with the picture decoded in tiles' : "the model's weights and the UNet's work at this size"}); it ran anyway. A smaller picture or fewer LoRAs need less.`);
+    }
     let hires: HiresReport | undefined;
     if (job.hires) {
       const h0 = performance.now();

@@ -19,6 +19,21 @@ export interface GpuContext {
   memory: GpuMemoryCounter;
   /** Resolves with a reason when the device is lost. */
   lost: Promise<string>;
+  /** The device's uncaptured errors, in the order they came (onnxruntime only logs them). */
+  faults: GpuFault[];
+}
+
+/**
+ * An error WebGPU reported on the device: a buffer that could not be allocated, or any error outside
+ * an error scope. onnxruntime's WebGPU EP allocates without error scopes and only logs errors, so a
+ * buffer it could not allocate leaves its run computing on an invalid buffer: the engine watches
+ * for them itself.
+ */
+export interface GpuFault {
+  kind: 'out-of-memory' | 'validation' | 'internal';
+  message: string;
+  /** Bytes of buffers alive on the device when the error came (this allocation not included). */
+  liveBytes: number;
 }
 
 export class GpuMemoryCounter {
@@ -52,12 +67,26 @@ export class GpuMemoryCounter {
   }
 }
 
-/** Wrap createBuffer/destroy so that every allocation on the device is counted. */
-function instrument(device: GPUDevice, memory: GpuMemoryCounter): void {
+/**
+ * Wrap createBuffer/destroy so that every allocation on the device is counted. Each allocation runs
+ * in an out-of-memory error scope: one that fails holds nothing, so it leaves the count, and its
+ * fault records the bytes that were in use without it.
+ */
+function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFault[]): void {
   const create = device.createBuffer.bind(device);
   device.createBuffer = (desc: GPUBufferDescriptor) => {
+    device.pushErrorScope('out-of-memory');
     const buffer = create(desc);
+    const liveBytes = memory.live;
     memory.track(buffer, desc.size);
+    device.popErrorScope().then(
+      (error) => {
+        if (!error) return;
+        memory.release(buffer);
+        faults.push({ kind: 'out-of-memory', message: error.message, liveBytes });
+      },
+      () => {}, // the device was lost: its own promise says so
+    );
     const destroy = buffer.destroy.bind(buffer);
     buffer.destroy = () => {
       memory.release(buffer);
@@ -74,7 +103,15 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter): void {
  */
 export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
   const memory = new GpuMemoryCounter();
-  instrument(device, memory);
+  const faults: GpuFault[] = [];
+  instrument(device, memory, faults);
+  // the other errors nobody captured (a listener beside onnxruntime's own handler, which it set when
+  // it made the device)
+  device.addEventListener('uncapturederror', (e) => {
+    const error = (e as GPUUncapturedErrorEvent).error;
+    const kind = error instanceof GPUOutOfMemoryError ? 'out-of-memory' : error instanceof GPUValidationError ? 'validation' : 'internal';
+    faults.push({ kind, message: error.message, liveBytes: memory.live });
+  });
   const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo & { isFallbackAdapter?: boolean } }).adapterInfo;
   const L = device.limits;
   const cpu = info?.isFallbackAdapter === true || /swiftshader|llvmpipe|lavapipe|warp/i.test(`${info?.architecture} ${info?.description}`);
@@ -91,6 +128,7 @@ export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
       maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
     },
     lost: device.lost.then((i) => `${i.reason}: ${i.message}`),
+    faults,
   };
 }
 

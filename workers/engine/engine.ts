@@ -667,7 +667,7 @@ export class Engine {
             ? {
                 unet: async (feeds, fetches, variant = 'full') => runGraph(variant === 'record' ? unetRecord! : variant === 'reuse' ? unetReuse! : await plainUnet(), m.weights.unet, feeds, fetches),
                 combine: async (count, dims, feeds, fetches) => runGraph(await this.graph(`combine:${count}:${dims.join('x')}`, () => buildCombineGraph(count, dims), 'gpu'), m.weights.unet, feeds, fetches),
-                measure: async (o, feeds) => (await runGraph(await this.graph(`measure:${JSON.stringify(o)}`, () => buildMeasureGraph(o)), m.weights.unet, feeds)).measures.data as Float32Array,
+                measure: async (o, feeds, fetches) => runGraph(await this.graph(`measure:${JSON.stringify(o)}`, () => buildMeasureGraph(o), o.rows ? 'gpu' : 'cpu'), m.weights.unet, feeds, fetches),
                 ...(unet.captured ? { captured: this.capturedUnet(unet, m.weights.unet) } : {}),
                 step: (feeds, fetches) => runGraph(stepGraph, m.weights.unet, feeds, fetches),
                 buffer: (dims) => gpuTensor(this.rt, dims),
@@ -962,10 +962,13 @@ async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<stri
  * A float32 tensor in a GPU buffer the engine owns (zero-filled, as WebGPU makes every buffer):
  * disposing it destroys the buffer. It has no download: a read of it would not wait for the work
  * onnxruntime has queued, so what the CPU reads comes from outputs onnxruntime allocates.
+ * Its size is rounded up to 16 bytes, as onnxruntime's own buffers are: its kernels read in fours,
+ * and in a buffer of 21 floats the last four came back from elsewhere in the buffer (WebGPU clamps
+ * reads past a binding's end), which put wrong numbers in the kept measures of tests/engine/gpu-mix.
  */
 function gpuTensor(rt: Runtime, dims: number[]): OrtNs.Tensor {
   const bytes = dims.reduce((a, b) => a * b, 1) * 4;
-  const buffer = rt.gpu!.device.createBuffer({ size: Math.max(4, Math.ceil(bytes / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  const buffer = rt.gpu!.device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
   return rt.ort.Tensor.fromGpuBuffer(buffer, { dataType: 'float32', dims, dispose: () => buffer.destroy() });
 }
 

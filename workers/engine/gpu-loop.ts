@@ -30,8 +30,8 @@ export interface GpuLoopParts {
   unet: (feeds: Feeds, fetches: Fetches, variant?: UnetVariant) => Promise<Outputs>;
   /** `out` = the weighted sum of `in0`.. (workers/graph/mix.ts), written into `fetches`. */
   combine: (count: number, dims: number[], feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
-  /** A step's measures (workers/graph/mix.ts), read back. */
-  measure: (o: MeasureGraphOptions, feeds: Feeds) => Promise<Float32Array>;
+  /** A step's measures (workers/graph/mix.ts): read back, or (`o.rows`) kept on the GPU, written into `fetches`. */
+  measure: (o: MeasureGraphOptions, feeds: Feeds, fetches?: Fetches) => Promise<Outputs>;
   /** The step graph, written into `fetches`. */
   step: (feeds: Feeds, fetches: Fetches) => Promise<Outputs>;
   /** A float32 GPU tensor of these dims that the engine owns, zero-filled (disposing it destroys its buffer). */
@@ -105,6 +105,8 @@ export class GpuLatents {
   private startInput?: Float32Array;
   /** Captured: the CPU tensor last written into each UNet input (the context is written once). */
   private readonly written = new Map<string, OrtNs.Tensor>();
+  /** The measures kept on the GPU: two records used in turn, and the last one, to be read. */
+  private history?: { records: OrtNs.Tensor[]; next: number; last?: OrtNs.Tensor };
 
   /** Starts from a latent on the CPU, whose first UNet input is `latent` times `inputScale` (with an inpainting UNet's extra channels after it). */
   constructor(private readonly ort: Ort, private readonly parts: GpuLoopParts, shape: LatentShape, latent: Float32Array, inputScale: number, inpainting: GpuInpainting = {}) {
@@ -254,17 +256,46 @@ export class GpuLatents {
    * clean estimates, of the mix's, of the new latent and of the one before, then their cosine.
    */
   async measure(preds: OrtNs.Tensor[], mix: OrtNs.Tensor, k: { cfg: number; p: number; q: number }, cutoff: number): Promise<Float32Array> {
-    const next = this.readable?.x_next ?? this.current.x;
-    if (!this.previous) throw new Error('no step to measure');
+    const out = await this.parts.measure(this.measureOptions(preds, mix, cutoff), this.measureFeeds(preds, mix, k));
+    return out.measures.data as Float32Array;
+  }
+
+  /**
+   * The same measures kept on the GPU as row `row` of a record of `rows` steps, nothing read: the
+   * last row's record is an output onnxruntime allocates, which `keptMeasures` reads once.
+   */
+  async keepMeasures(preds: OrtNs.Tensor[], mix: OrtNs.Tensor, k: { cfg: number; p: number; q: number }, cutoff: number, row: number, rows: number): Promise<void> {
+    const o = { ...this.measureOptions(preds, mix, cutoff), rows };
+    const width = preds.length + 4;
+    const h = (this.history ??= { records: [this.allocate([rows, width]), this.allocate([rows, width])], next: 0 });
+    const last = row === rows - 1;
+    const feeds = { ...this.measureFeeds(preds, mix, k), history: h.records[h.next ^ 1], row: new this.ort.Tensor('float32', Float32Array.of(row), [1]) };
+    const out = await this.parts.measure(o, feeds, { history_out: last ? null : h.records[h.next] });
+    if (last) h.last = out.history_out;
+    h.next ^= 1;
+  }
+
+  /** The measures `keepMeasures` kept, [rows, n + 4], read back once after the last row. */
+  async keptMeasures(): Promise<Float32Array> {
+    const t = this.history?.last;
+    if (!t) throw new Error('the measures of the last step were not kept');
+    return (await this.parts.read(t)).slice();
+  }
+
+  private measureOptions(preds: OrtNs.Tensor[], mix: OrtNs.Tensor, cutoff: number): MeasureGraphOptions {
     const [batch, channels, height, width] = mix.dims;
-    const feeds: Feeds = {
+    return { batch: batch as 1 | 2, channels, height, width, predictions: preds.length, cutoff };
+  }
+
+  private measureFeeds(preds: OrtNs.Tensor[], mix: OrtNs.Tensor, k: { cfg: number; p: number; q: number }): Feeds {
+    if (!this.previous) throw new Error('no step to measure');
+    return {
       x: this.previous.x,
-      next,
+      next: this.readable?.x_next ?? this.current.x,
       mix,
       k: new this.ort.Tensor('float32', Float32Array.from([k.cfg, k.p, k.q]), [3]),
       ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])),
     };
-    return this.parts.measure({ batch: batch as 1 | 2, channels, height, width, predictions: preds.length, cutoff }, feeds);
   }
 
   /** The last step's preview, downsampled on the GPU (at most 64 cells on the long side), read back. */
@@ -292,6 +323,7 @@ export class GpuLatents {
   dispose(): void {
     this.releaseExtra();
     this.releaseReadable();
+    this.history?.last?.dispose();
     for (const t of this.owned) t.dispose();
   }
 

@@ -749,8 +749,9 @@ class Denoising {
    * buffer, cached LoRAs are their anchor's prediction plus kept offsets (GPU buffers), one weighted
    * sum mixes them all, and the step graph guides the mix and steps (CFG is linear, so guiding the
    * mix is mixing the guided predictions). A LoRA's deep features stay in a GPU buffer between its
-   * runs. The step's frequency measures are computed on the GPU and read back: a handful of numbers
-   * a step (the online measure needs the last one to plan the next step).
+   * runs. The step's frequency measures are computed on the GPU: read back each step (a handful of
+   * numbers) where a page watches the run or CMLoRA's online phase needs the last one to plan the next
+   * step, and otherwise kept on the GPU as rows of one record read once after the loop.
    */
   async loopOnGpuMixed(latent: Float32Array, composition: CompositionStage, layout?: LayoutStage): Promise<LoopStage> {
     const { job, scheduler, all, options, ort, guided, c0 } = this;
@@ -771,6 +772,12 @@ class Denoising {
       const offsetBuffers = new Map<number, OrtNs.Tensor>();
       const offsetBuffer = (l: number) => offsetBuffers.get(l) ?? offsetBuffers.set(l, gpu.allocate(dims)).get(l)!;
       const keepsOffsets = options.method === 'cmlora' && options.cache === 'prediction';
+      // the measures stay on the GPU, read once after the loop, where nothing needs them sooner: no
+      // preview asked (a page watching the run plots them as they come) and no online phase (planned
+      // from the last step's latent)
+      const keepMeasures = (job.previewEvery ?? 1) === 0 && !(options.method === 'cmlora' && options.profiling === 'online');
+      /** Which LoRAs ran alone at each step (a kept step's amplitudes are filled in after the loop). */
+      const ran: boolean[][] = [];
       let current = '';
       let latentAmplitude = Infinity;
       for (let i = this.start; i < this.end; i++) {
@@ -824,19 +831,35 @@ class Denoising {
         const level = init?.blend ? (last ? { signal: 1, noise: 0 } : scheduler.noiseLevel(i + 1)) : undefined;
         await gpu.step(k, job.cfg, last ? 1 : scheduler.inputScale(i + 1), k.noise ? this.rng.normal(this.latentSize) : undefined, { preview: this.previewDue(i), latent: last }, level, mix);
         // one measure graph a job: a slot per LoRA, those that did not run alone this step filled with the mix (and ignored)
-        const m = await gpu.measure(all.map((l) => alone.get(l) ?? mix), mix, { cfg: job.cfg, p: k.p, q: k.q }, this.cutoffLatent);
-        const nf = all.length;
-        const record = this.mixedRecord(i, plan, shallow, partition, took, { evaluations: this.unetEvaluations - before, macs: this.unetMacs - macsBefore }, {
-          amplitudes: all.map((l, n) => (alone.has(l) ? m[n] : null)),
-          mixAmplitude: m[nf],
-          latentAmplitude: Number.isFinite(latentAmplitude) ? latentAmplitude : m[nf + 2],
-          latentSimilarity: m[nf + 3],
-        });
+        const slots = all.map((l) => alone.get(l) ?? mix);
+        const kk = { cfg: job.cfg, p: k.p, q: k.q };
+        const counts = { evaluations: this.unetEvaluations - before, macs: this.unetMacs - macsBefore };
+        if (keepMeasures) {
+          await gpu.keepMeasures(slots, mix, kk, this.cutoffLatent, i - this.start, this.stepsRun);
+          const record = this.mixedRecord(i, plan, shallow, partition, took, counts, { amplitudes: all.map(() => null), mixAmplitude: NaN, latentAmplitude: NaN, latentSimilarity: NaN });
+          steps.push(record);
+          ran.push(all.map((l) => alone.has(l)));
+          this.progress(i, { composition: record });
+          continue;
+        }
+        const m = await gpu.measure(slots, mix, kk, this.cutoffLatent);
+        const record = this.mixedRecord(i, plan, shallow, partition, took, counts, measured(m, all.map((l) => alone.has(l)), latentAmplitude));
         steps.push(record);
-        latentAmplitude = m[nf + 1];
+        latentAmplitude = m[all.length + 1];
         this.progress(i, { ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), composition: record });
       }
       const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
+      if (keepMeasures) {
+        // every step's measures in one read, after the loop
+        const kept = await gpu.keptMeasures();
+        const width = all.length + 4;
+        let before = Infinity;
+        steps.forEach((record, n) => {
+          const m = kept.subarray(n * width, (n + 1) * width);
+          Object.assign(record, measured(m, ran[n], before));
+          before = m[all.length + 1];
+        });
+      }
       const lastOutputs = layout ? await gpu.lastOutputs(layout.prepared.graph.mapLayers.map(unetMapOutputName)) : undefined;
       return { latent: await gpu.latent(), steps, took, lastOutputs, readbacks, onGpu: true };
     } finally {
@@ -1034,4 +1057,19 @@ function concat(a: Float32Array, b: Float32Array): Float32Array {
   out.set(a);
   out.set(b, a.length);
   return out;
+}
+
+/**
+ * A step's record fields from its measures (workers/graph/mix.ts: n amplitudes, the mix's, the next
+ * latent's, this latent's, the cosine); `ran`: which LoRAs ran alone (the others' slots are ignored);
+ * `before`: the last step's next-latent amplitude (Infinity at the first step, which measures its own).
+ */
+function measured(m: Float32Array, ran: boolean[], before: number): Pick<CompositionStep, 'amplitudes' | 'mixAmplitude' | 'latentAmplitude' | 'latentSimilarity'> {
+  const n = ran.length;
+  return {
+    amplitudes: ran.map((alone, l) => (alone ? m[l] : null)),
+    mixAmplitude: m[n],
+    latentAmplitude: Number.isFinite(before) ? before : m[n + 2],
+    latentSimilarity: m[n + 3],
+  };
 }

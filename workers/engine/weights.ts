@@ -37,7 +37,8 @@ export class WeightSet {
       return;
     }
     const device = this.rt.gpu.device;
-    const size = Math.ceil(data.byteLength / 4) * 4;
+    // rounded up to 16 bytes, as onnxruntime's own buffers are (its kernels read in fours; see gpuTensor)
+    const size = Math.max(16, Math.ceil(data.byteLength / 16) * 16);
     const buffer = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
     writePadded(device, buffer, data);
     this.buffers.set(spec.name, buffer);

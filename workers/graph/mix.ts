@@ -32,6 +32,11 @@ export interface MeasureGraphOptions {
   predictions: number;
   /** The high band's first radius, in latent cells. */
   cutoff: number;
+  /**
+   * Kept on the GPU for `rows` steps: the measures are added as row `row` (input [1]) of `history`
+   * [rows, n + 4] (input), written as `history_out`, and nothing else is output.
+   */
+  rows?: number;
 }
 
 /**
@@ -106,7 +111,16 @@ export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
   const dot = (a: string, b: string) => g.op('ReduceSum', [g.op('Mul', [a, b]), g.ints([0, 1, 2, 3])], { keepdims: 0 });
   // (0 where either is zero, as on the CPU)
   const cosine = g.op('Div', [dot(next, x), g.op('Max', [g.op('Sqrt', [g.op('Mul', [dot(next, next), dot(x, x)])]), g.scalar(1e-30)])]);
-  g.output(g.op('Concat', [amplitudes, g.op('Reshape', [cosine, g.ints([1])])], { axis: 0 }), 'measures', 'float32', [count + 1]);
+  const measures = g.op('Concat', [amplitudes, g.op('Reshape', [cosine, g.ints([1])])], { axis: 0 });
+  if (!o.rows) {
+    g.output(measures, 'measures', 'float32', [count + 1]);
+    return g;
+  }
+  // history + (rows == row) x measures: the step's row written, the others kept as they were
+  const history = g.input('history', 'float32', [o.rows, count + 1]);
+  const row = g.input('row', 'float32', [1]);
+  const here = g.op('Cast', [g.op('Equal', [g.floats(Float32Array.from({ length: o.rows }, (_, r) => r), [o.rows, 1]), row])], { to: 1 });
+  g.output(g.op('Add', [history, g.op('Mul', [here, g.op('Reshape', [measures, g.ints([1, count + 1])])])]), 'history_out', 'float32', [o.rows, count + 1]);
   return g;
 }
 

@@ -183,7 +183,8 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
  * ms per step of a loop mixing three predictions a step (LoRA Composite's shape, without the LoRA
  * switches): `cpu` reads each prediction back and mixes, guides, steps and measures in JavaScript (the
  * CPU loop); `gpu` keeps each in its own GPU output, mixes them with the weighted-sum graph, steps
- * with the step graph and reads back only the measures graph's few numbers.
+ * with the step graph and keeps each step's measures as a row of a record on the GPU, read once at the
+ * end (as the engine does where no preview is asked).
  */
 async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu', predictions = 3): Promise<number> {
   const lh = SIZE / 8;
@@ -195,7 +196,8 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
   const create = (g: GraphBuilder, o: OrtNs.InferenceSession.SessionOptions) => rt.ort.InferenceSession.create(g.encode(), o);
   const stepSession = where === 'gpu' ? await create(buildStepGraph({ batch: 2, channels: 4, height: lh, width: lh, previewFactor: previewFactor(lh, lh) }), gpuOut) : undefined;
   const combineSession = where === 'gpu' ? await create(buildCombineGraph(predictions, dims), gpuOut) : undefined;
-  const measureSession = where === 'gpu' ? await create(buildMeasureGraph({ batch: 2, channels: 4, height: lh, width: lh, predictions, cutoff: profileCutoff(lh) }), sessionOptions(rt)) : undefined;
+  const measureSession = where === 'gpu' ? await create(buildMeasureGraph({ batch: 2, channels: 4, height: lh, width: lh, predictions, cutoff: profileCutoff(lh), rows: REPEATS }), gpuOut) : undefined;
+  let history: OrtNs.Tensor = new rt.ort.Tensor('float32', new Float32Array(REPEATS * (predictions + 4)), [REPEATS, predictions + 4]);
   let x: OrtNs.Tensor = new rt.ort.Tensor('float32', new Rng(3).normal(n), [1, 4, lh, lh]);
   let sample = feeds.sample;
   const memory = new rt.ort.Tensor('float32', new Float32Array(n), [1, 4, lh, lh]);
@@ -208,7 +210,10 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
       for (let j = 0; j < predictions; j++) preds.push((await session.run({ ...feeds, sample })).noise_pred);
       const { out: mix } = await combineSession!.run({ w, ...Object.fromEntries(preds.map((t, j) => [`in${j}`, t])) });
       const next = await stepSession.run({ pred: mix, x, memory, z: memory, k: stepCoefficients(rt, k) });
-      await measureSession!.run({ x, next: next.x_next, mix, k: new rt.ort.Tensor('float32', Float32Array.from([CFG, k.p, k.q]), [3]), ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])) });
+      const row = new rt.ort.Tensor('float32', Float32Array.of(i), [1]);
+      const { history_out } = await measureSession!.run({ x, next: next.x_next, mix, history, row, k: new rt.ort.Tensor('float32', Float32Array.from([CFG, k.p, k.q]), [3]), ...Object.fromEntries(preds.map((t, j) => [`pred${j}`, t])) });
+      if (i > 0) history.dispose();
+      history = history_out;
       for (const t of [...preds, mix, next.x0, next.preview]) t.dispose();
       if (i > 0) x.dispose(), sample.dispose();
       x = next.x_next;
@@ -230,7 +235,7 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
       ({ x, sample } = cpuInputs(rt, next, lh));
     }
   }
-  if (stepSession) await x.getData(true);
+  if (stepSession) await history.getData(true), await x.getData(true);
   const ms = (performance.now() - start) / REPEATS;
   for (const s of [stepSession, combineSession, measureSession]) await s?.release();
   return ms;

@@ -365,7 +365,7 @@ export function App() {
  */
 function MemoryLimitField() {
   const limit = useStudio((s) => s.memoryLimit);
-  const shown = limit ? String(+(limit / 2 ** 30).toFixed(2)) : '';
+  const shown = limit ? String(+(limit / 2 ** 30).toPrecision(3)) : '';
   const [text, setText] = useState(shown);
   // the studio set it (after an out-of-memory): show its value, unless it is what was typed
   useEffect(() => setText((t) => (t === '' ? !limit : Math.abs(Number(t) * 2 ** 30 - (limit ?? 0)) < 1) ? t : shown), [limit, shown]);
@@ -374,15 +374,16 @@ function MemoryLimitField() {
       GPU memory limit (GB)
       <input
         type="number"
-        min={0.05}
-        step={0.25}
+        min={0}
+        step="any"
         placeholder="none"
         value={text}
         data-testid="memory-limit"
         onChange={(e) => {
           setText(e.target.value);
           const gb = Number(e.target.value);
-          if (e.target.value === '') setMemoryLimit(undefined);
+          // (text the input cannot read yet, like "1e", also reads as empty: it is not a clear)
+          if (e.target.value === '' && !e.target.validity.badInput) setMemoryLimit(undefined);
           else if (Number.isFinite(gb) && gb > 0) setMemoryLimit(gb * 2 ** 30);
         }}
       />

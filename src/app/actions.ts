@@ -72,17 +72,18 @@ const gigabytes = (bytes: number) => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).to
 
 /**
  * The GPU ran out of memory. onnxruntime may keep the buffer it could not allocate, so the engine
- * refuses all further work: its worker is replaced. After a job the studio also sets a limit for the
- * next ones, three quarters of the least of what was in use when it failed, what the job planned and
- * the limit before, so that their plans (the picture decoded in tiles, guidance's halves one after the
- * other) stay under it. Returns the words for the notice.
+ * refuses all further work: its worker is replaced. Where a job's plan is known (the error came
+ * during a job) the studio also sets a limit for the next ones, three quarters of the lesser of what
+ * was in use when it failed and what the job planned, so that their plans (the picture decoded in
+ * tiles, guidance's halves one after the other) stay under it. Returns the words for the notice.
  */
 function outOfMemory(err: Error & { data?: Record<string, number> }, job: boolean): string {
   const what = err.message.split(RESTART_ADVICE)[0];
   if (!job) return `${what} The engine was restarted. Next, ${err.message.split(RESTART_ADVICE)[1] ?? ''}`;
-  const known = [err.data?.liveBytes, err.data?.plannedPeakBytes, studio().memoryLimit].filter((n): n is number => !!n && n > 0);
-  if (!known.length) return what;
-  const limit = Math.floor(Math.min(...known) * 0.75);
+  const planned = err.data?.plannedPeakBytes;
+  const used = err.data?.liveBytes;
+  if (!planned || !used) return what;
+  const limit = Math.floor(Math.min(used, planned) * 0.75);
   setMemoryLimit(limit);
   return `${what} Jobs are now planned to stay under ${gigabytes(limit)} of GPU memory (Diagnostics, GPU memory limit).`;
 }
@@ -641,12 +642,15 @@ export async function generate() {
       localStorage.removeItem('lorastudio.lastJob'); // too large for the quota: it is only a record
     }
     set({ status: startRun(job.steps, label), preview: undefined, notice: undefined, progress: undefined, runSteps: [], runGuidance: [] });
+    // the worker this job runs on (a restart after an out-of-memory replaces this one, not a newer one)
+    const api = engine();
+    const jobClient = client;
     const onProgress = (p: ProgressEvent) => {
       if (studio().status.kind === 'cancelling') return;
       set({ status: advanceRun(p, label), progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
     };
     try {
-      const result = await withProgress(onProgress, (p) => engine().generate(job, p));
+      const result = await withProgress(onProgress, (p) => api.generate(job, p));
       const last = i === count - 1;
       if (count > 1) {
         batch.images.push(result.image);
@@ -670,7 +674,10 @@ export async function generate() {
       const err = e as Error & { code?: string };
       if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: count > 1 && i > 0 ? `Cancelled after ${i} of ${count} pictures.` : 'Cancelled.' });
       else if (err.code === 'gpu-out-of-memory') {
-        if (client) await recover(client, new Error(outOfMemory(err, true)));
+        const words = outOfMemory(err, true);
+        // (a worker another failure replaced meanwhile is being restarted already)
+        if (jobClient && jobClient === client) await recover(jobClient, new Error(words));
+        else fail(new Error(words));
       }
       // the engine is being restarted (see recover): its progress is the status now
       else if (!isEngineFailure(err)) fail(err);

@@ -157,10 +157,26 @@ export class Engine {
    */
   private async settleDevice(): Promise<void> {
     if (this.rt.gpu && !this.lostReason) {
+      await this.rt.gpu.allocationsChecked();
       await this.rt.gpu.device.queue.onSubmittedWorkDone();
       await new Promise((r) => setTimeout(r, 0));
     }
     this.checkDevice();
+  }
+
+  /** GPU work outside a job (a LoRA's factors, a VAE's weights), its out-of-memory named for what it was. */
+  private async watched<T>(during: string, work: () => Promise<T>): Promise<T> {
+    this.activity = { during, fix: 'close other programs that use the GPU, or use fewer LoRAs' };
+    try {
+      const result = await work();
+      await this.settleDevice();
+      return result;
+    } catch (e) {
+      await this.settleDevice();
+      throw e;
+    } finally {
+      this.activity = { during: 'between jobs' };
+    }
   }
 
   async loadModel(files: ModelFiles, tokenizerFiles: TokenizerFiles, precision: Precision = 'auto', onProgress?: (done: number, total: number) => void): Promise<ModelInfo> {
@@ -262,10 +278,10 @@ export class Engine {
       if (source) {
         const file = await VaeFile.open(source, m.ckpt.config.vae);
         encoder = specs.vaeEncoder.every((w) => file.has(w.name));
-        await next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => file.readFloat32(w.name, w.dims) });
+        await this.watched('while loading the VAE', () => next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => file.readFloat32(w.name, w.dims) }));
       } else {
         encoder = specs.vaeEncoder.every((w) => m.ckpt.locate('vae', w.name));
-        await next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => m.ckpt.readFloat32('vae', w.name, w.dims) });
+        await this.watched('while loading the VAE', () => next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => m.ckpt.readFloat32('vae', w.name, w.dims) }));
       }
       m.weights.vae.dispose();
       m.weights.vae = next;
@@ -309,9 +325,11 @@ export class Engine {
     this.loraTable ??= loraTargetTable(m.ckpt.config);
     const lora = await openLora(source, m.ckpt.config, this.loraTable, crossAttentionLayers(m.ckpt.config.unet).length);
     this.checkTokenNames(lora.concepts.map((c) => c.name), lora.name);
-    this.loraWeights ??= await LoraWeights.create(this.rt, { unet: m.weights.unet, textEncoder: m.weights.textEncoder }, this.mergeBackend);
     const id = `lora-${++this.loraCounter}`;
-    await this.loraWeights.add(id, lora);
+    await this.watched(`while loading ${lora.name}`, async () => {
+      this.loraWeights ??= await LoraWeights.create(this.rt, { unet: m.weights.unet, textEncoder: m.weights.textEncoder }, this.mergeBackend);
+      await this.loraWeights.add(id, lora);
+    });
     const count = (c: string) => lora.modules.filter((x) => x.target.component === c).length;
     const info: LoraInfo = {
       id,
@@ -768,10 +786,13 @@ export class Engine {
     // the kept pixels back exactly, the blurred mask's edge blended (A1111's overlay)
     if (init && blurred) image = overlay(init.image, image, blurred);
     const warnings = [...result.warnings];
-    if (job.memoryBudget !== undefined && plan.peakBytes > job.memoryBudget) {
+    // a plan that cannot meet the job's memory limit runs anyway, and says so (each pass its own)
+    const overBudget = (p: MemoryPlan, what: string) => {
+      if (job.memoryBudget === undefined || p.peakBytes <= job.memoryBudget) return;
       const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MB`;
-      warnings.push(`The GPU memory limit is ${mb(job.memoryBudget)}, but this job needs at least ${mb(plan.peakBytes)} (${plan.vaeTile ? 'with the picture decoded in tiles' : "the model's weights and the UNet's work at this size"}); it ran anyway. A smaller picture or fewer LoRAs need less.`);
-    }
+      warnings.push(`The GPU memory limit is ${mb(job.memoryBudget)}, but ${what} needs at least ${mb(p.peakBytes)} (${p.vaeTile ? 'with the picture decoded in tiles' : "the model's weights and the UNet's work at this size"}); it ran anyway. A smaller picture or fewer LoRAs need less.`);
+    };
+    overBudget(plan, 'this job');
     let hires: HiresReport | undefined;
     if (job.hires) {
       const h0 = performance.now();
@@ -791,6 +812,7 @@ export class Engine {
         extra2.inpaintInput = { mask: new Float32Array((size.width / 8) * (size.height / 8)).fill(1), masked: await this.encodePicture(grey, job2, attention) };
       }
       const second = await this.pass(job2, attention, onProgress, extra2);
+      overBudget(second.plan, "the hires fix's pass");
       image = second.result.image;
       warnings.push(...second.result.warnings.filter((w) => !warnings.includes(w)));
       hires = {

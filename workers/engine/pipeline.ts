@@ -839,7 +839,8 @@ class Denoising {
           const record = this.mixedRecord(i, plan, shallow, partition, took, counts, { amplitudes: all.map(() => null), mixAmplitude: NaN, latentAmplitude: NaN, latentSimilarity: NaN });
           steps.push(record);
           ran.push(all.map((l) => alone.has(l)));
-          this.progress(i, { composition: record });
+          // (its measures are not known until the loop ends: the event goes without the record)
+          this.progress(i, {});
           continue;
         }
         const m = await gpu.measure(slots, mix, kk, this.cutoffLatent);

@@ -21,6 +21,8 @@ export interface GpuContext {
   lost: Promise<string>;
   /** The device's uncaptured errors, in the order they came (onnxruntime only logs them). */
   faults: GpuFault[];
+  /** Resolves once every allocation made so far is known to have succeeded or is in `faults`. */
+  allocationsChecked: () => Promise<void>;
 }
 
 /**
@@ -70,16 +72,25 @@ export class GpuMemoryCounter {
 /**
  * Wrap createBuffer/destroy so that every allocation on the device is counted. Each allocation runs
  * in an out-of-memory error scope: one that fails holds nothing, so it leaves the count, and its
- * fault records the bytes that were in use without it.
+ * fault records the bytes that were in use without it. `pending`: the scopes not yet answered.
  */
-function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFault[]): void {
+function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFault[], pending: Set<Promise<void>>): void {
   const create = device.createBuffer.bind(device);
   device.createBuffer = (desc: GPUBufferDescriptor) => {
-    device.pushErrorScope('out-of-memory');
-    const buffer = create(desc);
     const liveBytes = memory.live;
+    device.pushErrorScope('out-of-memory');
+    let buffer: GPUBuffer;
+    try {
+      buffer = create(desc);
+    } catch (e) {
+      // a buffer mapped at creation that cannot be allocated throws (onnxruntime catches it and
+      // goes on): the scope is closed all the same, and the failure is a fault like any other
+      void device.popErrorScope().catch(() => {});
+      if (e instanceof RangeError) faults.push({ kind: 'out-of-memory', message: e.message, liveBytes });
+      throw e;
+    }
     memory.track(buffer, desc.size);
-    device.popErrorScope().then(
+    const answered = device.popErrorScope().then(
       (error) => {
         if (!error) return;
         memory.release(buffer);
@@ -87,6 +98,8 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
       },
       () => {}, // the device was lost: its own promise says so
     );
+    pending.add(answered);
+    void answered.then(() => pending.delete(answered));
     const destroy = buffer.destroy.bind(buffer);
     buffer.destroy = () => {
       memory.release(buffer);
@@ -104,7 +117,8 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
 export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
   const memory = new GpuMemoryCounter();
   const faults: GpuFault[] = [];
-  instrument(device, memory, faults);
+  const pending = new Set<Promise<void>>();
+  instrument(device, memory, faults, pending);
   // the other errors nobody captured (a listener beside onnxruntime's own handler, which it set when
   // it made the device)
   device.addEventListener('uncapturederror', (e) => {
@@ -129,6 +143,9 @@ export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
     },
     lost: device.lost.then((i) => `${i.reason}: ${i.message}`),
     faults,
+    allocationsChecked: async () => {
+      while (pending.size) await Promise.all([...pending]);
+    },
   };
 }
 

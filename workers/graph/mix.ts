@@ -116,11 +116,12 @@ export function buildMeasureGraph(o: MeasureGraphOptions): GraphBuilder {
     g.output(measures, 'measures', 'float32', [count + 1]);
     return g;
   }
-  // history + (rows == row) x measures: the step's row written, the others kept as they were
+  // the step's row written, the others kept as they were (a choice, not a sum: a step whose
+  // measures are not finite spoils its own row only)
   const history = g.input('history', 'float32', [o.rows, count + 1]);
   const row = g.input('row', 'float32', [1]);
-  const here = g.op('Cast', [g.op('Equal', [g.floats(Float32Array.from({ length: o.rows }, (_, r) => r), [o.rows, 1]), row])], { to: 1 });
-  g.output(g.op('Add', [history, g.op('Mul', [here, g.op('Reshape', [measures, g.ints([1, count + 1])])])]), 'history_out', 'float32', [o.rows, count + 1]);
+  const here = g.op('Equal', [g.floats(Float32Array.from({ length: o.rows }, (_, r) => r), [o.rows, 1]), row]);
+  g.output(g.op('Where', [here, g.op('Reshape', [measures, g.ints([1, count + 1])]), history]), 'history_out', 'float32', [o.rows, count + 1]);
   return g;
 }
 

@@ -1,7 +1,7 @@
 // What the page does: the engine worker's life, the library (models, LoRAs, downloads), generating,
 // the gallery, share links and dropped files. Components call these; state lives in the stores.
 import type { GenerateJob, ImageData8, LayoutOptions, LoraUse, ModelRequest, ProgressEvent } from '../../workers/api/contract.ts';
-import { RESTART_ADVICE } from '../../workers/api/errors.ts';
+import { bytesText, RESTART_ADVICE } from '../../workers/api/errors.ts';
 import { loadScorer, scoreResult } from './scoring.ts';
 import { paperSettings } from '../../workers/composition/presets.ts';
 import { boxTrigger, layoutSwitches, type SceneLora, type SceneModel } from '../../workers/layout/scene.ts';
@@ -68,24 +68,21 @@ export function setMemoryLimit(bytes: number | undefined) {
   studio().set({ memoryLimit: limit });
 }
 
-const gigabytes = (bytes: number) => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GB` : `${(bytes / 2 ** 20).toFixed(1)} MB`);
-
 /**
- * The GPU ran out of memory. onnxruntime may keep the buffer it could not allocate, so the engine
- * refuses all further work: its worker is replaced. Where a job's plan is known (the error came
- * during a job) the studio also sets a limit for the next ones, three quarters of the lesser of what
- * was in use when it failed and what the job planned, so that their plans (the picture decoded in
- * tiles, guidance's halves one after the other) stay under it. Returns the words for the notice.
+ * A job ran the GPU out of memory (the engine then refuses all further work: its worker is replaced).
+ * Where the job's plan is known the studio sets a limit for the next ones, three quarters of the
+ * lesser of what was in use when it failed and what the job planned, so that their plans (the
+ * picture decoded in tiles, guidance's halves one after the other) stay under it. Returns the words
+ * for the notice: what happened, and the limit.
  */
-function outOfMemory(err: Error & { data?: Record<string, number> }, job: boolean): string {
+function learnMemoryLimit(err: Error & { data?: Record<string, number> }): string {
   const what = err.message.split(RESTART_ADVICE)[0];
-  if (!job) return `${what} The engine was restarted. Next, ${err.message.split(RESTART_ADVICE)[1] ?? ''}`;
   const planned = err.data?.plannedPeakBytes;
   const used = err.data?.liveBytes;
   if (!planned || !used) return what;
   const limit = Math.floor(Math.min(used, planned) * 0.75);
   setMemoryLimit(limit);
-  return `${what} Jobs are now planned to stay under ${gigabytes(limit)} of GPU memory (Diagnostics, GPU memory limit).`;
+  return `${what} Jobs are now planned to stay under ${bytesText(limit)} of GPU memory (Diagnostics, GPU memory limit).`;
 }
 
 /** Failures the page answers by restarting the engine, not by showing an error. */
@@ -266,7 +263,7 @@ async function useModelNow(id: string) {
     // a fresh worker for the next load; loading this one again would fail the same way
     client?.terminate();
     client = undefined;
-    fail(new Error(outOfMemory(err, false)));
+    fail(new Error(err.message.replace(RESTART_ADVICE, ' The engine was restarted. Next, ')));
   }
 }
 
@@ -674,7 +671,7 @@ export async function generate() {
       const err = e as Error & { code?: string };
       if (err.code === 'cancelled') set({ status: { kind: 'ready' }, notice: count > 1 && i > 0 ? `Cancelled after ${i} of ${count} pictures.` : 'Cancelled.' });
       else if (err.code === 'gpu-out-of-memory') {
-        const words = outOfMemory(err, true);
+        const words = learnMemoryLimit(err);
         // (a worker another failure replaced meanwhile is being restarted already)
         if (jobClient && jobClient === client) await recover(jobClient, new Error(words));
         else fail(new Error(words));

@@ -121,6 +121,9 @@ export class DeviceLostError extends EngineError {
   }
 }
 
+/** GPU bytes in words: GB from 1 GiB up, MB below (one decimal). */
+export const bytesText = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GB` : `${(b / 2 ** 20).toFixed(1)} MB`);
+
 /** Where an out-of-memory message turns from what happened to what to do (the studio words its own). */
 export const RESTART_ADVICE = ' Restart the engine, then ';
 
@@ -132,10 +135,9 @@ export const RESTART_ADVICE = ' Restart the engine, then ';
  */
 export class GpuOutOfMemoryError extends EngineError {
   constructor(during: string, liveBytes: number, plan?: { peakBytes: number; largestBufferBytes: number }, fix = 'use a smaller picture, fewer LoRAs or a GPU memory limit') {
-    const gb = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GB` : `${(b / 2 ** 20).toFixed(1)} MB`);
     super(
       'gpu-out-of-memory',
-      `The GPU ran out of memory ${during} (${gb(liveBytes)} were in use${plan ? `; the job planned ${gb(plan.peakBytes)} at peak, largest buffer ${gb(plan.largestBufferBytes)}` : ''}). ` +
+      `The GPU ran out of memory ${during} (${bytesText(liveBytes)} were in use${plan ? `; the job planned ${bytesText(plan.peakBytes)} at peak, largest buffer ${bytesText(plan.largestBufferBytes)}` : ''}). ` +
         `${RESTART_ADVICE.trimStart()}${fix}; your scene is kept.`,
     );
     this.name = 'GpuOutOfMemoryError';

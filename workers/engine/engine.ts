@@ -2,7 +2,7 @@
 // denoising loop. The same class runs in the browser's worker and in Node.
 import type * as OrtNs from 'onnxruntime-web';
 import type { AdapterInfo, EmbeddingInfo, GenerateJob, GenerateResult, HiresReport, InitReport, LayoutOptions, LoraInfo, LoraUse, ModelInfo, Precision, ProgressEvent, ResolvedComposition } from '../api/contract.ts';
-import { BadArgumentError, CancelledError, DeviceLostError, EngineError, GpuOutOfMemoryError } from '../api/errors.ts';
+import { BadArgumentError, bytesText, CancelledError, DeviceLostError, EngineError, GpuOutOfMemoryError } from '../api/errors.ts';
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
@@ -23,7 +23,7 @@ import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
 import { openTensorFile } from '../checkpoint/tensor-file.ts';
 import { buildVocabulary, embeddingFingerprint, readTextualInversion, type TokenEmbedding, type Vocabulary } from '../text/embeddings.ts';
 import { cpuSpectrumMagnitudes } from '../composition/frequency.ts';
-import { uploadBuffer } from '../gpu/buffers.ts';
+import { ortBufferSize, uploadBuffer, writePadded } from '../gpu/buffers.ts';
 import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
@@ -40,7 +40,6 @@ import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
 import { compositionMixes, compositionNeedsCpu, denoise, type PipelineParts } from './pipeline.ts';
-import { writePadded } from '../gpu/buffers.ts';
 import type { CapturedUnet, Fetches } from './gpu-loop.ts';
 import { buildCombineGraph, buildMeasureGraph } from '../graph/mix.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
@@ -75,6 +74,9 @@ function releaseGraph(g: CompiledGraph): Promise<void> {
   for (const t of [...Object.values(g.captured?.inputs ?? {}), ...Object.values(g.captured?.outputs ?? {})]) t.dispose();
   return g.session.release();
 }
+
+/** What an out-of-memory beside the loaded model (a VAE's or a LoRA's weights) is called, and what to try. */
+const ALONGSIDE = (during: string) => ({ during, fix: 'close other programs that use the GPU, or use fewer LoRAs' });
 
 export class Engine {
   private model?: {
@@ -164,9 +166,12 @@ export class Engine {
     this.checkDevice();
   }
 
-  /** GPU work outside a job (a LoRA's factors, a VAE's weights), its out-of-memory named for what it was. */
-  private async watched<T>(during: string, work: () => Promise<T>): Promise<T> {
-    this.activity = { during, fix: 'close other programs that use the GPU, or use fewer LoRAs' };
+  /**
+   * GPU work (a job, a model's, a VAE's or a LoRA's weights) whose out-of-memory is named by
+   * `activity` (a job updates it as it goes); checked once the work has ended, either way.
+   */
+  private async watched<T>(activity: Engine['activity'], work: () => Promise<T>): Promise<T> {
+    this.activity = activity;
     try {
       const result = await work();
       await this.settleDevice();
@@ -184,16 +189,10 @@ export class Engine {
     this.checkDevice();
     this.busy = true;
     this.cancelRequested = false;
-    this.activity = { during: 'while loading the model', fix: this.rt.gpu?.adapter.shaderF16 && precision === 'fp32' ? 'load it in fp16 (half the memory) or close other programs that use the GPU' : 'close other programs that use the GPU' };
+    const fix = this.rt.gpu?.adapter.shaderF16 && precision === 'fp32' ? 'load it in fp16 (half the memory) or close other programs that use the GPU' : 'close other programs that use the GPU';
     try {
-      const info = await this.loadModelNow(files, tokenizerFiles, precision, onProgress);
-      await this.settleDevice();
-      return info;
-    } catch (e) {
-      await this.settleDevice();
-      throw e;
+      return await this.watched({ during: 'while loading the model', fix }, () => this.loadModelNow(files, tokenizerFiles, precision, onProgress));
     } finally {
-      this.activity = { during: 'between jobs' };
       this.busy = false;
       this.cancelRequested = false;
     }
@@ -275,14 +274,16 @@ export class Engine {
     try {
       const specs = graphSpecs(m.ckpt.config);
       let encoder: boolean;
+      let read: (w: { name: string; dims: number[] }) => Promise<Float32Array>;
       if (source) {
         const file = await VaeFile.open(source, m.ckpt.config.vae);
         encoder = specs.vaeEncoder.every((w) => file.has(w.name));
-        await this.watched('while loading the VAE', () => next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => file.readFloat32(w.name, w.dims) }));
+        read = (w) => file.readFloat32(w.name, w.dims);
       } else {
         encoder = specs.vaeEncoder.every((w) => m.ckpt.locate('vae', w.name));
-        await this.watched('while loading the VAE', () => next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read: (w) => m.ckpt.readFloat32('vae', w.name, w.dims) }));
+        read = (w) => m.ckpt.readFloat32('vae', w.name, w.dims);
       }
+      await this.watched(ALONGSIDE('while loading the VAE'), () => next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read }));
       m.weights.vae.dispose();
       m.weights.vae = next;
       const count = (list: { dims: number[] }[]) => list.reduce((a, w) => a + w.dims.reduce((x, y) => x * y, 1), 0);
@@ -326,7 +327,7 @@ export class Engine {
     const lora = await openLora(source, m.ckpt.config, this.loraTable, crossAttentionLayers(m.ckpt.config.unet).length);
     this.checkTokenNames(lora.concepts.map((c) => c.name), lora.name);
     const id = `lora-${++this.loraCounter}`;
-    await this.watched(`while loading ${lora.name}`, async () => {
+    await this.watched(ALONGSIDE(`while loading ${lora.name}`), async () => {
       this.loraWeights ??= await LoraWeights.create(this.rt, { unet: m.weights.unet, textEncoder: m.weights.textEncoder }, this.mergeBackend);
       await this.loraWeights.add(id, lora);
     });
@@ -569,23 +570,15 @@ export class Engine {
     this.cancelRequested = false;
     this.jobGraphs.clear();
     this.rt.gpu?.memory.resetPeak();
-    this.activity = { during: 'while this job started' };
     // the step or phase a GPU error came in, for its message
     const watch = (e: ProgressEvent) => {
       this.activity.during = e.phase === 'denoise' || e.phase === 'hires' ? `after step ${e.step} of ${e.total}${e.phase === 'hires' ? " of the hires fix's pass" : ''}` : e.phase === 'decode' ? 'while decoding the picture' : e.phase === 'done' ? 'at the end of this job' : `while this job prepared (${e.phase})`;
       onProgress?.(e);
     };
     try {
-      const result = await this.run(job, attention, watch);
       // a buffer onnxruntime could not allocate leaves no error in its results: only the device says
-      await this.settleDevice();
-      return result;
-    } catch (e) {
-      if (this.lostReason) throw new DeviceLostError(this.lostReason);
-      await this.settleDevice();
-      throw e;
+      return await this.watched({ during: 'while this job started' }, () => this.run(job, attention, watch));
     } finally {
-      this.activity = { during: 'between jobs' };
       this.busy = false;
       this.cancelRequested = false;
     }
@@ -789,8 +782,7 @@ export class Engine {
     // a plan that cannot meet the job's memory limit runs anyway, and says so (each pass its own)
     const overBudget = (p: MemoryPlan, what: string) => {
       if (job.memoryBudget === undefined || p.peakBytes <= job.memoryBudget) return;
-      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MB`;
-      warnings.push(`The GPU memory limit is ${mb(job.memoryBudget)}, but ${what} needs at least ${mb(p.peakBytes)} (${p.vaeTile ? 'with the picture decoded in tiles' : "the model's weights and the UNet's work at this size"}); it ran anyway. A smaller picture or fewer LoRAs need less.`);
+      warnings.push(`The GPU memory limit is ${bytesText(job.memoryBudget)}, but ${what} needs at least ${bytesText(p.peakBytes)} (${p.vaeTile ? 'with the picture decoded in tiles' : "the model's weights and the UNet's work at this size"}); it ran anyway. A smaller picture or fewer LoRAs need less.`);
     };
     overBudget(plan, 'this job');
     let hires: HiresReport | undefined;
@@ -984,13 +976,12 @@ async function runGraph(g: CompiledGraph, weights: WeightSet, feeds: Record<stri
  * A float32 tensor in a GPU buffer the engine owns (zero-filled, as WebGPU makes every buffer):
  * disposing it destroys the buffer. It has no download: a read of it would not wait for the work
  * onnxruntime has queued, so what the CPU reads comes from outputs onnxruntime allocates.
- * Its size is rounded up to 16 bytes, as onnxruntime's own buffers are: its kernels read in fours,
- * and in a buffer of 21 floats the last four came back from elsewhere in the buffer (WebGPU clamps
- * reads past a binding's end), which put wrong numbers in the kept measures of tests/engine/gpu-mix.
+ * Its size is `ortBufferSize`'s (a 21-float buffer of exact size put wrong numbers in the kept
+ * measures of tests/engine/gpu-mix).
  */
 function gpuTensor(rt: Runtime, dims: number[]): OrtNs.Tensor {
   const bytes = dims.reduce((a, b) => a * b, 1) * 4;
-  const buffer = rt.gpu!.device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  const buffer = rt.gpu!.device.createBuffer({ size: ortBufferSize(bytes), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
   return rt.ort.Tensor.fromGpuBuffer(buffer, { dataType: 'float32', dims, dispose: () => buffer.destroy() });
 }
 

@@ -776,7 +776,7 @@ class Denoising {
       // preview asked (a page watching the run plots them as they come) and no online phase (planned
       // from the last step's latent)
       const keepMeasures = (job.previewEvery ?? 1) === 0 && !(options.method === 'cmlora' && options.profiling === 'online');
-      /** Which LoRAs ran alone at each step (a kept step's amplitudes are filled in after the loop). */
+      /** Which LoRAs ran alone at each step (a kept step's amplitudes are filled in from it after the loop). */
       const ran: boolean[][] = [];
       let current = '';
       let latentAmplitude = Infinity;
@@ -834,20 +834,15 @@ class Denoising {
         const slots = all.map((l) => alone.get(l) ?? mix);
         const kk = { cfg: job.cfg, p: k.p, q: k.q };
         const counts = { evaluations: this.unetEvaluations - before, macs: this.unetMacs - macsBefore };
-        if (keepMeasures) {
-          await gpu.keepMeasures(slots, mix, kk, this.cutoffLatent, i - this.start, this.stepsRun);
-          const record = this.mixedRecord(i, plan, shallow, partition, took, counts, { amplitudes: all.map(() => null), mixAmplitude: NaN, latentAmplitude: NaN, latentSimilarity: NaN });
-          steps.push(record);
-          ran.push(all.map((l) => alone.has(l)));
-          // (its measures are not known until the loop ends: the event goes without the record)
-          this.progress(i, {});
-          continue;
-        }
-        const m = await gpu.measure(slots, mix, kk, this.cutoffLatent);
-        const record = this.mixedRecord(i, plan, shallow, partition, took, counts, measured(m, all.map((l) => alone.has(l)), latentAmplitude));
+        const m = keepMeasures ? undefined : await gpu.measure(slots, mix, kk, this.cutoffLatent);
+        if (keepMeasures) await gpu.keepMeasures(slots, mix, kk, this.cutoffLatent, i - this.start, this.stepsRun);
+        ran.push(all.map((l) => alone.has(l)));
+        const unmeasured = { amplitudes: all.map(() => null), mixAmplitude: NaN, latentAmplitude: NaN, latentSimilarity: NaN };
+        const record = this.mixedRecord(i, plan, shallow, partition, took, counts, m ? measured(m, ran[ran.length - 1], latentAmplitude) : unmeasured);
         steps.push(record);
-        latentAmplitude = m[all.length + 1];
-        this.progress(i, { ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), composition: record });
+        if (m) latentAmplitude = m[all.length + 1];
+        // a kept step's measures are known once the loop ends: its event goes without the record
+        this.progress(i, { ...(this.previewDue(i) ? { preview: await gpu.preview() } : {}), ...(m ? { composition: record } : {}) });
       }
       const readbacks = (this.parts.readbacks?.() ?? 0) - readbacksBefore;
       if (keepMeasures) {

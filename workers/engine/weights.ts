@@ -4,7 +4,7 @@
 import type * as OrtNs from 'onnxruntime-web';
 import { floatsToHalf } from '../checkpoint/dtype.ts';
 import type { WeightSpec } from '../graph/builder.ts';
-import { writePadded } from '../gpu/buffers.ts';
+import { ortBufferSize, writePadded } from '../gpu/buffers.ts';
 import type { Runtime } from './runtime.ts';
 
 export interface WeightProvider {
@@ -37,8 +37,7 @@ export class WeightSet {
       return;
     }
     const device = this.rt.gpu.device;
-    // rounded up to 16 bytes, as onnxruntime's own buffers are (its kernels read in fours; see gpuTensor)
-    const size = Math.max(16, Math.ceil(data.byteLength / 16) * 16);
+    const size = ortBufferSize(data.byteLength);
     const buffer = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
     writePadded(device, buffer, data);
     this.buffers.set(spec.name, buffer);

@@ -14,6 +14,13 @@ export async function readBuffer(device: GPUDevice, buffer: GPUBuffer, byteOffse
   }
 }
 
+/**
+ * The size of a buffer onnxruntime's kernels read: rounded up to 16 bytes, as its own buffers are.
+ * Its kernels read in fours, and WebGPU clamps a read past a binding's end back inside it: in a
+ * buffer of 21 floats the last four came back with numbers from elsewhere in the buffer.
+ */
+export const ortBufferSize = (bytes: number) => Math.max(16, Math.ceil(bytes / 16) * 16);
+
 /** writeBuffer needs a multiple of 4 bytes; an odd count of f16 values gets a zero pad. */
 export function writePadded(device: GPUDevice, buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
   const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);

@@ -16,9 +16,9 @@ import { chooseAttention } from '../workers/engine/attention-check.ts';
 import { planMemory } from '../workers/engine/memory-plan.ts';
 import { timestepEmbedding } from '../workers/engine/pipeline.ts';
 import { Rng } from '../workers/engine/random.ts';
-import { createRuntime, sessionOptions, type ConvLayout, type Runtime } from '../workers/engine/runtime.ts';
+import { createRuntime, flushOrt, ortGpuZeros, sessionOptions, type ConvLayout, type Runtime } from '../workers/engine/runtime.ts';
 import { WeightSet } from '../workers/engine/weights.ts';
-import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type GraphBuilder } from '../workers/graph/builder.ts';
+import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../workers/graph/builder.ts';
 import { buildTextEncoder } from '../workers/graph/clip.ts';
 import { graphMemory } from '../workers/graph/memory.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
@@ -38,7 +38,7 @@ const { values: o } = parseArgs({
     steps: { type: 'string', default: '20' },
     precision: { type: 'string', default: 'fp16,fp32' },
     repeats: { type: 'string', default: '3' },
-    variants: { type: 'string', default: 'before,after' },
+    variants: { type: 'string', default: 'before,after,direct' },
     lora: { type: 'boolean', default: true },
     out: { type: 'string', default: 'bench/gpu-results.json' },
     'profile-only': { type: 'string' },
@@ -71,7 +71,7 @@ function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): W
  * (`--profile-only`) and the parent reads the Api entries from the child's output.
  */
 function profiledPrograms(precision: 'fp16' | 'fp32', v: Variant) {
-  const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--precision', precision, '--profile-only', `${v.attention}:${v.layout}`], {
+  const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--precision', precision, '--profile-only', `${v.attention}:${v.layout}:${v.conv}`], {
     encoding: 'utf8',
     maxBuffer: 1 << 30,
   });
@@ -97,7 +97,7 @@ function profiledPrograms(precision: 'fp16' | 'fp32', v: Variant) {
 
 /** The child's side: one profiled UNet run, its profile printed by onnxruntime. */
 async function profileOnly(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
-  const { g, ws, feeds } = unetFixture(rt, precision, v.attention);
+  const { g, ws, feeds } = unetFixture(rt, precision, v.attention, v.conv);
   const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout, profile: true }));
   await session.run(feeds);
   session.endProfiling();
@@ -105,10 +105,10 @@ async function profileOnly(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) 
   ws.dispose();
 }
 
-function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm) {
+function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm, conv: ConvForm) {
   const lh = SIZE / 8;
   const dtype = precision === 'fp16' ? 'float16' : 'float32';
-  const g = buildUNet(CONFIG.unet, { batch: 2, latentH: lh, latentW: lh, textLen: 77, dtype, attention, bufferLimit: DEFAULT_BUFFER_LIMIT, norm: rt.norm });
+  const g = buildUNet(CONFIG.unet, { batch: 2, latentH: lh, latentW: lh, textLen: 77, dtype, attention, bufferLimit: DEFAULT_BUFFER_LIMIT, norm: rt.norm, conv });
   const ws = weightsFor(rt, g, precision);
   const rng = new Rng(1);
   const c0 = CONFIG.unet.blockOutChannels[0];
@@ -256,8 +256,13 @@ async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, 
     if (data) device.queue.writeBuffer(buffer, 0, new Float32Array(data));
     return rt.ort.Tensor.fromGpuBuffer(buffer, { dataType: 'float32', dims });
   };
-  const io = Object.fromEntries(['sample', 'timestep_embedding', 'encoder_hidden_states'].map((name) => [name, gpu([...feeds[name].dims], feeds[name].data as Float32Array)]));
-  const pred = gpu([2, 4, lh, lh]);
+  // the captured session's inputs and output in buffers onnxruntime allocated (see ortGpuZeros), filled
+  // once it has submitted the zeros
+  const io: Record<string, OrtNs.Tensor> = {};
+  for (const name of ['sample', 'timestep_embedding', 'encoder_hidden_states']) io[name] = await ortGpuZeros(rt, [...feeds[name].dims]);
+  const pred = await ortGpuZeros(rt, [2, 4, lh, lh]);
+  await flushOrt(rt);
+  for (const [name, t] of Object.entries(io)) device.queue.writeBuffer(t.gpuBuffer as GPUBuffer, 0, new Float32Array(feeds[name].data as Float32Array));
   const f = previewFactor(lh, lh);
   const xs = [gpu([1, 4, lh, lh], new Rng(3).normal(4 * lh * lh)), gpu([1, 4, lh, lh])];
   const [memory, x0, preview] = [gpu([1, 4, lh, lh]), gpu([1, 4, lh, lh]), gpu([1, 3, Math.floor(lh / f), Math.floor(lh / f)])];
@@ -284,6 +289,7 @@ async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, 
   await stepSession.release();
   await session.release();
   for (const b of made) b.destroy();
+  for (const t of [...Object.values(io), pred]) t.dispose();
   return ms;
 }
 
@@ -291,6 +297,8 @@ interface Variant {
   name: string;
   attention: AttentionForm;
   layout: ConvLayout;
+  /** How k x k convolutions are built (unfolded only in NCHW: see the blocks test). */
+  conv: ConvForm;
 }
 
 async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
@@ -301,7 +309,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   await rt.gpu!.device.queue.onSubmittedWorkDone();
   const base = memory.live;
   memory.resetPeak();
-  const { g, ws, feeds } = unetFixture(rt, precision, v.attention);
+  const { g, ws, feeds } = unetFixture(rt, precision, v.attention, v.conv);
   const rng = new Rng(2);
   const t0 = performance.now();
   // outputs stay on the GPU: a run is timed without its readback, which the loops below add or avoid
@@ -352,12 +360,13 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const textMs = await once(te, { input_ids: new rt.ort.Tensor('int64', BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i % 100)), [1, 77]) });
   const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
   const vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
-  const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW' });
+  const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW', conv: v.conv });
   const row = {
     variant: v.name,
     precision,
     attention: v.attention,
     layout: v.layout,
+    conv: v.conv,
     finite,
     secondsPerImage: (textMs + STEPS * unetMs + vaeMs) / 1000,
     unetMsPerStep: unetMs,
@@ -388,14 +397,14 @@ async function main() {
   await installNodeWebGpu();
   const rt = await createRuntime('webgpu');
   if (o['profile-only']) {
-    const [attention, layout] = o['profile-only'].split(':') as [AttentionForm, ConvLayout];
-    await profileOnly(rt, o.precision as 'fp16' | 'fp32', { name: 'profile', attention, layout });
+    const [attention, layout, conv = 'direct'] = o['profile-only'].split(':') as [AttentionForm, ConvLayout, ConvForm?];
+    await profileOnly(rt, o.precision as 'fp16' | 'fp32', { name: 'profile', attention, layout, conv });
     process.exit(0);
   }
   if (o.one) {
     // a child measuring one variant: a fresh process, so onnxruntime's buffer cache holds nothing from another
-    const [name, attention, layout] = o.one.split(':') as [string, AttentionForm, ConvLayout];
-    const row = await measure(rt, o.precision as 'fp16' | 'fp32', { name, attention, layout });
+    const [name, attention, layout, conv] = o.one.split(':') as [string, AttentionForm, ConvLayout, ConvForm];
+    const row = await measure(rt, o.precision as 'fp16' | 'fp32', { name, attention, layout, conv });
     console.log(`ROW ${JSON.stringify(row)}`);
     process.exit(0);
   }
@@ -404,26 +413,28 @@ async function main() {
   console.log(`bench:gpu on ${a.vendor}/${a.architecture} ${a.description} (shader-f16 ${a.shaderF16}); ${o.arch} at ${SIZE}x${SIZE}, ${STEPS} steps; attention check: ${choice.reason}`);
   const precisions = o.precision!.split(',').filter((p): p is 'fp16' | 'fp32' => p === 'fp32' || (p === 'fp16' && a.shaderF16));
   const variants: Variant[] = [
-    { name: 'before', attention: 'explicit', layout: 'NHWC' },
-    { name: 'after', attention: choice.form, layout: 'NCHW' },
-    { name: 'nhwc', attention: choice.form, layout: 'NHWC' },
+    { name: 'before', attention: 'explicit', layout: 'NHWC', conv: 'direct' },
+    { name: 'after', attention: choice.form, layout: 'NCHW', conv: 'auto' },
+    // the same without unfolded convolutions (each 3x3 weight transposed every run)
+    { name: 'direct', attention: choice.form, layout: 'NCHW', conv: 'direct' },
+    { name: 'nhwc', attention: choice.form, layout: 'NHWC', conv: 'direct' },
   ].filter((v) => o.variants!.split(',').includes(v.name)) as Variant[];
   const rows = [];
   for (const precision of precisions) {
     for (const v of variants) {
       try {
-        const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}`], { encoding: 'utf8', maxBuffer: 1 << 30 });
+        const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`], { encoding: 'utf8', maxBuffer: 1 << 30 });
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);
         const row = JSON.parse(line.slice(4));
         console.log(
-          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
+          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout} ${v.conv.padEnd(6)}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
             `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU, ${row.loopMsPerStepCaptured!.toFixed(0)} replayed; three predictions mixed: ${row.mixedLoopMsPerStepCpu!.toFixed(0)} ms/step read back, ${row.mixedLoopMsPerStepGpu!.toFixed(0)} on the GPU`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
         );
         rows.push(row);
       } catch (e) {
         console.log(`  ${precision} ${v.name}: ${(e as Error).message.slice(0, 300)}`);
-        rows.push({ variant: v.name, precision, attention: v.attention, layout: v.layout, error: (e as Error).message });
+        rows.push({ variant: v.name, precision, attention: v.attention, layout: v.layout, conv: v.conv, error: (e as Error).message });
       }
     }
   }

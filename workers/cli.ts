@@ -618,6 +618,8 @@ async function planCommand(args: string[]) {
     loras: { count: num(o.loras, 'loras', 0), rank: num(o.rank, 'rank', 32) },
     cachedFeatures: num(o['cached-features'], 'cached-features', 0),
     transposesConvWeights: false,
+    // as the engine builds the UNet on WebGPU
+    conv: 'auto',
     capturedUnet: !!o['graph-capture'],
   });
   console.log(JSON.stringify({ architecture, ...plan }, null, 2));

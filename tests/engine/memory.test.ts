@@ -6,7 +6,9 @@ import { after, test } from 'node:test';
 import type { GenerateJob } from '../../workers/api/contract.ts';
 import { planMemory } from '../../workers/engine/memory-plan.ts';
 import { Rng } from '../../workers/engine/random.ts';
-import { sessionOptions } from '../../workers/engine/runtime.ts';
+import { flushOrt, ortGpuZeros, sessionOptions } from '../../workers/engine/runtime.ts';
+import { readBuffer, writePadded } from '../../workers/gpu/buffers.ts';
+import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { makeTinyModel } from '../../workers/engine/test-model.ts';
 import { decodeStaged, encodeStaged, type RunGraph } from '../../workers/engine/vae-tiles.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
@@ -172,6 +174,8 @@ test('graph capture: the loop\'s UNet replays its recorded run, giving the plain
     { ...base, seed: 10, prompt: 'a grey owl', scheduler: 'dpmpp-2m' },
     // LoRA Switch rewrites the weights in place between two replays
     { ...base, steps: 4, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'switch', switchStep: 1 } },
+    // without CFG: a batch-1 UNet, a session of its own
+    { ...base, cfg: 1, seed: 11 },
   ];
   let first: Uint8ClampedArray | undefined;
   for (const job of jobs) {
@@ -202,6 +206,43 @@ test('graph capture: the loop\'s UNet replays its recorded run, giving the plain
   // nor is a job with a memory budget
   assert.equal((await engine.generate({ ...base, steps: 1, memoryBudget: 2 ** 40 })).report.graphCaptured, false);
   engine.unload();
+});
+
+test('a captured session bound to buffers onnxruntime allocated replays run after run, with buffers of ours going through another session between', async () => {
+  // onnxruntime 1.30 drops a buffer of ours at the end of each run, while a captured session keeps
+  // its first run's bindings: bound to buffers made with createBuffer, this failed on its second run
+  const rt = await runtime('webgpu');
+  const device = rt.gpu!.device;
+  const g = new GraphBuilder('float32');
+  const x = g.input('x', 'float32', [2, 8]);
+  g.output(g.op('Add', [x, x]), 'y', 'float32', [2, 8]);
+  const captured = await rt.ort.InferenceSession.create(g.encode(), { ...sessionOptions(rt, { outputsOnGpu: true }), enableGraphCapture: true });
+  const plain = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { outputsOnGpu: true }));
+  const input = await ortGpuZeros(rt, [2, 8]);
+  const output = await ortGpuZeros(rt, [2, 8]);
+  assert.deepEqual([input.dims, output.dims, input.location], [[2, 8], [2, 8], 'gpu-buffer']);
+  // onnxruntime submits its queued work (the zeros) before it reads a result back
+  const flush = () => flushOrt(rt);
+  await flush();
+  const read = async (t: typeof input) => new Float32Array(await readBuffer(device, t.gpuBuffer as GPUBuffer, 0, 64));
+  assert.deepEqual(await read(output), new Float32Array(16), 'zero-filled');
+  for (let run = 0; run < 4; run++) {
+    const data = Float32Array.from({ length: 16 }, (_, i) => run * 100 + i - 7.25);
+    writePadded(device, input.gpuBuffer as GPUBuffer, data);
+    await captured.run({ x: input }, { y: output });
+    await flush();
+    assert.deepEqual(await read(output), data.map((v) => 2 * v), `run ${run}`);
+    // a buffer of ours through the plain session: registered and dropped within its run
+    const own = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    writePadded(device, own, data.map((v) => -v));
+    const out = await plain.run({ x: rt.ort.Tensor.fromGpuBuffer(own, { dataType: 'float32', dims: [2, 8] }) });
+    assert.deepEqual(await out.y.getData(true), data.map((v) => -2 * v), `plain run ${run}`);
+    own.destroy();
+  }
+  await captured.release();
+  await plain.release();
+  input.dispose();
+  output.dispose();
 });
 
 test('compiled graphs past the engine\'s bound are released, least recently used first, never the running job\'s', async () => {

@@ -25,7 +25,7 @@ import { buildVocabulary, embeddingFingerprint, readTextualInversion, type Token
 import { cpuSpectrumMagnitudes } from '../composition/frequency.ts';
 import { ortBufferSize, uploadBuffer, writePadded } from '../gpu/buffers.ts';
 import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
-import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
+import { DEFAULT_BUFFER_LIMIT, type ConvForm, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
 import { planMemory, type MemoryPlan } from './memory-plan.ts';
 import { decodeStaged, encodeStaged, tileStarts, type RunGraph } from './vae-tiles.ts';
@@ -45,7 +45,7 @@ import { buildCombineGraph, buildMeasureGraph } from '../graph/mix.ts';
 import { buildStepGraph, previewFactor } from '../graph/step.ts';
 import { hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
 import { LCM_ORIGINAL_STEPS } from '../schedulers/lcm.ts';
-import { sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
+import { flushOrt, ortGpuZeros, sessionOptions, type ConvLayout, type Runtime } from './runtime.ts';
 import { WeightSet } from './weights.ts';
 
 /** The most 77-token chunks a prompt is read in (A1111 sets no limit; 8 is 600 tokens). */
@@ -70,9 +70,10 @@ interface CompiledGraph {
   captured?: { inputs: Record<string, OrtNs.Tensor>; outputs: Record<string, OrtNs.Tensor>; recorded: boolean };
 }
 
-function releaseGraph(g: CompiledGraph): Promise<void> {
+/** The session first, then the buffers a captured one was bound to. */
+async function releaseGraph(g: CompiledGraph): Promise<void> {
+  await g.session.release();
   for (const t of [...Object.values(g.captured?.inputs ?? {}), ...Object.values(g.captured?.outputs ?? {})]) t.dispose();
-  return g.session.release();
 }
 
 /** What an out-of-memory beside the loaded model (a VAE's or a LoRA's weights) is called, and what to try. */
@@ -452,6 +453,14 @@ export class Engine {
     return this.rt.backend === 'webgpu' && job.latentsOnGpu !== false && !compositionNeedsCpu(comp) && !layout?.guidance && !layout?.reinit;
   }
 
+  /**
+   * How k x k convolutions are built: on WebGPU, unfolded where that moves fewer bytes than the
+   * weight transpose the EP would make each run (see ConvForm); the wasm EP reads weights as they are.
+   */
+  private get convForm(): ConvForm {
+    return this.rt.backend === 'webgpu' ? 'auto' : 'direct';
+  }
+
   /** The job's memory plan, from its graphs (kept per size, precision and LoRA count); `captured`: the UNet replays a captured graph (its activations stay). */
   private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false): MemoryPlan {
     const m = this.model!;
@@ -480,6 +489,7 @@ export class Engine {
         keptPredictions: kept,
         transposesConvWeights: this.rt.backend === 'webgpu',
         pointwiseAsIs: CONV_LAYOUT === 'NCHW',
+        conv: this.convForm,
         capturedUnet: captured,
       });
       this.plans.set(key, p);
@@ -507,8 +517,13 @@ export class Engine {
     const session = await this.rt.ort.InferenceSession.create(g.encode(), { ...sessionOptions(this.rt, { layout: CONV_LAYOUT, outputsOnGpu }), ...(capture ? { enableGraphCapture: true } : {}) });
     const compiled: CompiledGraph = { session, weightNames: [...g.weights.keys()], batched: new Set(g.inputs.filter((i) => i.dims[0] === 1 && i.dims.length > 1).map((i) => i.name)), macs: multiplyAdds(g), outputsOnGpu };
     if (capture) {
-      const buffers = (values: { name: string; dims: number[] }[]) => Object.fromEntries(values.map((v) => [v.name, gpuTensor(this.rt, v.dims)]));
-      compiled.captured = { inputs: buffers(g.inputs), outputs: buffers(g.outputs), recorded: false };
+      // buffers onnxruntime allocated, which its binding keeps registered (see ortGpuZeros)
+      const buffers = async (values: { name: string; dims: number[] }[]) => {
+        const made: Record<string, OrtNs.Tensor> = {};
+        for (const v of values) made[v.name] = await ortGpuZeros(this.rt, v.dims);
+        return made;
+      };
+      compiled.captured = { inputs: await buffers(g.inputs), outputs: await buffers(g.outputs), recorded: false };
     }
     this.sessions.set(key, compiled);
     for (const [k, s] of this.sessions) {
@@ -531,16 +546,12 @@ export class Engine {
         if (io.recorded) return;
         io.recorded = true;
         // a replay submits its work as it ends; the recording run may leave it queued
-        await this.flushGpu();
+        await flushOrt(this.rt);
       },
-      flush: () => this.flushGpu(),
+      flush: () => flushOrt(this.rt),
     };
   }
 
-  /** onnxruntime submits what it has queued before it reads a result back: a one-value run makes it. */
-  private async flushGpu(): Promise<void> {
-    if (this.rt.anchor) await this.rt.anchor.run({ x: new this.rt.ort.Tensor('float32', new Float32Array(1), [1]) });
-  }
 
   async generate(job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult> {
     if (this.busy) throw new EngineError('busy', 'A generation is already running; wait for it or cancel it first.');
@@ -595,7 +606,7 @@ export class Engine {
     const clipSkip = job.clipSkip ?? 1;
     if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
     const t0 = performance.now();
-    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm };
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.convForm };
     const loraCount = jobLoraCount(job);
     const plan = this.plan(job, loraCount, attention);
     // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
@@ -620,10 +631,8 @@ export class Engine {
     // graph capture where the loop runs on the GPU with nothing but the UNet's three inputs changing:
     // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no
     // blend; and without a budget, as its session keeps the UNet's activations (with none, the plan's
-    // choices do not depend on it: only a buffer above the limit changes them). With CFG only: a
-    // batch-1 UNet's replays (CFG 1) came back from onnxruntime 1.30 with an output it cannot find
-    // ("Cannot set properties of undefined" in its webgpuRegisterBuffer), on its second run
-    const capture = resident && batch === 2 && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionMixes(comp);
+    // choices do not depend on it: only a buffer above the limit changes them)
+    const capture = resident && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionMixes(comp);
     const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
     this.activity.plan = reportedPlan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
@@ -873,7 +882,7 @@ export class Engine {
     const lw = job.width / 8;
     const tile = this.plan(job, jobLoraCount(job), attention).vaeTile;
     const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
-    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm };
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.convForm };
     if (tile) return (await encodeStaged(cfg.vae, { data: planes, c: 3, h: job.height, w: job.width }, { dtype, ...forms, tile }, this.stagedRunner(m.weights.vae))).data;
     const enc = await this.graph(`vae-enc:${lh}x${lw}`, () => buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
     return (await runGraph(enc, m.weights.vae, { image: new this.rt.ort.Tensor('float32', planes, [1, 3, job.height, job.width]) })).latent.data as Float32Array;

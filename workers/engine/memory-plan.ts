@@ -6,7 +6,7 @@
 import type { MemoryPlanReport } from '../api/contract.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { latentSize } from '../checkpoint/config.ts';
-import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type GraphBuilder } from '../graph/builder.ts';
+import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder } from '../graph/clip.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
 import { buildUNet } from '../graph/unet.ts';
@@ -56,6 +56,8 @@ export interface PlanRequest {
   transposesConvWeights?: boolean;
   /** ...except 1x1 convolutions (the WebGPU EP in NCHW). */
   pointwiseAsIs?: boolean;
+  /** How the UNet's k x k convolutions are built (default `direct`; the engine on WebGPU: `auto`). */
+  conv?: ConvForm;
   /** The UNet runs as a captured graph, whose session keeps its activations between runs (so through the text encoder and the decode too). */
   capturedUnet?: boolean;
 }
@@ -85,7 +87,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
       : `attention in query chunks: no score buffer above ${(limit / 2 ** 20).toFixed(0)} MiB`,
   ];
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
-  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit }), memOptions);
+  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit, conv: req.conv }), memOptions);
   const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit });
   const text = graphMemory(textGraph);
   const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);

@@ -13,6 +13,8 @@ export interface Runtime {
   gpu?: GpuContext;
   /** Keeps ORT's WebGPU device alive. */
   anchor?: OrtNs.InferenceSession;
+  /** Hand out zero-filled GPU buffers that onnxruntime allocated (`ortGpuZeros`): one session per rank, made on first use, and the last run on it. */
+  zeros?: Map<number, { session: Promise<OrtNs.InferenceSession>; last: Promise<unknown> }>;
   /** How this runtime's graphs build group norms: `reductions` on a CPU adapter, where it is much faster (see NormForm). */
   norm: NormForm;
 }
@@ -43,6 +45,40 @@ export async function createRuntime(backend: Backend, options: { wasmPaths?: str
   if (!device) throw noWebGpuError();
   const gpu = await adoptGpu(device);
   return { ort, backend, gpu, anchor: boot, norm: options.norm ?? (gpu.adapter.cpu ? 'reductions' : 'instance') };
+}
+
+/**
+ * A zero-filled float32 tensor in a GPU buffer that onnxruntime allocated: the output of a one-node
+ * session (Expand of a zero), which its web binding registers once for the tensor's life. A session
+ * compiled with graph capture must be bound to buffers like this. The binding registers a buffer of
+ * ours at the start of each run and drops it at the end, while a captured session keeps the bindings
+ * of its first run: its second run (the one it records) then looked up a handle that had been freed
+ * meanwhile, and failed ("no overload matched for createBindGroup", or "Cannot set properties of
+ * undefined" in webgpuRegisterBuffer) unless the freed handle happened to be given to the same buffer
+ * again. Dispose the tensor after the sessions bound to it are released; the zeros are on the GPU
+ * queue of onnxruntime, which submits them before it next reads anything back.
+ */
+export async function ortGpuZeros(rt: Runtime, dims: number[]): Promise<OrtNs.Tensor> {
+  if (rt.backend !== 'webgpu') throw new Error('GPU buffers need the WebGPU EP');
+  const made = (rt.zeros ??= new Map());
+  let z = made.get(dims.length);
+  if (!z) {
+    const g = new GraphBuilder('float32');
+    const shape = g.input('shape', 'int64', [dims.length]);
+    g.output(g.op('Expand', [g.input('zero', 'float32', [1]), shape]), 'zeros', 'float32', dims.map(() => -1));
+    z = { session: rt.ort.InferenceSession.create(g.encode(), { executionProviders: ['webgpu'], preferredOutputLocation: 'gpu-buffer' }), last: Promise.resolve() };
+    made.set(dims.length, z);
+  }
+  // one run at a time on a session (two at once did not finish)
+  const session = z.session;
+  const run = z.last.then(async () => (await session).run({ zero: new rt.ort.Tensor('float32', new Float32Array(1), [1]), shape: new rt.ort.Tensor('int64', BigInt64Array.from(dims, BigInt), [dims.length]) }));
+  z.last = run.catch(() => undefined);
+  return (await run).zeros;
+}
+
+/** onnxruntime submits the GPU work it has queued before it reads a result back: a one-value run makes it. */
+export async function flushOrt(rt: Runtime): Promise<void> {
+  if (rt.anchor) await rt.anchor.run({ x: new rt.ort.Tensor('float32', new Float32Array(1), [1]) });
 }
 
 /** The WebGPU EP's tensor layout for convolutions: NHWC is its default; NCHW reads 1x1 weights as they are. */

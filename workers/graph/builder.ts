@@ -53,8 +53,25 @@ export type AttentionForm = 'fused' | 'chunked' | 'explicit';
  */
 export type NormForm = 'instance' | 'reductions';
 
+/**
+ * How a k x k convolution (k > 1) is built. Its weight is a graph input, so the WebGPU EP transposes it
+ * into the layout its kernel reads on every run (it keeps a transposed copy only of constants):
+ * - `direct`: the Conv node (the weight transposed each run);
+ * - `unfold`: the input unfolded into [B, Ci*k*k, Ho*Wo] by a Conv with a constant one-hot kernel (one
+ *   output channel per input channel and tap), then MatMul with the weight read as [Co, Ci*k*k], its
+ *   layout as stored, so nothing is transposed and a LoRA rewrite of the weight is read as it is;
+ * - `auto`: `unfold` where it moves fewer bytes than the transpose, i.e. where the unfolded input
+ *   (B*Ho*Wo x Ci*k*k) is smaller than the weight (Co x Ci*k*k): the low-resolution layers, which
+ *   hold most of a UNet's convolution weights.
+ * Unfold only for sessions in NCHW (as the engine compiles): in NHWC the WebGPU EP's grouped
+ * convolution with k*k outputs per group gave wrong numbers on SwiftShader.
+ */
+export type ConvForm = 'direct' | 'unfold' | 'auto';
+
 export interface GraphOptions {
   attention?: AttentionForm;
+  /** How k x k convolutions are built (default `direct`). */
+  conv?: ConvForm;
   /** The largest single intermediate buffer an attention layer may make, in bytes (default 128 MiB). */
   bufferLimit?: number;
   /** How group norms are built (default `instance`). */
@@ -83,6 +100,7 @@ export class GraphBuilder {
   readonly attention: AttentionForm;
   readonly bufferLimit: number;
   readonly norm: NormForm;
+  readonly conv: ConvForm;
   private usesMicrosoftDomain = false;
 
   /** `dtype` is the type of weights and activations inside the graph. */
@@ -93,6 +111,18 @@ export class GraphBuilder {
     this.attention = options.attention ?? 'explicit';
     this.bufferLimit = options.bufferLimit ?? DEFAULT_BUFFER_LIMIT;
     this.norm = options.norm ?? 'instance';
+    this.conv = options.conv ?? 'direct';
+  }
+
+  /** A constant made once per graph for `key` (e.g. a large one-hot kernel several layers share). */
+  shared(key: string, make: () => string): string {
+    const k = `shared:${key}`;
+    let name = this.constCache.get(k);
+    if (!name) {
+      name = make();
+      this.constCache.set(k, name);
+    }
+    return name;
   }
 
   /** Bytes per element of the activation type. */
@@ -250,10 +280,11 @@ export class GraphBuilder {
    * initializer (a self-contained model file, as other tools load them).
    */
   encode(weightValues?: (name: string) => Float32Array): Uint8Array {
+    // a negative dim is one the graph leaves free (named per value and axis, so none is tied to another)
     const valueInfo = (v: ValueSpec) =>
       onnx.ValueInfoProto.create({
         name: v.name,
-        type: { tensorType: { elemType: ONNX_TYPE[v.type], shape: { dim: v.dims.map((d) => ({ dimValue: d })) } } },
+        type: { tensorType: { elemType: ONNX_TYPE[v.type], shape: { dim: v.dims.map((d, i) => (d < 0 ? { dimParam: `${v.name}.${i}` } : { dimValue: d })) } } },
       });
     const weights = [...this.weights.values()];
     const stored = weightValues

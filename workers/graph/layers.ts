@@ -16,10 +16,29 @@ export function conv2d(g: GraphBuilder, x: Feat, name: string, cout: number, k: 
   const pad = (k - 1) >> 1;
   const w = g.weight(`${name}.weight`, [cout, x.c, k, k]);
   const bias = g.weight(`${name}.bias`, [cout]);
-  const v = g.op('Conv', [x.v, w, bias], { kernel_shape: [k, k], pads: [pad, pad, pad, pad], strides: [stride, stride] });
   const h = Math.floor((x.h + 2 * pad - k) / stride) + 1;
   const wd = Math.floor((x.w + 2 * pad - k) / stride) + 1;
+  const geometry = { kernel_shape: [k, k], pads: [pad, pad, pad, pad], strides: [stride, stride] };
+  if (k === 1 || !unfolds(g, x.b * h * wd, x.c * k * k, cout)) return { v: g.op('Conv', [x.v, w, bias], geometry), b: x.b, c: cout, h, w: wd };
+  // [B, Ci*k*k, Ho, Wo]: channel ci*k*k + tap holds input channel ci at that tap (a one-hot depthwise kernel)
+  const taps = k * k;
+  const oneHot = g.shared(`unfold:${x.c}:${k}`, () => {
+    const values = new Float32Array(x.c * taps * taps);
+    for (let o = 0; o < x.c * taps; o++) values[o * taps + (o % taps)] = 1;
+    return g.floats(values, [x.c * taps, 1, k, k]);
+  });
+  const unfolded = g.op('Reshape', [g.op('Conv', [x.v, oneHot], { ...geometry, group: x.c }), g.ints([x.b, x.c * taps, h * wd])]);
+  // the weight as stored, [Co, Ci, k, k] read as [Co, Ci*k*k]
+  const y = g.op('MatMul', [g.op('Reshape', [w, g.ints([cout, x.c * taps])]), unfolded]);
+  const v = g.op('Add', [g.op('Reshape', [y, g.ints([x.b, cout, h, wd])]), g.op('Reshape', [bias, g.ints([cout, 1, 1])])]);
   return { v, b: x.b, c: cout, h, w: wd };
+}
+
+/** Whether a k x k convolution whose weight reads as [cout, patch] over `positions` outputs is unfolded (see ConvForm). */
+function unfolds(g: GraphBuilder, positions: number, patch: number, cout: number): boolean {
+  if (g.conv === 'direct') return false;
+  const fits = positions * patch * g.bytesPerElement <= g.bufferLimit;
+  return g.conv === 'unfold' ? fits : fits && positions < cout;
 }
 
 export function silu(g: GraphBuilder, v: string): string {

@@ -552,7 +552,6 @@ export class Engine {
     };
   }
 
-
   async generate(job: GenerateJob, onProgress?: (e: ProgressEvent) => void): Promise<GenerateResult> {
     if (this.busy) throw new EngineError('busy', 'A generation is already running; wait for it or cancel it first.');
     this.checkDevice();

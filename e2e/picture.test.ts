@@ -136,7 +136,8 @@ test('a share link with a mask restores it byte for byte in a fresh browser; the
   await page.getByTestId('share').click();
   const url = await page.getByTestId('share-url').inputValue();
   assert.match(await page.getByTestId('share-note').innerText(), /not the start picture/);
-  assert.match(await page.getByTestId('status').innerText(), /The start picture is not in the link/);
+  // the notice comes with the page's next render, not with the click
+  await page.getByTestId('status').filter({ hasText: 'The start picture is not in the link' }).waitFor({ timeout: 10_000 });
   const context = await browser.newContext();
   const fresh = await context.newPage();
   try {

@@ -18,6 +18,7 @@ import { timestepEmbedding } from '../workers/engine/pipeline.ts';
 import { Rng } from '../workers/engine/random.ts';
 import { createRuntime, flushOrt, ortGpuZeros, sessionOptions, type ConvLayout, type Runtime } from '../workers/engine/runtime.ts';
 import { WeightSet } from '../workers/engine/weights.ts';
+import { writePadded } from '../workers/gpu/buffers.ts';
 import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../workers/graph/builder.ts';
 import { buildTextEncoder } from '../workers/graph/clip.ts';
 import { graphMemory } from '../workers/graph/memory.ts';
@@ -262,7 +263,7 @@ async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, 
   for (const name of ['sample', 'timestep_embedding', 'encoder_hidden_states']) io[name] = await ortGpuZeros(rt, [...feeds[name].dims]);
   const pred = await ortGpuZeros(rt, [2, 4, lh, lh]);
   await flushOrt(rt);
-  for (const [name, t] of Object.entries(io)) device.queue.writeBuffer(t.gpuBuffer as GPUBuffer, 0, new Float32Array(feeds[name].data as Float32Array));
+  for (const [name, t] of Object.entries(io)) writePadded(device, t.gpuBuffer as GPUBuffer, feeds[name].data as Float32Array);
   const f = previewFactor(lh, lh);
   const xs = [gpu([1, 4, lh, lh], new Rng(3).normal(4 * lh * lh)), gpu([1, 4, lh, lh])];
   const [memory, x0, preview] = [gpu([1, 4, lh, lh]), gpu([1, 4, lh, lh]), gpu([1, 3, Math.floor(lh / f), Math.floor(lh / f)])];
@@ -304,7 +305,7 @@ interface Variant {
 async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const lh = SIZE / 8;
   const dtype = precision === 'fp16' ? 'float16' : 'float32';
-  const forms = { attention: v.attention, bufferLimit: DEFAULT_BUFFER_LIMIT };
+  const forms = { attention: v.attention, bufferLimit: DEFAULT_BUFFER_LIMIT, conv: v.conv };
   const memory = rt.gpu!.memory;
   await rt.gpu!.device.queue.onSubmittedWorkDone();
   const base = memory.live;

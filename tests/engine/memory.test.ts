@@ -222,15 +222,14 @@ test('a captured session bound to buffers onnxruntime allocated replays run afte
   const output = await ortGpuZeros(rt, [2, 8]);
   assert.deepEqual([input.dims, output.dims, input.location], [[2, 8], [2, 8], 'gpu-buffer']);
   // onnxruntime submits its queued work (the zeros) before it reads a result back
-  const flush = () => flushOrt(rt);
-  await flush();
+  await flushOrt(rt);
   const read = async (t: typeof input) => new Float32Array(await readBuffer(device, t.gpuBuffer as GPUBuffer, 0, 64));
   assert.deepEqual(await read(output), new Float32Array(16), 'zero-filled');
   for (let run = 0; run < 4; run++) {
     const data = Float32Array.from({ length: 16 }, (_, i) => run * 100 + i - 7.25);
     writePadded(device, input.gpuBuffer as GPUBuffer, data);
     await captured.run({ x: input }, { y: output });
-    await flush();
+    await flushOrt(rt);
     assert.deepEqual(await read(output), data.map((v) => 2 * v), `run ${run}`);
     // a buffer of ours through the plain session: registered and dropped within its run
     const own = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });

@@ -25,7 +25,7 @@ import { buildVocabulary, embeddingFingerprint, readTextualInversion, type Token
 import { cpuSpectrumMagnitudes } from '../composition/frequency.ts';
 import { ortBufferSize, uploadBuffer, writePadded } from '../gpu/buffers.ts';
 import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
-import { DEFAULT_BUFFER_LIMIT, type ConvForm, type GraphOptions } from '../graph/builder.ts';
+import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
 import { chooseAttention, type AttentionChoice } from './attention-check.ts';
 import { planMemory, type MemoryPlan } from './memory-plan.ts';
 import { decodeStaged, encodeStaged, tileStarts, type RunGraph } from './vae-tiles.ts';
@@ -453,14 +453,6 @@ export class Engine {
     return this.rt.backend === 'webgpu' && job.latentsOnGpu !== false && !compositionNeedsCpu(comp) && !layout?.guidance && !layout?.reinit;
   }
 
-  /**
-   * How k x k convolutions are built: on WebGPU, unfolded where that moves fewer bytes than the
-   * weight transpose the EP would make each run (see ConvForm); the wasm EP reads weights as they are.
-   */
-  private get convForm(): ConvForm {
-    return this.rt.backend === 'webgpu' ? 'auto' : 'direct';
-  }
-
   /** The job's memory plan, from its graphs (kept per size, precision and LoRA count); `captured`: the UNet replays a captured graph (its activations stay). */
   private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false): MemoryPlan {
     const m = this.model!;
@@ -489,7 +481,7 @@ export class Engine {
         keptPredictions: kept,
         transposesConvWeights: this.rt.backend === 'webgpu',
         pointwiseAsIs: CONV_LAYOUT === 'NCHW',
-        conv: this.convForm,
+        conv: this.rt.conv,
         capturedUnet: captured,
       });
       this.plans.set(key, p);
@@ -605,7 +597,7 @@ export class Engine {
     const clipSkip = job.clipSkip ?? 1;
     if (clipSkip < 1 || clipSkip > cfg.textEncoder.layers) throw new BadArgumentError(`clip skip must be 1 to ${cfg.textEncoder.layers}.`);
     const t0 = performance.now();
-    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.convForm };
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.rt.conv };
     const loraCount = jobLoraCount(job);
     const plan = this.plan(job, loraCount, attention);
     // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
@@ -881,7 +873,7 @@ export class Engine {
     const lw = job.width / 8;
     const tile = this.plan(job, jobLoraCount(job), attention).vaeTile;
     const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
-    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.convForm };
+    const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.rt.conv };
     if (tile) return (await encodeStaged(cfg.vae, { data: planes, c: 3, h: job.height, w: job.width }, { dtype, ...forms, tile }, this.stagedRunner(m.weights.vae))).data;
     const enc = await this.graph(`vae-enc:${lh}x${lw}`, () => buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, ...forms }));
     return (await runGraph(enc, m.weights.vae, { image: new this.rt.ort.Tensor('float32', planes, [1, 3, job.height, job.width]) })).latent.data as Float32Array;

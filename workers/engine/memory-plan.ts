@@ -56,7 +56,7 @@ export interface PlanRequest {
   transposesConvWeights?: boolean;
   /** ...except 1x1 convolutions (the WebGPU EP in NCHW). */
   pointwiseAsIs?: boolean;
-  /** How the UNet's k x k convolutions are built (default `direct`; the engine on WebGPU: `auto`). */
+  /** How k x k convolutions are built (default `direct`; the engine's is its runtime's, `auto` on WebGPU). */
   conv?: ConvForm;
   /** The UNet runs as a captured graph, whose session keeps its activations between runs (so through the text encoder and the decode too). */
   capturedUnet?: boolean;
@@ -87,10 +87,12 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
       : `attention in query chunks: no score buffer above ${(limit / 2 ** 20).toFixed(0)} MiB`,
   ];
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
-  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, dtype, attention, bufferLimit: limit, conv: req.conv }), memOptions);
-  const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, dtype, clipSkip: 1, attention, bufferLimit: limit });
+  // the graphs' forms, as the engine builds them
+  const forms = { dtype, attention, bufferLimit: limit, conv: req.conv } as const;
+  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, ...forms }), memOptions);
+  const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, clipSkip: 1, ...forms });
   const text = graphMemory(textGraph);
-  const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, dtype, attention, bufferLimit: limit }), memOptions);
+  const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions);
   let vae = wholeVae;
 
   const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
@@ -121,7 +123,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     const vaeSets = vae.activationPeakBytes >= unet.activationPeakBytes || vae.largestBufferBytes > limit;
     if (vaeSets && next < tiles.length) {
       vaeTile = tiles[next++];
-      vae = stagedMemory(wholeVae, stagedGraphs(cfg.vae, lh, lw, { dtype, attention, bufferLimit: limit, tile: vaeTile }, 'decode'), memOptions);
+      vae = stagedMemory(wholeVae, stagedGraphs(cfg.vae, lh, lw, { ...forms, tile: vaeTile }, 'decode'), memOptions);
       continue;
     }
     if (req.cfg && !cfgHalves) {

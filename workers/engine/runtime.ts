@@ -2,7 +2,7 @@
 // (the CPU reference backend used by tests and benchmarks).
 import type * as OrtNs from 'onnxruntime-web';
 import { adoptGpu, hasWebGpu, noWebGpuError, type GpuContext } from '../gpu/device.ts';
-import { GraphBuilder, type NormForm } from '../graph/builder.ts';
+import { GraphBuilder, type ConvForm, type NormForm } from '../graph/builder.ts';
 
 export type Ort = typeof OrtNs;
 export type Backend = 'webgpu' | 'wasm';
@@ -17,6 +17,12 @@ export interface Runtime {
   zeros?: Map<number, { session: Promise<OrtNs.InferenceSession>; last: Promise<unknown> }>;
   /** How this runtime's graphs build group norms: `reductions` on a CPU adapter, where it is much faster (see NormForm). */
   norm: NormForm;
+  /**
+   * How its graphs build k x k convolutions: on WebGPU unfolded where that moves fewer bytes than the
+   * weight transpose the EP makes every run (`auto`, for NCHW sessions as the engine compiles; see
+   * ConvForm); the wasm EP reads weights as they are.
+   */
+  conv: ConvForm;
 }
 
 let ortModule: Promise<Ort> | undefined;
@@ -34,7 +40,7 @@ export async function createRuntime(backend: Backend, options: { wasmPaths?: str
   // must use the wasm file bundled with the app (found next to its module when no path is set).
   ort.env.wasm.wasmPaths = options.wasmPaths;
   ort.env.logLevel = 'error';
-  if (backend === 'wasm') return { ort, backend, norm: options.norm ?? 'instance' };
+  if (backend === 'wasm') return { ort, backend, norm: options.norm ?? 'instance', conv: 'direct' };
   if (!hasWebGpu()) throw noWebGpuError();
   // A one-node session makes ORT create its WebGPU device, which we then share.
   const g = new GraphBuilder('float32');
@@ -44,7 +50,7 @@ export async function createRuntime(backend: Backend, options: { wasmPaths?: str
   const device = (await ort.env.webgpu.device) as GPUDevice;
   if (!device) throw noWebGpuError();
   const gpu = await adoptGpu(device);
-  return { ort, backend, gpu, anchor: boot, norm: options.norm ?? (gpu.adapter.cpu ? 'reductions' : 'instance') };
+  return { ort, backend, gpu, anchor: boot, norm: options.norm ?? (gpu.adapter.cpu ? 'reductions' : 'instance'), conv: 'auto' };
 }
 
 /**

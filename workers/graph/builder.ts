@@ -72,7 +72,7 @@ export interface GraphOptions {
   attention?: AttentionForm;
   /** How k x k convolutions are built (default `direct`). */
   conv?: ConvForm;
-  /** The largest single intermediate buffer an attention layer may make, in bytes (default 128 MiB). */
+  /** The largest single intermediate buffer an attention layer or an unfolded convolution may make, in bytes (default 128 MiB). */
   bufferLimit?: number;
   /** How group norms are built (default `instance`). */
   norm?: NormForm;

@@ -19,19 +19,30 @@ export const CHROMIUM_ARGS = [
   '--disable-quic',
 ];
 
-export async function serve(port: number): Promise<{ url: string; stop: () => void }> {
-  const proc: ChildProcess = spawn(process.execPath, ['node_modules/vite/bin/vite.js', 'preview', '--port', String(port), '--strictPort', '--host', '127.0.0.1'], { stdio: 'ignore' });
-  const url = `http://127.0.0.1:${port}/`;
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(url)).ok) return { url, stop: () => proc.kill() };
-    } catch {
-      /* not up yet */
+/**
+ * `vite preview` on `port`. A busy machine can take long to start it, and a port can be held
+ * (a server another run left behind): when vite exits, the next port is tried; its own words are
+ * in the error when none serves.
+ */
+export async function serve(port: number, tries = 4): Promise<{ url: string; stop: () => void }> {
+  let said = '';
+  for (let attempt = 0; attempt < tries; attempt++, port++) {
+    const proc: ChildProcess = spawn(process.execPath, ['node_modules/vite/bin/vite.js', 'preview', '--port', String(port), '--strictPort', '--host', '127.0.0.1'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let exited = false;
+    proc.on('exit', () => (exited = true));
+    proc.stderr!.on('data', (d: Buffer) => (said += d.toString()));
+    const url = `http://127.0.0.1:${port}/`;
+    for (let i = 0; i < 600 && !exited; i++) {
+      try {
+        if ((await fetch(url, { signal: AbortSignal.timeout(2000) })).ok) return { url, stop: () => proc.kill() };
+      } catch {
+        /* not up yet */
+      }
+      await new Promise((r) => setTimeout(r, 200));
     }
-    await new Promise((r) => setTimeout(r, 200));
+    proc.kill();
   }
-  proc.kill();
-  throw new Error('vite preview did not start');
+  throw new Error(`vite preview did not start: ${said.trim().slice(-400) || 'no output'}`);
 }
 
 export function launch(): Promise<Browser> {
@@ -93,6 +104,19 @@ let nodeRuntime: Promise<Runtime> | undefined;
 export async function nodeEngine(loraNames: string[] = []) {
   nodeRuntime ??= installNodeWebGpu().then(() => createRuntime('webgpu'));
   return openTinyEngine('dist/test-model', await nodeRuntime, loraNames);
+}
+
+/**
+ * Click Generate, wait for the job to end, and return every text the status line showed meanwhile,
+ * in order, as the page rendered it (a MutationObserver; polling from Node can miss a short phase).
+ */
+export async function generateWatchingStatus(page: Page): Promise<string> {
+  await page.getByTestId('status').evaluate((el) => {
+    const seen: string[] = ((window as unknown as { statusSeen: string[] }).statusSeen = []);
+    new MutationObserver(() => seen.push(el.textContent ?? '')).observe(el, { childList: true, characterData: true, subtree: true });
+  });
+  await generateAndWait(page);
+  return [...new Set(await page.evaluate(() => (window as unknown as { statusSeen: string[] }).statusSeen))].join(' | ');
 }
 
 /** Click Generate and wait until the button is enabled again (the job ended). */

@@ -10,7 +10,7 @@ import type { GenerateJob } from '../workers/api/contract.ts';
 import { blurMask } from '../workers/engine/picture.ts';
 import { decodeMask, type EncodedMask } from '../workers/layout/mask-codec.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { dragOnCanvas, generateAndWait, nodeEngine, openDetails, ready, resultPixels, studioForFile, touchStroke } from './harness.ts';
+import { dragOnCanvas, generateAndWait, generateWatchingStatus, nodeEngine, openDetails, ready, resultPixels, studioForFile, touchStroke } from './harness.ts';
 
 const studio = studioForFile(6400, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '7'], ['cfg', '4']]) await page.getByTestId(id).fill(v);
@@ -168,11 +168,7 @@ test('hires fix of a result: the picture comes back at twice the size', async ()
   assert.equal(await page.getByTestId('hires-size').innerText(), 'Final size: 128×128');
   await page.getByTestId('hires-strength').fill('0.5');
   await page.getByTestId('hires-steps').fill('4');
-  const phases = new Set<string>();
-  const watch = setInterval(() => void page.getByTestId('status').innerText().then((t) => phases.add(t), () => {}), 100);
-  await generateAndWait(page);
-  clearInterval(watch);
-  assert.match([...phases].join(' | '), /Hires fix: step [12] of 2 · \d+ s/, 'the second pass in words');
+  assert.match(await generateWatchingStatus(page), /Hires fix: step [12] of 2 · \d+ s/, 'the second pass in words');
   assert.equal(await page.getByTestId('error').count(), 0);
   const job = await lastJob(page);
   assert.equal(job.init, undefined);

@@ -10,7 +10,7 @@ import { deflateSync } from 'node:zlib';
 import { encodePng, readPngText } from '../workers/engine/png.ts';
 import { parseA1111 } from '../workers/layout/a1111.ts';
 import { maxAbsDiff } from '../tests/helpers.ts';
-import { generateAndWait, nodeEngine, resultPixels, studioForFile, touchStroke } from './harness.ts';
+import { generateAndWait, generateWatchingStatus, nodeEngine, resultPixels, studioForFile, touchStroke } from './harness.ts';
 
 const studio = studioForFile(5900, async (page) => {
   for (const [id, v] of [['width', '64'], ['height', '64'], ['steps', '3'], ['seed', '7'], ['cfg', '1']]) await page.getByTestId(id).fill(v);
@@ -72,11 +72,7 @@ test('a box drawn by touch on a phone; undo and redo buttons; progress in named 
   await page.getByTestId('box-delete-0').click();
 
   await page.setViewportSize({ width: 1280, height: 800 });
-  const phases = new Set<string>();
-  const watch = setInterval(() => void page.getByTestId('status').innerText().then((t) => phases.add(t), () => {}), 150);
-  await generateAndWait(page);
-  clearInterval(watch);
-  const seen = [...phases].join(' | ');
+  const seen = await generateWatchingStatus(page);
   assert.match(seen, /(Preparing the GPU \(first run only\)|Starting|Reading the prompt) · \d+ s/, seen);
   assert.match(seen, /Step [12] of 3 · \d+ s/, seen);
   assert.match(seen, /Step [23] of 3 · \d+ s · about \d+ s left/, `the time left, from the measured steps: ${seen}`);

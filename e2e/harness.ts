@@ -30,6 +30,8 @@ export async function serve(port: number, tries = 4): Promise<{ url: string; sto
     const proc: ChildProcess = spawn(process.execPath, ['node_modules/vite/bin/vite.js', 'preview', '--port', String(port), '--strictPort', '--host', '127.0.0.1'], { stdio: ['ignore', 'ignore', 'pipe'] });
     let exited = false;
     proc.on('exit', () => (exited = true));
+    // never left behind holding the port, however this process ends
+    process.on('exit', () => proc.kill());
     proc.stderr!.on('data', (d: Buffer) => (said += d.toString()));
     const url = `http://127.0.0.1:${port}/`;
     for (let i = 0; i < 600 && !exited; i++) {

@@ -819,6 +819,13 @@ export async function startStudio() {
   const fresh = typeof localStorage !== 'undefined' && !localStorage.getItem(SCENE_KEY) && !isShareLink(location.hash);
   syncScene();
   syncPicture();
+  // the link is read at once: one that cannot be opened is said now, not after the model has loaded
+  const linked = isShareLink(location.hash)
+    ? decodeShareLink(location.hash).catch((e: Error) => {
+        studio().set({ alert: e.message });
+        return undefined;
+      })
+    : undefined;
   void engine()
     .init()
     .then((adapter) => {
@@ -863,7 +870,12 @@ export async function startStudio() {
   await useModel(saved && lib.models.some((m) => m.id === saved) ? saved : TEST_MODEL_ID);
   registerOffline();
   void loadScorer();
-  await openLinkIn(location.hash);
+  // a good link's scene is applied once the LoRAs and the model are there
+  const fromLink = await linked;
+  if (fromLink) {
+    applyScene(fromLink, 'the link');
+    studio().set({ alert: undefined });
+  }
   window.addEventListener('hashchange', () => void openLinkIn(location.hash));
   studio().set({ missing: missingLoras(currentScene()) });
 }

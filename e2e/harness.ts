@@ -113,12 +113,20 @@ export async function nodeEngine(loraNames: string[] = []) {
  * in order, as the page rendered it (a MutationObserver; polling from Node can miss a short phase).
  */
 export async function generateWatchingStatus(page: Page): Promise<string> {
+  type Watch = { statusWatch: { seen: string[]; observer: MutationObserver } };
   await page.getByTestId('status').evaluate((el) => {
-    const seen: string[] = ((window as unknown as { statusSeen: string[] }).statusSeen = []);
-    new MutationObserver(() => seen.push(el.textContent ?? '')).observe(el, { childList: true, characterData: true, subtree: true });
+    const seen: string[] = [];
+    const observer = new MutationObserver(() => seen.push(el.textContent ?? ''));
+    observer.observe(el, { childList: true, characterData: true, subtree: true });
+    (window as unknown as Watch).statusWatch = { seen, observer };
   });
   await generateAndWait(page);
-  return [...new Set(await page.evaluate(() => (window as unknown as { statusSeen: string[] }).statusSeen))].join(' | ');
+  const seen = await page.evaluate(() => {
+    const { seen, observer } = (window as unknown as Watch).statusWatch;
+    observer.disconnect();
+    return seen;
+  });
+  return [...new Set(seen)].join(' | ');
 }
 
 /** Click Generate and wait until the button is enabled again (the job ended). */

@@ -734,15 +734,28 @@ export async function shareLink(): Promise<string> {
   return url;
 }
 
-async function openLinkIn(hash: string) {
-  if (!isShareLink(hash)) return;
+/** A share link's scene; when the link cannot be opened, undefined, and the alert says why. */
+async function readLink(hash: string): Promise<Scene | undefined> {
+  if (!isShareLink(hash)) return undefined;
+  return decodeShareLink(hash).catch((e: Error) => {
+    studio().set({ alert: e.message });
+    return undefined;
+  });
+}
+
+/** A link's scene applied; the scene, the model and the status stay as they are when it is refused. */
+function openLinked(scene: Scene | undefined) {
+  if (!scene) return;
   try {
-    applyScene(await decodeShareLink(hash), 'the link');
+    applyScene(scene, 'the link');
     studio().set({ alert: undefined });
   } catch (e) {
-    // the scene, the model and the status stay as they are: only the link is refused
     studio().set({ alert: (e as Error).message });
   }
+}
+
+async function openLinkIn(hash: string) {
+  openLinked(await readLink(hash));
 }
 
 /** A LoRA's name as prompts and other tools write it: its file name without the extension, any case. */
@@ -820,12 +833,7 @@ export async function startStudio() {
   syncScene();
   syncPicture();
   // the link is read at once: one that cannot be opened is said now, not after the model has loaded
-  const linked = isShareLink(location.hash)
-    ? decodeShareLink(location.hash).catch((e: Error) => {
-        studio().set({ alert: e.message });
-        return undefined;
-      })
-    : undefined;
+  const linked = readLink(location.hash);
   void engine()
     .init()
     .then((adapter) => {
@@ -871,11 +879,7 @@ export async function startStudio() {
   registerOffline();
   void loadScorer();
   // a good link's scene is applied once the LoRAs and the model are there
-  const fromLink = await linked;
-  if (fromLink) {
-    applyScene(fromLink, 'the link');
-    studio().set({ alert: undefined });
-  }
+  openLinked(await linked);
   window.addEventListener('hashchange', () => void openLinkIn(location.hash));
   studio().set({ missing: missingLoras(currentScene()) });
 }

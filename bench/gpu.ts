@@ -42,7 +42,9 @@ const { values: o } = parseArgs({
     variants: { type: 'string', default: 'before,after,direct' },
     lora: { type: 'boolean', default: true },
     out: { type: 'string', default: 'bench/gpu-results.json' },
-    'profile-only': { type: 'string' },
+    // the UNet run alone (timed runs, memory, profile): no loops, text encoder or VAE, for shapes a
+    // software adapter takes minutes per run on
+    'unet-only': { type: 'boolean', default: false },
     one: { type: 'string' },
   },
   allowNegative: true,
@@ -67,20 +69,17 @@ function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): W
 }
 
 /**
- * onnxruntime's profile of one run: the programs it dispatched. Its profile is printed on the
- * process's own stdout (not through anything JavaScript can catch), so this runs in a child process
- * (`--profile-only`) and the parent reads the Api entries from the child's output.
+ * onnxruntime's profile of one UNet run: the programs it dispatched. onnxruntime prints its profile on
+ * the process's own stdout (not through anything JavaScript can catch), so the measuring child
+ * (`--one`) makes one profiled run after its timed ones and the parent reads the Api entries from
+ * the child's output.
  */
-function profiledPrograms(precision: 'fp16' | 'fp32', v: Variant) {
-  const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--precision', precision, '--profile-only', `${v.attention}:${v.layout}:${v.conv}`], {
-    encoding: 'utf8',
-    maxBuffer: 1 << 30,
-  });
-  const programs = child.stdout
+function profiledPrograms(stdout: string) {
+  const programs = stdout
     .split('\n')
     .filter((l) => l.includes('"cat" : "Api"'))
     .map((l) => ({ name: /"name" :"([^"]*)"/.exec(l)?.[1] ?? '', shapes: /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '' }));
-  if (!programs.length) throw new Error(`the profiling run printed no programs: ${child.stderr.slice(-500)}`);
+  if (!programs.length) throw new Error('the profiled run printed no programs');
   const inConv = programs.filter((p) => /&Conv&Transpose$/.test(p.name));
   const layoutTransposes = programs.filter((p) => /&Transpose&Transpose$/.test(p.name) && !/^n_Transpose/.test(p.name));
   const elements = (shapes: string) => {
@@ -96,14 +95,12 @@ function profiledPrograms(precision: 'fp16' | 'fp32', v: Variant) {
   };
 }
 
-/** The child's side: one profiled UNet run, its profile printed by onnxruntime. */
-async function profileOnly(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
-  const { g, ws, feeds } = unetFixture(rt, precision, v.attention, v.conv);
-  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout, profile: true }));
+/** One profiled UNet run on the given weights (onnxruntime prints the profile). */
+async function profileRun(rt: Runtime, g: GraphBuilder, layout: ConvLayout, feeds: Record<string, OrtNs.Tensor>) {
+  const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout, profile: true }));
   await session.run(feeds);
   session.endProfiling();
   await session.release();
-  ws.dispose();
 }
 
 function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm, conv: ConvForm) {
@@ -329,8 +326,9 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     out.noise_pred.dispose();
   }
   const unetMs = median(times);
-  const loops =
-    v.name === 'before'
+  const loops = o['unet-only']
+    ? {}
+    : v.name === 'before'
       ? { cpu: await loopMs(rt, session, feeds, 'cpu') }
       : {
           cpu: await loopMs(rt, session, feeds, 'cpu'),
@@ -342,10 +340,10 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
   await session.release();
+  await profileRun(rt, g, v.layout, feeds);
   ws.dispose();
-  const profile = profiledPrograms(precision, v);
 
-  // the text encoder once and the VAE decoder once, for seconds per image
+  // the text encoder once and the VAE decoder once, for seconds per image (not with --unet-only)
   const once = async (gb: GraphBuilder, inputs: Record<string, OrtNs.Tensor>) => {
     const w = weightsFor(rt, gb, precision);
     const s = await rt.ort.InferenceSession.create(gb.encode(), sessionOptions(rt, { layout: v.layout }));
@@ -357,10 +355,14 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     w.dispose();
     return ms;
   };
-  const te = buildTextEncoder({ ...CONFIG.textEncoder, vocabSize: CONFIG.textEncoder.vocabSize || 1000 }, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms });
-  const textMs = await once(te, { input_ids: new rt.ort.Tensor('int64', BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i % 100)), [1, 77]) });
-  const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
-  const vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
+  let textMs: number | null = null;
+  let vaeMs: number | null = null;
+  if (!o['unet-only']) {
+    const te = buildTextEncoder({ ...CONFIG.textEncoder, vocabSize: CONFIG.textEncoder.vocabSize || 1000 }, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms });
+    textMs = await once(te, { input_ids: new rt.ort.Tensor('int64', BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i % 100)), [1, 77]) });
+    const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
+    vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
+  }
   const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW', conv: v.conv });
   const row = {
     variant: v.name,
@@ -369,7 +371,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     layout: v.layout,
     conv: v.conv,
     finite,
-    secondsPerImage: (textMs + STEPS * unetMs + vaeMs) / 1000,
+    secondsPerImage: textMs === null || vaeMs === null ? null : (textMs + STEPS * unetMs + vaeMs) / 1000,
     unetMsPerStep: unetMs,
     unetRuns: times,
     textEncoderMs: textMs,
@@ -381,15 +383,14 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     plannedUnetActivationBytes: graphMemory(g).activationPeakBytes,
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,
-    readbacksPerStep: loops.gpu === undefined ? 1 : 0,
-    loopMsPerStepCpu: loops.cpu,
+    // the loop before issue 19 reads every prediction back; the engine's GPU loop reads none (measured
+    // by the loops below and tested in tests/engine/memory.test.ts)
+    readbacksPerStep: v.name === 'before' ? 1 : 0,
+    loopMsPerStepCpu: loops.cpu ?? null,
     loopMsPerStepGpu: loops.gpu ?? null,
     loopMsPerStepCaptured: loops.captured ?? null,
     mixedLoopMsPerStepCpu: loops.mixedCpu ?? null,
     mixedLoopMsPerStepGpu: loops.mixedGpu ?? null,
-    ...profile,
-    weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * (precision === 'fp16' ? 2 : 4),
-    layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * (precision === 'fp16' ? 2 : 4),
   };
   return row;
 }
@@ -397,11 +398,6 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
 async function main() {
   await installNodeWebGpu();
   const rt = await createRuntime('webgpu');
-  if (o['profile-only']) {
-    const [attention, layout, conv = 'direct'] = o['profile-only'].split(':') as [AttentionForm, ConvLayout, ConvForm?];
-    await profileOnly(rt, o.precision as 'fp16' | 'fp32', { name: 'profile', attention, layout, conv });
-    process.exit(0);
-  }
   if (o.one) {
     // a child measuring one variant: a fresh process, so onnxruntime's buffer cache holds nothing from another
     const [name, attention, layout, conv] = o.one.split(':') as [string, AttentionForm, ConvLayout, ConvForm];
@@ -420,23 +416,41 @@ async function main() {
     { name: 'direct', attention: choice.form, layout: 'NCHW', conv: 'direct' },
     { name: 'nhwc', attention: choice.form, layout: 'NHWC', conv: 'direct' },
   ].filter((v) => o.variants!.split(',').includes(v.name)) as Variant[];
-  const rows = [];
+  const rows: Record<string, unknown>[] = [];
+  const plans = (['fp16', 'fp32'] as const).map((precision) => planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: choice.form === 'fused' }));
+  const write = (lora?: unknown) => writeFileSync(o.out!, JSON.stringify({ date: new Date().toISOString(), adapter: a, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, unetOnly: o['unet-only'], attentionCheck: choice, rows, lora, plan512: plans }, null, 2));
+  const ms = (x: number | null) => (x === null ? '-' : x.toFixed(0));
   for (const precision of precisions) {
     for (const v of variants) {
+      console.log(`  ${new Date().toISOString().slice(11, 19)} measuring ${precision} ${v.name}…`);
       try {
-        const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`], { encoding: 'utf8', maxBuffer: 1 << 30 });
+        const args = [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`];
+        if (o['unet-only']) args.push('--unet-only');
+        const child = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 30 });
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);
-        const row = JSON.parse(line.slice(4));
+        const profile = profiledPrograms(child.stdout);
+        const bytes = precision === 'fp16' ? 2 : 4;
+        const row = {
+          ...JSON.parse(line.slice(4)),
+          ...profile,
+          weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * bytes,
+          layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * bytes,
+        };
+        const perImage = row.secondsPerImage === null ? '' : `, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps)`;
+        const loops = row.loopMsPerStepCpu === null ? '' : `, loop ${ms(row.loopMsPerStepCpu)} ms/step with readbacks`;
+        const gpuLoops = row.loopMsPerStepGpu === null ? '' : `, ${ms(row.loopMsPerStepGpu)} ms/step on the GPU, ${ms(row.loopMsPerStepCaptured)} replayed; three predictions mixed: ${ms(row.mixedLoopMsPerStepCpu)} ms/step read back, ${ms(row.mixedLoopMsPerStepGpu)} on the GPU`;
         console.log(
-          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout} ${v.conv.padEnd(6)}: UNet ${row.unetMsPerStep.toFixed(0)} ms/step, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps), first run ${(row.firstRunMs / 1000).toFixed(1)} s, ` +
-            `loop ${row.loopMsPerStepCpu.toFixed(0)} ms/step with readbacks${row.loopMsPerStepGpu === null ? '' : `, ${row.loopMsPerStepGpu.toFixed(0)} ms/step on the GPU, ${row.loopMsPerStepCaptured!.toFixed(0)} replayed; three predictions mixed: ${row.mixedLoopMsPerStepCpu!.toFixed(0)} ms/step read back, ${row.mixedLoopMsPerStepGpu!.toFixed(0)} on the GPU`}, peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step${row.finite ? '' : ' NOT FINITE'}`,
+          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout} ${v.conv.padEnd(6)}: UNet ${ms(row.unetMsPerStep)} ms/step${perImage}, first run ${(row.firstRunMs / 1000).toFixed(1)} s${loops}${gpuLoops}, ` +
+            `peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step, ${row.readbacksPerStep} readbacks/step${row.finite ? '' : ' NOT FINITE'}`,
         );
         rows.push(row);
       } catch (e) {
         console.log(`  ${precision} ${v.name}: ${(e as Error).message.slice(0, 300)}`);
         rows.push({ variant: v.name, precision, attention: v.attention, layout: v.layout, conv: v.conv, error: (e as Error).message });
       }
+      // what has been measured survives a run cut short
+      write();
     }
   }
   let lora: unknown;
@@ -446,9 +460,7 @@ async function main() {
     process.env.BENCH_LORA_FULL ??= '1';
     lora = await benchLoraMerge(rt);
   }
-  const plans = (['fp16', 'fp32'] as const).map((precision) => planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: choice.form === 'fused' }));
-  const out = { date: new Date().toISOString(), adapter: a, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, attentionCheck: choice, rows, lora, plan512: plans };
-  writeFileSync(o.out!, JSON.stringify(out, null, 2));
+  write(lora);
   console.log(`written to ${o.out}`);
   process.exit(0);
 }

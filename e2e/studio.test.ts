@@ -124,17 +124,29 @@ test('a share link opens the same scene in a fresh profile and names the missing
     [`#scene=1.${toBase64Url(deflateRawSync(Buffer.from(JSON.stringify({ ...scene, width: 1e300 }))))}`, /width must be a whole number from 64 to 2048/],
   ] as const) {
     await other.evaluate((h) => (location.hash = h), hash);
-    await other.getByTestId('alert').filter({ hasText: message }).waitFor();
+    await other.getByTestId('link-alert').filter({ hasText: message }).waitFor();
   }
   // a damaged link in the address, then a reload: the link is refused, the model loads and Generate works
   await other.reload();
-  await other.getByTestId('alert').filter({ hasText: /its data is damaged|width must be/ }).waitFor();
+  await other.getByTestId('link-alert').filter({ hasText: /its data is damaged|width must be/ }).waitFor();
   await other.getByTestId('generate').and(other.locator(':enabled')).waitFor({ timeout: 120_000 });
   assert.match(await other.getByTestId('model-name').innerText(), /tiny-sd15/);
   // the last good scene is still there, and the studio still works
   assert.equal(await other.getByTestId('prompt').inputValue(), hostile.prompt);
   await other.screenshot({ path: 'e2e/screenshots/share-link.png', fullPage: true });
   await fresh.close();
+
+  // on a phone the refusal is the first thing seen on arrival, not under the fold below Generate
+  const phone = await studio.browser.newContext({ viewport: { width: 390, height: 844 } });
+  const small = await phone.newPage();
+  await small.goto(`${url}#scene=1.AAAAAAAA`);
+  const refusal = small.getByTestId('link-alert');
+  await refusal.waitFor();
+  const where = await refusal.boundingBox();
+  assert.ok(where && where.y >= 0 && where.y + where.height <= 844 && where.x >= 0 && where.x + where.width <= 390, `the refusal is within the phone's first screen: ${JSON.stringify(where)}`);
+  assert.equal(await small.evaluate(() => window.scrollY), 0);
+  await small.screenshot({ path: 'e2e/screenshots/share-link-390x844.png' });
+  await phone.close();
 });
 
 const LORA2 = 'dist/test-model/loras/kohya-2.safetensors';

@@ -89,7 +89,7 @@ function RunLine({ run }: { run: RunStatus }) {
 }
 
 export function App() {
-  const { job, setJob, status, model, preview, result, notice, alert, selfTest, runSteps, runGuidance, loras, shareUrl, adapterNote, batchCount, batch } = useStudio();
+  const { job, setJob, status, model, preview, result, notice, alert, linkAlert, selfTest, runSteps, runGuidance, loras, shareUrl, adapterNote, batchCount, batch } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
   const hasBoxes = useStore(sceneStore, (s) => s.scene.boxes.length > 0);
   useEffect(() => {
@@ -140,6 +140,14 @@ export function App() {
           <span className="hint share-note" data-testid="share-note">
             Links carry the mask and settings, not the start picture.
           </span>
+        )}
+        {linkAlert && (
+          <p className="error link-alert" role="alert" data-testid="link-alert">
+            {linkAlert}{' '}
+            <button className="small" aria-label="Dismiss this message" onClick={() => useStudio.getState().set({ linkAlert: undefined })}>
+              ✕
+            </button>
+          </p>
         )}
       </header>
       <aside className="left">

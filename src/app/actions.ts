@@ -734,11 +734,11 @@ export async function shareLink(): Promise<string> {
   return url;
 }
 
-/** A share link's scene; when the link cannot be opened, undefined, and the alert says why. */
+/** A share link's scene; when the link cannot be opened, undefined, and the link's alert says why. */
 async function readLink(hash: string): Promise<Scene | undefined> {
   if (!isShareLink(hash)) return undefined;
   return decodeShareLink(hash).catch((e: Error) => {
-    studio().set({ alert: e.message });
+    studio().set({ linkAlert: e.message });
     return undefined;
   });
 }
@@ -748,9 +748,9 @@ function openLinked(scene: Scene | undefined) {
   if (!scene) return;
   try {
     applyScene(scene, 'the link');
-    studio().set({ alert: undefined });
+    studio().set({ linkAlert: undefined });
   } catch (e) {
-    studio().set({ alert: (e as Error).message });
+    studio().set({ linkAlert: (e as Error).message });
   }
 }
 

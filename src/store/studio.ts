@@ -103,6 +103,8 @@ export interface StudioState {
   notice?: string;
   /** A problem with something the artist opened (a damaged share link): shown beside the status, which it leaves alone. */
   alert?: string;
+  /** Why a share link could not be opened: shown at the top of the page, where a phone shows it on arrival. */
+  linkAlert?: string;
   /** The picture shown enlarged, if any (a result, a gallery picture). */
   lightbox?: { src: ImageData8 | Blob; caption: string };
   /** The service worker: the studio works offline, a new version is waiting, or it could not install. */

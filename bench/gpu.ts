@@ -78,7 +78,7 @@ function profiledPrograms(stdout: string) {
   const programs = stdout
     .split('\n')
     .filter((l) => l.includes('"cat" : "Api"'))
-    .map((l) => ({ name: /"name" :"([^"]*)"/.exec(l)?.[1] ?? '', shapes: /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '' }));
+    .map((l) => ({ name: /"name" :"([^"]*)"/.exec(l)?.[1] ?? '', shapes: /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '', us: Number(/"dur" :(\d+)/.exec(l)?.[1] ?? 0) }));
   if (!programs.length) throw new Error('the profiled run printed no programs');
   const inConv = programs.filter((p) => /&Conv&Transpose$/.test(p.name));
   const layoutTransposes = programs.filter((p) => /&Transpose&Transpose$/.test(p.name) && !/^n_Transpose/.test(p.name));
@@ -86,8 +86,16 @@ function profiledPrograms(stdout: string) {
     const m = /inputs\[0\] = \{([^}]*)\}/.exec(shapes);
     return m ? m[1].split(',').map(Number).reduce((a, b) => a * b, 1) : 0;
   };
+  // the profiled run's GPU time by program (the last part of onnxruntime's name), most first
+  const byProgram = new Map<string, number>();
+  for (const p of programs) {
+    const kind = p.name.split('&').at(-1)!;
+    byProgram.set(kind, (byProgram.get(kind) ?? 0) + p.us / 1000);
+  }
   return {
     dispatches: programs.length,
+    profiledGpuMs: programs.reduce((a, p) => a + p.us / 1000, 0),
+    profiledMsByProgram: Object.fromEntries([...byProgram].sort((a, b) => b[1] - a[1]).slice(0, 8)),
     weightTransposes: inConv.length,
     weightTransposeElements: inConv.reduce((a, p) => a + elements(p.shapes), 0),
     layoutTransposes: layoutTransposes.length,

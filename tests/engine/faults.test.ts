@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import type { GenerateJob, LoraInfo, ProgressEvent } from '../../workers/api/contract.ts';
+import type { FileRef, GenerateJob, LoraInfo, ProgressEvent } from '../../workers/api/contract.ts';
 import { EngineError, GpuOutOfMemoryError } from '../../workers/api/errors.ts';
 import { chooseAttention } from '../../workers/engine/attention-check.ts';
 import { Engine } from '../../workers/engine/engine.ts';
@@ -16,6 +16,7 @@ import { createWorkerApi } from '../../workers/engine/worker-api.ts';
 import { GpuLimitError, largestActivation } from '../../workers/gpu/limits.ts';
 import { openModelPath } from '../../workers/node/files.ts';
 import { openTinyEngine } from '../../workers/node/tiny.ts';
+import { makeTinyClip, tinyClipFiles } from '../../workers/eval/tiny-clip.ts';
 import { runtime, tinyModelDir } from '../helpers.ts';
 
 after(() => setTimeout(() => process.exit(0), 10).unref());
@@ -236,4 +237,36 @@ test('the GPU out of memory mid-job: the named error with the step and the plan,
   const fresh = await openTinyEngine(dir, rt, ['kohya']);
   const again = await fresh.engine.generate({ ...job, loras: [{ lora: fresh.loras[0].id, scale: 0.8 }] });
   assert.deepEqual(again.image.data, before.image.data, 'a new engine makes the same image');
+});
+
+test('the GPU out of memory while the CLIP scorer loads: said as such (not at the next job as "between jobs"), and the engine refuses until a new one', async () => {
+  const rt = await runtime('webgpu');
+  const clip = makeTinyClip();
+  const files = (): Record<string, FileRef> => Object.fromEntries(tinyClipFiles(clip).map((f) => [f.path, { kind: 'blob', name: f.path, blob: new Blob(f.parts as BlobPart[]) }]));
+  // the scorer loads through the worker interface as the studio loads it
+  const healthy = createWorkerApi();
+  assert.equal((await healthy.loadScorer({ name: 'tiny', files: files() })).name, 'tiny');
+
+  // the same files, but the GPU runs out while the scorer reads its first file (another program took it)
+  class Starved extends Blob {
+    override async text() {
+      allocateTooMuch(rt.gpu!.device, true);
+      return super.text();
+    }
+  }
+  const starved = files();
+  const config = starved['config.json'] as { kind: 'blob'; name: string; blob: Blob };
+  starved['config.json'] = { ...config, blob: new Starved([await config.blob.arrayBuffer()]) };
+  const api = createWorkerApi();
+  await api.init();
+  let failure: EngineError | undefined;
+  await assert.rejects(api.loadScorer({ name: 'tiny', files: starved }), (e: EngineError) => {
+    failure = e;
+    return (
+      e.code === 'gpu-out-of-memory' &&
+      /^The GPU ran out of memory while loading the CLIP scorer \(\d+\.\d MB were in use\)\. Restart the engine, then close other programs that use the GPU, or use the built-in scorer; your scene is kept\.$/.test(e.message)
+    );
+  });
+  // the next call is refused with the same sentence, as after a job's out-of-memory
+  await assert.rejects(api.generate(JOB), (e: EngineError) => e.code === 'gpu-out-of-memory' && e.message === failure!.message);
 });

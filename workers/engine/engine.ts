@@ -185,6 +185,16 @@ export class Engine {
     }
   }
 
+  /**
+   * The CLIP scorer's GPU work (its load, a score), which runs beside the engine's on the same
+   * device: an out-of-memory in it is said with what was running, not left for the next job to
+   * report as "between jobs".
+   */
+  async scorerWork<T>(during: string, work: () => Promise<T>): Promise<T> {
+    this.checkDevice();
+    return this.watched({ during, fix: 'close other programs that use the GPU, or use the built-in scorer' }, work);
+  }
+
   async loadModel(files: ModelFiles, tokenizerFiles: TokenizerFiles, precision: Precision = 'auto', onProgress?: (done: number, total: number) => void): Promise<ModelInfo> {
     if (this.busy) throw new EngineError('busy', 'A generation is running; load the model when it has finished.');
     this.checkDevice();

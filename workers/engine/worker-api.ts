@@ -95,14 +95,15 @@ export function createWorkerApi(): EngineApi {
           files.set(path, await res.blob());
         }
       }
-      const next = await ClipScorer.open(req.name, files, e.rt);
+      const next = await e.scorerWork('while loading the CLIP scorer', () => ClipScorer.open(req.name, files, e.rt));
       await scorer?.dispose();
       scorer = next;
       return next.info;
     }),
     score: (req) => exclusive(async () => {
       if (!scorer) throw new EngineError('scorer', 'No CLIP scorer is loaded.');
-      return scorer.score(req);
+      const s = scorer;
+      return (await ready()).scorerWork('while scoring the picture', () => s.score(req));
     }),
   };
 }

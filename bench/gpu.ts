@@ -371,6 +371,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
     vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
   }
+  const unetPlan = graphMemory(g, { transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW' });
   const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW', conv: v.conv });
   const row = {
     variant: v.name,
@@ -388,7 +389,10 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     firstRunMs,
     peakGpuBytes: peakBytes,
     largestBufferBytes,
-    plannedUnetActivationBytes: graphMemory(g).activationPeakBytes,
+    plannedUnetActivationBytes: unetPlan.activationPeakBytes,
+    // the UNet's own largest buffer (an activation, a transposed copy or a weight), which is what this
+    // measures; plannedLargestBufferBytes is the whole job's (the text encoder's token embedding too)
+    plannedUnetLargestBufferBytes: Math.max(unetPlan.largestBufferBytes, unetPlan.largestWeightBytes),
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,
     // the loop before issue 19 reads every prediction back; the engine's GPU loop reads none (measured

@@ -62,8 +62,10 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
     assert.ok(a.unet < chunked.parts.activationBytes.unet, 'fused attention keeps no score buffer alive');
     assert.ok(fused.peakBytes <= (precision === 'fp16' ? 2.7 : 5.3) * GB, `${precision} peak ${fused.peakBytes}`);
     for (const p of [fused, chunked]) assert.ok(p.largestBufferBytes <= 256 * 2 ** 20, `${precision} ${p.attention}: ${p.largestBuffer} ${p.largestBufferBytes}`);
-    // unfused, the 64x64 self-attention scores alone (2 x 8 x 4096 x 4096) would be 512 MiB in fp16
-    assert.equal(chunked.largestBufferBytes <= 128 * 2 ** 20 || chunked.largestBuffer.includes('Resize'), true, chunked.largestBuffer);
+    // unfused, the 64x64 self-attention scores alone (2 x 8 x 4096 x 4096) would be 512 MiB in fp16;
+    // in fp32 the largest is CLIP's token embedding (49408 x 768 floats), a weight bound as it is
+    if (precision === 'fp16') assert.equal(chunked.largestBufferBytes <= 128 * 2 ** 20 || chunked.largestBuffer.includes('Resize'), true, chunked.largestBuffer);
+    else assert.deepEqual([chunked.largestBufferBytes, chunked.largestBuffer], [49408 * 768 * 4, 'the weight text_model.embeddings.token_embedding.weight']);
     assert.equal(fused.cfgHalves, false);
   }
   // a tight budget makes the CFG halves run one after the other
@@ -91,4 +93,24 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
   const nhwc = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, transposesConvWeights: true });
   const convs = [...buildUNet(SD15_CONFIG.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float16' }).records].filter((r) => r.type === 'Conv').length;
   assert.equal(nhwc.weightTransposesPerStep, convs);
+});
+
+test('the largest buffer counts weights as they are bound: the UNet of SD 1.5 at 256x256 in fp32 (as bench:gpu measured it), and the whole plan', () => {
+  // each 3x3 convolution from 2560 channels to 1280 binds a weight of 1280 x 2560 x 9 floats, and
+  // with the unfolded low levels nothing else in the UNet is as large
+  const unet = graphMemory(buildUNet(SD15_CONFIG.unet, { batch: 2, latentH: 32, latentW: 32, textLen: 77, dtype: 'float32', attention: 'chunked', conv: 'auto' }), { transposesConvWeights: true, pointwiseAsIs: true });
+  assert.equal(unet.largestWeightBytes, 1280 * 2560 * 9 * 4);
+  assert.match(unet.largestWeight, /^the weight up_blocks\.\d\.resnets\.\d\.conv1\.weight$/);
+  assert.ok(unet.largestBufferBytes < unet.largestWeightBytes, `${unet.largestBuffer} ${unet.largestBufferBytes}`);
+  // the whole job's plan: CLIP's token embedding (49408 x 768 floats) is larger still
+  const plan = planMemory(SD15_CONFIG, { width: 256, height: 256, precision: 'fp32', cfg: true, fusedAttention: false, transposesConvWeights: true, pointwiseAsIs: true, conv: 'auto' });
+  assert.deepEqual([plan.largestBufferBytes, plan.largestBuffer], [49408 * 768 * 4, 'the weight text_model.embeddings.token_embedding.weight']);
+  // in fp16 at 512x512 a VAE feature map (128 MiB) is larger than any weight (72 MiB)
+  const half = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true });
+  assert.equal(half.largestBufferBytes, 128 * 2 ** 20);
+  const tiny = new GraphBuilder('float32');
+  const x = tiny.input('x', 'float32', [1, 10]);
+  tiny.output(tiny.op('MatMul', [x, tiny.weight('big.weight', [10, 100])]), 'y', 'float32', [1, 100]);
+  const m = graphMemory(tiny);
+  assert.deepEqual([m.largestBufferBytes, m.largestWeightBytes, m.largestWeight], [400, 4000, 'the weight big.weight']);
 });

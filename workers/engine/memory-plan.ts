@@ -29,6 +29,8 @@ function stagedMemory(whole: GraphMemory, graphs: GraphBuilder[], options: Param
     activationPeakBytes: Math.max(...parts.map((m) => m.activationPeakBytes)),
     largestBufferBytes: largest.largestBufferBytes,
     largestBuffer: largest.largestBuffer,
+    largestWeightBytes: whole.largestWeightBytes,
+    largestWeight: whole.largestWeight,
     weightTransposeBytes: Math.max(...parts.map((m) => m.weightTransposeBytes)),
     weightTransposes: Math.max(...parts.map((m) => m.weightTransposes)),
   };
@@ -139,7 +141,14 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles, stage by stage: the whole image's decode does not fit`);
   if (cfgHalves) notes.push('the two CFG halves run one after the other: the batch of two does not fit');
   if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
-  const largest = [unet, text, vae].reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
+  // the largest single buffer: an activation, a transposed copy, or a weight as it is bound (tiling
+  // and halves change only the first two)
+  const largest = [unet, text, vae]
+    .flatMap((m) => [
+      { largestBufferBytes: m.largestBufferBytes, largestBuffer: m.largestBuffer },
+      { largestBufferBytes: m.largestWeightBytes, largestBuffer: m.largestWeight },
+    ])
+    .reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
   const peakBytes = total(unet);
   const fits = largest.largestBufferBytes <= limit && (req.budgetBytes === undefined || peakBytes <= req.budgetBytes);
   if (!fits) notes.push(largest.largestBufferBytes > limit ? `the largest buffer (${largest.largestBuffer}) is above the limit` : 'the peak is above the budget');

@@ -14,6 +14,9 @@ export interface GraphMemory {
   /** The largest single value (or per-node temporary) and what it is. */
   largestBufferBytes: number;
   largestBuffer: string;
+  /** The largest single weight and its name (a buffer of the engine's, bound as it is). */
+  largestWeightBytes: number;
+  largestWeight: string;
   /** Bytes moved per run by convolution weights transposed into the layout their kernel reads. */
   weightTransposeBytes: number;
   weightTransposes: number;
@@ -60,6 +63,11 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
     return s ? elementCount(s) * bytesOf(v, producer) : 0;
   };
   const weightBytes = [...g.weights.values()].reduce((a, w) => a + elementCount(w.dims) * g.bytesPerElement, 0);
+  let largestWeight = { bytes: 0, what: '' };
+  for (const w of g.weights.values()) {
+    const b = elementCount(w.dims) * g.bytesPerElement;
+    if (b > largestWeight.bytes) largestWeight = { bytes: b, what: `the weight ${w.name}` };
+  }
 
   // Reshape and its kin give a view of their input's buffer (onnxruntime aliases them): a buffer is
   // its root value's, and lives to the last reader of any of its views
@@ -108,5 +116,5 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
     peak = Math.max(peak, live + temp);
     for (const v of new Set(n.inputs.filter(Boolean).map(rootOf))) if (lastUse.get(v) === idx) live -= sizes.get(v) ?? 0;
   });
-  return { weightBytes, activationPeakBytes: peak, largestBufferBytes: largest.bytes, largestBuffer: largest.what, weightTransposeBytes: transposeBytes, weightTransposes: transposes };
+  return { weightBytes, activationPeakBytes: peak, largestBufferBytes: largest.bytes, largestBuffer: largest.what, largestWeightBytes: largestWeight.bytes, largestWeight: largestWeight.what, weightTransposeBytes: transposeBytes, weightTransposes: transposes };
 }

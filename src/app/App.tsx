@@ -88,6 +88,18 @@ function RunLine({ run }: { run: RunStatus }) {
   );
 }
 
+/** A problem the artist can read and dismiss (a refused link, a damaged file). */
+function DismissableAlert({ text, className, testId, onDismiss }: { text: string; className?: string; testId: string; onDismiss: () => void }) {
+  return (
+    <p className={className ? `error ${className}` : 'error'} role="alert" data-testid={testId}>
+      {text}{' '}
+      <button className="small" aria-label="Dismiss this message" onClick={onDismiss}>
+        ✕
+      </button>
+    </p>
+  );
+}
+
 export function App() {
   const { job, setJob, status, model, preview, result, notice, alert, linkAlert, selfTest, runSteps, runGuidance, loras, shareUrl, adapterNote, batchCount, batch } = useStudio();
   const saveError = useStore(sceneStore, (s) => s.saveError);
@@ -141,14 +153,7 @@ export function App() {
             Links carry the mask and settings, not the start picture.
           </span>
         )}
-        {linkAlert && (
-          <p className="error link-alert" role="alert" data-testid="link-alert">
-            {linkAlert}{' '}
-            <button className="small" aria-label="Dismiss this message" onClick={() => useStudio.getState().set({ linkAlert: undefined })}>
-              ✕
-            </button>
-          </p>
-        )}
+        {linkAlert && <DismissableAlert text={linkAlert} className="link-alert" testId="link-alert" onDismiss={() => useStudio.getState().set({ linkAlert: undefined })} />}
       </header>
       <aside className="left">
         <LibraryPanel disabled={running} />
@@ -277,14 +282,7 @@ export function App() {
             {adapterNote}
           </p>
         )}
-        {alert && (
-          <p className="error" role="alert" data-testid="alert">
-            {alert}{' '}
-            <button className="small" aria-label="Dismiss this message" onClick={() => useStudio.getState().set({ alert: undefined })}>
-              ✕
-            </button>
-          </p>
-        )}
+        {alert && <DismissableAlert text={alert} testId="alert" onDismiss={() => useStudio.getState().set({ alert: undefined })} />}
         {saveError && (
           <p className="error" role="alert" data-testid="save-error">
             {saveError}

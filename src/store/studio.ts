@@ -101,7 +101,7 @@ export interface StudioState {
   /** The last comparison of the scene across methods (filled in as each finishes). */
   comparison?: CompareEntry[];
   notice?: string;
-  /** A problem with something the artist opened (a damaged share link): shown beside the status, which it leaves alone. */
+  /** A problem with something the artist did or opened (a damaged file): shown beside the status, which it leaves alone. */
   alert?: string;
   /** Why a share link could not be opened: shown at the top of the page, where a phone shows it on arrival. */
   linkAlert?: string;

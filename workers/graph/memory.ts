@@ -62,10 +62,11 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
     const s = g.shapes.get(v);
     return s ? elementCount(s) * bytesOf(v, producer) : 0;
   };
-  const weightBytes = [...g.weights.values()].reduce((a, w) => a + elementCount(w.dims) * g.bytesPerElement, 0);
+  let weightBytes = 0;
   let largestWeight = { bytes: 0, what: '' };
   for (const w of g.weights.values()) {
     const b = elementCount(w.dims) * g.bytesPerElement;
+    weightBytes += b;
     if (b > largestWeight.bytes) largestWeight = { bytes: b, what: `the weight ${w.name}` };
   }
 

@@ -29,7 +29,7 @@ import { buildCombineGraph, buildMeasureGraph } from '../workers/graph/mix.ts';
 import { cosineSimilarity, latentHighBand, profileCutoff } from '../workers/composition/frequency.ts';
 import type { LinearStep } from '../workers/schedulers/common.ts';
 import { DpmSolverPP2MScheduler } from '../workers/schedulers/dpmpp-2m.ts';
-import { installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { dawnFeatures, installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { benchLoraMerge, filled } from './lora-merge.ts';
 
 const { values: o } = parseArgs({
@@ -430,7 +430,7 @@ async function main() {
   ].filter((v) => o.variants!.split(',').includes(v.name)) as Variant[];
   const rows: Record<string, unknown>[] = [];
   const plans = (['fp16', 'fp32'] as const).map((precision) => planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: choice.form === 'fused' }));
-  const write = (lora?: unknown) => writeFileSync(o.out!, JSON.stringify({ date: new Date().toISOString(), adapter: a, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, unetOnly: o['unet-only'], attentionCheck: choice, rows, lora, plan512: plans }, null, 2));
+  const write = (lora?: unknown) => writeFileSync(o.out!, JSON.stringify({ date: new Date().toISOString(), adapter: { ...a, dawnFeatures: dawnFeatures() }, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, unetOnly: o['unet-only'], attentionCheck: choice, rows, lora, plan512: plans }, null, 2));
   const ms = (x: number | null) => (x === null ? '-' : x.toFixed(0));
   for (const precision of precisions) {
     for (const v of variants) {

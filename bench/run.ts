@@ -4,7 +4,7 @@
 // the table at the end is printed from every entry in the file.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRuntime } from '../workers/engine/runtime.ts';
-import { installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { dawnFeatures, installNodeWebGpu } from '../workers/node/webgpu.ts';
 import { benchComposition } from './composition.ts';
 import { benchGuidance } from './guidance.ts';
 import { benchLayout } from './layout.ts';
@@ -21,7 +21,7 @@ async function main() {
   const only = process.env.BENCH_ONLY?.split(',').map((s) => s.trim());
   const runtimes = { webgpu: await createRuntime('webgpu'), wasm: await createRuntime('wasm') };
   const a = runtimes.webgpu.gpu!.adapter;
-  const adapter = { vendor: a.vendor, architecture: a.architecture, description: a.description, shaderF16: a.shaderF16 };
+  const adapter = { vendor: a.vendor, architecture: a.architecture, description: a.description, shaderF16: a.shaderF16, dawnFeatures: dawnFeatures() };
   console.log(`adapter: ${a.vendor}/${a.architecture}`);
   const all: Record<string, () => Promise<unknown>> = {
     stages: () => benchStages(runtimes.webgpu),

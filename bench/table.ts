@@ -3,7 +3,7 @@
 
 export interface BenchEntry {
   date: string;
-  adapter: { vendor: string; architecture: string; description?: string; shaderF16: boolean };
+  adapter: { vendor: string; architecture: string; description?: string; shaderF16: boolean; dawnFeatures?: string[] };
   result: Record<string, unknown>;
 }
 
@@ -53,7 +53,7 @@ function figures(name: string, r: Any): Row[] {
 export function benchTable(entries: Record<string, BenchEntry>): string {
   const rows: string[][] = [['benchmark', 'figure', 'value', 'adapter', 'measured']];
   for (const [name, e] of Object.entries(entries)) {
-    const adapter = `${e.adapter.vendor}/${e.adapter.architecture}${e.adapter.shaderF16 ? ' f16' : ''}`;
+    const adapter = `${e.adapter.vendor}/${e.adapter.architecture}${e.adapter.shaderF16 ? ' f16' : ''}${e.adapter.dawnFeatures?.length ? ` (${e.adapter.dawnFeatures.join(', ')})` : ''}`;
     for (const [b, fig, v] of figures(name, e.result)) rows.push([b, fig, v, adapter, e.date.slice(0, 16).replace('T', ' ')]);
   }
   const widths = rows[0].map((_, c) => Math.min(70, Math.max(...rows.map((r) => r[c].length))));

@@ -6,7 +6,7 @@ import { after, before } from 'node:test';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { createRuntime, type Runtime } from '../workers/engine/runtime.ts';
 import { openTinyEngine } from '../workers/node/tiny.ts';
-import { dawnFeatures, installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { dawnFeaturesFlag, installNodeWebGpu } from '../workers/node/webgpu.ts';
 
 export const CHROMIUM_ARGS = [
   '--headless',
@@ -18,7 +18,7 @@ export const CHROMIUM_ARGS = [
   '--no-first-run',
   '--disable-quic',
   // the same Dawn toggles as the Node side of the tests (see scripts/test.mjs)
-  ...(dawnFeatures().length ? [`--enable-dawn-features=${dawnFeatures().join(',')}`] : []),
+  ...(dawnFeaturesFlag() ? [`--${dawnFeaturesFlag()}`] : []),
 ];
 
 /**

@@ -7,14 +7,10 @@ import { ensureChromium } from './ensure-system.mjs';
 
 const which = process.argv[2] ?? 'all';
 
-// Dawn's disable_workgroup_init, for every test process, the CLIs they start and the e2e Chromium.
-// WGSL zero-fills workgroup memory at the start of every dispatch; SwiftShader (a CPU adapter) pays
-// for that in every workgroup and in every pipeline's compile. Measured here on the tiny UNet
-// (`bench:gpu --arch tiny --size 64 --unet-only`): first run 10.0 s -> 1.6 s, a run 874 -> 634 ms; in
-// Chromium a fresh worker's first 4-step job 38 s -> 16 s. It cannot hide a fault: a kernel that read
-// workgroup memory it had not written would read leftovers, not zeros, and fail its reference; ours
-// write it before they read it. LORA_STUDIO_DAWN_FEATURES= (empty)
-// runs the tests with Dawn's defaults, as the studio runs in a user's browser.
+// Dawn's disable_workgroup_init for every test process, the CLIs they start and the e2e Chromium:
+// SwiftShader pays for WGSL's zero-fill of workgroup memory in every workgroup and every compile.
+// Why it is sound and what it saves: the README, "Two commands on a fresh machine".
+// LORA_STUDIO_DAWN_FEATURES= (empty) runs the tests with Dawn's defaults, as a user's browser does.
 process.env.LORA_STUDIO_DAWN_FEATURES ??= 'disable_workgroup_init';
 ensureChromium();
 

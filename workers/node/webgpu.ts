@@ -8,16 +8,19 @@ let installed = false;
 
 /**
  * Dawn toggles to turn on, from `LORA_STUDIO_DAWN_FEATURES` (a comma list, e.g.
- * `disable_workgroup_init`), for this process's device and, in the e2e harness, Chromium's
- * (`--enable-dawn-features`). `npm test` sets `disable_workgroup_init`: see scripts/test.mjs.
+ * `disable_workgroup_init`; `npm test` sets that one, see the README's "Two commands on a fresh machine").
  */
 export function dawnFeatures(): string[] {
-  const v = process.env.LORA_STUDIO_DAWN_FEATURES?.trim();
-  if (!v) return [];
-  const names = v.split(',').map((s) => s.trim());
+  const names = (process.env.LORA_STUDIO_DAWN_FEATURES ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   const bad = names.filter((n) => !/^[a-z][a-z0-9_]*$/.test(n));
   if (bad.length) throw new Error(`LORA_STUDIO_DAWN_FEATURES holds a name that is no Dawn toggle: ${bad.join(', ')} (give toggle names such as disable_workgroup_init, comma-separated)`);
   return names;
+}
+
+/** The toggles as Dawn's flag (`enable-dawn-features=a,b`, Chromium's switch with `--` before it), or none. */
+export function dawnFeaturesFlag(): string | undefined {
+  const names = dawnFeatures();
+  return names.length ? `enable-dawn-features=${names.join(',')}` : undefined;
 }
 
 export async function installNodeWebGpu(): Promise<void> {
@@ -28,8 +31,8 @@ export async function installNodeWebGpu(): Promise<void> {
   }
   const { create, globals } = await import('webgpu');
   Object.assign(globalThis, globals);
-  const features = dawnFeatures();
-  const gpu = create(features.length ? [`enable-dawn-features=${features.join(',')}`] : []);
+  const flag = dawnFeaturesFlag();
+  const gpu = create(flag ? [flag] : []);
   Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
   // onnxruntime-web hands writeBuffer views of its SharedArrayBuffer-backed wasm memory; Dawn's
   // Node binding refuses shared views, so copy those into ordinary memory first.

@@ -10,7 +10,8 @@ import { timestepEmbedding } from '../../workers/engine/pipeline.ts';
 import { Rng } from '../../workers/engine/random.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder, type AttentionForm } from '../../workers/graph/builder.ts';
-import { buildTextEncoder } from '../../workers/graph/clip.ts';
+import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
+import { TokenTable } from '../../workers/text/token-table.ts';
 import { attention, attentionChunks, chunkRows } from '../../workers/graph/layers.ts';
 import { elementCount } from '../../workers/graph/shapes.ts';
 import { buildUNet, unetAttentionLayers, unetMapOutputName } from '../../workers/graph/unet.ts';
@@ -148,7 +149,8 @@ test('whole tiny UNet (one layer\'s maps read), text encoder and VAE decoder bui
   const ids = Array.from({ length: 77 }, (_, i) => (i * 37) % config.textEncoder.vocabSize);
   const tg = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip: 1, attention: 'fused' });
   assert.equal(count(tg, 'MultiHeadAttention'), config.textEncoder.layers);
-  const t = await run(backend, tg, { input_ids: { data: BigInt64Array.from(ids, BigInt), dims: [1, 77] } }, weights.textEncoder);
+  const tokens = TokenTable.of(weights.textEncoder.get(TOKEN_EMBEDDING)!, config.textEncoder.hidden, 'fp32');
+  const t = await run(backend, tg, { inputs_embeds: { data: tokens.embed(ids), dims: [1, 77, config.textEncoder.hidden] } }, weights.textEncoder);
   close(backend, t.last_hidden_state, ref.textEncode(W(weights.textEncoder), config.textEncoder, ids, 1), 'fused text encoder (causal mask as attention_bias)');
 
   const vg = buildVaeDecoder(config.vae, { batch: 1, latentH: 4, latentW: 4, dtype: 'float32', attention: 'fused' });

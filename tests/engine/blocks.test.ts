@@ -10,7 +10,8 @@ import { timestepEmbedding } from '../../workers/engine/pipeline.ts';
 import { Rng } from '../../workers/engine/random.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder, type NormForm } from '../../workers/graph/builder.ts';
-import { buildTextEncoder, causalMask, clipLayer } from '../../workers/graph/clip.ts';
+import { buildTextEncoder, causalMask, clipLayer, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
+import { TokenTable } from '../../workers/text/token-table.ts';
 import { conv2d, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
 import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
 import { buildCrossKV, crossKeyOutputName, crossValueOutputName } from '../../workers/graph/cross-kv.ts';
@@ -185,10 +186,12 @@ for (const backend of BACKENDS) {
     );
     check(backend, uu.noise_pred, wantU, 'unet, convolutions unfolded');
 
+    // the token rows as the engine looks them up (text/token-table.ts); the reference reads the ids
     const ids = Array.from({ length: 77 }, (_, i) => (i * 37) % config.textEncoder.vocabSize);
+    const tokens = TokenTable.of(weights.textEncoder.get(TOKEN_EMBEDDING)!, config.textEncoder.hidden, 'fp32');
     for (const clipSkip of [1, 2]) {
       const tg = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip });
-      const t = await run(backend, tg, { input_ids: { data: BigInt64Array.from(ids, BigInt), dims: [1, 77] } }, weights.textEncoder);
+      const t = await run(backend, tg, { inputs_embeds: { data: tokens.embed(ids), dims: [1, 77, config.textEncoder.hidden] } }, weights.textEncoder);
       check(backend, t.last_hidden_state, ref.textEncode(W(weights.textEncoder), config.textEncoder, ids, clipSkip), `text encoder clip-skip ${clipSkip}`);
     }
 

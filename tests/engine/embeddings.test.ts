@@ -12,7 +12,8 @@ import { makeTinyModel } from '../../workers/engine/test-model.ts';
 import { timestepEmbedding } from '../../workers/engine/pipeline.ts';
 import { Rng } from '../../workers/engine/random.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
-import { buildTextEncoder } from '../../workers/graph/clip.ts';
+import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
+import { TokenTable } from '../../workers/text/token-table.ts';
 import { crossAttentionLayers } from '../../workers/graph/cross-kv.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
 import type { GraphBuilder } from '../../workers/graph/builder.ts';
@@ -50,24 +51,16 @@ for (const backend of ['wasm', 'webgpu'] as Backend[]) {
     const rows = 3;
     const extra = new Rng(9).normal(rows * H);
     const ids = [0, 5, V, V + 1, 7, V + 2, ...new Array(71).fill(1)];
-    const g = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip: 1, extraRows: rows });
-    const got = await run(
-      backend,
-      g,
-      {
-        input_ids: { type: 'int64', data: BigInt64Array.from(ids, (i) => BigInt(i < V ? i : 0)), dims: [1, 77] },
-        extra_ids: { type: 'int64', data: BigInt64Array.from(ids, (i) => BigInt(i < V ? 0 : i - V)), dims: [1, 77] },
-        extra_mask: { type: 'float32', data: Float32Array.from(ids, (i) => (i < V ? 0 : 1)), dims: [1, 77, 1] },
-        extra_embeddings: { type: 'float32', data: extra, dims: [rows, H] },
-      },
-      model.weights.textEncoder,
-    );
+    const g = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: 77, dtype: 'float32', clipSkip: 1 });
+    // the rows as the engine looks them up: the vocabulary's, and the added ones past it
+    const tokens = TokenTable.of(model.weights.textEncoder.get(TOKEN_EMBEDDING)!, H, 'fp32');
+    const got = await run(backend, g, { inputs_embeds: { type: 'float32', data: tokens.embed(ids, extra), dims: [1, 77, H] } }, model.weights.textEncoder);
     // the reference on a token table with the rows appended
-    const table = model.weights.textEncoder.get('text_model.embeddings.token_embedding.weight')!;
+    const table = model.weights.textEncoder.get(TOKEN_EMBEDDING)!;
     const extended = new Float64Array(table.length + extra.length);
     extended.set(table);
     extended.set(extra, table.length);
-    const want = ref.textEncode(W(model.weights.textEncoder, new Map([['text_model.embeddings.token_embedding.weight', extended]])), cfg.textEncoder, ids);
+    const want = ref.textEncode(W(model.weights.textEncoder, new Map([[TOKEN_EMBEDDING, extended]])), cfg.textEncoder, ids);
     const d = maxAbsDiff(got.last_hidden_state, want.data);
     assert.ok(d.diff <= (backend === 'wasm' ? 2e-5 : 2e-4) * Math.max(1, d.scale), `max difference ${d.diff}`);
   });

@@ -14,6 +14,8 @@ import { Engine } from '../../workers/engine/engine.ts';
 import { MemoryProfileStore } from '../../workers/engine/profile-store.ts';
 import { createWorkerApi } from '../../workers/engine/worker-api.ts';
 import { GpuLimitError, largestActivation } from '../../workers/gpu/limits.ts';
+import { TOKEN_EMBEDDING, tokenEmbeddingSpec } from '../../workers/graph/clip.ts';
+import { graphSpecs } from '../../workers/graph/specs.ts';
 import { openModelPath } from '../../workers/node/files.ts';
 import { openTinyEngine } from '../../workers/node/tiny.ts';
 import { makeTinyClip, tinyClipFiles } from '../../workers/eval/tiny-clip.ts';
@@ -111,8 +113,13 @@ test('a weight or an activation larger than one GPU buffer is refused before any
   const real = new Engine(rt);
   const info = await real.loadModel(files, tokenizer!, 'fp32');
   real.unload();
-  // the largest weight of the tiny model, in fp32: the text encoder's token embedding
-  const largest = info.config.textEncoder.vocabSize * info.config.textEncoder.hidden * 4;
+  // the largest weight of the tiny model the GPU holds, in fp32: a UNet convolution's (CLIP's token
+  // table is larger, but stays in CPU memory)
+  const specs = graphSpecs(info.config);
+  const elements = (s: { dims: number[] }) => s.dims.reduce((a, b) => a * b, 1);
+  const table = elements(tokenEmbeddingSpec(info.config.textEncoder)) * 4;
+  const largest = Math.max(...[...specs.unet, ...specs.textEncoder, ...specs.vae].filter((s) => s.name !== TOKEN_EMBEDDING).map((s) => elements(s) * 4));
+  assert.ok(table > largest, `${table} ${largest}`);
   const limited = (limit: number, shaderF16: boolean) =>
     new Engine({ ...rt, gpu: { ...rt.gpu!, adapter: { ...rt.gpu!.adapter, maxStorageBufferBindingSize: limit, shaderF16 } } });
 
@@ -126,6 +133,11 @@ test('a weight or an activation larger than one GPU buffer is refused before any
   const nothingFits = limited(largest / 2 - 4, false);
   await assert.rejects(nothingFits.loadModel(files, tokenizer!, 'fp32'), /No precision setting makes it fit/);
   assert.equal(await gpuLive(), before, 'nothing was allocated');
+  // a limit below the token table but not below any weight on the GPU loads the model in fp32
+  const tableAbove = limited(largest, false);
+  await tableAbove.loadModel(files, tokenizer!, 'fp32');
+  tableAbove.unload();
+  assert.equal(await gpuLive(), before, 'unloading gives back every buffer');
 
   // activations: the limit admits a 64x64 job but not 128x128
   // (in the attention form the engine chose here: fused attention makes no score buffer, chunks keep them under the limit)

@@ -14,6 +14,7 @@ import { MemoryProfileStore } from '../../workers/engine/profile-store.ts';
 import { alphasCumprod } from '../../workers/schedulers/common.ts';
 import { ddimTimesteps } from '../../workers/schedulers/ddim.ts';
 import type { ClipTextTokenizer } from '../../workers/text/tokenizer.ts';
+import { TokenTable } from '../../workers/text/token-table.ts';
 
 const config = TINY_CONFIG;
 const C = config.unet.inChannels;
@@ -53,6 +54,7 @@ function standIn(log: Log): PipelineParts {
     config,
     tokenizer: { encode: () => ({ ids: [1, 2], tokenCount: 2, truncated: false }), maxLength: 77 } as unknown as ClipTextTokenizer,
     textEncoder: async () => ({ last_hidden_state: { data: new Float32Array(config.textEncoder.maxPositions * config.unet.crossAttentionDim) } }) as unknown as OrtNs.InferenceSession.OnnxValueMapType,
+    tokens: TokenTable.of(new Float32Array(3 * config.textEncoder.hidden), config.textEncoder.hidden, 'fp32'),
     unet: async (feeds, variant = 'full') => {
       const batch = feeds.sample.dims[0];
       const x = feeds.sample.data as Float32Array;

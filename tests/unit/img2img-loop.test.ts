@@ -15,6 +15,7 @@ import { alphasCumprod } from '../../workers/schedulers/common.ts';
 import { ddimTimesteps } from '../../workers/schedulers/ddim.ts';
 import { DpmSolverPP2MScheduler } from '../../workers/schedulers/dpmpp-2m.ts';
 import type { ClipTextTokenizer } from '../../workers/text/tokenizer.ts';
+import { TokenTable } from '../../workers/text/token-table.ts';
 
 const SIZE = 64;
 const C = 4;
@@ -35,6 +36,7 @@ function standIn(seen: Seen, config: ModelConfig = TINY_CONFIG): PipelineParts {
     config,
     tokenizer: { encode: () => ({ ids: [1, 2], tokenCount: 2, truncated: false }), maxLength: 77 } as unknown as ClipTextTokenizer,
     textEncoder: async () => ({ last_hidden_state: { data: new Float32Array(config.textEncoder.maxPositions * config.unet.crossAttentionDim) } }) as unknown as OrtNs.InferenceSession.OnnxValueMapType,
+    tokens: TokenTable.of(new Float32Array(3 * config.textEncoder.hidden), config.textEncoder.hidden, 'fp32'),
     unet: async (feeds) => {
       const u = feeds.sample.data as Float32Array;
       seen.samples.push(u.slice());

@@ -386,6 +386,8 @@ export interface MemoryPlanReport {
   };
   weightTransposesPerStep: number;
   weightTransposeBytesPerStep: number;
+  /** CPU memory the job keeps instead of GPU memory, not counted in `peakBytes`: CLIP's token embedding table. */
+  cpuBytes: number;
   notes: string[];
 }
 

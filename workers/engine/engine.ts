@@ -6,7 +6,7 @@ import { BadArgumentError, bytesText, CancelledError, DeviceLostError, EngineErr
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
-import { buildTextEncoder } from '../graph/clip.ts';
+import { buildTextEncoder, TOKEN_EMBEDDING, tokenEmbeddingSpec } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
@@ -39,6 +39,7 @@ import { resolveComposition } from '../composition/plan.ts';
 import { LoraWeights, type MergeBackend, type MergeStats } from '../lora/merger.ts';
 import { isSchedulerName } from '../schedulers/registry.ts';
 import { ClipTextTokenizer, type TokenizerFiles } from '../text/tokenizer.ts';
+import { TokenTable } from '../text/token-table.ts';
 import { compositionMixes, compositionNeedsCpu, denoise, type PipelineParts } from './pipeline.ts';
 import type { CapturedUnet, Fetches } from './gpu-loop.ts';
 import { buildCombineGraph, buildMeasureGraph } from '../graph/mix.ts';
@@ -84,6 +85,8 @@ export class Engine {
     ckpt: ModelCheckpoint;
     tokenizer: ClipTextTokenizer;
     weights: Record<Component, WeightSet>;
+    /** The text encoder's token embedding table, in CPU memory (text/token-table.ts). */
+    tokens: TokenTable;
     precision: 'fp32' | 'fp16';
     info: ModelInfo;
   };
@@ -225,8 +228,10 @@ export class Engine {
     }
     const dtype = resolved === 'fp16' ? 'float16' : 'float32';
     const specs = graphSpecs(ckpt.config);
+    // the token table stays in CPU memory; every other weight goes to the GPU
+    const onGpu = specs.textEncoder.filter((s) => s.name !== TOKEN_EMBEDDING);
     if (this.rt.gpu) {
-      const all = [...specs.unet, ...specs.textEncoder, ...specs.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
+      const all = [...specs.unet, ...onGpu, ...specs.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
       checkWeightsFit(all, resolved, this.rt.gpu.adapter);
     }
     this.unload();
@@ -237,15 +242,19 @@ export class Engine {
     } as Record<Component, WeightSet>;
     // the VAE encoder (image to image, inpainting) is loaded where the file has it
     const vaeEncoder = specs.vaeEncoder.every((w) => ckpt.locate('vae', w.name));
-    const lists = { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
-    const total = lists.unet.length + lists.textEncoder.length + lists.vae.length;
+    const lists = { unet: specs.unet, textEncoder: onGpu, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+    const total = lists.unet.length + lists.textEncoder.length + lists.vae.length + 1;
     let done = 0;
     const tick = () => {
       if (this.cancelRequested) throw new CancelledError();
       this.checkDevice();
       onProgress?.(++done, total);
     };
+    let tokens: TokenTable;
     try {
+      const table = tokenEmbeddingSpec(ckpt.config.textEncoder);
+      tokens = TokenTable.of(await ckpt.readFloat32('textEncoder', table.name, table.dims), ckpt.config.textEncoder.hidden, resolved);
+      tick();
       for (const c of ['textEncoder', 'unet', 'vae'] as Component[]) {
         await weights[c].load(lists[c], { read: (s) => ckpt.readFloat32(c, s.name, s.dims) }, tick);
       }
@@ -260,14 +269,14 @@ export class Engine {
       layout: ckpt.layout,
       config: ckpt.config,
       precision: resolved,
-      parameters: { unet: count(lists.unet), textEncoder: count(lists.textEncoder), vae: count(lists.vae) },
+      parameters: { unet: count(lists.unet), textEncoder: count(specs.textEncoder), vae: count(lists.vae) },
       weightBytes: weights.unet.bytes + weights.textEncoder.bytes + weights.vae.bytes,
       adapter: this.adapter,
       isTestModel: CONFIG_METADATA_KEY in ckpt.fileOf('unet').metadata,
       vaeEncoder,
       inpainting: ckpt.config.unet.inChannels === 9,
     };
-    this.model = { ckpt, tokenizer, weights, precision: resolved, info };
+    this.model = { ckpt, tokenizer, weights, tokens, precision: resolved, info };
     return info;
   }
 
@@ -613,7 +622,7 @@ export class Engine {
     // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
     const unetBatch = plan.cfgHalves ? 1 : batch;
     const vocab = this.vocabulary();
-    const te = await this.graph(`te:${clipSkip}:${vocab?.rows ?? 0}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, extraRows: vocab?.rows, ...forms }));
+    const te = await this.graph(`te:${clipSkip}`, () => buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: cfg.textEncoder.maxPositions, dtype, clipSkip, ...forms }));
     const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
     const layout = resolved ? layoutGraphOptions(cfg.unet, lh, lw, job.layout!.boxes.length, resolved) : undefined;
     const layoutKey = layout ? `${layout.regions}:${layout.isolation}:${layout.regionOutputs}` : '';
@@ -674,6 +683,7 @@ export class Engine {
           config: cfg,
           tokenizer: m.tokenizer,
           textEncoder: (feeds) => runGraph(te, m.weights.textEncoder, feeds),
+          tokens: m.tokens,
           vocabulary: vocab,
           contextLayers,
           contextChunks,

@@ -1,6 +1,7 @@
 // A job's memory plan, made from the graphs it will run before anything is allocated: the three
-// models' weights, the largest graph's live activations, the LoRA arena and the pristine copies of the
-// weights LoRAs touch, and the deep-feature cache. It picks what fits the adapter: fused attention
+// models' weights on the GPU (CLIP's token table stays in CPU memory), the largest graph's live
+// activations, the LoRA arena and the pristine copies of the weights LoRAs touch, and the
+// deep-feature cache. It picks what fits the adapter: fused attention
 // where the adapter runs it right, else query chunks under the buffer limit; the two CFG halves one
 // after the other when the batch of two does not fit. `npm run cli -- plan` prints it.
 import type { MemoryPlanReport } from '../api/contract.ts';
@@ -140,6 +141,9 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   }
   if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles, stage by stage: the whole image's decode does not fit`);
   if (cfgHalves) notes.push('the two CFG halves run one after the other: the batch of two does not fit');
+  // the token table the text encoder's rows are looked up in (text/token-table.ts): CPU memory
+  const tokenTableBytes = cfg.textEncoder.vocabSize * cfg.textEncoder.hidden * bytes;
+  notes.push(`CLIP's token table (${(tokenTableBytes / 2 ** 20).toFixed(0)} MiB) stays in CPU memory: a prompt reads 77 of its rows`);
   if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
   // the largest single buffer: an activation, a transposed copy, or a weight as it is bound (tiling
   // and halves change only the first two)
@@ -174,6 +178,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     },
     weightTransposesPerStep: unet.weightTransposes * (cfgHalves ? 2 : 1),
     weightTransposeBytesPerStep: unet.weightTransposeBytes * (cfgHalves ? 2 : 1),
+    cpuBytes: tokenTableBytes,
     notes,
   };
 }

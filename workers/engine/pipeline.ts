@@ -25,6 +25,7 @@ import { Rng } from './random.ts';
 import { LatentGuide, type GuideParts } from './guide.ts';
 import { prepareLayout, type Context, type Encoded, type PreparedLayout } from './layout-prep.ts';
 import type { Vocabulary } from '../text/embeddings.ts';
+import type { TokenTable } from '../text/token-table.ts';
 import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { applyEmphasis, hasEmphasis, parseEmphasis } from '../text/emphasis.ts';
 import { GpuLatents, type GpuLoopParts } from './gpu-loop.ts';
@@ -37,8 +38,10 @@ export interface PipelineParts {
   ort: Ort;
   config: ModelConfig;
   tokenizer: ClipTextTokenizer;
-  /** The text encoder on `input_ids` (and, with added tokens, `extra_embeddings`, `extra_ids`, `extra_mask`). */
+  /** The text encoder on `inputs_embeds` [1, 77, hidden]: the token rows `tokens` looks up. */
   textEncoder: (feeds: Feeds) => Promise<Outputs>;
+  /** The token embedding table (CPU memory). */
+  tokens: TokenTable;
   /** Added tokens (textual inversions, ED-LoRA concepts) the prompts may use. */
   vocabulary?: Vocabulary;
   /** The main UNet's context layers: 1, or the cross-attention layer count when a prompt has a layer-wise token (no layout). */
@@ -346,27 +349,22 @@ class Denoising {
     return ms ?? 0;
   }
 
-  /** A prompt through the text encoder; a prompt with an ED-LoRA token once per cross-attention layer, with that layer's vectors. */
   /** One chunk of 77 ids through the text encoder: one context, or one per cross-attention layer (an ED-LoRA token), each weighed by `weights`. */
   private async encodeIds(idList: number[], weights?: number[]): Promise<{ data: Float32Array; layers: number }> {
-    const { ort, config, parts, textLen, hidden } = this;
+    const { ort, parts, textLen, hidden } = this;
     const vocab = parts.vocabulary;
     const weigh = (context: Float32Array) => {
       if (weights) applyEmphasis(context, weights, hidden);
       return context;
     };
-    const V = config.textEncoder.vocabSize;
-    const ids = new ort.Tensor('int64', BigInt64Array.from(idList, (id) => BigInt(id < V ? id : 0)), [1, idList.length]);
-    if (!vocab) return { data: weigh((await parts.textEncoder({ input_ids: ids })).last_hidden_state.data as Float32Array), layers: 1 };
-    const extraIds = new ort.Tensor('int64', BigInt64Array.from(idList, (id) => BigInt(id < V ? 0 : id - V)), [1, idList.length]);
-    const mask = new ort.Tensor('float32', Float32Array.from(idList, (id) => (id < V ? 0 : 1)), [1, idList.length, 1]);
+    const run = async (added?: Float32Array) => {
+      const rows = new ort.Tensor('float32', parts.tokens.embed(idList, added), [1, idList.length, hidden]);
+      return (await parts.textEncoder({ inputs_embeds: rows })).last_hidden_state.data as Float32Array;
+    };
+    if (!vocab) return { data: weigh(await run()), layers: 1 };
     const layers = idList.some((id) => vocab.layerwise.has(id)) ? vocab.layers : 1;
     const data = new Float32Array(layers * textLen * hidden);
-    for (let l = 0; l < layers; l++) {
-      const table = new ort.Tensor('float32', vocab.table(l), [vocab.rows, config.textEncoder.hidden]);
-      const out = await parts.textEncoder({ input_ids: ids, extra_ids: extraIds, extra_mask: mask, extra_embeddings: table });
-      data.set(weigh((out.last_hidden_state.data as Float32Array).slice()), l * textLen * hidden);
-    }
+    for (let l = 0; l < layers; l++) data.set(weigh((await run(vocab.table(l))).slice()), l * textLen * hidden);
     return { data, layers };
   }
 

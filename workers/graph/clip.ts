@@ -11,12 +11,6 @@ export interface ClipGraphOptions extends GraphOptions {
   dtype: 'float32' | 'float16';
   /** 1 = the last layer (default); 2 = the penultimate one; ... */
   clipSkip: number;
-  /**
-   * Rows of added token embeddings (textual inversions, ED-LoRA concepts): inputs `extra_embeddings`
-   * [rows, hidden], `extra_ids` [batch, seqLen] (the row for each position) and `extra_mask`
-   * [batch, seqLen, 1] (1 where the position takes its row instead of the vocabulary's embedding).
-   */
-  extraRows?: number;
 }
 
 export function clipLayer(g: GraphBuilder, x: string, name: string, cfg: Pick<TextEncoderConfig, 'hidden' | 'heads' | 'intermediate'>, b: number, n: number, causal?: string): string {
@@ -43,20 +37,21 @@ export function causalMask(g: GraphBuilder, n: number): string {
   return g.floats(m, [n, n]);
 }
 
+/** The token embedding table: a weight of every text encoder, read by the engine, not by the graph. */
+export const TOKEN_EMBEDDING = 'text_model.embeddings.token_embedding.weight';
+
+export function tokenEmbeddingSpec(cfg: Pick<TextEncoderConfig, 'vocabSize' | 'hidden'>): { name: string; dims: number[] } {
+  return { name: TOKEN_EMBEDDING, dims: [cfg.vocabSize, cfg.hidden] };
+}
+
 export function buildTextEncoder(cfg: TextEncoderConfig, opt: ClipGraphOptions): GraphBuilder {
   if (!(opt.clipSkip >= 1 && opt.clipSkip <= cfg.layers)) throw new RangeError(`clip skip must be 1..${cfg.layers}`);
   const g = new GraphBuilder(opt.dtype, opt);
   const { batch: b, seqLen: n } = opt;
   const H = cfg.hidden;
-  const ids = g.input('input_ids', 'int64', [b, n]);
-  let tok = g.op('Gather', [g.weight('text_model.embeddings.token_embedding.weight', [cfg.vocabSize, H]), ids]);
-  if (opt.extraRows) {
-    const cast = (v: string) => (opt.dtype === 'float16' ? g.op('Cast', [v], { to: 10 }) : v);
-    const table = cast(g.input('extra_embeddings', 'float32', [opt.extraRows, H]));
-    const extra = g.op('Gather', [table, g.input('extra_ids', 'int64', [b, n])]);
-    const mask = cast(g.input('extra_mask', 'float32', [b, n, 1]));
-    tok = g.op('Add', [g.op('Mul', [tok, g.op('Sub', [g.scalar(1), mask])]), g.op('Mul', [extra, mask])]);
-  }
+  // the token rows, looked up on the CPU (workers/text/token-table.ts), added tokens included
+  let tok = g.input('inputs_embeds', 'float32', [b, n, H]);
+  if (opt.dtype === 'float16') tok = g.op('Cast', [tok], { to: 10 });
   const positions = g.ints(Array.from({ length: n }, (_, i) => i));
   const pos = g.op('Gather', [g.weight('text_model.embeddings.position_embedding.weight', [cfg.maxPositions, H]), positions]);
   let x = g.op('Reshape', [g.op('Add', [tok, pos]), g.ints([b * n, H])]);

@@ -115,7 +115,7 @@ export class Engine {
     rt.gpu?.lost.then((reason) => {
       this.lostReason = reason;
     });
-    this.faultsSeen = rt.gpu?.faults.length ?? 0;
+    this.faultsSeen = rt.gpu?.faults.count ?? 0;
   }
 
   get adapter(): AdapterInfo {
@@ -148,9 +148,9 @@ export class Engine {
   private checkDevice(): void {
     if (this.lostReason) throw new DeviceLostError(this.lostReason);
     if (this.outOfMemory) throw this.outOfMemory;
-    const faults = this.rt.gpu?.faults ?? [];
-    const oom = faults.slice(this.faultsSeen).find((f) => f.kind === 'out-of-memory');
-    this.faultsSeen = faults.length;
+    const faults = this.rt.gpu?.faults;
+    const oom = faults?.since(this.faultsSeen, 'out-of-memory')[0];
+    this.faultsSeen = faults?.count ?? 0;
     if (!oom) return;
     const a = this.activity;
     this.outOfMemory = new GpuOutOfMemoryError(a.during, oom.liveBytes, a.plan, a.fix);

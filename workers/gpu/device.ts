@@ -20,7 +20,7 @@ export interface GpuContext {
   /** Resolves with a reason when the device is lost. */
   lost: Promise<string>;
   /** The device's uncaptured errors, in the order they came (onnxruntime only logs them). */
-  faults: GpuFault[];
+  faults: GpuFaultLog;
   /** Resolves once every allocation made so far is known to have succeeded or is in `faults`. */
   allocationsChecked: () => Promise<void>;
 }
@@ -36,6 +36,36 @@ export interface GpuFault {
   message: string;
   /** Bytes of buffers alive on the device when the error came (this allocation not included). */
   liveBytes: number;
+}
+
+/**
+ * The device's faults, numbered in the order they came. Only the latest `keep` of each kind are held,
+ * so a device that reports an error on every run for hours holds a bounded list; a reader that
+ * remembers `count` asks for what came after.
+ */
+export class GpuFaultLog {
+  /** Faults recorded since the device was adopted, including those no longer held. */
+  count = 0;
+  private readonly held = new Map<GpuFault['kind'], { seq: number; fault: GpuFault }[]>();
+
+  constructor(readonly keep = 64) {}
+
+  push(fault: GpuFault): void {
+    const list = this.held.get(fault.kind) ?? [];
+    list.push({ seq: this.count++, fault });
+    if (list.length > this.keep) list.splice(0, list.length - this.keep);
+    this.held.set(fault.kind, list);
+  }
+
+  /** The held faults numbered `from` on (of one kind, or all), oldest first. */
+  since(from: number, kind?: GpuFault['kind']): GpuFault[] {
+    const lists = kind ? [this.held.get(kind) ?? []] : [...this.held.values()];
+    return lists
+      .flat()
+      .filter((e) => e.seq >= from)
+      .sort((a, b) => a.seq - b.seq)
+      .map((e) => e.fault);
+  }
 }
 
 export class GpuMemoryCounter {
@@ -74,7 +104,7 @@ export class GpuMemoryCounter {
  * in an out-of-memory error scope: one that fails holds nothing, so it leaves the count, and its
  * fault records the bytes that were in use without it. `pending`: the scopes not yet answered.
  */
-function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFault[], pending: Set<Promise<void>>): void {
+function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaultLog, pending: Set<Promise<void>>): void {
   const create = device.createBuffer.bind(device);
   device.createBuffer = (desc: GPUBufferDescriptor) => {
     const liveBytes = memory.live;
@@ -116,7 +146,7 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
  */
 export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
   const memory = new GpuMemoryCounter();
-  const faults: GpuFault[] = [];
+  const faults = new GpuFaultLog();
   const pending = new Set<Promise<void>>();
   instrument(device, memory, faults, pending);
   // the other errors nobody captured (a listener beside onnxruntime's own handler, which it set when

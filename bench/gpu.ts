@@ -366,8 +366,10 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   let textMs: number | null = null;
   let vaeMs: number | null = null;
   if (!o['unet-only']) {
-    const te = buildTextEncoder({ ...CONFIG.textEncoder, vocabSize: CONFIG.textEncoder.vocabSize || 1000 }, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms });
-    textMs = await once(te, { input_ids: new rt.ort.Tensor('int64', BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i % 100)), [1, 77]) });
+    // the token rows the engine looks up on the CPU (text/token-table.ts), random like the weights
+    const H = CONFIG.textEncoder.hidden;
+    const te = buildTextEncoder(CONFIG.textEncoder, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms });
+    textMs = await once(te, { inputs_embeds: new rt.ort.Tensor('float32', rng.normal(77 * H), [1, 77, H]) });
     const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
     vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
   }
@@ -391,7 +393,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     largestBufferBytes,
     plannedUnetActivationBytes: unetPlan.activationPeakBytes,
     // the UNet's own largest buffer (an activation, a transposed copy or a weight), which is what this
-    // measures; plannedLargestBufferBytes is the whole job's (the text encoder's token embedding too)
+    // measures; plannedLargestBufferBytes is the whole job's (the text encoder and the VAE too)
     plannedUnetLargestBufferBytes: Math.max(unetPlan.largestBufferBytes, unetPlan.largestWeightBytes),
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,

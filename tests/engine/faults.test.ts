@@ -9,11 +9,10 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { FileRef, GenerateJob, LoraInfo, ProgressEvent } from '../../workers/api/contract.ts';
 import { EngineError, GpuOutOfMemoryError } from '../../workers/api/errors.ts';
-import { chooseAttention } from '../../workers/engine/attention-check.ts';
 import { Engine } from '../../workers/engine/engine.ts';
 import { MemoryProfileStore } from '../../workers/engine/profile-store.ts';
 import { createWorkerApi } from '../../workers/engine/worker-api.ts';
-import { GpuLimitError, largestActivation } from '../../workers/gpu/limits.ts';
+import { GpuLimitError } from '../../workers/gpu/limits.ts';
 import { TOKEN_EMBEDDING, tokenEmbeddingSpec } from '../../workers/graph/clip.ts';
 import { graphSpecs } from '../../workers/graph/specs.ts';
 import { openModelPath } from '../../workers/node/files.ts';
@@ -112,6 +111,10 @@ test('a weight or an activation larger than one GPU buffer is refused before any
   const rt = await runtime('webgpu');
   const real = new Engine(rt);
   const info = await real.loadModel(files, tokenizer!, 'fp32');
+  // the jobs' plans on this GPU, by the job's plan (attention split, decode tiled, CFG halves where those help)
+  const planned = async (e: Engine, size: number) => (await e.planJob({ ...JOB, width: size, height: size })).largestBufferBytes;
+  const at64 = await planned(real, 64);
+  const whole128 = await planned(real, 128);
   real.unload();
   // the largest weight of the tiny model the GPU holds, in fp32: a UNet convolution's (CLIP's token
   // table is larger, but stays in CPU memory)
@@ -139,17 +142,23 @@ test('a weight or an activation larger than one GPU buffer is refused before any
   tableAbove.unload();
   assert.equal(await gpuLive(), before, 'unloading gives back every buffer');
 
-  // activations: the limit admits a 64x64 job but not 128x128
-  // (in the attention form the engine chose here: fused attention makes no score buffer, chunks keep them under the limit)
-  const form = (await chooseAttention(rt)).form;
-  const at64 = largestActivation(info.config, 64, 64, 2, 4, form).bytes;
-  const at128 = largestActivation(info.config, 128, 128, 2, 4, form).bytes;
-  assert.ok(at128 > at64 && at64 >= largest, `tiny model: ${at64} / ${at128} / ${largest}`);
+  // activations: a limit at the 64x64 plan's largest buffer admits 64x64 but not 128x128
+  assert.ok(at64 >= largest, `tiny model: ${at64} / ${largest}`);
   const engine = limited(at64, false);
   await engine.loadModel(files, tokenizer!, 'fp32');
+  const at128 = await planned(engine, 128);
+  assert.ok(at128 > at64, `${at128} ${at64}`);
   const loaded = await gpuLive();
-  await assert.rejects(engine.generate({ ...JOB, width: 128, height: 128 }), (e: Error) => e instanceof GpuLimitError && /A 128x128 image needs .* Use a smaller size \(64x64 fits\)/.test(e.message));
+  await assert.rejects(engine.generate({ ...JOB, width: 128, height: 128 }), (e: Error) => e instanceof GpuLimitError && new RegExp(`A 128x128 image needs a buffer of ${(at128 / 2 ** 20).toFixed(3)} MB .* Use a smaller size \\(64x64 fits\\)`).test(e.message));
   assert.equal(await gpuLive(), loaded, 'the refused job allocated nothing');
+  // a limit the 128x128 plan meets only by decoding in tiles (its whole decode's maps are larger) runs the job
+  const tiled = limited(at128, false);
+  await tiled.loadModel(files, tokenizer!, 'fp32');
+  assert.ok(whole128 > at128, `without a limit the 128x128 plan's largest buffer ${whole128} is above ${at128}`);
+  const big = await tiled.generate({ ...JOB, width: 128, height: 128, steps: 1 });
+  assert.equal(big.image.width, 128);
+  assert.ok(big.report.memoryPlan.vaeTile !== null && big.report.memoryPlan.largestBufferBytes <= at128, JSON.stringify(big.report.memoryPlan));
+  tiled.unload();
   const ok = await engine.generate({ ...JOB, steps: 1 });
   assert.equal(ok.image.width, 64);
   engine.unload();

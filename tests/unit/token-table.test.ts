@@ -67,4 +67,6 @@ test('an id outside the vocabulary and the added rows is refused by value', () =
   assert.throws(() => table.embed([1.5]), /token id 1.5/);
   assert.throws(() => table.embed([ROWS + 2], new Float32Array(2 * H)), /token id 52 is outside the vocabulary \(50 rows and 2 added\)/);
   assert.throws(() => TokenTable.of(new Float32Array(H + 1), H, 'fp32'), /not a whole number of rows of 8/);
+  assert.throws(() => table.embed([ROWS], new Float32Array(H + 3)), /an added table of 11 values is not a whole number of rows of 8/);
+  assert.throws(() => TokenTable.of(values, H, 'fp16').embed([ROWS]), /token id 50 is outside the vocabulary \(50 rows\)/);
 });

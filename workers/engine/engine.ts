@@ -462,6 +462,22 @@ export class Engine {
 
   private readonly plans = new Map<string, MemoryPlan>();
 
+  /** The memory plan a job would run under on this engine, allocating nothing. */
+  async planJob(job: GenerateJob): Promise<MemoryPlan> {
+    if (!this.model) throw new BadArgumentError('Load a model before planning a job.');
+    return this.plan(job, jobLoraCount(job), await this.attentionChoice());
+  }
+
+  /** Refuse a job whose plan still holds a buffer above what the adapter binds (gpu/limits.ts). */
+  private checkFits(job: GenerateJob, attention: AttentionChoice): void {
+    if (!this.rt.gpu) return;
+    const loras = jobLoraCount(job);
+    checkJobFits(job.width, job.height, this.model!.precision, this.rt.gpu.adapter, (width, height, precision) => {
+      const p = this.plan({ ...job, width, height }, loras, attention, false, precision);
+      return { bytes: p.largestBufferBytes, what: p.largestBuffer };
+    });
+  }
+
   /**
    * Whether the job's denoising loop can keep its latents on the GPU, as far as the job says (the
    * pipeline's `gpuLoopRefusal` has the last word; the CFG halves of a tight plan also bring it back):
@@ -473,7 +489,7 @@ export class Engine {
   }
 
   /** The job's memory plan, from its graphs (kept per size, precision and LoRA count); `captured`: the UNet replays a captured graph (its activations stay). */
-  private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false): MemoryPlan {
+  private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false, precision = this.model!.precision): MemoryPlan {
     const m = this.model!;
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
@@ -484,13 +500,13 @@ export class Engine {
     const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? runs : comp.deepCacheInterval > 1 ? sets : 0;
     // a loop mixing several predictions on the GPU keeps one per run, the mix, and CMLoRA's cached offsets
     const kept = compositionMixes(comp) && this.loopMayStayOnGpu(job, comp) ? sets + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
-    const key = JSON.stringify([job.width, job.height, m.precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured]);
+    const key = JSON.stringify([job.width, job.height, precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured]);
     let p = this.plans.get(key);
     if (!p) {
       p = planMemory(m.ckpt.config, {
         width: job.width,
         height: job.height,
-        precision: m.precision,
+        precision,
         cfg: job.cfg > 1,
         fusedAttention: attention.form === 'fused',
         bufferLimit: this.attentionBufferLimit(),
@@ -583,7 +599,7 @@ export class Engine {
     let attention: AttentionChoice;
     try {
       attention = await this.attentionChoice();
-      if (this.rt.gpu) checkJobFits(this.model.ckpt.config, job.width, job.height, job.cfg > 1 ? 2 : 1, this.model.precision, this.rt.gpu.adapter, attention.form);
+      this.checkFits(job, attention);
     } catch (e) {
       this.busy = false;
       throw e;
@@ -811,7 +827,7 @@ export class Engine {
       const fix = job.hires;
       const size = hiresSize(job);
       const job2: GenerateJob = { ...job, width: size.width, height: size.height, steps: fix.steps ?? job.steps, hires: undefined, init: undefined, layout: scaleLayout(job.layout, size.width / W, size.height / H) };
-      if (this.rt.gpu) checkJobFits(m.ckpt.config, job2.width, job2.height, job2.cfg > 1 ? 2 : 1, m.precision, this.rt.gpu.adapter, attention.form);
+      this.checkFits(job2, attention);
       const upscaler = fix.upscaler ?? 'latent';
       const C = m.ckpt.config.unet.outChannels;
       const latent =

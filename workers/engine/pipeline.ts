@@ -358,7 +358,7 @@ class Denoising {
       return context;
     };
     const run = async (added?: Float32Array) => {
-      const rows = new ort.Tensor('float32', parts.tokens.embed(idList, added), [1, idList.length, hidden]);
+      const rows = new ort.Tensor('float32', parts.tokens.embed(idList, added), [1, idList.length, parts.tokens.hidden]);
       return (await parts.textEncoder({ inputs_embeds: rows })).last_hidden_state.data as Float32Array;
     };
     if (!vocab) return { data: weigh(await run()), layers: 1 };

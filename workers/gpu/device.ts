@@ -44,15 +44,19 @@ export interface GpuFault {
  * remembers `count` asks for what came after.
  */
 export class GpuFaultLog {
-  /** Faults recorded since the device was adopted, including those no longer held. */
-  count = 0;
+  private recorded = 0;
   private readonly held = new Map<GpuFault['kind'], { seq: number; fault: GpuFault }[]>();
 
   constructor(readonly keep = 64) {}
 
+  /** Faults recorded since the device was adopted, including those no longer held. */
+  get count(): number {
+    return this.recorded;
+  }
+
   push(fault: GpuFault): void {
     const list = this.held.get(fault.kind) ?? [];
-    list.push({ seq: this.count++, fault });
+    list.push({ seq: this.recorded++, fault });
     if (list.length > this.keep) list.splice(0, list.length - this.keep);
     this.held.set(fault.kind, list);
   }

@@ -3,8 +3,6 @@
 // runtime with a validation error nobody can act on. These checks run first, on the sizes the
 // graphs will need, and say what to change.
 import { EngineError } from '../api/errors.ts';
-import type { ModelConfig } from '../checkpoint/config.ts';
-import type { AttentionForm } from '../graph/builder.ts';
 import type { AdapterSummary } from './device.ts';
 
 /** The largest buffer a kernel can bind as storage on this adapter. */
@@ -34,43 +32,30 @@ export function checkWeightsFit(weights: { name: string; elements: number }[], p
   throw new GpuLimitError(`The weight "${largest.name}" needs ${mb(bytes)} in ${precision}, but this GPU allows at most ${mb(limit)} per buffer. ${fix}`);
 }
 
-/** The largest single activation a generation of this size makes, and what it is. */
-export function largestActivation(cfg: ModelConfig, width: number, height: number, batch: number, bytesPer: number, attention: AttentionForm = 'explicit'): { bytes: number; what: string } {
-  const lh = height / 8;
-  const lw = width / 8;
-  let best = { bytes: 0, what: '' };
-  const consider = (elements: number, what: string) => {
-    if (elements * bytesPer > best.bytes) best = { bytes: elements * bytesPer, what };
-  };
-  // UNet self-attention scores, [batch * heads, N, N], at each level that has attention (fused
-  // attention never makes them; chunked attention splits them under the limit)
-  cfg.unet.attention.forEach((has, l) => {
-    if (!has || attention !== 'explicit') return;
-    const n = (lh >> l) * (lw >> l);
-    consider(batch * cfg.unet.heads * n * n, `the UNet's self-attention scores at ${lw >> l}x${lh >> l}`);
-  });
-  // VAE decoder: its mid-block attention over every latent pixel, then each level's feature maps,
-  // the widest of which meet the highest resolutions just after an upsampling
-  if (attention === 'explicit') consider(lh * lw * lh * lw, 'the VAE decoder\'s attention scores');
-  const ch = [...cfg.vae.blockOutChannels].reverse();
-  ch.forEach((c, i) => {
-    const side = 2 ** Math.min(i + 1, ch.length - 1);
-    consider(c * lh * lw * side * side, `the VAE decoder's feature maps at ${(lw * side)}x${(lh * side)}`);
-  });
-  return best;
-}
+/** A job's largest single buffer at a size and precision, by its memory plan, and what it is. */
+export type LargestBufferAt = (width: number, height: number, precision: 'fp32' | 'fp16') => { bytes: number; what: string };
 
-/** Refuse a job whose largest activation does not fit one buffer, naming the largest square size that would. */
-export function checkJobFits(cfg: ModelConfig, width: number, height: number, batch: number, precision: 'fp32' | 'fp16', adapter: AdapterSummary, attention: AttentionForm = 'explicit'): void {
+/**
+ * Refuse a job whose plan still holds a buffer larger than the adapter binds, naming the largest
+ * square size whose plan fits (and fp16 where that fits). The plan has already split attention,
+ * tiled the decode and run the CFG halves one after the other where those help, so what is left
+ * fits no other way. Larger pictures need larger buffers, so the size is found by bisection.
+ */
+export function checkJobFits(width: number, height: number, precision: 'fp32' | 'fp16', adapter: AdapterSummary, largestAt: LargestBufferAt): void {
   const limit = bufferLimit(adapter);
-  const bytesPer = precision === 'fp16' ? 2 : 4;
-  const need = largestActivation(cfg, width, height, batch, bytesPer, attention);
+  const need = largestAt(width, height, precision);
   if (need.bytes <= limit) return;
-  let side = 0;
-  for (let s = 64; s <= 2048; s += 64) if (largestActivation(cfg, s, s, batch, bytesPer, attention).bytes <= limit) side = s;
-  const smaller = side ? `Use a smaller size (${side}x${side} fits)` : 'No image size fits';
-  const half = precision === 'fp32' && adapter.shaderF16 && largestActivation(cfg, width, height, batch, 2, attention).bytes <= limit ? ', or fp16' : '';
+  // sides of 64k pixels: k = lo fits (0: none), k = hi does not (a square as wide as the job's larger side)
+  let lo = 0;
+  let hi = Math.ceil(Math.max(width, height) / 64);
+  while (hi - lo > 1) {
+    const k = (lo + hi) >> 1;
+    if (largestAt(64 * k, 64 * k, precision).bytes <= limit) lo = k;
+    else hi = k;
+  }
+  const smaller = lo ? `Use a smaller size (${64 * lo}x${64 * lo} fits)` : 'No image size fits';
+  const half = precision === 'fp32' && adapter.shaderF16 && largestAt(width, height, 'fp16').bytes <= limit ? ', or fp16' : '';
   throw new GpuLimitError(
-    `A ${width}x${height} image needs ${mb(need.bytes)} for ${need.what}, but this GPU allows at most ${mb(limit)} per buffer. ${smaller}${half}.`,
+    `A ${width}x${height} image needs a buffer of ${mb(need.bytes)} (${need.what}), but this GPU allows at most ${mb(limit)} per buffer, even with attention in chunks and the picture decoded in tiles. ${smaller}${half}.`,
   );
 }

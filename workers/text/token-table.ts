@@ -32,6 +32,7 @@ export class TokenTable {
    */
   embed(ids: readonly number[], added?: Float32Array): Float32Array {
     const { rows, hidden, values } = this;
+    if (added && added.length % hidden) throw new RangeError(`an added table of ${added.length} values is not a whole number of rows of ${hidden}`);
     const addedRows = added ? added.length / hidden : 0;
     const out = new Float32Array(ids.length * hidden);
     ids.forEach((id, i) => {

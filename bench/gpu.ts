@@ -351,8 +351,15 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   await profileRun(rt, g, v.layout, feeds);
   ws.dispose();
 
-  // the text encoder once and the VAE decoder once, for seconds per image (not with --unet-only)
-  const once = async (gb: GraphBuilder, inputs: Record<string, OrtNs.Tensor>) => {
+  // the text encoder once and the VAE decoder once, for seconds per image (not with --unet-only),
+  // each on random inputs of the shapes its graph declares (the text encoder's: the token rows the
+  // engine looks up on the CPU), so the feeds follow the graphs
+  const once = async (gb: GraphBuilder) => {
+    const inputs: Record<string, OrtNs.Tensor> = {};
+    for (const i of gb.inputs) {
+      if (i.type !== 'float32') throw new Error(`bench: the input ${i.name} is ${i.type}, not float32`);
+      inputs[i.name] = new rt.ort.Tensor('float32', rng.normal(i.dims.reduce((a, b) => a * b, 1)), i.dims);
+    }
     const w = weightsFor(rt, gb, precision);
     const s = await rt.ort.InferenceSession.create(gb.encode(), sessionOptions(rt, { layout: v.layout }));
     await s.run({ ...w.feeds(gb.weights.keys()), ...inputs });
@@ -366,12 +373,8 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   let textMs: number | null = null;
   let vaeMs: number | null = null;
   if (!o['unet-only']) {
-    // the token rows the engine looks up on the CPU (text/token-table.ts), random like the weights
-    const H = CONFIG.textEncoder.hidden;
-    const te = buildTextEncoder(CONFIG.textEncoder, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms });
-    textMs = await once(te, { inputs_embeds: new rt.ort.Tensor('float32', rng.normal(77 * H), [1, 77, H]) });
-    const vae = buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms });
-    vaeMs = await once(vae, { latent: new rt.ort.Tensor('float32', rng.normal(4 * lh * lh), [1, 4, lh, lh]) });
+    textMs = await once(buildTextEncoder(CONFIG.textEncoder, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms }));
+    vaeMs = await once(buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms }));
   }
   const unetPlan = graphMemory(g, { transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW' });
   const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW', conv: v.conv });

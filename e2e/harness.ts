@@ -8,6 +8,8 @@ import { createRuntime, type Runtime } from '../workers/engine/runtime.ts';
 import { openTinyEngine } from '../workers/node/tiny.ts';
 import { dawnFeaturesFlag, installNodeWebGpu } from '../workers/node/webgpu.ts';
 
+const DAWN_FLAG = dawnFeaturesFlag();
+
 export const CHROMIUM_ARGS = [
   '--headless',
   '--no-sandbox',
@@ -18,7 +20,7 @@ export const CHROMIUM_ARGS = [
   '--no-first-run',
   '--disable-quic',
   // the same Dawn toggles as the Node side of the tests (see scripts/test.mjs)
-  ...(dawnFeaturesFlag() ? [`--${dawnFeaturesFlag()}`] : []),
+  ...(DAWN_FLAG ? [`--${DAWN_FLAG}`] : []),
 ];
 
 /**

@@ -13,7 +13,6 @@ import { Engine } from '../../workers/engine/engine.ts';
 import { MemoryProfileStore } from '../../workers/engine/profile-store.ts';
 import { createWorkerApi } from '../../workers/engine/worker-api.ts';
 import { GpuLimitError } from '../../workers/gpu/limits.ts';
-import { TOKEN_EMBEDDING, tokenEmbeddingSpec } from '../../workers/graph/clip.ts';
 import { graphSpecs } from '../../workers/graph/specs.ts';
 import { openModelPath } from '../../workers/node/files.ts';
 import { openTinyEngine } from '../../workers/node/tiny.ts';
@@ -120,8 +119,8 @@ test('a weight or an activation larger than one GPU buffer is refused before any
   // table is larger, but stays in CPU memory)
   const specs = graphSpecs(info.config);
   const elements = (s: { dims: number[] }) => s.dims.reduce((a, b) => a * b, 1);
-  const table = elements(tokenEmbeddingSpec(info.config.textEncoder)) * 4;
-  const largest = Math.max(...[...specs.unet, ...specs.textEncoder, ...specs.vae].filter((s) => s.name !== TOKEN_EMBEDDING).map((s) => elements(s) * 4));
+  const table = elements(specs.tokenTable) * 4;
+  const largest = Math.max(...[...specs.unet, ...specs.textEncoder, ...specs.vae].map((s) => elements(s) * 4));
   assert.ok(table > largest, `${table} ${largest}`);
   const limited = (limit: number, shaderF16: boolean) =>
     new Engine({ ...rt, gpu: { ...rt.gpu!, adapter: { ...rt.gpu!.adapter, maxStorageBufferBindingSize: limit, shaderF16 } } });

@@ -6,7 +6,7 @@ import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
 import { loraTargets, planMemory } from '../../workers/engine/memory-plan.ts';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
-import { graphSpecs } from '../../workers/graph/specs.ts';
+import { graphSpecs, textEncoderFileSpecs } from '../../workers/graph/specs.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
 
@@ -46,8 +46,9 @@ test('SD 1.5 graphs bind exactly the published parameter counts', () => {
   assert.equal(graphMemory(unet).weightBytes, 859_520_964 * 2);
   assert.equal(graphMemory(text).weightBytes, (123_060_480 - 49408 * 768) * 4);
   const specs = graphSpecs(SD15_CONFIG);
-  assert.equal(specs.textEncoder.reduce((a, s) => a + s.dims.reduce((x, y) => x * y, 1), 0), 123_060_480, 'the checkpoint weights the engine reads');
-  assert.deepEqual(specs.textEncoder[0], { name: TOKEN_EMBEDDING, dims: [49408, 768] });
+  assert.equal(textEncoderFileSpecs(specs).reduce((a, s) => a + s.dims.reduce((x, y) => x * y, 1), 0), 123_060_480, 'the checkpoint weights the engine reads');
+  assert.deepEqual(textEncoderFileSpecs(specs)[0], { name: TOKEN_EMBEDDING, dims: [49408, 768] });
+  assert.deepEqual(specs.textEncoder, [...text.weights.values()], 'the GPU list is the graph\'s');
   assert.equal(text.weights.has(TOKEN_EMBEDDING), false);
   // kohya's usual targets: 16 transformer blocks x (two attentions' q, k, v, out; ff.net.0.proj, ff.net.2; proj_in, proj_out), 12 text layers x 6
   assert.equal(loraTargets(unet).length, 16 * 12);

@@ -6,7 +6,7 @@ import { BadArgumentError, bytesText, CancelledError, DeviceLostError, EngineErr
 import { CONFIG_METADATA_KEY } from '../checkpoint/config.ts';
 import { ModelCheckpoint, VaeFile, type Component, type ModelFiles } from '../checkpoint/model.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
-import { buildTextEncoder, TOKEN_EMBEDDING, tokenEmbeddingSpec } from '../graph/clip.ts';
+import { buildTextEncoder } from '../graph/clip.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
@@ -16,7 +16,7 @@ import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { regionOutInputName } from '../graph/unet.ts';
 import { MAX_BOXES, MAX_STEPS } from '../layout/scene.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
-import { graphSpecs } from '../graph/specs.ts';
+import { graphSpecs, textEncoderFileSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
 import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
@@ -228,10 +228,9 @@ export class Engine {
     }
     const dtype = resolved === 'fp16' ? 'float16' : 'float32';
     const specs = graphSpecs(ckpt.config);
-    // the token table stays in CPU memory; every other weight goes to the GPU
-    const onGpu = specs.textEncoder.filter((s) => s.name !== TOKEN_EMBEDDING);
+    // the graphs' weights go to the GPU; the token table stays in CPU memory
     if (this.rt.gpu) {
-      const all = [...specs.unet, ...onGpu, ...specs.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
+      const all = [...specs.unet, ...specs.textEncoder, ...specs.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
       checkWeightsFit(all, resolved, this.rt.gpu.adapter);
     }
     this.unload();
@@ -242,7 +241,7 @@ export class Engine {
     } as Record<Component, WeightSet>;
     // the VAE encoder (image to image, inpainting) is loaded where the file has it
     const vaeEncoder = specs.vaeEncoder.every((w) => ckpt.locate('vae', w.name));
-    const lists = { unet: specs.unet, textEncoder: onGpu, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+    const lists = { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
     const total = lists.unet.length + lists.textEncoder.length + lists.vae.length + 1;
     let done = 0;
     const tick = () => {
@@ -252,7 +251,7 @@ export class Engine {
     };
     let tokens: TokenTable;
     try {
-      const table = tokenEmbeddingSpec(ckpt.config.textEncoder);
+      const table = specs.tokenTable;
       tokens = TokenTable.of(await ckpt.readFloat32('textEncoder', table.name, table.dims), ckpt.config.textEncoder.hidden, resolved);
       tick();
       for (const c of ['textEncoder', 'unet', 'vae'] as Component[]) {
@@ -269,7 +268,7 @@ export class Engine {
       layout: ckpt.layout,
       config: ckpt.config,
       precision: resolved,
-      parameters: { unet: count(lists.unet), textEncoder: count(specs.textEncoder), vae: count(lists.vae) },
+      parameters: { unet: count(lists.unet), textEncoder: count(textEncoderFileSpecs(specs)), vae: count(lists.vae) },
       weightBytes: weights.unet.bytes + weights.textEncoder.bytes + weights.vae.bytes,
       adapter: this.adapter,
       isTestModel: CONFIG_METADATA_KEY in ckpt.fileOf('unet').metadata,

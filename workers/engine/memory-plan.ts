@@ -8,7 +8,7 @@ import type { MemoryPlanReport } from '../api/contract.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { latentSize } from '../checkpoint/config.ts';
 import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../graph/builder.ts';
-import { buildTextEncoder } from '../graph/clip.ts';
+import { buildTextEncoder, tokenEmbeddingSpec } from '../graph/clip.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
@@ -142,7 +142,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   if (vaeTile) notes.push(`the VAE decodes in ${vaeTile * 8}x${vaeTile * 8} tiles, stage by stage: the whole image's decode does not fit`);
   if (cfgHalves) notes.push('the two CFG halves run one after the other: the batch of two does not fit');
   // the token table the text encoder's rows are looked up in (text/token-table.ts): CPU memory
-  const tokenTableBytes = cfg.textEncoder.vocabSize * cfg.textEncoder.hidden * bytes;
+  const tokenTableBytes = count(tokenEmbeddingSpec(cfg.textEncoder).dims) * bytes;
   notes.push(`CLIP's token table (${(tokenTableBytes / 2 ** 20).toFixed(0)} MiB) stays in CPU memory: a prompt reads 77 of its rows`);
   if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
   // the largest single buffer: an activation, a transposed copy, or a weight as it is bound (tiling

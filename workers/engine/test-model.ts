@@ -6,7 +6,7 @@ import { isVaeAttentionProjection, LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PRE
 import { encodeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.ts';
 import { MODEL_INDEX_JSON, SCHEDULER_CONFIG_JSON, textEncoderConfigJson, unetConfigJson, vaeConfigJson } from '../checkpoint/diffusers-config.ts';
 import type { WeightSpec } from '../graph/builder.ts';
-import { graphSpecs } from '../graph/specs.ts';
+import { graphSpecs, textEncoderFileSpecs } from '../graph/specs.ts';
 import { clipTokenizerJson, makeTinyVocabulary, mergesTxt, TINY_WORDS, CLIP_TOKENIZER_CONFIG, type BpeFiles } from '../text/bpe-files.ts';
 import { tinyLoras, tinyTextualInversion } from '../lora/test-loras.ts';
 import { Rng } from './random.ts';
@@ -52,7 +52,7 @@ export function makeTinyModel(seed = 1234): TinyModel {
   const specs = graphSpecs(config);
   const rng = new Rng(seed);
   const gen = (list: WeightSpec[], r = rng) => new Map(list.map((s) => [s.name, randomWeight(s, r)]));
-  const weights = { unet: gen(specs.unet), textEncoder: gen(specs.textEncoder), vae: gen(specs.vae) };
+  const weights = { unet: gen(specs.unet), textEncoder: gen(textEncoderFileSpecs(specs)), vae: gen(specs.vae) };
   // the encoder from a stream of its own, so the weights above stay what they were before it existed
   for (const [name, w] of gen(specs.vaeEncoder, new Rng(seed + 7))) weights.vae.set(name, w);
   return { config, vocab, specs, weights };
@@ -83,7 +83,7 @@ function singleFile(model: TinyModel): Uint8Array[] {
   const metadata = { [CONFIG_METADATA_KEY]: JSON.stringify(config), format: 'pt', 'lorastudio.note': 'tiny test model: random weights, images are noise patterns' };
   const ldm: TensorToWrite[] = [];
   for (const s of specs.unet) ldm.push({ name: LDM_UNET_PREFIX + unetNameToLdm(s.name, config.unet), dtype: 'F32', shape: s.dims, data: f32Bytes(weights.unet.get(s.name)!) });
-  for (const s of specs.textEncoder) ldm.push({ name: `${LDM_CLIP_PREFIX}${s.name}`, dtype: 'F32', shape: s.dims, data: f32Bytes(weights.textEncoder.get(s.name)!) });
+  for (const s of textEncoderFileSpecs(specs)) ldm.push({ name: `${LDM_CLIP_PREFIX}${s.name}`, dtype: 'F32', shape: s.dims, data: f32Bytes(weights.textEncoder.get(s.name)!) });
   for (const s of [...specs.vae, ...specs.vaeEncoder]) {
     const shape = isVaeAttentionProjection(s.name) ? [...s.dims, 1, 1] : s.dims;
     ldm.push({ name: LDM_VAE_PREFIX + vaeNameToLdm(s.name, config.vae), dtype: 'F32', shape, data: f32Bytes(weights.vae.get(s.name)!) });
@@ -116,7 +116,7 @@ export function tinyModelFiles(model: TinyModel): GeneratedFile[] {
     { path: 'tiny-vae-ft.safetensors', parts: diffusers(vaeSpecs, tinyVaeVariant(model)) },
     ...tokenizerFiles('tokenizer'),
     { path: 'diffusers/unet/diffusion_pytorch_model.safetensors', parts: diffusers(specs.unet, weights.unet, metadata) },
-    { path: 'diffusers/text_encoder/model.safetensors', parts: diffusers(specs.textEncoder, weights.textEncoder) },
+    { path: 'diffusers/text_encoder/model.safetensors', parts: diffusers(textEncoderFileSpecs(specs), weights.textEncoder) },
     { path: 'diffusers/vae/diffusion_pytorch_model.safetensors', parts: diffusers(vaeSpecs, weights.vae) },
     ...tokenizerFiles('diffusers/tokenizer'),
     ...tinyLoras(model).map((l) => ({ path: l.file, parts: l.parts })),

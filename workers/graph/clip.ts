@@ -2,7 +2,7 @@
 // by building only the first `layers - (clipSkip - 1)` layers, then the final layer norm, as the
 // common "clip skip 2" convention does.
 import type { TextEncoderConfig } from '../checkpoint/config.ts';
-import { GraphBuilder, type GraphOptions } from './builder.ts';
+import { GraphBuilder, type GraphOptions, type WeightSpec } from './builder.ts';
 import { attention, layerNorm, linear, quickGelu } from './layers.ts';
 
 export interface ClipGraphOptions extends GraphOptions {
@@ -40,7 +40,7 @@ export function causalMask(g: GraphBuilder, n: number): string {
 /** The token embedding table: a weight of every text encoder, read by the engine, not by the graph. */
 export const TOKEN_EMBEDDING = 'text_model.embeddings.token_embedding.weight';
 
-export function tokenEmbeddingSpec(cfg: Pick<TextEncoderConfig, 'vocabSize' | 'hidden'>): { name: string; dims: number[] } {
+export function tokenEmbeddingSpec(cfg: Pick<TextEncoderConfig, 'vocabSize' | 'hidden'>): WeightSpec {
   return { name: TOKEN_EMBEDDING, dims: [cfg.vocabSize, cfg.hidden] };
 }
 

@@ -1,6 +1,7 @@
 // The weight specs (diffusers name + shape) of each model component, read from the graphs
 // themselves so loading, test-model generation and the graphs never disagree.
 import type { ModelConfig } from '../checkpoint/config.ts';
+import type { WeightSpec } from './builder.ts';
 import { buildTextEncoder, tokenEmbeddingSpec } from './clip.ts';
 import { buildUNet } from './unet.ts';
 import { buildVaeDecoder, buildVaeEncoder } from './vae.ts';
@@ -11,8 +12,13 @@ export function graphSpecs(config: ModelConfig) {
   const te = buildTextEncoder(config.textEncoder, { batch: 1, seqLen: textLen, dtype: 'float32', clipSkip: 1 });
   const vae = buildVaeDecoder(config.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' });
   const encoder = buildVaeEncoder(config.vae, { batch: 1, latentH: 1, latentW: 1, dtype: 'float32' });
-  // the token table leads the text encoder's list, where the graph used to read it (the engine now
-  // keeps it in CPU memory: text/token-table.ts);
+  // `textEncoder` is what its graph binds; `tokenTable` is the checkpoint's other text-encoder
+  // tensor, which the engine keeps in CPU memory (text/token-table.ts) and a file lists first.
   // `vae` is the decoder (what every checkpoint has); `vaeEncoder` lives in the same file when present
-  return { unet: [...unet.weights.values()], textEncoder: [tokenEmbeddingSpec(config.textEncoder), ...te.weights.values()], vae: [...vae.weights.values()], vaeEncoder: [...encoder.weights.values()] };
+  return { unet: [...unet.weights.values()], tokenTable: tokenEmbeddingSpec(config.textEncoder), textEncoder: [...te.weights.values()], vae: [...vae.weights.values()], vaeEncoder: [...encoder.weights.values()] };
+}
+
+/** The text encoder's tensors as a checkpoint holds them: the token table, then the graph's weights. */
+export function textEncoderFileSpecs(specs: ReturnType<typeof graphSpecs>): WeightSpec[] {
+  return [specs.tokenTable, ...specs.textEncoder];
 }

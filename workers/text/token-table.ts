@@ -4,7 +4,7 @@
 // guarantees, and the adapters without shader-f16 (which must run fp32) are the ones most likely to
 // stop there. In fp16 the rows are rounded to half precision exactly as a GPU copy of the table
 // would be, so the graph's cast back to fp16 reads the same values.
-import { floatsToHalf, halfToFloat } from '../checkpoint/dtype.ts';
+import { floatsToHalf, halvesToFloat } from '../checkpoint/dtype.ts';
 
 export class TokenTable {
   private constructor(
@@ -39,12 +39,10 @@ export class TokenTable {
       if (!Number.isInteger(id) || id < 0 || id >= rows + addedRows) {
         throw new RangeError(`token id ${id} is outside the vocabulary (${rows} rows${addedRows ? ` and ${addedRows} added` : ''})`);
       }
-      if (id >= rows) {
-        out.set(added!.subarray((id - rows) * hidden, (id - rows + 1) * hidden), i * hidden);
-      } else if (values instanceof Float32Array) {
-        out.set(values.subarray(id * hidden, (id + 1) * hidden), i * hidden);
-      } else {
-        for (let c = 0; c < hidden; c++) out[i * hidden + c] = halfToFloat(values[id * hidden + c]);
+      if (id >= rows) out.set(added!.subarray((id - rows) * hidden, (id - rows + 1) * hidden), i * hidden);
+      else {
+        const row = values.subarray(id * hidden, (id + 1) * hidden);
+        out.set(row instanceof Float32Array ? row : halvesToFloat(row), i * hidden);
       }
     });
     return out;

@@ -11,7 +11,8 @@ import { applyPreset, paperSettings, PRESETS, type PresetName } from './composit
 import { isLoraCategory, type LoraCategory } from './lora/category.ts';
 import { isMethodId, METHOD_IDS } from './composition/plan.ts';
 import { GUIDANCE_MAX_SCALE } from './layout/guidance.ts';
-import { GUIDANCE_SCENE_DEFAULTS, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
+import { GUIDANCE_SCENE_DEFAULTS, MAX_BOXES, parseSceneText, sceneJob, type Scene, type SceneLora } from './layout/scene.ts';
+import { LAYOUT_DEFAULTS } from './layout/options.ts';
 import { parsePicture, type ScenePicture, type StudioScene } from './layout/scene-picture.ts';
 import { decodeMask } from './layout/mask-codec.ts';
 import { EngineError } from './api/errors.ts';
@@ -66,7 +67,9 @@ const USAGE = `usage: npm run cli -- <command> [options]
   score --image FILE.png [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8] [--backend webgpu|wasm]
   plan [--architecture sd15|tiny] [--width W --height H] [--precision fp16|fp32] [--cfg X]
        [--attention fused|chunked] [--buffer-limit BYTES] [--budget BYTES] [--loras N --rank R]
-       (the memory plan as JSON, from the graphs: no checkpoint, nothing allocated)
+       [--cached-features N] [--graph-capture] [--boxes N [--no-guidance]]
+       (the memory plan as JSON, from the graphs: no checkpoint, nothing allocated; --boxes: a
+       layout as the studio makes one, its guidance and re-initialisation on unless --no-guidance)
   soak [--runs N] [--seed N] [--cancel-share X] [--sizes 64,128] [--max-steps N] [--out FILE.json]
        (random scenes and methods on the tiny model, a share cancelled; GPU bytes and memory watched)`;
 
@@ -594,8 +597,15 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
 
 /** The memory plan of a job as JSON, from the graphs alone: no checkpoint, nothing allocated. */
 async function planCommand(args: string[]) {
-  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features'], { 'graph-capture': { type: 'boolean' } });
+  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features', 'boxes'], { 'graph-capture': { type: 'boolean' }, 'no-guidance': { type: 'boolean' } });
   if (o['graph-capture'] && o.budget !== undefined) throw new UsageError('--graph-capture and --budget: a job with a budget does not replay a captured graph');
+  // a layout as the studio makes one: regions injected and isolated, re-initialisation and guidance
+  // on (--no-guidance: neither of the last two)
+  const boxes = num(o.boxes, 'boxes', 0);
+  if (boxes < 0 || boxes > MAX_BOXES) throw new UsageError(`--boxes must be from 0 to ${MAX_BOXES}, got "${o.boxes}"`);
+  if (o['no-guidance'] && !boxes) throw new UsageError('--no-guidance is for a layout: give --boxes N');
+  if (boxes && o['graph-capture']) throw new UsageError('--graph-capture and --boxes: a layout\'s UNet does not replay a captured graph');
+  const guided = !o['no-guidance'];
   const architecture = o.architecture ?? 'sd15';
   const configs: Record<string, ModelConfig> = { sd15: SD15_CONFIG, tiny: TINY_CONFIG };
   const config = configs[architecture];
@@ -621,6 +631,7 @@ async function planCommand(args: string[]) {
     // as the engine builds the UNet on WebGPU
     conv: 'auto',
     capturedUnet: !!o['graph-capture'],
+    layout: boxes ? { boxes, injection: true, isolation: true, regionOutput: LAYOUT_DEFAULTS.regionOutput, reinit: guided, guidance: guided } : undefined,
   });
   console.log(JSON.stringify({ architecture, ...plan }, null, 2));
 }

@@ -12,7 +12,8 @@ import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder, type AttentionForm } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
 import { TokenTable } from '../../workers/text/token-table.ts';
-import { attention, attentionChunks, chunkRows } from '../../workers/graph/layers.ts';
+import { attention, attentionChunks, chunkRows, ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
+import { gridMasks, isolationBias, isolationFactors } from '../../workers/layout/masks.ts';
 import { elementCount } from '../../workers/graph/shapes.ts';
 import { buildUNet, unetAttentionLayers, unetMapOutputName } from '../../workers/graph/unet.ts';
 import { buildVaeDecoder } from '../../workers/graph/vae.ts';
@@ -95,6 +96,55 @@ for (const backend of BACKENDS) {
         close(backend, out.y, want.out.data, `${form} output, ${label}`);
         if (io.probsOutput) close(backend, out.maps, want.probs, `${form} maps, ${label}`);
       }
+    });
+  }
+}
+
+// Concept isolation's bias made in the graph from its factors, one query chunk at a time: self-attention
+// on a 3 x 4 grid (b 2, 2 heads of 4) with three overlapping boxes, alone and beside a soft bias. The
+// limits make three chunks of 4 rows in each form but the explicit one: the fused form cuts its
+// MultiHeadAttention where the bias [rows, Nk] would pass the limit (4 x 12 floats a chunk), the
+// chunked form where the scores would (2 x 2 x 4 x 12 floats).
+const iso = { b: 2, nq: 12, nk: 12, c: 8, heads: 2 };
+const isoMasks = gridMasks([{ x: 0, y: 0, width: 24, height: 16 }, { x: 16, y: 8, width: 16, height: 16 }, { x: 8, y: 0, width: 8, height: 24 }], 32, 24, 3, 4);
+const ISO_LIMIT: Record<AttentionForm, number> = { fused: 4 * 12 * 4, chunked: 2 * 2 * 4 * 12 * 4, explicit: 4 * 12 * 4 };
+
+for (const backend of BACKENDS) {
+  for (const form of ['fused', 'chunked', 'explicit'] as AttentionForm[]) {
+    test(`attention ${form} with concept isolation made from its factors, in query chunks, both scopes, with and without a soft bias, against float64 (${backend})`, async () => {
+      const rng = new Rng(41);
+      const [q, k, v] = [iso.nq, iso.nk, iso.nk].map((n) => rng.normal(iso.b * n * iso.c));
+      const soft = rng.normal(iso.nq * iso.nk);
+      let blocked = 0;
+      for (const scope of ['concepts', 'regions'] as const) {
+        const whole = isolationBias(isoMasks, scope);
+        blocked += whole.filter((x) => x !== 0).length;
+        for (const withSoft of [false, true]) {
+          const g = new GraphBuilder('float32', { attention: form, bufferLimit: ISO_LIMIT[form] });
+          const io = { isolation: g.input('iso', 'float32', [2, iso.nq, ISOLATION_FACTORS]), bias: withSoft ? g.input('soft', 'float32', [1, 1, iso.nq, iso.nk]) : undefined, probsOutput: form === 'fused' ? undefined : 'maps' };
+          const y = attention(g, g.input('q', 'float32', [iso.b * iso.nq, iso.c]), g.input('k', 'float32', [iso.b * iso.nk, iso.c]), g.input('v', 'float32', [iso.b * iso.nk, iso.c]), iso, io);
+          g.output(y, 'y', 'float32', [iso.b * iso.nq, iso.c]);
+          assert.equal(count(g, form === 'fused' ? 'MultiHeadAttention' : 'Softmax'), form === 'explicit' ? 1 : 3, 'three query chunks');
+          const out = await run(backend, g, {
+            q: { data: q, dims: [iso.b * iso.nq, iso.c] },
+            k: { data: k, dims: [iso.b * iso.nk, iso.c] },
+            v: { data: v, dims: [iso.b * iso.nk, iso.c] },
+            iso: { data: isolationFactors(isoMasks, scope), dims: [2, iso.nq, ISOLATION_FACTORS] },
+            ...(withSoft ? { soft: { data: soft, dims: [1, 1, iso.nq, iso.nk] } } : {}),
+          });
+          const at = (_n: number, i: number, j: number) => whole[i * iso.nk + j] + (withSoft ? soft[i * iso.nk + j] : 0);
+          const want = nn.attention(nn.tensor(q, [iso.b * iso.nq, iso.c]), nn.tensor(k, [iso.b * iso.nk, iso.c]), nn.tensor(v, [iso.b * iso.nk, iso.c]), iso.b, iso.heads, at);
+          const label = `${form}, ${scope}${withSoft ? ' and a soft bias' : ''}`;
+          close(backend, out.y, want.out.data, `isolated attention, ${label}`);
+          if (io.probsOutput) {
+            close(backend, out.maps, want.probs, `isolated maps, ${label}`);
+            // no probability crosses a blocked pair
+            const leak = Math.max(...[...out.maps].filter((_, i) => whole[i % (iso.nq * iso.nk)] !== 0));
+            assert.equal(leak, 0, `${label}: blocked pairs get nothing`);
+          }
+        }
+      }
+      assert.ok(blocked > 20, `the layout blocks pairs in both scopes (${blocked})`);
     });
   }
 }

@@ -12,10 +12,10 @@ import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder, type NormForm } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, causalMask, clipLayer, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
 import { TokenTable } from '../../workers/text/token-table.ts';
-import { conv2d, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
-import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
+import { conv2d, ISOLATION_FACTORS, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
+import { attentionGrids, gridMasks, isolationBias, isolationFactors, regionWeights } from '../../workers/layout/masks.ts';
 import { buildCrossKV, crossKeyOutputName, crossValueOutputName } from '../../workers/graph/cross-kv.ts';
-import { buildUNet, regionKeyInputName, regionValueInputName, regionWeightInputName, resnetBlock, selfBiasInputName, spatialTransformer, unetAttentionLayers, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
+import { buildUNet, regionKeyInputName, regionValueInputName, regionWeightInputName, resnetBlock, selfIsolationInputName, spatialTransformer, unetAttentionLayers, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
 import { buildVaeDecoder, buildVaeEncoder, vaeAttention } from '../../workers/graph/vae.ts';
 import * as nn from '../../workers/reference/nn.ts';
 import * as ref from '../../workers/reference/sd15.ts';
@@ -156,6 +156,11 @@ for (const backend of BACKENDS) {
 
 const tiny = makeTinyModel(1234);
 
+// Region-aware attention in one piece (explicit), and in three query chunks (at 240 bytes a query
+// row, four rows a chunk).
+const REGION_FORMS = [{ attention: 'explicit', chunks: 1 }, { attention: 'chunked', bufferLimit: 1000, chunks: 3 }] as const;
+const matMuls = (g: GraphBuilder) => g.records.filter((n) => n.type === 'MatMul').length;
+
 for (const backend of BACKENDS) {
   test(`whole tiny UNet, text encoder and VAE decoder (${backend})`, async () => {
     const { config, weights } = tiny;
@@ -204,18 +209,14 @@ for (const backend of BACKENDS) {
     }
   });
 
-  test(`region-aware cross-attention: each region's keys and values, kept by the region masks (${backend})`, async () => {
+  test(`region-aware cross-attention: each region's keys and values, kept by the region masks, whole and in query chunks (${backend})`, async () => {
     // 2 x 3 x 4 grid, 3 regions (background + two overlapping boxes), 5 keys, 8 channels, 2 heads
     const [b, nq, nk, c, heads, r] = [2, 12, 5, 8, 2, 3];
     const m = gridMasks([{ x: 0, y: 0, width: 24, height: 16 }, { x: 16, y: 8, width: 16, height: 16 }], 32, 24, 3, 4);
     const w = regionWeights(m);
-    const g = new GraphBuilder();
-    const out = regionalAttention(g, g.input('q', 'float32', [b * nq, c]), g.input('k', 'float32', [b, r, nk, c]), g.input('v', 'float32', [b, r, nk, c]), g.input('w', 'float32', [r, nq]), { b, nq, nk, c, heads, regions: r }, 'maps');
-    g.output(out, 'out', 'float32', [b * nq, c]);
     const q = randomInput(b * nq * c, 31);
     const k = randomInput(b * r * nk * c, 32);
     const v = randomInput(b * r * nk * c, 33);
-    const got = await run(backend, g, { q: { data: q, dims: [b * nq, c] }, k: { data: k, dims: [b, r, nk, c] }, v: { data: v, dims: [b, r, nk, c] }, w: { data: w, dims: [r, nq] } }, new Map());
     // the reference takes each region's keys as [B*Nk, C]
     const region = (x: Float32Array, j: number) => {
       const data = new Float64Array(b * nk * c);
@@ -224,29 +225,29 @@ for (const backend of BACKENDS) {
     };
     const regions = [0, 1, 2];
     const want = nn.regionalAttention({ data: Float64Array.from(q), shape: [b * nq, c] }, regions.map((j) => region(k, j)), regions.map((j) => region(v, j)), regions.map((j) => w.subarray(j * nq, (j + 1) * nq)), b, heads);
-    check(backend, got.out, want.out, 'regional attention');
     const maps = new Float64Array(b * r * nq * nk);
     for (let n = 0; n < b; n++) for (const j of regions) for (let i = 0; i < nq * nk; i++) maps[(n * r + j) * nq * nk + i] = want.probs[j][n * nq * nk + i];
-    check(backend, got.maps, maps, 'per-region maps');
+    for (const { chunks, ...form } of REGION_FORMS) {
+      const g = new GraphBuilder('float32', form);
+      const out = regionalAttention(g, g.input('q', 'float32', [b * nq, c]), g.input('k', 'float32', [b, r, nk, c]), g.input('v', 'float32', [b, r, nk, c]), g.input('w', 'float32', [r, nq]), { b, nq, nk, c, heads, regions: r }, 'maps');
+      g.output(out, 'out', 'float32', [b * nq, c]);
+      assert.equal(matMuls(g), 2 * chunks, `${form.attention}: two products a chunk`);
+      const got = await run(backend, g, { q: { data: q, dims: [b * nq, c] }, k: { data: k, dims: [b, r, nk, c] }, v: { data: v, dims: [b, r, nk, c] }, w: { data: w, dims: [r, nq] } }, new Map());
+      check(backend, got.out, want.out, `regional attention, ${chunks} chunk(s)`);
+      check(backend, got.maps, maps, `per-region maps, ${chunks} chunk(s)`);
+    }
   });
 
-  test(`per-region output projections: LoRA-Composer's region_rewrite, transcribed, in float64 (${backend})`, async () => {
+  test(`per-region output projections: LoRA-Composer's region_rewrite, transcribed, in float64, whole and in query chunks (${backend})`, async () => {
     // a 3 x 4 grid, covered-cell masks of two overlapping boxes: box 1 rows 0..1, columns 0..2; box 2
     // rows 1..2, columns 2..3 (pixels on a 32 x 24 frame, 8-pixel cells)
     const [b, nq, nk, c, heads, r] = [2, 12, 5, 8, 2, 3];
     const pixelBoxes = [{ x: 0, y: 0, width: 24, height: 16 }, { x: 16, y: 8, width: 16, height: 16 }];
     const m = gridMasks(pixelBoxes, 32, 24, 3, 4, 'covered');
-    const g = new GraphBuilder();
-    const region = (j: number) => ({ weight: g.input(`ow${j}`, 'float32', [c, c]), bias: g.input(`ob${j}`, 'float32', [c]) });
-    const out = regionalAttention(g, g.input('q', 'float32', [b * nq, c]), g.input('k', 'float32', [b, r, nk, c]), g.input('v', 'float32', [b, r, nk, c]), g.input('w', 'float32', [r, nq]), { b, nq, nk, c, heads, regions: r }, undefined, { shared: 'out0', region });
-    g.output(out, 'out', 'float32', [b * nq, c]);
     const q = randomInput(b * nq * c, 51);
     const k = randomInput(b * r * nk * c, 52);
     const v = randomInput(b * r * nk * c, 53);
     const outs = [0, 1, 2].map((j) => ({ w: randomInput(c * c, 60 + j), b: randomInput(c, 70 + j) }));
-    const feeds: Record<string, Input> = { q: { data: q, dims: [b * nq, c] }, k: { data: k, dims: [b, r, nk, c] }, v: { data: v, dims: [b, r, nk, c] }, w: { data: regionWeights(m), dims: [r, nq] } };
-    for (const j of [1, 2]) Object.assign(feeds, { [`ow${j}`]: { data: outs[j].w, dims: [c, c] }, [`ob${j}`]: { data: outs[j].b, dims: [c] } });
-    const got = await run(backend, g, feeds, new Map([['out0.weight', outs[0].w], ['out0.bias', outs[0].b]]));
     const regionKv = (x: Float32Array, j: number) => {
       const data = new Float64Array(b * nk * c);
       for (let n = 0; n < b; n++) for (let i = 0; i < nk * c; i++) data[n * nk * c + i] = x[((n * r + j) * nk) * c + i];
@@ -265,7 +266,17 @@ for (const backend of BACKENDS) {
       b,
       heads,
     );
-    check(backend, got.out, want, 'region rewrite');
+    for (const { chunks, ...form } of REGION_FORMS) {
+      const g = new GraphBuilder('float32', form);
+      const region = (j: number) => ({ weight: g.input(`ow${j}`, 'float32', [c, c]), bias: g.input(`ob${j}`, 'float32', [c]) });
+      const out = regionalAttention(g, g.input('q', 'float32', [b * nq, c]), g.input('k', 'float32', [b, r, nk, c]), g.input('v', 'float32', [b, r, nk, c]), g.input('w', 'float32', [r, nq]), { b, nq, nk, c, heads, regions: r }, undefined, { shared: 'out0', region });
+      g.output(out, 'out', 'float32', [b * nq, c]);
+      assert.equal(matMuls(g), 2 * chunks, `${form.attention}: two products a chunk`);
+      const feeds: Record<string, Input> = { q: { data: q, dims: [b * nq, c] }, k: { data: k, dims: [b, r, nk, c] }, v: { data: v, dims: [b, r, nk, c] }, w: { data: regionWeights(m), dims: [r, nq] } };
+      for (const j of [1, 2]) Object.assign(feeds, { [`ow${j}`]: { data: outs[j].w, dims: [c, c] }, [`ob${j}`]: { data: outs[j].b, dims: [c] } });
+      const got = await run(backend, g, feeds, new Map([['out0.weight', outs[0].w], ['out0.bias', outs[0].b]]));
+      check(backend, got.out, want, `region rewrite, ${chunks} chunk(s)`);
+    }
   });
 
   test(`layout UNet: regions sharing one context equal the plain UNet; concept isolation matches float64 and walls boxes off each other only (${backend})`, async () => {
@@ -301,8 +312,9 @@ for (const backend of BACKENDS) {
     const same = maxAbsDiff(regional.noise_pred, plain.noise_pred);
     assert.ok(same.diff <= TOL[backend] * Math.max(1, same.scale), `regions with one context: ${same.diff}`);
 
-    // concept isolation: one self-attention bias per grid, the same for every layer on it
-    for (const m of masks.values()) inputs[selfBiasInputName(m.rows, m.cols)] = { data: isolationBias(m), dims: [1, 1, m.rows * m.cols, m.rows * m.cols] };
+    // concept isolation: one set of factors per grid, the same for every layer on it; the reference
+    // adds the whole bias as the layout's masks give it
+    for (const m of masks.values()) inputs[selfIsolationInputName(m.rows, m.cols)] = { data: isolationFactors(m), dims: [2, m.rows * m.cols, ISOLATION_FACTORS] };
     const isolated = await run(backend, buildUNet(config.unet, { batch: 1, latentH: lh, latentW: lw, textLen: 77, dtype: 'float32', regions: R, isolation: true, mapLayers: [selfLayer.name] }), inputs, weights.unet);
     const want = ref.unetForward(W(weights.unet), config.unet, nn.tensor(sample, [1, 4, lh, lw]), nn.tensor(emb, [1, 16]), nn.tensor(ctx, [77, 32]), {
       bias: (layer) => {

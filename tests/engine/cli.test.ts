@@ -159,10 +159,21 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
   const fp32 = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked').out);
   assert.equal(fp32.parts.weightBytes.unet, 859_520_964 * 4);
   assert.equal(fp32.attention, 'chunked');
-  for (const bad of [['--precision', 'fp8'], ['--width', '500'], ['--architecture', 'sdxl'], ['--graph-capture', '--budget', '3e9']]) {
+  for (const bad of [['--precision', 'fp8'], ['--width', '500'], ['--architecture', 'sdxl'], ['--graph-capture', '--budget', '3e9'], ['--boxes', '9'], ['--no-guidance'], ['--boxes', '2', '--graph-capture']]) {
     const b = cli('plan', ...bad);
     assert.equal(b.code, 2, `${bad.join(' ')}: ${b.err.join(' ')}`);
-    assert.match(b.err[0], /^error: --(precision|width|architecture|graph-capture)/);
+    assert.match(b.err[0], /^error: --(precision|width|architecture|graph-capture|boxes|no-guidance)/);
+  }
+  // a layout: the same weights; its other graphs (region keys, guidance's cut UNet and backward pass)
+  // in their own activation entry, and the peak their maximum with the rest
+  const layout = JSON.parse(cli('plan', '--boxes', '5').out);
+  const unguided = JSON.parse(cli('plan', '--boxes', '5', '--no-guidance').out);
+  assert.deepEqual(layout.parts.weightBytes, plan.parts.weightBytes);
+  assert.equal(plan.parts.activationBytes.layout, undefined);
+  assert.ok(layout.parts.activationBytes.layout > unguided.parts.activationBytes.layout, 'guidance runs larger graphs between the UNet runs');
+  for (const p of [layout, unguided]) {
+    assert.equal(p.peakBytes, Object.values(p.parts.weightBytes as Record<string, number>).reduce((a, b) => a + b, 0) + Math.max(...Object.values(p.parts.activationBytes as Record<string, number>)) + p.parts.latentBytes);
+    assert.match(p.notes.at(-1), /^a layout of 5 boxes: the UNet attends per region/);
   }
   // a replayed loop keeps the UNet's activations beside the text encoder's or the decode's
   const captured = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked', '--graph-capture').out);

@@ -13,8 +13,9 @@ import { makeTinyModel } from '../../workers/engine/test-model.ts';
 import { WeightSet } from '../../workers/engine/weights.ts';
 import { buildGuidanceGraph, guidanceLayers, guidanceSeedName, GUIDANCE_GRAD_OUTPUT } from '../../workers/graph/guidance-graph.ts';
 import { elementCount as size } from '../../workers/graph/shapes.ts';
-import { regionKeyInputName, regionOutInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers, type UNetGraphOptions } from '../../workers/graph/unet.ts';
-import { attentionGrids, gridMasks, isolationBias, regionWeights } from '../../workers/layout/masks.ts';
+import { regionKeyInputName, regionOutInputName, regionValueInputName, regionWeightInputName, selfIsolationInputName, unetAttentionLayers, type UNetGraphOptions } from '../../workers/graph/unet.ts';
+import { attentionGrids, gridMasks, isolationFactors, regionWeights } from '../../workers/layout/masks.ts';
+import { ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
 import type { T } from '../../workers/reference/nn.ts';
 import type { GuidanceOptions } from '../../workers/api/contract.ts';
@@ -51,7 +52,7 @@ function inputs(opt: UNetGraphOptions): Map<string, T> {
     const masks = gridMasks(boxes, LW * 8, LH * 8, grid.rows, grid.cols);
     const n = grid.rows * grid.cols;
     m.set(regionWeightInputName(grid.rows, grid.cols), { data: Float64Array.from(regionWeights(masks)), shape: [opt.regions, n] });
-    if (opt.isolation) m.set(selfBiasInputName(grid.rows, grid.cols), { data: Float64Array.from(isolationBias(masks)), shape: [1, 1, n, n] });
+    if (opt.isolation) m.set(selfIsolationInputName(grid.rows, grid.cols), { data: Float64Array.from(isolationFactors(masks)), shape: [2, n, ISOLATION_FACTORS] });
   }
   if (opt.regionOutputs) {
     for (const l of unetAttentionLayers(cfg, LH, LW).filter((l) => l.kind === 'cross')) {

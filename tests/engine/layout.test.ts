@@ -85,6 +85,12 @@ test('isolation and re-initialisation run, report their windows, and a box outsi
   const { engine, loras } = await studio();
   const r = await engine.generate({ ...JOB, layout: layout(loras, { isolation: true, reinit: true }) });
   assert.equal(r.report.unetEvaluations, 4, 'three steps and the probe step');
+  // the plan counts the layout's graphs: the region keys and the re-initialisation probe's cut UNet
+  const plan = r.report.memoryPlan;
+  assert.match(plan.notes.at(-1)!, /^a layout of 2 boxes: the UNet attends per region; the cut UNet for its attention maps runs between its runs$/);
+  const a = plan.parts.activationBytes;
+  assert.ok(a.layout! > 0);
+  assert.equal(plan.peakBytes, Object.values(plan.parts.weightBytes).reduce((x, y) => x + y, 0) + Math.max(a.unet, a.textEncoder, a.vae, a.layout!) + plan.parts.loraArenaBytes + plan.parts.pristineBytes + plan.parts.cacheBytes + plan.parts.latentBytes);
   for (const b of r.report.boxes) {
     assert.ok(b.window && b.window.row >= 0 && b.window.row + 6 <= 8 && b.window.col >= 0 && b.window.col + 4 <= 8, JSON.stringify(b.window));
   }

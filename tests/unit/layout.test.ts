@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
 import { unetAttentionLayers } from '../../workers/graph/unet.ts';
-import { attentionGrids, BLOCKED, gridMasks, isolationBias, rasterBox, regionWeights } from '../../workers/layout/masks.ts';
+import { attentionGrids, BLOCKED, gridMasks, isolationBias, isolationFactors, rasterBox, regionWeights } from '../../workers/layout/masks.ts';
+import { ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
 import { argmaxWindow, meanStd, reinitLatent } from '../../workers/layout/reinit.ts';
 import { conceptTokens } from '../../workers/layout/concept-tokens.ts';
 import { layoutSwitches, MAX_BOXES, parseScene, sceneJob, testScene, type Scene } from '../../workers/layout/scene.ts';
@@ -108,6 +109,40 @@ test('concept isolation (the code): a box query cannot see other boxes; backgrou
     const got = isolationBias(g);
     for (let i = 0; i < want.length; i++) assert.equal(got[i], want[i] ? BLOCKED : 0, `trial ${trial}, pair ${i}`);
   }
+});
+
+test('concept isolation in factors: BLOCKED * relu(L R^T) is the bias, pair for pair, in both scopes, up to the most boxes', () => {
+  const F = ISOLATION_FACTORS;
+  const rng = new Rng(17);
+  const u = () => rng.normal(1)[0];
+  let blockedPairs = 0;
+  for (let trial = 0; trial < 60; trial++) {
+    const count = 1 + (trial % MAX_BOXES);
+    const [rows, cols] = [[4, 4], [3, 5], [8, 8], [6, 2]][trial % 4];
+    // boxes on a frame of 8-pixel cells, overlapping at random, some off whole cells
+    const boxes = Array.from({ length: count }, () => {
+      const x = Math.floor(Math.abs(u()) * cols * 4);
+      const y = Math.floor(Math.abs(u()) * rows * 4);
+      return { x, y, width: 4 + Math.floor(Math.abs(u()) * cols * 6), height: 4 + Math.floor(Math.abs(u()) * rows * 6) };
+    });
+    const m = gridMasks(boxes, cols * 8, rows * 8, rows, cols);
+    const n = rows * cols;
+    for (const scope of ['concepts', 'regions'] as const) {
+      const want = isolationBias(m, scope);
+      const f = isolationFactors(m, scope);
+      assert.equal(f.length, 2 * n * F);
+      for (let q = 0; q < n; q++) {
+        for (let k = 0; k < n; k++) {
+          let dot = 0;
+          for (let j = 0; j < F; j++) dot += f[q * F + j] * f[(n + k) * F + j];
+          const got = BLOCKED * Math.max(0, dot);
+          assert.ok(Object.is(got + 0, want[q * n + k] + 0), `trial ${trial} (${count} boxes), ${scope}, pair ${q}, ${k}: ${got} against ${want[q * n + k]}`);
+          if (want[q * n + k]) blockedPairs++;
+        }
+      }
+    }
+  }
+  assert.ok(blockedPairs > 1000, `the layouts have pairs to block (${blockedPairs})`);
 });
 
 const SCENE: Scene = {

@@ -1,5 +1,5 @@
 // The memory plan: liveness over a graph's node order against hand counts, the SD 1.5 graphs' weights
-// against the published parameter counts, and the plan's choices at 512x512.
+// against the published parameter counts, the plan's choices at 512x512, and a layout's graphs.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
@@ -9,6 +9,7 @@ import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
 import { graphSpecs, textEncoderFileSpecs } from '../../workers/graph/specs.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
+import { ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
 
 test('liveness: a value lives from its node to its last reader, outputs to the end', () => {
   const g = new GraphBuilder('float32');
@@ -125,4 +126,47 @@ test('the largest buffer counts weights as they are bound: the UNet of SD 1.5 at
   tiny.output(tiny.op('MatMul', [x, tiny.weight('big.weight', [10, 100])]), 'y', 'float32', [1, 100]);
   const m = graphMemory(tiny);
   assert.deepEqual([m.largestBufferBytes, m.largestWeightBytes, m.largestWeight], [400, 4000, 'the weight big.weight']);
+});
+
+test("a layout at 1024x1024: the region-aware attention and concept isolation's bias in query chunks under the limit, and the plan counts guidance's graphs", () => {
+  const LIMIT = 128 * 2 ** 20;
+  const n = 128 * 128;
+  const regions = 6; // the background and five boxes
+  for (const attention of ['fused', 'chunked'] as const) {
+    const g = buildUNet(SD15_CONFIG.unet, { batch: 2, latentH: 128, latentW: 128, textLen: 77, dtype: 'float16', attention, bufferLimit: LIMIT, regions, isolation: true, regionOutputs: true });
+    // isolation's factors [2, n, 10] are the input; the n x n bias (512 MiB in fp16) is never a value
+    assert.deepEqual(g.inputs.find((i) => i.name === 'self_iso.128x128')?.dims, [2, n, ISOLATION_FACTORS]);
+    const values = [...g.shapes].filter(([v]) => !g.weights.has(v));
+    assert.ok(values.every(([, s]) => s.reduce((a, b) => a * b, 1) < n * n), `${attention}: no value as large as the whole bias`);
+    // the region-aware scores [B, heads, R, rows, 77] at the 128x128 grid: 14,784 bytes a query row,
+    // so 9,078 rows a chunk, two chunks of 8,192
+    const regional = g.records.filter((r) => r.type === 'Softmax' && g.shape(r.outputs[0]).length === 5).map((r) => g.shape(r.outputs[0]));
+    const atTop = regional.filter((s) => s[2] === regions && s[4] === 77 && s[1] === 8 && (s[3] === n / 2));
+    assert.equal(atTop.length, 2 * 5, `${attention}: two chunks in each of the five 128x128 cross-attention layers (${regional.length} regional softmaxes)`);
+    for (const s of regional) assert.ok(s.reduce((a, b) => a * b, 1) * 2 <= LIMIT, `${attention}: a chunk of ${s}`);
+    if (attention === 'fused') {
+      // the fused self-attention at 128x128 runs on four query chunks: its bias [1, 1, 4096, n] is 128 MiB
+      const chunks = g.records.filter((r) => r.type === 'MultiHeadAttention' && g.shape(r.inputs[5])[3] === n);
+      assert.ok(chunks.every((r) => g.shape(r.inputs[0])[1] === n / 4 && g.shape(r.inputs[5])[2] === n / 4));
+      assert.equal(chunks.length, 4 * 5, 'four chunks in each of the five 128x128 self-attention layers');
+    }
+    // what is left above the limit is the GEGLU projection of the batch of two (2 x n x 2560 halves),
+    // which the plan avoids by running the CFG halves one after the other
+    const m = graphMemory(g);
+    assert.equal(m.largestBufferBytes, 2 * n * 2560 * 2, `${attention}: ${m.largestBuffer}`);
+    assert.match(m.largestBuffer, /^Gemm /);
+  }
+  // the plan: within the limit; guidance's graphs counted, and the peak their maximum with the rest
+  const layout = { boxes: 5, injection: true, isolation: true, regionOutput: 'own', reinit: true, guidance: true } as const;
+  const plan = planMemory(SD15_CONFIG, { width: 1024, height: 1024, precision: 'fp16', cfg: true, fusedAttention: true, layout });
+  assert.equal(plan.fits, true, plan.notes.join('; '));
+  assert.equal(plan.cfgHalves, true);
+  assert.ok(plan.largestBufferBytes <= LIMIT, `${plan.largestBuffer} ${plan.largestBufferBytes}`);
+  const a = plan.parts.activationBytes;
+  const w = plan.parts.weightBytes;
+  assert.equal(plan.peakBytes, w.unet + w.textEncoder + w.vae + Math.max(a.unet, a.textEncoder, a.vae, a.layout!) + plan.parts.latentBytes);
+  const plain = planMemory(SD15_CONFIG, { width: 1024, height: 1024, precision: 'fp16', cfg: true, fusedAttention: true });
+  assert.equal(w.unet, plain.parts.weightBytes.unet, "every UNet weight counted, though the layout's UNet graph leaves the cross-attention keys to the region keys' graph");
+  const unguided = planMemory(SD15_CONFIG, { width: 1024, height: 1024, precision: 'fp16', cfg: true, fusedAttention: true, layout: { ...layout, guidance: false, reinit: false } });
+  assert.ok(a.layout! > unguided.parts.activationBytes.layout!, 'the backward pass of guidance is the largest of them');
 });

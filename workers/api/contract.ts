@@ -378,7 +378,8 @@ export interface MemoryPlanReport {
   bufferLimitBytes: number;
   parts: {
     weightBytes: { unet: number; textEncoder: number; vae: number };
-    activationBytes: { unet: number; textEncoder: number; vae: number };
+    /** `layout`: the largest of a layout's graphs that run between the UNet's (region keys, guidance's cut UNet and its backward pass); absent without a layout. */
+    activationBytes: { unet: number; textEncoder: number; vae: number; layout?: number };
     loraArenaBytes: number;
     pristineBytes: number;
     cacheBytes: number;

@@ -55,6 +55,9 @@ export const MAX_CONTEXT_CHUNKS = 8;
 /** The WebGPU EP's layout for every session the engine compiles. */
 export const CONV_LAYOUT: ConvLayout = 'NCHW';
 
+/** Memory plans kept between jobs (each a small object), the oldest dropped first. */
+const PLANS_KEPT = 64;
+
 interface CompiledGraph {
   session: OrtNs.InferenceSession;
   weightNames: string[];
@@ -487,7 +490,7 @@ export class Engine {
     return this.rt.backend === 'webgpu' && job.latentsOnGpu !== false && !compositionNeedsCpu(comp) && !layout?.guidance && !layout?.reinit;
   }
 
-  /** The job's memory plan, from its graphs (kept per size, precision and LoRA count); `captured`: the UNet replays a captured graph (its activations stay). */
+  /** The job's memory plan, from its graphs (kept per size, precision, LoRA count and layout); `captured`: the UNet replays a captured graph (its activations stay). */
   private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false, precision = this.model!.precision): MemoryPlan {
     const m = this.model!;
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
@@ -499,7 +502,9 @@ export class Engine {
     const cached = comp.method === 'cmlora' && comp.cache === 'deep' ? runs : comp.deepCacheInterval > 1 ? sets : 0;
     // a loop mixing several predictions on the GPU keeps one per run, the mix, and CMLoRA's cached offsets
     const kept = compositionMixes(comp) && this.loopMayStayOnGpu(job, comp) ? sets + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
-    const key = JSON.stringify([job.width, job.height, precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured]);
+    const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
+    const layout = resolved && { boxes: job.layout!.boxes.length, injection: resolved.injection, isolation: resolved.isolation, regionOutput: resolved.regionOutput, reinit: resolved.reinit, guidance: !!resolved.guidance };
+    const key = JSON.stringify([job.width, job.height, precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured, layout ?? null]);
     let p = this.plans.get(key);
     if (!p) {
       p = planMemory(m.ckpt.config, {
@@ -517,7 +522,10 @@ export class Engine {
         pointwiseAsIs: CONV_LAYOUT === 'NCHW',
         conv: this.rt.conv,
         capturedUnet: captured,
+        layout,
       });
+      // the oldest plans go first past a bound (a refusal's bisection alone adds a handful)
+      if (this.plans.size >= PLANS_KEPT) this.plans.delete(this.plans.keys().next().value!);
       this.plans.set(key, p);
     }
     return p;

@@ -1,17 +1,21 @@
 // A job's memory plan, made from the graphs it will run before anything is allocated: the three
 // models' weights on the GPU (CLIP's token table stays in CPU memory), the largest graph's live
 // activations, the LoRA arena and the pristine copies of the weights LoRAs touch, and the
-// deep-feature cache. It picks what fits the adapter: fused attention
+// deep-feature cache. A layout's job adds its regions to the UNet and runs the cut UNet of guidance
+// (and its backward pass) and the region keys' graph between the UNet's runs. It picks what fits the adapter: fused attention
 // where the adapter runs it right, else query chunks under the buffer limit; the two CFG halves one
 // after the other when the batch of two does not fit. `npm run cli -- plan` prints it.
-import type { MemoryPlanReport } from '../api/contract.ts';
+import type { MemoryPlanReport, ResolvedLayoutOptions } from '../api/contract.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { latentSize } from '../checkpoint/config.ts';
 import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../graph/builder.ts';
 import { buildTextEncoder, tokenEmbeddingSpec } from '../graph/clip.ts';
+import { buildCrossKV } from '../graph/cross-kv.ts';
+import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder } from '../graph/vae.ts';
+import { layoutGraphOptions } from '../layout/regional.ts';
 import { stagedGraphs } from './vae-tiles.ts';
 
 /** Tile sides tried for the staged VAE decode, largest first (latent cells). */
@@ -63,7 +67,14 @@ export interface PlanRequest {
   conv?: ConvForm;
   /** The UNet runs as a captured graph, whose session keeps its activations between runs (so through the text encoder and the decode too). */
   capturedUnet?: boolean;
+  /**
+   * A layout (LoRA-Composer): its boxes and what it asks. Its UNet attends per region; guidance runs
+   * the cut UNet and its backward pass, re-initialisation the cut UNet, between the UNet's runs.
+   */
+  layout?: PlanLayout;
 }
+
+export type PlanLayout = { boxes: number; guidance: boolean } & Pick<ResolvedLayoutOptions, 'injection' | 'isolation' | 'regionOutput' | 'reinit'>;
 
 /** The plan as the report carries it (workers/api/contract.ts), less the device check's words. */
 export type MemoryPlan = Omit<MemoryPlanReport, 'attention' | 'attentionReason'> & { attention: AttentionForm };
@@ -92,9 +103,25 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
   // the graphs' forms, as the engine builds them
   const forms = { dtype, attention, bufferLimit: limit, conv: req.conv } as const;
-  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, ...forms }), memOptions);
+  const lay = req.layout;
+  const layout = lay ? layoutGraphOptions(cfg.unet, lh, lw, lay.boxes, lay) : undefined;
+  const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, ...forms, ...layout }), memOptions);
   const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, clipSkip: 1, ...forms });
   const text = graphMemory(textGraph);
+  // a layout's other graphs, each run on its own between the UNet's runs, on the UNet's weights: the
+  // region keys and values of each prompt, and guidance's cut UNet (maps; with guidance its backward
+  // pass), whose attention is always chunked (there is no gradient rule for the fused node)
+  const between: { name: string; memory: GraphMemory }[] = [];
+  if (lay && layout) {
+    between.push({ name: 'region keys', memory: graphMemory(buildCrossKV(cfg.unet, { batch: 1, textLen, dtype }), memOptions) });
+    if (lay.guidance || lay.reinit) {
+      const layers = guidanceLayers(cfg.unet, lh, lw);
+      const guide = { batch: 1, latentH: lh, latentW: lw, textLen, dtype, regions: layout.regions, isolation: layout.isolation, regionOutputs: layout.regionOutputs, attention: 'chunked', bufferLimit: limit } as const;
+      between.push({ name: 'the cut UNet for its attention maps', memory: graphMemory(buildGuidanceGraph(cfg.unet, guide, layers, false), memOptions) });
+      if (lay.guidance) between.push({ name: 'its backward pass', memory: graphMemory(buildGuidanceGraph(cfg.unet, guide, layers, true), memOptions) });
+    }
+  }
+  const betweenPeak = Math.max(0, ...between.map((b) => b.memory.activationPeakBytes));
   const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions);
   let vae = wholeVae;
 
@@ -109,9 +136,12 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   // predictions a loop mixing several keeps
   const latentBytes = (4 * cfg.unet.inChannels + (req.keptPredictions ?? 0) * cfg.unet.outChannels) * 4 * lh * lw * (req.cfg ? 2 : 1);
 
+  // every UNet weight is on the GPU, though a layout's UNet graph leaves the cross-attention keys'
+  // and values' projections to the region keys' graph
+  const unetWeightBytes = [...unetGraph.weights.values()].reduce((a, w) => a + count(w.dims) * bytes, 0);
   const total = (u: GraphMemory) => {
-    const weights = u.weightBytes + text.weightBytes + vae.weightBytes;
-    const activations = req.capturedUnet ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes) : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes);
+    const weights = unetWeightBytes + text.weightBytes + vae.weightBytes;
+    const activations = req.capturedUnet ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes) : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes, betweenPeak);
     return weights + activations + loraArenaBytes + pristineBytes + cacheBytes + latentBytes;
   };
   let unet = unetAt(req.cfg ? 2 : 1);
@@ -145,9 +175,13 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const tokenTableBytes = count(tokenEmbeddingSpec(cfg.textEncoder).dims) * bytes;
   notes.push(`CLIP's token table (${(tokenTableBytes / 2 ** 20).toFixed(0)} MiB) stays in CPU memory: a prompt reads 77 of its rows`);
   if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
+  if (lay) {
+    const cut = between.slice(1).map((b) => b.name);
+    notes.push(`a layout of ${lay.boxes} box${lay.boxes === 1 ? '' : 'es'}: the UNet attends per region${cut.length ? `; ${cut.join(' and ')} run${cut.length === 1 ? 's' : ''} between its runs` : ''}`);
+  }
   // the largest single buffer: an activation, a transposed copy, or a weight as it is bound (tiling
   // and halves change only the first two)
-  const largest = [unet, text, vae]
+  const largest = [unet, text, vae, ...between.map((b) => b.memory)]
     .flatMap((m) => [
       { largestBufferBytes: m.largestBufferBytes, largestBuffer: m.largestBuffer },
       { largestBufferBytes: m.largestWeightBytes, largestBuffer: m.largestWeight },
@@ -169,8 +203,8 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     bufferLimitBytes: limit,
     fits,
     parts: {
-      weightBytes: { unet: unet.weightBytes, textEncoder: text.weightBytes, vae: vae.weightBytes },
-      activationBytes: { unet: unet.activationPeakBytes, textEncoder: text.activationPeakBytes, vae: vae.activationPeakBytes },
+      weightBytes: { unet: unetWeightBytes, textEncoder: text.weightBytes, vae: vae.weightBytes },
+      activationBytes: { unet: unet.activationPeakBytes, textEncoder: text.activationPeakBytes, vae: vae.activationPeakBytes, ...(lay ? { layout: betweenPeak } : {}) },
       loraArenaBytes,
       pristineBytes,
       cacheBytes,

@@ -87,9 +87,19 @@ export function quickGelu(g: GraphBuilder, v: string): string {
   return g.op('Mul', [v, g.op('Sigmoid', [g.op('Mul', [v, g.scalar(1.702)])])]);
 }
 
+/** Concept isolation's bias for a blocked pair: exp(-1e4) is 0 in float32 and float16 alike. */
+export const ISOLATION_BLOCKED = -1e4;
+/** Columns of concept isolation's factors (layout/masks.ts `isolationFactors`): up to 8 boxes and two more. */
+export const ISOLATION_FACTORS = 10;
+
 export interface AttentionIo {
   /** Additive bias on the scores, broadcast to [B, heads, Nq, Nk]; e.g. a region mask. */
   bias?: string;
+  /**
+   * Concept isolation as factors [2, Nq, F] (self-attention, Nq = Nk): the bias
+   * ISOLATION_BLOCKED * relu(L R^T) is made for one query chunk at a time and added to `bias`.
+   */
+  isolation?: string;
   /** When set, the head-averaged attention probabilities [B, Nq, Nk] become this graph output. */
   probsOutput?: string;
 }
@@ -110,12 +120,18 @@ export function attention(
 ): string {
   const { b, nq, nk, c, heads } = dims;
   if (g.attention === 'fused' && !io.probsOutput) {
-    // bias [B or 1, 1, Nq, Nk] is the node's attention_bias, broadcast over batch and heads
+    // bias [B or 1, 1, Nq, Nk] is the node's attention_bias, broadcast over batch and heads; with
+    // isolation the node runs on query chunks whose bias [1, 1, rows, Nk] stays within the limit
     const tokens = (x: string, n: number) => g.op('Reshape', [x, g.ints([b, n, c])]);
     let bias = io.bias;
     if (bias && g.shape(bias).length < 4) bias = g.op('Reshape', [bias, g.ints([...new Array(4 - g.shape(bias).length).fill(1), ...g.shape(bias)])]);
-    const inputs = [tokens(q, nq), tokens(k, nk), tokens(v, nk), ...(bias ? ['', '', bias] : [])];
-    return g.op('Reshape', [g.msOp('MultiHeadAttention', inputs, { num_heads: heads }), g.ints([b * nq, c])]);
+    const rows = chunkRows(nq, io.isolation ? Math.ceil((nq * nk * g.bytesPerElement) / g.bufferLimit) : 1);
+    const qParts = rows.length === 1 ? [tokens(q, nq)] : g.opMulti('Split', [tokens(q, nq), g.ints(rows)], rows.length, { axis: 1 });
+    const biasParts = chunkBias(g, bias, io.isolation, rows, nk);
+    const kt = tokens(k, nk);
+    const vt = tokens(v, nk);
+    const outs = qParts.map((qc, i) => g.msOp('MultiHeadAttention', [qc, kt, vt, ...(biasParts[i] ? ['', '', biasParts[i]] : [])], { num_heads: heads }));
+    return g.op('Reshape', [outs.length === 1 ? outs[0] : g.op('Concat', outs, { axis: 1 }), g.ints([b * nq, c])]);
   }
   const d = c / heads;
   const qh = g.op('Transpose', [g.op('Reshape', [q, g.ints([b, nq, heads, d])])], { perm: [0, 2, 1, 3] });
@@ -124,16 +140,12 @@ export function attention(
   const chunks = g.attention === 'explicit' ? 1 : attentionChunks(dims, g.bytesPerElement, g.bufferLimit);
   const rows = chunkRows(nq, chunks);
   const qParts = rows.length === 1 ? [qh] : g.opMulti('Split', [qh, g.ints(rows)], rows.length, { axis: 2 });
-  const biasParts = !io.bias
-    ? []
-    : rows.length === 1 || g.shape(io.bias)[2] === 1
-      ? rows.map(() => io.bias as string)
-      : g.opMulti('Split', [io.bias, g.ints(rows)], rows.length, { axis: 2 });
+  const biasParts = chunkBias(g, io.bias, io.isolation, rows, nk);
   const ctxParts: string[] = [];
   const mapParts: string[] = [];
   qParts.forEach((qc, i) => {
     let scores = g.op('Mul', [g.op('MatMul', [qc, kh]), g.scalar(1 / Math.sqrt(d))]);
-    if (io.bias) scores = g.op('Add', [scores, biasParts[i]]);
+    if (biasParts[i]) scores = g.op('Add', [scores, biasParts[i]]);
     const probs = g.op('Softmax', [scores], { axis: -1 });
     if (io.probsOutput) mapParts.push(g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 }));
     ctxParts.push(g.op('MatMul', [probs, vh]));
@@ -145,6 +157,27 @@ export function attention(
   }
   const ctx = ctxParts.length === 1 ? ctxParts[0] : g.op('Concat', ctxParts, { axis: 2 });
   return g.op('Reshape', [g.op('Transpose', [ctx], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
+}
+
+/**
+ * The additive bias of each query chunk (`rows`): `bias` ([.., .., Nq or 1, Nk]) cut along its query
+ * axis, plus concept isolation's bias made from its factors for those rows alone. Empty strings
+ * where there is neither.
+ */
+function chunkBias(g: GraphBuilder, bias: string | undefined, isolation: string | undefined, rows: number[], nk: number): string[] {
+  const given = !bias ? rows.map(() => '') : rows.length === 1 || g.shape(bias)[2] === 1 ? rows.map(() => bias) : g.opMulti('Split', [bias, g.ints(rows)], rows.length, { axis: 2 });
+  if (!isolation) return given;
+  const F = ISOLATION_FACTORS;
+  const [l, r] = g.opMulti('Split', [isolation, g.ints([1, 1])], 2, { axis: 0 });
+  const left = g.op('Reshape', [l, g.ints([rows.reduce((a, n) => a + n, 0), F])]);
+  const rightT = g.op('Transpose', [g.op('Reshape', [r, g.ints([nk, F])])], { perm: [1, 0] });
+  const leftParts = rows.length === 1 ? [left] : g.opMulti('Split', [left, g.ints(rows)], rows.length, { axis: 0 });
+  return leftParts.map((lp, i) => {
+    // whole numbers (0 or 1 after the relu): exact in float16 as in float32
+    const blocked = g.op('Mul', [g.op('Relu', [g.op('MatMul', [lp, rightT])]), g.scalar(ISOLATION_BLOCKED)]);
+    const own = g.op('Reshape', [blocked, g.ints([1, 1, rows[i], nk])]);
+    return given[i] ? g.op('Add', [given[i], own]) : own;
+  });
 }
 
 /** Query chunks so that one chunk's score tensor [B, heads, rows, Nk] stays within `limit` bytes. */
@@ -167,6 +200,8 @@ export function chunkRows(n: number, chunks: number): number[] {
  *   out(i) = sum_r w[r, i] * softmax(q_i k_r^T / sqrt(d)) v_r
  * with w [R, Nq] the region masks normalised per cell (the background is a region too).
  * `probsOutput` gets the head-averaged maps of every region, unmasked: [B, R, Nq, Nk].
+ * Unless the builder's form is explicit, it runs on query chunks whose scores and per-region results
+ * stay within the builder's buffer limit.
  * With `outputs` (the code's region_rewrite, multi_lora_sample.py ~295-307) each region's result goes
  * through that region's own output projection before the weighting: region 0 through
  * `outputs.shared` (the UNet's to_out), region r >= 1 through the inputs `outputs.region(r)`; the
@@ -187,31 +222,50 @@ export function regionalAttention(
   const qh = g.op('Reshape', [g.op('Transpose', [g.op('Reshape', [q, g.ints([b, nq, heads, d])])], { perm: [0, 2, 1, 3] }), g.ints([b, heads, 1, nq, d])]);
   const kh = g.op('Transpose', [g.op('Reshape', [k, g.ints([b, r, nk, heads, d])])], { perm: [0, 3, 1, 4, 2] });
   const vh = g.op('Transpose', [g.op('Reshape', [v, g.ints([b, r, nk, heads, d])])], { perm: [0, 3, 1, 2, 4] });
-  const scores = g.op('Mul', [g.op('MatMul', [qh, kh]), g.scalar(1 / Math.sqrt(d))]);
-  const probs = g.op('Softmax', [scores], { axis: -1 });
+  // Query chunks, unless the form is explicit: a chunk's scores [B, heads, R, rows, Nk] and its
+  // per-region results [B, heads, R, rows, d] stay within the buffer limit (at 1024x1024 with five
+  // boxes the whole scores would be 231 MiB in fp16). A query's result reads only its own row.
+  const chunks = g.attention === 'explicit' ? 1 : attentionChunks({ b, nq, nk: r * Math.max(nk, d), heads }, g.bytesPerElement, g.bufferLimit);
+  const rows = chunkRows(nq, chunks);
+  const split = (x: string, axis: number) => (rows.length === 1 ? [x] : g.opMulti('Split', [x, g.ints(rows)], rows.length, { axis }));
+  const qParts = split(qh, 3);
+  const wParts = split(weights, 1);
+  const mapParts: string[] = [];
+  // each region's own output projection, shared by the chunks
+  const projections = outputs ? Array.from({ length: r }, (_, j) => (j === 0 ? undefined : outputs.region(j))) : [];
+  const outParts = qParts.map((qc, i) => {
+    const n = rows[i];
+    const scores = g.op('Mul', [g.op('MatMul', [qc, kh]), g.scalar(1 / Math.sqrt(d))]);
+    const probs = g.op('Softmax', [scores], { axis: -1 });
+    if (probsOutput) mapParts.push(g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 }));
+    const perRegion = g.op('MatMul', [probs, vh]); // [B, heads, R, rows, d]
+    if (!outputs) {
+      const ctx = g.op('Mul', [perRegion, g.op('Reshape', [wParts[i], g.ints([1, 1, r, n, 1])])]);
+      return g.op('ReduceSum', [ctx, g.ints([2])], { keepdims: 0 }); // [B, heads, rows, d]
+    }
+    // [B, R, rows, C], then one projection per region, weighted by its mask and summed
+    const tokens = g.op('Reshape', [g.op('Transpose', [perRegion], { perm: [0, 2, 3, 1, 4] }), g.ints([b, r, n * c])]);
+    const parts = r === 1 ? [tokens] : g.opMulti('Split', [tokens, g.ints(new Array(r).fill(1))], r, { axis: 1 });
+    const w = r === 1 ? [wParts[i]] : g.opMulti('Split', [wParts[i], g.ints(new Array(r).fill(1))], r, { axis: 0 });
+    let sum = '';
+    for (let j = 0; j < r; j++) {
+      const x = g.op('Reshape', [parts[j], g.ints([b * n, c])]);
+      const own = projections[j];
+      const y = own ? g.op('Gemm', [x, own.weight, own.bias], { transB: 1 }) : linear(g, x, outputs.shared, c, c);
+      const weighted = g.op('Mul', [g.op('Reshape', [y, g.ints([b, n, c])]), g.op('Reshape', [w[j], g.ints([1, n, 1])])]);
+      sum = sum ? g.op('Add', [sum, weighted]) : weighted;
+    }
+    return sum; // [B, rows, C]
+  });
   if (probsOutput) {
-    const mean = g.op('ReduceMean', [probs], { axes: [1], keepdims: 0 });
+    const mean = mapParts.length === 1 ? mapParts[0] : g.op('Concat', mapParts, { axis: 2 });
     g.output(g.dtype === 'float16' ? g.op('Cast', [mean], { to: 1 }) : mean, probsOutput, 'float32', [b, r, nq, nk]);
   }
-  const perRegion = g.op('MatMul', [probs, vh]); // [B, heads, R, Nq, d]
   if (!outputs) {
-    const ctx = g.op('Mul', [perRegion, g.op('Reshape', [weights, g.ints([1, 1, r, nq, 1])])]);
-    const summed = g.op('ReduceSum', [ctx, g.ints([2])], { keepdims: 0 });
+    const summed = outParts.length === 1 ? outParts[0] : g.op('Concat', outParts, { axis: 2 });
     return g.op('Reshape', [g.op('Transpose', [summed], { perm: [0, 2, 1, 3] }), g.ints([b * nq, c])]);
   }
-  // [B, R, Nq, C], then one projection per region, weighted by its mask and summed
-  const tokens = g.op('Reshape', [g.op('Transpose', [perRegion], { perm: [0, 2, 3, 1, 4] }), g.ints([b, r, nq * c])]);
-  const parts = r === 1 ? [tokens] : g.opMulti('Split', [tokens, g.ints(new Array(r).fill(1))], r, { axis: 1 });
-  const w = r === 1 ? [weights] : g.opMulti('Split', [weights, g.ints(new Array(r).fill(1))], r, { axis: 0 });
-  let sum = '';
-  for (let j = 0; j < r; j++) {
-    const x = g.op('Reshape', [parts[j], g.ints([b * nq, c])]);
-    const own = j === 0 ? undefined : outputs.region(j);
-    const y = own ? g.op('Gemm', [x, own.weight, own.bias], { transB: 1 }) : linear(g, x, outputs.shared, c, c);
-    const weighted = g.op('Mul', [g.op('Reshape', [y, g.ints([b, nq, c])]), g.op('Reshape', [w[j], g.ints([1, nq, 1])])]);
-    sum = sum ? g.op('Add', [sum, weighted]) : weighted;
-  }
-  return g.op('Reshape', [sum, g.ints([b * nq, c])]);
+  return g.op('Reshape', [outParts.length === 1 ? outParts[0] : g.op('Concat', outParts, { axis: 1 }), g.ints([b * nq, c])]);
 }
 
 /** NCHW -> tokens [B*H*W, C]. */

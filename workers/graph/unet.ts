@@ -3,7 +3,7 @@
 // attention layer, and head-averaged cross-attention maps as outputs.
 import type { UNetConfig } from '../checkpoint/config.ts';
 import { GraphBuilder, type GraphOptions } from './builder.ts';
-import { attention, conv2d, regionalAttention, fromTokens, gelu, groupNorm, layerNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
+import { attention, conv2d, ISOLATION_FACTORS, regionalAttention, fromTokens, gelu, groupNorm, layerNorm, linear, silu, toTokens, upsampleNearest2x, type Feat } from './layers.ts';
 
 export interface UNetGraphOptions extends GraphOptions {
   batch: number;
@@ -21,7 +21,10 @@ export interface UNetGraphOptions extends GraphOptions {
    * [batch, R, textLen, C]), weighted per cell by `region_w.<h>x<w>` [R, h*w].
    */
   regions?: number;
-  /** Layout: every self-attention layer adds the shared bias `self_bias.<h>x<w>` [1, 1, n, n] (concept isolation). */
+  /**
+   * Layout: every self-attention layer adds concept isolation's bias, made from the factors its grid
+   * shares, `self_iso.<h>x<w>` [2, n, ISOLATION_FACTORS] (layout/masks.ts `isolationFactors`).
+   */
   isolation?: boolean;
   /**
    * Layout: each box region's cross-attention result goes through its own output projection, given
@@ -48,7 +51,7 @@ export interface UNetGraphOptions extends GraphOptions {
 export const regionKeyInputName = (layer: string) => `region_k.${layer}`;
 export const regionValueInputName = (layer: string) => `region_v.${layer}`;
 export const regionWeightInputName = (h: number, w: number) => `region_w.${h}x${w}`;
-export const selfBiasInputName = (h: number, w: number) => `self_bias.${h}x${w}`;
+export const selfIsolationInputName = (h: number, w: number) => `self_iso.${h}x${w}`;
 export const regionOutInputName = (region: number, layer: string, part: 'weight' | 'bias') => `region_out.${region}.${layer}.to_out.0.${part}`;
 
 export const unetBiasInputName = (layer: string) => `attn_bias.${layer}`;
@@ -95,12 +98,9 @@ export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number
 function attnIo(ctx: Ctx, layer: string, nq: number, nk: number, grid: { h: number; w: number; c: number }) {
   const { opt } = ctx;
   const probsOutput = opt.mapLayers?.includes(layer) ? unetMapOutputName(layer) : undefined;
-  let bias = opt.biasLayers?.includes(layer) ? ctx.g.input(unetBiasInputName(layer), ctx.g.dtype, [opt.batch, 1, nq, nk]) : undefined;
+  const bias = opt.biasLayers?.includes(layer) ? ctx.g.input(unetBiasInputName(layer), ctx.g.dtype, [opt.batch, 1, nq, nk]) : undefined;
   const self = layer.endsWith('.attn1');
-  if (self && opt.isolation) {
-    const shared = sharedInput(ctx, selfBiasInputName(grid.h, grid.w), [1, 1, nq, nq]);
-    bias = bias ? ctx.g.op('Add', [bias, shared]) : shared;
-  }
+  const isolation = self && opt.isolation ? sharedInput(ctx, selfIsolationInputName(grid.h, grid.w), [2, nq, ISOLATION_FACTORS]) : undefined;
   const regional =
     !self && opt.regions
       ? {
@@ -119,7 +119,7 @@ function attnIo(ctx: Ctx, layer: string, nq: number, nk: number, grid: { h: numb
             : undefined,
         }
       : undefined;
-  return { bias, probsOutput, regional };
+  return { bias, isolation, probsOutput, regional };
 }
 
 /** One BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward; tokens [B*N, C]. */

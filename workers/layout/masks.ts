@@ -8,6 +8,7 @@
 //   concept disappears from the coarse layers.
 // Cells outside every box are background.
 import type { IsolationScope, MaskRule } from '../api/contract.ts';
+import { ISOLATION_BLOCKED, ISOLATION_FACTORS } from '../graph/layers.ts';
 import type { SceneBox } from './scene.ts';
 
 export type { IsolationScope, MaskRule };
@@ -107,7 +108,7 @@ export function attentionGrids(layers: { h: number; w: number }[]): { rows: numb
 }
 
 /** What softmax sees for a forbidden pair: exp(-1e4) is 0 in float32 and float16 alike. */
-export const BLOCKED = -1e4;
+export const BLOCKED = ISOLATION_BLOCKED;
 
 /**
  * Which self-attention pairs concept isolation cuts:
@@ -143,6 +144,50 @@ export function isolationBias(m: GridMasks, scope: IsolationScope = 'concepts'):
     }
   }
   return bias;
+}
+
+/**
+ * Concept isolation's bias in factors, [2, n, F] (F = ISOLATION_FACTORS): left L and right R with
+ * isolationBias = BLOCKED * relu(L R^T), which the UNet graph computes for the query rows of one
+ * attention chunk at a time, so the n x n bias (512 MiB in fp16 at 1024x1024) is never a buffer.
+ * With N the cell's "in some box", S its box when it is in exactly one, M its boxes and G its
+ * "in no box" (all 0 or 1):
+ * - concepts: blocked = N_q N_k - S_q . S_k (both in boxes, unless both in the same single box),
+ *   L = [N, S], R = [N, -S];
+ * - regions: blocked = relu(1 - M_q . M_k - G_q G_k) (no box in common, not both background),
+ *   L = [1, M, G], R = [1, -M, -G].
+ * Every product is a small whole number, so the graph's bias is exactly this one in fp16 and fp32.
+ */
+export function isolationFactors(m: GridMasks, scope: IsolationScope = 'concepts'): Float32Array {
+  const n = m.rows * m.cols;
+  const F = ISOLATION_FACTORS;
+  const boxes = m.boxes.length;
+  if (boxes > F - 2) throw new Error(`concept isolation takes at most ${F - 2} boxes, got ${boxes}`);
+  const out = new Float32Array(2 * n * F);
+  const left = (q: number, f: number, v: number) => (out[q * F + f] = v);
+  const right = (q: number, f: number, v: number) => (out[(n + q) * F + f] = v);
+  for (let q = 0; q < n; q++) {
+    const inside = m.boxes.filter((b) => b[q]).length;
+    if (scope === 'concepts') {
+      const some = inside > 0 ? 1 : 0;
+      left(q, 0, some);
+      right(q, 0, some);
+      if (inside === 1) {
+        const j = m.boxes.findIndex((b) => b[q]);
+        left(q, 1 + j, 1);
+        right(q, 1 + j, -1);
+      }
+    } else {
+      left(q, 0, 1);
+      right(q, 0, 1);
+      m.boxes.forEach((b, j) => b[q] && (left(q, 1 + j, 1), right(q, 1 + j, -1)));
+      if (!inside) {
+        left(q, 1 + boxes, 1);
+        right(q, 1 + boxes, -1);
+      }
+    }
+  }
+  return out;
 }
 
 /**

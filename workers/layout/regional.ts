@@ -1,11 +1,12 @@
 // What a layout asks of the UNet graph and which inputs it feeds: per-region keys and values for
-// every cross-attention layer, region weights and isolation biases per attention grid, and maps of
+// every cross-attention layer, region weights and concept isolation's factors per attention grid, and maps of
 // the cross-attention layers on the latent grid (for the in-box share and latent re-initialisation).
 import type { LayoutBox, ResolvedLayoutOptions } from '../api/contract.ts';
 import type { UNetConfig } from '../checkpoint/config.ts';
 import { crossAttentionLayers, crossKeyOutputName, crossValueOutputName } from '../graph/cross-kv.ts';
-import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfBiasInputName, unetAttentionLayers } from '../graph/unet.ts';
-import { attentionGrids, gridMasks, isolationBias, regionWeights, type GridMasks, type MaskRule } from './masks.ts';
+import { ISOLATION_FACTORS } from '../graph/layers.ts';
+import { regionKeyInputName, regionValueInputName, regionWeightInputName, selfIsolationInputName, unetAttentionLayers } from '../graph/unet.ts';
+import { attentionGrids, gridMasks, isolationFactors, regionWeights, type GridMasks, type MaskRule } from './masks.ts';
 
 export interface LayoutGraph {
   regions: number;
@@ -16,7 +17,7 @@ export interface LayoutGraph {
   mapLayers: string[];
 }
 
-export function layoutGraphOptions(cfg: UNetConfig, latentH: number, latentW: number, boxes: number, o: ResolvedLayoutOptions): LayoutGraph {
+export function layoutGraphOptions(cfg: UNetConfig, latentH: number, latentW: number, boxes: number, o: Pick<ResolvedLayoutOptions, 'isolation' | 'injection' | 'regionOutput'>): LayoutGraph {
   const layers = unetAttentionLayers(cfg, latentH, latentW);
   return {
     regions: 1 + boxes,
@@ -71,7 +72,7 @@ export function layoutFeeds(
       w.fill(1, 0, n);
     }
     feeds[regionWeightInputName(m.rows, m.cols)] = { data: w, dims: [R, n] };
-    if (o.isolation) feeds[selfBiasInputName(m.rows, m.cols)] = { data: isolationBias(m, o.isolationScope), dims: [1, 1, n, n] };
+    if (o.isolation) feeds[selfIsolationInputName(m.rows, m.cols)] = { data: isolationFactors(m, o.isolationScope), dims: [2, n, ISOLATION_FACTORS] };
   }
   return feeds;
 }

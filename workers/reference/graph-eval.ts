@@ -149,6 +149,8 @@ function evalNode(g: GraphBuilder, n: NodeRecord, get: (v: string) => T): T[] {
       return [unary(x, Math.sqrt)];
     case 'Sigmoid':
       return [unary(x, (v) => 1 / (1 + Math.exp(-v)))];
+    case 'Relu':
+      return [unary(x, (v) => Math.max(0, v))];
     case 'Erf':
       return [unary(x, erf)];
     case 'Reshape':

@@ -113,6 +113,7 @@ test('concept isolation (the code): a box query cannot see other boxes; backgrou
 
 test('concept isolation in factors: BLOCKED * relu(L R^T) is the bias, pair for pair, in both scopes, up to the most boxes', () => {
   const F = ISOLATION_FACTORS;
+  assert.equal(F, MAX_BOXES + 2, 'room for every box the studio allows');
   const rng = new Rng(17);
   const u = () => rng.normal(1)[0];
   let blockedPairs = 0;

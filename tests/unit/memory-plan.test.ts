@@ -9,7 +9,7 @@ import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
 import { graphSpecs, textEncoderFileSpecs } from '../../workers/graph/specs.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
-import { ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
+import { attention, ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
 
 test('liveness: a value lives from its node to its last reader, outputs to the end', () => {
   const g = new GraphBuilder('float32');
@@ -156,6 +156,15 @@ test("a layout at 1024x1024: the region-aware attention and concept isolation's 
     assert.equal(m.largestBufferBytes, 2 * n * 2560 * 2, `${attention}: ${m.largestBuffer}`);
     assert.match(m.largestBuffer, /^Gemm /);
   }
+  // at 1536x1024 (n = 24,576) the isolated fused self-attention's bias chunks stay within the limit
+  // too: 2,730 rows of 24,576 halves a chunk at most, so ten chunks, not nine of 2,731
+  const wide = new GraphBuilder('float16', { attention: 'fused', bufferLimit: LIMIT });
+  const cells = 192 * 128;
+  const y = attention(wide, wide.input('q', 'float16', [cells, 320]), wide.input('k', 'float16', [cells, 320]), wide.input('v', 'float16', [cells, 320]), { b: 1, nq: cells, nk: cells, c: 320, heads: 8 }, { isolation: wide.input('iso', 'float16', [2, cells, ISOLATION_FACTORS]) });
+  wide.output(y, 'y', 'float16', [cells, 320]);
+  const biases = wide.records.filter((r) => r.type === 'MultiHeadAttention').map((r) => wide.shape(r.inputs[5]));
+  assert.equal(biases.length, 10);
+  for (const b of biases) assert.ok(b.reduce((x, z) => x * z, 1) * 2 <= LIMIT, `a bias chunk of ${b}`);
   // the plan: within the limit; guidance's graphs counted, and the peak their maximum with the rest
   const layout = { boxes: 5, injection: true, isolation: true, regionOutput: 'own', reinit: true, guidance: true } as const;
   const plan = planMemory(SD15_CONFIG, { width: 1024, height: 1024, precision: 'fp16', cfg: true, fusedAttention: true, layout });

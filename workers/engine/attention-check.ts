@@ -1,6 +1,6 @@
 // Which attention form this adapter runs correctly. onnxruntime's fused MultiHeadAttention is checked
 // once per runtime against the chunked form on the same EP, at shapes that take its tiled path (more
-// than 32 queries, CLIP's 77 keys, with and without a broadcast bias); where they disagree, or the EP
+// than 32 queries, CLIP's 77 keys, with and without a bias broadcast over the batch); where they disagree, or the EP
 // refuses the node, the engine builds the chunked form and says why in its report.
 import type * as OrtNs from 'onnxruntime-web';
 import { GraphBuilder, type AttentionForm } from '../graph/builder.ts';
@@ -18,7 +18,9 @@ export interface AttentionChoice {
 
 const CASES = [
   { b: 2, nq: 64, nk: 77, heads: 2, d: 8, bias: false },
-  { b: 1, nq: 64, nk: 64, heads: 2, d: 40, bias: true },
+  // a bias of one batch item broadcast over two, with fewer query rows than keys: what each query
+  // chunk of an isolated self-attention takes
+  { b: 2, nq: 64, nk: 96, heads: 2, d: 40, bias: true },
 ];
 
 /** Relative tolerance between the two forms (both float32; far below any real disagreement). */

@@ -330,6 +330,8 @@ export class Engine {
   unload(): void {
     for (const s of this.sessions.values()) void releaseGraph(s);
     this.sessions.clear();
+    // a plan is the model's (its architecture, its input channels)
+    this.plans.clear();
     this.loraWeights?.dispose();
     this.loraWeights = undefined;
     this.loraTable = undefined;

@@ -3,7 +3,7 @@
 // multi_lora_sample.py ~330-350, 486-568): each box's prompt and negative prompt through the text
 // encoder with the box's LoRAs merged; every region's cross-attention keys and values (they do not
 // depend on the latent) for both halves of the guided batch; each box region's own output projection;
-// the masks and isolation biases; and the tokens that name each box's concept.
+// the masks and isolation factors; and the tokens that name each box's concept.
 import type * as OrtNs from 'onnxruntime-web';
 import type { GenerateJob, LayoutBox, ResolvedLayoutOptions } from '../api/contract.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';

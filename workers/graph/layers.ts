@@ -125,7 +125,8 @@ export function attention(
     const tokens = (x: string, n: number) => g.op('Reshape', [x, g.ints([b, n, c])]);
     let bias = io.bias;
     if (bias && g.shape(bias).length < 4) bias = g.op('Reshape', [bias, g.ints([...new Array(4 - g.shape(bias).length).fill(1), ...g.shape(bias)])]);
-    const rows = chunkRows(nq, io.isolation ? Math.ceil((nq * nk * g.bytesPerElement) / g.bufferLimit) : 1);
+    const biasBatch = bias ? g.shape(bias)[0] : 1;
+    const rows = chunkRows(nq, io.isolation ? attentionChunks({ b: biasBatch, nq, nk, heads: 1 }, g.bytesPerElement, g.bufferLimit) : 1);
     const qParts = rows.length === 1 ? [tokens(q, nq)] : g.opMulti('Split', [tokens(q, nq), g.ints(rows)], rows.length, { axis: 1 });
     const biasParts = chunkBias(g, bias, io.isolation, rows, nk);
     const kt = tokens(k, nk);

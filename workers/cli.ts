@@ -67,9 +67,10 @@ const USAGE = `usage: npm run cli -- <command> [options]
   score --image FILE.png [--clip DIR|OWNER/NAME] [--clip-dtype fp32|fp16|q8] [--backend webgpu|wasm]
   plan [--architecture sd15|tiny] [--width W --height H] [--precision fp16|fp32] [--cfg X]
        [--attention fused|chunked] [--buffer-limit BYTES] [--budget BYTES] [--loras N --rank R]
-       [--cached-features N] [--graph-capture] [--boxes N [--no-guidance]]
+       [--cached-features N] [--graph-capture] [--boxes N [--no-guidance]] [--from-picture]
        (the memory plan as JSON, from the graphs: no checkpoint, nothing allocated; --boxes: a
-       layout as the studio makes one, its guidance and re-initialisation on unless --no-guidance)
+       layout as the studio makes one, its guidance and re-initialisation on unless --no-guidance;
+       --from-picture: the job encodes a start picture)
   soak [--runs N] [--seed N] [--cancel-share X] [--sizes 64,128] [--max-steps N] [--out FILE.json]
        (random scenes and methods on the tiny model, a share cancelled; GPU bytes and memory watched)`;
 
@@ -597,7 +598,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
 
 /** The memory plan of a job as JSON, from the graphs alone: no checkpoint, nothing allocated. */
 async function planCommand(args: string[]) {
-  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features', 'boxes'], { 'graph-capture': { type: 'boolean' }, 'no-guidance': { type: 'boolean' } });
+  const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features', 'boxes'], { 'graph-capture': { type: 'boolean' }, 'no-guidance': { type: 'boolean' }, 'from-picture': { type: 'boolean' } });
   if (o['graph-capture'] && o.budget !== undefined) throw new UsageError('--graph-capture and --budget: a job with a budget does not replay a captured graph');
   // a layout as the studio makes one: regions injected and isolated, re-initialisation and guidance
   // on (--no-guidance: neither of the last two)
@@ -632,6 +633,9 @@ async function planCommand(args: string[]) {
     conv: 'auto',
     capturedUnet: !!o['graph-capture'],
     layout: boxes ? { boxes, injection: true, isolation: true, regionOutput: LAYOUT_DEFAULTS.regionOutput, reinit: guided, guidance: guided } : undefined,
+    // SD 1.5's files carry the VAE's encoder, and the engine loads it with the decoder
+    vaeEncoder: true,
+    encodesPicture: !!o['from-picture'],
   });
   console.log(JSON.stringify({ architecture, ...plan }, null, 2));
 }

@@ -152,8 +152,10 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
   const plan = JSON.parse(r.out);
   assert.equal(plan.architecture, 'sd15');
   assert.equal(plan.attention, 'fused');
-  // SD 1.5's UNet has 859,520,964 parameters: two bytes each in fp16
+  // SD 1.5's UNet has 859,520,964 parameters, its VAE 83,653,863 (the encoder loaded with the
+  // decoder): two bytes each in fp16
   assert.equal(plan.parts.weightBytes.unet, 859_520_964 * 2);
+  assert.equal(plan.parts.weightBytes.vae, 83_653_863 * 2);
   assert.equal(plan.peakBytes, Object.values(plan.parts.weightBytes as Record<string, number>).reduce((a, b) => a + b, 0) + Math.max(...Object.values(plan.parts.activationBytes as Record<string, number>)) + plan.parts.loraArenaBytes + plan.parts.pristineBytes + plan.parts.cacheBytes + plan.parts.latentBytes);
   assert.ok(plan.largestBufferBytes <= 256 * 2 ** 20);
   const fp32 = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked').out);

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { GenerateJob, ImageData8 } from '../../workers/api/contract.ts';
 import { NotAModelError } from '../../workers/api/errors.ts';
+import { encodeSafetensors, SafetensorsFile } from '../../workers/checkpoint/safetensors.ts';
 import { MemorySource } from '../../workers/checkpoint/source.ts';
 import { Engine } from '../../workers/engine/engine.ts';
 import { pictureToPlanes, resizeBilinear } from '../../workers/engine/picture.ts';
@@ -72,6 +73,12 @@ test('the model reports its encoder; strength 0 is the picture\'s VAE round trip
   const t2i = await engine.generate(JOB);
   assert.deepEqual(r1.image.data, t2i.image.data, 'strength 1 starts from the same noise as text to image');
   assert.equal(r1.report.latentsOnGpu, true);
+  // the plan: the encoder's weights in every job (loaded with the decoder's, f32 here), its
+  // activations where the job encodes its picture
+  for (const r of [r1, t2i]) assert.equal(r.report.memoryPlan.parts.weightBytes.vae, info.parameters.vae * 4);
+  assert.ok(r1.report.memoryPlan.parts.activationBytes.vaeEncoder! > 0);
+  assert.equal(t2i.report.memoryPlan.parts.activationBytes.vaeEncoder, undefined);
+  assert.match(r1.report.memoryPlan.notes.join(' '), /the VAE's encoder \([0-9]+ MiB of weights\) is on the GPU and encodes the start picture/);
   shared.t2i = t2i.image.data;
   shared.keep = r0.image.data;
 });
@@ -193,8 +200,20 @@ test('a separate VAE file: its decode is float64\'s with its weights; the checkp
   const latent = ref.vaeEncode(W64(variant), model.config.vae, nn.tensor(pictureToPlanes(testPicture(64, 64)), [1, 3, 64, 64]));
   const want = toImage(Float32Array.from(ref.vaeDecode(W64(variant), model.config.vae, latent).data), 64, 64);
   assert.ok(maxByteDiff(withVae.image.data, want.data) <= 1, 'the round trip through the new VAE');
+  // a decoder-only file: loaded, counted without an encoder by the next job's plan, and a start
+  // picture refused
+  const src = await SafetensorsFile.open(new MemorySource('tiny-vae-ft.safetensors', new Uint8Array(bytes)));
+  const decoderOnly = await Promise.all(src.keys().filter((k) => !/^(encoder\.|quant_conv\.)/.test(k)).map(async (k) => ({ name: k, dtype: src.info(k)!.dtype, shape: src.info(k)!.shape, data: await src.bytes(k) })));
+  assert.ok(decoderOnly.length < src.keys().length);
+  const decoder = await engine.loadVae(new MemorySource('decoder-only.safetensors', Buffer.concat(encodeSafetensors(decoderOnly))));
+  assert.equal(decoder.vaeEncoder, false);
+  assert.ok(decoder.parameters.vae < info.parameters.vae);
+  const noEncoder = await engine.generate({ ...JOB, steps: 2 });
+  assert.equal(noEncoder.report.memoryPlan.parts.weightBytes.vae, decoder.parameters.vae * 4, 'the plan made before, with the encoder, is not reused');
+  await assert.rejects(engine.generate({ ...JOB, init: { image: testPicture(64, 64), strength: 0.5 } }), /has no encoder/);
   const back = await engine.loadVae(null);
   assert.equal(back.vaeFile, undefined);
+  assert.equal((await engine.generate({ ...JOB, steps: 2 })).report.memoryPlan.parts.weightBytes.vae, back.parameters.vae * 4);
   assert.deepEqual((await engine.generate({ ...JOB, steps: 2 })).image.data, before.image.data);
   const lora = await readFile(join(dir, 'loras/kohya.safetensors'));
   await assert.rejects(engine.loadVae(new MemorySource('style.safetensors', new Uint8Array(lora))), NotAModelError);

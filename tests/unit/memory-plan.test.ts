@@ -9,6 +9,7 @@ import { buildTextEncoder, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
 import { graphSpecs, textEncoderFileSpecs } from '../../workers/graph/specs.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
+import { buildVaeDecoder, buildVaeEncoder } from '../../workers/graph/vae.ts';
 import { attention, ISOLATION_FACTORS } from '../../workers/graph/layers.ts';
 
 test('liveness: a value lives from its node to its last reader, outputs to the end', () => {
@@ -50,6 +51,9 @@ test('SD 1.5 graphs bind exactly the published parameter counts', () => {
   assert.equal(textEncoderFileSpecs(specs).reduce((a, s) => a + s.dims.reduce((x, y) => x * y, 1), 0), 123_060_480, 'the checkpoint weights the engine reads');
   assert.deepEqual(textEncoderFileSpecs(specs)[0], { name: TOKEN_EMBEDDING, dims: [49408, 768] });
   assert.deepEqual(specs.textEncoder, [...text.weights.values()], 'the GPU list is the graph\'s');
+  // AutoencoderKL: 83,653,863 parameters, the decoder's graph and the encoder's together
+  const vae = [buildVaeDecoder, buildVaeEncoder].map((build) => graphMemory(build(SD15_CONFIG.vae, { batch: 1, latentH: 8, latentW: 8, dtype: 'float32' })).weightBytes / 4);
+  assert.equal(vae[0] + vae[1], 83_653_863);
   assert.equal(text.weights.has(TOKEN_EMBEDDING), false);
   // kohya's usual targets: 16 transformer blocks x (two attentions' q, k, v, out; ff.net.0.proj, ff.net.2; proj_in, proj_out), 12 text layers x 6
   assert.equal(loraTargets(unet).length, 16 * 12);
@@ -102,6 +106,21 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
   const fusedPlain = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true });
   assert.equal(fusedPlain.peakBytes, w.unet + w.textEncoder + w.vae + Math.max(a.unet, a.textEncoder, a.vae) + fusedPlain.parts.latentBytes);
   assert.equal(captured.vaeTile, fusedPlain.vaeTile);
+  // the VAE's encoder: its weights where it is loaded; its activations where the job encodes a picture
+  const encoderWeights = 34_163_664 * 2;
+  const loaded = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, vaeEncoder: true });
+  assert.equal(loaded.parts.weightBytes.vae, 83_653_863 * 2);
+  assert.equal(loaded.peakBytes - fusedPlain.peakBytes, encoderWeights);
+  assert.equal(loaded.parts.activationBytes.vaeEncoder, undefined);
+  const encoding = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, vaeEncoder: true, encodesPicture: true });
+  const e = encoding.parts.activationBytes;
+  assert.ok(e.vaeEncoder! > 0 && e.vaeEncoder! < e.vae, `the encode (${e.vaeEncoder}) holds less than the decode (${e.vae})`);
+  assert.equal(encoding.peakBytes, loaded.peakBytes);
+  // under a budget that tiles the decode the encode runs in the same tiles, holding less
+  const tiledEncode = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, vaeEncoder: true, encodesPicture: true, budgetBytes: 2.5e9 });
+  assert.equal(tiledEncode.vaeTile, 32);
+  assert.ok(tiledEncode.parts.activationBytes.vaeEncoder! < e.vaeEncoder!);
+  assert.ok(tiledEncode.fits && tiledEncode.peakBytes <= 2.5e9, `${tiledEncode.peakBytes}`);
   const nhwc = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, transposesConvWeights: true });
   const convs = [...buildUNet(SD15_CONFIG.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float16' }).records].filter((r) => r.type === 'Conv').length;
   assert.equal(nhwc.weightTransposesPerStep, convs);

@@ -377,9 +377,14 @@ export interface MemoryPlanReport {
   vaeTile: number | null;
   bufferLimitBytes: number;
   parts: {
+    /** `vae`: the decoder's, and the encoder's where it is loaded. */
     weightBytes: { unet: number; textEncoder: number; vae: number };
-    /** `layout`: the largest of a layout's graphs that run between the UNet's (region keys, guidance's cut UNet and its backward pass); absent without a layout. */
-    activationBytes: { unet: number; textEncoder: number; vae: number; layout?: number };
+    /**
+     * `vae`: the decode's; `vaeEncoder`: the encode of a start picture (absent when the job has none);
+     * `layout`: the largest of a layout's graphs that run between the UNet's (region keys, guidance's
+     * cut UNet and its backward pass; absent without a layout).
+     */
+    activationBytes: { unet: number; textEncoder: number; vae: number; vaeEncoder?: number; layout?: number };
     loraArenaBytes: number;
     pristineBytes: number;
     cacheBytes: number;

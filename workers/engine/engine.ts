@@ -317,6 +317,8 @@ export class Engine {
         weightBytes: m.weights.unet.bytes + m.weights.textEncoder.bytes + next.bytes,
         ...(source ? { vaeFile: source.name } : {}),
       };
+      // a plan counts the encoder's weights where they are loaded
+      this.plans.clear();
       return m.info;
     } catch (e) {
       next.dispose();
@@ -506,7 +508,9 @@ export class Engine {
     const kept = compositionMixes(comp) && this.loopMayStayOnGpu(job, comp) ? sets + 1 + (comp.method === 'cmlora' && comp.cache === 'prediction' ? runs : 0) : 0;
     const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
     const layout = resolved && { boxes: job.layout!.boxes.length, injection: resolved.injection, isolation: resolved.isolation, regionOutput: resolved.regionOutput, reinit: resolved.reinit, guidance: !!resolved.guidance };
-    const key = JSON.stringify([job.width, job.height, precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured, layout ?? null]);
+    // a start picture, or an inpainting model's masked one, goes through the encoder before the loop
+    const encodesPicture = !!job.init || m.info.inpainting;
+    const key = JSON.stringify([job.width, job.height, precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured, layout ?? null, encodesPicture]);
     let p = this.plans.get(key);
     if (!p) {
       p = planMemory(m.ckpt.config, {
@@ -525,6 +529,8 @@ export class Engine {
         conv: this.rt.conv,
         capturedUnet: captured,
         layout,
+        vaeEncoder: m.info.vaeEncoder,
+        encodesPicture,
       });
       // the oldest plans go first past a bound (a refusal's bisection alone adds a handful)
       if (this.plans.size >= PLANS_KEPT) this.plans.delete(this.plans.keys().next().value!);

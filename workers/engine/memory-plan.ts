@@ -14,7 +14,7 @@ import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
 import { buildUNet } from '../graph/unet.ts';
-import { buildVaeDecoder } from '../graph/vae.ts';
+import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
 import { layoutGraphOptions } from '../layout/regional.ts';
 import { stagedGraphs } from './vae-tiles.ts';
 
@@ -72,6 +72,13 @@ export interface PlanRequest {
    * the cut UNet and its backward pass, re-initialisation the cut UNet, between the UNet's runs.
    */
   layout?: PlanLayout;
+  /** The VAE encoder's weights are on the GPU (the engine loads them with the decoder's where the file has them). */
+  vaeEncoder?: boolean;
+  /**
+   * The job encodes a picture (image to image, an inpainting model), before the loop: the encoder's
+   * activations, in the decode's tiles where it is tiled (its weights too, as it cannot run without).
+   */
+  encodesPicture?: boolean;
 }
 
 export type PlanLayout = { boxes: number; guidance: boolean } & Pick<ResolvedLayoutOptions, 'injection' | 'isolation' | 'regionOutput' | 'reinit'>;
@@ -124,6 +131,10 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const betweenPeak = Math.max(0, ...between.map((b) => b.memory.activationPeakBytes));
   const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions);
   let vae = wholeVae;
+  const wholeEncoder = req.vaeEncoder || req.encodesPicture ? graphMemory(buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions) : undefined;
+  const encoderWeightBytes = wholeEncoder?.weightBytes ?? 0;
+  const encoderAt = (tile: number | null) => (!req.encodesPicture || !wholeEncoder ? undefined : tile ? stagedMemory(wholeEncoder, stagedGraphs(cfg.vae, lh, lw, { ...forms, tile }, 'encode'), memOptions) : wholeEncoder);
+  let encoder = encoderAt(null);
 
   const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
   const targets = [...loraTargets(unetGraph), ...loraTargets(textGraph)];
@@ -140,23 +151,27 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   // and values' projections to the region keys' graph
   const unetWeightBytes = [...unetGraph.weights.values()].reduce((a, w) => a + count(w.dims) * bytes, 0);
   const total = (u: GraphMemory) => {
-    const weights = unetWeightBytes + text.weightBytes + vae.weightBytes;
-    const activations = req.capturedUnet ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes) : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes, betweenPeak);
+    const weights = unetWeightBytes + text.weightBytes + vae.weightBytes + encoderWeightBytes;
+    const activations = req.capturedUnet
+      ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes)
+      : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes, betweenPeak, encoder?.activationPeakBytes ?? 0);
     return weights + activations + loraArenaBytes + pristineBytes + cacheBytes + latentBytes;
   };
   let unet = unetAt(req.cfg ? 2 : 1);
   let cfgHalves = false;
   let vaeTile: number | null = null;
-  const over = (u: GraphMemory) => u.largestBufferBytes > limit || vae.largestBufferBytes > limit || (req.budgetBytes !== undefined && total(u) > req.budgetBytes);
+  const vaeLargest = () => Math.max(vae.largestBufferBytes, encoder?.largestBufferBytes ?? 0);
+  const over = (u: GraphMemory) => u.largestBufferBytes > limit || vaeLargest() > limit || (req.budgetBytes !== undefined && total(u) > req.budgetBytes);
   // Until it fits: tile the VAE decode while it sets the peak (or holds a buffer above the limit),
   // else run the CFG halves one after the other; stop when neither helps.
   const tiles = VAE_TILES.filter((t) => t < Math.max(lh, lw));
   let next = 0;
   while (over(unet)) {
-    const vaeSets = vae.activationPeakBytes >= unet.activationPeakBytes || vae.largestBufferBytes > limit;
+    const vaeSets = Math.max(vae.activationPeakBytes, encoder?.activationPeakBytes ?? 0) >= unet.activationPeakBytes || vaeLargest() > limit;
     if (vaeSets && next < tiles.length) {
       vaeTile = tiles[next++];
       vae = stagedMemory(wholeVae, stagedGraphs(cfg.vae, lh, lw, { ...forms, tile: vaeTile }, 'decode'), memOptions);
+      encoder = encoderAt(vaeTile);
       continue;
     }
     if (req.cfg && !cfgHalves) {
@@ -175,13 +190,14 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const tokenTableBytes = count(tokenEmbeddingSpec(cfg.textEncoder).dims) * bytes;
   notes.push(`CLIP's token table (${(tokenTableBytes / 2 ** 20).toFixed(0)} MiB) stays in CPU memory: a prompt reads 77 of its rows`);
   if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
+  if (wholeEncoder) notes.push(`the VAE's encoder (${(encoderWeightBytes / 2 ** 20).toFixed(0)} MiB of weights) is on the GPU${req.encodesPicture ? ' and encodes the start picture before the loop' : ''}`);
   if (lay) {
     const cut = between.slice(1).map((b) => b.name);
     notes.push(`a layout of ${lay.boxes} box${lay.boxes === 1 ? '' : 'es'}: the UNet attends per region${cut.length ? `; ${cut.join(' and ')} run${cut.length === 1 ? 's' : ''} between its runs` : ''}`);
   }
   // the largest single buffer: an activation, a transposed copy, or a weight as it is bound (tiling
   // and halves change only the first two)
-  const largest = [unet, text, vae, ...between.map((b) => b.memory)]
+  const largest = [unet, text, vae, ...(encoder ? [encoder] : []), ...between.map((b) => b.memory)]
     .flatMap((m) => [
       { largestBufferBytes: m.largestBufferBytes, largestBuffer: m.largestBuffer },
       { largestBufferBytes: m.largestWeightBytes, largestBuffer: m.largestWeight },
@@ -203,8 +219,8 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     bufferLimitBytes: limit,
     fits,
     parts: {
-      weightBytes: { unet: unetWeightBytes, textEncoder: text.weightBytes, vae: vae.weightBytes },
-      activationBytes: { unet: unet.activationPeakBytes, textEncoder: text.activationPeakBytes, vae: vae.activationPeakBytes, ...(lay ? { layout: betweenPeak } : {}) },
+      weightBytes: { unet: unetWeightBytes, textEncoder: text.weightBytes, vae: vae.weightBytes + encoderWeightBytes },
+      activationBytes: { unet: unet.activationPeakBytes, textEncoder: text.activationPeakBytes, vae: vae.activationPeakBytes, ...(encoder ? { vaeEncoder: encoder.activationPeakBytes } : {}), ...(lay ? { layout: betweenPeak } : {}) },
       loraArenaBytes,
       pristineBytes,
       cacheBytes,

@@ -166,6 +166,13 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
     assert.equal(b.code, 2, `${bad.join(' ')}: ${b.err.join(' ')}`);
     assert.match(b.err[0], /^error: --(precision|width|architecture|graph-capture|boxes|no-guidance)/);
   }
+  // a start picture: the encode's activations beside the decode's (less, so the same peak)
+  const fromPicture = JSON.parse(cli('plan', '--from-picture').out);
+  const encode = fromPicture.parts.activationBytes;
+  assert.ok(encode.vaeEncoder > 0 && encode.vaeEncoder < encode.vae, JSON.stringify(encode));
+  assert.equal(plan.parts.activationBytes.vaeEncoder, undefined);
+  assert.equal(fromPicture.peakBytes, plan.peakBytes);
+  assert.match(fromPicture.notes.join(' '), /encodes the start picture before the loop/);
   // a layout: the same weights; its other graphs (region keys, guidance's cut UNet and backward pass)
   // in their own activation entry, and the peak their maximum with the rest
   const layout = JSON.parse(cli('plan', '--boxes', '5').out);

@@ -474,12 +474,12 @@ export class Engine {
     return this.plan(job, jobLoraCount(job), await this.attentionChoice());
   }
 
-  /** Refuse a job whose plan still holds a buffer above what the adapter binds (gpu/limits.ts). */
-  private checkFits(job: GenerateJob, attention: AttentionChoice): void {
+  /** Refuse a job whose plan still holds a buffer above what the adapter binds (gpu/limits.ts); `encodes` as `plan`'s. */
+  private checkFits(job: GenerateJob, attention: AttentionChoice, encodes?: boolean): void {
     if (!this.rt.gpu) return;
     const loras = jobLoraCount(job);
     checkJobFits(job.width, job.height, this.model!.precision, this.rt.gpu.adapter, (width, height, precision) => {
-      const p = this.plan({ ...job, width, height }, loras, attention, false, precision);
+      const p = this.plan({ ...job, width, height }, loras, attention, { precision, encodes });
       return { bytes: p.largestBufferBytes, what: p.largestBuffer };
     });
   }
@@ -494,9 +494,16 @@ export class Engine {
     return this.rt.backend === 'webgpu' && job.latentsOnGpu !== false && !compositionNeedsCpu(comp) && !layout?.guidance && !layout?.reinit;
   }
 
-  /** The job's memory plan, from its graphs (kept per size, precision, LoRA count and layout); `captured`: the UNet replays a captured graph (its activations stay). */
-  private plan(job: GenerateJob, loras: number, attention: AttentionChoice, captured = false, precision = this.model!.precision): MemoryPlan {
+  /**
+   * The job's memory plan, from its graphs (kept per size, precision, LoRA count and layout).
+   * `captured`: the UNet replays a captured graph (its activations stay); `encodes`: the pass encodes
+   * a picture (by default where the job has a start picture or the model inpaints; the hires fix's
+   * picture upscaler encodes for its second pass).
+   */
+  private plan(job: GenerateJob, loras: number, attention: AttentionChoice, o: { captured?: boolean; precision?: 'fp16' | 'fp32'; encodes?: boolean } = {}): MemoryPlan {
     const m = this.model!;
+    const captured = o.captured ?? false;
+    const precision = o.precision ?? m.precision;
     const rank = Math.max(0, ...[...this.loras.values()].map((l) => l.info.rank ?? 0));
     const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
     // LoRA sets a step runs or a job keeps deep features for: one merged set, or each LoRA alone
@@ -509,7 +516,7 @@ export class Engine {
     const resolved = job.layout?.boxes.length ? resolveLayout(job.layout) : undefined;
     const layout = resolved && { boxes: job.layout!.boxes.length, injection: resolved.injection, isolation: resolved.isolation, regionOutput: resolved.regionOutput, reinit: resolved.reinit, guidance: !!resolved.guidance };
     // a start picture, or an inpainting model's masked one, goes through the encoder before the loop
-    const encodesPicture = !!job.init || m.info.inpainting;
+    const encodesPicture = o.encodes ?? (!!job.init || m.info.inpainting);
     const key = JSON.stringify([job.width, job.height, precision, job.cfg > 1, attention.form, loras, rank, cached, kept, job.memoryBudget ?? null, captured, layout ?? null, encodesPicture]);
     let p = this.plans.get(key);
     if (!p) {
@@ -637,7 +644,7 @@ export class Engine {
   }
 
   /** One pass of the pipeline at the job's size, with its graphs: text to image, or from `extra.init`. */
-  private async pass(job: GenerateJob, attention: AttentionChoice, onProgress: ((e: ProgressEvent) => void) | undefined, extra: Pick<PipelineParts, 'init' | 'inpaintInput' | 'loopPhase'> = {}) {
+  private async pass(job: GenerateJob, attention: AttentionChoice, onProgress: ((e: ProgressEvent) => void) | undefined, extra: Pick<PipelineParts, 'init' | 'inpaintInput' | 'loopPhase'> = {}, encodes?: boolean) {
     const m = this.model!;
     const cfg = m.ckpt.config;
     const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
@@ -649,7 +656,7 @@ export class Engine {
     const t0 = performance.now();
     const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.rt.conv };
     const loraCount = jobLoraCount(job);
-    const plan = this.plan(job, loraCount, attention);
+    const plan = this.plan(job, loraCount, attention, { encodes });
     // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
     const unetBatch = plan.cfgHalves ? 1 : batch;
     const vocab = this.vocabulary();
@@ -674,7 +681,7 @@ export class Engine {
     // blend; and without a budget, as its session keeps the UNet's activations (with none, the plan's
     // choices do not depend on it: only a buffer above the limit changes them)
     const capture = resident && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionMixes(comp);
-    const reportedPlan = capture ? this.plan(job, loraCount, attention, true) : plan;
+    const reportedPlan = capture ? this.plan(job, loraCount, attention, { captured: true, encodes }) : plan;
     this.activity.plan = reportedPlan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');
@@ -842,8 +849,10 @@ export class Engine {
       const fix = job.hires;
       const size = hiresSize(job);
       const job2: GenerateJob = { ...job, width: size.width, height: size.height, steps: fix.steps ?? job.steps, hires: undefined, init: undefined, layout: scaleLayout(job.layout, size.width / W, size.height / H) };
-      this.checkFits(job2, attention);
       const upscaler = fix.upscaler ?? 'latent';
+      // the second pass encodes the upscaled picture (and an inpainting model's grey one)
+      const encodes2 = upscaler === 'image' || inpaintingModel;
+      this.checkFits(job2, attention, encodes2);
       const C = m.ckpt.config.unet.outChannels;
       const latent =
         upscaler === 'latent'
@@ -854,7 +863,7 @@ export class Engine {
         const grey = new Float32Array(3 * size.width * size.height);
         extra2.inpaintInput = { mask: new Float32Array((size.width / 8) * (size.height / 8)).fill(1), masked: await this.encodePicture(grey, job2, attention) };
       }
-      const second = await this.pass(job2, attention, onProgress, extra2);
+      const second = await this.pass(job2, attention, onProgress, extra2, encodes2);
       overBudget(second.plan, "the hires fix's pass");
       image = second.result.image;
       warnings.push(...second.result.warnings.filter((w) => !warnings.includes(w)));
@@ -922,7 +931,7 @@ export class Engine {
     const cfg = m.ckpt.config;
     const lh = job.height / 8;
     const lw = job.width / 8;
-    const tile = this.plan(job, jobLoraCount(job), attention).vaeTile;
+    const tile = this.plan(job, jobLoraCount(job), attention, { encodes: true }).vaeTile;
     const dtype = m.precision === 'fp16' ? 'float16' : 'float32';
     const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.rt.conv };
     if (tile) return (await encodeStaged(cfg.vae, { data: planes, c: 3, h: job.height, w: job.width }, { dtype, ...forms, tile }, this.stagedRunner(m.weights.vae))).data;

@@ -153,7 +153,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const total = (u: GraphMemory) => {
     const weights = unetWeightBytes + text.weightBytes + vae.weightBytes + encoderWeightBytes;
     const activations = req.capturedUnet
-      ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes)
+      ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes, encoder?.activationPeakBytes ?? 0)
       : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes, betweenPeak, encoder?.activationPeakBytes ?? 0);
     return weights + activations + loraArenaBytes + pristineBytes + cacheBytes + latentBytes;
   };

@@ -56,8 +56,8 @@ test('SD 1.5 graphs bind exactly the published parameter counts', () => {
   assert.equal(vae[0] + vae[1], 83_653_863);
   assert.equal(text.weights.has(TOKEN_EMBEDDING), false);
   // kohya's usual targets: 16 transformer blocks x (two attentions' q, k, v, out; ff.net.0.proj, ff.net.2; proj_in, proj_out), 12 text layers x 6
-  assert.equal(loraTargets(unet).length, 16 * 12);
-  assert.equal(loraTargets(text).length, 12 * 6);
+  assert.equal(loraTargets(unet.weights.values()).length, 16 * 12);
+  assert.equal(loraTargets(text.weights.values()).length, 12 * 6);
 });
 
 test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it chooses', () => {

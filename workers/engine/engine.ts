@@ -231,9 +231,12 @@ export class Engine {
     }
     const dtype = resolved === 'fp16' ? 'float16' : 'float32';
     const specs = graphSpecs(ckpt.config);
-    // the graphs' weights go to the GPU; the token table stays in CPU memory
+    // the graphs' weights go to the GPU (the VAE encoder's, for image to image and inpainting, where
+    // the file has it); the token table stays in CPU memory
+    const vaeEncoder = specs.vaeEncoder.every((w) => ckpt.locate('vae', w.name));
+    const lists = { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
     if (this.rt.gpu) {
-      const all = [...specs.unet, ...specs.textEncoder, ...specs.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
+      const all = [...lists.unet, ...lists.textEncoder, ...lists.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
       checkWeightsFit(all, resolved, this.rt.gpu.adapter);
     }
     this.unload();
@@ -242,9 +245,6 @@ export class Engine {
       textEncoder: new WeightSet(this.rt, dtype),
       vae: new WeightSet(this.rt, dtype),
     } as Record<Component, WeightSet>;
-    // the VAE encoder (image to image, inpainting) is loaded where the file has it
-    const vaeEncoder = specs.vaeEncoder.every((w) => ckpt.locate('vae', w.name));
-    const lists = { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
     const total = lists.unet.length + lists.textEncoder.length + lists.vae.length + 1;
     let done = 0;
     const tick = () => {

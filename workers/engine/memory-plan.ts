@@ -8,11 +8,12 @@
 import type { MemoryPlanReport, ResolvedLayoutOptions } from '../api/contract.ts';
 import type { ModelConfig } from '../checkpoint/config.ts';
 import { latentSize } from '../checkpoint/config.ts';
-import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../graph/builder.ts';
+import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder, type WeightSpec } from '../graph/builder.ts';
 import { buildTextEncoder, tokenEmbeddingSpec } from '../graph/clip.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
+import { graphSpecs } from '../graph/specs.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
 import { layoutGraphOptions } from '../layout/regional.ts';
@@ -87,8 +88,8 @@ export type PlanLayout = { boxes: number; guidance: boolean } & Pick<ResolvedLay
 export type MemoryPlan = Omit<MemoryPlanReport, 'attention' | 'attentionReason'> & { attention: AttentionForm };
 
 /** Weights a LoRA of kohya's usual kind touches: the transformer blocks' linears and projections, the text encoder's attention and MLP. */
-export function loraTargets(g: GraphBuilder): { name: string; dims: number[] }[] {
-  return [...g.weights.values()].filter(
+export function loraTargets(weights: Iterable<WeightSpec>): WeightSpec[] {
+  return [...weights].filter(
     (w) => w.name.endsWith('.weight') && (/\.attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.)/.test(w.name) || /\.(self_attn|mlp)\./.test(w.name)) && w.dims.length >= 2,
   );
 }
@@ -113,8 +114,17 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const lay = req.layout;
   const layout = lay ? layoutGraphOptions(cfg.unet, lh, lw, lay.boxes, lay) : undefined;
   const unetAt = (batch: number) => graphMemory(buildUNet(cfg.unet, { batch, latentH: lh, latentW: lw, textLen, ...forms, ...layout }), memOptions);
-  const textGraph = buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, clipSkip: 1, ...forms });
-  const text = graphMemory(textGraph);
+  const text = graphMemory(buildTextEncoder(cfg.textEncoder, { batch: 1, seqLen: textLen, clipSkip: 1, ...forms }));
+  // the weights on the GPU are what the engine loads (graph/specs.ts), whichever graph binds them:
+  // every UNet weight (a layout's UNet graph leaves the cross-attention keys' and values' projections
+  // to the region keys' graph), the text encoder's less the token table, and the VAE's decoder and,
+  // where loaded, its encoder
+  const specs = graphSpecs(cfg);
+  const loaded = { unet: specs.unet, textEncoder: specs.textEncoder, vae: req.vaeEncoder || req.encodesPicture ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+  const sizeOf = (w: WeightSpec) => count(w.dims) * bytes;
+  const weightBytes = { unet: 0, textEncoder: 0, vae: 0 };
+  for (const part of ['unet', 'textEncoder', 'vae'] as const) weightBytes[part] = loaded[part].reduce((a, w) => a + sizeOf(w), 0);
+  const heaviest = [...loaded.unet, ...loaded.textEncoder, ...loaded.vae].reduce((a, w) => (sizeOf(w) > sizeOf(a) ? w : a));
   // a layout's other graphs, each run on its own between the UNet's runs, on the UNet's weights: the
   // region keys and values of each prompt, and guidance's cut UNet (maps; with guidance its backward
   // pass), whose attention is always chunked (there is no gradient rule for the fused node)
@@ -131,13 +141,11 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const betweenPeak = Math.max(0, ...between.map((b) => b.memory.activationPeakBytes));
   const wholeVae = graphMemory(buildVaeDecoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions);
   let vae = wholeVae;
-  const wholeEncoder = req.vaeEncoder || req.encodesPicture ? graphMemory(buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions) : undefined;
-  const encoderWeightBytes = wholeEncoder?.weightBytes ?? 0;
-  const encoderAt = (tile: number | null) => (!req.encodesPicture || !wholeEncoder ? undefined : tile ? stagedMemory(wholeEncoder, stagedGraphs(cfg.vae, lh, lw, { ...forms, tile }, 'encode'), memOptions) : wholeEncoder);
+  const wholeEncoder = req.encodesPicture ? graphMemory(buildVaeEncoder(cfg.vae, { batch: 1, latentH: lh, latentW: lw, ...forms }), memOptions) : undefined;
+  const encoderAt = (tile: number | null) => (!wholeEncoder ? undefined : tile ? stagedMemory(wholeEncoder, stagedGraphs(cfg.vae, lh, lw, { ...forms, tile }, 'encode'), memOptions) : wholeEncoder);
   let encoder = encoderAt(null);
 
-  const unetGraph = buildUNet(cfg.unet, { batch: 1, latentH: 8, latentW: 8, textLen, dtype });
-  const targets = [...loraTargets(unetGraph), ...loraTargets(textGraph)];
+  const targets = [...loraTargets(specs.unet), ...loraTargets(specs.textEncoder)];
   const loras = req.loras ?? { count: 0, rank: 0 };
   const loraArenaBytes = loras.count * targets.reduce((a, t) => a + loras.rank * (t.dims[0] + count(t.dims.slice(1))), 0) * 4;
   const pristineBytes = loras.count ? targets.reduce((a, t) => a + count(t.dims), 0) * bytes : 0;
@@ -147,11 +155,8 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   // predictions a loop mixing several keeps
   const latentBytes = (4 * cfg.unet.inChannels + (req.keptPredictions ?? 0) * cfg.unet.outChannels) * 4 * lh * lw * (req.cfg ? 2 : 1);
 
-  // every UNet weight is on the GPU, though a layout's UNet graph leaves the cross-attention keys'
-  // and values' projections to the region keys' graph
-  const unetWeightBytes = [...unetGraph.weights.values()].reduce((a, w) => a + count(w.dims) * bytes, 0);
   const total = (u: GraphMemory) => {
-    const weights = unetWeightBytes + text.weightBytes + vae.weightBytes + encoderWeightBytes;
+    const weights = weightBytes.unet + weightBytes.textEncoder + weightBytes.vae;
     const activations = req.capturedUnet
       ? u.activationPeakBytes + Math.max(text.activationPeakBytes, vae.activationPeakBytes, encoder?.activationPeakBytes ?? 0)
       : Math.max(u.activationPeakBytes, text.activationPeakBytes, vae.activationPeakBytes, betweenPeak, encoder?.activationPeakBytes ?? 0);
@@ -190,18 +195,15 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const tokenTableBytes = count(tokenEmbeddingSpec(cfg.textEncoder).dims) * bytes;
   notes.push(`CLIP's token table (${(tokenTableBytes / 2 ** 20).toFixed(0)} MiB) stays in CPU memory: a prompt reads 77 of its rows`);
   if (req.capturedUnet) notes.push("the UNet replays a captured graph: its session keeps the UNet's activations between runs");
-  if (wholeEncoder) notes.push(`the VAE's encoder (${(encoderWeightBytes / 2 ** 20).toFixed(0)} MiB of weights) is on the GPU${req.encodesPicture ? ' and encodes the start picture before the loop' : ''}`);
+  if (loaded.vae.length > specs.vae.length) notes.push(`the VAE's encoder (${(specs.vaeEncoder.reduce((a, w) => a + sizeOf(w), 0) / 2 ** 20).toFixed(0)} MiB of weights) is on the GPU${req.encodesPicture ? ' and encodes the start picture before the loop' : ''}`);
   if (lay) {
     const cut = between.slice(1).map((b) => b.name);
     notes.push(`a layout of ${lay.boxes} box${lay.boxes === 1 ? '' : 'es'}: the UNet attends per region${cut.length ? `; ${cut.join(' and ')} run${cut.length === 1 ? 's' : ''} between its runs` : ''}`);
   }
   // the largest single buffer: an activation, a transposed copy, or a weight as it is bound (tiling
   // and halves change only the first two)
-  const largest = [unet, text, vae, ...(encoder ? [encoder] : []), ...between.map((b) => b.memory)]
-    .flatMap((m) => [
-      { largestBufferBytes: m.largestBufferBytes, largestBuffer: m.largestBuffer },
-      { largestBufferBytes: m.largestWeightBytes, largestBuffer: m.largestWeight },
-    ])
+  const largest = [unet, { largestBufferBytes: sizeOf(heaviest), largestBuffer: `the weight ${heaviest.name}` }, text, vae, ...(encoder ? [encoder] : []), ...between.map((b) => b.memory)]
+    .map((m) => ({ largestBufferBytes: m.largestBufferBytes, largestBuffer: m.largestBuffer }))
     .reduce((a, m) => (m.largestBufferBytes > a.largestBufferBytes ? m : a));
   const peakBytes = total(unet);
   const fits = largest.largestBufferBytes <= limit && (req.budgetBytes === undefined || peakBytes <= req.budgetBytes);
@@ -219,7 +221,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
     bufferLimitBytes: limit,
     fits,
     parts: {
-      weightBytes: { unet: unetWeightBytes, textEncoder: text.weightBytes, vae: vae.weightBytes + encoderWeightBytes },
+      weightBytes,
       activationBytes: { unet: unet.activationPeakBytes, textEncoder: text.activationPeakBytes, vae: vae.activationPeakBytes, ...(encoder ? { vaeEncoder: encoder.activationPeakBytes } : {}), ...(lay ? { layout: betweenPeak } : {}) },
       loraArenaBytes,
       pristineBytes,

@@ -92,6 +92,7 @@ export class GraphBuilder {
   readonly f32Values = new Map<string, number[]>();
   private readonly initializers: InstanceType<typeof onnx.TensorProto>[] = [];
   private readonly constCache = new Map<string, string>();
+  private readonly sharedValues = new Map<string, string | string[]>();
   readonly inputs: ValueSpec[] = [];
   readonly outputs: ValueSpec[] = [];
   readonly weights = new Map<string, WeightSpec>();
@@ -114,15 +115,17 @@ export class GraphBuilder {
     this.conv = options.conv ?? 'direct';
   }
 
-  /** A constant made once per graph for `key` (e.g. a large one-hot kernel several layers share). */
-  shared(key: string, make: () => string): string {
-    const k = `shared:${key}`;
-    let name = this.constCache.get(k);
-    if (!name) {
-      name = make();
-      this.constCache.set(k, name);
+  /**
+   * Values made once per graph for `key` and read by every layer that asks (e.g. a large one-hot
+   * kernel several layers share, or one grid's isolation factors cut into query chunks).
+   */
+  shared<T extends string | string[]>(key: string, make: () => T): T {
+    let made = this.sharedValues.get(key) as T | undefined;
+    if (made === undefined) {
+      made = make();
+      this.sharedValues.set(key, made);
     }
-    return name;
+    return made;
   }
 
   /** Bytes per element of the activation type. */

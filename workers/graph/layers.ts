@@ -168,14 +168,17 @@ export function attention(
 function chunkBias(g: GraphBuilder, bias: string | undefined, isolation: string | undefined, rows: number[], nk: number): string[] {
   const given = !bias ? rows.map(() => '') : rows.length === 1 || g.shape(bias)[2] === 1 ? rows.map(() => bias) : g.opMulti('Split', [bias, g.ints(rows)], rows.length, { axis: 2 });
   if (!isolation) return given;
-  const F = ISOLATION_FACTORS;
-  const [l, r] = g.opMulti('Split', [isolation, g.ints([1, 1])], 2, { axis: 0 });
-  const left = g.op('Reshape', [l, g.ints([rows.reduce((a, n) => a + n, 0), F])]);
-  const rightT = g.op('Transpose', [g.op('Reshape', [r, g.ints([nk, F])])], { perm: [1, 0] });
-  const leftParts = rows.length === 1 ? [left] : g.opMulti('Split', [left, g.ints(rows)], rows.length, { axis: 0 });
+  // the factors cut once per grid and chunking, for all its self-attention layers (each makes its
+  // chunks' bias itself: shared, they would all be alive at once, the whole n x n again)
+  const [right, ...leftParts] = g.shared(`isolation:${isolation}:${rows.join(',')}`, () => {
+    const F = ISOLATION_FACTORS;
+    const [l, r] = g.opMulti('Split', [isolation, g.ints([1, 1])], 2, { axis: 0 });
+    const left = g.op('Reshape', [l, g.ints([rows.reduce((a, n) => a + n, 0), F])]);
+    return [g.op('Reshape', [r, g.ints([nk, F])]), ...(rows.length === 1 ? [left] : g.opMulti('Split', [left, g.ints(rows)], rows.length, { axis: 0 }))];
+  });
   return leftParts.map((lp, i) => {
-    // whole numbers (0 or 1 after the relu): exact in float16 as in float32
-    const blocked = g.op('Mul', [g.op('Relu', [g.op('MatMul', [lp, rightT])]), g.scalar(ISOLATION_BLOCKED)]);
+    // L R^T: whole numbers (0 or 1 after the relu), exact in float16 as in float32
+    const blocked = g.op('Mul', [g.op('Relu', [g.op('Gemm', [lp, right], { transB: 1 })]), g.scalar(ISOLATION_BLOCKED)]);
     const own = g.op('Reshape', [blocked, g.ints([1, 1, rows[i], nk])]);
     return given[i] ? g.op('Add', [given[i], own]) : own;
   });

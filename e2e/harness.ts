@@ -150,7 +150,6 @@ export function resultPixels(page: Page): Promise<number[]> {
   return page.getByTestId('result').evaluate((c: HTMLCanvasElement) => Array.from(c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data));
 }
 
-/** Drag on the layout canvas between two points given in image pixels of a `frame`-wide image. */
 /** A one-finger touch stroke (CDP touch events) over a canvas showing `frame` pixels across, through points in frame pixels. */
 export async function touchStroke(page: Page, canvas: Locator, points: [number, number][], frame = 64): Promise<void> {
   await canvas.scrollIntoViewIfNeeded();
@@ -165,15 +164,35 @@ export async function touchStroke(page: Page, canvas: Locator, points: [number, 
   await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: false });
 }
 
+/** The canvas's box once the page has stopped moving it: two reads 50 ms apart agree. */
+async function settledBox(canvas: Locator): Promise<{ x: number; y: number; width: number; height: number }> {
+  let last = await canvas.boundingBox();
+  for (let i = 0; i < 40; i++) {
+    await canvas.page().waitForTimeout(50);
+    const now = await canvas.boundingBox();
+    if (now && last && now.x === last.x && now.y === last.y && now.width === last.width) return now;
+    last = now;
+  }
+  throw new Error('the layout canvas kept moving for 2 s; a drag on it would land in the wrong place');
+}
+
+/**
+ * Drag on the layout canvas between two points given in image pixels of a `frame`-wide image. Each
+ * pointer position is taken from the canvas's box read just before that move, so a page that moves the
+ * canvas (a panel growing above it, a scroll) cannot shift the box drawn.
+ */
 export async function dragOnCanvas(page: Page, from: [number, number], to: [number, number], frame = 64): Promise<void> {
   const canvas = page.getByTestId('layout-canvas').locator('canvas').first();
   await canvas.scrollIntoViewIfNeeded();
-  const box = (await canvas.boundingBox())!;
-  const k = box.width / frame;
-  await page.mouse.move(box.x + from[0] * k, box.y + from[1] * k);
+  const at = async ([x, y]: [number, number]) => {
+    const box = await settledBox(canvas);
+    const k = box.width / frame;
+    return [box.x + x * k, box.y + y * k] as const;
+  };
+  await page.mouse.move(...(await at(from)));
   await page.mouse.down();
-  await page.mouse.move(box.x + ((from[0] + to[0]) / 2) * k, box.y + ((from[1] + to[1]) / 2) * k, { steps: 4 });
-  await page.mouse.move(box.x + to[0] * k, box.y + to[1] * k, { steps: 4 });
+  await page.mouse.move(...(await at([(from[0] + to[0]) / 2, (from[1] + to[1]) / 2])), { steps: 4 });
+  await page.mouse.move(...(await at(to)), { steps: 4 });
   await page.mouse.up();
 }
 

@@ -37,7 +37,8 @@ export interface NodeRecord {
 /**
  * How the graphs compute attention (`workers/graph/layers.ts`):
  * - `fused`: `com.microsoft.MultiHeadAttention` (FlashAttention on the WebGPU EP), the score matrix is
- *   never a tensor; layers whose maps a job reads are built `chunked`;
+ *   never a tensor; layers whose maps a job reads, and heads wider than the EP's FlashAttention
+ *   program takes (`fusesHead` in layers.ts), are built `chunked`;
  * - `chunked`: MatMul, Softmax, MatMul over query chunks, so no score tensor exceeds `bufferLimit`;
  * - `explicit`: the same in one piece (the form every numeric reference was first checked against).
  */

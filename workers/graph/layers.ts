@@ -105,10 +105,25 @@ export interface AttentionIo {
 }
 
 /**
+ * The widest head, in bytes (head size x element size), that onnxruntime's WebGPU EP runs through its
+ * one-pass FlashAttention program on any adapter. That program keeps a tile of keys and values in
+ * workgroup memory: 2 x 16 keys x the head's bytes, within the 16 KiB every WebGPU adapter offers.
+ * A wider head (the VAE's single 512-wide head; SD 1.5's 160-wide heads in fp32) may take the EP's
+ * split-K path instead, which keeps a partial output for every 64 keys: Nq x ceil(Nk / 64) x head
+ * size per head, 8 times the score matrix at 512 wide (the VAE at 512x512: 512 MiB in fp32).
+ * Measured on onnxruntime-web 1.30 by its profile (tests/engine/attention-paths.test.ts).
+ */
+export const FLASH_HEAD_BYTES = 512;
+
+/** Whether a layer of head size `d` is fused in a graph of `bytesPerElement` (see FLASH_HEAD_BYTES). */
+export const fusesHead = (d: number, bytesPerElement: number) => d * bytesPerElement <= FLASH_HEAD_BYTES;
+
+/**
  * Multi-head scaled dot-product attention on 2-D token values q [B*Nq, C], k/v [B*Nk, C].
  * Returns [B*Nq, C]. The builder's `attention` form decides how (see `AttentionForm`): fused into one
- * MultiHeadAttention node unless the layer's maps are read, else MatMul-Softmax-MatMul, split into
- * query chunks when the score tensor [B, heads, Nq, Nk] would exceed the builder's buffer limit.
+ * MultiHeadAttention node unless the layer's maps are read or its heads are wider than the EP's
+ * FlashAttention program takes (`fusesHead`), else MatMul-Softmax-MatMul, split into query chunks
+ * when the score tensor [B, heads, Nq, Nk] would exceed the builder's buffer limit.
  */
 export function attention(
   g: GraphBuilder,
@@ -119,7 +134,7 @@ export function attention(
   io: AttentionIo = {},
 ): string {
   const { b, nq, nk, c, heads } = dims;
-  if (g.attention === 'fused' && !io.probsOutput) {
+  if (g.attention === 'fused' && !io.probsOutput && fusesHead(c / heads, g.bytesPerElement)) {
     // bias [B or 1, 1, Nq, Nk] is the node's attention_bias, broadcast over batch and heads; with
     // isolation the node runs on query chunks whose bias [1, 1, rows, Nk] stays within the limit
     const tokens = (x: string, n: number) => g.op('Reshape', [x, g.ints([b, n, c])]);

@@ -56,6 +56,32 @@ function elementBytes(g: GraphBuilder): (v: string, producer?: NodeRecord) => nu
   return of;
 }
 
+/** onnxruntime's WebGPU EP: fewer queries than this take the split-K path (flash_attention.cc). */
+const SPLIT_K_BELOW_QUERIES = 32;
+/** The split-K path's key tile. */
+const SPLIT_K_TILE = 64;
+
+/**
+ * What onnxruntime's WebGPU EP allocates inside one MultiHeadAttention node (flash_attention.cc,
+ * onnxruntime-web 1.30, its programs seen in a profile): the keys and values copied into
+ * [B, heads, Nk, d] buffers for the FlashAttention program, and where the queries are fewer than 32,
+ * the split-K path's partial outputs [B, heads, Nq, ceil(Nk / 64), d] and their float32 max and sum.
+ * Our graphs fuse no head wider than that program takes (`fusesHead`), so the split-K path runs
+ * only for short query sets.
+ */
+function attentionScratch(g: GraphBuilder, n: NodeRecord, size: (v: string) => number): number {
+  const [q, k, v] = n.inputs;
+  let bytes = size(k) + size(v);
+  const [b, nq, c] = g.shape(q);
+  if (nq < SPLIT_K_BELOW_QUERIES) {
+    const perElement = size(q) / elementCount(g.shape(q));
+    const tiles = Math.ceil(g.shape(k)[1] / SPLIT_K_TILE);
+    const heads = n.attrs.num_heads as number;
+    bytes += b * nq * tiles * c * perElement + b * heads * nq * tiles * 2 * 4;
+  }
+  return bytes;
+}
+
 export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): GraphMemory {
   const bytesOf = elementBytes(g);
   const size = (v: string, producer?: NodeRecord) => {
@@ -113,6 +139,7 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
       transposes += 1;
       consider(w, `the transposed weight of ${n.inputs[1]}`);
     }
+    if (n.type === 'MultiHeadAttention') temp += attentionScratch(g, n, size);
     live += made;
     peak = Math.max(peak, live + temp);
     for (const v of new Set(n.inputs.filter(Boolean).map(rootOf))) if (lastUse.get(v) === idx) live -= sizes.get(v) ?? 0;

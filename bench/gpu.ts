@@ -151,11 +151,12 @@ function cpuInputs(rt: Runtime, latent: Float32Array, lh: number): { x: OrtNs.Te
 }
 
 /**
- * ms per step of the denoising loop around the UNet, over `REPEATS` steps: `cpu` reads the prediction
+ * ms per step of the denoising loop around the UNet, over `REPEATS` steps, and the GPU-to-CPU reads it
+ * made per step (the device's own count of buffers mapped for reading): `cpu` reads the prediction
  * back, applies CFG and a DPM++ first-order step in JavaScript and uploads the next input (the loop
- * before issue 19); `gpu` feeds the prediction to the step graph and never reads.
+ * before issue 19); `gpu` feeds the prediction to the step graph.
  */
-async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu'): Promise<number> {
+async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu'): Promise<{ ms: number; readbacksPerStep: number }> {
   const lh = SIZE / 8;
   const n = 4 * lh * lh;
   const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
@@ -164,6 +165,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
   let sample = feeds.sample;
   const memory = new rt.ort.Tensor('float32', new Float32Array(n), [1, 4, lh, lh]);
   const start = performance.now();
+  const readbacks = rt.gpu!.memory.readbacks;
   for (let i = 0; i < REPEATS; i++) {
     const out = await session.run({ ...feeds, sample });
     if (stepSession) {
@@ -179,10 +181,12 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
       ({ x, sample } = cpuInputs(rt, sched.step(guide(pred), 0, x.data as Float32Array), lh));
     }
   }
+  const readbacksPerStep = (rt.gpu!.memory.readbacks - readbacks) / REPEATS;
+  // the final latent, once after the loop (the image's)
   if (stepSession) await x.getData(true);
   const ms = (performance.now() - start) / REPEATS;
   await stepSession?.release();
-  return ms;
+  return { ms, readbacksPerStep };
 }
 
 /**
@@ -400,11 +404,11 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     plannedUnetLargestBufferBytes: Math.max(unetPlan.largestBufferBytes, unetPlan.largestWeightBytes),
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,
-    // the loop before issue 19 reads every prediction back; the engine's GPU loop reads none (measured
-    // by the loops below and tested in tests/engine/memory.test.ts)
-    readbacksPerStep: v.name === 'before' ? 1 : 0,
-    loopMsPerStepCpu: loops.cpu ?? null,
-    loopMsPerStepGpu: loops.gpu ?? null,
+    // measured by the device in the loop this variant stands for: the CPU loop before issue 19, the
+    // engine's GPU loop after
+    readbacksPerStep: (v.name === 'before' ? loops.cpu : loops.gpu)?.readbacksPerStep ?? null,
+    loopMsPerStepCpu: loops.cpu?.ms ?? null,
+    loopMsPerStepGpu: loops.gpu?.ms ?? null,
     loopMsPerStepCaptured: loops.captured ?? null,
     mixedLoopMsPerStepCpu: loops.mixedCpu ?? null,
     mixedLoopMsPerStepGpu: loops.mixedGpu ?? null,

@@ -77,6 +77,11 @@ export class GpuMemoryCounter {
   peak = 0;
   /** The largest single buffer alive at any time since the last resetPeak (weights included). */
   largest = 0;
+  /**
+   * GPU-to-CPU reads on this device since it was adopted: each mapping of a buffer for reading
+   * (onnxruntime's downloads of outputs included, as they go through the same device).
+   */
+  readbacks = 0;
   private readonly sizes = new WeakMap<GPUBuffer, number>();
   /** How many live buffers have each size (so the largest live one is known without holding them). */
   private readonly bySize = new Map<number, number>();
@@ -104,9 +109,10 @@ export class GpuMemoryCounter {
 }
 
 /**
- * Wrap createBuffer/destroy so that every allocation on the device is counted. Each allocation runs
- * in an out-of-memory error scope: one that fails holds nothing, so it leaves the count, and its
- * fault records the bytes that were in use without it. `pending`: the scopes not yet answered.
+ * Wrap createBuffer/destroy so that every allocation on the device is counted, and every mapping of
+ * a buffer for reading (a readback). Each allocation runs in an out-of-memory error scope: one that
+ * fails holds nothing, so it leaves the count, and its fault records the bytes that were in use
+ * without it. `pending`: the scopes not yet answered.
  */
 function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaultLog, pending: Set<Promise<void>>): void {
   const create = device.createBuffer.bind(device);
@@ -134,6 +140,13 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
     );
     pending.add(answered);
     void answered.then(() => pending.delete(answered));
+    if (desc.usage & GPUBufferUsage.MAP_READ) {
+      const map = buffer.mapAsync.bind(buffer);
+      buffer.mapAsync = (mode: GPUMapModeFlags, offset?: number, size?: number) => {
+        if (mode & GPUMapMode.READ) memory.readbacks += 1;
+        return map(mode, offset, size);
+      };
+    }
     const destroy = buffer.destroy.bind(buffer);
     buffer.destroy = () => {
       memory.release(buffer);

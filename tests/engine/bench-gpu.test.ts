@@ -1,0 +1,50 @@
+// `npm run bench:gpu`, the one command for a real GPU, run on the tiny architecture so that it cannot
+// rot unseen: its report's measured numbers against independent ones. The readbacks per step are the
+// device's own count of buffers mapped for reading; the weight transposes per step are read from
+// onnxruntime's profile and must equal the count the memory model makes from the graph.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { TINY_CONFIG } from '../../workers/checkpoint/config.ts';
+import { DEFAULT_BUFFER_LIMIT } from '../../workers/graph/builder.ts';
+import { graphMemory } from '../../workers/graph/memory.ts';
+import { buildUNet } from '../../workers/graph/unet.ts';
+
+test('bench:gpu on the tiny model: readbacks per step measured 1 before and 0 after, weight transposes as the graph counts them, the largest buffer as planned', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-gpu-'));
+  try {
+    const out = join(dir, 'gpu.json');
+    const r = spawnSync(
+      process.execPath,
+      ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'bench/gpu.ts', '--arch', 'tiny', '--size', '64', '--steps', '2', '--precision', 'fp32', '--repeats', '1', '--variants', 'before,after', '--no-lora', '--out', out],
+      { encoding: 'utf8', timeout: 400_000 },
+    );
+    assert.equal(r.status, 0, r.stderr.slice(-3000));
+    const report = JSON.parse(readFileSync(out, 'utf8'));
+    const rows = Object.fromEntries(report.rows.map((row: { variant: string }) => [row.variant, row]));
+    const { before, after } = rows;
+    for (const row of [before, after]) {
+      assert.equal(row.finite, true, row.variant);
+      assert.ok(row.unetMsPerStep > 0 && row.secondsPerImage > 0 && row.dispatches > 0, JSON.stringify(row));
+    }
+    // the CPU loop reads every prediction back; the GPU loop reads nothing until the image
+    assert.equal(before.readbacksPerStep, 1);
+    assert.equal(after.readbacksPerStep, 0);
+    // onnxruntime's profile against the memory model, for the same graphs (NHWC transposes every
+    // convolution weight; NCHW only the k x k ones the graph did not unfold)
+    const unet = (attention: 'explicit' | 'chunked', conv: 'direct' | 'auto') =>
+      buildUNet(TINY_CONFIG.unet, { batch: 2, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32', attention, bufferLimit: DEFAULT_BUFFER_LIMIT, norm: 'reductions', conv });
+    assert.equal(before.weightTransposes, graphMemory(unet('explicit', 'direct'), { transposesConvWeights: true }).weightTransposes);
+    assert.equal(after.weightTransposes, graphMemory(unet('chunked', 'auto'), { transposesConvWeights: true, pointwiseAsIs: true }).weightTransposes);
+    assert.ok(after.weightTransposes < before.weightTransposes && after.dispatches < before.dispatches, `${after.weightTransposes} ${after.dispatches}`);
+    // the largest buffer the device saw is the one the plan names
+    assert.equal(after.largestBufferBytes, after.plannedLargestBufferBytes);
+    // the plan at 512x512 for SD 1.5 rides along, as the README quotes it
+    assert.ok(report.plan512.length >= 2 && report.plan512.every((p: { peakBytes: number; fits: boolean }) => p.peakBytes > 1e9 && p.fits), JSON.stringify(report.plan512).slice(0, 500));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -259,4 +259,15 @@ test('compiled graphs past the engine\'s bound are released, least recently used
   assert.equal(engine.compiledGraphs, 4);
   const { diff } = maxAbsDiff(again.image.data, first.image.data);
   assert.ok(diff <= 1, `a released graph compiles again to the same picture (${diff})`);
+
+  // a captured UNet holds its activations and buffers between jobs, and the plan counts the running
+  // job's alone: another size's captured UNet goes when this one is made, whatever the bound
+  engine.sessionsKept = 16;
+  const a = await engine.generate({ ...small, width: 64 });
+  assert.equal(a.report.graphCaptured, true);
+  assert.equal(engine.capturedGraphs, 1);
+  const b = await engine.generate({ ...small, width: 128 });
+  assert.equal(b.report.graphCaptured, true);
+  assert.equal(engine.capturedGraphs, 1, 'the 64x64 captured UNet was released');
+  assert.ok(engine.compiledGraphs > 4, `the bound alone would keep more (${engine.compiledGraphs})`);
 });

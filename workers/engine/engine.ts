@@ -144,6 +144,11 @@ export class Engine {
   /** The graphs the running job has asked for: never released under it. */
   private readonly jobGraphs = new Set<string>();
 
+  /** Compiled graphs kept that replay a capture: the latest capturing job's alone. */
+  get capturedGraphs(): number {
+    return [...this.sessions.values()].filter((s) => s.captured).length;
+  }
+
   get modelInfo(): ModelInfo | undefined {
     return this.model?.info;
   }
@@ -575,6 +580,15 @@ export class Engine {
       compiled.captured = { inputs: await buffers(g.inputs), outputs: await buffers(g.outputs), recorded: false };
     }
     this.sessions.set(key, compiled);
+    // a captured graph keeps its activations and its own input and output buffers between runs; the
+    // plan counts one, the running job's, so another job's captured graph goes at once
+    if (capture) {
+      for (const [k, s] of this.sessions) {
+        if (!s.captured || this.jobGraphs.has(k)) continue;
+        this.sessions.delete(k);
+        await releaseGraph(s);
+      }
+    }
     for (const [k, s] of this.sessions) {
       if (this.sessions.size <= this.sessionsKept) break;
       if (this.jobGraphs.has(k)) continue;

@@ -628,8 +628,10 @@ async function planCommand(args: string[]) {
     budgetBytes: o.budget === undefined ? undefined : num(o.budget, 'budget', 0),
     loras: { count: num(o.loras, 'loras', 0), rank: num(o.rank, 'rank', 32) },
     cachedFeatures: num(o['cached-features'], 'cached-features', 0),
-    transposesConvWeights: false,
-    // as the engine builds the UNet on WebGPU
+    // as the engine builds and runs the graphs on WebGPU: sessions in NCHW, where onnxruntime still
+    // transposes the k x k convolution weights the UNet does not unfold on every run
+    transposesConvWeights: true,
+    pointwiseAsIs: true,
     conv: 'auto',
     capturedUnet: !!o['graph-capture'],
     layout: boxes ? { boxes, injection: true, isolation: true, regionOutput: LAYOUT_DEFAULTS.regionOutput, reinit: guided, guidance: guided } : undefined,

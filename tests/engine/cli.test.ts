@@ -10,6 +10,10 @@ import { deflateSync } from 'node:zlib';
 import { decodePng, encodePng } from '../../workers/engine/png.ts';
 import { encodeMask } from '../../workers/layout/mask-codec.ts';
 import { NodeFileSource, nodeInflate } from '../../workers/node/files.ts';
+import { SD15_CONFIG } from '../../workers/checkpoint/config.ts';
+import { CONV_LAYOUT } from '../../workers/engine/engine.ts';
+import { graphMemory } from '../../workers/graph/memory.ts';
+import { buildUNet } from '../../workers/graph/unet.ts';
 
 const cliEnv = (env: Record<string, string>, ...args: string[]) => {
   const r = spawnSync(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'workers/cli.ts', ...args], { encoding: 'utf8', timeout: 240_000, env: { ...process.env, ...env } });
@@ -158,6 +162,13 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
   assert.equal(plan.parts.weightBytes.vae, 83_653_863 * 2);
   assert.equal(plan.peakBytes, Object.values(plan.parts.weightBytes as Record<string, number>).reduce((a, b) => a + b, 0) + Math.max(...Object.values(plan.parts.activationBytes as Record<string, number>)) + plan.parts.loraArenaBytes + plan.parts.pristineBytes + plan.parts.cacheBytes + plan.parts.latentBytes);
   assert.ok(plan.largestBufferBytes <= 256 * 2 ** 20);
+  // the weight transposes onnxruntime's WebGPU EP makes per step, as the engine's sessions run (NCHW:
+  // the k x k weights the UNet does not unfold), counted on the UNet graph at CFG's batch of two
+  assert.equal(CONV_LAYOUT, 'NCHW');
+  const unet = graphMemory(buildUNet(SD15_CONFIG.unet, { batch: 2, latentH: 64, latentW: 64, textLen: 77, dtype: 'float16', attention: 'fused', conv: 'auto' }), { transposesConvWeights: true, pointwiseAsIs: true });
+  assert.ok(unet.weightTransposes > 0);
+  assert.equal(plan.weightTransposesPerStep, unet.weightTransposes);
+  assert.equal(plan.weightTransposeBytesPerStep, unet.weightTransposeBytes);
   const fp32 = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked').out);
   assert.equal(fp32.parts.weightBytes.unet, 859_520_964 * 4);
   assert.equal(fp32.attention, 'chunked');

@@ -81,6 +81,17 @@ test('every scheduler runs and gives its own image; an fp16 checkpoint gives nea
   const { diff } = maxAbsDiff(r16.image.data, images[2]);
   assert.ok(diff <= 8, `fp16 weights change pixels by at most 8/255 (got ${diff})`);
   e16.unload();
+
+  // the fp16 path itself: weights, activations and CLIP's token rows in half precision, every graph
+  // built in float16 (onnxruntime's wasm EP runs them; SwiftShader has no shader-f16)
+  const half = new Engine(await runtime('wasm'));
+  const info = await half.loadModel({ single: fp16 }, tokenizer!, 'fp16');
+  assert.equal(info.precision, 'fp16');
+  const rh = await half.generate({ ...JOB, scheduler: 'dpmpp-2m' });
+  assert.equal(rh.report.precision, 'fp16');
+  const halfDiff = maxAbsDiff(rh.image.data, r16.image.data);
+  assert.ok(halfDiff.diff <= 2 && halfDiff.diff > 0, `fp16 activations change pixels by at most 2/255, and do change them (got ${halfDiff.diff})`);
+  half.unload();
 });
 
 test('WebGPU and wasm give the same image within 2/255; report fields are present', async () => {

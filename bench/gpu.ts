@@ -103,12 +103,15 @@ function profiledPrograms(stdout: string) {
   };
 }
 
-/** One profiled UNet run on the given weights (onnxruntime prints the profile). */
-async function profileRun(rt: Runtime, g: GraphBuilder, layout: ConvLayout, feeds: Record<string, OrtNs.Tensor>) {
+/** One profiled UNet run on the given weights (onnxruntime prints the profile); the dispatches the device counted in it. */
+async function profileRun(rt: Runtime, g: GraphBuilder, layout: ConvLayout, feeds: Record<string, OrtNs.Tensor>): Promise<number> {
   const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout, profile: true }));
+  const before = rt.gpu!.memory.dispatches;
   await session.run(feeds);
+  const dispatches = rt.gpu!.memory.dispatches - before;
   session.endProfiling();
   await session.release();
+  return dispatches;
 }
 
 function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm, conv: ConvForm) {
@@ -352,7 +355,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
   await session.release();
-  await profileRun(rt, g, v.layout, feeds);
+  const deviceDispatches = await profileRun(rt, g, v.layout, feeds);
   ws.dispose();
 
   // the text encoder once and the VAE decoder once, for seconds per image (not with --unet-only),
@@ -404,6 +407,8 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     plannedUnetLargestBufferBytes: Math.max(unetPlan.largestBufferBytes, unetPlan.largestWeightBytes),
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,
+    // the profiled run's compute dispatches as the device counted them (`dispatches` is the profile's count)
+    deviceDispatches,
     // measured by the device in the loop this variant stands for: the CPU loop before issue 19, the
     // engine's GPU loop after
     readbacksPerStep: (v.name === 'before' ? loops.cpu : loops.gpu)?.readbacksPerStep ?? null,

@@ -13,7 +13,7 @@ import { DEFAULT_BUFFER_LIMIT } from '../../workers/graph/builder.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
 import { buildUNet } from '../../workers/graph/unet.ts';
 
-test('bench:gpu on the tiny model: readbacks per step measured 1 before and 0 after, weight transposes as the graph counts them, the largest buffer as planned', () => {
+test('bench:gpu on the tiny model: readbacks per step measured 1 before and 0 after, dispatches and weight transposes as the profile and the graph count them, the largest buffer as planned', () => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-gpu-'));
   try {
     const out = join(dir, 'gpu.json');
@@ -28,6 +28,8 @@ test('bench:gpu on the tiny model: readbacks per step measured 1 before and 0 af
     const { before, after } = rows;
     for (const row of [before, after]) {
       assert.equal(row.finite, true, row.variant);
+      // the dispatches the device counted in the profiled run are the programs onnxruntime profiled
+      assert.equal(row.deviceDispatches, row.dispatches, row.variant);
       assert.ok(row.unetMsPerStep > 0 && row.secondsPerImage > 0 && row.dispatches > 0, JSON.stringify(row));
     }
     // the CPU loop reads every prediction back; the GPU loop reads nothing until the image

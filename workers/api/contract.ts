@@ -420,6 +420,8 @@ export interface GenerationReport {
   memoryPlan: MemoryPlanReport;
   /** GPU results the CPU read during the denoising loop (UNet outputs, previews), per step; 0 when the latents stay on the GPU and no preview is asked for. */
   readbacksPerStep: number;
+  /** Compute dispatches on the GPU during the denoising loop, per step, as the device counted them (onnxruntime's and ours); WebGPU only. */
+  dispatchesPerStep?: number;
   /** The denoising loop kept its latents on the GPU (CFG and the sampler's step as GPU work); false: each step came back to the CPU, with `latentsOnGpuReason`. */
   latentsOnGpu: boolean;
   latentsOnGpuReason?: string;

@@ -764,6 +764,7 @@ export class Engine {
           gpuLoopUnavailable:
             this.rt.backend !== 'webgpu' ? 'the wasm EP computes on the CPU' : unetBatch < batch ? 'the memory plan runs the CFG halves one after the other' : job.latentsOnGpu === false ? 'the job asked for the CPU loop' : undefined,
           readbacks: () => readbacks,
+          ...(this.rt.gpu ? { dispatches: () => this.rt.gpu!.memory.dispatches } : {}),
           unetMultiplyAdds: { full: unet.macs, record: unetRecord?.macs ?? unet.macs, reuse: unetReuse?.macs ?? 0 },
           guidanceMultiplyAdds: { maps: guideMaps?.macs ?? 0, grad: guideGrad?.macs ?? 0 },
           vae: vae
@@ -917,6 +918,7 @@ export class Engine {
           attentionReason: attention.reason,
         },
         readbacksPerStep: result.loopReadbacks / Math.max(1, result.stepsRun),
+        ...(result.loopDispatches === undefined ? {} : { dispatchesPerStep: result.loopDispatches / Math.max(1, result.stepsRun) }),
         latentsOnGpu: result.latentsOnGpu,
         ...(result.latentsOnGpuReason ? { latentsOnGpuReason: result.latentsOnGpuReason } : {}),
         graphCaptured: result.graphCaptured,

@@ -67,6 +67,8 @@ export interface PipelineParts {
   gpuLoopUnavailable?: string;
   /** GPU results the CPU has read so far (a running count; the report gives the loop's share per step). */
   readbacks?: () => number;
+  /** Compute dispatches on the GPU device so far (a running count, WebGPU; the loop's per step go in the report). */
+  dispatches?: () => number;
   /** Names of the job's LoRAs, for the report. */
   loraNames: string[];
   /** Per job LoRA: its category (given or guessed), which cmlora groups by. */
@@ -120,6 +122,8 @@ export interface PipelineResult {
   warnings: string[];
   /** Reads of GPU results during the denoising loop (previews included). */
   loopReadbacks: number;
+  /** Compute dispatches during the denoising loop (WebGPU: onnxruntime's and ours, as the device counted them). */
+  loopDispatches?: number;
   latentsOnGpu: boolean;
   latentsOnGpuReason?: string;
   /** The loop's UNet runs replayed a captured graph. */
@@ -176,8 +180,10 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
   const composition = await run.compositionOrder();
   const start = await run.initialLatent(layout);
   const loopStart = performance.now();
+  const dispatchesBefore = parts.dispatches?.();
   const loop = run.gpuLoopRefusal(layout) ? await run.loopOnCpu(start.latent, composition, layout) : run.mixes ? await run.loopOnGpuMixed(start.latent, composition, layout) : await run.loopOnGpu(start.latent, composition, layout);
   const denoiseMs = performance.now() - loopStart;
+  const loopDispatches = dispatchesBefore === undefined ? undefined : parts.dispatches!() - dispatchesBefore;
   run.check();
   const decoded = await run.decode(loop.latent);
   return {
@@ -195,6 +201,7 @@ export async function denoise(parts: PipelineParts, job: GenerateJob, onProgress
     stepsRun: run.stepsRun,
     warnings: run.warnings,
     loopReadbacks: loop.readbacks,
+    ...(loopDispatches === undefined ? {} : { loopDispatches }),
     latentsOnGpu: loop.onGpu,
     graphCaptured: loop.captured ?? false,
     ...(loop.onGpuRefused ? { latentsOnGpuReason: loop.onGpuRefused } : {}),

@@ -82,6 +82,8 @@ export class GpuMemoryCounter {
    * (onnxruntime's downloads of outputs included, as they go through the same device).
    */
   readbacks = 0;
+  /** Compute dispatches recorded on this device since it was adopted (onnxruntime's included). */
+  dispatches = 0;
   private readonly sizes = new WeakMap<GPUBuffer, number>();
   /** How many live buffers have each size (so the largest live one is known without holding them). */
   private readonly bySize = new Map<number, number>();
@@ -110,11 +112,31 @@ export class GpuMemoryCounter {
 
 /**
  * Wrap createBuffer/destroy so that every allocation on the device is counted, and every mapping of
- * a buffer for reading (a readback). Each allocation runs in an out-of-memory error scope: one that
+ * a buffer for reading (a readback) and every compute dispatch. Each allocation runs in an out-of-memory error scope: one that
  * fails holds nothing, so it leaves the count, and its fault records the bytes that were in use
  * without it. `pending`: the scopes not yet answered.
  */
 function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaultLog, pending: Set<Promise<void>>): void {
+  const encoder = device.createCommandEncoder.bind(device);
+  device.createCommandEncoder = (desc?: GPUCommandEncoderDescriptor) => {
+    const e = encoder(desc);
+    const begin = e.beginComputePass.bind(e);
+    e.beginComputePass = (passDesc?: GPUComputePassDescriptor) => {
+      const pass = begin(passDesc);
+      const direct = pass.dispatchWorkgroups.bind(pass);
+      const indirect = pass.dispatchWorkgroupsIndirect.bind(pass);
+      pass.dispatchWorkgroups = (x: number, y?: number, z?: number) => {
+        memory.dispatches += 1;
+        direct(x, y, z);
+      };
+      pass.dispatchWorkgroupsIndirect = (buffer: GPUBuffer, offset: number) => {
+        memory.dispatches += 1;
+        indirect(buffer, offset);
+      };
+      return pass;
+    };
+    return e;
+  };
   const create = device.createBuffer.bind(device);
   device.createBuffer = (desc: GPUBufferDescriptor) => {
     const liveBytes = memory.live;

@@ -1,0 +1,16 @@
+import { installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { createRuntime, sessionOptions } from '../workers/engine/runtime.ts';
+import { GraphBuilder } from '../workers/graph/builder.ts';
+await installNodeWebGpu();
+const rt = await createRuntime('webgpu');
+const g = new GraphBuilder('float32');
+g.output(g.op('Relu', [g.op('Add', [g.input('x', 'float32', [4, 4]), g.input('y', 'float32', [4, 4])])]), 'z', 'float32', [4, 4]);
+const m = rt.gpu!.memory;
+const s = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { outputsOnGpu: true, profile: true }));
+const t = () => new rt.ort.Tensor('float32', new Float32Array(16).fill(-1), [4, 4]);
+const a = m.dispatches;
+const out = await s.run({ x: t(), y: t() });
+await out.z.getData(true);
+console.error('DISPATCHES', m.dispatches - a);
+s.endProfiling();
+process.exit(0);

@@ -399,6 +399,8 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     vaeDecodeMs: vaeMs,
     sessionCreateMs: createMs,
     firstRunMs,
+    // what the first run took beyond a warm one: compiling its shaders and pipelines (and first allocations)
+    shaderCompileMs: Math.max(0, firstRunMs - unetMs),
     peakGpuBytes: peakBytes,
     largestBufferBytes,
     plannedUnetActivationBytes: unetPlan.activationPeakBytes,
@@ -467,7 +469,7 @@ async function main() {
         const loops = row.loopMsPerStepCpu === null ? '' : `, loop ${ms(row.loopMsPerStepCpu)} ms/step with readbacks`;
         const gpuLoops = row.loopMsPerStepGpu === null ? '' : `, ${ms(row.loopMsPerStepGpu)} ms/step on the GPU, ${ms(row.loopMsPerStepCaptured)} replayed; three predictions mixed: ${ms(row.mixedLoopMsPerStepCpu)} ms/step read back, ${ms(row.mixedLoopMsPerStepGpu)} on the GPU`;
         console.log(
-          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout} ${v.conv.padEnd(6)}: UNet ${ms(row.unetMsPerStep)} ms/step${perImage}, first run ${(row.firstRunMs / 1000).toFixed(1)} s${loops}${gpuLoops}, ` +
+          `  ${precision} ${v.name.padEnd(7)} ${v.attention.padEnd(8)} ${v.layout} ${v.conv.padEnd(6)}: UNet ${ms(row.unetMsPerStep)} ms/step${perImage}, first run ${(row.firstRunMs / 1000).toFixed(1)} s (compile ${(row.shaderCompileMs / 1000).toFixed(1)} s)${loops}${gpuLoops}, ` +
             `peak ${MiB(row.peakGpuBytes)}, largest ${MiB(row.largestBufferBytes)}, ${row.dispatches} dispatches, ${row.weightTransposes} weight + ${row.layoutTransposes} layout transposes/step, ${row.readbacksPerStep} readbacks/step${row.finite ? '' : ' NOT FINITE'}`,
         );
         rows.push(row);

@@ -49,7 +49,8 @@ test("onnxruntime's attention programs at our heads, by its profile: FlashAttent
   const cases = {
     // SD 1.5's first level (320 channels, 8 heads of 40) under CFG, fewer queries than at 512x512
     unet: { b: 2, nq: 256, nk: 256, heads: 8, d: 40 },
-    // the widest head the builder fuses in float32
+    // the widest head the builder fuses in float32 (this adapter, with 32 KiB of workgroup memory,
+    // would run up to 256 wide through FlashAttention; the builder keeps to what 16 KiB allows)
     widest: { b: 2, nq: 64, nk: 77, heads: 2, d: FLASH_HEAD_BYTES / 4 },
     // the VAE's single 512-wide head (fewer pixels than a real decode)
     vae: { b: 1, nq: 256, nk: 256, heads: 1, d: 512 },
@@ -61,7 +62,6 @@ test("onnxruntime's attention programs at our heads, by its profile: FlashAttent
 
   for (const name of ['unet', 'widest'] as const) {
     const k = cases[name];
-    assert.ok(fusesHead(k.d, 4), `${name}: the builder fuses heads of ${k.d} in float32`);
     assert.deepEqual(names(got[name]), ['CopyKVCache', 'FlashAttention'], name);
     // the copies of keys and values: [B, heads, Nk, d] each (in vec4s), as many elements as K and V
     const copy = got[name][0].outputs;
@@ -82,8 +82,7 @@ test("onnxruntime's attention programs at our heads, by its profile: FlashAttent
     assert.equal(count(split.outputs[0]) * 4, partials, `${name}: ${JSON.stringify(split.outputs)}`);
     assert.equal(count(split.outputs[1]), partials / k.d, `${name}: one max and sum per partial (float32 pairs)`);
   }
-  // at 512x512 the VAE's attention has 4096 pixels: its partial outputs would take 512 MiB in float32
-  assert.equal(4096 * Math.ceil(4096 / 64) * 512 * 4, 512 * 2 ** 20);
+  // (at 512x512 the VAE's attention has 4096 pixels: 4096 x 64 x 512 partials, 512 MiB in float32)
 
   // the memory model counts exactly these buffers inside the node, for each case as the builder
   // makes it (the VAE's head, built chunked, has no such node)

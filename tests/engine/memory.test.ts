@@ -280,4 +280,11 @@ test('compiled graphs past the engine\'s bound are released, least recently used
   assert.equal(b.report.graphCaptured, true);
   assert.equal(engine.capturedGraphs, 1, 'the 64x64 captured UNet was released');
   assert.ok(engine.compiledGraphs > 4, `the bound alone would keep more (${engine.compiledGraphs})`);
+  // the hires fix loops twice in one job, at two sizes: its first pass's captured UNet goes when the
+  // second pass makes its own
+  const hires = await engine.generate({ ...small, width: 64, hires: { scale: 2, strength: 0.5 } });
+  assert.equal(hires.image.width, 128);
+  assert.equal(engine.capturedGraphs, 1, 'the hires job keeps its second pass\'s captured UNet alone');
+  await engine.generate({ ...small, width: 64 });
+  assert.equal(engine.capturedGraphs, 1, 'the 64x64 one made again, the 128x128 one released');
 });

@@ -144,7 +144,7 @@ export class Engine {
   /** The graphs the running job has asked for: never released under it. */
   private readonly jobGraphs = new Set<string>();
 
-  /** Compiled graphs kept that replay a capture: the latest capturing job's alone. */
+  /** Compiled graphs kept that replay a capture: the last one a pass looped with, alone. */
   get capturedGraphs(): number {
     return [...this.sessions.values()].filter((s) => s.captured).length;
   }
@@ -580,15 +580,7 @@ export class Engine {
       compiled.captured = { inputs: await buffers(g.inputs), outputs: await buffers(g.outputs), recorded: false };
     }
     this.sessions.set(key, compiled);
-    // a captured graph keeps its activations and its own input and output buffers between runs; the
-    // plan counts one, the running job's, so another job's captured graph goes at once
-    if (capture) {
-      for (const [k, s] of this.sessions) {
-        if (!s.captured || this.jobGraphs.has(k)) continue;
-        this.sessions.delete(k);
-        await releaseGraph(s);
-      }
-    }
+    if (capture) await this.releaseOtherCaptures(key);
     for (const [k, s] of this.sessions) {
       if (this.sessions.size <= this.sessionsKept) break;
       if (this.jobGraphs.has(k)) continue;
@@ -596,6 +588,20 @@ export class Engine {
       await releaseGraph(s);
     }
     return compiled;
+  }
+
+  /**
+   * A captured graph keeps its activations and its own input and output buffers between runs, and the
+   * plan counts one: the UNet the running pass loops with. Any other captured graph (another size's,
+   * or the hires fix's first pass's once its second pass starts) goes as this one is made, so no two
+   * are ever kept.
+   */
+  private async releaseOtherCaptures(key: string): Promise<void> {
+    for (const [k, s] of this.sessions) {
+      if (!s.captured || k === key) continue;
+      this.sessions.delete(k);
+      await releaseGraph(s);
+    }
   }
 
   /** The loop's view of a captured UNet: its first run records (then the work is submitted), later runs replay. */

@@ -105,7 +105,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const textLen = cfg.textEncoder.maxPositions;
   const notes: string[] = [
     req.fusedAttention
-      ? 'attention fused (MultiHeadAttention): no score matrix is ever a buffer'
+      ? 'attention fused (MultiHeadAttention): no score matrix is a buffer, but for heads wider than 512 bytes (the VAE\'s), which run in query chunks'
       : `attention in query chunks: no score buffer above ${(limit / 2 ** 20).toFixed(0)} MiB`,
   ];
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };

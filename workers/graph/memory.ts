@@ -69,17 +69,16 @@ const SPLIT_K_TILE = 64;
  * Our graphs fuse no head wider than that program takes (`fusesHead`), so the split-K path runs
  * only for short query sets.
  */
-function attentionScratch(g: GraphBuilder, n: NodeRecord, size: (v: string) => number): number {
+function attentionScratch(g: GraphBuilder, n: NodeRecord, size: (v: string) => number): { bytes: number; largest: number } {
   const [q, k, v] = n.inputs;
-  let bytes = size(k) + size(v);
+  const copies = size(k) + size(v);
   const [b, nq, c] = g.shape(q);
-  if (nq < SPLIT_K_BELOW_QUERIES) {
-    const perElement = size(q) / elementCount(g.shape(q));
-    const tiles = Math.ceil(g.shape(k)[1] / SPLIT_K_TILE);
-    const heads = n.attrs.num_heads as number;
-    bytes += b * nq * tiles * c * perElement + b * heads * nq * tiles * 2 * 4;
-  }
-  return bytes;
+  if (nq >= SPLIT_K_BELOW_QUERIES) return { bytes: copies, largest: Math.max(size(k), size(v)) };
+  const perElement = size(q) / elementCount(g.shape(q));
+  const tiles = Math.ceil(g.shape(k)[1] / SPLIT_K_TILE);
+  const heads = n.attrs.num_heads as number;
+  const partials = b * nq * tiles * c * perElement;
+  return { bytes: copies + partials + b * heads * nq * tiles * 2 * 4, largest: Math.max(size(k), size(v), partials) };
 }
 
 export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): GraphMemory {
@@ -139,7 +138,11 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
       transposes += 1;
       consider(w, `the transposed weight of ${n.inputs[1]}`);
     }
-    if (n.type === 'MultiHeadAttention') temp += attentionScratch(g, n, size);
+    if (n.type === 'MultiHeadAttention') {
+      const scratch = attentionScratch(g, n, size);
+      temp += scratch.bytes;
+      consider(scratch.largest, `the attention scratch of ${n.outputs[0]}`);
+    }
     live += made;
     peak = Math.max(peak, live + temp);
     for (const v of new Set(n.inputs.filter(Boolean).map(rootOf))) if (lastUse.get(v) === idx) live -= sizes.get(v) ?? 0;

@@ -106,9 +106,9 @@ function profiledPrograms(stdout: string) {
 /** One profiled UNet run on the given weights (onnxruntime prints the profile); the dispatches the device counted in it. */
 async function profileRun(rt: Runtime, g: GraphBuilder, layout: ConvLayout, feeds: Record<string, OrtNs.Tensor>): Promise<number> {
   const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout, profile: true }));
-  const before = rt.gpu!.memory.dispatches;
+  const before = rt.gpu!.work.dispatches;
   await session.run(feeds);
-  const dispatches = rt.gpu!.memory.dispatches - before;
+  const dispatches = rt.gpu!.work.dispatches - before;
   session.endProfiling();
   await session.release();
   return dispatches;
@@ -168,7 +168,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
   let sample = feeds.sample;
   const memory = new rt.ort.Tensor('float32', new Float32Array(n), [1, 4, lh, lh]);
   const start = performance.now();
-  const readbacks = rt.gpu!.memory.readbacks;
+  const readbacks = rt.gpu!.work.readbacks;
   for (let i = 0; i < REPEATS; i++) {
     const out = await session.run({ ...feeds, sample });
     if (stepSession) {
@@ -184,7 +184,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
       ({ x, sample } = cpuInputs(rt, sched.step(guide(pred), 0, x.data as Float32Array), lh));
     }
   }
-  const readbacksPerStep = (rt.gpu!.memory.readbacks - readbacks) / REPEATS;
+  const readbacksPerStep = (rt.gpu!.work.readbacks - readbacks) / REPEATS;
   // the final latent, once after the loop (the image's)
   if (stepSession) await x.getData(true);
   const ms = (performance.now() - start) / REPEATS;

@@ -16,7 +16,7 @@ import { crossAttentionLayers } from '../graph/cross-kv.ts';
 import { regionOutInputName } from '../graph/unet.ts';
 import { MAX_BOXES, MAX_STEPS } from '../layout/scene.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
-import { graphSpecs, textEncoderFileSpecs } from '../graph/specs.ts';
+import { graphSpecs, loadedSpecs, textEncoderFileSpecs } from '../graph/specs.ts';
 import type { ByteSource } from '../checkpoint/source.ts';
 import { loraTargetTable, type LoraTarget } from '../lora/keys.ts';
 import { loraFingerprint, openLora, type LoadedLora } from '../lora/load.ts';
@@ -239,7 +239,7 @@ export class Engine {
     // the graphs' weights go to the GPU (the VAE encoder's, for image to image and inpainting, where
     // the file has it); the token table stays in CPU memory
     const vaeEncoder = specs.vaeEncoder.every((w) => ckpt.locate('vae', w.name));
-    const lists = { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+    const lists = loadedSpecs(specs, vaeEncoder);
     if (this.rt.gpu) {
       const all = [...lists.unet, ...lists.textEncoder, ...lists.vae].map((s) => ({ name: s.name, elements: s.dims.reduce((a, b) => a * b, 1) }));
       checkWeightsFit(all, resolved, this.rt.gpu.adapter);
@@ -310,7 +310,8 @@ export class Engine {
         encoder = specs.vaeEncoder.every((w) => m.ckpt.locate('vae', w.name));
         read = (w) => m.ckpt.readFloat32('vae', w.name, w.dims);
       }
-      await this.watched(ALONGSIDE('while loading the VAE'), () => next.load(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae, { read }));
+      const list = loadedSpecs(specs, encoder).vae;
+      await this.watched(ALONGSIDE('while loading the VAE'), () => next.load(list, { read }));
       m.weights.vae.dispose();
       m.weights.vae = next;
       const count = (list: { dims: number[] }[]) => list.reduce((a, w) => a + w.dims.reduce((x, y) => x * y, 1), 0);
@@ -318,7 +319,7 @@ export class Engine {
       m.info = {
         ...rest,
         vaeEncoder: encoder,
-        parameters: { ...m.info.parameters, vae: count(encoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae) },
+        parameters: { ...m.info.parameters, vae: count(list) },
         weightBytes: m.weights.unet.bytes + m.weights.textEncoder.bytes + next.bytes,
         ...(source ? { vaeFile: source.name } : {}),
       };
@@ -770,7 +771,7 @@ export class Engine {
           gpuLoopUnavailable:
             this.rt.backend !== 'webgpu' ? 'the wasm EP computes on the CPU' : unetBatch < batch ? 'the memory plan runs the CFG halves one after the other' : job.latentsOnGpu === false ? 'the job asked for the CPU loop' : undefined,
           readbacks: () => readbacks,
-          ...(this.rt.gpu ? { dispatches: () => this.rt.gpu!.memory.dispatches } : {}),
+          ...(this.rt.gpu ? { dispatches: () => this.rt.gpu!.work.dispatches } : {}),
           unetMultiplyAdds: { full: unet.macs, record: unetRecord?.macs ?? unet.macs, reuse: unetReuse?.macs ?? 0 },
           guidanceMultiplyAdds: { maps: guideMaps?.macs ?? 0, grad: guideGrad?.macs ?? 0 },
           vae: vae

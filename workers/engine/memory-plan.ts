@@ -12,8 +12,9 @@ import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuil
 import { buildTextEncoder, tokenEmbeddingSpec } from '../graph/clip.ts';
 import { buildCrossKV } from '../graph/cross-kv.ts';
 import { buildGuidanceGraph, guidanceLayers } from '../graph/guidance-graph.ts';
+import { FLASH_HEAD_BYTES } from '../graph/layers.ts';
 import { graphMemory, type GraphMemory } from '../graph/memory.ts';
-import { graphSpecs } from '../graph/specs.ts';
+import { graphSpecs, loadedSpecs } from '../graph/specs.ts';
 import { buildUNet } from '../graph/unet.ts';
 import { buildVaeDecoder, buildVaeEncoder } from '../graph/vae.ts';
 import { layoutGraphOptions } from '../layout/regional.ts';
@@ -105,7 +106,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   const textLen = cfg.textEncoder.maxPositions;
   const notes: string[] = [
     req.fusedAttention
-      ? 'attention fused (MultiHeadAttention): no score matrix is a buffer, but for heads wider than 512 bytes (the VAE\'s), which run in query chunks'
+      ? `attention fused (MultiHeadAttention): no score matrix is a buffer, but for heads wider than ${FLASH_HEAD_BYTES} bytes (the VAE's), which run in query chunks`
       : `attention in query chunks: no score buffer above ${(limit / 2 ** 20).toFixed(0)} MiB`,
   ];
   const memOptions = { transposesConvWeights: req.transposesConvWeights ?? false, pointwiseAsIs: req.pointwiseAsIs ?? false };
@@ -120,7 +121,7 @@ export function planMemory(cfg: ModelConfig, req: PlanRequest): MemoryPlan {
   // to the region keys' graph), the text encoder's less the token table, and the VAE's decoder and,
   // where loaded, its encoder
   const specs = graphSpecs(cfg);
-  const loaded = { unet: specs.unet, textEncoder: specs.textEncoder, vae: req.vaeEncoder || req.encodesPicture ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+  const loaded = loadedSpecs(specs, !!(req.vaeEncoder || req.encodesPicture));
   const sizeOf = (w: WeightSpec) => count(w.dims) * bytes;
   const weightBytes = { unet: 0, textEncoder: 0, vae: 0 };
   for (const part of ['unet', 'textEncoder', 'vae'] as const) weightBytes[part] = loaded[part].reduce((a, w) => a + sizeOf(w), 0);

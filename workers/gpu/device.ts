@@ -17,6 +17,8 @@ export interface GpuContext {
   device: GPUDevice;
   adapter: AdapterSummary;
   memory: GpuMemoryCounter;
+  /** Readbacks and dispatches on the device. */
+  work: GpuWorkCounter;
   /** Resolves with a reason when the device is lost. */
   lost: Promise<string>;
   /** The device's uncaptured errors, in the order they came (onnxruntime only logs them). */
@@ -77,13 +79,6 @@ export class GpuMemoryCounter {
   peak = 0;
   /** The largest single buffer alive at any time since the last resetPeak (weights included). */
   largest = 0;
-  /**
-   * GPU-to-CPU reads on this device since it was adopted: each mapping of a buffer for reading
-   * (onnxruntime's downloads of outputs included, as they go through the same device).
-   */
-  readbacks = 0;
-  /** Compute dispatches recorded on this device since it was adopted (onnxruntime's included). */
-  dispatches = 0;
   private readonly sizes = new WeakMap<GPUBuffer, number>();
   /** How many live buffers have each size (so the largest live one is known without holding them). */
   private readonly bySize = new Map<number, number>();
@@ -110,13 +105,21 @@ export class GpuMemoryCounter {
   }
 }
 
+/** What the device was asked to do since it was adopted, onnxruntime's work included (it goes through the same device). */
+export class GpuWorkCounter {
+  /** GPU-to-CPU reads: each mapping of a buffer for reading. */
+  readbacks = 0;
+  /** Compute dispatches recorded. */
+  dispatches = 0;
+}
+
 /**
  * Wrap createBuffer/destroy so that every allocation on the device is counted, and every mapping of
  * a buffer for reading (a readback) and every compute dispatch. Each allocation runs in an out-of-memory error scope: one that
  * fails holds nothing, so it leaves the count, and its fault records the bytes that were in use
  * without it. `pending`: the scopes not yet answered.
  */
-function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaultLog, pending: Set<Promise<void>>): void {
+function instrument(device: GPUDevice, memory: GpuMemoryCounter, work: GpuWorkCounter, faults: GpuFaultLog, pending: Set<Promise<void>>): void {
   const encoder = device.createCommandEncoder.bind(device);
   device.createCommandEncoder = (desc?: GPUCommandEncoderDescriptor) => {
     const e = encoder(desc);
@@ -126,11 +129,11 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
       const direct = pass.dispatchWorkgroups.bind(pass);
       const indirect = pass.dispatchWorkgroupsIndirect.bind(pass);
       pass.dispatchWorkgroups = (x: number, y?: number, z?: number) => {
-        memory.dispatches += 1;
+        work.dispatches += 1;
         direct(x, y, z);
       };
       pass.dispatchWorkgroupsIndirect = (buffer: GPUBuffer, offset: number) => {
-        memory.dispatches += 1;
+        work.dispatches += 1;
         indirect(buffer, offset);
       };
       return pass;
@@ -165,7 +168,7 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
     if (desc.usage & GPUBufferUsage.MAP_READ) {
       const map = buffer.mapAsync.bind(buffer);
       buffer.mapAsync = (mode: GPUMapModeFlags, offset?: number, size?: number) => {
-        if (mode & GPUMapMode.READ) memory.readbacks += 1;
+        if (mode & GPUMapMode.READ) work.readbacks += 1;
         return map(mode, offset, size);
       };
     }
@@ -185,9 +188,10 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, faults: GpuFaul
  */
 export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
   const memory = new GpuMemoryCounter();
+  const work = new GpuWorkCounter();
   const faults = new GpuFaultLog();
   const pending = new Set<Promise<void>>();
-  instrument(device, memory, faults, pending);
+  instrument(device, memory, work, faults, pending);
   // the other errors nobody captured (a listener beside onnxruntime's own handler, which it set when
   // it made the device)
   device.addEventListener('uncapturederror', (e) => {
@@ -201,6 +205,7 @@ export async function adoptGpu(device: GPUDevice): Promise<GpuContext> {
   return {
     device,
     memory,
+    work,
     adapter: {
       vendor: info?.vendor ?? 'unknown',
       architecture: info?.architecture ?? 'unknown',

@@ -69,15 +69,14 @@ const SPLIT_K_TILE = 64;
  * Our graphs fuse no head wider than that program takes (`fusesHead`), so the split-K path runs
  * only for short query sets.
  */
-function attentionScratch(g: GraphBuilder, n: NodeRecord, size: (v: string) => number): { bytes: number; largest: number } {
+function attentionScratch(g: GraphBuilder, n: NodeRecord, size: (v: string) => number, bytesOf: (v: string) => number): { bytes: number; largest: number } {
   const [q, k, v] = n.inputs;
   const copies = size(k) + size(v);
   const [b, nq, c] = g.shape(q);
   if (nq >= SPLIT_K_BELOW_QUERIES) return { bytes: copies, largest: Math.max(size(k), size(v)) };
-  const perElement = size(q) / elementCount(g.shape(q));
   const tiles = Math.ceil(g.shape(k)[1] / SPLIT_K_TILE);
   const heads = n.attrs.num_heads as number;
-  const partials = b * nq * tiles * c * perElement;
+  const partials = b * nq * tiles * c * bytesOf(q);
   return { bytes: copies + partials + b * heads * nq * tiles * 2 * 4, largest: Math.max(size(k), size(v), partials) };
 }
 
@@ -139,7 +138,7 @@ export function graphMemory(g: GraphBuilder, options: GraphMemoryOptions = {}): 
       consider(w, `the transposed weight of ${n.inputs[1]}`);
     }
     if (n.type === 'MultiHeadAttention') {
-      const scratch = attentionScratch(g, n, size);
+      const scratch = attentionScratch(g, n, size, bytesOf);
       temp += scratch.bytes;
       consider(scratch.largest, `the attention scratch of ${n.outputs[0]}`);
     }

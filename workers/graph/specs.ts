@@ -22,3 +22,12 @@ export function graphSpecs(config: ModelConfig) {
 export function textEncoderFileSpecs(specs: ReturnType<typeof graphSpecs>): WeightSpec[] {
   return [specs.tokenTable, ...specs.textEncoder];
 }
+
+/**
+ * The weights the engine puts on the GPU, component by component: every UNet weight, the text
+ * encoder's graph weights (the token table stays in CPU memory), the VAE's decoder and, where the
+ * file has it (`vaeEncoder`), its encoder. Loading and the memory plan both count from this.
+ */
+export function loadedSpecs(specs: ReturnType<typeof graphSpecs>, vaeEncoder: boolean): { unet: WeightSpec[]; textEncoder: WeightSpec[]; vae: WeightSpec[] } {
+  return { unet: specs.unet, textEncoder: specs.textEncoder, vae: vaeEncoder ? [...specs.vae, ...specs.vaeEncoder] : specs.vae };
+}

@@ -46,6 +46,9 @@ const { values: o } = parseArgs({
     // software adapter takes minutes per run on
     'unet-only': { type: 'boolean', default: false },
     one: { type: 'string' },
+    // seconds a measuring child may take before it is stopped and run once more (0: no limit); on
+    // SwiftShader a child has been seen to stall, rarely, inside the WebGPU stack
+    'child-timeout': { type: 'string', default: '0' },
   },
   allowNegative: true,
 });
@@ -55,6 +58,8 @@ const STEPS = Number(o.steps);
 const REPEATS = Number(o.repeats);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+/** The measuring child names each stage on stderr as it starts, so a run that stalls says where. */
+const stage = (name: string) => o.one && process.stderr.write(`stage ${new Date().toISOString().slice(11, 23)} ${name}\n`);
 
 function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): WeightSet {
   const ws = new WeightSet(rt, precision === 'fp16' ? 'float16' : 'float32');
@@ -160,6 +165,7 @@ function cpuInputs(rt: Runtime, latent: Float32Array, lh: number): { x: OrtNs.Te
  * before issue 19); `gpu` feeds the prediction to the step graph.
  */
 async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu'): Promise<{ ms: number; readbacksPerStep: number }> {
+  stage(`loop (${where})`);
   const lh = SIZE / 8;
   const n = 4 * lh * lh;
   const sched = new DpmSolverPP2MScheduler(Math.max(REPEATS, 2));
@@ -200,6 +206,7 @@ async function loopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Recor
  * end (as the engine does where no preview is asked).
  */
 async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>, where: 'cpu' | 'gpu', predictions = 3): Promise<number> {
+  stage(`mixed loop (${where})`);
   const lh = SIZE / 8;
   const n = 4 * lh * lh;
   const dims = [2, 4, lh, lh];
@@ -260,6 +267,7 @@ async function mixedLoopMs(rt: Runtime, session: OrtNs.InferenceSession, feeds: 
  * step graph writes the next input into the UNet's own, and the CPU writes the timestep embedding.
  */
 async function capturedLoopMs(rt: Runtime, g: GraphBuilder, layout: ConvLayout, weights: Record<string, OrtNs.Tensor>, feeds: Record<string, OrtNs.Tensor>): Promise<number> {
+  stage('captured loop');
   const lh = SIZE / 8;
   const device = rt.gpu!.device;
   const made: GPUBuffer[] = [];
@@ -326,14 +334,17 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const rng = new Rng(2);
   const t0 = performance.now();
   // outputs stay on the GPU: a run is timed without its readback, which the loops below add or avoid
+  stage('create the UNet session');
   const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout: v.layout, outputsOnGpu: true }));
   const createMs = performance.now() - t0;
+  stage('first run');
   const f0 = performance.now();
   const first = await session.run(feeds);
   await rt.gpu!.device.queue.onSubmittedWorkDone();
   // timed as the warm runs below are, to the end of its GPU work (its readback after)
   const firstRunMs = performance.now() - f0;
   const finite = ((await first.noise_pred.getData(true)) as Float32Array).every(Number.isFinite);
+  stage('timed runs');
   const times: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
     const s = performance.now();
@@ -357,6 +368,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
   await session.release();
+  stage('profiled run');
   const deviceDispatches = await profileRun(rt, g, v.layout, feeds);
   ws.dispose();
 
@@ -370,6 +382,7 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
       inputs[i.name] = new rt.ort.Tensor('float32', rng.normal(i.dims.reduce((a, b) => a * b, 1)), i.dims);
     }
     const w = weightsFor(rt, gb, precision);
+    stage(`text encoder or VAE (${gb.inputs[0]?.name})`);
     const s = await rt.ort.InferenceSession.create(gb.encode(), sessionOptions(rt, { layout: v.layout }));
     await s.run({ ...w.feeds(gb.weights.keys()), ...inputs });
     const a = performance.now();
@@ -425,6 +438,23 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   return row;
 }
 
+/**
+ * Runs a measuring child; one that passes `--child-timeout` is stopped and run once more, and the
+ * stages it had reached (its `stage` lines) are kept in `stalls`, which the report carries.
+ */
+function measuringChild(args: string[]) {
+  const limit = Number(o['child-timeout']) * 1000;
+  const stalls: string[] = [];
+  for (;;) {
+    const child = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 30, ...(limit > 0 ? { timeout: limit, killSignal: 'SIGKILL' as const } : {}) });
+    if (!(child.error as NodeJS.ErrnoException | undefined)?.code?.includes('ETIMEDOUT')) return { child, stalls };
+    const reached = (child.stderr ?? '').split('\n').filter((l) => l.startsWith('stage ')).at(-1) ?? 'before its first stage';
+    stalls.push(`stopped after ${limit / 1000} s, at ${reached}`);
+    console.log(`  the measuring child stalled (${stalls.at(-1)})${stalls.length > 1 ? '' : '; running it again'}`);
+    if (stalls.length > 1) throw new Error(`the measuring child stalled twice: ${stalls.join('; ')}`);
+  }
+}
+
 async function main() {
   await installNodeWebGpu();
   const rt = await createRuntime('webgpu');
@@ -432,6 +462,7 @@ async function main() {
     // a child measuring one variant: a fresh process, so onnxruntime's buffer cache holds nothing from another
     const [name, attention, layout, conv] = o.one.split(':') as [string, AttentionForm, ConvLayout, ConvForm];
     const row = await measure(rt, o.precision as 'fp16' | 'fp32', { name, attention, layout, conv });
+    stage('done');
     console.log(`ROW ${JSON.stringify(row)}`);
     process.exit(0);
   }
@@ -456,7 +487,7 @@ async function main() {
       try {
         const args = [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`];
         if (o['unet-only']) args.push('--unet-only');
-        const child = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 30 });
+        const { child, stalls } = measuringChild(args);
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);
         const profile = profiledPrograms(child.stdout);
@@ -464,6 +495,7 @@ async function main() {
         const row = {
           ...JSON.parse(line.slice(4)),
           ...profile,
+          stalls,
           weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * bytes,
           layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * bytes,
         };

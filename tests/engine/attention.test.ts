@@ -19,7 +19,9 @@ import { buildUNet, unetAttentionLayers, unetMapOutputName } from '../../workers
 import { buildVaeDecoder } from '../../workers/graph/vae.ts';
 import * as nn from '../../workers/reference/nn.ts';
 import * as ref from '../../workers/reference/sd15.ts';
-import { maxAbsDiff, runtime } from '../helpers.ts';
+import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
+import { openTinyEngine } from '../../workers/node/tiny.ts';
+import type { GenerateJob } from '../../workers/api/contract.ts';
 
 const BACKENDS: Backend[] = ['wasm', 'webgpu'];
 const TOL: Record<Backend, number> = { wasm: 2e-5, webgpu: 2e-4 };
@@ -208,6 +210,48 @@ test('whole tiny UNet (one layer\'s maps read), text encoder and VAE decoder bui
   const lat = new Rng(15).normal(64);
   const v = await run(backend, vg, { latent: { data: lat, dims: [1, 4, 4, 4] } }, weights.vae);
   close(backend, v.image, ref.vaeDecode(W(weights.vae), config.vae, nn.tensor(lat, [1, 4, 4, 4])), 'fused vae decoder');
+});
+
+test('the EP refusing a fused attention node at one shape: the job runs again in query chunks, the report says why, the image is the chunked one; another engine still fuses (wasm)', async () => {
+  const rt = await runtime('wasm');
+  assert.equal((await chooseAttention(rt)).form, 'fused', 'the wasm EP passes the attention check, so its jobs fuse');
+  const { dir } = await tinyModelDir();
+  const job: GenerateJob = { prompt: 'a fox in a red coat', negative: '', steps: 2, cfg: 5, seed: 9, width: 64, height: 64, scheduler: 'euler-a' };
+  const fused = (await openTinyEngine(dir, rt)).engine;
+  const plain = await fused.generate(job);
+  assert.equal(plain.report.memoryPlan.attention, 'fused');
+  // a refusal onnxruntime itself makes: an attribute of the wrong type, given only to the nodes whose
+  // queries are 64 long (the UNet's first and last blocks at this size), as an EP that lacked one shape would
+  const { engine } = await openTinyEngine(dir, rt);
+  const msOp = GraphBuilder.prototype.msOp;
+  let refused = 0;
+  GraphBuilder.prototype.msOp = function (this: GraphBuilder, type, inputs, attrs = {}) {
+    const bad = type === 'MultiHeadAttention' && this.shape(inputs[0])[1] === 64;
+    if (bad) refused++;
+    return msOp.call(this, type, inputs, bad ? { ...attrs, mask_filter_value: 1 } : attrs);
+  };
+  let fallback;
+  try {
+    fallback = await engine.generate(job);
+  } finally {
+    GraphBuilder.prototype.msOp = msOp;
+  }
+  assert.ok(refused > 0, 'the UNet was built fused first');
+  assert.equal(fallback.report.memoryPlan.attention, 'chunked');
+  assert.match(fallback.report.memoryPlan.attentionReason, /^the wasm backend refused fused attention at a shape of this job \(.*MultiHeadAttention.*\); attention runs in query chunks$/);
+  assert.equal((await engine.attentionChoice()).form, 'chunked');
+  // the next job on this engine is chunked from the start: the same image, byte for byte
+  const next = await engine.generate(job);
+  assert.equal(next.report.memoryPlan.attention, 'chunked');
+  assert.deepEqual(next.image.data, fallback.image.data);
+  // and the chunked image is the fused one's within 1/255 (the two forms agree)
+  const { diff } = maxAbsDiff(fallback.image.data, plain.image.data);
+  assert.ok(diff <= 1, `fused and chunked images differ by ${diff}/255`);
+  assert.ok(fallback.image.data.some((v, i) => v !== next.image.data[(i + 1) % next.image.data.length]), 'a picture, not a flat field');
+  // the refusal was this engine's: another on the same runtime still fuses
+  assert.equal((await fused.attentionChoice()).form, 'fused');
+  engine.unload();
+  fused.unload();
 });
 
 after(() => setTimeout(() => process.exit(0), 10).unref());

@@ -462,9 +462,31 @@ export class Engine {
     if (this.busy) this.cancelRequested = true;
   }
 
-  /** How this engine's graphs compute attention: checked once per runtime (see attention-check.ts). */
-  attentionChoice(): Promise<AttentionChoice> {
-    return chooseAttention(this.rt);
+  /** Set once the EP refused a fused attention node in one of this engine's jobs: from then on, chunked. */
+  private attentionFallback?: AttentionChoice;
+
+  /**
+   * How this engine's graphs compute attention: checked once per runtime (see attention-check.ts), or
+   * chunked once the EP refused a fused node at a shape the check did not try.
+   */
+  async attentionChoice(): Promise<AttentionChoice> {
+    return this.attentionFallback ?? chooseAttention(this.rt);
+  }
+
+  /**
+   * The EP refused a MultiHeadAttention node of this job's graphs (creating its session or running
+   * it): every later graph is built in query chunks, and the sessions and plans made for the fused
+   * form go (their keys do not name the form).
+   */
+  private async fallBackFromFused(e: Error): Promise<AttentionChoice> {
+    this.attentionFallback = {
+      form: 'chunked',
+      reason: `the ${this.rt.backend} backend refused fused attention at a shape of this job (${e.message.slice(0, 160)}); attention runs in query chunks`,
+    };
+    for (const s of this.sessions.values()) await releaseGraph(s);
+    this.sessions.clear();
+    this.plans.clear();
+    return this.attentionFallback;
   }
 
   /** No attention chunk above 128 MiB, nor above what the adapter binds. */
@@ -657,7 +679,16 @@ export class Engine {
     };
     try {
       // a buffer onnxruntime could not allocate leaves no error in its results: only the device says
-      return await this.watched({ during: 'while this job started' }, () => this.run(job, attention, watch));
+      try {
+        return await this.watched({ during: 'while this job started' }, () => this.run(job, attention, watch));
+      } catch (e) {
+        if (attention.form !== 'fused' || !refusedFusedAttention(e) || this.cancelRequested) throw e;
+        // the job again from its start, in chunks (its progress starts over)
+        attention = await this.fallBackFromFused(e as Error);
+        this.jobGraphs.clear();
+        this.rt.gpu?.memory.resetPeak();
+        return await this.watched({ during: 'while this job started' }, () => this.run(job, attention, watch));
+      }
     } finally {
       this.busy = false;
       this.cancelRequested = false;
@@ -1171,3 +1202,12 @@ export function validateJob(job: GenerateJob): void {
 }
 
 export { CancelledError };
+
+/**
+ * An error onnxruntime raised for a MultiHeadAttention node, creating a session ("... in
+ * 'n_MultiHeadAttention_3 ...'") or running one ("... while running MultiHeadAttention node"); not
+ * an error of the device, which the engine reports as such.
+ */
+export function refusedFusedAttention(e: unknown): boolean {
+  return e instanceof Error && !(e instanceof EngineError) && /MultiHeadAttention/.test(e.message);
+}

@@ -59,7 +59,7 @@ test('one step on the GPU: guidance, the linear step, the next input and a previ
     const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt));
     const t = (data: Float32Array, dims: number[]) => new rt.ort.Tensor('float32', data, dims);
     const one = [1, C, H, W];
-    const out = await session.run({ pred: t(pred, [2, C, H, W]), x: t(x, one), memory: t(memory, one), z: t(z, one), k: t(k, [k.length]) });
+    const out: Record<string, OrtNs.Tensor> = await session.run({ pred: t(pred, [2, C, H, W]), x: t(x, one), memory: t(memory, one), z: t(z, one), k: t(k, [k.length]) });
     await session.release();
     assert.deepEqual(out.preview.dims, [1, 3, ph, pw], `${backend}: the preview is the latent's size over the block, rounded down`);
     // float32 against float64: latents of size ~10 within 1e-5 relative, preview bytes within 1e-3
@@ -68,6 +68,6 @@ test('one step on the GPU: guidance, the linear step, the next input and a previ
       const { diff } = maxAbsDiff(out[name].data as Float32Array, ref);
       assert.ok(diff <= tol, `${backend} ${name}: max |diff| ${diff.toExponential(2)}`);
     }
-    for (const v of Object.values(out) as OrtNs.Tensor[]) v.dispose();
+    for (const v of Object.values(out)) v.dispose();
   }
 });

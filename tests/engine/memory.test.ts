@@ -129,13 +129,29 @@ test('the staged encode in tiles gives the whole encode (float64 reference): pix
 
 test('the loop on the GPU gives the CPU loop\'s image for every sampler; previews are read only when due', async () => {
   const { engine } = await tinyEngine();
+  // a first job at this size: the reads made once (the attention check, the first compiles) are its
+  await engine.generate({ ...JOB, width: 64, height: 64, steps: 1, previewEvery: 0 });
   for (const scheduler of ['euler-a', 'dpmpp-2m'] as const) {
     const job: GenerateJob = { ...JOB, width: 64, height: 64, steps: 3, scheduler, previewEvery: 2 };
     const previews: { gpu: number[]; cpu: number[] } = { gpu: [], cpu: [] };
     let lastGpu: Uint8ClampedArray | undefined;
     let lastCpu: Uint8ClampedArray | undefined;
-    const gpu = await engine.generate(job, (p) => p.preview && (previews.gpu.push(p.step), (lastGpu = p.preview.data)));
-    const cpu = await engine.generate({ ...job, latentsOnGpu: false }, (p) => p.preview && (previews.cpu.push(p.step), (lastCpu = p.preview.data)));
+    // the device's own count of buffers mapped for reading, around each job
+    const work = (await runtime('webgpu')).gpu!.work;
+    const counted = async <T>(run: () => Promise<T>): Promise<[T, number]> => {
+      const before = work.readbacks;
+      const r = await run();
+      return [r, work.readbacks - before];
+    };
+    const [quiet, quietReads] = await counted(() => engine.generate({ ...job, previewEvery: 0 }));
+    const [gpu, gpuReads] = await counted(() => engine.generate(job, (p) => p.preview && (previews.gpu.push(p.step), (lastGpu = p.preview.data))));
+    const [cpu, cpuReads] = await counted(() => engine.generate({ ...job, latentsOnGpu: false }, (p) => p.preview && (previews.cpu.push(p.step), (lastCpu = p.preview.data))));
+    // the report's per-step count against the device's: previews are the GPU loop's only reads in
+    // the loop; the CPU loop reads every prediction and, unlike the GPU loop, needs no read after it
+    // (the GPU loop's two: the final latent and the record of the steps' measures)
+    assert.equal(quiet.report.readbacksPerStep, 0);
+    assert.equal(gpuReads - quietReads, job.steps * (2 / 3), `${scheduler}: the device counted ${gpuReads} and ${quietReads}`);
+    assert.equal(cpuReads - quietReads, job.steps * 1 - 2, `${scheduler}: the device counted ${cpuReads} and ${quietReads}`);
     assert.equal(gpu.report.latentsOnGpu, true, scheduler);
     assert.equal(cpu.report.latentsOnGpu, false);
     assert.deepEqual(previews.gpu, [2, 3], 'a preview every second step and at the last');

@@ -398,6 +398,8 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     textMs = await once(buildTextEncoder(CONFIG.textEncoder, { batch: 1, seqLen: 77, dtype, clipSkip: 1, ...forms }));
     vaeMs = await once(buildVaeDecoder(CONFIG.vae, { batch: 1, latentH: lh, latentW: lh, dtype, ...forms }));
   }
+  const [cpuMs, gpuMs, capturedMs] = [loops.cpu?.ms, loops.gpu?.ms, loops.captured];
+  const [stepLoop, stepMs] = v.name === 'before' ? ['cpu', cpuMs] : capturedMs !== undefined ? ['captured', capturedMs] : ['gpu', gpuMs];
   const unetPlan = graphMemory(g, { transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW' });
   const plan = planMemory(CONFIG, { width: SIZE, height: SIZE, precision, cfg: true, fusedAttention: v.attention === 'fused', transposesConvWeights: true, pointwiseAsIs: v.layout === 'NCHW', conv: v.conv });
   const row = {
@@ -407,7 +409,11 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     layout: v.layout,
     conv: v.conv,
     finite,
-    secondsPerImage: textMs === null || vaeMs === null ? null : (textMs + STEPS * unetMs + vaeMs) / 1000,
+    // the text encoder, the steps of the loop the variant stands for (the UNet with its step: the CPU
+    // loop before; after, the GPU loop replaying a captured UNet, as the engine runs a plain job) and
+    // the VAE decode
+    secondsPerImage: textMs === null || vaeMs === null ? null : (textMs + STEPS * (stepMs ?? unetMs) + vaeMs) / 1000,
+    secondsPerImageLoop: stepLoop,
     unetMsPerStep: unetMs,
     unetRuns: times,
     textEncoderMs: textMs,

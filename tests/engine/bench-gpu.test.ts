@@ -32,6 +32,9 @@ test('bench:gpu on the tiny model: readbacks per step measured 1 before and 0 af
       assert.equal(row.deviceDispatches, row.dispatches, row.variant);
       assert.ok(row.unetMsPerStep > 0 && row.secondsPerImage > 0 && row.dispatches > 0, JSON.stringify(row));
     }
+    // seconds per image from the loop each stands for: the CPU loop, and the GPU loop replaying a captured UNet
+    assert.equal(before.secondsPerImageLoop, 'cpu');
+    assert.equal(after.secondsPerImageLoop, 'captured');
     // the CPU loop reads every prediction back; the GPU loop reads nothing until the image
     assert.equal(before.readbacksPerStep, 1);
     assert.equal(after.readbacksPerStep, 0);

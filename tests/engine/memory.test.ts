@@ -286,6 +286,23 @@ test('compiled graphs past the engine\'s bound are released, least recently used
   const { diff } = maxAbsDiff(again.image.data, first.image.data);
   assert.ok(diff <= 1, `a released graph compiles again to the same picture (${diff})`);
 
+  // the order is of use, not of making: sizes A and B fill a bound of 7 (the text encoder shared),
+  // A runs again, then a third size C takes three places. Least recently used, B's three go and A's
+  // stay; oldest made first would have released A's.
+  engine.sessionsKept = 7;
+  const plain = { ...small, graphCapture: false };
+  const sizeA = { ...plain, width: 64, height: 128 };
+  const sizeB = { ...plain, width: 64, height: 192 };
+  const sizeC = { ...plain, width: 128, height: 192 };
+  const kept = (lh: number, lw: number) => engine.compiledGraphKeys.filter((k) => k.includes(`${lh}x${lw}`) || k.includes(`"height":${lh},"width":${lw}`)).length;
+  await engine.generate(sizeA);
+  await engine.generate(sizeB);
+  assert.deepEqual([kept(16, 8), kept(24, 8)], [3, 3], engine.compiledGraphKeys.join(' | '));
+  await engine.generate(sizeA);
+  await engine.generate(sizeC);
+  assert.equal(engine.compiledGraphs, 7);
+  assert.deepEqual([kept(16, 8), kept(24, 8), kept(24, 16)], [3, 0, 3], `UNet, step and VAE graphs of A, B and C: ${engine.compiledGraphKeys.join(' | ')}`);
+
   // a captured UNet holds its activations and buffers between jobs, and the plan counts the running
   // job's alone: another size's captured UNet goes when this one is made, whatever the bound
   engine.sessionsKept = 16;

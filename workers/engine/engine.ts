@@ -135,6 +135,11 @@ export class Engine {
     return this.sessions.size;
   }
 
+  /** The kept graphs' keys (their kind and shape), least recently used first. */
+  get compiledGraphKeys(): string[] {
+    return [...this.sessions.keys()];
+  }
+
   /**
    * Compiled graphs kept between jobs. Past it, the least recently used that the running job does
    * not use are released (each holds its shaders and onnxruntime's per-session state; a job of one

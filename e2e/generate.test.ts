@@ -36,12 +36,26 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   const mb = (b: number) => (b < 2 ** 20 ? `${Math.round(b / 1024)} KB` : `${(b / 2 ** 20).toFixed(1)} MB`);
   assert.match(memory, new RegExp(`^GPU memory: [0-9.]+ [KM]B at peak \\(planned ${mb(plan.peakBytes)}\\), largest buffer [0-9.]+ [KM]B \\(planned ${mb(plan.largestBufferBytes)}\\); attention in chunks$`));
   assert.equal(plan.attention, 'chunked', 'SwiftShader fails the fused-attention check in Node as in Chromium');
+  // a live preview every step by default: the loop's only reads
+  assert.match(await page.getByTestId('result-engine').innerText(), /the latents stayed on the GPU \(1 read a step, for the live preview\)$/);
   engine.unload();
   await generateAndWait(page);
   assert.deepEqual(await resultPixels(page), a, 'same seed, same pixels');
   await page.getByTestId('seed').fill('8');
   await generateAndWait(page);
-  assert.notDeepEqual(await resultPixels(page), a, 'another seed, another image');
+  const other = await resultPixels(page);
+  assert.notDeepEqual(other, a, 'another seed, another image');
+  // the live preview off (kept on this device): nothing comes back while the steps run, the same picture
+  const diagnostics = page.getByTestId('diagnostics');
+  if ((await diagnostics.getAttribute('open')) === null) await diagnostics.locator('summary').click();
+  await page.getByTestId('preview-every').selectOption('0');
+  await generateAndWait(page);
+  await openDetails(page);
+  assert.match(await page.getByTestId('result-engine').innerText(), /the latents stayed on the GPU \(nothing read back during the steps\)$/);
+  assert.deepEqual(await resultPixels(page), other, 'the same picture without previews');
+  assert.equal(await page.evaluate(() => [localStorage.getItem('lorastudio.previewEvery'), JSON.parse(localStorage.getItem('lorastudio.lastJob')!).previewEvery]).then(String), '0,0');
+  await page.getByTestId('preview-every').selectOption('1');
+  await diagnostics.locator('summary').click();
 });
 
 /** Where every element with a test id sits on the page (only visible ones). */

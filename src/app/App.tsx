@@ -18,8 +18,8 @@ import { CompareControls, ComparisonGrid, METHODS, ScoreLine, ScorerPanel } from
 import { CompositionSettings } from '../panels/CompositionSettings.tsx';
 import { HiresPanel, StartPicturePanel } from '../panels/PicturePanel.tsx';
 import { pictureStore, startFromResult, startPictureProblem } from './picture-actions.ts';
-import { useStudio, type RunStatus } from '../store/studio.ts';
-import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, setMemoryLimit, shareLink, startStudio } from './actions.ts';
+import { PREVIEW_RATES, useStudio, type RunStatus } from '../store/studio.ts';
+import { cancel, downloadPng, dropFiles, engine, generate, sceneStore, setMemoryLimit, setPreviewEvery, shareLink, startStudio } from './actions.ts';
 import { isBuiltInScorer } from './scoring.ts';
 import { duration, METHOD_WORDS, phaseWords, timeLeft } from './words.ts';
 
@@ -230,7 +230,7 @@ export function App() {
               )}
               <p className="hint" data-testid="result-engine">
                 {model ? `${model.layout}, ${model.precision}; ` : ''}
-                {result.report.adapter.vendor}/{result.report.adapter.architecture}; {result.report.latentsOnGpu ? 'the latents stayed on the GPU' : `each step came back to the CPU (${result.report.latentsOnGpuReason})`}
+                {result.report.adapter.vendor}/{result.report.adapter.architecture}; {result.report.latentsOnGpu ? `the latents stayed on the GPU (${gpuReads(result.report.readbacksPerStep)})` : `each step came back to the CPU (${result.report.latentsOnGpuReason})`}
               </p>
               {result.score && testScorer && (
                 <>
@@ -350,6 +350,7 @@ export function App() {
         <details className="hint" data-testid="diagnostics">
           <summary>Diagnostics</summary>
           <MemoryLimitField />
+          <PreviewRateField disabled={running} />
           <button data-testid="self-test" onClick={runSelfTest} disabled={running}>
             Check the GPU kernels
           </button>
@@ -362,6 +363,25 @@ export function App() {
       </section>
       <Lightbox />
     </main>
+  );
+}
+
+const PREVIEW_WORDS: Record<(typeof PREVIEW_RATES)[number], string> = { 1: 'every step', 4: 'every 4 steps', 0: 'off (the picture at the end)' };
+
+/** How often a run shows its picture so far: each preview makes the GPU wait while the CPU reads it. */
+function PreviewRateField({ disabled }: { disabled: boolean }) {
+  const every = useStudio((s) => s.previewEvery);
+  return (
+    <label title="Each preview makes the GPU wait while the page reads it back; fewer previews finish a picture sooner on a fast GPU. The per-step plots then fill in at the end.">
+      Live preview
+      <select data-testid="preview-every" value={every} disabled={disabled} onChange={(e) => setPreviewEvery(Number(e.target.value))}>
+        {PREVIEW_RATES.map((n) => (
+          <option key={n} value={n}>
+            {PREVIEW_WORDS[n]}
+          </option>
+        ))}
+      </select>
+    </label>
   );
 }
 
@@ -404,6 +424,9 @@ function initSummary(init: InitReport, steps: number): string {
   const r = init.region;
   return `Started from a picture (${init.mode}): change ${init.strength}, ${init.stepsRun} of ${steps} steps run (from step ${init.startStep})${r ? `; the masked area ${r.width}×${r.height} at (${r.x}, ${r.y}) repainted at full size` : ''}; reading the picture took ${Math.round(init.encodeMs)} ms`;
 }
+
+/** What a loop on the GPU read back while it ran: only live previews. */
+const gpuReads = (perStep: number) => (perStep === 0 ? 'nothing read back during the steps' : `${+perStep.toFixed(2)} read${perStep === 1 ? '' : 's'} a step, for the live preview`);
 
 const mb = (bytes: number) => (bytes < 2 ** 20 ? `${Math.round(bytes / 1024)} KB` : `${(bytes / 2 ** 20).toFixed(1)} MB`);
 

@@ -38,7 +38,7 @@ import { storageUse } from '../library/opfs.ts';
 import { registerOffline } from './offline.ts';
 import { decodeShareLink, isShareLink, shareLinkOf } from '../share/link.ts';
 import { createSceneStore, SCENE_KEY, type SettingKey } from '../store/scene.ts';
-import { activeLoras, DEFAULT_JOB, MEMORY_LIMIT_KEY, useStudio, type EmbeddingEntry, type LoraEntry, type RunStatus } from '../store/studio.ts';
+import { activeLoras, DEFAULT_JOB, MEMORY_LIMIT_KEY, PREVIEW_EVERY_KEY, useStudio, type EmbeddingEntry, type LoraEntry, type RunStatus } from '../store/studio.ts';
 
 export const TEST_MODEL_ID = 'test-model';
 /** How scenes name the embedded test model. */
@@ -59,6 +59,12 @@ export function engine() {
 }
 
 let restarts: number[] = [];
+
+/** How often the studio asks for a live preview: every `steps` steps, 0 for none (kept on this device). */
+export function setPreviewEvery(steps: number) {
+  localStorage.setItem(PREVIEW_EVERY_KEY, String(steps));
+  studio().set({ previewEvery: steps });
+}
 
 /** The GPU memory limit jobs are planned under (bytes), or none. */
 export function setMemoryLimit(bytes: number | undefined) {
@@ -593,7 +599,7 @@ export function currentJob(): GenerateJob {
   }
   const { init: _i, hires: _h, ...plain } = settings;
   const limit = studio().memoryLimit;
-  return { ...plain, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}), ...pictureJob(settings, studio().model), ...(limit ? { memoryBudget: limit } : {}) };
+  return { ...plain, prompt: tagged.prompt, loras: uses, ...(layout ? { layout } : {}), ...pictureJob(settings, studio().model), ...(limit ? { memoryBudget: limit } : {}), previewEvery: studio().previewEvery };
 }
 
 /** Models the engine has run a job with since it started (their first job compiles the GPU programs). */

@@ -125,6 +125,8 @@ export interface StudioState {
    * to stay under it (the picture decoded in tiles, guidance's halves one after the other).
    */
   memoryLimit?: number;
+  /** A live preview every this many steps, 0 for none (this device's choice: each read makes the GPU wait). */
+  previewEvery: number;
   setJob(patch: Partial<GenerateJob>): void;
   set(patch: Partial<Omit<StudioState, 'setJob' | 'set' | 'updateLora'>>): void;
 }
@@ -135,6 +137,17 @@ export const MEMORY_LIMIT_KEY = 'lorastudio.memoryLimit';
 function storedMemoryLimit(): number | undefined {
   const n = typeof localStorage === 'undefined' ? NaN : Number(localStorage.getItem(MEMORY_LIMIT_KEY));
   return Number.isFinite(n) && n > 0 ? n : undefined;
+}
+
+/** Where the studio keeps how often it shows a live preview. */
+export const PREVIEW_EVERY_KEY = 'lorastudio.previewEvery';
+
+/** The live preview rates the studio offers, in steps (0: none until the picture). */
+export const PREVIEW_RATES = [1, 4, 0] as const;
+
+function storedPreviewEvery(): number {
+  const n = typeof localStorage === 'undefined' ? NaN : Number(localStorage.getItem(PREVIEW_EVERY_KEY) ?? NaN);
+  return (PREVIEW_RATES as readonly number[]).includes(n) ? n : 1;
 }
 
 export const DEFAULT_JOB: GenerateJob = {
@@ -168,6 +181,7 @@ export const useStudio = create<StudioState>((set) => ({
   runGuidance: [],
   batchCount: 1,
   memoryLimit: storedMemoryLimit(),
+  previewEvery: storedPreviewEvery(),
   updateLora: (key, patch) => set((s) => ({ loras: s.loras.map((l) => (l.key === key ? { ...l, ...patch } : l)) })),
   updateEmbedding: (key, patch) => set((s) => ({ embeddings: s.embeddings.map((e) => (e.key === key ? { ...e, ...patch } : e)) })),
   status: { kind: 'starting' },

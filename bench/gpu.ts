@@ -475,7 +475,11 @@ async function main() {
   const a = rt.gpu!.adapter;
   const choice = await chooseAttention(rt);
   console.log(`bench:gpu on ${a.vendor}/${a.architecture} ${a.description} (shader-f16 ${a.shaderF16}); ${o.arch} at ${SIZE}x${SIZE}, ${STEPS} steps; attention check: ${choice.reason}`);
-  const precisions = o.precision!.split(',').filter((p): p is 'fp16' | 'fp32' => p === 'fp32' || (p === 'fp16' && a.shaderF16));
+  const asked = o.precision!.split(',');
+  const precisions = asked.filter((p): p is 'fp16' | 'fp32' => p === 'fp32' || (p === 'fp16' && a.shaderF16));
+  // fp16 needs the adapter's shader-f16: said, not dropped in silence
+  const skipped = asked.filter((p) => !(precisions as string[]).includes(p)).map((p) => `${p}: ${p === 'fp16' ? 'the adapter has no shader-f16' : 'not a precision (fp16 or fp32)'}`);
+  for (const line of skipped) console.log(`  not measured: ${line}`);
   const variants: Variant[] = [
     { name: 'before', attention: 'explicit', layout: 'NHWC', conv: 'direct' },
     { name: 'after', attention: choice.form, layout: 'NCHW', conv: 'auto' },
@@ -485,7 +489,7 @@ async function main() {
   ].filter((v) => o.variants!.split(',').includes(v.name)) as Variant[];
   const rows: Record<string, unknown>[] = [];
   const plans = (['fp16', 'fp32'] as const).map((precision) => planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: choice.form === 'fused' }));
-  const write = (lora?: unknown) => writeFileSync(o.out!, JSON.stringify({ date: new Date().toISOString(), adapter: { ...a, dawnFeatures: dawnFeatures() }, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, unetOnly: o['unet-only'], attentionCheck: choice, rows, lora, plan512: plans }, null, 2));
+  const write = (lora?: unknown) => writeFileSync(o.out!, JSON.stringify({ date: new Date().toISOString(), adapter: { ...a, dawnFeatures: dawnFeatures() }, arch: o.arch, size: SIZE, steps: STEPS, repeats: REPEATS, unetOnly: o['unet-only'], attentionCheck: choice, skipped, rows, lora, plan512: plans }, null, 2));
   const ms = (x: number | null) => (x === null ? '-' : x.toFixed(0));
   for (const precision of precisions) {
     for (const v of variants) {

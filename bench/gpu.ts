@@ -412,8 +412,8 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     // the text encoder, the steps of the loop the variant stands for (the UNet with its step: the CPU
     // loop before; after, the GPU loop replaying a captured UNet, as the engine runs a plain job) and
     // the VAE decode
-    secondsPerImage: textMs === null || vaeMs === null ? null : (textMs + STEPS * (stepMs ?? unetMs) + vaeMs) / 1000,
-    secondsPerImageLoop: stepLoop,
+    secondsPerImage: textMs === null || vaeMs === null || stepMs === undefined ? null : (textMs + STEPS * stepMs + vaeMs) / 1000,
+    secondsPerImageLoop: stepMs === undefined ? null : stepLoop,
     unetMsPerStep: unetMs,
     unetRuns: times,
     textEncoderMs: textMs,

@@ -425,8 +425,8 @@ function initSummary(init: InitReport, steps: number): string {
   return `Started from a picture (${init.mode}): change ${init.strength}, ${init.stepsRun} of ${steps} steps run (from step ${init.startStep})${r ? `; the masked area ${r.width}×${r.height} at (${r.x}, ${r.y}) repainted at full size` : ''}; reading the picture took ${Math.round(init.encodeMs)} ms`;
 }
 
-/** What a loop on the GPU read back while it ran: only live previews. */
-const gpuReads = (perStep: number) => (perStep === 0 ? 'nothing read back during the steps' : `${+perStep.toFixed(2)} read${perStep === 1 ? '' : 's'} a step, for the live preview`);
+/** What a loop on the GPU read back while it ran (live previews; a mix's measures where they are shown as it runs). */
+const gpuReads = (perStep: number) => (perStep === 0 ? 'nothing read back during the steps' : `${+perStep.toFixed(2)} read${perStep === 1 ? '' : 's'} a step`);
 
 const mb = (bytes: number) => (bytes < 2 ** 20 ? `${Math.round(bytes / 1024)} KB` : `${(bytes / 2 ** 20).toFixed(1)} MB`);
 

@@ -650,6 +650,8 @@ export async function generate() {
     const jobClient = client;
     const onProgress = (p: ProgressEvent) => {
       if (studio().status.kind === 'cancelling') return;
+      // a job that starts over: its steps so far, preview and plots go, and the page says why
+      if (p.restart) set({ status: startRun(p.total, label), preview: undefined, runSteps: [], runGuidance: [], notice: p.restart });
       set({ status: advanceRun(p, label), progress: p, ...(p.preview ? { preview: p.preview } : {}), ...(p.composition ? { runSteps: [...studio().runSteps, p.composition] } : {}), ...(p.guidance ? { runGuidance: [...studio().runGuidance, p.guidance] } : {}) });
     };
     try {

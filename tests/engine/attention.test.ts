@@ -21,7 +21,7 @@ import * as nn from '../../workers/reference/nn.ts';
 import * as ref from '../../workers/reference/sd15.ts';
 import { maxAbsDiff, runtime, tinyModelDir } from '../helpers.ts';
 import { openTinyEngine } from '../../workers/node/tiny.ts';
-import type { GenerateJob } from '../../workers/api/contract.ts';
+import type { GenerateJob, ProgressEvent } from '../../workers/api/contract.ts';
 
 const BACKENDS: Backend[] = ['wasm', 'webgpu'];
 const TOL: Record<Backend, number> = { wasm: 2e-5, webgpu: 2e-4 };
@@ -230,13 +230,27 @@ test('the EP refusing a fused attention node at one shape: the job runs again in
     if (bad) refused++;
     return msOp.call(this, type, inputs, bad ? { ...attrs, mask_filter_value: 1 } : attrs);
   };
+  // sessions compiled during the job: the text encoder (fused: its 77 queries are not refused) and the
+  // refused UNet, then all three again in chunks; a fused text encoder kept from before would make it 4
+  const sessions = rt.ort.InferenceSession as unknown as { create: (...a: unknown[]) => Promise<unknown> };
+  const create = sessions.create;
+  let created = 0;
+  sessions.create = (...a: unknown[]) => (created++, create.apply(sessions, a));
+  const events: ProgressEvent[] = [];
   let fallback;
   try {
-    fallback = await engine.generate(job);
+    fallback = await engine.generate(job, (e) => events.push(e));
   } finally {
     GraphBuilder.prototype.msOp = msOp;
+    sessions.create = create;
   }
   assert.ok(refused > 0, 'the UNet was built fused first');
+  assert.equal(created, 5, 'text encoder and refused UNet, then text encoder, UNet and VAE in chunks');
+  // the page is told the job starts over, once, before its steps
+  const restarts = events.flatMap((e, i) => (e.restart ? [i] : []));
+  assert.equal(restarts.length, 1);
+  assert.match(events[restarts[0]].restart!, /refused fused attention.*starting again with attention in chunks/);
+  assert.deepEqual(events.slice(restarts[0]).filter((e) => e.phase === 'denoise').map((e) => e.step), [1, 2]);
   assert.equal(fallback.report.memoryPlan.attention, 'chunked');
   assert.match(fallback.report.memoryPlan.attentionReason, /^the wasm backend refused fused attention at a shape of this job \(.*MultiHeadAttention.*\); attention runs in query chunks$/);
   assert.equal((await engine.attentionChoice()).form, 'chunked');

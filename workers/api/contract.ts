@@ -349,6 +349,8 @@ export interface ProgressEvent {
   composition?: CompositionStep;
   /** Denoise events of a guided step: the loss and the update. */
   guidance?: GuidanceStep;
+  /** Set on the event that starts a job over from its first step, and why (the GPU refused a form of attention). */
+  restart?: string;
 }
 
 export interface AdapterInfo {

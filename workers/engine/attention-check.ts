@@ -3,6 +3,7 @@
 // than 32 queries, CLIP's 77 keys, with and without a bias broadcast over the batch); where they disagree, or the EP
 // refuses the node, the engine builds the chunked form and says why in its report.
 import type * as OrtNs from 'onnxruntime-web';
+import { EngineError } from '../api/errors.ts';
 import { GraphBuilder, type AttentionForm } from '../graph/builder.ts';
 import { attention } from '../graph/layers.ts';
 import { Rng } from './random.ts';
@@ -89,4 +90,18 @@ export async function checkFusedAttention(rt: Runtime): Promise<AttentionChoice>
     }
   }
   return { form: 'fused', reason: `fused attention (MultiHeadAttention) checked against the explicit form on this ${rt.backend} adapter`, checkedDiff: worst };
+}
+
+/**
+ * An error onnxruntime raised for a MultiHeadAttention node, creating a session ("... in
+ * 'n_MultiHeadAttention_3 ...'") or running one ("... while running MultiHeadAttention node"); not
+ * one of the engine's own errors (a cancel, the device lost or out of memory), which say what they are.
+ */
+export function refusedFusedAttention(e: unknown): boolean {
+  return e instanceof Error && !(e instanceof EngineError) && /MultiHeadAttention/.test(e.message);
+}
+
+/** The form after the EP refused a fused node at a shape the check did not try, and why. */
+export function chunkedAfterRefusal(backend: Runtime['backend'], e: Error): AttentionChoice {
+  return { form: 'chunked', reason: `the ${backend} backend refused fused attention at a shape of this job (${e.message.slice(0, 160)}); attention runs in query chunks` };
 }

@@ -26,7 +26,7 @@ import { cpuSpectrumMagnitudes } from '../composition/frequency.ts';
 import { ortBufferSize, uploadBuffer, writePadded } from '../gpu/buffers.ts';
 import { bufferLimit, checkJobFits, checkWeightsFit } from '../gpu/limits.ts';
 import { DEFAULT_BUFFER_LIMIT, type GraphOptions } from '../graph/builder.ts';
-import { chooseAttention, type AttentionChoice } from './attention-check.ts';
+import { chooseAttention, chunkedAfterRefusal, refusedFusedAttention, type AttentionChoice } from './attention-check.ts';
 import { planMemory, type MemoryPlan } from './memory-plan.ts';
 import { decodeStaged, encodeStaged, tileStarts, type RunGraph } from './vae-tiles.ts';
 import { blurMask, cropMask, latentMask, maskedPlanes, onlyMaskedRegion, overlay, paste, pictureToPlanes, resizeBilinear } from './picture.ts';
@@ -480,17 +480,15 @@ export class Engine {
 
   /**
    * The EP refused a MultiHeadAttention node of this job's graphs (creating its session or running
-   * it): every later graph is built in query chunks, and the sessions and plans made for the fused
-   * form go (their keys do not name the form).
+   * it): every later graph is built in query chunks. The sessions go, since their keys do not name
+   * the form (the plans do; they go too, as none made for the fused form will be asked for again).
    */
   private async fallBackFromFused(e: Error): Promise<AttentionChoice> {
-    this.attentionFallback = {
-      form: 'chunked',
-      reason: `the ${this.rt.backend} backend refused fused attention at a shape of this job (${e.message.slice(0, 160)}); attention runs in query chunks`,
-    };
-    for (const s of this.sessions.values()) await releaseGraph(s);
+    this.attentionFallback = chunkedAfterRefusal(this.rt.backend, e);
+    const stale = [...this.sessions.values()];
     this.sessions.clear();
     this.plans.clear();
+    await Promise.allSettled(stale.map((s) => releaseGraph(s)));
     return this.attentionFallback;
   }
 
@@ -675,24 +673,28 @@ export class Engine {
       throw e;
     }
     this.cancelRequested = false;
-    this.jobGraphs.clear();
-    this.rt.gpu?.memory.resetPeak();
     // the step or phase a GPU error came in, for its message
     const watch = (e: ProgressEvent) => {
       this.activity.during = e.phase === 'denoise' || e.phase === 'hires' ? `after step ${e.step} of ${e.total}${e.phase === 'hires' ? " of the hires fix's pass" : ''}` : e.phase === 'decode' ? 'while decoding the picture' : e.phase === 'done' ? 'at the end of this job' : `while this job prepared (${e.phase})`;
       onProgress?.(e);
     };
-    try {
+    const attempt = (a: AttentionChoice) => {
+      this.jobGraphs.clear();
+      this.rt.gpu?.memory.resetPeak();
       // a buffer onnxruntime could not allocate leaves no error in its results: only the device says
+      return this.watched({ during: 'while this job started' }, () => this.run(job, a, watch));
+    };
+    try {
       try {
-        return await this.watched({ during: 'while this job started' }, () => this.run(job, attention, watch));
+        return await attempt(attention);
       } catch (e) {
-        if (attention.form !== 'fused' || !refusedFusedAttention(e) || this.cancelRequested) throw e;
-        // the job again from its start, in chunks (its progress starts over)
+        if (attention.form !== 'fused' || !refusedFusedAttention(e)) throw e;
         attention = await this.fallBackFromFused(e as Error);
-        this.jobGraphs.clear();
-        this.rt.gpu?.memory.resetPeak();
-        return await this.watched({ during: 'while this job started' }, () => this.run(job, attention, watch));
+        if (this.cancelRequested) throw new CancelledError();
+        this.checkFits(job, attention);
+        // the job again from its start, in chunks: the page is told its steps start over
+        watch({ phase: 'text', step: 0, total: job.steps, elapsedMs: 0, restart: 'The GPU refused fused attention for this picture; starting again with attention in chunks.' });
+        return await attempt(attention);
       }
     } finally {
       this.busy = false;
@@ -1207,12 +1209,3 @@ export function validateJob(job: GenerateJob): void {
 }
 
 export { CancelledError };
-
-/**
- * An error onnxruntime raised for a MultiHeadAttention node, creating a session ("... in
- * 'n_MultiHeadAttention_3 ...'") or running one ("... while running MultiHeadAttention node"); not
- * an error of the device, which the engine reports as such.
- */
-export function refusedFusedAttention(e: unknown): boolean {
-  return e instanceof Error && !(e instanceof EngineError) && /MultiHeadAttention/.test(e.message);
-}

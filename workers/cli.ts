@@ -599,7 +599,6 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
 /** The memory plan of a job as JSON, from the graphs alone: no checkpoint, nothing allocated. */
 async function planCommand(args: string[]) {
   const o = parse(args, ['architecture', 'width', 'height', 'precision', 'cfg', 'attention', 'buffer-limit', 'budget', 'loras', 'rank', 'cached-features', 'boxes'], { 'graph-capture': { type: 'boolean' }, 'no-guidance': { type: 'boolean' }, 'from-picture': { type: 'boolean' } });
-  if (o['graph-capture'] && o.budget !== undefined) throw new UsageError('--graph-capture and --budget: a job with a budget does not replay a captured graph');
   // a layout as the studio makes one: regions injected and isolated, re-initialisation and guidance
   // on (--no-guidance: neither of the last two)
   const boxes = num(o.boxes, 'boxes', 0);

@@ -27,7 +27,7 @@ const JOB: GenerateJob = { prompt: 'a fox in a red coat', negative: 'blurry', st
 
 test('a tight budget: the CFG halves give the same image; a tighter one decodes the VAE in tiles', async () => {
   const { engine } = await tinyEngine();
-  // not captured: a budgeted job is not, and its plan is the one to compare with
+  // not captured, so that its plan is the one the budgets below are made from
   const whole = await engine.generate({ ...JOB, previewEvery: 0, graphCapture: false });
   const plain = whole.report.memoryPlan;
   assert.equal(plain.cfgHalves, false);
@@ -229,8 +229,22 @@ test('graph capture: the loop\'s UNet replays its recorded run, giving the plain
   // several predictions mixed per step are not replayed
   const composite = await engine.generate({ ...base, steps: 1, loras: loras.map((l) => ({ lora: l.id, scale: 0.8 })), composition: { method: 'composite' } });
   assert.equal(composite.report.graphCaptured, false);
-  // nor is a job with a memory budget
-  assert.equal((await engine.generate({ ...base, steps: 1, memoryBudget: 2 ** 40 })).report.graphCaptured, false);
+  // a job with a memory budget is captured where the plan with the UNet's activations kept still fits
+  // it whole (the same graphs and picture as without one), and otherwise runs uncaptured on the plain plan
+  const one = { ...base, steps: 1 };
+  const free = await engine.generate(one);
+  const roomy = await engine.generate({ ...one, memoryBudget: free.report.memoryPlan.peakBytes });
+  assert.equal(free.report.graphCaptured, true);
+  assert.equal(roomy.report.graphCaptured, true);
+  assert.deepEqual(roomy.image.data, free.image.data);
+  const plainPeak = (await engine.planJob(one)).peakBytes;
+  assert.ok(plainPeak < free.report.memoryPlan.peakBytes, `the captured plan keeps more: ${plainPeak} and ${free.report.memoryPlan.peakBytes}`);
+  const between = Math.floor((plainPeak + free.report.memoryPlan.peakBytes) / 2);
+  const tight = await engine.generate({ ...one, memoryBudget: between });
+  assert.equal(tight.report.graphCaptured, false, 'kept, the UNet would need its CFG halves at this size');
+  assert.equal(tight.report.latentsOnGpu, true);
+  assert.equal(tight.report.memoryPlan.peakBytes, plainPeak);
+  assert.ok(maxAbsDiff(tight.image.data, free.image.data).diff <= 1);
   engine.unload();
 });
 

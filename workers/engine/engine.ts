@@ -715,7 +715,18 @@ export class Engine {
     const t0 = performance.now();
     const forms: GraphOptions = { attention: attention.form, bufferLimit: this.attentionBufferLimit(), norm: this.rt.norm, conv: this.rt.conv };
     const loraCount = jobLoraCount(job);
-    const plan = this.plan(job, loraCount, attention, { encodes });
+    const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
+    // graph capture where the loop runs on the GPU with nothing but the UNet's three inputs changing:
+    // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no blend.
+    // Its session keeps the UNet's activations through the decode, and its plan counts them. Without a
+    // budget that changes none of the plan's choices (only a buffer above the limit does); with one,
+    // the job is captured where that plan still fits it with the UNet's batch whole (the decode perhaps
+    // in smaller tiles), and otherwise runs uncaptured on the plain plan.
+    const capturable = this.rt.backend === 'webgpu' && job.latentsOnGpu !== false && !job.layout?.boxes.length && !extra.init?.blend && job.graphCapture !== false && !compositionMixes(comp);
+    const plain = this.plan(job, loraCount, attention, { encodes });
+    const captured = capturable && !plain.cfgHalves ? this.plan(job, loraCount, attention, { captured: true, encodes }) : undefined;
+    const capture = !!captured && (job.memoryBudget === undefined || (captured.fits && !captured.cfgHalves));
+    const plan = capture ? captured! : plain;
     // the plan's CFG halves: the UNet graphs at batch 1, each guided run made of two
     const unetBatch = plan.cfgHalves ? 1 : batch;
     const vocab = this.vocabulary();
@@ -734,14 +745,7 @@ export class Engine {
     const unetKey = `unet:${unetBatch}:${lh}x${lw}:${layoutKey}:${contextLayers}:${contextChunks}`;
     // the denoising loop keeps latents on the GPU where the UNet runs whole (not in CFG halves)
     const resident = this.rt.backend === 'webgpu' && unetBatch === batch && job.latentsOnGpu !== false;
-    const comp = resolveComposition(job.composition, job.steps, job.loras?.length ?? 0);
-    // graph capture where the loop runs on the GPU with nothing but the UNet's three inputs changing:
-    // one prediction per step (no Composite or CMLoRA mix, no deep-feature cache), no layout, no
-    // blend; and without a budget, as its session keeps the UNet's activations (with none, the plan's
-    // choices do not depend on it: only a buffer above the limit changes them)
-    const capture = resident && !layout && !extra.init?.blend && job.memoryBudget === undefined && job.graphCapture !== false && !compositionMixes(comp);
-    const reportedPlan = capture ? this.plan(job, loraCount, attention, { captured: true, encodes }) : plan;
-    this.activity.plan = reportedPlan;
+    this.activity.plan = plan;
     const buildMain = () => buildUNet(cfg.unet, unetOptions);
     const unet = await this.graph(unetKey, buildMain, capture ? 'captured' : resident ? 'gpu' : 'cpu');
     // a captured UNet runs only on its own buffers: any other run (none is expected) takes the plain one
@@ -843,7 +847,7 @@ export class Engine {
         job,
         onProgress,
       );
-      return { result, plan: reportedPlan, sessionCreateMs, used };
+      return { result, plan, sessionCreateMs, used };
     } finally {
       regionOut.dispose();
     }

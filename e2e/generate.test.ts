@@ -56,6 +56,7 @@ test('generate with the embedded test model on WebGPU; same seed gives identical
   assert.equal(await page.evaluate(() => [localStorage.getItem('lorastudio.previewEvery'), JSON.parse(localStorage.getItem('lorastudio.lastJob')!).previewEvery]).then(String), '0,0');
   await page.getByTestId('preview-every').selectOption('1');
   await diagnostics.locator('summary').click();
+  await page.evaluate(() => window.scrollTo(0, 0));
 });
 
 /** Where every element with a test id sits on the page (only visible ones). */
@@ -76,6 +77,8 @@ test('at 1280x720 nothing scrolls sideways, Generate is reached by keyboard, and
   const [lib, canvas, settings] = await Promise.all(['library', 'layout-canvas', 'prompt'].map(async (id) => (await page.getByTestId(id).boundingBox())!));
   assert.ok(lib.x + lib.width <= canvas.x && canvas.x + canvas.width <= settings.x, 'library, canvas and settings side by side');
   await page.getByTestId('steps').fill('30');
+  // the page at its top, where focusing the prompt below leaves it (an earlier test may have scrolled)
+  await page.evaluate(() => window.scrollTo(0, 0));
   const before = await layoutOf(page);
   // from the prompt, Tab reaches Generate and Enter starts the run
   await page.getByTestId('prompt').focus();

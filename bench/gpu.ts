@@ -7,7 +7,6 @@
 //   npm run bench:gpu                          512x512, 20 steps, fp16 (where the adapter has it) and fp32
 //   npm run bench:gpu -- --size 256 --precision fp32 --steps 1 --repeats 1    (what SwiftShader can do)
 // Writes bench/gpu-results.json. On SwiftShader absolute times mean little; compare the variants.
-import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type * as OrtNs from 'onnxruntime-web';
@@ -30,6 +29,7 @@ import { cosineSimilarity, latentHighBand, profileCutoff } from '../workers/comp
 import type { LinearStep } from '../workers/schedulers/common.ts';
 import { DpmSolverPP2MScheduler } from '../workers/schedulers/dpmpp-2m.ts';
 import { dawnFeatures, installNodeWebGpu } from '../workers/node/webgpu.ts';
+import { profiledPrograms, programShapes, runChild, stageLine } from '../workers/node/ort-profile.ts';
 import { benchLoraMerge, filled } from './lora-merge.ts';
 
 const { values: o } = parseArgs({
@@ -59,7 +59,7 @@ const REPEATS = Number(o.repeats);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 /** The measuring child names each stage on stderr as it starts, so a run that stalls says where. */
-const stage = (name: string) => o.one && process.stderr.write(`stage ${new Date().toISOString().slice(11, 23)} ${name}\n`);
+const stage = (name: string) => o.one && process.stderr.write(stageLine(name));
 
 function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): WeightSet {
   const ws = new WeightSet(rt, precision === 'fp16' ? 'float16' : 'float32');
@@ -74,23 +74,15 @@ function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): W
 }
 
 /**
- * onnxruntime's profile of one UNet run: the programs it dispatched. onnxruntime prints its profile on
- * the process's own stdout (not through anything JavaScript can catch), so the measuring child
- * (`--one`) makes one profiled run after its timed ones and the parent reads the Api entries from
- * the child's output.
+ * onnxruntime's profile of one UNet run, summed: the measuring child (`--one`) makes one profiled run
+ * after its timed ones and the parent reads the programs from the child's output.
  */
-function profiledPrograms(stdout: string) {
-  const programs = stdout
-    .split('\n')
-    .filter((l) => l.includes('"cat" : "Api"'))
-    .map((l) => ({ name: /"name" :"([^"]*)"/.exec(l)?.[1] ?? '', shapes: /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '', us: Number(/"dur" :(\d+)/.exec(l)?.[1] ?? 0) }));
+function profileSummary(stdout: string) {
+  const programs = profiledPrograms(stdout);
   if (!programs.length) throw new Error('the profiled run printed no programs');
   const inConv = programs.filter((p) => /&Conv&Transpose$/.test(p.name));
   const layoutTransposes = programs.filter((p) => /&Transpose&Transpose$/.test(p.name) && !/^n_Transpose/.test(p.name));
-  const elements = (shapes: string) => {
-    const m = /inputs\[0\] = \{([^}]*)\}/.exec(shapes);
-    return m ? m[1].split(',').map(Number).reduce((a, b) => a * b, 1) : 0;
-  };
+  const elements = (shapes: string) => programShapes(shapes, 'inputs')[0]?.reduce((a, b) => a * b, 1) ?? 0;
   // the profiled run's GPU time by program (the last part of onnxruntime's name), most first
   const byProgram = new Map<string, number>();
   for (const p of programs) {
@@ -444,23 +436,6 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
   return row;
 }
 
-/**
- * Runs a measuring child; one that passes `--child-timeout` is stopped and run once more, and the
- * stages it had reached (its `stage` lines) are kept in `stalls`, which the report carries.
- */
-function measuringChild(args: string[]) {
-  const limit = Number(o['child-timeout']) * 1000;
-  const stalls: string[] = [];
-  for (;;) {
-    const child = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 30, ...(limit > 0 ? { timeout: limit, killSignal: 'SIGKILL' as const } : {}) });
-    if (!(child.error as NodeJS.ErrnoException | undefined)?.code?.includes('ETIMEDOUT')) return { child, stalls };
-    const reached = (child.stderr ?? '').split('\n').filter((l) => l.startsWith('stage ')).at(-1) ?? 'before its first stage';
-    stalls.push(`stopped after ${limit / 1000} s, at ${reached}`);
-    console.log(`  the measuring child stalled (${stalls.at(-1)})${stalls.length > 1 ? '' : '; running it again'}`);
-    if (stalls.length > 1) throw new Error(`the measuring child stalled twice: ${stalls.join('; ')}`);
-  }
-}
-
 async function main() {
   await installNodeWebGpu();
   const rt = await createRuntime('webgpu');
@@ -497,15 +472,16 @@ async function main() {
       try {
         const args = [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`];
         if (o['unet-only']) args.push('--unet-only');
-        const { child, stalls } = measuringChild(args);
+        const child = await runChild(args, Number(o['child-timeout']) * 1000);
+        for (const stall of child.stalls) console.log(`  the measuring child stalled (${stall}); running it again`);
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);
-        const profile = profiledPrograms(child.stdout);
+        const profile = profileSummary(child.stdout);
         const bytes = precision === 'fp16' ? 2 : 4;
         const row = {
           ...JSON.parse(line.slice(4)),
           ...profile,
-          stalls,
+          stalls: child.stalls,
           weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * bytes,
           layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * bytes,
         };

@@ -4,11 +4,11 @@
 // the split-K path, whose partial outputs the profile shows at the size the memory model counts (and
 // why the builder keeps such heads chunked); the node's copies of keys and values are counted too.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { attention, fusesHead, FLASH_HEAD_BYTES } from '../../workers/graph/layers.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
+import { profiledPrograms, programShapes, runChild } from '../../workers/node/ort-profile.ts';
 
 interface Program {
   name: string;
@@ -19,51 +19,16 @@ interface Program {
 
 type Case = { b: number; nq: number; nk: number; heads: number; d: number };
 
-/** A profiled child that has not ended by then has stalled (each takes a few seconds). */
+/** A profiled child that has not ended by then has stalled (each takes a few seconds); it runs once more. */
 const CHILD_LIMIT_MS = 120_000;
 
-/**
- * One profiled node in a child process (the profile goes to that process's stdout). onnxruntime's
- * profiling on SwiftShader has been seen to stall a process, rarely (bench:gpu's --child-timeout):
- * a child past the limit is stopped and run once more.
- */
+/** One profiled node in a child process (the profile goes to that process's stdout). */
 async function profile(k: Case): Promise<Program[]> {
-  try {
-    return await profileOnce(k);
-  } catch (e) {
-    if (!(e as Error).message.startsWith('stalled')) throw e;
-    return profileOnce(k);
-  }
-}
-
-function profileOnce(k: Case): Promise<Program[]> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'tests/engine/attention-profile.ts', JSON.stringify(k)], { env: process.env });
-    let out = '';
-    let err = '';
-    let stalled = false;
-    const timer = setTimeout(() => {
-      stalled = true;
-      child.kill('SIGKILL');
-    }, CHILD_LIMIT_MS);
-    child.stdout.on('data', (s) => (out += s));
-    child.stderr.on('data', (s) => (err += s));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      if (stalled) return reject(new Error(`stalled: the profile child ran past ${CHILD_LIMIT_MS / 1000} s for ${JSON.stringify(k)}`));
-      if (code !== 0) return reject(new Error(`profile child exited ${code}: ${err.slice(-2000)}`));
-      const shapes = (text: string, kind: string) => [...text.matchAll(new RegExp(`${kind}\\[\\d+\\] = \\{([^}]*)\\}`, 'g'))].map((m) => m[1].split(',').map(Number));
-      const programs = out
-        .split('\n')
-        .filter((l) => l.includes('"cat" : "Api"'))
-        .map((l) => {
-          const s = /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '';
-          return { name: (/"name" :"([^"]*)"/.exec(l)?.[1] ?? '').split('&').at(-1)!, inputs: shapes(s, 'inputs'), outputs: shapes(s, 'outputs') };
-        });
-      if (!programs.length) return reject(new Error(`the profile printed no programs: ${out.slice(-2000)} ${err.slice(-2000)}`));
-      resolve(programs);
-    });
-  });
+  const r = await runChild(['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'tests/engine/attention-profile.ts', JSON.stringify(k)], CHILD_LIMIT_MS);
+  if (r.code !== 0) throw new Error(`profile child exited ${r.code}: ${r.stderr.slice(-2000)}`);
+  const programs = profiledPrograms(r.stdout).map((p) => ({ name: p.name.split('&').at(-1)!, inputs: programShapes(p.shapes, 'inputs'), outputs: programShapes(p.shapes, 'outputs') }));
+  if (!programs.length) throw new Error(`the profile printed no programs: ${r.stdout.slice(-2000)} ${r.stderr.slice(-2000)}`);
+  return programs;
 }
 
 const count = (s: number[]) => s.reduce((a, x) => a * x, 1);

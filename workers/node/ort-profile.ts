@@ -1,0 +1,71 @@
+// onnxruntime's WebGPU profile, read from a child process. onnxruntime prints its profile on the
+// process's own stdout (not through anything JavaScript can catch), so whoever wants one runs the
+// profiled work in a child and reads its output: `bench:gpu`'s measuring runs and the attention-path
+// test. On SwiftShader such a child has been seen to stall, rarely, at its profiled run, so a child
+// past its time limit is stopped and run once more.
+import { spawn } from 'node:child_process';
+
+/** One program onnxruntime dispatched: its node and kernel (`&`-joined), its buffers' shapes as printed, its GPU time. */
+export interface ProfiledProgram {
+  name: string;
+  shapes: string;
+  us: number;
+}
+
+/** The programs in a profile's printed entries ("cat" : "Api"), in the order they ran. */
+export function profiledPrograms(stdout: string): ProfiledProgram[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.includes('"cat" : "Api"'))
+    .map((l) => ({ name: /"name" :"([^"]*)"/.exec(l)?.[1] ?? '', shapes: /"shapes" : "([^"]*)"/.exec(l)?.[1] ?? '', us: Number(/"dur" :(\d+)/.exec(l)?.[1] ?? 0) }));
+}
+
+/** A program's input or output shapes from its printed `shapes` (vectorised programs count vec4s in the last axis). */
+export function programShapes(shapes: string, kind: 'inputs' | 'outputs'): number[][] {
+  return [...shapes.matchAll(new RegExp(`${kind}\\[\\d+\\] = \\{([^}]*)\\}`, 'g'))].map((m) => m[1].split(',').map(Number));
+}
+
+export interface ChildRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** Each time the child passed its limit: where it stood (its last `stage` line on stderr). */
+  stalls: string[];
+}
+
+/** A child's progress line on stderr, which `runChild` reports where the child stalls. */
+export function stageLine(name: string): string {
+  return `stage ${new Date().toISOString().slice(11, 23)} ${name}\n`;
+}
+
+function runOnce(args: string[], limitMs: number): Promise<ChildRun & { stalled: boolean }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { env: process.env });
+    let stdout = '';
+    let stderr = '';
+    let stalled = false;
+    const timer = limitMs > 0 ? setTimeout(() => ((stalled = true), child.kill('SIGKILL')), limitMs) : undefined;
+    child.stdout.on('data', (s) => (stdout += s));
+    child.stderr.on('data', (s) => (stderr += s));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, stalled, stalls: [] });
+    });
+  });
+}
+
+/**
+ * Node with `args` in a child process; one past `limitMs` (0: no limit) is stopped and run once
+ * more, and a second stall is an error naming both.
+ */
+export async function runChild(args: string[], limitMs = 0): Promise<ChildRun> {
+  const stalls: string[] = [];
+  for (;;) {
+    const r = await runOnce(args, limitMs);
+    if (!r.stalled) return { code: r.code, stdout: r.stdout, stderr: r.stderr, stalls };
+    const reached = r.stderr.split('\n').filter((l) => l.startsWith('stage ')).at(-1) ?? 'before its first stage';
+    stalls.push(`stopped after ${limitMs / 1000} s, at ${reached}`);
+    if (stalls.length > 1) throw new Error(`the child stalled twice: ${stalls.join('; ')}`);
+  }
+}

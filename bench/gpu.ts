@@ -472,7 +472,7 @@ async function main() {
       try {
         const args = [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`];
         if (o['unet-only']) args.push('--unet-only');
-        const child = await runChild(args, Number(o['child-timeout']) * 1000);
+        const child = runChild(args, Number(o['child-timeout']) * 1000);
         for (const stall of child.stalls) console.log(`  the measuring child stalled (${stall}); running it again`);
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);

@@ -23,8 +23,8 @@ type Case = { b: number; nq: number; nk: number; heads: number; d: number };
 const CHILD_LIMIT_MS = 120_000;
 
 /** One profiled node in a child process (the profile goes to that process's stdout). */
-async function profile(k: Case): Promise<Program[]> {
-  const r = await runChild(['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'tests/engine/attention-profile.ts', JSON.stringify(k)], CHILD_LIMIT_MS);
+function profile(k: Case): Program[] {
+  const r = runChild(['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'tests/engine/attention-profile.ts', JSON.stringify(k)], CHILD_LIMIT_MS);
   if (r.code !== 0) throw new Error(`profile child exited ${r.code}: ${r.stderr.slice(-2000)}`);
   const programs = profiledPrograms(r.stdout).map((p) => ({ name: p.name.split('&').at(-1)!, inputs: programShapes(p.shapes, 'inputs'), outputs: programShapes(p.shapes, 'outputs') }));
   if (!programs.length) throw new Error(`the profile printed no programs: ${r.stdout.slice(-2000)} ${r.stderr.slice(-2000)}`);
@@ -45,7 +45,7 @@ test("onnxruntime's attention programs at our heads, by its profile: FlashAttent
     // a short query set: a tiny model's deepest level
     short: { b: 2, nq: 16, nk: 77, heads: 2, d: 8 },
   };
-  const got = Object.fromEntries(await Promise.all(Object.entries(cases).map(async ([name, k]) => [name, await profile(k)] as const))) as Record<keyof typeof cases, Program[]>;
+  const got = Object.fromEntries(Object.entries(cases).map(([name, k]) => [name, profile(k)] as const)) as Record<keyof typeof cases, Program[]>;
   const names = (ps: Program[]) => ps.map((p) => p.name);
 
   for (const name of ['unet', 'widest'] as const) {

@@ -3,7 +3,7 @@
 // profiled work in a child and reads its output: `bench:gpu`'s measuring runs and the attention-path
 // test. On SwiftShader such a child has been seen to stall, rarely, at its profiled run, so a child
 // past its time limit is stopped and run once more.
-import { spawn } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 
 /** One program onnxruntime dispatched: its node and kernel (`&`-joined), its buffers' shapes as printed, its GPU time. */
 export interface ProfiledProgram {
@@ -38,33 +38,21 @@ export function stageLine(name: string): string {
   return `stage ${new Date().toISOString().slice(11, 23)} ${name}\n`;
 }
 
-function runOnce(args: string[], limitMs: number): Promise<ChildRun & { stalled: boolean }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { env: process.env });
-    let stdout = '';
-    let stderr = '';
-    let stalled = false;
-    const timer = limitMs > 0 ? setTimeout(() => ((stalled = true), child.kill('SIGKILL')), limitMs) : undefined;
-    child.stdout.on('data', (s) => (stdout += s));
-    child.stderr.on('data', (s) => (stderr += s));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, stalled, stalls: [] });
-    });
-  });
-}
-
 /**
- * Node with `args` in a child process; one past `limitMs` (0: no limit) is stopped and run once
- * more, and a second stall is an error naming both.
+ * Node with `args` in a child process, the caller waiting (as bench:gpu's measuring runs always have:
+ * the parent holds its own device, idle, meanwhile); one past `limitMs` (0: no limit) is stopped and
+ * run once more, and a second stall is an error naming both.
  */
-export async function runChild(args: string[], limitMs = 0): Promise<ChildRun> {
+export function runChild(args: string[], limitMs = 0): ChildRun {
   const stalls: string[] = [];
   for (;;) {
-    const r = await runOnce(args, limitMs);
-    if (!r.stalled) return { code: r.code, stdout: r.stdout, stderr: r.stderr, stalls };
-    const reached = r.stderr.split('\n').filter((l) => l.startsWith('stage ')).at(-1) ?? 'before its first stage';
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 30, ...(limitMs > 0 ? { timeout: limitMs, killSignal: 'SIGKILL' as const } : {}) });
+    const stalled = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT';
+    if (!stalled) {
+      if (r.error) throw r.error;
+      return { code: r.status, stdout: r.stdout, stderr: r.stderr, stalls };
+    }
+    const reached = (r.stderr ?? '').split('\n').filter((l) => l.startsWith('stage ')).at(-1) ?? 'before its first stage';
     stalls.push(`stopped after ${limitMs / 1000} s, at ${reached}`);
     if (stalls.length > 1) throw new Error(`the child stalled twice: ${stalls.join('; ')}`);
   }

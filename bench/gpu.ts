@@ -49,6 +49,8 @@ const { values: o } = parseArgs({
     // seconds a measuring child may take before it is stopped and run once more (0: no limit); on
     // SwiftShader a child has been seen to stall, rarely, inside the WebGPU stack
     'child-timeout': { type: 'string', default: '0' },
+    // how many times a measuring child is run before its stalls are an error
+    'child-attempts': { type: 'string', default: '2' },
   },
   allowNegative: true,
 });
@@ -472,7 +474,7 @@ async function main() {
       try {
         const args = [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`];
         if (o['unet-only']) args.push('--unet-only');
-        const child = runChild(args, Number(o['child-timeout']) * 1000);
+        const child = runChild(args, Number(o['child-timeout']) * 1000, Number(o['child-attempts']));
         for (const stall of child.stalls) console.log(`  the measuring child stalled (${stall}); running it again`);
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);

@@ -41,9 +41,9 @@ export function stageLine(name: string): string {
 /**
  * Node with `args` in a child process, the caller waiting (as bench:gpu's measuring runs always have:
  * the parent holds its own device, idle, meanwhile); one past `limitMs` (0: no limit) is stopped and
- * run once more, and a second stall is an error naming both.
+ * run again, up to `attempts` runs in all, after which the stalls are an error naming each.
  */
-export function runChild(args: string[], limitMs = 0): ChildRun {
+export function runChild(args: string[], limitMs = 0, attempts = 2): ChildRun {
   const stalls: string[] = [];
   for (;;) {
     const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 30, ...(limitMs > 0 ? { timeout: limitMs, killSignal: 'SIGKILL' as const } : {}) });
@@ -54,6 +54,6 @@ export function runChild(args: string[], limitMs = 0): ChildRun {
     }
     const reached = (r.stderr ?? '').split('\n').filter((l) => l.startsWith('stage ')).at(-1) ?? 'before its first stage';
     stalls.push(`stopped after ${limitMs / 1000} s, at ${reached}`);
-    if (stalls.length > 1) throw new Error(`the child stalled twice: ${stalls.join('; ')}`);
+    if (stalls.length >= attempts) throw new Error(`the child stalled ${attempts} times: ${stalls.join('; ')}`);
   }
 }

@@ -18,9 +18,11 @@ import { Rng } from '../workers/engine/random.ts';
 import { createRuntime, flushOrt, ortGpuZeros, sessionOptions, type ConvLayout, type Runtime } from '../workers/engine/runtime.ts';
 import { WeightSet } from '../workers/engine/weights.ts';
 import { writePadded } from '../workers/gpu/buffers.ts';
+import type { DispatchRecord } from '../workers/gpu/device.ts';
 import { DEFAULT_BUFFER_LIMIT, type AttentionForm, type ConvForm, type GraphBuilder } from '../workers/graph/builder.ts';
 import { buildTextEncoder } from '../workers/graph/clip.ts';
 import { graphMemory } from '../workers/graph/memory.ts';
+import { elementCount } from '../workers/graph/shapes.ts';
 import { buildUNet } from '../workers/graph/unet.ts';
 import { buildVaeDecoder } from '../workers/graph/vae.ts';
 import { buildStepGraph, previewFactor } from '../workers/graph/step.ts';
@@ -51,6 +53,9 @@ const { values: o } = parseArgs({
     'child-timeout': { type: 'string', default: '0' },
     // how many times a measuring child is run before its stalls are an error
     'child-attempts': { type: 'string', default: '2' },
+    // one more UNet run per variant with onnxruntime's profiling on (GPU time by program); by
+    // default on a GPU, off on a CPU adapter
+    'ort-profile': { type: 'boolean' },
   },
   allowNegative: true,
 });
@@ -76,41 +81,79 @@ function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): W
 }
 
 /**
- * onnxruntime's profile of one UNet run, summed: the measuring child (`--one`) makes one profiled run
- * after its timed ones and the parent reads the programs from the child's output.
+ * The programs of one UNet run as the device logged them (each dispatch's program is the label
+ * onnxruntime gives its bind group, and its buffers are the group's): the dispatches, the transposes
+ * of a weight (a `Transpose` whose input is one of our weight buffers: the EP's copy of a convolution
+ * weight into the layout its kernel reads) and the layout transposes (the other `Transpose`
+ * programs beyond the graph's own Transpose nodes: those the EP puts around its NHWC kernels).
  */
-function profileSummary(stdout: string) {
+function runSummary(log: DispatchRecord[], g: GraphBuilder, ws: WeightSet) {
+  const weights = new Map<GPUBuffer, number>();
+  for (const [name, buffer] of ws.buffers) weights.set(buffer, g.weights.get(name)!.dims.reduce((a, b) => a * b, 1));
+  const transposes = log.filter((d) => d.program === 'Transpose');
+  const ofWeights = transposes.filter((d) => weights.has(d.buffers[0]));
+  const own = g.records.filter((r) => r.type === 'Transpose');
+  const byProgram = new Map<string, number>();
+  for (const d of log) byProgram.set(d.program, (byProgram.get(d.program) ?? 0) + 1);
+  return {
+    dispatches: log.length,
+    dispatchesByProgram: Object.fromEntries([...byProgram].sort((a, b) => b[1] - a[1])),
+    weightTransposes: ofWeights.length,
+    weightTransposeElements: ofWeights.reduce((a, d) => a + weights.get(d.buffers[0])!, 0),
+    graphTransposes: own.length,
+    graphTransposeElements: own.reduce((a, r) => a + elementCount(g.shapes.get(r.inputs[0])!), 0),
+    layoutTransposes: transposes.length - ofWeights.length - own.length,
+  };
+}
+
+/**
+ * onnxruntime's own profile of one UNet run (`--ort-profile`: GPU time by program, from timestamp
+ * queries): the measuring child makes that run in a session of its own and the parent reads the
+ * programs from the child's output. Off on a CPU adapter, where the times say little and where, on
+ * SwiftShader, the profiled run is where measuring children stalled.
+ */
+function profileSummary(stdout: string, graphTransposeElements: number) {
   const programs = profiledPrograms(stdout);
   if (!programs.length) throw new Error('the profiled run printed no programs');
-  const inConv = programs.filter((p) => /&Conv&Transpose$/.test(p.name));
-  const layoutTransposes = programs.filter((p) => /&Transpose&Transpose$/.test(p.name) && !/^n_Transpose/.test(p.name));
   const elements = (shapes: string) => programShapes(shapes, 'inputs')[0]?.reduce((a, b) => a * b, 1) ?? 0;
-  // the profiled run's GPU time by program (the last part of onnxruntime's name), most first
+  // Transpose nodes as they ran (those of the graph, some moved by onnxruntime's optimiser under
+  // names of its own, and the EP's around NHWC kernels; a convolution's weight transposes are
+  // programs of its Conv node)
+  const transposes = programs.filter((p) => /&Transpose&Transpose$/.test(p.name));
   const byProgram = new Map<string, number>();
   for (const p of programs) {
     const kind = p.name.split('&').at(-1)!;
     byProgram.set(kind, (byProgram.get(kind) ?? 0) + p.us / 1000);
   }
   return {
-    dispatches: programs.length,
+    profiledDispatches: programs.length,
     profiledGpuMs: programs.reduce((a, p) => a + p.us / 1000, 0),
+    // the profiled run's GPU time by program (the last part of onnxruntime's name), most first
     profiledMsByProgram: Object.fromEntries([...byProgram].sort((a, b) => b[1] - a[1]).slice(0, 8)),
-    weightTransposes: inConv.length,
-    weightTransposeElements: inConv.reduce((a, p) => a + elements(p.shapes), 0),
-    layoutTransposes: layoutTransposes.length,
-    layoutTransposeElements: layoutTransposes.reduce((a, p) => a + elements(p.shapes), 0),
+    layoutTransposeElements: transposes.reduce((a, p) => a + elements(p.shapes), 0) - graphTransposeElements,
   };
 }
 
-/** One profiled UNet run on the given weights (onnxruntime prints the profile); the dispatches the device counted in it. */
-async function profileRun(rt: Runtime, g: GraphBuilder, layout: ConvLayout, feeds: Record<string, OrtNs.Tensor>): Promise<number> {
+/** One run of a session with the device's work log on: the dispatches it made. */
+async function loggedRun(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>): Promise<DispatchRecord[]> {
+  const work = rt.gpu!.work;
+  work.log = [];
+  try {
+    const out = await session.run(feeds);
+    await rt.gpu!.device.queue.onSubmittedWorkDone();
+    for (const t of Object.values(out)) t.dispose();
+    return work.log;
+  } finally {
+    work.log = undefined;
+  }
+}
+
+/** One UNet run in a session with onnxruntime's profiling on (it prints the profile on stdout). */
+async function profileRun(rt: Runtime, g: GraphBuilder, layout: ConvLayout, feeds: Record<string, OrtNs.Tensor>): Promise<void> {
   const session = await rt.ort.InferenceSession.create(g.encode(), sessionOptions(rt, { layout, profile: true }));
-  const before = rt.gpu!.work.dispatches;
   await session.run(feeds);
-  const dispatches = rt.gpu!.work.dispatches - before;
   session.endProfiling();
   await session.release();
-  return dispatches;
 }
 
 function unetFixture(rt: Runtime, precision: 'fp16' | 'fp32', attention: AttentionForm, conv: ConvForm) {
@@ -361,9 +404,13 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
         };
   const peakBytes = memory.peak - base;
   const largestBufferBytes = memory.largest;
+  stage('logged run');
+  const run = runSummary(await loggedRun(rt, session, feeds), g, ws);
   await session.release();
-  stage('profiled run');
-  const deviceDispatches = await profileRun(rt, g, v.layout, feeds);
+  if (o['ort-profile']) {
+    stage('profiled run');
+    await profileRun(rt, g, v.layout, feeds);
+  }
   ws.dispose();
 
   // the text encoder once and the VAE decoder once, for seconds per image (not with --unet-only),
@@ -424,8 +471,9 @@ async function measure(rt: Runtime, precision: 'fp16' | 'fp32', v: Variant) {
     plannedUnetLargestBufferBytes: Math.max(unetPlan.largestBufferBytes, unetPlan.largestWeightBytes),
     plannedLargestBufferBytes: plan.largestBufferBytes,
     plannedPeakBytes: plan.peakBytes,
-    // the profiled run's compute dispatches as the device counted them (`dispatches` is the profile's count)
-    deviceDispatches,
+    // one UNet run's programs as the device logged them
+    ...run,
+    weightTransposeBytesPerStep: 2 * run.weightTransposeElements * (precision === 'fp16' ? 2 : 4),
     // measured by the device in the loop this variant stands for: the CPU loop before issue 19, the
     // engine's GPU loop after
     readbacksPerStep: (v.name === 'before' ? loops.cpu : loops.gpu)?.readbacksPerStep ?? null,
@@ -457,6 +505,8 @@ async function main() {
   // fp16 needs the adapter's shader-f16: said, not dropped in silence
   const skipped = asked.filter((p) => !(precisions as string[]).includes(p)).map((p) => `${p}: ${p === 'fp16' ? 'the adapter has no shader-f16' : 'not a precision (fp16 or fp32)'}`);
   for (const line of skipped) console.log(`  not measured: ${line}`);
+  // onnxruntime's timestamp profile: asked for, or by default on a GPU (not on a CPU adapter)
+  const ortProfile = o['ort-profile'] ?? !a.cpu;
   const variants: Variant[] = [
     { name: 'before', attention: 'explicit', layout: 'NHWC', conv: 'direct' },
     { name: 'after', attention: choice.form, layout: 'NCHW', conv: 'auto' },
@@ -474,18 +524,20 @@ async function main() {
       try {
         const args = [...process.execArgv, process.argv[1], '--arch', o.arch!, '--size', String(SIZE), '--steps', String(STEPS), '--repeats', String(REPEATS), '--precision', precision, '--one', `${v.name}:${v.attention}:${v.layout}:${v.conv}`];
         if (o['unet-only']) args.push('--unet-only');
+        if (ortProfile) args.push('--ort-profile');
         const child = runChild(args, Number(o['child-timeout']) * 1000, Number(o['child-attempts']));
         for (const stall of child.stalls) console.log(`  the measuring child stalled (${stall}); running it again`);
         const line = child.stdout.split('\n').find((l) => l.startsWith('ROW '));
         if (!line) throw new Error(`the measuring run failed: ${(child.stderr || child.stdout).slice(-800)}`);
-        const profile = profileSummary(child.stdout);
+        const measured = JSON.parse(line.slice(4));
+        const profile = ortProfile ? profileSummary(child.stdout, measured.graphTransposeElements) : undefined;
         const bytes = precision === 'fp16' ? 2 : 4;
         const row = {
-          ...JSON.parse(line.slice(4)),
+          ...measured,
           ...profile,
+          // the layout transposes' bytes need their shapes, which only onnxruntime's profile prints
+          layoutTransposeBytesPerStep: profile ? 2 * profile.layoutTransposeElements * bytes : null,
           stalls: child.stalls,
-          weightTransposeBytesPerStep: 2 * profile.weightTransposeElements * bytes,
-          layoutTransposeBytesPerStep: 2 * profile.layoutTransposeElements * bytes,
         };
         const perImage = row.secondsPerImage === null ? '' : `, ${row.secondsPerImage.toFixed(1)} s/image (${STEPS} steps)`;
         const loops = row.loopMsPerStepCpu === null ? '' : `, loop ${ms(row.loopMsPerStepCpu)} ms/step with readbacks`;

@@ -19,12 +19,12 @@ interface Program {
 
 type Case = { b: number; nq: number; nk: number; heads: number; d: number };
 
-/** A profiled child that has not ended by then has stalled (each takes a few seconds); it runs once more. */
+/** A profiled child that has not ended by then has stalled (each takes a few seconds); it runs again, three runs at most. */
 const CHILD_LIMIT_MS = 120_000;
 
 /** One profiled node in a child process (the profile goes to that process's stdout). */
 function profile(k: Case): Program[] {
-  const r = runChild(['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'tests/engine/attention-profile.ts', JSON.stringify(k)], CHILD_LIMIT_MS);
+  const r = runChild(['--liftoff-only', '--import', 'tsx', '--import', './scripts/wgsl.mjs', 'tests/engine/attention-profile.ts', JSON.stringify(k)], CHILD_LIMIT_MS, 3);
   if (r.code !== 0) throw new Error(`profile child exited ${r.code}: ${r.stderr.slice(-2000)}`);
   const programs = profiledPrograms(r.stdout).map((p) => ({ name: p.name.split('&').at(-1)!, inputs: programShapes(p.shapes, 'inputs'), outputs: programShapes(p.shapes, 'outputs') }));
   if (!programs.length) throw new Error(`the profile printed no programs: ${r.stdout.slice(-2000)} ${r.stderr.slice(-2000)}`);

@@ -105,12 +105,27 @@ export class GpuMemoryCounter {
   }
 }
 
+/**
+ * One compute dispatch as the device saw it: its program, named by the label of the bind group it
+ * used (onnxruntime's WebGPU EP labels each bind group with its program's name, e.g. `Transpose`),
+ * and the buffers that bind group holds, in binding order.
+ */
+export interface DispatchRecord {
+  program: string;
+  buffers: GPUBuffer[];
+}
+
 /** What the device was asked to do since it was adopted, onnxruntime's work included (it goes through the same device). */
 export class GpuWorkCounter {
   /** GPU-to-CPU reads: each mapping of a buffer for reading. */
   readbacks = 0;
   /** Compute dispatches recorded. */
   dispatches = 0;
+  /**
+   * While set, each dispatch of a compute pass begun meanwhile is appended here with its program and
+   * buffers (bench:gpu reads a UNet run's programs so, without onnxruntime's timestamp profile).
+   */
+  log?: DispatchRecord[];
 }
 
 /**
@@ -120,6 +135,20 @@ export class GpuWorkCounter {
  * without it. `pending`: the scopes not yet answered.
  */
 function instrument(device: GPUDevice, memory: GpuMemoryCounter, work: GpuWorkCounter, faults: GpuFaultLog, pending: Set<Promise<void>>): void {
+  // bind groups made while the work log is on: their label and buffers, for the dispatches that use them
+  const groups = new WeakMap<GPUBindGroup, DispatchRecord>();
+  const bindGroup = device.createBindGroup.bind(device);
+  device.createBindGroup = (desc: GPUBindGroupDescriptor) => {
+    const group = bindGroup(desc);
+    if (work.log) {
+      const buffers = [...desc.entries].map((e) => {
+        const r = e.resource as GPUBufferBinding | GPUBuffer;
+        return 'buffer' in r ? r.buffer : (r as GPUBuffer);
+      });
+      groups.set(group, { program: desc.label ?? '', buffers });
+    }
+    return group;
+  };
   const encoder = device.createCommandEncoder.bind(device);
   device.createCommandEncoder = (desc?: GPUCommandEncoderDescriptor) => {
     const e = encoder(desc);
@@ -128,12 +157,25 @@ function instrument(device: GPUDevice, memory: GpuMemoryCounter, work: GpuWorkCo
       const pass = begin(passDesc);
       const direct = pass.dispatchWorkgroups.bind(pass);
       const indirect = pass.dispatchWorkgroupsIndirect.bind(pass);
+      // with the work log on, the bind group at index 0 names the program of the next dispatch
+      const log = work.log;
+      let bound: DispatchRecord | undefined;
+      if (log) {
+        const set = pass.setBindGroup.bind(pass) as (index: number, group: GPUBindGroup | null, ...rest: unknown[]) => void;
+        pass.setBindGroup = ((index: number, group: GPUBindGroup | null, ...rest: unknown[]) => {
+          if (index === 0) bound = group ? groups.get(group) : undefined;
+          set(index, group, ...rest);
+        }) as typeof pass.setBindGroup;
+      }
+      const record = () => log?.push(bound ?? { program: '', buffers: [] });
       pass.dispatchWorkgroups = (x: number, y?: number, z?: number) => {
         work.dispatches += 1;
+        record();
         direct(x, y, z);
       };
       pass.dispatchWorkgroupsIndirect = (buffer: GPUBuffer, offset: number) => {
         work.dispatches += 1;
+        record();
         indirect(buffer, offset);
       };
       return pass;

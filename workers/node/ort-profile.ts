@@ -1,8 +1,9 @@
 // onnxruntime's WebGPU profile, read from a child process. onnxruntime prints its profile on the
 // process's own stdout (not through anything JavaScript can catch), so whoever wants one runs the
-// profiled work in a child and reads its output: `bench:gpu`'s measuring runs and the attention-path
-// test. On SwiftShader such a child has been seen to stall, rarely, at its profiled run, so a child
-// past its time limit is stopped and run once more.
+// profiled work in a child and reads its output: `bench:gpu --ort-profile` and the attention-path
+// test. On SwiftShader a child has been seen to stall at its profiled run (rarely here, every time in
+// one landed CI run, after a UNet's other work in the same process), so a child past its time limit
+// is stopped and run again.
 import { spawnSync } from 'node:child_process';
 
 /** One program onnxruntime dispatched: its node and kernel (`&`-joined), its buffers' shapes as printed, its GPU time. */

@@ -9,7 +9,7 @@ import { Rng } from '../../workers/engine/random.ts';
 import { emitGradient } from '../../workers/graph/autodiff.ts';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { elementCount as size } from '../../workers/graph/shapes.ts';
-import { attention, groupNorm, silu, upsampleNearest2x } from '../../workers/graph/layers.ts';
+import { attention, groupNorm, quickGelu, silu, upsampleNearest2x } from '../../workers/graph/layers.ts';
 import { evalGraph } from '../../workers/reference/graph-eval.ts';
 import type { T } from '../../workers/reference/nn.ts';
 import { runtime } from '../helpers.ts';
@@ -100,7 +100,8 @@ const CASES: Case[] = [
   { name: 'Div', operands: { x: { dims: [2, 4] }, y: { dims: [2, 4], offset: 3 } }, build: (g, v) => g.op('Div', [v.x, v.y]), wrt: ['x', 'y'] },
   { name: 'Neg, Exp, Sigmoid, Erf', operands: { x: { dims: [3, 4] } }, build: (g, v) => g.op('Erf', [g.op('Sigmoid', [g.op('Exp', [g.op('Neg', [v.x])])])]), wrt: ['x'] },
   { name: 'Sqrt', operands: { x: { dims: [6], offset: 4 } }, build: (g, v) => g.op('Sqrt', [v.x]), wrt: ['x'] },
-  { name: 'SiLU', operands: { x: { dims: [2, 5] } }, build: (g, v) => silu(g, v.x), wrt: ['x'] },
+  { name: 'SiLU (QuickGelu, alpha 1)', operands: { x: { dims: [2, 5] } }, build: (g, v) => silu(g, v.x), wrt: ['x'] },
+  { name: 'QuickGelu (alpha 1.702)', operands: { x: { dims: [3, 4] } }, build: (g, v) => quickGelu(g, v.x), wrt: ['x'] },
   { name: 'batched MatMul', operands: { x: { dims: [2, 3, 4, 5] }, y: { dims: [5, 6] } }, build: (g, v) => g.op('MatMul', [v.x, v.y]), wrt: ['x', 'y'] },
   { name: 'MatMul broadcasting a batch', operands: { x: { dims: [1, 2, 3, 4] }, y: { dims: [2, 2, 4, 3] } }, build: (g, v) => g.op('MatMul', [v.x, v.y]), wrt: ['x', 'y'] },
   { name: 'Gemm (transB)', operands: { x: { dims: [4, 5] }, w: { dims: [6, 5] }, b: { dims: [6] } }, build: (g, v) => g.op('Gemm', [v.x, v.w, v.b], { transB: 1 }), wrt: ['x', 'b'] },

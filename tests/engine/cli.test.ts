@@ -199,9 +199,12 @@ test('plan prints the memory plan from the graphs alone; bad flags exit 2', () =
   const captured = JSON.parse(cli('plan', '--precision', 'fp32', '--attention', 'chunked', '--graph-capture').out);
   const a = captured.parts.activationBytes;
   assert.equal(captured.peakBytes - fp32.peakBytes, a.unet + Math.max(a.textEncoder, a.vae) - Math.max(a.unet, a.textEncoder, a.vae));
-  // under the fp16 target a replayed loop still fits, the decode in tiles: the engine captures such a job
-  const budgeted = JSON.parse(cli('plan', '--graph-capture', '--budget', '2.5e9').out);
-  assert.ok(budgeted.fits && !budgeted.cfgHalves && budgeted.vaeTile !== null && budgeted.peakBytes <= 2.5e9, JSON.stringify({ peak: budgeted.peakBytes, tile: budgeted.vaeTile }));
+  // a replayed loop meets the fp16 target without a budget, the decode whole; under a tighter
+  // budget it still fits with the decode in tiles, and the engine captures such a job
+  const replayed = JSON.parse(cli('plan', '--graph-capture').out);
+  assert.ok(replayed.fits && replayed.vaeTile === null && replayed.peakBytes <= 2.5e9, JSON.stringify({ peak: replayed.peakBytes, tile: replayed.vaeTile }));
+  const budgeted = JSON.parse(cli('plan', '--graph-capture', '--budget', '2.4e9').out);
+  assert.ok(budgeted.fits && !budgeted.cfgHalves && budgeted.vaeTile !== null && budgeted.peakBytes <= 2.4e9, JSON.stringify({ peak: budgeted.peakBytes, tile: budgeted.vaeTile }));
   assert.match(budgeted.notes.join(' '), /the UNet replays a captured graph/);
 });
 

@@ -72,7 +72,14 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
     const { weightBytes: w, activationBytes: a, loraArenaBytes, pristineBytes, cacheBytes, latentBytes } = fused.parts;
     assert.equal(fused.peakBytes, w.unet + w.textEncoder + w.vae + Math.max(a.unet, a.textEncoder, a.vae) + loraArenaBytes + pristineBytes + cacheBytes + latentBytes);
     assert.ok(a.unet < chunked.parts.activationBytes.unet, 'fused attention keeps no score buffer alive');
-    assert.ok(fused.peakBytes <= (precision === 'fp16' ? 2.7 : 5.3) * GB, `${precision} peak ${fused.peakBytes}`);
+    // the issue's targets, without a budget: 2.5 GB in fp16, 5 GB in fp32, for the plain job and for
+    // one whose loop replays a captured UNet (its activations kept through the decode)
+    const capturedJob = planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: true, capturedUnet: true, transposesConvWeights: true, pointwiseAsIs: true, conv: 'auto', vaeEncoder: true });
+    const plainJob = planMemory(SD15_CONFIG, { width: 512, height: 512, precision, cfg: true, fusedAttention: true, transposesConvWeights: true, pointwiseAsIs: true, conv: 'auto', vaeEncoder: true });
+    for (const p of [fused, plainJob, capturedJob]) assert.ok(p.peakBytes <= (precision === 'fp16' ? 2.5 : 5) * GB, `${precision} peak ${p.peakBytes}`);
+    // in fp16 the whole decode fits (no tiles); in fp32 its 256-channel map at 512x512 (256 MiB) is
+    // above the 128 MiB buffer limit, so it is tiled
+    assert.equal(plainJob.vaeTile, precision === 'fp16' ? null : 32);
     for (const p of [fused, chunked]) assert.ok(p.largestBufferBytes <= 256 * 2 ** 20, `${precision} ${p.attention}: ${p.largestBuffer} ${p.largestBufferBytes}`);
     // unfused, the 64x64 self-attention scores alone (2 x 8 x 4096 x 4096) would be 512 MiB in fp16;
     // chunked, nothing is above WebGPU's guaranteed 128 MiB binding, in fp32 too (CLIP's token table,
@@ -117,10 +124,10 @@ test('the plan at 512x512 with CFG: the targets, the buffer limit, and what it c
   assert.ok(e.vaeEncoder! > 0 && e.vaeEncoder! < e.vae, `the encode (${e.vaeEncoder}) holds less than the decode (${e.vae})`);
   assert.equal(encoding.peakBytes, loaded.peakBytes);
   // under a budget that tiles the decode the encode runs in the same tiles, holding less
-  const tiledEncode = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, vaeEncoder: true, encodesPicture: true, budgetBytes: 2.5e9 });
+  const tiledEncode = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, vaeEncoder: true, encodesPicture: true, budgetBytes: encoding.peakBytes - 1 });
   assert.equal(tiledEncode.vaeTile, 32);
   assert.ok(tiledEncode.parts.activationBytes.vaeEncoder! < e.vaeEncoder!);
-  assert.ok(tiledEncode.fits && tiledEncode.peakBytes <= 2.5e9, `${tiledEncode.peakBytes}`);
+  assert.ok(tiledEncode.fits && tiledEncode.peakBytes < encoding.peakBytes, `${tiledEncode.peakBytes}`);
   const nhwc = planMemory(SD15_CONFIG, { width: 512, height: 512, precision: 'fp16', cfg: true, fusedAttention: true, transposesConvWeights: true });
   const convs = [...buildUNet(SD15_CONFIG.unet, { batch: 1, latentH: 8, latentW: 8, textLen: 77, dtype: 'float16' }).records].filter((r) => r.type === 'Conv').length;
   assert.equal(nhwc.weightTransposesPerStep, convs);

@@ -37,7 +37,9 @@ export function emitGradient(g: GraphBuilder, { wrt, seeds, recomputeAbove = Inf
     if (!n || size <= recomputeAbove) return v;
     let copy = copies.get(v);
     if (!copy) {
-      copy = g.op(n.type, n.inputs.map((i) => (i && !g.intValues.has(i) && !g.f32Values.has(i) ? forward(i) : i)), n.attrs);
+      const inputs = n.inputs.map((i) => (i && !g.intValues.has(i) && !g.f32Values.has(i) ? forward(i) : i));
+      // a contrib node (QuickGelu) is emitted again in its own domain
+      copy = n.domain === 'com.microsoft' ? g.msOp(n.type, inputs, n.attrs) : n.domain ? unknownDomain(n) : g.op(n.type, inputs, n.attrs);
       copies.set(v, copy);
     }
     return copy;
@@ -74,6 +76,10 @@ export function emitGradient(g: GraphBuilder, { wrt, seeds, recomputeAbove = Inf
   const grad = total(wrt);
   if (grad) return grad;
   return g.op('Expand', [g.scalar(0), g.ints(g.shape(wrt))]);
+}
+
+function unknownDomain(n: NodeRecord): never {
+  throw new Error(`a ${n.type} node of the domain ${n.domain} cannot be recomputed here`);
 }
 
 /** Sum `gy` down to `shape` over the axes that broadcasting added or stretched. */
@@ -142,6 +148,14 @@ function vjp(g: GraphBuilder, n: NodeRecord, gys: (string | undefined)[], wants:
       return give(0, g.op('Div', [gy, g.op('Mul', [out, g.scalar(2)])]));
     case 'Sigmoid':
       return give(0, g.op('Mul', [gy, g.op('Mul', [out, g.op('Sub', [g.scalar(1), out])])]));
+    case 'QuickGelu': {
+      // y = x s with s = sigmoid(a x): dy/dx = s + a x s (1 - s) = s (1 + a x (1 - s))
+      const a = (n.attrs.alpha as { float: number } | undefined)?.float ?? 1.702;
+      const ax = a === 1 ? x : g.op('Mul', [x, g.scalar(a)]);
+      const s = g.op('Sigmoid', [ax]);
+      const slope = g.op('Mul', [s, g.op('Add', [g.scalar(1), g.op('Mul', [ax, g.op('Sub', [g.scalar(1), s])])])]);
+      return give(0, g.op('Mul', [gy, slope]));
+    }
     case 'Erf': {
       const bell = g.op('Exp', [g.op('Neg', [g.op('Mul', [x, x])])]);
       return give(0, g.op('Mul', [gy, g.op('Mul', [bell, g.scalar(2 / Math.sqrt(Math.PI))])]));

@@ -161,6 +161,20 @@ export class GraphBuilder {
     return name;
   }
 
+  /**
+   * Move weights already declared to the end of the declaration order, which a model's weight list
+   * follows (and with it the seeded test model's values): for a node emitted earlier than its
+   * weights' place in that list.
+   */
+  declareLast(names: string[]): void {
+    for (const n of names) {
+      const spec = this.weights.get(n);
+      if (!spec) throw new Error(`weight ${n} was not declared`);
+      this.weights.delete(n);
+      this.weights.set(n, spec);
+    }
+  }
+
   /** An int64 constant (shapes, axes, split sizes). */
   ints(values: number[]): string {
     const key = `i:${values.join(',')}`;

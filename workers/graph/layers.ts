@@ -41,8 +41,19 @@ function unfolds(g: GraphBuilder, positions: number, patch: number, cout: number
   return g.conv === 'unfold' ? fits : fits && positions < cout;
 }
 
+/**
+ * x * sigmoid(alpha * x) as one node: onnxruntime's `com.microsoft.QuickGelu`. Its optimiser fuses
+ * the Mul-and-Sigmoid form into this node anyway (its profile showed QuickGelu programs and no
+ * Sigmoid), so building it so makes the graph what runs: one pass, and no sigmoid map alive beside
+ * its input, which the memory plan would otherwise count (at the VAE's last level that map is
+ * 128 MiB in fp16).
+ */
+function sigmoidGate(g: GraphBuilder, v: string, alpha: number): string {
+  return g.msOp('QuickGelu', [v], { alpha: { float: alpha } });
+}
+
 export function silu(g: GraphBuilder, v: string): string {
-  return g.op('Mul', [v, g.op('Sigmoid', [v])]);
+  return sigmoidGate(g, v, 1);
 }
 
 /** GroupNorm over [B, groups, C/groups*H*W] in the builder's `norm` form, then the per-channel affine. */
@@ -84,7 +95,7 @@ export function gelu(g: GraphBuilder, v: string): string {
 }
 
 export function quickGelu(g: GraphBuilder, v: string): string {
-  return g.op('Mul', [v, g.op('Sigmoid', [g.op('Mul', [v, g.scalar(1.702)])])]);
+  return sigmoidGate(g, v, 1.702);
 }
 
 /** Concept isolation's bias for a blocked pair: exp(-1e4) is 0 in float32 and float16 alike. */

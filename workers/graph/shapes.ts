@@ -18,7 +18,7 @@ export function broadcastShapes(a: number[], b: number[]): number[] {
   return out;
 }
 
-const ELEMENTWISE = new Set(['Identity', 'Cast', 'Sigmoid', 'Erf', 'Softmax', 'Neg', 'Exp', 'Sqrt', 'Relu', 'Tanh', 'Sin', 'Cos', 'InstanceNormalization', 'LayerNormalization']);
+const ELEMENTWISE = new Set(['Identity', 'Cast', 'Sigmoid', 'QuickGelu', 'Erf', 'Softmax', 'Neg', 'Exp', 'Sqrt', 'Relu', 'Tanh', 'Sin', 'Cos', 'InstanceNormalization', 'LayerNormalization']);
 const BROADCAST = new Set(['Add', 'Sub', 'Mul', 'Div', 'Pow']);
 
 /** Output shapes of one node from its input shapes (undefined where this builder does not know the op). */

@@ -149,6 +149,10 @@ function evalNode(g: GraphBuilder, n: NodeRecord, get: (v: string) => T): T[] {
       return [unary(x, Math.sqrt)];
     case 'Sigmoid':
       return [unary(x, (v) => 1 / (1 + Math.exp(-v)))];
+    case 'QuickGelu': {
+      const alpha = (n.attrs.alpha as { float: number } | undefined)?.float ?? 1.702;
+      return [unary(x, (v) => v / (1 + Math.exp(-alpha * v)))];
+    }
     case 'Relu':
       return [unary(x, (v) => Math.max(0, v))];
     case 'Erf':

@@ -138,10 +138,16 @@ function profileSummary(stdout: string, graphTransposeElements: number) {
 async function loggedRun(rt: Runtime, session: OrtNs.InferenceSession, feeds: Record<string, OrtNs.Tensor>): Promise<DispatchRecord[]> {
   const work = rt.gpu!.work;
   work.log = [];
+  const before = work.dispatches;
   try {
     const out = await session.run(feeds);
     await rt.gpu!.device.queue.onSubmittedWorkDone();
     for (const t of Object.values(out)) t.dispose();
+    // every dispatch of the run was logged, each with the program its bind group names
+    const counted = work.dispatches - before;
+    if (work.log.length !== counted) throw new Error(`the log holds ${work.log.length} dispatches, the device counted ${counted}`);
+    const unnamed = work.log.filter((d) => !d.program).length;
+    if (unnamed) throw new Error(`${unnamed} of ${counted} logged dispatches have no program name`);
     return work.log;
   } finally {
     work.log = undefined;

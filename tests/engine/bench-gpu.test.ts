@@ -42,7 +42,7 @@ test('bench:gpu on the tiny model: readbacks per step measured 1 before and 0 af
     // the CPU loop reads every prediction back; the GPU loop reads nothing until the image
     assert.equal(before.readbacksPerStep, 1);
     assert.equal(after.readbacksPerStep, 0);
-    // onnxruntime's profile against the memory model, for the same graphs (NHWC transposes every
+    // the device's log against the memory model, for the same graphs (NHWC transposes every
     // convolution weight; NCHW only the k x k ones the graph did not unfold)
     const unet = (attention: 'explicit' | 'chunked', conv: 'direct' | 'auto') =>
       buildUNet(TINY_CONFIG.unet, { batch: 2, latentH: 8, latentW: 8, textLen: 77, dtype: 'float32', attention, bufferLimit: DEFAULT_BUFFER_LIMIT, norm: 'reductions', conv });

@@ -38,8 +38,7 @@ export function emitGradient(g: GraphBuilder, { wrt, seeds, recomputeAbove = Inf
     let copy = copies.get(v);
     if (!copy) {
       const inputs = n.inputs.map((i) => (i && !g.intValues.has(i) && !g.f32Values.has(i) ? forward(i) : i));
-      // a contrib node (QuickGelu) is emitted again in its own domain
-      copy = n.domain === 'com.microsoft' ? g.msOp(n.type, inputs, n.attrs) : n.domain ? unknownDomain(n) : g.op(n.type, inputs, n.attrs);
+      copy = g.opIn(n.domain, n.type, inputs, n.attrs);
       copies.set(v, copy);
     }
     return copy;
@@ -76,10 +75,6 @@ export function emitGradient(g: GraphBuilder, { wrt, seeds, recomputeAbove = Inf
   const grad = total(wrt);
   if (grad) return grad;
   return g.op('Expand', [g.scalar(0), g.ints(g.shape(wrt))]);
-}
-
-function unknownDomain(n: NodeRecord): never {
-  throw new Error(`a ${n.type} node of the domain ${n.domain} cannot be recomputed here`);
 }
 
 /** Sum `gy` down to `shape` over the axes that broadcasting added or stretched. */

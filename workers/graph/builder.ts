@@ -244,6 +244,13 @@ export class GraphBuilder {
     return out;
   }
 
+  /** A node of the given domain (a record's, when a node is emitted again): ONNX's or `com.microsoft`. */
+  opIn(domain: string | undefined, type: string, inputs: string[], attrs: Record<string, AttrValue> = {}): string {
+    if (domain === undefined) return this.op(type, inputs, attrs);
+    if (domain === 'com.microsoft') return this.msOp(type, inputs, attrs);
+    throw new Error(`a ${type} node of the domain ${domain}: the builder writes only ONNX's and com.microsoft`);
+  }
+
   opMulti(type: string, inputs: string[], nOut: number, attrs: Record<string, AttrValue> = {}): string[] {
     const outs = Array.from({ length: nOut }, () => this.fresh(type.toLowerCase()));
     this.add(type, inputs, outs, attrs);

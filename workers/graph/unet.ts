@@ -85,9 +85,7 @@ function sharedInput(ctx: Ctx, name: string, dims: number[]): string {
 export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number, groups: number, eps: number, temb?: { v: string; dim: number }): Feat {
   // a shortcut that narrows the map runs first, so that the wider input is not kept alive through
   // the block as the residual (the VAE's last level: 128 channels at 512x512 kept instead of 256)
-  const declared = new Set(g.weights.keys());
   const early = x.c > cout ? conv2d(g, x, `${name}.conv_shortcut`, cout, 1) : undefined;
-  const shortcutWeights = [...g.weights.keys()].filter((k) => !declared.has(k));
   let h = groupNorm(g, x, `${name}.norm1`, groups, eps);
   h = conv2d(g, { ...h, v: silu(g, h.v) }, `${name}.conv1`, cout, 3);
   if (temb) {
@@ -98,7 +96,7 @@ export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number
   h = conv2d(g, { ...h, v: silu(g, h.v) }, `${name}.conv2`, cout, 3);
   const skip = early ?? (x.c === cout ? x : conv2d(g, x, `${name}.conv_shortcut`, cout, 1));
   // its weights keep their place in the model's list, after the block's others
-  g.declareLast(shortcutWeights);
+  if (early) g.declareLast([`${name}.conv_shortcut.weight`, `${name}.conv_shortcut.bias`]);
   return { ...h, v: g.op('Add', [skip.v, h.v]) };
 }
 

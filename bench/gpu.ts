@@ -31,7 +31,8 @@ import { cosineSimilarity, latentHighBand, profileCutoff } from '../workers/comp
 import type { LinearStep } from '../workers/schedulers/common.ts';
 import { DpmSolverPP2MScheduler } from '../workers/schedulers/dpmpp-2m.ts';
 import { dawnFeatures, installNodeWebGpu } from '../workers/node/webgpu.ts';
-import { profiledPrograms, programShapes, runChild, stageLine } from '../workers/node/ort-profile.ts';
+import { runChild, stageLine } from '../workers/node/child-run.ts';
+import { profiledPrograms, programShapes } from '../workers/node/ort-profile.ts';
 import { benchLoraMerge, filled } from './lora-merge.ts';
 
 const { values: o } = parseArgs({
@@ -89,7 +90,7 @@ function weightsFor(rt: Runtime, g: GraphBuilder, precision: 'fp16' | 'fp32'): W
  */
 function runSummary(log: DispatchRecord[], g: GraphBuilder, ws: WeightSet) {
   const weights = new Map<GPUBuffer, number>();
-  for (const [name, buffer] of ws.buffers) weights.set(buffer, g.weights.get(name)!.dims.reduce((a, b) => a * b, 1));
+  for (const [name, buffer] of ws.buffers) weights.set(buffer, elementCount(g.weights.get(name)!.dims));
   const transposes = log.filter((d) => d.program === 'Transpose');
   const ofWeights = transposes.filter((d) => weights.has(d.buffers[0]));
   const own = g.records.filter((r) => r.type === 'Transpose');
@@ -115,7 +116,7 @@ function runSummary(log: DispatchRecord[], g: GraphBuilder, ws: WeightSet) {
 function profileSummary(stdout: string, graphTransposeElements: number) {
   const programs = profiledPrograms(stdout);
   if (!programs.length) throw new Error('the profiled run printed no programs');
-  const elements = (shapes: string) => programShapes(shapes, 'inputs')[0]?.reduce((a, b) => a * b, 1) ?? 0;
+  const elements = (shapes: string) => elementCount(programShapes(shapes, 'inputs')[0] ?? [0]);
   // Transpose nodes as they ran (those of the graph, some moved by onnxruntime's optimiser under
   // names of its own, and the EP's around NHWC kernels; a convolution's weight transposes are
   // programs of its Conv node)

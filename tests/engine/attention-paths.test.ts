@@ -8,7 +8,8 @@ import { test } from 'node:test';
 import { GraphBuilder } from '../../workers/graph/builder.ts';
 import { attention, fusesHead, FLASH_HEAD_BYTES } from '../../workers/graph/layers.ts';
 import { graphMemory } from '../../workers/graph/memory.ts';
-import { profiledPrograms, programShapes, runChild } from '../../workers/node/ort-profile.ts';
+import { runChild } from '../../workers/node/child-run.ts';
+import { profiledPrograms, programShapes } from '../../workers/node/ort-profile.ts';
 
 interface Program {
   name: string;

@@ -12,7 +12,7 @@ import { WeightSet } from '../../workers/engine/weights.ts';
 import { GraphBuilder, type NormForm } from '../../workers/graph/builder.ts';
 import { buildTextEncoder, causalMask, clipLayer, TOKEN_EMBEDDING } from '../../workers/graph/clip.ts';
 import { TokenTable } from '../../workers/text/token-table.ts';
-import { conv2d, ISOLATION_FACTORS, regionalAttention, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
+import { conv2d, ISOLATION_FACTORS, regionalAttention, silu, upsampleNearest2x, type Feat } from '../../workers/graph/layers.ts';
 import { attentionGrids, gridMasks, isolationBias, isolationFactors, regionWeights } from '../../workers/layout/masks.ts';
 import { buildCrossKV, crossKeyOutputName, crossValueOutputName } from '../../workers/graph/cross-kv.ts';
 import { buildUNet, regionKeyInputName, regionValueInputName, regionWeightInputName, resnetBlock, selfIsolationInputName, spatialTransformer, unetAttentionLayers, unetBiasInputName, unetMapOutputName } from '../../workers/graph/unet.ts';
@@ -79,7 +79,8 @@ for (const backend of BACKENDS) {
       const g = new GraphBuilder('float32', { norm });
       const x = feat(g, 'x', [2, 8, 6, 5]);
       const temb = g.input('temb', 'float32', [2, 12]);
-      const y = resnetBlock(g, x, 'blk', 16, 4, 1e-5, { v: temb, dim: 12 });
+      // the block takes the embedding after its SiLU, which the UNet makes once for all its blocks
+      const y = resnetBlock(g, x, 'blk', 16, 4, 1e-5, { v: silu(g, temb), dim: 12 });
       g.output(y.v, 'y', 'float32', [2, 16, 6, 5]);
       const w = randomWeights(g, 1);
       const xs = randomInput(2 * 8 * 30, 2);

@@ -82,6 +82,7 @@ function sharedInput(ctx: Ctx, name: string, dims: number[]): string {
   return v;
 }
 
+/** `temb`: the time embedding after its SiLU, made once for every block of the UNet. */
 export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number, groups: number, eps: number, temb?: { v: string; dim: number }): Feat {
   // a shortcut that narrows the map runs first, so that the wider input is not kept alive through
   // the block as the residual (the VAE's last level: 128 channels at 512x512 kept instead of 256)
@@ -89,7 +90,7 @@ export function resnetBlock(g: GraphBuilder, x: Feat, name: string, cout: number
   let h = groupNorm(g, x, `${name}.norm1`, groups, eps);
   h = conv2d(g, { ...h, v: silu(g, h.v) }, `${name}.conv1`, cout, 3);
   if (temb) {
-    const e = linear(g, silu(g, temb.v), `${name}.time_emb_proj`, temb.dim, cout);
+    const e = linear(g, temb.v, `${name}.time_emb_proj`, temb.dim, cout);
     h = { ...h, v: g.op('Add', [h.v, g.op('Reshape', [e, g.ints([x.b, cout, 1, 1])])]) };
   }
   h = groupNorm(g, h, `${name}.norm2`, groups, eps);
@@ -202,7 +203,9 @@ export function buildUNet(cfg: UNetConfig, opt: UNetGraphOptions): GraphBuilder 
 
   const temb = linear(g, silu(g, linear(g, tIn, 'time_embedding.linear_1', c0, tembDim)), 'time_embedding.linear_2', tembDim, tembDim);
   const ctx: Ctx = { g, cfg, opt, temb, context: typeof context === 'string' ? context : '', shared: new Map() };
-  const te = { v: temb, dim: tembDim };
+  // every resnet projects SiLU(temb): one node for all of them (as a Mul and a Sigmoid, onnxruntime
+  // merged the copies; as QuickGelu nodes it runs each)
+  const te = { v: silu(g, temb), dim: tembDim };
   const eps = 1e-5;
   const levels = cfg.blockOutChannels.length;
 

@@ -43,8 +43,8 @@ function unfolds(g: GraphBuilder, positions: number, patch: number, cout: number
 
 /**
  * x * sigmoid(alpha * x) as one node: onnxruntime's `com.microsoft.QuickGelu`. Its optimiser fuses
- * the Mul-and-Sigmoid form into this node anyway (its profile showed QuickGelu programs and no
- * Sigmoid), so building it so makes the graph what runs: one pass, and no sigmoid map alive beside
+ * the Mul-and-Sigmoid form into this node anyway (the device's log of a UNet run showed QuickGelu
+ * programs and no Sigmoid), so building it so makes the graph what runs: one pass, and no sigmoid map alive beside
  * its input, which the memory plan would otherwise count (at the VAE's last level that map is
  * 128 MiB in fp16).
  */
